@@ -1,0 +1,1 @@
+"""logship's shipper: the agent (task -> spool), the watcher (spool -> store) and the stores."""

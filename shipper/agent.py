@@ -1,0 +1,250 @@
+"""The agent: runs a task, tees its stdout/stderr through, and appends every byte to the spool.
+
+One thread polls both pipes. Output is passed through at once; the spool gets line-aligned
+chunks per stream (a line's tail waits for its end, at most FLUSH_IDLE_S or FLUSH_CAP bytes).
+The agent never stops reading because of the spool: a failing disk is counted, not waited on.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from typing import Callable
+
+from . import index, names
+from .config import Config
+from .errors import LogExists, SpoolError
+from .spool import SegmentWriter, pid_start_ticks, write_json_atomic
+
+READ_SIZE = 1 << 20  # with the pipe enlarged to match: a 1 MiB read on a 64 KiB pipe is 2.5x slower
+PIPE_SIZE = 1 << 20
+FLUSH_IDLE_S = 0.05  # an unterminated line reaches the spool after this much quiet
+FLUSH_CAP = 256 << 10  # ... or once it is this long
+DRAIN_IDLE_S = 2.0  # after the task exits, stop waiting for its children's output after this quiet
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+# Exit codes of the agent's own failures, as env(1) and timeout(1) use them.
+EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+
+def default_host() -> str:
+    name = socket.gethostname().split(".")[0] or "localhost"
+    return name if names.ID_RE.fullmatch(name) else "localhost"
+
+
+class _Stream:
+    """One of the task's pipes: where its bytes are teed to, and its unterminated tail."""
+
+    def __init__(self, code: int, fd: int, out_fd: int) -> None:
+        self.code = code
+        self.fd = fd
+        self.out_fd = out_fd  # -1 once our own output is gone (EPIPE): keep spooling regardless
+        self.tail = bytearray()
+        self.tail_since = 0.0
+
+
+class Agent:
+    def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str]) -> None:
+        self.cfg = cfg
+        self.task = names.check_id("task", task)
+        self.host = names.check_id("host", host)
+        self.command = command
+        self.labels = labels
+        self.log_dir = names.spool_log_dir(cfg.spool_dir, task, host)
+        self.writer = SegmentWriter(self.log_dir, cfg.spool.segment_bytes, cfg.spool.segment_seconds)
+        self.dropped_bytes = 0  # bytes the spool could not take (disk errors); the task still got them through
+        self._last_warning = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Claim the log's spool directory; a second run of the same (task, host) is refused."""
+        self.log_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.log_dir.mkdir()
+        except FileExistsError:
+            raise LogExists(
+                f"log {self.task}/{self.host} already exists in the spool ({self.log_dir})",
+                "a second run must not overwrite the first: give it another --task (e.g. "
+                f"{self.task}.2) or --host",
+            ) from None
+
+    def run(self) -> int:
+        self.prepare()
+        started = time.time_ns()
+        try:
+            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    process_group=0, bufsize=0)
+        except FileNotFoundError:
+            code, why = EXIT_NOT_FOUND, f"command not found: {self.command[0]}"
+        except PermissionError:
+            code, why = EXIT_NOT_EXECUTABLE, f"command not executable: {self.command[0]}"
+        except OSError as exc:
+            code, why = EXIT_AGENT_FAILED, f"cannot start {self.command[0]}: {exc}"
+        else:
+            self._proc = proc
+            self._write_run(started, proc.pid)
+            self._forward_signals()
+            assert proc.stdout is not None and proc.stderr is not None
+            self._pump([_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno()),
+                        _Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno())])
+            rc = proc.wait()
+            self._finish(rc)
+            return 128 - rc if rc < 0 else rc
+        # the command never ran: still leave a finished, empty log that says why
+        print(f"logship: {why}", file=sys.stderr)
+        self._write_run(started, None)
+        self._finish(code, error=why)
+        return code
+
+    def _write_run(self, started_ns: int, child_pid: int | None) -> None:
+        write_json_atomic(self.log_dir / names.RUN_FILE, {
+            "task": self.task, "host": self.host, "run_id": uuid.uuid4().hex,
+            "command": self.command, "labels": self.labels, "started_ns": started_ns,
+            "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
+            "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
+        })
+
+    def _finish(self, rc: int, error: str | None = None) -> None:
+        self._guard(self.writer.close, 0)
+        doc: dict[str, object] = {"status": "finished", "exit_code": 128 - rc if rc < 0 else rc,
+                                  "signal": -rc if rc < 0 else None, "ended_ns": time.time_ns(),
+                                  "dropped_bytes": self.dropped_bytes}
+        if error:
+            doc["error"] = error
+        write_json_atomic(self.log_dir / names.EXIT_FILE, doc)
+
+    def _forward_signals(self) -> None:
+        # The task runs in its own process group (so a terminal's Ctrl-C reaches it once, through
+        # us); we pass each signal on to the whole group, as a terminal would have.
+        def forward(signum: int, _frame: object) -> None:
+            if self._proc is not None and self._proc.returncode is None:
+                try:
+                    os.killpg(self._proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+        for sig in FORWARDED:
+            signal.signal(sig, forward)
+
+    # --- the pump --------------------------------------------------------------------------
+
+    def _pump(self, streams: list[_Stream]) -> None:
+        by_fd = {s.fd: s for s in streams}
+        poller = select.poll()
+        for s in streams:
+            try:
+                fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
+            poller.register(s.fd, select.POLLIN)
+        assert self._proc is not None
+        exited_at: float | None = None
+        last_data = time.monotonic()
+        while by_fd:
+            now = time.monotonic()
+            deadline = now + 0.1  # also how often we look for the task's exit
+            for s in by_fd.values():
+                if s.tail:
+                    deadline = min(deadline, s.tail_since + FLUSH_IDLE_S)
+            rotate_at = self.writer.rotate_deadline()
+            if rotate_at is not None:
+                deadline = min(deadline, rotate_at)
+            events = poller.poll(max(0, int((deadline - now) * 1000) + 1))
+            for fd, _ in events:
+                s = by_fd[fd]
+                data = os.read(fd, READ_SIZE)
+                if data:
+                    self._tee(s, data)
+                    self._spool(s, data)
+                else:  # EOF
+                    poller.unregister(fd)
+                    del by_fd[fd]
+                    self._flush_tail(s)
+            now = time.monotonic()
+            if events:
+                last_data = now
+            for s in by_fd.values():
+                if s.tail and now - s.tail_since >= FLUSH_IDLE_S:
+                    self._flush_tail(s)
+            if rotate_at is not None and now >= rotate_at:
+                self._guard(self.writer.seal, 0)
+            if exited_at is None and self._proc.poll() is not None:
+                exited_at = now
+            # The task is gone but something it started holds the pipes open: stop once quiet.
+            if exited_at is not None and now - max(exited_at, last_data) >= DRAIN_IDLE_S:
+                break
+        for s in by_fd.values():
+            self._flush_tail(s)
+
+    def _tee(self, s: _Stream, data: bytes) -> None:
+        if s.out_fd < 0:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(s.out_fd, view):]
+            except BlockingIOError:
+                select.select([], [s.out_fd], [])
+            except OSError as exc:  # our own output is closed (EPIPE) or broken: the spool still gets it
+                if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
+                    raise
+                s.out_fd = -1
+                return
+
+    def _spool(self, s: _Stream, data: bytes) -> None:
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            parts: list[bytes | memoryview] = [data] if cut == len(data) else [memoryview(data)[:cut]]
+            length = cut
+            if s.tail:
+                parts.insert(0, s.tail)
+                length += len(s.tail)
+            lines = data.count(b"\n", 0, cut)
+            self._guard(lambda: self.writer.append(s.code, parts, length, lines, partial=False), length)
+            s.tail = bytearray(memoryview(data)[cut:]) if cut < len(data) else bytearray()
+            if s.tail:
+                s.tail_since = time.monotonic()
+        else:
+            if not s.tail:
+                s.tail_since = time.monotonic()
+            s.tail += data
+        if len(s.tail) >= FLUSH_CAP:
+            self._flush_tail(s)
+
+    def _flush_tail(self, s: _Stream) -> None:
+        if s.tail:
+            tail, s.tail = s.tail, bytearray()
+            self._guard(lambda: self.writer.append(s.code, [tail], len(tail), 0, partial=True), len(tail))
+
+    def _guard(self, write: Callable[[], None], length: int) -> None:
+        try:
+            write()
+        except OSError as exc:
+            self._spool_failed(exc, length)
+
+    def _spool_failed(self, exc: OSError, length: int) -> None:
+        """The spool refused bytes: count them, say so (at most every 10 s), keep the task running."""
+        self.dropped_bytes += length
+        now = time.monotonic()
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            err = SpoolError(f"spool write failed: {exc}; {self.dropped_bytes} bytes not spooled so far",
+                             "free space in spool.dir or raise spool.quota_bytes; the task keeps running")
+            print(f"logship: {err}", file=sys.stderr)
+
+
+def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str]) -> int:
+    return Agent(cfg, task, host or default_host(), command, labels).run()
+
+

@@ -1,0 +1,97 @@
+"""The `logship` command: parses arguments, loads the config, and hands off to one component.
+
+Heavy modules (aiohttp, botocore, duckdb) are imported only by the commands that use them, so
+`logship run` stays small and starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .errors import LogshipError
+
+EXIT_USAGE = 2
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LogshipError(f"bad --label {item!r}", "labels are key=value, e.g. --label team=infra")
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=os.environ.get("LOGSHIP_CONFIG"),
+                        help="YAML config (default: ./logship.yaml if present, else built-in defaults)")
+    p = argparse.ArgumentParser(prog="logship", description="Live and archived logs for long-running tasks.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
+                       usage="logship run --task T [--host H] [--label k=v]... -- CMD [ARGS...]")
+    r.add_argument("--task", required=True)
+    r.add_argument("--host", help="default: this machine's hostname")
+    r.add_argument("--label", action="append", default=[], metavar="K=V")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+
+    w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
+    w.add_argument("--once", action="store_true", help="ship what is there now, then exit")
+
+    sub.add_parser("config", parents=[common], help="print the effective config")
+
+    s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
+    s.add_argument("action", choices=["start", "stop", "env"])
+    s.add_argument("--dir", default="./.logship/s3")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except LogshipError as exc:
+        print(f"logship: {exc}", file=sys.stderr)
+        return EXIT_USAGE if args.cmd != "run" else 125
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: Any) -> int:
+    from .config import load_config
+
+    if args.cmd == "s3":
+        from . import s3local
+
+        return s3local.main([args.action, "--dir", args.dir])
+    cfg = load_config(args.config)
+    if args.cmd == "config":
+        import yaml
+
+        from .config import to_dict
+
+        print(f"# effective config, from {cfg.source}")
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    if args.cmd == "run":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
+        from . import agent
+
+        return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+    if args.cmd == "watch":
+        from . import watcher
+
+        return watcher.main(cfg, once=args.once)
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Configuration: defaults, the YAML file, LOGSHIP_<SECTION>_<KEY> overrides, and validation.
+
+Every key is declared once below with its default; config/logship.yaml documents the same keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "logship.yaml"
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
+               "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.I)
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION_RE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def _size(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        n = parse_size(v)
+        if not lo <= n <= hi:
+            raise ValueError
+        return n
+
+    check.__doc__ = f"a size like 16777216 or '16MiB', from {_human(lo)} to {_human(hi)}"
+    return check
+
+
+def _duration(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        s = parse_duration(v)
+        if not lo <= s <= hi:
+            raise ValueError
+        return s
+
+    check.__doc__ = f"a duration in seconds like 30 or '30s', '5m', '2h', from {lo:g}s to {hi:g}s"
+    return check
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError
+        return str(v)
+
+    check.__doc__ = "one of " + ", ".join(allowed)
+    return check
+
+
+def _text(v: Any) -> str:
+    """a string"""
+    if not isinstance(v, str):
+        raise ValueError
+    return v
+
+
+def _store_url(v: Any) -> str:
+    """s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH (or file://RELATIVE/PATH)"""
+    if not isinstance(v, str) or not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?|file://.+", v):
+        raise ValueError
+    return v
+
+
+def _listen(v: Any) -> str:
+    """HOST:PORT, e.g. 127.0.0.1:8080"""
+    if not isinstance(v, str) or not re.fullmatch(r"[\w.:\[\]-]+:\d{1,5}", v) or int(v.rsplit(":", 1)[1]) > 65535:
+        raise ValueError
+    return v
+
+
+def _tokens(v: Any) -> list[str]:
+    """a list of bearer tokens (at least 16 characters each); in the environment, comma-separated"""
+    if isinstance(v, str):
+        v = [t for t in v.split(",") if t.strip()]
+    if not isinstance(v, list) or not all(isinstance(t, str) and len(t.strip()) >= 16 for t in v):
+        raise ValueError
+    return [t.strip() for t in v]
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _opt_text(v: Any) -> str:
+    """a string (empty for none)"""
+    if v is None:
+        return ""
+    return _text(v)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: str = "./.logship/spool"
+    segment_bytes: int = 16 * MiB
+    segment_seconds: float = 600.0
+    quota_bytes: int = 4 * GiB
+    keep_uploaded_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "file://./.logship/archive"
+    endpoint: str = ""
+    region: str = "us-east-1"
+    compression: str = "zstd"
+    access_key: str = ""
+    secret_key: str = ""
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    checkpoint_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8080"
+    tokens: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    source: str = "defaults"  # where it came from, for `logship config`
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool.dir)
+
+
+# Each key's checker; its docstring says what is allowed, and the error message quotes it.
+CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "spool": {
+        "dir": _text,
+        "segment_bytes": _size(64 * KiB, 1 * GiB),
+        "segment_seconds": _duration(1, 7 * 86400),
+        "quota_bytes": _size(1 * MiB, 1 << 50),
+        "keep_uploaded_seconds": _duration(0, 365 * 86400),
+    },
+    "store": {
+        "url": _store_url,
+        "endpoint": _opt_text,
+        "region": _text,
+        "compression": _choice("zstd", "none"),
+        "access_key": _opt_text,
+        "secret_key": _opt_text,
+    },
+    "watch": {"checkpoint_seconds": _duration(0.1, 5)},
+    "api": {"listen": _listen, "tokens": _tokens},
+}
+SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig}
+
+
+def _check(section: str, key: str, value: Any, origin: str) -> Any:
+    checks = CHECKS[section]
+    if key not in checks:
+        raise ConfigError(f"{origin}: unknown key {section}.{key}", f"known keys of {section}: {', '.join(checks)}")
+    check = checks[key]
+    try:
+        return check(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{origin}: {section}.{key} = {value!r} is not allowed", f"expected {check.__doc__}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the YAML file (`path`, else ./logship.yaml if present), then LOGSHIP_* variables."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    source = "defaults"
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        values, source = _read_yaml(Path(path)), str(path)
+    for name, raw in env.items():
+        if not name.startswith("LOGSHIP_"):
+            continue
+        section, _, key = name[len("LOGSHIP_"):].lower().partition("_")
+        if section not in SECTIONS:
+            continue  # LOGSHIP_CONFIG and other non-config variables
+        values[section][key] = _check(section, key, raw, f"environment {name}")
+        source += f" + ${name}"
+    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source)
+
+
+def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
+    import yaml  # imported here: the agent pays for it only when a file is given
+
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found", "pass an existing file to --config") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}", "fix the YAML syntax") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections", f"sections: {', '.join(SECTIONS)}")
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for section, body in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r}", f"known sections: {', '.join(SECTIONS)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section} must be a mapping", f"e.g. {section}:\\n  key: value")
+        for key, value in body.items():
+            values[section][str(key)] = _check(section, str(key), value, str(path))
+    return values
+
+
+def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
+    """The effective config as plain data (secrets redacted), for `logship config`."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        body = dataclasses.asdict(getattr(cfg, section))
+        if redact:
+            for secret in ("secret_key",):
+                if body.get(secret):
+                    body[secret] = "<redacted>"
+            if body.get("tokens"):
+                body["tokens"] = ["<redacted>"] * len(body["tokens"])
+        out[section] = body
+    return out

@@ -1,0 +1,86 @@
+"""Every id check, object key and spool path is built here, and nowhere else.
+
+Keys sort: segment numbers are fixed-width, so a plain listing is already in order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import InvalidId
+
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return `value` if it is a valid task or host id, else raise InvalidId."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise InvalidId(f"invalid {kind} id {value!r}", f"a {kind} id is {ID_RULE}")
+    return value
+
+
+def log_prefix(task: str, host: str) -> str:
+    return f"logs/{task}/{host}/"
+
+
+def manifest_key(task: str, host: str) -> str:
+    return f"{log_prefix(task, host)}manifest.json"
+
+
+def segment_key(task: str, host: str, seq: int, compression: str) -> str:
+    ext = ".zst" if compression == "zstd" else ""
+    return f"{log_prefix(task, host)}{seq:08d}.log{ext}"
+
+
+def index_key(task: str, host: str, seq: int) -> str:
+    return f"{log_prefix(task, host)}{seq:08d}.idx"
+
+
+def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: str) -> tuple[str, str]:
+    """Keys of a checkpoint of the open segment `seq` holding its first `raw_size` bytes.
+
+    The size is part of the name so that one key never holds two different contents.
+    """
+    ext = ".zst" if compression == "zstd" else ""
+    base = f"{log_prefix(task, host)}{seq:08d}.ckpt-{raw_size:012d}"
+    return f"{base}.log{ext}", f"{base}.idx"
+
+
+def lines_key(date: str, task: str, host: str, seq: int) -> str:
+    return f"lines/date={date}/task={task}/host={host}/{seq:08d}.parquet"
+
+
+def parse_log_prefix(key: str) -> tuple[str, str] | None:
+    """`logs/T/H/...` -> (T, H), or None for anything else."""
+    parts = key.split("/")
+    if len(parts) >= 4 and parts[0] == "logs" and ID_RE.fullmatch(parts[1]) and ID_RE.fullmatch(parts[2]):
+        return parts[1], parts[2]
+    return None
+
+
+# --- the spool -------------------------------------------------------------------------
+# <spool>/<task>/<host>/run.json         written by the agent at start (who, what, when, pid)
+# <spool>/<task>/<host>/exit.json        written by the agent (or the watcher for a dead agent) at the end
+# <spool>/<task>/<host>/NNNNNNNN.log.open / .idx.open   the open segment, appended to
+# <spool>/<task>/<host>/NNNNNNNN.log / .idx              sealed: renamed from .open (index first)
+# <spool>/<task>/<host>/shipped.json     the watcher's note that the store holds everything
+
+RUN_FILE = "run.json"
+EXIT_FILE = "exit.json"
+SHIPPED_FILE = "shipped.json"
+OPEN_SUFFIX = ".open"
+SEGMENT_RE = re.compile(r"(\d{8})\.log")
+
+
+def spool_log_dir(spool: Path, task: str, host: str) -> Path:
+    return spool / task / host
+
+
+def spool_segment(log_dir: Path, seq: int, *, open_: bool = False) -> Path:
+    return log_dir / (f"{seq:08d}.log" + (OPEN_SUFFIX if open_ else ""))
+
+
+def spool_index(log_dir: Path, seq: int, *, open_: bool = False) -> Path:
+    return log_dir / (f"{seq:08d}.idx" + (OPEN_SUFFIX if open_ else ""))

@@ -1,0 +1,50 @@
+"""The store protocol: what the watcher and the API need from object storage, and no more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's prefix
+    size: int
+
+
+class Store(Protocol):
+    """Keys are relative to the store's root (an S3 bucket/prefix or a directory).
+
+    Backends translate their own errors into ObjectNotFound / StoreUnavailable / StoreError;
+    nothing above a backend sees botocore or OSError.
+    """
+
+    url: str
+
+    async def put(self, key: str, data: bytes | memoryview) -> None:
+        """Write an object atomically: readers see the old object, or the whole new one."""
+
+    async def put_file(self, key: str, path: Path) -> None:
+        """Write a local file as an object (multipart for large files; aborted on failure)."""
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of an object (end=None: to its end)."""
+
+    def open(self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of an object in chunks of about `chunk` bytes."""
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Size of an object; ObjectNotFound if absent."""
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """All objects whose key starts with `prefix`, sorted by key."""
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; absent ones are not an error."""
+
+    async def abort_uploads(self, prefix: str) -> int:
+        """Abort incomplete multipart uploads under `prefix`; return how many."""
+
+    async def close(self) -> None: ...
