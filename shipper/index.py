@@ -6,6 +6,7 @@ length u32, lines u32, stream u8, flags u8, 6 bytes of padding.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator
@@ -49,6 +50,13 @@ def unpack(data: bytes | memoryview) -> Iterator[Chunk]:
     whole = len(data) - len(data) % RECORD_SIZE
     for fields in RECORD.iter_unpack(memoryview(data)[:whole]):
         yield Chunk(*fields)
+
+
+def read_raw(path: "str | os.PathLike[str]") -> bytes:
+    """The whole records of an index file (a torn last record is left out)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data[: len(data) - len(data) % RECORD_SIZE]
 
 
 def read(path: str | bytes, *, missing_ok: bool = False) -> list[Chunk]:

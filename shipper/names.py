@@ -34,8 +34,9 @@ def segment_key(task: str, host: str, seq: int, compression: str) -> str:
     return f"{log_prefix(task, host)}{seq:08d}.log{ext}"
 
 
-def index_key(task: str, host: str, seq: int) -> str:
-    return f"{log_prefix(task, host)}{seq:08d}.idx"
+def index_key(task: str, host: str, seq: int, compression: str) -> str:
+    ext = ".zst" if compression == "zstd" else ""
+    return f"{log_prefix(task, host)}{seq:08d}.idx{ext}"
 
 
 def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: str) -> tuple[str, str]:
@@ -45,7 +46,7 @@ def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: 
     """
     ext = ".zst" if compression == "zstd" else ""
     base = f"{log_prefix(task, host)}{seq:08d}.ckpt-{raw_size:012d}"
-    return f"{base}.log{ext}", f"{base}.idx"
+    return f"{base}.log{ext}", f"{base}.idx{ext}"
 
 
 def lines_key(date: str, task: str, host: str, seq: int) -> str:

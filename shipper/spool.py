@@ -21,18 +21,23 @@ from . import index, names
 from .index import RECORD_SIZE
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write, fsync, rename, fsync the directory: a file without its final name does not exist."""
+def write_json_atomic(path: Path, doc: Any, durable: bool = True) -> None:
+    """Write, fsync, rename, fsync the directory: a file without its final name does not exist.
+
+    `durable=False` skips the fsyncs, for state that is rewritten often and may be lost in a crash.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> Any:

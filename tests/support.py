@@ -1,0 +1,74 @@
+"""Helpers for tests that run the real `logship` processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+LOGSHIP = [sys.executable, "-m", "shipper.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_for(spool: Path, store_env: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSHIP_")}
+    env["LOGSHIP_SPOOL_DIR"] = str(spool)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(store_env or {})
+    env.update(extra)
+    return env
+
+
+def run_agent(spool: Path, task: str, cmd: list[str], *, host: str = "h1", env: dict[str, str] | None = None,
+              timeout: float = 120, args: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*LOGSHIP, "run", "--task", task, "--host", host, *(args or []), "--", *cmd],
+                          env=env or env_for(spool), capture_output=True, timeout=timeout)
+
+
+def start_agent(spool: Path, task: str, cmd: list[str], *, host: str = "h1", env: dict[str, str] | None = None,
+                **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*LOGSHIP, "run", "--task", task, "--host", host, "--", *cmd],
+                            env=env or env_for(spool), **kw)
+
+
+def watch_once(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*LOGSHIP, "watch", "--once"], env=env, capture_output=True, timeout=timeout)
+
+
+def start_watcher(env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*LOGSHIP, "watch"], env=env, **kw)
+
+
+def spooled(spool: Path, task: str, host: str = "h1") -> bytes:
+    """The log's bytes as the spool holds them (all segments, in order)."""
+    d = spool / task / host
+    segs = sorted(p for p in d.iterdir() if p.name[8:12] == ".log")
+    return b"".join(p.read_bytes() for p in segs)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# A task that writes every awkward kind of output, on both streams, interleaved.
+NASTY = r'''
+import os, sys, time
+out, err = sys.stdout.buffer, sys.stderr.buffer
+w = lambda f, b: (f.write(b), f.flush())
+w(out, b"plain line\n")
+w(err, b"\x1b[31mred error\x1b[0m\n")
+w(out, b"invalid utf8 \xff\xfe\xc3\x28 and NUL \x00\x00 inside\n")
+for i in range(5):
+    w(out, b"\rprogress %d%%" % (i * 25)); time.sleep(0.01)
+w(out, b"\n")
+w(err, b"half a line on stderr ")
+w(out, b"stdout between\n")
+time.sleep(0.12)
+w(err, b"and its end\n")
+w(out, b"L" * (5 << 20) + b"\n")
+w(err, b"\x1b[1;32mbold green\x1b[0m\r\n")
+w(out, b"no final newline")
+'''
