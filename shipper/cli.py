@@ -27,11 +27,14 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the command; SUPPRESS keeps a subcommand's parser
+    # from resetting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", default=os.environ.get("LOGSHIP_CONFIG"),
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="YAML config (default: ./logship.yaml if present, else built-in defaults)")
-    p = argparse.ArgumentParser(prog="logship", description="Live and archived logs for long-running tasks.",
-                                parents=[common])
+    p = argparse.ArgumentParser(prog="logship", description="Live and archived logs for long-running tasks.")
+    p.add_argument("--config", metavar="FILE", dest="config_first", default=os.environ.get("LOGSHIP_CONFIG"),
+                   help="YAML config (default: ./logship.yaml if present, else built-in defaults)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = args.config_first
     try:
         return _dispatch(args)
     except LogshipError as exc:
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if args.cmd != "run" else 125
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `logship ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: Any) -> int:
@@ -76,8 +84,7 @@ def _dispatch(args: Any) -> int:
 
         from .config import to_dict
 
-        print(f"# effective config, from {cfg.source}")
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        sys.stdout.write(f"# effective config, from {cfg.source}\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}")
         return 0
     if args.cmd == "run":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
