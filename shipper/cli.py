@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
     w.add_argument("--once", action="store_true", help="ship what is there now, then exit")
 
+    c = sub.add_parser("cat", parents=[common], help="print a log from the store")
+    c.add_argument("task")
+    c.add_argument("--host", help="default: this machine's hostname")
+    c.add_argument("--stream", choices=["stdout", "stderr"])
+    c.add_argument("--manifest", action="store_true", help="print the log's manifest instead")
+
     sub.add_parser("config", parents=[common], help="print the effective config")
 
     s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
@@ -93,11 +99,44 @@ def _dispatch(args: Any) -> int:
         from . import agent
 
         return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+    if args.cmd == "cat":
+        import asyncio
+
+        return asyncio.run(_cat(cfg, args))
     if args.cmd == "watch":
         from . import watcher
 
         return watcher.main(cfg, once=args.once)
     raise AssertionError(args.cmd)
+
+
+async def _cat(cfg: Any, args: Any) -> int:
+    from . import archive, names
+    from .agent import default_host
+    from .errors import ObjectNotFound
+    from .store import open_store
+
+    task, host = names.check_id("task", args.task), names.check_id("host", args.host or default_host())
+    store = open_store(cfg.store)
+    try:
+        try:
+            doc = await archive.load_manifest(store, task, host)
+        except ObjectNotFound:
+            raise LogshipError(f"no log {task}/{host} in {cfg.store.url}",
+                               "check the task id and --host (default: this machine's hostname), "
+                               "and that `logship watch` runs on the host") from None
+        out = sys.stdout.buffer
+        if args.manifest:
+            import json
+
+            out.write(json.dumps(doc, indent=1).encode() + b"\n")
+            return 0
+        async for data in archive.iter_bytes(store, doc, args.stream):
+            out.write(data)
+        out.flush()
+        return 0
+    finally:
+        await store.close()
 
 
 if __name__ == "__main__":
