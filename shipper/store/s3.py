@@ -1,0 +1,439 @@
+"""The S3 store (`s3://bucket/prefix`, any S3-compatible server) on aiobotocore.
+
+The only module that imports botocore: its errors become ObjectNotFound / StoreUnavailable / StoreError here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import aiohttp
+from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+from aiobotocore.session import get_session  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from ..errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
+from .base import ObjectInfo
+from .fs import check_key
+
+if TYPE_CHECKING:
+    from ..config import StoreConfig
+
+MiB = 1 << 20
+SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
+PART_SIZE = 8 * MiB
+MAX_PARTS = 10_000  # S3's limit; larger objects get larger parts
+UPLOAD_CONCURRENCY = 4  # parts in flight per object: memory is at most this many parts
+DELETE_BATCH = 1000  # S3's limit for DeleteObjects
+CONNECT_TIMEOUT = 3.0
+# How long the server may stay silent once a request is sent (aiohttp starts this clock after the
+# body is written and stops it while our reader is paused). SeaweedFS answers a stored 8 MiB part
+# in ≈ 60 ms; a frozen server costs 2 attempts x this before the caller sees StoreUnavailable.
+READ_TIMEOUT = 5.0
+ATTEMPTS = 2  # per request, by the SDK (see _client_config)
+MAX_POOL_CONNECTIONS = 32
+
+_CREDENTIALS_HINT = (
+    "check store.access_key and store.secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+)
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidSecurity",
+               "TokenRefreshRequired", "AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
+_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
+                "Throttling", "ThrottlingException", "TooManyRequests", "OperationAborted"}
+
+
+def _client_config(read_timeout: float, attempts: int) -> AioConfig:
+    return AioConfig(
+        # DESIGN §7: botocore's default flexible checksums cost ≈ 20% on PUT and ≈ 40% on GET;
+        # the manifest carries our own checksum of every segment.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},  # SeaweedFS, MinIO and Ceph behind a plain host:port
+        signature_version="s3v4",
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=read_timeout,
+        # One quick SDK retry smooths a dropped keep-alive connection; the watcher's own loop
+        # (backoff up to a cap, rate-limited logging) handles outages of any length above us,
+        # so the SDK must not sit in long backoffs of its own. (botocore's "max_attempts" counts
+        # retries, not attempts: 2 would mean 3 requests.)
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+        # Load botocore's service model in a thread, not on the event loop.
+        warm_up_loader_caches=True,
+    )
+
+
+class S3Store:
+    """A bucket and an optional key prefix. The client is created on first use and closed by close()."""
+
+    def __init__(self, cfg: StoreConfig, *, read_timeout: float = READ_TIMEOUT, attempts: int = ATTEMPTS) -> None:
+        """`read_timeout` and `attempts` are for probes (s3local's readiness check), not for config."""
+        self.url = cfg.url
+        self.bucket, prefix = _parse_url(cfg.url)
+        self.root = f"{prefix}/" if prefix else ""  # prepended to every key
+        self.endpoint = _parse_endpoint(cfg.endpoint)
+        self.region = cfg.region
+        self._access_key = cfg.access_key or None  # None: botocore's chain (AWS_* variables, profiles, ...)
+        self._secret_key = cfg.secret_key or None
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock = asyncio.Lock()
+        self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
+        self._config = _client_config(read_timeout, attempts)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+    async def _s3(self) -> Any:
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    stack = contextlib.AsyncExitStack()
+                    with self._errors("connect to", ""):
+                        self._client = await stack.enter_async_context(get_session().create_client(
+                            "s3", region_name=self.region, endpoint_url=self.endpoint,
+                            aws_access_key_id=self._access_key, aws_secret_access_key=self._secret_key,
+                            config=self._config,
+                        ))
+                    self._stack = stack
+        return self._client
+
+    async def close(self) -> None:
+        if self._aborts:
+            await asyncio.gather(*self._aborts, return_exceptions=True)
+        if self._stack is not None:
+            stack, self._stack, self._client = self._stack, None, None
+            await stack.aclose()
+
+    def _key(self, key: str) -> str:
+        return self.root + check_key(key)
+
+    def _where(self, full_key: str) -> str:
+        return f"s3://{self.bucket}/{full_key}"
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes | memoryview) -> None:
+        full = self._key(key)
+        view = memoryview(data).cast("B")
+        if len(view) <= SINGLE_PUT_MAX:
+            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes())
+            return
+
+        async def read(offset: int, n: int) -> bytes:
+            return view[offset:offset + n].tobytes()  # botocore takes bytes, not memoryviews
+
+        await self._put_multipart(full, len(view), read)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        full = self._key(key)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            _local_error(exc, path)
+        try:
+            size = (await asyncio.to_thread(os.fstat, fd)).st_size
+
+            async def read(offset: int, n: int) -> bytes:
+                try:
+                    data = await asyncio.to_thread(_pread_exact, fd, n, offset)
+                except OSError as exc:
+                    _local_error(exc, path)
+                if len(data) != n:
+                    raise StoreError(f"{path} shrank while being uploaded to {self._where(full)}",
+                                     "upload only sealed files, which never change")
+                return data
+
+            if size <= SINGLE_PUT_MAX:
+                await self._put_object(full, await read(0, size))
+            else:
+                await self._put_multipart(full, size, read)
+        finally:
+            os.close(fd)  # closing a read-only descriptor does not wait on the disk
+
+    async def _put_object(self, full: str, data: bytes) -> None:
+        s3 = await self._s3()
+        with self._errors("put", full):
+            await s3.put_object(Bucket=self.bucket, Key=full, Body=data)
+
+    async def _put_multipart(self, full: str, size: int, read: Callable[[int, int], Awaitable[bytes]]) -> None:
+        """Upload in parts, UPLOAD_CONCURRENCY at a time; abort the upload on any failure, cancellation included."""
+        s3 = await self._s3()
+        part_size = max(PART_SIZE, _ceil_div(_ceil_div(size, MAX_PARTS), MiB) * MiB)
+        jobs = iter(enumerate(range(0, size, part_size), start=1))  # shared by the workers
+        etags: dict[int, str] = {}
+        # Shielded, so that when we are cancelled while the server creates the upload, we still
+        # learn its id and can abort it.
+        create = asyncio.ensure_future(s3.create_multipart_upload(Bucket=self.bucket, Key=full))
+
+        async def worker() -> None:
+            # A part is read only when a worker is free to send it, so memory stays at
+            # UPLOAD_CONCURRENCY * part_size whatever the object's size.
+            for number, offset in jobs:
+                body = await read(offset, min(part_size, size - offset))
+                with self._errors(f"upload part {number} of", full):
+                    resp = await s3.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                PartNumber=number, Body=body)
+                etags[number] = resp["ETag"]
+
+        upload_id = ""
+        try:
+            with self._errors("start a multipart upload of", full):
+                upload_id = (await asyncio.shield(create))["UploadId"]
+            n_workers = min(UPLOAD_CONCURRENCY, _ceil_div(size, part_size))
+            workers = [asyncio.create_task(worker()) for _ in range(n_workers)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            with self._errors("complete the multipart upload of", full):
+                await s3.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except BaseException:
+            # Shielded: a second cancellation must not leave the upload (and its parts) behind.
+            # If the abort itself fails, abort_uploads() cleans up on the watcher's next start.
+            task = asyncio.create_task(self._abort_created(full, create))
+            self._aborts.add(task)
+            task.add_done_callback(self._aborts.discard)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+            raise
+
+    async def _abort_created(self, full: str, create: asyncio.Future[Any]) -> None:
+        """Abort the upload `create` made, if it made one."""
+        try:
+            upload_id: str = (await create)["UploadId"]
+        except Exception:
+            return  # nothing was created
+        with contextlib.suppress(StoreError):
+            await self._abort(full, upload_id)
+
+    async def _abort(self, full: str, upload_id: str) -> None:
+        s3 = await self._s3()
+        try:
+            with self._errors("abort the multipart upload of", full):
+                await s3.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except ObjectNotFound:
+            pass  # already aborted or completed (NoSuchUpload)
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) like a Python slice: a range past the end is short or empty."""
+        full = self._key(key)
+        _check_range(start, end)
+        if end is not None and end <= start:
+            await self.head(key)  # an empty range of a missing object is still "not found"
+            return b""
+        s3 = await self._s3()
+        try:
+            with self._errors("get", full):
+                resp = await s3.get_object(Bucket=self.bucket, Key=full, **_range(start, end))
+                async with resp["Body"] as body:
+                    data: bytes = await body.read()
+                    return data
+        except _RangeNotSatisfiable:
+            return b""
+
+    async def open(
+        self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20
+    ) -> AsyncGenerator[bytes, None]:
+        """Stream [start, end) in pieces of at most `chunk` bytes, as they arrive.
+
+        The request is sent on the first iteration; the connection is released when the
+        iterator finishes or is closed (use `contextlib.aclosing` when stopping early)."""
+        full = self._key(key)
+        _check_range(start, end)
+        if end is not None and end <= start:
+            await self.head(key)
+            return
+        s3 = await self._s3()
+        try:
+            with self._errors("get", full):
+                resp = await s3.get_object(Bucket=self.bucket, Key=full, **_range(start, end))
+        except _RangeNotSatisfiable:
+            return
+        body = resp["Body"]
+        try:
+            while True:
+                with self._errors("read", full):
+                    data: bytes = await body.read(chunk)
+                if not data:
+                    return
+                yield data
+        finally:
+            # Sync close: an unread response's connection is closed rather than returned to the
+            # pool, and finally blocks of async generators may run during loop shutdown.
+            body.close()
+
+    async def head(self, key: str) -> ObjectInfo:
+        full = self._key(key)
+        s3 = await self._s3()
+        with self._errors("head", full):
+            resp = await s3.head_object(Bucket=self.bucket, Key=full)
+        return ObjectInfo(key, int(resp["ContentLength"]))
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        full = self.root + check_key(prefix, prefix=True)
+        s3 = await self._s3()
+        out: list[ObjectInfo] = []
+        with self._errors("list", full):
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", ()):
+                    k: str = obj["Key"]
+                    if not k.endswith("/"):  # directory markers some servers show are not objects
+                        out.append(ObjectInfo(k[len(self.root):], int(obj["Size"])))
+        out.sort(key=lambda o: o.key)  # S3 lists in UTF-8 order already; not every clone does
+        return out
+
+    # --- removing ----------------------------------------------------------------------
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        full = [self._key(k) for k in keys]
+        if not full:
+            return
+        s3 = await self._s3()
+        for i in range(0, len(full), DELETE_BATCH):
+            batch = full[i:i + DELETE_BATCH]
+            with self._errors("delete", batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} more)"):
+                resp = await s3.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = [e for e in resp.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                e = errors[0]
+                raise _translate(ClientError({"Error": e, "ResponseMetadata": {}}, "DeleteObjects"),
+                                 "delete", self._where(e.get("Key", "")), self)
+
+    async def abort_uploads(self, prefix: str) -> int:
+        full = self.root + check_key(prefix, prefix=True)
+        s3 = await self._s3()
+        uploads: list[tuple[str, str]] = []
+        with self._errors("list multipart uploads under", full):
+            async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
+                uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+        for k, upload_id in uploads:
+            await self._abort(k, upload_id)
+        return len(uploads)
+
+    # --- errors ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, full_key: str) -> Iterator[None]:
+        """Translate botocore and aiohttp errors into the project's own, raised `from` the original."""
+        try:
+            yield
+        except ClientError as exc:
+            if _code(exc) == "InvalidRange" or _status(exc) == 416:
+                raise _RangeNotSatisfiable() from exc
+            raise _translate(exc, op, self._where(full_key), self) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError) as exc:  # OSError: TimeoutError, ConnectionError
+            raise _translate(exc, op, self._where(full_key), self) from exc
+
+
+class _RangeNotSatisfiable(Exception):
+    """The range starts at or past the object's end; get() and open() answer it with no bytes."""
+
+
+def _translate(exc: BaseException, op: str, where: str, store: S3Store) -> StoreError:
+    endpoint = store.endpoint or "the AWS default endpoint"
+    if isinstance(exc, ClientError):
+        code, status = _code(exc), _status(exc)
+        message = exc.response.get("Error", {}).get("Message") or code
+        if code in _NOT_FOUND_CODES or code == "NoSuchUpload" or (status == 404 and code != "NoSuchBucket"):
+            return ObjectNotFound(f"{where} not found", "list the prefix to see which keys exist")
+        if code == "NoSuchBucket":
+            return StoreError(f"bucket {store.bucket!r} does not exist at {endpoint}",
+                              "create the bucket, or fix the bucket in store.url (and store.endpoint)")
+        if code in _AUTH_CODES or status == 403:
+            return StoreError(f"{op} {where}: {code}: {message}",
+                              f"{_CREDENTIALS_HINT}; they must allow access to {store.bucket!r}")
+        if code in ("AuthorizationHeaderMalformed", "PermanentRedirect"):
+            return StoreError(f"{op} {where}: {code}: {message}", "check store.region and store.endpoint")
+        if code in _RETRY_CODES or status >= 500 or status == 429:
+            return StoreUnavailable(f"{op} {where}: {code}: {message}",
+                                    f"the store at {endpoint} is overloaded or failing; logship retries")
+        return StoreError(f"{op} {where}: {code}: {message}", "see the S3 documentation for this error code")
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+        return StoreError(f"{op} {where}: no usable S3 credentials ({exc})", _CREDENTIALS_HINT)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, aiohttp.ClientError, OSError)):
+        return StoreUnavailable(f"{op} {where}: cannot reach the store at {endpoint}: {exc or type(exc).__name__}",
+                                "is the S3 endpoint up? check store.endpoint")
+    return StoreError(f"{op} {where}: {exc}", "check the store.* settings (logship config prints them)")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _parse_url(url: str) -> tuple[str, str]:
+    rest = url[len("s3://"):] if url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not bucket or "?" in url or "#" in url:
+        raise ConfigError(f"store.url = {url!r} is not s3://BUCKET[/PREFIX]",
+                          "give the bucket (and an optional prefix) in store.url and the server in store.endpoint")
+    prefix = prefix.strip("/")
+    if prefix:
+        check_key(prefix)
+    return bucket, prefix
+
+
+def _parse_endpoint(endpoint: str) -> str | None:
+    if not endpoint:
+        return None
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"store.endpoint = {endpoint!r} is not a URL", "write it like http://127.0.0.1:8333")
+    return endpoint.rstrip("/")
+
+
+def _check_range(start: int, end: int | None) -> None:
+    if start < 0 or (end is not None and end < 0):
+        raise ValueError(f"byte range [{start}, {end}) has a negative bound")
+
+
+def _range(start: int, end: int | None) -> dict[str, str]:
+    if start == 0 and end is None:
+        return {}
+    return {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    """os.pread until n bytes or the end of the file."""
+    data = os.pread(fd, n, offset)
+    if len(data) in (0, n):
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := os.pread(fd, n - got, offset + got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _local_error(exc: OSError, path: Path) -> NoReturn:
+    raise StoreError(f"cannot read {path}: {exc.strerror or exc}",
+                     "check that the local file exists and is readable") from exc

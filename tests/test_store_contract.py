@@ -1,0 +1,387 @@
+"""One contract for every store backend (file and S3), plus S3 error translation and the local SeaweedFS.
+
+Ranges behave like Python slices of the object: [start, end) is clamped to the object's size, so a
+range that starts at or past the end gives b"" (the API turns that into 416 itself, from head()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from shipper import s3local
+from shipper.config import StoreConfig
+from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
+from shipper.store import Store, open_store
+from shipper.store.fs import FileStore
+from shipper.store.s3 import READ_TIMEOUT, S3Store
+
+# The store fixture's loop is the session's; the tests must run in the same one.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MiB = 1 << 20
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+async def test_round_trip(store: Store) -> None:
+    await store.put("logs/t/h/00000000.log", b"hello\n")
+    assert await store.get("logs/t/h/00000000.log") == b"hello\n"
+    assert (await store.head("logs/t/h/00000000.log")).size == 6
+    await store.put("logs/t/h/m", memoryview(bytearray(b"from a memoryview")))
+    assert await store.get("logs/t/h/m") == b"from a memoryview"
+    await store.put("logs/t/h/empty", b"")
+    assert await store.get("logs/t/h/empty") == b""
+    assert (await store.head("logs/t/h/empty")).size == 0
+
+
+@pytest.mark.parametrize(("start", "end", "want"), [
+    (0, 1, slice(0, 1)),                 # first byte
+    (999, None, slice(999, None)),       # last byte
+    (999, 1000, slice(999, 1000)),
+    (100, 300, slice(100, 300)),         # middle
+    (100, None, slice(100, None)),       # to the end
+    (0, None, slice(0, None)),
+    (900, 5000, slice(900, 1000)),       # end past the size: clamped
+    (1000, None, slice(0, 0)),           # start at the size: empty
+    (1500, 2000, slice(0, 0)),           # start past the size: empty
+    (5, 5, slice(0, 0)),                 # empty range
+    (10, 5, slice(0, 0)),                # inverted range: empty
+])
+async def test_ranges(store: Store, start: int, end: int | None, want: slice) -> None:
+    data = bytes(range(250)) * 4  # 1000 bytes
+    await store.put("obj", data)
+    assert await store.get("obj", start, end) == data[want]
+    assert b"".join([c async for c in store.open("obj", start, end, chunk=64)]) == data[want]
+
+
+async def test_range_of_empty_object(store: Store) -> None:
+    await store.put("empty", b"")
+    assert await store.get("empty", 0, 10) == b""
+    assert await store.get("empty", 3) == b""
+    assert [c async for c in store.open("empty")] == []
+
+
+async def test_negative_range_is_a_bug(store: Store) -> None:
+    with pytest.raises(ValueError):
+        await store.get("obj", -1)
+
+
+async def test_open_streams_what_get_returns(store: Store) -> None:
+    data = os.urandom(3 * MiB + 123)
+    await store.put("big", data)
+    chunks = [c async for c in store.open("big", chunk=256 << 10)]
+    assert b"".join(chunks) == await store.get("big") == data
+    assert max(len(c) for c in chunks) <= 256 << 10
+    part = b"".join([c async for c in store.open("big", MiB - 7, 2 * MiB + 9, chunk=100_000)])
+    assert part == await store.get("big", MiB - 7, 2 * MiB + 9) == data[MiB - 7:2 * MiB + 9]
+
+
+async def test_open_stopped_early_releases_its_connection(store: Store) -> None:
+    await store.put("big", os.urandom(4 * MiB))
+    # More early stops than the S3 client's connection pool (32): a leak would hang here.
+    for _ in range(40):
+        async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], store.open("big", chunk=64 << 10))) as it:
+            async for chunk in it:
+                assert chunk
+                break
+    assert len(await store.get("big", 0, 10)) == 10
+
+
+async def test_large_object_put_and_put_file(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(40 * MiB + 5)  # multipart on S3 (more than 16 MiB, 8 MiB parts)
+    await store.put("large/a", data)
+    assert (await store.head("large/a")).size == len(data)
+    assert sha(await store.get("large/a")) == sha(data)
+    # Across the first part boundary
+    assert await store.get("large/a", 8 * MiB - 3, 8 * MiB + 3) == data[8 * MiB - 3:8 * MiB + 3]
+
+    path = tmp_path / "segment"
+    path.write_bytes(data)
+    await store.put_file("large/b", path)
+    assert sha(b"".join([c async for c in store.open("large/b")])) == sha(data)
+    small = tmp_path / "small"
+    small.write_bytes(b"small file")
+    await store.put_file("large/c", small)
+    assert await store.get("large/c") == b"small file"
+
+
+async def test_put_file_of_a_missing_file(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as info:
+        await store.put_file("x", tmp_path / "absent")
+    assert not isinstance(info.value, (ObjectNotFound, StoreUnavailable))
+    assert info.value.hint
+    with pytest.raises(ObjectNotFound):
+        await store.head("x")
+
+
+async def test_list_is_sorted_and_filtered_by_prefix(store: Store) -> None:
+    keys = ["logs/t/h/00000002.log", "logs/t/h/00000000.log", "logs/t/h/00000001.idx", "logs/t/h/manifest.json",
+            "logs/t/h2/00000000.log", "logs/t/hx", "lines/date=2024-01-01/task=t/host=h/00000000.parquet"]
+    for i, k in enumerate(keys):
+        await store.put(k, b"x" * i)
+    got = await store.list("logs/t/h/")
+    assert [o.key for o in got] == sorted(k for k in keys if k.startswith("logs/t/h/"))
+    assert {o.key: o.size for o in got}["logs/t/h/00000002.log"] == 0
+    assert {o.key: o.size for o in got}["logs/t/h/manifest.json"] == 3
+    assert [o.key for o in await store.list("logs/t/h")] == sorted(k for k in keys if k.startswith("logs/t/h"))
+    assert [o.key for o in await store.list("logs/t/h/0000000")] == sorted(keys[:3])
+    assert [o.key for o in await store.list("")] == sorted(keys)
+    assert await store.list("nothing/") == []
+
+
+async def test_missing_objects(store: Store) -> None:
+    with pytest.raises(ObjectNotFound) as info:
+        await store.get("logs/none/h/manifest.json")
+    assert info.value.hint
+    with pytest.raises(ObjectNotFound):
+        await store.get("logs/none/h/manifest.json", 5, 10)
+    with pytest.raises(ObjectNotFound):
+        await store.get("logs/none/h/manifest.json", 5, 5)
+    with pytest.raises(ObjectNotFound):
+        await store.head("logs/none/h/manifest.json")
+    with pytest.raises(ObjectNotFound):
+        [c async for c in store.open("logs/none/h/manifest.json")]
+    await store.put("logs/t/h/x", b"1")
+    with pytest.raises(ObjectNotFound):  # a "directory" is not an object
+        await store.get("logs/t/h")
+
+
+async def test_delete_is_idempotent(store: Store) -> None:
+    await store.put("d/a", b"a")
+    await store.put("d/b", b"b")
+    await store.delete(["d/a", "d/missing"])
+    with pytest.raises(ObjectNotFound):
+        await store.head("d/a")
+    await store.delete(["d/a"])
+    await store.delete([])
+    assert [o.key for o in await store.list("d/")] == ["d/b"]
+    await store.put("d/a", b"again")  # a deleted key (and its emptied directory) can be written again
+    assert await store.get("d/a") == b"again"
+
+
+async def test_delete_many(store: Store) -> None:
+    keys = [f"many/{i:05d}" for i in range(1100)]  # more than one DeleteObjects batch
+    await asyncio.gather(*(store.put(k, b"") for k in keys))
+    assert len(await store.list("many/")) == 1100
+    await store.delete(keys)
+    assert await store.list("many/") == []
+
+
+async def test_last_write_wins_and_readers_see_whole_objects(store: Store) -> None:
+    await store.put("w", b"one")
+    await store.put("w", b"two!")
+    assert await store.get("w") == b"two!"
+    versions = [bytes([i]) * (1 * MiB) for i in range(5)]
+    results = await asyncio.gather(*(store.put("w", v) for v in versions), *(store.get("w") for _ in range(5)))
+    for got in results[5:]:
+        assert got in versions or got == b"two!"
+    assert await store.get("w") in versions
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", "a/../../b", "", "a/"])
+async def test_keys_never_escape_the_root(store: Store, key: str) -> None:
+    with pytest.raises(StoreError):
+        await store.put(key, b"x")
+    with pytest.raises(StoreError):
+        await store.get(key)
+    with pytest.raises(StoreError):
+        await store.list("../")
+
+
+async def test_abort_uploads_on_the_file_store(file_store_cfg: StoreConfig) -> None:
+    store = open_store(file_store_cfg)
+    assert isinstance(store, FileStore)
+    await store.put("logs/t/h/a", b"a")
+    stale = store.root / "logs/t/h/b.tmp-dead"
+    fresh = store.root / "logs/t/h/c.tmp-live"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert [o.key for o in await store.list("logs/")] == ["logs/t/h/a"]  # temporary files do not exist
+    assert await store.abort_uploads("logs/") == 0
+    assert not stale.exists() and fresh.exists()
+    await store.close()
+
+
+async def _multipart_uploads(store: S3Store) -> list[dict[str, Any]]:
+    s3 = await store._s3()  # reaching into the backend: this test only
+    resp = await s3.list_multipart_uploads(Bucket=store.bucket, Prefix=store.root)
+    uploads: list[dict[str, Any]] = resp.get("Uploads", [])
+    return uploads
+
+
+async def test_abort_uploads_on_s3(s3_store_cfg: StoreConfig) -> None:
+    store = open_store(s3_store_cfg)
+    assert isinstance(store, S3Store)
+    try:
+        # A put cancelled midway aborts its own multipart upload: cancelled at once (while the
+        # server may be creating the upload), and cancelled while parts are being sent.
+        data = os.urandom(64 * MiB)
+        put = asyncio.create_task(store.put("big", data))
+        await asyncio.sleep(0)
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        assert await _multipart_uploads(store) == []
+        put = asyncio.create_task(store.put("big", data))
+        deadline = time.monotonic() + 20
+        while not await _multipart_uploads(store):
+            assert time.monotonic() < deadline and not put.done()
+            await asyncio.sleep(0.01)
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        assert await _multipart_uploads(store) == []
+        with pytest.raises(ObjectNotFound):
+            await store.head("big")
+
+        # One left behind by a crashed writer is aborted by abort_uploads().
+        s3 = await store._s3()
+        key = store.root + "logs/t/h/00000001.log"
+        upload = await s3.create_multipart_upload(Bucket=store.bucket, Key=key)
+        await s3.upload_part(Bucket=store.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * MiB)
+        assert len(await _multipart_uploads(store)) == 1
+        assert await store.abort_uploads("logs/other/") == 0
+        assert await store.abort_uploads("logs/") == 1
+        assert await _multipart_uploads(store) == []
+        assert await store.abort_uploads("") == 0
+    finally:
+        await store.close()
+
+
+# --- S3 errors --------------------------------------------------------------------------
+
+
+async def test_bad_credentials_are_a_store_error_with_a_hint(local_s3: s3local.LocalS3) -> None:
+    for cfg in (StoreConfig(url="s3://logship/t/", endpoint=local_s3.endpoint, access_key=local_s3.access_key,
+                            secret_key="wrong"),
+                StoreConfig(url="s3://logship/t/", endpoint=local_s3.endpoint, access_key="nobody",
+                            secret_key="wrong")):
+        store = open_store(cfg)
+        try:
+            with pytest.raises(StoreError) as info:
+                await store.put("x", b"x")
+            assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
+            assert "store.secret_key" in info.value.hint
+            assert isinstance(info.value.__cause__, Exception)
+        finally:
+            await store.close()
+
+
+async def test_missing_bucket_names_store_url(local_s3: s3local.LocalS3) -> None:
+    store = open_store(StoreConfig(url="s3://no-such-bucket-here/", endpoint=local_s3.endpoint,
+                                   access_key=local_s3.access_key, secret_key=local_s3.secret_key))
+    try:
+        for op in (store.put("x", b"x"), store.list("")):
+            with pytest.raises(StoreError) as info:
+                await op
+            assert not isinstance(info.value, ObjectNotFound)
+            assert "store.url" in info.value.hint
+    finally:
+        await store.close()
+
+
+async def test_crashed_or_frozen_server_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    # A server of its own: the session's one stays up for the other tests.
+    inst = await asyncio.to_thread(s3local.start, tmp_path / "s3")
+    store = open_store(inst.store_config("p/"))
+    try:
+        await store.put("kept", b"survives a crash")
+        await asyncio.to_thread(s3local.kill, inst)  # refused connections: fails fast
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            await store.get("kept")
+        assert time.monotonic() - began < 5
+        assert "store.endpoint" in info.value.hint
+        await asyncio.to_thread(s3local.restart, inst)
+        assert await store.get("kept") == b"survives a crash"  # same client, same endpoint, same data
+
+        s3local.pause(inst)  # accepted but never answered: fails after the read timeouts
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.get("kept")
+        assert time.monotonic() - began < 2 * READ_TIMEOUT + 5
+        s3local.resume(inst)
+        assert await store.get("kept") == b"survives a crash"
+    finally:
+        await store.close()
+        await asyncio.to_thread(s3local.stop, inst)
+
+
+async def test_unreachable_endpoint_is_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    store = open_store(StoreConfig(url="s3://logship/", endpoint=f"http://127.0.0.1:{port}",
+                                   access_key="a", secret_key="b"))
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.head("x")
+        assert time.monotonic() - began < 5
+    finally:
+        await store.close()
+
+
+# --- the local SeaweedFS (`logship s3 start|stop|env`) -----------------------------------
+
+
+async def test_local_s3_start_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "s3"
+    assert s3local.load(d) is None
+    with pytest.raises(LogshipError):
+        s3local.main(["env", "--dir", str(d)])
+
+    began = time.monotonic()
+    assert await asyncio.to_thread(s3local.main, ["start", "--dir", str(d)]) == 0
+    started_in = time.monotonic() - began
+    inst = s3local.load(d)
+    assert inst is not None and (d / "state.json").is_file() and (d / "weed.log").is_file()
+    out = capsys.readouterr().out
+    assert f"export LOGSHIP_STORE_ENDPOINT={inst.endpoint}" in out
+    assert "export LOGSHIP_STORE_URL=s3://logship/" in out
+    assert inst.env()["AWS_ACCESS_KEY_ID"] == inst.access_key
+    print(f"weed mini started in {started_in:.2f} s")
+
+    again = await asyncio.to_thread(s3local.start, d)  # idempotent: the same server
+    assert (again.pid, again.port) == (inst.pid, inst.port)
+    assert s3local.main(["env", "--dir", str(d)]) == 0
+    assert f"export AWS_SECRET_ACCESS_KEY={inst.secret_key}" in capsys.readouterr().out
+
+    store = open_store(inst.store_config())
+    try:
+        await store.put("persisted", b"data")
+    finally:
+        await store.close()
+
+    assert await asyncio.to_thread(s3local.main, ["stop", "--dir", str(d)]) == 0
+    assert s3local.load(d) is None
+    with socket.socket() as s:
+        # Nothing listens there any more (SO_REUSEADDR: closed connections may linger in TIME_WAIT).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", inst.port))
+        s.listen()
+    await asyncio.to_thread(s3local.stop, d)  # stopping twice is fine
+
+    back = await asyncio.to_thread(s3local.start, d)  # same dir: same ports, keys and data
+    try:
+        assert back.port == inst.port and back.pid != inst.pid
+        store = open_store(back.store_config())
+        try:
+            assert await store.get("persisted") == b"data"
+        finally:
+            await store.close()
+    finally:
+        await asyncio.to_thread(s3local.stop, back)
