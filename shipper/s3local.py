@@ -203,6 +203,7 @@ def _launch(inst: LocalS3, ports: dict[str, int], deadline: float) -> LocalS3:
             # volume server first reports in; that retries 5 s later and writes hang until then.
             # A single master loses nothing here: volumes and file ids come back with that report.
             "-master.resumeState=false",
+            "-volume.preStopSeconds=0",
             *(f"-{flag}={ports[flag]}" for flag in PORT_FLAGS)]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": inst.access_key, "AWS_SECRET_ACCESS_KEY": inst.secret_key}
     (d / DATA_DIR).mkdir(exist_ok=True)
