@@ -24,12 +24,16 @@ def parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return doc["segments"] + ([doc["checkpoint"]] if doc.get("checkpoint") else [])
 
 
+def entry_keys(task: str, host: str, entry: dict[str, Any], checkpoint: bool) -> tuple[str, str]:
+    """(bytes key, index key) of a manifest's segment or checkpoint entry."""
+    if checkpoint:
+        return names.checkpoint_keys(task, host, entry["seq"], entry["raw_size"], entry["compression"])
+    return (names.segment_key(task, host, entry["seq"], entry["compression"]),
+            names.index_key(task, host, entry["seq"], entry["compression"]))
+
+
 def part_keys(doc: dict[str, Any], part: dict[str, Any]) -> tuple[str, str]:
-    """(bytes key, index key) of a segment or checkpoint entry of the manifest `doc`."""
-    task, host, comp = doc["task"], doc["host"], part["compression"]
-    if doc.get("checkpoint") is part:
-        return names.checkpoint_keys(task, host, part["seq"], part["raw_size"], comp)
-    return names.segment_key(task, host, part["seq"], comp), names.index_key(task, host, part["seq"], comp)
+    return entry_keys(doc["task"], doc["host"], part, doc.get("checkpoint") is part)
 
 
 async def part_bytes(store: Store, doc: dict[str, Any], part: dict[str, Any]) -> bytes:

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
     w.add_argument("--once", action="store_true", help="ship what is there now, then exit")
 
+    sub.add_parser("serve", parents=[common], help="serve logs over HTTP (api.listen)")
+
     c = sub.add_parser("cat", parents=[common], help="print a log from the store")
     c.add_argument("task")
     c.add_argument("--host", help="default: this machine's hostname")
@@ -99,6 +101,10 @@ def _dispatch(args: Any) -> int:
         from . import agent
 
         return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+    if args.cmd == "serve":
+        from api import server
+
+        return server.main(cfg)
     if args.cmd == "cat":
         import asyncio
 

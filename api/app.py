@@ -1,0 +1,83 @@
+"""The aiohttp application: `create_app(config)` wires routes, middleware and resources."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from shipper.config import Config
+from shipper.errors import ConfigError
+from shipper.store import open_store
+
+from . import logs, metrics
+from .errors import Unauthorized, error_middleware
+from .keys import CONFIG, METRICS, SOURCE, STORE
+from .metrics import Metrics
+from .source import Source
+
+OPEN_PATHS = ("/healthz",)  # reachable without a token, for probes
+
+
+def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
+    """The API. With `serve_spool`, the newest bytes come from this host's spool as well as the store."""
+    check_auth_config(cfg)
+    app = web.Application(middlewares=[error_middleware, _auth_middleware(cfg.api.tokens)],
+                          client_max_size=1 << 20)
+    app[CONFIG] = cfg
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_store_ctx(serve_spool))
+    app.add_routes(logs.routes)
+    app.add_routes(metrics.routes)
+    return app
+
+
+def _store_ctx(serve_spool: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = app[CONFIG]
+        store = open_store(cfg.store)
+        app[STORE] = store
+        app[SOURCE] = Source(store, cfg.spool_dir if serve_spool else None)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return ctx
+
+
+def check_auth_config(cfg: Config) -> None:
+    """Without tokens the API may listen on loopback only: anyone who reaches it reads every log."""
+    if cfg.api.tokens:
+        return
+    host = cfg.api.listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"api.listen = {cfg.api.listen!r} is not a loopback address and api.tokens is empty",
+                          "set api.tokens (bearer tokens, 16+ characters) or listen on 127.0.0.1")
+
+
+def _auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    encoded = [t.encode() for t in tokens]
+
+    @web.middleware
+    async def auth(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        request.app[METRICS].requests += 1
+        if encoded and request.path not in OPEN_PATHS:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            given = token.strip().encode() if scheme.lower() == "bearer" else b""
+            # WebSocket clients in browsers cannot set headers: they may pass ?token=
+            given = given or request.query.get("token", "").encode()
+            if not any(hmac.compare_digest(given, t) for t in encoded):
+                raise Unauthorized("a bearer token is required" if not given else "the bearer token is not valid",
+                                   "send 'Authorization: Bearer TOKEN' with a token from api.tokens")
+        return await handler(request)
+
+    return auth

@@ -1,0 +1,54 @@
+"""Errors at the HTTP boundary: domain errors become JSON {"error", "detail", "hint"} with the right status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from shipper.errors import ConfigError, InvalidId, LogshipError, ObjectNotFound, StoreError, StoreUnavailable
+
+from .source import LogNotFound
+
+log = logging.getLogger("logship.api")
+
+
+class BadRequest(LogshipError):
+    code = "bad_request"
+
+
+class Unauthorized(LogshipError):
+    code = "unauthorized"
+
+
+STATUS: list[tuple[type[LogshipError], int]] = [
+    (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401),
+    (LogNotFound, 404), (ObjectNotFound, 404), (StoreUnavailable, 503), (StoreError, 502),
+]
+
+
+def json_error(status: int, code: str, detail: str, hint: str = "",
+               headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": code, "detail": detail, "hint": hint}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LogshipError as exc:
+        status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+        return json_error(status, exc.code, exc.detail, exc.hint)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        hint = {404: "see GET /api/v1/openapi.json for the routes",
+                405: "see GET /api/v1/openapi.json for the methods of each route"}.get(exc.status, "")
+        return json_error(exc.status, exc.reason.lower().replace(" ", "_"), f"{request.method} {request.path}: "
+                          f"{exc.reason}", hint, headers={k: v for k, v in exc.headers.items() if k == "Allow"})

@@ -1,0 +1,19 @@
+"""Typed application state: every AppKey of the API in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from shipper.config import Config
+    from shipper.store import Store
+
+    from .metrics import Metrics
+    from .source import Source
+
+CONFIG: web.AppKey["Config"] = web.AppKey("config")
+STORE: web.AppKey["Store"] = web.AppKey("store")
+SOURCE: web.AppKey["Source"] = web.AppKey("source")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")

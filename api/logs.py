@@ -1,0 +1,258 @@
+"""The log routes: listing, one log's metadata, the whole log (Range, follow, progressive), all hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from aiohttp import web
+
+from shipper import index, manifest, names
+from shipper.errors import ObjectNotFound
+from shipper.spool import iter_logs, read_log
+
+from . import params
+from .errors import BadRequest, json_error
+from .keys import CONFIG, METRICS, SOURCE, STORE
+from .source import LogNotFound, LogView, Source
+
+routes = web.RouteTableDef()
+FOLLOW_POLL_SPOOL = 0.02  # seconds between looks at a growing spool file while following
+MANIFEST_FETCH_CONCURRENCY = 16
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
+    host = request.query.get("host") or None
+    if host is not None:
+        names.check_id("host", host)
+    task = request.query.get("task") or None
+    if task is not None:
+        names.check_id("task", task)
+    since = params.since_ns(request)
+    limit = params.integer(request, "limit", 100, 1, 1000)
+    assert limit is not None
+    after = _decode_cursor(request.query.get("cursor"))
+    rows = await _all_logs(request.app, task)
+    rows = [r for r in rows if (status is None or r["status"] == status) and (host is None or r["host"] == host)
+            and (since is None or r["started_ns"] >= since)]
+    rows.sort(key=_sort_key)
+    if after is not None:
+        rows = [r for r in rows if _sort_key(r) > after]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return web.json_response({"logs": page, "next_cursor": _encode_cursor(_sort_key(page[-1])) if more else None})
+
+
+def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
+    return (-r["started_ns"], r["task"], r["host"])
+
+
+def _encode_cursor(key: tuple[int, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> tuple[int, str, str] | None:
+    if not cursor:
+        return None
+    try:
+        a, b, c = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return int(a), str(b), str(c)
+    except (ValueError, TypeError):
+        raise BadRequest("cursor is not one this API gave out", "pass next_cursor from the previous page as is") \
+            from None
+
+
+async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, Any]]:
+    """A summary row for every log in the store and in the local spool (the spool's are fresher)."""
+    store = app[STORE]
+    objects = await store.list(names.log_prefix(task, "")[:-1] if task else "logs/")
+    keys = [o.key for o in objects if o.key.endswith("/manifest.json")]
+    sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)
+
+    async def fetch(key: str) -> dict[str, Any] | None:
+        async with sem:
+            try:
+                return manifest.loads(await store.get(key))
+            except (ObjectNotFound, ValueError):
+                return None  # deleted meanwhile, or not ours
+
+    rows = {(d["task"], d["host"]): _summary(d) for d in await asyncio.gather(*map(fetch, keys)) if d}
+    spool = app[CONFIG].spool_dir if app[SOURCE].spool else None
+    if spool is not None:
+        for row in await asyncio.to_thread(_spool_rows, spool, task):
+            prev = rows.get((row["task"], row["host"]))
+            if prev is None or prev["run_id"] == row["run_id"]:
+                rows[(row["task"], row["host"])] = row
+    return list(rows.values())
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    keys = ("task", "host", "run_id", "status", "exit_code", "started_ns", "ended_ns", "size", "lines",
+            "labels", "command")
+    return {k: d.get(k) for k in keys}
+
+
+def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for d in iter_logs(spool):
+        if task is not None and d.parent.name != task:
+            continue
+        sl = read_log(d)
+        if sl is None or (d / names.SHIPPED_FILE).exists():
+            continue
+        status = (sl.exit or {}).get("status", manifest.FINISHED) if sl.finished else manifest.RUNNING
+        rows.append({"task": sl.task, "host": sl.host, "run_id": sl.run["run_id"], "status": status,
+                     "exit_code": (sl.exit or {}).get("exit_code"), "started_ns": sl.run["started_ns"],
+                     "ended_ns": (sl.exit or {}).get("ended_ns"), "size": None, "lines": None,
+                     "labels": sl.run.get("labels", {}), "command": sl.run["command"]})
+    return rows
+
+
+# --- one log ---------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/tasks/{task}/hosts/{host}")
+async def get_log_meta(request: web.Request) -> web.Response:
+    view = await _view(request)
+    doc = dict(view.doc) if view.doc is not None else manifest.build(
+        view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)
+    doc.update(status=view.status, live_size=view.size, exit_code=(view.exit or {}).get("exit_code"),
+               ended_ns=(view.exit or {}).get("ended_ns"))
+    return web.json_response(doc)
+
+
+async def _view(request: web.Request) -> LogView:
+    return await request.app[SOURCE].view(request.match_info["task"], request.match_info["host"])
+
+
+@routes.get("/api/v1/tasks/{task}/hosts/{host}/log")
+async def get_log(request: web.Request) -> web.StreamResponse:
+    source = request.app[SOURCE]
+    stream = params.choice(request, "stream", ("stdout", "stderr"))
+    follow = params.flag(request, "follow")
+    start_param = params.integer(request, "start", None, 0, 1 << 62)
+    view = await _view(request)
+
+    headers = {"Content-Type": "text/plain; charset=utf-8", "ETag": view.etag, "Accept-Ranges": "bytes",
+               "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if stream is not None:
+        resp = web.StreamResponse(headers=headers)
+        del resp.headers["Accept-Ranges"]  # byte offsets are the whole log's, not the stream's
+        return await _send(request, resp, view, 0, None, follow, stream)
+
+    if start_param is not None:  # progressive mode for pollers
+        if start_param > view.size:
+            return json_error(416, "bad_range", f"start={start_param} is past the end of the log ({view.size})",
+                              "poll again from X-Log-Size of the last answer",
+                              headers={"Content-Range": f"bytes */{view.size}"})
+        headers.update({"X-Log-Size": str(view.size), "X-More-Data": "false" if view.finished else "true"})
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = view.covered(start_param, view.size)
+        return await _send(request, resp, view, start_param, view.size, False, None)
+
+    rng_header = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if rng_header is not None and if_range is not None and not view.etag_matches(if_range):
+        rng_header = None  # the client's copy is of another run: send it the whole log
+    try:
+        rng = params.byte_range(rng_header, view.size)
+    except params.RangeError as exc:
+        return json_error(416, "bad_range", str(exc), "ask for one range within the log's size (HEAD or the "
+                          "/hosts/{host} route give it)", headers={"Content-Range": f"bytes */{view.size}"})
+    if rng is not None:
+        start, end = rng
+        resp = web.StreamResponse(status=206, headers=headers)
+        total = str(view.size) if view.finished else "*"
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        resp.content_length = view.covered(start, end)
+        return await _send(request, resp, view, start, end, False, None)
+
+    resp = web.StreamResponse(headers=headers)
+    if view.finished:
+        resp.content_length = view.covered(0, view.size)
+    return await _send(request, resp, view, 0, None if follow else view.size, follow, None)
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
+                follow: bool, stream: str | None) -> web.StreamResponse:
+    """Write [start, end) of the log (end=None: to its end; with follow, until the task ends)."""
+    source = request.app[SOURCE]
+    metrics = request.app[METRICS]
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    pos = start
+    code = index.STREAM_CODES[stream] if stream else None
+    while True:
+        stop = view.size if end is None else min(end, view.size)
+        if code is None:
+            async for piece in source.read(view, pos, stop):
+                await resp.write(piece)
+                metrics.bytes_out += len(piece)
+        else:
+            metrics.bytes_out += await _send_stream(source, view, resp, pos, stop, code)
+        pos = stop
+        if not follow or view.finished or (end is not None and pos >= end):
+            break
+        view = await _wait_growth(source, view, pos)
+    await resp.write_eof()
+    return resp
+
+
+async def _send_stream(source: Source, view: LogView, resp: web.StreamResponse, start: int, end: int,
+                       code: int) -> int:
+    """Only the chunks of one stream, from the chunk index of each part. Returns the bytes sent."""
+    sent = 0
+    for part in view.parts:
+        if part.end <= start or part.offset >= end:
+            continue
+        for c in await source.chunks(view, part):
+            if c.stream != code or c.end <= start or c.offset >= end:
+                continue
+            async for piece in source.read(view, max(c.offset, start), min(c.end, end)):
+                await resp.write(piece)
+                sent += len(piece)
+    return sent
+
+
+async def _wait_growth(source: Source, view: LogView, pos: int) -> LogView:
+    """The next view of a running log that holds more than `pos` bytes, or has ended."""
+    poll = FOLLOW_POLL_SPOOL if view.spool_dir is not None else 1.0
+    while True:
+        await asyncio.sleep(poll)
+        fresh = await source.view(view.task, view.host)
+        if fresh.size > pos or fresh.finished:
+            return fresh
+
+
+# --- every host of a task --------------------------------------------------------------------
+
+
+@routes.get("/api/v1/tasks/{task}/log")
+async def get_task_log(request: web.Request) -> web.StreamResponse:
+    task = names.check_id("task", request.match_info["task"])
+    rows = await _all_logs(request.app, task)
+    if not rows:
+        raise LogNotFound(f"no log of task {task}", "list logs with GET /api/v1/tasks")
+    rows.sort(key=lambda r: r["host"])
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    source = request.app[SOURCE]
+    for row in rows:
+        view = await source.view(task, row["host"])
+        await resp.write(f"==> {task}/{row['host']} ({view.status}, {view.size} bytes) <==\n".encode())
+        last = b"\n"
+        async for piece in source.read(view, 0, view.size):
+            await resp.write(piece)
+            last = piece[-1:]
+        if last != b"\n":
+            await resp.write(b"\n")
+    await resp.write_eof()
+    return resp

@@ -1,0 +1,61 @@
+"""/healthz and /metrics (Prometheus text): the API's counters and the watcher's, read from the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .keys import CONFIG, METRICS, SOURCE
+
+routes = web.RouteTableDef()
+WATCHER_STATE = ".watcher.json"
+
+
+@dataclass
+class Metrics:
+    requests: int = 0
+    bytes_out: int = 0
+    followers: int = 0  # open follow/tail connections right now
+    tail_messages: int = 0
+    tail_skipped_bytes: int = 0
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    lines = [
+        "# TYPE logship_api_requests_total counter", f"logship_api_requests_total {m.requests}",
+        "# TYPE logship_api_bytes_out_total counter", f"logship_api_bytes_out_total {m.bytes_out}",
+        "# TYPE logship_api_followers gauge", f"logship_api_followers {m.followers}",
+        "# TYPE logship_api_tail_messages_total counter", f"logship_api_tail_messages_total {m.tail_messages}",
+        "# TYPE logship_api_tail_skipped_bytes_total counter",
+        f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
+    ]
+    if request.app[SOURCE].spool is not None:
+        state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / WATCHER_STATE)
+        if state:
+            lines.append("# TYPE logship_watcher_healthy gauge")
+            lines.append(f"logship_watcher_healthy {int(bool(state.get('healthy')))}")
+            for k, v in sorted(state.get("stats", {}).items()):
+                kind = "gauge" if k == "spool_bytes" else "counter"
+                name = f"logship_watcher_{k}" + ("" if kind == "gauge" else "_total")
+                lines += [f"# TYPE {name} {kind}", f"{name} {int(v)}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
