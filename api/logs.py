@@ -134,7 +134,6 @@ async def _view(request: web.Request) -> LogView:
 
 @routes.get("/api/v1/tasks/{task}/hosts/{host}/log")
 async def get_log(request: web.Request) -> web.StreamResponse:
-    source = request.app[SOURCE]
     stream = params.choice(request, "stream", ("stdout", "stderr"))
     follow = params.flag(request, "follow")
     start_param = params.integer(request, "start", None, 0, 1 << 62)

@@ -1,0 +1,232 @@
+"""The log routes of the API: whole log, Range, If-Range, follow, progressive, streams, listing, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from shipper.config import Config, load_config
+from shipper.watcher import watch
+
+from .support import NASTY, env_for, run_agent, spooled, start_agent
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BIG = "import sys\nfor i in range(60000): sys.stdout.write('line %06d %s\\n' % (i, 'abcdefghij' * (i % 7)))\n"
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, base: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = {"LOGSHIP_SPOOL_DIR": str(tmp_path / "spool"), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive",
+                    "LOGSHIP_SPOOL_SEGMENT_BYTES": "64KiB", **base}
+
+    def cfg(self, **extra: str) -> Config:
+        return load_config(env={**self.env, **extra})
+
+    @property
+    def spool(self) -> Path:
+        return self.tmp_path / "spool"
+
+    def agent_env(self) -> dict[str, str]:
+        return env_for(self.spool, self.env)
+
+    def run(self, task: str, script: str, host: str = "h1") -> bytes:
+        res = run_agent(self.spool, task, [sys.executable, "-c", script], env=self.agent_env(), host=host)
+        assert res.returncode == 0
+        return res.stdout + res.stderr if script is NASTY else res.stdout
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path, {})
+
+
+async def client_for(cfg: Config, serve_spool: bool = True) -> TestClient:
+    client = TestClient(TestServer(create_app(cfg, serve_spool=serve_spool)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture(params=["spool", "store-zstd", "store-none"])
+async def shipped(request: pytest.FixtureRequest, setup: Setup) -> AsyncIterator[tuple[TestClient, bytes]]:
+    """A finished multi-segment log served from the spool only, or from the store only (spool pruned)."""
+    if request.param == "store-none":
+        setup.env["LOGSHIP_STORE_COMPRESSION"] = "none"
+    data = setup.run("big", BIG)
+    if request.param.startswith("store"):
+        await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0"), once=True)
+        assert not list((setup.spool / "big" / "h1").glob("*.log"))
+    client = await client_for(setup.cfg())
+    yield client, data
+    await client.close()
+
+
+async def test_whole_log_is_byte_identical(shipped: tuple[TestClient, bytes]) -> None:
+    client, data = shipped
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log")
+    assert r.status == 200 and r.headers["Content-Length"] == str(len(data))
+    assert await r.read() == data
+    assert r.headers["ETag"].startswith('"') and r.headers["Accept-Ranges"] == "bytes"
+
+
+async def test_ranges(shipped: tuple[TestClient, bytes]) -> None:
+    client, data = shipped
+    n = len(data)
+    for header, want in [("bytes=0-0", data[:1]), (f"bytes={n - 1}-", data[-1:]), ("bytes=-1", data[-1:]),
+                         ("bytes=65530-65560", data[65530:65561]),  # across a segment boundary
+                         ("bytes=100000-300000", data[100000:300001]), (f"bytes={n - 5000}-{n + 99}", data[-5000:])]:
+        r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": header})
+        assert r.status == 206, header
+        body = await r.read()
+        assert body == want, header
+        first = n - 1 if header.startswith("bytes=-") else int(header[6:].split("-")[0])
+        assert r.headers["Content-Range"] == f"bytes {first}-{first + len(want) - 1}/{n}"
+    for bad in [f"bytes={n}-", "bytes=5-1", "bytes=0-1,4-5", "lines=1-2", "bytes=-0"]:
+        r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": bad})
+        assert r.status == 416 and r.headers["Content-Range"] == f"bytes */{n}", bad
+        assert (await r.json())["error"] == "bad_range"
+
+
+async def test_if_range(shipped: tuple[TestClient, bytes]) -> None:
+    client, data = shipped
+    etag = (await client.head("/api/v1/tasks/big/hosts/h1/log")).headers["ETag"]
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert r.status == 206 and await r.read() == data[10:20]
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": "bytes=10-19", "If-Range": '"other-1"'})
+    assert r.status == 200 and await r.read() == data
+
+
+async def test_progressive_start(shipped: tuple[TestClient, bytes]) -> None:
+    client, data = shipped
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log?start=1000")
+    assert await r.read() == data[1000:]
+    assert r.headers["X-Log-Size"] == str(len(data)) and r.headers["X-More-Data"] == "false"
+    r = await client.get(f"/api/v1/tasks/big/hosts/h1/log?start={len(data) + 1}")
+    assert r.status == 416
+
+
+async def test_streams_and_metadata(setup: Setup) -> None:
+    res = run_agent(setup.spool, "nasty", [sys.executable, "-c", NASTY], env=setup.agent_env())
+    await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0"), once=True)
+    for serve_spool in (True, False):
+        client = await client_for(setup.cfg(), serve_spool)
+        assert await (await client.get("/api/v1/tasks/nasty/hosts/h1/log?stream=stdout")).read() == res.stdout
+        assert await (await client.get("/api/v1/tasks/nasty/hosts/h1/log?stream=stderr")).read() == res.stderr
+        meta = await (await client.get("/api/v1/tasks/nasty/hosts/h1")).json()
+        assert meta["status"] == "finished" and meta["exit_code"] == 0
+        assert meta["live_size"] == meta["size"] == len(res.stdout) + len(res.stderr)
+        await client.close()
+
+
+async def test_running_log_download_and_follow(setup: Setup) -> None:
+    gate = setup.tmp_path / "gate"
+    script = (f"import os, time\nfor i in range(3000): print('early', i)\nimport sys; sys.stdout.flush()\n"
+              f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+              "for i in range(50): print('late', i, flush=True); time.sleep(0.01)\n")
+    p = start_agent(setup.spool, "run", [sys.executable, "-c", script], env=setup.agent_env())
+    client = await client_for(setup.cfg())
+    try:
+        for _ in range(200):
+            r = await client.get("/api/v1/tasks/run/hosts/h1/log")
+            if r.status == 200 and (body := await r.read()).endswith(b"early 2999\n"):
+                break
+            await asyncio.sleep(0.05)
+        assert "Content-Length" not in r.headers  # running: no length yet
+        r = await client.get("/api/v1/tasks/run/hosts/h1/log", headers={"Range": "bytes=0-9"})
+        assert r.status == 206 and r.headers["Content-Range"] == "bytes 0-9/*"
+        meta = await (await client.get("/api/v1/tasks/run/hosts/h1")).json()
+        assert meta["status"] == "running" and meta["live_size"] == len(body)
+        r = await client.get("/api/v1/tasks/run/hosts/h1/log?start=0")
+        assert r.headers["X-More-Data"] == "true"
+        follow = await client.get("/api/v1/tasks/run/hosts/h1/log?follow=true")
+        first = await follow.content.readexactly(len(body))
+        assert first == body
+        gate.touch()
+        rest = await asyncio.wait_for(follow.read(), 30)  # ends when the task ends
+        assert p.wait(10) == 0
+        assert first + rest == spooled(setup.spool, "run")
+        assert rest.endswith(b"late 49\n")
+    finally:
+        p.kill()
+        await client.close()
+
+
+async def test_listing_filters_and_pages(setup: Setup) -> None:
+    for i in range(5):
+        setup.run(f"job{i}", "print('hi')", host="a" if i % 2 else "b")
+    await watch(setup.cfg(), once=True)
+    client = await client_for(setup.cfg())
+    try:
+        everything = (await (await client.get("/api/v1/tasks")).json())["logs"]
+        assert [r["task"] for r in everything] == [f"job{i}" for i in reversed(range(5))]  # newest first
+        hosts = (await (await client.get("/api/v1/tasks?host=a")).json())["logs"]
+        assert {r["task"] for r in hosts} == {"job1", "job3"}
+        seen, cursor = [], None
+        while True:
+            page = await (await client.get("/api/v1/tasks", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+            seen += [r["task"] for r in page["logs"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert seen == [r["task"] for r in everything]
+        assert (await (await client.get("/api/v1/tasks?status=running")).json())["logs"] == []
+        assert len((await (await client.get("/api/v1/tasks?since=1h")).json())["logs"]) == 5
+        r = await client.get("/api/v1/tasks/job1/log")
+        assert (await r.read()) == b"==> job1/a (finished, 3 bytes) <==\nhi\n"
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("path,status,code", [
+    ("/api/v1/tasks/..%2Fetc/hosts/h1/log", 400, "bad_id"),
+    ("/api/v1/tasks/a%20b/hosts/h1", 400, "bad_id"),
+    ("/api/v1/tasks/nope/hosts/h1/log", 404, "not_found"),
+    ("/api/v1/tasks/nope/log", 404, "not_found"),
+    ("/api/v1/tasks?status=sleeping", 400, "bad_request"),
+    ("/api/v1/tasks?limit=0", 400, "bad_request"),
+    ("/api/v1/tasks?since=yesterdayish", 400, "bad_request"),
+    ("/api/v1/tasks?cursor=%%%", 400, "bad_request"),
+    ("/api/v1/tasks/x/hosts/h1/log?stream=stdin", 400, "bad_request"),
+    ("/api/v1/tasks/x/hosts/h1/log?follow=maybe", 400, "bad_request"),
+    ("/api/v1/tasks/x/hosts/h1/log?start=-1", 400, "bad_request"),
+    ("/api/v1/nothing", 404, "not_found"),
+])
+async def test_bad_requests_get_json_errors(setup: Setup, path: str, status: int, code: str) -> None:
+    client = await client_for(setup.cfg())
+    try:
+        r = await client.get(path)
+        body = await r.json()
+        assert r.status == status and body["error"] == code and body["detail"] and "hint" in body
+    finally:
+        await client.close()
+
+
+async def test_tokens_are_required_when_configured(setup: Setup) -> None:
+    setup.run("sec", "print('secret')")
+    token = secrets.token_urlsafe(24)
+    client = await client_for(setup.cfg(LOGSHIP_API_TOKENS=token))
+    try:
+        r = await client.get("/api/v1/tasks/sec/hosts/h1/log")
+        assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+        r = await client.get("/api/v1/tasks/sec/hosts/h1/log", headers={"Authorization": "Bearer wrong-token-xxxxxxxx"})
+        assert r.status == 401
+        r = await client.get("/api/v1/tasks/sec/hosts/h1/log", headers={"Authorization": f"Bearer {token}"})
+        assert r.status == 200 and await r.read() == b"secret\n"
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await client.close()
+
+
+async def test_refuses_to_listen_beyond_loopback_without_tokens(tmp_path: Path) -> None:
+    from shipper.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="api.tokens"):
+        create_app(load_config(env={"LOGSHIP_API_LISTEN": "0.0.0.0:8080"}))
+    create_app(load_config(env={"LOGSHIP_API_LISTEN": "0.0.0.0:8080", "LOGSHIP_API_TOKENS": "t" * 20}))
