@@ -12,7 +12,7 @@ from shipper.config import Config
 from shipper.errors import ConfigError
 from shipper.store import open_store
 
-from . import logs, metrics
+from . import logs, metrics, proxy
 from .errors import Unauthorized, error_middleware
 from .keys import CONFIG, METRICS, SOURCE, STORE
 from .metrics import Metrics
@@ -24,11 +24,12 @@ OPEN_PATHS = ("/healthz",)  # reachable without a token, for probes
 def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     """The API. With `serve_spool`, the newest bytes come from this host's spool as well as the store."""
     check_auth_config(cfg)
-    app = web.Application(middlewares=[error_middleware, _auth_middleware(cfg.api.tokens)],
+    app = web.Application(middlewares=[error_middleware, _auth_middleware(cfg.api.tokens), proxy.proxy_middleware],
                           client_max_size=1 << 20)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(serve_spool))
+    app.cleanup_ctx.append(proxy.session_ctx)
     app.add_routes(logs.routes)
     app.add_routes(metrics.routes)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -17,3 +18,4 @@ CONFIG: web.AppKey["Config"] = web.AppKey("config")
 STORE: web.AppKey["Store"] = web.AppKey("store")
 SOURCE: web.AppKey["Source"] = web.AppKey("source")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")

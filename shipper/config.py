@@ -108,6 +108,15 @@ def _tokens(v: Any) -> list[str]:
     return [t.strip() for t in v]
 
 
+def _api_url(v: Any) -> str:
+    """an http(s)://HOST:PORT URL of the API beside this spool, or empty"""
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or not re.fullmatch(r"https?://[\w.\[\]:-]+(:\d{1,5})?/?", v):
+        raise ValueError
+    return v.rstrip("/")
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
@@ -144,6 +153,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class WatchConfig:
     checkpoint_seconds: float = 5.0
+    api_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_key": _opt_text,
         "secret_key": _opt_text,
     },
-    "watch": {"checkpoint_seconds": _duration(0.1, 5)},
+    "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
     "api": {"listen": _listen, "tokens": _tokens},
 }
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig}

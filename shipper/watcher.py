@@ -270,7 +270,9 @@ class Watcher:
         if st.checkpoint is not None and st.checkpoint["seq"] in st.segments:
             st.stale_keys += _ckpt_keys(sl, st.checkpoint)
             st.checkpoint = None
-        doc = manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression)
+        # A running log names the API beside this spool, so a central API can proxy live requests to it.
+        extra = {"api_url": self.cfg.watch.api_url} if self.cfg.watch.api_url and status == manifest.RUNNING else {}
+        doc = manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression, extra)
         await self.store.put(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
         st.committed = set(st.segments)
         st.manifest_status = status

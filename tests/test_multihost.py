@@ -1,0 +1,92 @@
+"""Many hosts, one API: two spools, two API processes and one store (a real SeaweedFS)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shipper import s3local
+
+from .support import LOGSHIP, env_for, spooled, start_agent, start_watcher
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    p = subprocess.Popen([*LOGSHIP, "serve"], env={**env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}"},
+                         stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.get(url + "/healthz") as r:
+                    if r.status == 200:
+                        return p, url
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("API did not start")
+
+
+async def get(url: str) -> bytes:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200, await r.text()
+        return await r.read()
+
+
+async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
+        local_s3: s3local.LocalS3, tmp_path: Path) -> None:
+    store = {"LOGSHIP_STORE_URL": f"s3://{local_s3.bucket}/t-{secrets.token_hex(4)}/",
+             "LOGSHIP_STORE_ENDPOINT": local_s3.endpoint, "AWS_ACCESS_KEY_ID": local_s3.access_key,
+             "AWS_SECRET_ACCESS_KEY": local_s3.secret_key, "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "5"}
+    spool_a, spool_b = tmp_path / "a", tmp_path / "b"
+    env_a, env_b = env_for(spool_a, store), env_for(spool_b, store)
+    api_a, url_a = await start_api(env_a)
+    api_b, url_b = await start_api(env_b)
+    watcher = start_watcher({**env_a, "LOGSHIP_WATCH_API_URL": url_a}, stderr=subprocess.DEVNULL)
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    script = (f"import os, time\nprint('before the first checkpoint', flush=True)\n"
+              f"while not os.path.exists({str(gate1)!r}): time.sleep(0.01)\n"
+              "print('newer than any checkpoint', flush=True)\n"
+              f"while not os.path.exists({str(gate2)!r}): time.sleep(0.01)\nprint('the end')\n")
+    agent = start_agent(spool_a, "spread", [sys.executable, "-c", script], env=env_a)
+    log_b = f"{url_b}/api/v1/tasks/spread/hosts/h1/log"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # B knows the log once A's watcher checkpointed it
+            async with aiohttp.ClientSession() as http, http.get(log_b) as r:
+                if r.status == 200 and await r.read():
+                    break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        gate1.touch()
+        while b"newer" not in spooled(spool_a, "spread"):
+            await asyncio.sleep(0.01)
+        # at once, well within the 5 s checkpoint interval: only A's spool has it
+        assert await get(log_b) == spooled(spool_a, "spread")
+        api_a.kill()
+        api_a.wait()
+        body = await get(log_b)  # A is gone: B serves the newest checkpoint
+        assert spooled(spool_a, "spread").startswith(body) and body.startswith(b"before the first checkpoint\n")
+        gate2.touch()
+        assert agent.wait(20) == 0
+        async with aiohttp.ClientSession() as http, http.get(log_b + "?follow=true") as r:
+            assert await asyncio.wait_for(r.read(), 30) == spooled(spool_a, "spread")
+    finally:
+        for p in (agent, watcher, api_a, api_b):
+            p.kill()
+            p.wait()
