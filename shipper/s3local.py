@@ -41,7 +41,9 @@ DATA_DIR = "data"
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
 START_ATTEMPTS = 4  # weed exits at once when a port was taken after we picked it: try fresh ones
-STOP_GRACE_SECONDS = 5.0  # weed mini needs ≈ 1-2 s to stop (volume.preStopSeconds=1)
+# weed mini stops in 1-2.5 s, but may hang in its volume server's graceful HTTP stop when told to stop
+# while its admin part is still starting; it survives SIGKILL (tested), so do not wait long.
+STOP_GRACE_SECONDS = 4.0
 PROBE_KEY = ".logship-ready"
 GRPC_OFFSET = 10000
 PROBE_TIMEOUT = 1.0
@@ -203,7 +205,6 @@ def _launch(inst: LocalS3, ports: dict[str, int], deadline: float) -> LocalS3:
             # volume server first reports in; that retries 5 s later and writes hang until then.
             # A single master loses nothing here: volumes and file ids come back with that report.
             "-master.resumeState=false",
-            "-volume.preStopSeconds=0",
             *(f"-{flag}={ports[flag]}" for flag in PORT_FLAGS)]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": inst.access_key, "AWS_SECRET_ACCESS_KEY": inst.secret_key}
     (d / DATA_DIR).mkdir(exist_ok=True)

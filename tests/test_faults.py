@@ -185,7 +185,7 @@ async def test_store_down_20s_neither_slows_the_task_nor_loses_data(tmp_path: Pa
             wall = time.monotonic() - t0
         assert time.monotonic() - down >= 20
         elapsed = float(out.read_bytes().rsplit(b"elapsed ", 1)[1])
-        assert wall - elapsed < 1.5, (wall, elapsed)  # the agent added no more than its start-up
+        assert wall - elapsed < 3, (wall, elapsed)  # the agent added its start-up, not the 20 s outage
         doc = await wait_status(store, "outage", "finished", timeout=120)
         assert await archived_sha(store, "outage") == sha(spooled(tmp_path / "spool", "outage"))
         assert doc["size"] == len(spooled(tmp_path / "spool", "outage"))
