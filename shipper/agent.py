@@ -205,13 +205,19 @@ class Agent:
     def _spool(self, s: _Stream, data: bytes) -> None:
         cut = data.rfind(b"\n") + 1
         if cut:
-            parts: list[bytes | memoryview] = [data] if cut == len(data) else [memoryview(data)[:cut]]
-            length = cut
-            if s.tail:
-                parts.insert(0, s.tail)
-                length += len(s.tail)
-            lines = data.count(b"\n", 0, cut)
-            self._guard(lambda: self.writer.append(s.code, parts, length, lines, partial=False), length)
+            pos = 0
+            # A read can hold more than the open segment has room for: end the segment at a line end
+            # near its size, so segments keep to spool.segment_bytes whatever the read size.
+            while cut - pos + len(s.tail) > (room := self.writer.room()):
+                k = data.rfind(b"\n", pos, pos + max(room - len(s.tail), 0)) + 1
+                if k <= pos:  # not one more line fits: the segment is full
+                    if not self.writer.is_open:
+                        break  # a line longer than a whole segment: it gets a segment to itself
+                    self._guard(self.writer.seal, 0)
+                    continue
+                self._append_lines(s, data, pos, k)
+                pos = k
+            self._append_lines(s, data, pos, cut)
             s.tail = bytearray(memoryview(data)[cut:]) if cut < len(data) else bytearray()
             if s.tail:
                 s.tail_since = time.monotonic()
@@ -221,6 +227,15 @@ class Agent:
             s.tail += data
         if len(s.tail) >= FLUSH_CAP:
             self._flush_tail(s)
+
+    def _append_lines(self, s: _Stream, data: bytes, start: int, end: int) -> None:
+        """Append data[start:end], whole lines, with the stream's waiting tail in front, as one chunk."""
+        piece = data if (start, end) == (0, len(data)) else memoryview(data)[start:end]
+        parts: list[bytes | memoryview] = [s.tail, piece] if s.tail else [piece]
+        length = end - start + len(s.tail)
+        lines = data.count(b"\n", start, end)
+        s.tail = bytearray()
+        self._guard(lambda: self.writer.append(s.code, parts, length, lines, partial=False), length)
 
     def _flush_tail(self, s: _Stream) -> None:
         if s.tail:

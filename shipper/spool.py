@@ -88,6 +88,10 @@ class SegmentWriter:
     def is_open(self) -> bool:
         return self._log_fd >= 0
 
+    def room(self) -> int:
+        """Bytes the open (or next) segment takes before it is sealed by size."""
+        return self.segment_bytes - self.seg_size if self.is_open else self.segment_bytes
+
     def rotate_deadline(self) -> float | None:
         """Monotonic time at which the open segment must be sealed by age, if one is open."""
         return self.seg_opened + self.segment_seconds if self.is_open else None

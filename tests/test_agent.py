@@ -63,6 +63,8 @@ def test_rotation_by_size_and_age(tmp_path: Path) -> None:
     segs = sorted(p.name for p in d.glob("*.log"))
     assert not list(d.glob("*.open"))
     assert len(segs) >= 4  # ~210 KB in 64 KiB segments, then 'late' alone in a segment sealed by age
+    # however much one read brings, a segment ends at a line end within its size
+    assert all((d / n).stat().st_size <= 64 << 10 and (d / n).read_bytes().endswith(b"\n") for n in segs)
     assert spooled(spool, "rot") == res.stdout
     last = index.read(str(d / segs[-1].replace(".log", ".idx")))
     assert (d / segs[-1]).read_bytes() == b"late\n" and len(last) == 1
