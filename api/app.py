@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,7 @@ from shipper.store import open_store
 
 from . import logs, metrics, proxy
 from .errors import Unauthorized, error_middleware
-from .keys import CONFIG, METRICS, SOURCE, STORE
+from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
 from .source import Source
 
@@ -28,6 +29,8 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
                           client_max_size=1 << 20)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_stop_followers)
     app.cleanup_ctx.append(_store_ctx(serve_spool))
     app.cleanup_ctx.append(proxy.session_ctx)
     app.add_routes(logs.routes)
@@ -47,6 +50,10 @@ def _store_ctx(serve_spool: bool) -> Callable[[web.Application], AsyncIterator[N
             await store.close()
 
     return ctx
+
+
+async def _stop_followers(app: web.Application) -> None:
+    app[STOPPING].set()
 
 
 def check_auth_config(cfg: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -19,3 +20,4 @@ STORE: web.AppKey["Store"] = web.AppKey("store")
 SOURCE: web.AppKey["Source"] = web.AppKey("source")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")
+STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown: followers end their responses

@@ -15,7 +15,7 @@ from shipper.spool import iter_logs, read_log
 
 from . import params
 from .errors import BadRequest, json_error
-from .keys import CONFIG, METRICS, SOURCE, STORE
+from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .source import LogNotFound, LogView, Source
 
 routes = web.RouteTableDef()
@@ -182,11 +182,25 @@ async def get_log(request: web.Request) -> web.StreamResponse:
 async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
                 follow: bool, stream: str | None) -> web.StreamResponse:
     """Write [start, end) of the log (end=None: to its end; with follow, until the task ends)."""
-    source = request.app[SOURCE]
     metrics = request.app[METRICS]
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
+    if follow:
+        metrics.followers += 1
+    try:
+        await _send_body(request, resp, view, start, end, follow, stream)
+    finally:
+        if follow:
+            metrics.followers -= 1
+    await resp.write_eof()
+    return resp
+
+
+async def _send_body(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
+                     follow: bool, stream: str | None) -> None:
+    source = request.app[SOURCE]
+    metrics = request.app[METRICS]
     pos = start
     code = index.STREAM_CODES[stream] if stream else None
     while True:
@@ -199,10 +213,11 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
             metrics.bytes_out += await _send_stream(source, view, resp, pos, stop, code)
         pos = stop
         if not follow or view.finished or (end is not None and pos >= end):
-            break
-        view = await _wait_growth(source, view, pos)
-    await resp.write_eof()
-    return resp
+            return
+        fresh = await _wait_growth(source, view, pos, request.app[STOPPING])
+        if fresh is None:
+            return  # the server is shutting down: the client resumes from what it has (?start= or Range)
+        view = fresh
 
 
 async def _send_stream(source: Source, view: LogView, resp: web.StreamResponse, start: int, end: int,
@@ -221,11 +236,15 @@ async def _send_stream(source: Source, view: LogView, resp: web.StreamResponse, 
     return sent
 
 
-async def _wait_growth(source: Source, view: LogView, pos: int) -> LogView:
-    """The next view of a running log that holds more than `pos` bytes, or has ended."""
+async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:
+    """The next view of a running log that holds more than `pos` bytes, or has ended; None at shutdown."""
     poll = FOLLOW_POLL_SPOOL if view.spool_dir is not None else 1.0
     while True:
-        await asyncio.sleep(poll)
+        try:
+            await asyncio.wait_for(stopping.wait(), poll)
+            return None
+        except asyncio.TimeoutError:
+            pass
         fresh = await source.view(view.task, view.host)
         if fresh.size > pos or fresh.finished:
             return fresh

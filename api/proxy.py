@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from shipper.errors import LogshipError
 from shipper.retry import QuietLog
 
 from .keys import PROXY_SESSION, SOURCE
@@ -42,7 +43,10 @@ async def proxy_middleware(request: web.Request,
     m = LIVE_PATH.fullmatch(request.path)
     if m is None or PROXIED in request.headers or request.method not in ("GET", "HEAD"):
         return await handler(request)
-    view = await request.app[SOURCE].view(m.group(1), m.group(2))
+    try:
+        view = await request.app[SOURCE].view(m.group(1), m.group(2))
+    except LogshipError:
+        return await handler(request)  # bad ids, a missing log: the handler says so, after checking its params
     url = (view.doc or {}).get("api_url")
     if view.spool_dir is not None or view.finished or not url:
         return await handler(request)

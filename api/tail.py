@@ -1,0 +1,421 @@
+"""The live tail (`GET …/tail`, WebSocket or SSE): where a follower starts, its cursor over the log, the messages.
+
+Each follower owns a cursor (a byte offset) and reads the log itself, from the spool segment it is in
+(fds held across seal and prune, the index read incrementally) or from the store's segments and
+checkpoint. The hub (api/hub.py) only wakes followers when the log changes. So a slow follower is held
+back by its own socket's backpressure: it lags, then catches up from disk or store, and is never dropped;
+nobody else waits for it and no per-client queue grows (memory stays flat). A follower that reconnects
+with the offset after its last message (`from=`, or SSE `Last-Event-ID`) continues with no gap and no
+duplicate. Bytes that no longer exist (dropped at the spool quota) are announced with a `skipped` event.
+
+Messages (JSON text): data `{"offset", "ts", "stream", "data"}`, one per index chunk (a chunk is cut
+into pieces of at most MESSAGE_BYTES, at a UTF-8 boundary; the first piece starts at `from` when it
+falls mid-chunk); `{"event": "skipped", "from", "to", "bytes"}`; `{"event": "end", "status",
+"exit_code", "signal", "size"}` once the task ended and the follower has everything, then the connection
+closes; `{"event": "error", "error", "detail", "hint"}` before closing on a failure. SSE events are
+plain `message`s whose `id:` is the offset after the event; EventSource reconnects by itself, so a
+browser client must close on `end`.
+
+Start: `Last-Event-ID` (SSE) overrides `from`; without `from`, the last `lines` lines (default
+DEFAULT_LINES). `from` past the end is allowed while the log runs (the follower waits for the bytes;
+if the log ends shorter, an error event); on a finished log it is a 416, and `from` = size gives the
+end event at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from shipper import index, names
+from shipper.errors import LogshipError, ObjectNotFound
+
+from . import params
+from .errors import BadRequest, json_error
+from .hub import Feed, Hub, SegmentReader
+from .keys import CONFIG, METRICS, SOURCE, STORE
+from .source import LogView, Part, Source
+
+routes = web.RouteTableDef()
+
+DEFAULT_LINES = 100  # a screenful and some context, as a log page opens
+MAX_LINES = 100_000
+MESSAGE_BYTES = 256 << 10  # data per message at most: bounded memory per send, within clients' frame limits
+BATCH_BYTES = 1 << 20  # bytes read per step before they are sent (backpressure applies between steps)
+RECHECK_S = 1.0  # a waiting follower looks again this often even without a wake-up
+PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
+SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
+
+HUB: web.AppKey[Hub] = web.AppKey("tail_hub", Hub)
+SINKS: web.AppKey[set["_Sink"]] = web.AppKey("tail_sinks", set)
+
+
+class Event(NamedTuple):
+    text: str  # the JSON message
+    after: int  # the log offset after it (SSE id)
+    data_bytes: int = 0
+    skipped_bytes: int = 0
+
+
+def _encode(doc: dict[str, Any]) -> str:
+    # JSON escapes \n and \r inside strings, so one message is one SSE `data:` line
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def _data_events(c: index.Chunk, start: int, data: bytes) -> list[Event]:
+    out = []
+    while data:
+        n = len(data)
+        if n > MESSAGE_BYTES:
+            n = MESSAGE_BYTES
+            while n > MESSAGE_BYTES - 4 and data[n] & 0xC0 == 0x80:  # don't cut a UTF-8 sequence
+                n -= 1
+        piece, data = data[:n], data[n:]
+        out.append(Event(_encode({"offset": start, "ts": c.ts_ns, "stream": c.stream_name,
+                                  "data": piece.decode("utf-8", "replace")}), start + n, n))
+        start += n
+    return out
+
+
+def _skipped(a: int, b: int) -> Event:
+    return Event(_encode({"event": "skipped", "from": a, "to": b, "bytes": b - a}), b, 0, b - a)
+
+
+class Cursor:
+    """One follower's position in a log and the reading that moves it: `step()` gives the next events."""
+
+    def __init__(self, source: Source, view: LogView, pos: int) -> None:
+        self.source = source
+        self.task, self.host = view.task, view.host
+        self.pos = pos
+        self.done = False
+        self._view: LogView | None = view  # used by the next locate, then a fresh one is taken
+        self._reader: SegmentReader | None = None
+        self._store: AsyncIterator[list[Event]] | None = None
+
+    async def step(self) -> list[Event]:
+        """Events from the cursor on; [] when there is nothing new yet (wait for a wake-up)."""
+        out: list[Event] = []
+        for _ in range(8):  # a few hops (segment to segment, spool to store), then let the caller send
+            if self._store is not None:
+                try:
+                    events = await anext(self._store)
+                except StopAsyncIteration:
+                    events = await self._drop_store()
+                except ObjectNotFound:  # a checkpoint replaced under us: take a fresh view
+                    events = await self._drop_store()
+                    self._view = None
+                if events:
+                    return out + events
+                continue
+            if self._reader is not None:
+                if await self._step_reader(out):
+                    return out
+                if self._reader is not None:
+                    continue
+            if not await self._locate(out) or self.done:
+                return out
+        return out
+
+    async def _step_reader(self, out: list[Event]) -> bool:
+        """Read the spool segment on; True if it gave events or has none yet, False when it is used up."""
+        r = self._reader
+        assert r is not None
+        complete = r.complete()  # before reading: then what we read holds all of it
+        chunks, data, start = await r.read(BATCH_BYTES)
+        if chunks:
+            for c in chunks:
+                if c.end <= self.pos:
+                    continue
+                if c.offset > self.pos:
+                    out.append(_skipped(self.pos, c.offset))
+                a = max(c.offset, self.pos)
+                out += _data_events(c, a, data[a - start:c.end - start])
+                self.pos = c.end
+            return bool(out) or True
+        if not complete:
+            return True
+        r.close()
+        self._reader = None
+        try:  # the usual next step, without a view: the agent's next segment
+            self._reader = self._open_reader(r.dir, r.seq + 1)
+        except FileNotFoundError:
+            self._view = None  # ended, or the next segment already left the spool: locate from a view
+        return False
+
+    def _open_reader(self, log_dir: Any, seq: int) -> SegmentReader:
+        reader = SegmentReader(log_dir, seq)
+        reader.seek(self.pos)
+        return reader
+
+    async def _locate(self, out: list[Event]) -> bool:
+        """Find the part holding the cursor and start reading it; False if there is nothing to read yet."""
+        view = self._view or await self.source.view(self.task, self.host)
+        self._view = None
+        part = next((p for p in view.parts if p.end > self.pos), None)
+        if part is None:
+            if view.finished:
+                self.done = True
+                out.append(_end(view) if self.pos == view.size else _error(
+                    "bad_range", f"from={self.pos} is past the end of the log ({view.size} bytes)",
+                    "resume from an offset this log's messages gave"))
+            return False
+        if part.offset > self.pos:  # dropped at the spool quota
+            out.append(_skipped(self.pos, part.offset))
+            self.pos = part.offset
+        if part.kind in ("spool", "open"):
+            assert view.spool_dir is not None
+            try:
+                self._reader = self._open_reader(view.spool_dir, part.seq)
+            except FileNotFoundError:
+                return True  # pruned since the view was taken: the next view has it from the store
+        else:
+            self._store = self._read_store(view, part)
+        return True
+
+    async def _drop_store(self) -> list[Event]:
+        if self._store is not None:
+            await self._store.aclose()  # type: ignore[attr-defined]
+            self._store = None
+        return []
+
+    async def _read_store(self, view: LogView, part: Part) -> AsyncIterator[list[Event]]:
+        """The events of a store segment or checkpoint from the cursor on, a batch at a time."""
+        chunks = [c for c in await self.source.chunks(view, part) if c.end > self.pos]
+        buf, buf_at = bytearray(), self.pos
+        async with contextlib.aclosing(self.source.read(view, self.pos, part.end)) as pieces:
+            batch: list[Event] = []
+            size = 0
+            for c in chunks:
+                while buf_at + len(buf) < c.end:
+                    buf += await anext(pieces)
+                a = max(c.offset, self.pos)
+                batch += _data_events(c, a, bytes(buf[a - buf_at:c.end - buf_at]))
+                del buf[:c.end - buf_at]
+                buf_at = self.pos = c.end
+                size += c.end - a
+                if size >= BATCH_BYTES:
+                    yield batch
+                    batch, size = [], 0
+            if batch:
+                yield batch
+
+    async def close(self) -> None:
+        await self._drop_store()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _end(view: LogView) -> Event:
+    ex = view.exit or {}
+    return Event(_encode({"event": "end", "status": view.status, "exit_code": ex.get("exit_code"),
+                          "signal": ex.get("signal"), "size": view.size}), view.size)
+
+
+def _error(code: str, detail: str, hint: str = "") -> Event:
+    return Event(_encode({"event": "error", "error": code, "detail": detail, "hint": hint}), -1)
+
+
+async def last_lines_offset(source: Source, view: LogView, n: int) -> int:
+    """Where the last `n` lines of the view start (an unterminated last line counts), from the chunk index."""
+    if n == 0 or view.size == 0:
+        return view.size
+    tail = b"".join([p async for p in source.read(view, view.size - 1, view.size)])
+    want = n + 1 if tail == b"\n" else n  # newlines to pass, counting back from the end
+    for part in reversed(view.parts):
+        for c in reversed(await source.chunks(view, part)):
+            if c.lines < want:
+                want -= c.lines
+                continue
+            data = b"".join([p async for p in source.read(view, c.offset, c.end)])
+            at = len(data)
+            for _ in range(want):
+                at = data.rfind(b"\n", 0, at)
+            return c.offset + at + 1
+    return 0
+
+
+# --- the route -----------------------------------------------------------------------------------
+
+
+@routes.get("/api/v1/tasks/{task}/hosts/{host}/tail")
+async def tail(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=PING_S, compress=False)
+    upgrade = ws.can_prepare(request).ok
+    if not upgrade and "text/event-stream" not in request.headers.get("Accept", ""):
+        return json_error(406, "not_acceptable", "the tail is a WebSocket or a Server-Sent Events stream",
+                          "open it as a WebSocket, or send 'Accept: text/event-stream'; "
+                          "GET …/log?follow=true streams plain text")
+    task = names.check_id("task", request.match_info["task"])
+    host = names.check_id("host", request.match_info["host"])
+    start = params.integer(request, "from", None, 0, 1 << 62)
+    lines = params.integer(request, "lines", None, 0, MAX_LINES)
+    if start is not None and lines is not None:
+        raise BadRequest("from and lines were both given", "give from=<offset> to resume, or lines=N to begin "
+                         "with the last N lines")
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if not upgrade and last_id:
+        if not last_id.isdigit() or len(last_id) > 19:
+            raise BadRequest(f"Last-Event-ID {last_id!r} is not an offset", "send the id of the last event received")
+        start = int(last_id)
+    source = request.app[SOURCE]
+    view = await source.view(task, host)
+    if start is None:
+        start = await last_lines_offset(source, view, DEFAULT_LINES if lines is None else lines)
+    elif view.finished and start > view.size:
+        return json_error(416, "bad_range", f"from={start} is past the end of the finished log ({view.size} bytes)",
+                          "resume from an offset this log's messages gave, or use lines=N",
+                          headers={"Content-Range": f"bytes */{view.size}"})
+    sink: _Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
+    metrics = request.app[METRICS]
+    sinks = request.app[SINKS]
+    cursor = Cursor(source, view, start)
+    async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
+        sinks.add(sink)
+        metrics.followers += 1
+        try:
+            return await sink.run(lambda: _pump(request.app, cursor, feed, sink))
+        finally:
+            metrics.followers -= 1
+            sinks.discard(sink)
+            await cursor.close()
+
+
+async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> None:
+    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes."""
+    metrics = app[METRICS]
+    while not sink.closing:
+        generation = feed.generation  # read before looking, so a change while we look is not missed
+        try:
+            events = await cursor.step()
+        except LogshipError as exc:
+            await sink.send([_error(exc.code, exc.detail, exc.hint)])
+            return
+        if events:
+            await sink.send(events)
+            metrics.tail_messages += sum(1 for e in events if e.data_bytes)
+            metrics.tail_skipped_bytes += sum(e.skipped_bytes for e in events)
+            metrics.bytes_out += sum(len(e.text) for e in events)
+            continue
+        if cursor.done:
+            return
+        await feed.wait(generation, RECHECK_S)
+        await sink.idle()
+
+
+class _Sink:
+    """Where a follower's events go: a WebSocket or an SSE response."""
+
+    closing = False
+
+    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def send(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    async def idle(self) -> None:
+        """Called after each wait: notice a gone client, keep proxies from timing out."""
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+
+class _WebSocket(_Sink):
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.request = request
+
+    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+        await self.ws.prepare(self.request)
+        sender = asyncio.create_task(self._send_all(pump))
+        try:
+            async for msg in self.ws:  # reads pongs and the client's close; what clients send is ignored
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.closing = True
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
+        return self.ws
+
+    async def _send_all(self, pump: Callable[[], Awaitable[None]]) -> None:
+        with contextlib.suppress(ConnectionError):
+            await pump()
+            await self.ws.close()
+
+    async def send(self, events: list[Event]) -> None:
+        for e in events:
+            await self.ws.send_str(e.text)
+
+    async def shutdown(self) -> None:
+        self.closing = True
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
+
+
+class _SSE(_Sink):
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+        self.last_write = time.monotonic()
+
+    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+        await self.resp.prepare(self.request)
+        try:
+            await self._write("retry: 1000\n\n")
+            await pump()
+            await self.resp.write_eof()
+        except ConnectionError:
+            self.closing = True
+        return self.resp
+
+    async def _write(self, text: str) -> None:
+        await self.resp.write(text.encode())
+        self.last_write = time.monotonic()
+
+    async def send(self, events: list[Event]) -> None:
+        await self._write("".join(f"id: {e.after}\ndata: {e.text}\n\n" if e.after >= 0 else f"data: {e.text}\n\n"
+                                  for e in events))
+
+    async def idle(self) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            self.closing = True
+        elif time.monotonic() - self.last_write >= PING_S:
+            await self._write(": ping\n\n")
+
+    async def shutdown(self) -> None:
+        self.closing = True
+
+
+# --- app wiring ------------------------------------------------------------------------------------
+
+
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The hub lives as long as the app: its pollers are cancelled and awaited at cleanup."""
+    hub = Hub(app[STORE], app[CONFIG].watch.checkpoint_seconds)
+    app[HUB] = hub
+    app[SINKS] = set()
+    try:
+        yield
+    finally:
+        await hub.close()
+
+
+async def on_shutdown(app: web.Application) -> None:
+    """Tell every follower to go: WebSockets close with GOING_AWAY, SSE streams end."""
+    sinks = list(app.get(SINKS, ()))
+    for sink in sinks:
+        sink.closing = True
+    if HUB in app:
+        app[HUB].wake_all()
+    await asyncio.gather(*(s.shutdown() for s in sinks), return_exceptions=True)
