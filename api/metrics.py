@@ -56,6 +56,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _read_state(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_bytes())
+        state: dict[str, Any] = json.loads(path.read_bytes())
+        return state
     except (FileNotFoundError, ValueError):
         return None

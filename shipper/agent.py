@@ -231,7 +231,7 @@ class Agent:
     def _append_lines(self, s: _Stream, data: bytes, start: int, end: int) -> None:
         """Append data[start:end], whole lines, with the stream's waiting tail in front, as one chunk."""
         piece = data if (start, end) == (0, len(data)) else memoryview(data)[start:end]
-        parts: list[bytes | memoryview] = [s.tail, piece] if s.tail else [piece]
+        parts: list[bytes | bytearray | memoryview] = [s.tail, piece] if s.tail else [piece]
         length = end - start + len(s.tail)
         lines = data.count(b"\n", start, end)
         s.tail = bytearray()

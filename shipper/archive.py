@@ -21,7 +21,8 @@ async def load_manifest(store: Store, task: str, host: str) -> dict[str, Any]:
 
 def parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Segments in order, then the checkpoint of the open segment if there is one."""
-    return doc["segments"] + ([doc["checkpoint"]] if doc.get("checkpoint") else [])
+    segments: list[dict[str, Any]] = doc["segments"]
+    return segments + ([doc["checkpoint"]] if doc.get("checkpoint") else [])
 
 
 def entry_keys(task: str, host: str, entry: dict[str, Any], checkpoint: bool) -> tuple[str, str]:

@@ -21,7 +21,7 @@ class Backoff:
         """Seconds to wait before the next attempt: doubles up to the cap, with 20% jitter."""
         delay = min(self.cap, self.initial * (2 ** self.attempt))
         self.attempt += 1
-        return delay * random.uniform(0.8, 1.0)
+        return float(delay * random.uniform(0.8, 1.0))
 
     def reset(self) -> None:
         self.attempt = 0

@@ -96,7 +96,7 @@ class SegmentWriter:
         """Monotonic time at which the open segment must be sealed by age, if one is open."""
         return self.seg_opened + self.segment_seconds if self.is_open else None
 
-    def append(self, stream: int, parts: list[bytes | memoryview], length: int, lines: int, partial: bool) -> None:
+    def append(self, stream: int, parts: list[bytes | bytearray | memoryview], length: int, lines: int, partial: bool) -> None:
         """Append one chunk (the concatenation of `parts`) to the open segment."""
         if not self.is_open:
             self._open()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,8 +32,12 @@ class Store(Protocol):
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of an object (end=None: to its end)."""
 
-    def open(self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Stream bytes [start, end) of an object in chunks of about `chunk` bytes."""
+    def open(self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+        """Stream bytes [start, end) of an object in chunks of about `chunk` bytes.
+
+        Ranges behave like Python slices: `end` is clamped to the size, a start at or past it gives
+        nothing. Close the generator (`aclose()`) to stop early and release the connection.
+        """
 
     async def head(self, key: str) -> ObjectInfo:
         """Size of an object; ObjectNotFound if absent."""
