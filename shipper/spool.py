@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import queue
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ def write_json_atomic(path: Path, doc: Any, durable: bool = True) -> None:
 
     `durable=False` skips the fsyncs, for state that is rewritten often and may be lost in a crash.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.urandom(4).hex()}")
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
