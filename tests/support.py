@@ -72,3 +72,22 @@ w(out, b"L" * (5 << 20) + b"\n")
 w(err, b"\x1b[1;32mbold green\x1b[0m\r\n")
 w(out, b"no final newline")
 '''
+
+
+def kill_task(spool: Path, task: str, host: str = "h1") -> None:
+    """Kill a task's whole process group: it runs in its own, so killing its agent leaves it running."""
+    import json
+    import signal
+
+    try:
+        run = json.loads((spool / task / host / "run.json").read_bytes())
+        os.killpg(run["child_pid"], signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError, PermissionError, KeyError, TypeError, ValueError):
+        pass
+
+
+def stop_agent(p: subprocess.Popen[bytes], spool: Path, task: str, host: str = "h1") -> None:
+    """Tear down an agent a test started, and its task, whatever state the test left them in."""
+    kill_task(spool, task, host)
+    p.kill()
+    p.wait()

@@ -15,7 +15,7 @@ from api.app import create_app
 from shipper.config import Config, load_config
 from shipper.watcher import watch
 
-from .support import NASTY, env_for, run_agent, spooled, start_agent
+from .support import NASTY, env_for, run_agent, spooled, start_agent, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -155,7 +155,7 @@ async def test_running_log_download_and_follow(setup: Setup) -> None:
         assert first + rest == spooled(setup.spool, "run")
         assert rest.endswith(b"late 49\n")
     finally:
-        p.kill()
+        stop_agent(p, setup.spool, "run")
         await client.close()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from shipper import s3local
 
-from .support import LOGSHIP, env_for, spooled, start_agent, start_watcher
+from .support import LOGSHIP, env_for, spooled, start_agent, start_watcher, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -87,6 +87,7 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
         async with aiohttp.ClientSession() as http, http.get(log_b + "?follow=true") as r:
             assert await asyncio.wait_for(r.read(), 30) == spooled(spool_a, "spread")
     finally:
-        for p in (agent, watcher, api_a, api_b):
+        stop_agent(agent, spool_a, "spread")
+        for p in (watcher, api_a, api_b):
             p.kill()
             p.wait()

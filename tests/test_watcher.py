@@ -22,7 +22,7 @@ from shipper.spool import read_json
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
 
-from .support import NASTY, env_for, run_agent, sha, spooled, start_agent
+from .support import NASTY, env_for, kill_task, run_agent, sha, spooled, start_agent, stop_agent
 
 
 ENVS: dict[int, dict[str, str]] = {}
@@ -134,7 +134,7 @@ async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeCon
         assert not [o.key for o in await store.list("logs/live/") if ".ckpt-" in o.key]  # old checkpoints gone
         await store.close()
     finally:
-        p.kill()
+        stop_agent(p, cfg.spool_dir, "live")
 
 
 async def test_agent_killed_9_is_archived_and_marked_lost(make_config: MakeConfig) -> None:
@@ -149,6 +149,7 @@ async def test_agent_killed_9_is_archived_and_marked_lost(make_config: MakeConfi
     time.sleep(0.2)  # the partial line reaches the spool after the idle flush
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    kill_task(cfg.spool_dir, "victim")  # it would linger, asleep, until its next write hit the closed pipe
     w = await watch(cfg, once=True)
     assert w.stats["lost_logs"] == 1
     doc = await stored_manifest(cfg, "victim")
