@@ -13,7 +13,7 @@ from shipper.config import Config
 from shipper.errors import ConfigError
 from shipper.store import open_store
 
-from . import logs, metrics, proxy
+from . import logs, metrics, proxy, tail
 from .errors import Unauthorized, error_middleware
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
@@ -32,9 +32,12 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_stop_followers)
     app.cleanup_ctx.append(_store_ctx(serve_spool))
+    app.cleanup_ctx.append(tail.hub_ctx)  # after the store: its pollers stop before the store closes
+    app.on_shutdown.append(tail.on_shutdown)
     app.cleanup_ctx.append(proxy.session_ctx)
     app.add_routes(logs.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(tail.routes)
     return app
 
 

@@ -1,7 +1,9 @@
-"""The tail hub: one poller per followed log that wakes its followers, and the spool segment reader they use.
+"""What the followers of a log share: the poller that wakes them, the memo of encoded messages, and the
+spool segment reader. The messages' wire shape is built here too; api/tail.py has the route and cursor.
 
-Followers never get bytes from the hub, only a wake-up: each reads the log itself from its own offset
-(api/tail.py), so a slow follower holds back nobody but itself and the hub holds no per-client buffers.
+Followers get no bytes from the hub, only a wake-up: each reads the log itself from its own offset, so a
+slow follower holds back nobody but itself and the hub holds no per-client buffers. (The memo is a
+bounded cache of recent chunks' messages, shared by whoever is at the same place.)
 
 How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write → client):
 - spool beside the API: every POLL_S (1 ms) one fstat of the open segment's index (an fd, so a seal's
@@ -18,48 +20,159 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from shipper import archive, index, names
 from shipper.errors import ObjectNotFound, StoreError
 from shipper.index import RECORD_SIZE
+from shipper.retry import QuietLog
 from shipper.store import Store
 
+from .source import LogView
+
 log = logging.getLogger("logship.api.tail")
+_quiet = QuietLog(log)
 
 POLL_S = 0.001  # the open segment's index is looked at this often while the log is active
 POLL_IDLE_S = 0.01  # ... and at most this rarely when it has been quiet
 ACTIVE_S = 1.0  # quiet time after which polling slows down
 ENDED_POLL_S = 0.5  # after exit.json nothing changes any more; keep a slow look for safety
+MESSAGE_BYTES = 256 << 10  # data per message at most: bounded memory per send, within clients' frame limits
+BATCH_BYTES = 1 << 20  # bytes read per step before they are sent (backpressure applies between steps)
+MEMO_BYTES = 4 << 20  # data of the recent chunks whose messages are shared (Memo)
+MEMO_CHUNK_BYTES = 64 << 10  # larger chunks are few messages: encoded per follower, not kept
+TICK_S = 1.0  # followers are woken at least this often (a safety net beside the spool; SSE pings)
+SCAN_S = 0.5  # how often the directory is listed for the rare jumps the cheap look misses
+
+class Event(NamedTuple):
+    text: str  # the JSON message
+    after: int  # the log offset after it (SSE id)
+    data_bytes: int = 0
+    skipped_bytes: int = 0
+
+
+# One encoder, made once: json.dumps with options builds a new one per call. JSON escapes \n and \r
+# inside strings, so a message is always one SSE `data:` line.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(doc: dict[str, Any]) -> str:
+    return _JSON.encode(doc)
+
+
+def data_events(c: index.Chunk, start: int, data: bytes) -> list[Event]:
+    """Chunk `c`'s messages from log offset `start` (pieces of at most MESSAGE_BYTES)."""
+    out = []
+    while data:
+        n = len(data)
+        if n > MESSAGE_BYTES:
+            n = MESSAGE_BYTES
+            while n > MESSAGE_BYTES - 4 and data[n] & 0xC0 == 0x80:  # don't cut a UTF-8 sequence
+                n -= 1
+        piece, data = data[:n], data[n:]
+        text = '{"offset":%d,"ts":%d,"stream":"%s","data":%s}' % (
+            start, c.ts_ns, c.stream_name, _JSON.encode(piece.decode("utf-8", "replace")))
+        out.append(Event(text, start + n, n))
+        start += n
+    return out
+
+
+class Shared(NamedTuple):
+    events: list[Event]
+    end: int  # log offset after the chunk
+    seq: int  # the spool segment it is in (0: read from the store)
+    idx_end: int  # position in that segment's index after its record
+
+
+class Memo:
+    """The messages of a log's recent whole chunks, kept in its feed and bounded by MEMO_BYTES.
+
+    Live followers are mostly at the same place: the first to wake reads and encodes a chunk, the
+    others take it from here by offset, with no syscall and no encoding of their own.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[int, Shared] = {}  # by chunk offset, oldest first
+        self.size = 0
+
+    def next(self, pos: int, seq: int) -> Shared | None:
+        """The chunk at `pos` if a follower in spool segment `seq` read it already."""
+        hit = self.items.get(pos)
+        return hit if hit is not None and hit.seq == seq else None
+
+    def events(self, c: index.Chunk, start: int, data: Callable[[], bytes], seq: int = 0,
+               idx_end: int = 0) -> list[Event]:
+        """The messages of chunk `c` from log offset `start`; `data()` gives those bytes, called on a miss."""
+        if start != c.offset or c.length > MEMO_CHUNK_BYTES:
+            return data_events(c, start, data())
+        hit = self.items.get(c.offset)
+        if hit is None:
+            hit = self.items[c.offset] = Shared(data_events(c, start, data()), c.end, seq, idx_end)
+            self.size += c.length
+            while self.size > MEMO_BYTES:
+                self.size -= sum(e.data_bytes for e in self.items.pop(next(iter(self.items))).events)
+        elif seq and hit.seq != seq:  # read from the store first: note where it is in the spool, for chaining
+            self.items[c.offset] = Shared(hit.events, c.end, seq, idx_end)
+        return hit.events
+
+
+def skipped_event(a: int, b: int) -> Event:
+    return Event(encode({"event": "skipped", "from": a, "to": b, "bytes": b - a}), b, 0, b - a)
+
+
+def end_event(view: LogView) -> Event:
+    ex = view.exit or {}
+    return Event(encode({"event": "end", "status": view.status, "exit_code": ex.get("exit_code"),
+                          "signal": ex.get("signal"), "size": view.size}), view.size)
+
+
+def error_event(code: str, detail: str, hint: str = "") -> Event:
+    return Event(encode({"event": "error", "error": code, "detail": detail, "hint": hint}), -1)
+
 
 Key = tuple[str, str, Path | None]  # (task, host, spool log dir or None for store-only)
 
 
 class Feed:
-    """Wake-ups for the followers of one log: a generation number and an Event that is replaced on each change."""
+    """Wake-ups for the followers of one log: a generation number, and an Event replaced at each wake-up.
+
+    The poller wakes followers on a change (`notify`: a new generation) and at least every TICK_S
+    without one (`tick`), so a waiter needs no timeout of its own: asyncio.wait_for costs a task and a
+    timer per wait, which at 100 followers × 1,000 wake-ups a second was a third of the API's CPU.
+    """
 
     def __init__(self, key: Key) -> None:
         self.key = key
         self.generation = 0
         self.followers = 0
         self.poller: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self.memo = Memo()
+        self.spool: tuple[int, int, bool] | None = None  # the spool poller's last look: (newest seq, size, ended)
+        self._wake = asyncio.Event()
+
+    @property
+    def local(self) -> bool:
+        """True when the log is read from the spool beside us (else from the store only)."""
+        return self.key[2] is not None
 
     def notify(self) -> None:
         self.generation += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.tick()
 
-    async def wait(self, generation: int, timeout: float) -> None:
-        """Return once the log changed after `generation` was read (at once if it already has), or at timeout."""
-        if self.generation != generation:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    def tick(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def wait(self, generation: int) -> None:
+        """Return once the log changed after `generation` was read (at once if it already has), or at a tick."""
+        if self.generation == generation:
+            await self._wake.wait()
 
 
 class Hub:
@@ -112,17 +225,27 @@ async def _poll_spool(feed: Feed, log_dir: Path) -> None:
     probe = _SpoolProbe(log_dir)
     last: tuple[int, int, bool] | None = None
     delay, changed_at = POLL_S, time.monotonic()
+    woke_at = changed_at
     try:
         while True:
-            sig = probe.look()
+            try:
+                sig = probe.look()
+            except OSError as exc:  # not ours to fix (permissions, a vanished disk): say so, keep looking
+                _quiet.log(logging.WARNING, str(log_dir), "tail of %s: cannot look at the spool: %s", log_dir, exc)
+                sig = last or (0, 0, False)
             now = time.monotonic()
             if sig != last:
-                last, delay, changed_at = sig, POLL_S, now
+                last, delay, changed_at, woke_at = sig, POLL_S, now, now
+                feed.spool = sig
                 feed.notify()
-            elif sig[2]:
-                delay = ENDED_POLL_S
-            elif now - changed_at > ACTIVE_S:
-                delay = min(delay * 2, POLL_IDLE_S)
+            else:
+                if now - woke_at >= TICK_S:
+                    woke_at = now
+                    feed.tick()
+                if sig[2]:
+                    delay = ENDED_POLL_S
+                elif now - changed_at > ACTIVE_S:
+                    delay = min(delay * 2, POLL_IDLE_S)
             await asyncio.sleep(delay)
     finally:
         probe.close()
@@ -135,17 +258,25 @@ class _SpoolProbe:
         self.dir = log_dir
         self.seq = 0
         self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            seqs = [int(n[:8]) for n in os.listdir(log_dir) if names.SEGMENT_RE.match(n)]
-            self.seq = max(seqs, default=1) - 1  # look() opens the newest and moves on from there
+        self.exit_path = str(log_dir / names.EXIT_FILE)  # paths as str, built once: pathlib costs µs per tick
+        self.next = _next_index(log_dir, self.seq)
+        self.scan_at = 0.0
 
     def look(self) -> tuple[int, int, bool]:
-        while (fd := _open_either(names.spool_index(self.dir, self.seq + 1, open_=True),
-                                  names.spool_index(self.dir, self.seq + 1))) >= 0:
+        now = time.monotonic()
+        if now >= self.scan_at:  # at start, then now and then: a segment dropped at the quota before we
+            self.scan_at = now + SCAN_S  # saw it, or ours unlinked (given up after a write error) and reused
+            newest = _newest_seq(self.dir)
+            gone = self.fd >= 0 and os.fstat(self.fd).st_nlink == 0
+            if newest > self.seq + 1 or (gone and newest == self.seq):
+                self.seq = newest - 1
+                self.next = _next_index(self.dir, self.seq)
+        while (fd := _open_either(*self.next)) >= 0:
             self.close()
             self.fd, self.seq = fd, self.seq + 1
+            self.next = _next_index(self.dir, self.seq)
         size = os.fstat(self.fd).st_size if self.fd >= 0 else 0
-        return self.seq, size, os.path.exists(self.dir / names.EXIT_FILE)
+        return self.seq, size, os.path.exists(self.exit_path)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -153,7 +284,19 @@ class _SpoolProbe:
             self.fd = -1
 
 
-def _open_either(first: Path, second: Path) -> int:
+def _newest_seq(log_dir: Path) -> int:
+    try:
+        return max((int(n[:8]) for n in os.listdir(log_dir) if names.SEGMENT_RE.match(n)), default=0)
+    except FileNotFoundError:
+        return 0
+
+
+def _next_index(log_dir: Path, seq: int) -> tuple[str, str]:
+    """The index paths of the segment after `seq`: open, and sealed."""
+    return str(names.spool_index(log_dir, seq + 1, open_=True)), str(names.spool_index(log_dir, seq + 1))
+
+
+def _open_either(first: str | Path, second: str | Path) -> int:
     """An fd of `first`, else of `second` (renamed meanwhile), else -1."""
     for path in (first, second):
         try:
@@ -165,22 +308,21 @@ def _open_either(first: Path, second: Path) -> int:
 
 async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: float) -> None:
     last: tuple[int, str, int] | None = None
-    failing_since = 0.0
     while True:
         try:
             doc = await archive.load_manifest(store, task, host)
             sig = (doc["size"], doc["status"], doc.get("updated_ns", 0))
-            failing_since = 0.0
         except ObjectNotFound:
             sig = None
         except StoreError as exc:  # followers keep what they have; we look again next interval
+            _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: cannot read the manifest: %s",
+                       task, host, exc)
             sig = last
-            if time.monotonic() - failing_since > 60:
-                failing_since = time.monotonic()
-                log.warning("tail of %s/%s: cannot read the manifest: %s", task, host, exc)
         if sig != last:
             last = sig
             feed.notify()
+        else:
+            feed.tick()
         await asyncio.sleep(interval)
 
 
@@ -203,6 +345,8 @@ class SegmentReader:
             os.close(self.idx_fd)
             raise FileNotFoundError(names.spool_segment(log_dir, seq))
         self.idx_pos = 0  # bytes of the index consumed
+        self.ends = (*_next_index(log_dir, seq), str(log_dir / names.EXIT_FILE))  # any of them: no more appends
+        self.scan_at = time.monotonic() + SCAN_S
         first = self._record(0)
         self.seg_start = first.offset if first is not None else None  # log offset of the segment's byte 0
 
@@ -222,14 +366,23 @@ class SegmentReader:
                 hi = mid
         self.idx_pos = lo * RECORD_SIZE
 
-    def complete(self) -> bool:
-        """True once the agent will append no more: the next segment exists or the log has ended.
+    def complete(self, seen: tuple[int, int, bool] | None) -> bool:
+        """True once the agent will append no more: a later segment exists or the log has ended.
 
-        Ask this before reading the last records: what is read after a True holds the whole segment.
+        `seen` is the feed's last look at the spool (newest seq, size, ended): it lags by a poll at
+        most, and the poller wakes us when it moves on, so no syscall of our own is needed. Ask this
+        after a read found nothing, then read again: what is read after a True is the rest.
         """
-        return (os.path.exists(names.spool_index(self.dir, self.seq + 1, open_=True))
-                or os.path.exists(names.spool_index(self.dir, self.seq + 1))
-                or os.path.exists(self.dir / names.EXIT_FILE))
+        if seen is not None and (seen[0] > self.seq or seen[2]):
+            return True
+        now = time.monotonic()
+        if now < self.scan_at:
+            return False
+        self.scan_at = now + SCAN_S
+        # rare: the next segment was dropped at the quota before the poller saw it, or ours was
+        # unlinked (the agent gave it up after a write error and will reuse its number)
+        return (any(os.path.exists(p) for p in self.ends) or _newest_seq(self.dir) > self.seq
+                or os.fstat(self.idx_fd).st_nlink == 0)
 
     async def read(self, max_bytes: int, max_records: int = 1024) -> tuple[list[index.Chunk], bytes, int]:
         """(new records, their bytes, log offset of those bytes); at least one record if any is there."""
@@ -243,8 +396,10 @@ class SegmentReader:
             total += c.length
         if not chunks:
             return [], b"", 0
-        if self.seg_start is None:
-            self.seg_start = chunks[0].offset
+        if self.seg_start is None:  # from record 0: followers sharing the memo may have moved idx_pos on
+            first = self._record(0)
+            assert first is not None
+            self.seg_start = first.offset
         start = chunks[0].offset
         at = start - self.seg_start
         data = os.pread(self.log_fd, total, at) if total <= 65536 else \

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -38,17 +38,15 @@ from shipper.errors import LogshipError, ObjectNotFound
 
 from . import params
 from .errors import BadRequest, json_error
-from .hub import Feed, Hub, SegmentReader
+from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, METRICS, SOURCE, STORE
 from .source import LogView, Part, Source
 
 routes = web.RouteTableDef()
+log = logging.getLogger("logship.api.tail")
 
 DEFAULT_LINES = 100  # a screenful and some context, as a log page opens
 MAX_LINES = 100_000
-MESSAGE_BYTES = 256 << 10  # data per message at most: bounded memory per send, within clients' frame limits
-BATCH_BYTES = 1 << 20  # bytes read per step before they are sent (backpressure applies between steps)
-RECHECK_S = 1.0  # a waiting follower looks again this often even without a wake-up
 PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
 SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
 
@@ -56,48 +54,20 @@ HUB: web.AppKey[Hub] = web.AppKey("tail_hub", Hub)
 SINKS: web.AppKey[set["_Sink"]] = web.AppKey("tail_sinks", set)
 
 
-class Event(NamedTuple):
-    text: str  # the JSON message
-    after: int  # the log offset after it (SSE id)
-    data_bytes: int = 0
-    skipped_bytes: int = 0
-
-
-def _encode(doc: dict[str, Any]) -> str:
-    # JSON escapes \n and \r inside strings, so one message is one SSE `data:` line
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-
-
-def _data_events(c: index.Chunk, start: int, data: bytes) -> list[Event]:
-    out = []
-    while data:
-        n = len(data)
-        if n > MESSAGE_BYTES:
-            n = MESSAGE_BYTES
-            while n > MESSAGE_BYTES - 4 and data[n] & 0xC0 == 0x80:  # don't cut a UTF-8 sequence
-                n -= 1
-        piece, data = data[:n], data[n:]
-        out.append(Event(_encode({"offset": start, "ts": c.ts_ns, "stream": c.stream_name,
-                                  "data": piece.decode("utf-8", "replace")}), start + n, n))
-        start += n
-    return out
-
-
-def _skipped(a: int, b: int) -> Event:
-    return Event(_encode({"event": "skipped", "from": a, "to": b, "bytes": b - a}), b, 0, b - a)
-
-
 class Cursor:
     """One follower's position in a log and the reading that moves it: `step()` gives the next events."""
 
-    def __init__(self, source: Source, view: LogView, pos: int) -> None:
+    def __init__(self, source: Source, view: LogView, pos: int, feed: Feed) -> None:
         self.source = source
+        self.feed = feed
+        self.memo = feed.memo
         self.task, self.host = view.task, view.host
         self.pos = pos
         self.done = False
         self._view: LogView | None = view  # used by the next locate, then a fresh one is taken
         self._reader: SegmentReader | None = None
-        self._store: AsyncIterator[list[Event]] | None = None
+        self._store: AsyncGenerator[list[Event], None] | None = None
+        self._gap_checked = False
 
     async def step(self) -> list[Event]:
         """Events from the cursor on; [] when there is nothing new yet (wait for a wake-up)."""
@@ -105,41 +75,49 @@ class Cursor:
         for _ in range(8):  # a few hops (segment to segment, spool to store), then let the caller send
             if self._store is not None:
                 try:
-                    events = await anext(self._store)
+                    out += await anext(self._store)
                 except StopAsyncIteration:
-                    events = await self._drop_store()
-                except ObjectNotFound:  # a checkpoint replaced under us: take a fresh view
-                    events = await self._drop_store()
+                    await self._drop_store()
+                except ObjectNotFound:  # a checkpoint replaced under us: read on from a fresh view
+                    await self._drop_store()
                     self._view = None
-                if events:
-                    return out + events
-                continue
-            if self._reader is not None:
-                if await self._step_reader(out):
-                    return out
-                if self._reader is not None:
-                    continue
-            if not await self._locate(out) or self.done:
+            elif self._reader is not None:
+                if not await self._step_reader(out):
+                    return out  # nothing new in the segment yet
+            elif not await self._locate(out) or self.done:
+                return out
+            if out:
                 return out
         return out
 
     async def _step_reader(self, out: list[Event]) -> bool:
-        """Read the spool segment on; True if it gave events or has none yet, False when it is used up."""
+        """Read the spool segment on; False if it has nothing new yet (it may grow)."""
         r = self._reader
         assert r is not None
-        complete = r.complete()  # before reading: then what we read holds all of it
+        size = 0
+        while size < BATCH_BYTES and (hit := self.memo.next(self.pos, r.seq)) is not None:
+            out += hit.events  # another follower read this chunk already
+            size += hit.end - self.pos
+            self.pos, r.idx_pos = hit.end, hit.idx_end
+        if out:
+            return True
         chunks, data, start = await r.read(BATCH_BYTES)
+        if not chunks:
+            if not r.complete(self.feed.spool):
+                return False
+            # complete now, so a read from here on gets the rest of the segment, however late it was written
+            chunks, data, start = await r.read(BATCH_BYTES)
+        idx = r.idx_pos - len(chunks) * index.RECORD_SIZE
+        for c in chunks:
+            idx += index.RECORD_SIZE
+            if c.end <= self.pos:
+                continue
+            if c.offset > self.pos:
+                out.append(skipped_event(self.pos, c.offset))
+            a = max(c.offset, self.pos)
+            out += self.memo.events(c, a, lambda: data[a - start:c.end - start], r.seq, idx)
+            self.pos = c.end
         if chunks:
-            for c in chunks:
-                if c.end <= self.pos:
-                    continue
-                if c.offset > self.pos:
-                    out.append(_skipped(self.pos, c.offset))
-                a = max(c.offset, self.pos)
-                out += _data_events(c, a, data[a - start:c.end - start])
-                self.pos = c.end
-            return bool(out) or True
-        if not complete:
             return True
         r.close()
         self._reader = None
@@ -147,7 +125,7 @@ class Cursor:
             self._reader = self._open_reader(r.dir, r.seq + 1)
         except FileNotFoundError:
             self._view = None  # ended, or the next segment already left the spool: locate from a view
-        return False
+        return True
 
     def _open_reader(self, log_dir: Any, seq: int) -> SegmentReader:
         reader = SegmentReader(log_dir, seq)
@@ -159,15 +137,21 @@ class Cursor:
         view = self._view or await self.source.view(self.task, self.host)
         self._view = None
         part = next((p for p in view.parts if p.end > self.pos), None)
+        if part is not None and part.offset > self.pos and not self._gap_checked:
+            # A view can show a hole that is not one: a segment committed and pruned between its
+            # manifest GET and its look at the spool. Only a hole a fresh view still has was dropped.
+            self._gap_checked = True
+            return True
+        self._gap_checked = False
         if part is None:
             if view.finished:
                 self.done = True
-                out.append(_end(view) if self.pos == view.size else _error(
+                out.append(end_event(view) if self.pos == view.size else error_event(
                     "bad_range", f"from={self.pos} is past the end of the log ({view.size} bytes)",
                     "resume from an offset this log's messages gave"))
             return False
         if part.offset > self.pos:  # dropped at the spool quota
-            out.append(_skipped(self.pos, part.offset))
+            out.append(skipped_event(self.pos, part.offset))
             self.pos = part.offset
         if part.kind in ("spool", "open"):
             assert view.spool_dir is not None
@@ -176,27 +160,39 @@ class Cursor:
             except FileNotFoundError:
                 return True  # pruned since the view was taken: the next view has it from the store
         else:
-            self._store = self._read_store(view, part)
+            # Followers of a store-only log wake together at each new checkpoint: one fetches and
+            # decompresses it, the others take its chunks from the memo.
+            size = 0
+            while (size < BATCH_BYTES and (hit := self.memo.items.get(self.pos)) is not None
+                   and hit.end <= part.end):
+                out += hit.events
+                size += hit.end - self.pos
+                self.pos = hit.end
+            if self.pos < part.end:
+                self._store = self._read_store(view, part)
+            else:
+                self._view = view  # still good for finding the next part
         return True
 
-    async def _drop_store(self) -> list[Event]:
+    async def _drop_store(self) -> None:
         if self._store is not None:
-            await self._store.aclose()  # type: ignore[attr-defined]
+            await self._store.aclose()
             self._store = None
-        return []
 
-    async def _read_store(self, view: LogView, part: Part) -> AsyncIterator[list[Event]]:
+    async def _read_store(self, view: LogView, part: Part) -> AsyncGenerator[list[Event], None]:
         """The events of a store segment or checkpoint from the cursor on, a batch at a time."""
         chunks = [c for c in await self.source.chunks(view, part) if c.end > self.pos]
         buf, buf_at = bytearray(), self.pos
-        async with contextlib.aclosing(self.source.read(view, self.pos, part.end)) as pieces:
+        # Source.read is an async generator: close it when we stop early (cancelled, or a replaced checkpoint)
+        pieces = cast(AsyncGenerator[bytes, None], self.source.read(view, self.pos, part.end))
+        async with contextlib.aclosing(pieces):
             batch: list[Event] = []
             size = 0
             for c in chunks:
                 while buf_at + len(buf) < c.end:
                     buf += await anext(pieces)
                 a = max(c.offset, self.pos)
-                batch += _data_events(c, a, bytes(buf[a - buf_at:c.end - buf_at]))
+                batch += self.memo.events(c, a, lambda: bytes(buf[a - buf_at:c.end - buf_at]))
                 del buf[:c.end - buf_at]
                 buf_at = self.pos = c.end
                 size += c.end - a
@@ -213,24 +209,17 @@ class Cursor:
             self._reader = None
 
 
-def _end(view: LogView) -> Event:
-    ex = view.exit or {}
-    return Event(_encode({"event": "end", "status": view.status, "exit_code": ex.get("exit_code"),
-                          "signal": ex.get("signal"), "size": view.size}), view.size)
-
-
-def _error(code: str, detail: str, hint: str = "") -> Event:
-    return Event(_encode({"event": "error", "error": code, "detail": detail, "hint": hint}), -1)
-
-
 async def last_lines_offset(source: Source, view: LogView, n: int) -> int:
     """Where the last `n` lines of the view start (an unterminated last line counts), from the chunk index."""
-    if n == 0 or view.size == 0:
-        return view.size
-    tail = b"".join([p async for p in source.read(view, view.size - 1, view.size)])
-    want = n + 1 if tail == b"\n" else n  # newlines to pass, counting back from the end
+    want: int | None = None  # newlines to pass, counting back from the end
     for part in reversed(view.parts):
         for c in reversed(await source.chunks(view, part)):
+            if want is None:  # the log's last chunk: a whole-line chunk ends with \n, a partial one does not
+                ends = not c.flags & index.PARTIAL if not c.flags & index.RECOVERED else \
+                    b"".join([p async for p in source.read(view, c.end - 1, c.end)]) == b"\n"
+                want = n + ends
+            if n == 0:
+                return c.end
             if c.lines < want:
                 want -= c.lines
                 continue
@@ -276,8 +265,8 @@ async def tail(request: web.Request) -> web.StreamResponse:
     sink: _Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
     metrics = request.app[METRICS]
     sinks = request.app[SINKS]
-    cursor = Cursor(source, view, start)
     async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
+        cursor = Cursor(source, view, start, feed)
         sinks.add(sink)
         metrics.followers += 1
         try:
@@ -296,18 +285,25 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
         try:
             events = await cursor.step()
         except LogshipError as exc:
-            await sink.send([_error(exc.code, exc.detail, exc.hint)])
+            await sink.send([error_event(exc.code, exc.detail, exc.hint)])
             return
         if events:
             await sink.send(events)
-            metrics.tail_messages += sum(1 for e in events if e.data_bytes)
-            metrics.tail_skipped_bytes += sum(e.skipped_bytes for e in events)
-            metrics.bytes_out += sum(len(e.text) for e in events)
-            continue
+            for e in events:
+                metrics.tail_messages += e.data_bytes > 0
+                metrics.tail_skipped_bytes += e.skipped_bytes
+                metrics.bytes_out += len(e.text)
         if cursor.done:
             return
-        await feed.wait(generation, RECHECK_S)
-        await sink.idle()
+        if events:
+            continue
+        while True:
+            await feed.wait(generation)
+            await sink.idle()
+            # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
+            # store only when its poller saw a new manifest, not one GET per follower per second.
+            if sink.closing or feed.generation != generation or feed.local:
+                break
 
 
 class _Sink:
@@ -332,6 +328,7 @@ class _WebSocket(_Sink):
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
         self.request = request
+        self.finishing = False
 
     async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
         await self.ws.prepare(self.request)
@@ -342,15 +339,25 @@ class _WebSocket(_Sink):
                     break
         finally:
             self.closing = True
-            sender.cancel()
+            if not self.finishing:
+                sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await sender
         return self.ws
 
     async def _send_all(self, pump: Callable[[], Awaitable[None]]) -> None:
-        with contextlib.suppress(ConnectionError):
+        code = WSCloseCode.OK
+        try:
             await pump()
-            await self.ws.close()
+        except ConnectionError:
+            return  # the client is gone: the read loop sees it too
+        except Exception:
+            log.exception("tail %s failed", self.request.path)
+            code = WSCloseCode.INTERNAL_ERROR
+        if self.closing:
+            return  # the client went, or shutdown closes it with GOING_AWAY
+        self.finishing = True  # from here the close handshake runs: let it finish
+        await self.ws.close(code=code)
 
     async def send(self, events: list[Event]) -> None:
         for e in events:
