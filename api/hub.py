@@ -50,6 +50,7 @@ MEMO_CHUNK_BYTES = 64 << 10  # larger chunks are few messages: encoded per follo
 TICK_S = 1.0  # followers are woken at least this often (a safety net beside the spool; SSE pings)
 SCAN_S = 0.5  # how often the directory is listed for the rare jumps the cheap look misses
 
+
 class Event(NamedTuple):
     text: str  # the JSON message
     after: int  # the log offset after it (SSE id)
@@ -154,6 +155,7 @@ class Feed:
         self.poller: asyncio.Task[None] | None = None
         self.memo = Memo()
         self.spool: tuple[int, int, bool] | None = None  # the spool poller's last look: (newest seq, size, ended)
+        self.failed = False  # the poller died: followers end (with an error) and may reconnect
         self._wake = asyncio.Event()
 
     @property
@@ -168,6 +170,13 @@ class Feed:
     def tick(self) -> None:
         self._wake.set()
         self._wake = asyncio.Event()
+
+    def poller_done(self, task: asyncio.Task[None]) -> None:
+        """A poller ends only when cancelled; if it failed, its followers must not wait for it forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("tail poller of %s/%s failed", *self.key[:2], exc_info=task.exception())
+            self.failed = True
+            self.notify()
 
     async def wait(self, generation: int) -> None:
         """Return once the log changed after `generation` was read (at once if it already has), or at a tick."""
@@ -195,12 +204,14 @@ class Hub:
             poll = _poll_spool(feed, spool_dir) if spool_dir is not None else \
                 _poll_store(feed, self.store, task, host, self.checkpoint_seconds)
             feed.poller = asyncio.create_task(poll, name=f"tail-poll {task}/{host}")
+            feed.poller.add_done_callback(feed.poller_done)
         try:
             yield feed
         finally:
             feed.followers -= 1
             if feed.followers == 0:
-                del self._feeds[key]
+                if self._feeds.get(key) is feed:
+                    del self._feeds[key]
                 await _cancel(feed.poller)
 
     def wake_all(self) -> None:
@@ -334,7 +345,8 @@ class SegmentReader:
     Only whole 40-byte records are taken; the agent writes a chunk's bytes before its record.
     """
 
-    def __init__(self, log_dir: Path, seq: int) -> None:
+    def __init__(self, log_dir: Path, seq: int, pos: int) -> None:
+        """Open segment `seq` to read from log offset `pos` on; FileNotFoundError if it is not in the spool."""
         self.dir = log_dir
         self.seq = seq
         self.idx_fd = _open_either(names.spool_index(log_dir, seq, open_=True), names.spool_index(log_dir, seq))
@@ -349,6 +361,7 @@ class SegmentReader:
         self.scan_at = time.monotonic() + SCAN_S
         first = self._record(0)
         self.seg_start = first.offset if first is not None else None  # log offset of the segment's byte 0
+        self.seek(pos)
 
     def _record(self, i: int) -> index.Chunk | None:
         raw = os.pread(self.idx_fd, RECORD_SIZE, i * RECORD_SIZE)

@@ -29,12 +29,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shipper import index, names
-from shipper.errors import LogshipError, ObjectNotFound
+from shipper.errors import LogshipError, ObjectNotFound, StoreUnavailable
+from shipper.retry import QuietLog
 
 from . import params
 from .errors import BadRequest, json_error
@@ -44,6 +45,7 @@ from .source import LogView, Part, Source
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api.tail")
+_quiet = QuietLog(log)
 
 DEFAULT_LINES = 100  # a screenful and some context, as a log page opens
 MAX_LINES = 100_000
@@ -122,15 +124,10 @@ class Cursor:
         r.close()
         self._reader = None
         try:  # the usual next step, without a view: the agent's next segment
-            self._reader = self._open_reader(r.dir, r.seq + 1)
+            self._reader = SegmentReader(r.dir, r.seq + 1, self.pos)
         except FileNotFoundError:
             self._view = None  # ended, or the next segment already left the spool: locate from a view
         return True
-
-    def _open_reader(self, log_dir: Any, seq: int) -> SegmentReader:
-        reader = SegmentReader(log_dir, seq)
-        reader.seek(self.pos)
-        return reader
 
     async def _locate(self, out: list[Event]) -> bool:
         """Find the part holding the cursor and start reading it; False if there is nothing to read yet."""
@@ -156,7 +153,7 @@ class Cursor:
         if part.kind in ("spool", "open"):
             assert view.spool_dir is not None
             try:
-                self._reader = self._open_reader(view.spool_dir, part.seq)
+                self._reader = SegmentReader(view.spool_dir, part.seq, self.pos)
             except FileNotFoundError:
                 return True  # pruned since the view was taken: the next view has it from the store
         else:
@@ -180,27 +177,29 @@ class Cursor:
             self._store = None
 
     async def _read_store(self, view: LogView, part: Part) -> AsyncGenerator[list[Event], None]:
-        """The events of a store segment or checkpoint from the cursor on, a batch at a time."""
-        chunks = [c for c in await self.source.chunks(view, part) if c.end > self.pos]
-        buf, buf_at = bytearray(), self.pos
+        """The events of a store segment or checkpoint from the cursor on, a batch at a time.
+
+        The cursor moves only as a batch is handed out: if the object goes (a replaced checkpoint),
+        the next view carries on from the last event given, with no gap.
+        """
+        at = self.pos
+        chunks = [c for c in await self.source.chunks(view, part) if c.end > at]
+        buf, buf_at = bytearray(), at
         # Source.read is an async generator: close it when we stop early (cancelled, or a replaced checkpoint)
-        pieces = cast(AsyncGenerator[bytes, None], self.source.read(view, self.pos, part.end))
+        pieces = cast(AsyncGenerator[bytes, None], self.source.read(view, at, part.end))
         async with contextlib.aclosing(pieces):
             batch: list[Event] = []
-            size = 0
             for c in chunks:
                 while buf_at + len(buf) < c.end:
                     buf += await anext(pieces)
-                a = max(c.offset, self.pos)
+                a = max(c.offset, at)
                 batch += self.memo.events(c, a, lambda: bytes(buf[a - buf_at:c.end - buf_at]))
                 del buf[:c.end - buf_at]
-                buf_at = self.pos = c.end
-                size += c.end - a
-                if size >= BATCH_BYTES:
+                buf_at = at = c.end
+                if at - self.pos >= BATCH_BYTES or c is chunks[-1]:
+                    self.pos = at
                     yield batch
-                    batch, size = [], 0
-            if batch:
-                yield batch
+                    batch = []
 
     async def close(self) -> None:
         await self._drop_store()
@@ -284,6 +283,10 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
         generation = feed.generation  # read before looking, so a change while we look is not missed
         try:
             events = await cursor.step()
+        except StoreUnavailable as exc:  # keep the follower: it carries on from its offset once the store is back
+            _quiet.log(logging.WARNING, "store", "tail of %s/%s waits for the store: %s", cursor.task, cursor.host,
+                       exc)
+            events = []
         except LogshipError as exc:
             await sink.send([error_event(exc.code, exc.detail, exc.hint)])
             return
@@ -299,6 +302,9 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
             continue
         while True:
             await feed.wait(generation)
+            if feed.failed:
+                await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
+                return
             await sink.idle()
             # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
             # store only when its poller saw a new manifest, not one GET per follower per second.
