@@ -50,7 +50,7 @@ async def metrics(request: web.Request) -> web.Response:
                 kind = "gauge" if k == "spool_bytes" else "counter"
                 name = f"logship_watcher_{k}" + ("" if kind == "gauge" else "_total")
                 lines += [f"# TYPE {name} {kind}", f"{name} {int(v)}"]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
+    return web.Response(body=("\n".join(lines) + "\n").encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -17,11 +17,13 @@ from typing import Any
 import zstandard
 
 from shipper import archive, index, manifest, names
-from shipper.errors import LogshipError, ObjectNotFound
-from shipper.spool import SpoolLog, read_log
+from shipper.errors import LogshipError, ObjectNotFound, StoreError
+from shipper.quota import DROPPED_FILE
+from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store
 
 PIECE = 1 << 20  # bytes per read from disk or store, and per write to a client
+VIEW_ATTEMPTS = 3
 
 
 class LogNotFound(LogshipError):
@@ -91,11 +93,24 @@ class Source:
     async def view(self, task: str, host: str) -> LogView:
         names.check_id("task", task)
         names.check_id("host", host)
+        for _ in range(VIEW_ATTEMPTS):
+            view = await self._view_once(task, host)
+            # A segment committed and pruned between our read of the manifest and our listing of the
+            # spool is in neither: look again rather than serve a hole that was never dropped.
+            if not _unexplained_gap(view):
+                break
+        return view
+
+    async def _view_once(self, task: str, host: str) -> LogView:
+        sl = await asyncio.to_thread(self._spool_log, task, host)
         try:
             doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
             doc = None
-        sl = await asyncio.to_thread(self._spool_log, task, host)
+        except StoreError:
+            if sl is None:
+                raise
+            doc = None  # the store is down, but this spool has the log: serve what it holds
         if sl is not None and doc is not None and sl.run["run_id"] != doc["run_id"]:
             sl = None  # another run of this log is held in our spool; the store's is the one served
         if doc is None and sl is None:
@@ -110,8 +125,10 @@ class Source:
             parts, run, exit_, status = [], doc, doc, doc["status"]
         if doc is not None:
             parts = _merge(_store_parts(doc), parts)
-        return LogView(task, host, run, status, exit_, doc, sl.dir if sl else None, parts,
-                       (doc or {}).get("dropped", []))
+        dropped = (doc or {}).get("dropped", [])
+        if sl is not None:
+            dropped = dropped + (await asyncio.to_thread(read_json, sl.dir / DROPPED_FILE) or [])
+        return LogView(task, host, run, status, exit_, doc, sl.dir if sl else None, parts, dropped)
 
     def _spool_log(self, task: str, host: str) -> SpoolLog | None:
         if self.spool is None:
@@ -178,6 +195,17 @@ class Source:
         if part.entry["compression"] == "zstd":
             data = self._dctx.decompress(data)
         return list(index.unpack(data))
+
+
+def _unexplained_gap(view: LogView) -> bool:
+    """True if the parts leave out a range that no record of dropped segments accounts for."""
+    pos = 0
+    for p in view.parts:
+        if p.offset > pos and not any(d["offset"] <= pos and p.offset <= d["offset"] + d["raw_size"]
+                                      for d in view.dropped):
+            return True
+        pos = p.end
+    return False
 
 
 def _store_parts(doc: dict[str, Any]) -> list[Part]:

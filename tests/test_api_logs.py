@@ -230,3 +230,32 @@ async def test_refuses_to_listen_beyond_loopback_without_tokens(tmp_path: Path) 
     with pytest.raises(ConfigError, match="api.tokens"):
         create_app(load_config(env={"LOGSHIP_API_LISTEN": "0.0.0.0:8080"}))
     create_app(load_config(env={"LOGSHIP_API_LISTEN": "0.0.0.0:8080", "LOGSHIP_API_TOKENS": "t" * 20}))
+
+
+async def test_metrics_are_prometheus_text(setup: Setup) -> None:
+    setup.run("m", "print('x' * 100)")
+    await watch(setup.cfg(), once=True)
+    client = await client_for(setup.cfg())
+    try:
+        await (await client.get("/api/v1/tasks/m/hosts/h1/log")).read()
+        r = await client.get("/metrics")
+        text = await r.text()
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "logship_api_bytes_out_total 101" in text
+        assert "logship_watcher_segments_uploaded_total 1" in text and "logship_watcher_healthy 1" in text
+    finally:
+        await client.close()
+
+
+async def test_store_down_the_spool_still_serves(setup: Setup) -> None:
+    setup.env.update({"LOGSHIP_STORE_URL": "s3://nowhere/x", "LOGSHIP_STORE_ENDPOINT": "http://127.0.0.1:9",
+                      "LOGSHIP_STORE_ACCESS_KEY": "k", "LOGSHIP_STORE_SECRET_KEY": "s"})
+    data = setup.run("offline", BIG)
+    client = await client_for(setup.cfg())
+    try:
+        r = await client.get("/api/v1/tasks/offline/hosts/h1/log")
+        assert r.status == 200 and await r.read() == data
+        r = await client.get("/api/v1/tasks/elsewhere/hosts/h1/log")  # not in the spool: the store must answer
+        assert r.status == 503 and (await r.json())["error"] == "store_unavailable"
+    finally:
+        await client.close()
