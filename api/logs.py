@@ -142,8 +142,11 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": "text/plain; charset=utf-8", "ETag": view.etag, "Accept-Ranges": "bytes",
                "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     if stream is not None:
+        if start_param is not None:
+            raise BadRequest("start= cannot be combined with stream=", "offsets are the whole log's: use one")
         resp = web.StreamResponse(headers=headers)
-        del resp.headers["Accept-Ranges"]  # byte offsets are the whole log's, not the stream's
+        del resp.headers["Accept-Ranges"]  # byte offsets are the whole log's, not the stream's (Range is ignored)
+        del resp.headers["ETag"]  # the whole log's validator does not describe one stream's bytes
         return await _send(request, resp, view, 0, None, follow, stream)
 
     if start_param is not None:  # progressive mode for pollers
@@ -153,8 +156,9 @@ async def get_log(request: web.Request) -> web.StreamResponse:
                               headers={"Content-Range": f"bytes */{view.size}"})
         headers.update({"X-Log-Size": str(view.size), "X-More-Data": "false" if view.finished else "true"})
         resp = web.StreamResponse(headers=headers)
-        resp.content_length = view.covered(start_param, view.size)
-        return await _send(request, resp, view, start_param, view.size, False, None)
+        if not follow:
+            resp.content_length = view.covered(start_param, view.size)
+        return await _send(request, resp, view, start_param, None if follow else view.size, follow, None)
 
     rng_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")

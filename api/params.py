@@ -71,6 +71,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
+    if size == 0:
+        raise RangeError("the log is empty: no byte range can be served")
     m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
     if not m or (m.group(1) == "" and m.group(2) == ""):
         raise RangeError(f"Range {header!r} is not one byte range; send e.g. 'bytes=0-1023' or 'bytes=-500'")

@@ -259,3 +259,28 @@ async def test_store_down_the_spool_still_serves(setup: Setup) -> None:
         assert r.status == 503 and (await r.json())["error"] == "store_unavailable"
     finally:
         await client.close()
+
+
+async def test_follow_from_an_offset_and_edge_cases(setup: Setup) -> None:
+    gate = setup.tmp_path / "gate"
+    script = (f"import os, time\nprint('one', flush=True)\n"
+              f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\nprint('two')\n")
+    p = start_agent(setup.spool, "off", [sys.executable, "-c", script], env=setup.agent_env())
+    setup.run("empty", "pass")
+    client = await client_for(setup.cfg())
+    try:
+        while (await client.get("/api/v1/tasks/off/hosts/h1/log")).status != 200:
+            await asyncio.sleep(0.05)
+        r = await client.get("/api/v1/tasks/off/hosts/h1/log?start=2&follow=true")
+        assert await r.content.readexactly(2) == b"e\n"
+        gate.touch()
+        assert await asyncio.wait_for(r.read(), 30) == b"two\n"
+        r = await client.get("/api/v1/tasks/empty/hosts/h1/log", headers={"Range": "bytes=-10"})
+        assert r.status == 416 and r.headers["Content-Range"] == "bytes */0"
+        r = await client.get("/api/v1/tasks/off/hosts/h1/log?stream=stdout&start=1")
+        assert r.status == 400
+        r = await client.get("/api/v1/tasks/off/hosts/h1/log?stream=stdout")
+        assert "ETag" not in r.headers and await r.read() == b"one\ntwo\n"
+    finally:
+        stop_agent(p, setup.spool, "off")
+        await client.close()
