@@ -13,7 +13,7 @@ from shipper.config import Config
 from shipper.errors import ConfigError
 from shipper.store import open_store
 
-from . import logs, metrics, proxy, tail
+from . import logs, metrics, openapi, proxy, query, tail
 from .errors import Unauthorized, error_middleware
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
@@ -38,6 +38,8 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app.add_routes(logs.routes)
     app.add_routes(metrics.routes)
     app.add_routes(tail.routes)
+    app.add_routes(openapi.routes)
+    query.setup(app)  # POST /api/v1/query, GET /api/v1/search, and the DuckDB they share
     return app
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from shipper.store import Store
 
     from .metrics import Metrics
+    from .query import Engine
     from .source import Source
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
@@ -21,3 +22,4 @@ SOURCE: web.AppKey["Source"] = web.AppKey("source")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown: followers end their responses
+QUERY_ENGINE: web.AppKey["Engine"] = web.AppKey("query_engine")  # DuckDB, opened on the first query

@@ -178,6 +178,43 @@ def _machine_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _ours_cpu() -> float:
+    """CPU seconds of this process and all its descendants so far, living (incl. what they reaped) or reaped."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    parent: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(name)], stats[int(name)] = int(fields[1]), fields
+    ours, frontier = set(), [os.getpid()]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in ours]
+        ours.update(kids)
+        frontier += kids
+    for pid in ours:
+        total += sum(int(x) for x in stats[pid][11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return total
+
+
+class OthersWindow:
+    """The share of the machine's CPU (0..1) that processes other than this one and its descendants (servers,
+    clients, tasks) used since it was made: the noise of a measurement that is not one timed child."""
+
+    def __init__(self) -> None:
+        self.busy, self.ours, self.began = _machine_busy(), _ours_cpu(), time.perf_counter()
+
+    def share(self) -> float:
+        busy, ours, wall = _machine_busy() - self.busy, _ours_cpu() - self.ours, time.perf_counter() - self.began
+        return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
+
+
 class _HwmSampler:
     """Polls /proc/PID/status for VmHWM every 10 ms (the process's own peak RSS so far)."""
 

@@ -26,6 +26,12 @@ def _labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command; SUPPRESS keeps a subcommand's parser
     # from resetting a value given before it.
@@ -54,6 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--host", help="default: this machine's hostname")
     c.add_argument("--stream", choices=["stdout", "stderr"])
     c.add_argument("--manifest", action="store_true", help="print the log's manifest instead")
+
+    # tail and download talk to a running `logship serve`
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--url", help="the API's base URL (default: http://<api.listen>); "
+                     "the token comes from $LOGSHIP_TOKEN, else the first of api.tokens")
+    t = sub.add_parser("tail", parents=[common, api], help="print the newest output of a log (-f: follow it)")
+    t.add_argument("task")
+    t.add_argument("--host", help="default: this machine's hostname")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--from", dest="start", type=_count, metavar="OFFSET", help="start at this byte offset")
+    where.add_argument("-n", "--lines", type=_count, metavar="N", help="start at the last N lines (default 10)")
+
+    d = sub.add_parser("download", parents=[common, api], help="download a whole log (progress bar, resumes)")
+    d.add_argument("task")
+    d.add_argument("--host", help="default: this machine's hostname")
+    d.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="resumed when FILE.logship-etag from an interrupted download is beside it")
+
+    q = sub.add_parser("query", parents=[common], help="SQL over the archive (views lines and logs)")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    g = sub.add_parser("grep", parents=[common], help="find archived lines containing PATTERN (a literal)")
+    g.add_argument("pattern")
+    g.add_argument("-i", "--ignore-case", action="store_true")
+    g.add_argument("--task")
+    g.add_argument("--host")
+    g.add_argument("--since", metavar="DURATION", help="only lines newer than this, e.g. 7d, 12h")
+    g.add_argument("--stream", choices=["stdout", "stderr"])
+    g.add_argument("--limit", type=int, default=1000, help="newest matches shown (default 1000)")
 
     sub.add_parser("config", parents=[common], help="print the effective config")
 
@@ -109,10 +146,18 @@ def _dispatch(args: Any) -> int:
         import asyncio
 
         return asyncio.run(_cat(cfg, args))
+    if args.cmd in ("query", "grep"):
+        from . import querycli
+
+        return querycli.run_query(cfg, args.sql, args.format) if args.cmd == "query" else querycli.run_grep(cfg, args)
     if args.cmd == "watch":
         from . import watcher
 
         return watcher.main(cfg, once=args.once)
+    if args.cmd in ("tail", "download"):
+        from . import client
+
+        return client.main(cfg, args)
     raise AssertionError(args.cmd)
 
 

@@ -68,6 +68,16 @@ def _duration(lo: float, hi: float) -> Callable[[Any], float]:
     return check
 
 
+def _count(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not re.fullmatch(r"\d+", str(v).strip()) or not lo <= int(v) <= hi:
+            raise ValueError
+        return int(v)
+
+    check.__doc__ = f"a whole number from {lo} to {hi}"
+    return check
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in allowed:
@@ -163,11 +173,20 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    timeout_seconds: float = 30.0
+    max_rows: int = 10_000
+    memory_bytes: int = 512 * MiB
+    threads: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     source: str = "defaults"  # where it came from, for `logship config`
 
     @property
@@ -194,8 +213,11 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     },
     "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
     "api": {"listen": _listen, "tokens": _tokens},
+    "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
+              "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256)},
 }
-SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig}
+SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
+            "query": QueryConfig}
 
 
 def _check(section: str, key: str, value: Any, origin: str) -> Any:

@@ -6,6 +6,7 @@ Keys sort: segment numbers are fixed-width, so a plain listing is already in ord
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from .errors import InvalidId
@@ -51,6 +52,18 @@ def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: 
 
 def lines_key(date: str, task: str, host: str, seq: int) -> str:
     return f"lines/date={date}/task={task}/host={host}/{seq:08d}.parquet"
+
+
+def lines_date(ts_ns: int) -> str:
+    """The date partition of a segment's query copy: the UTC date of its first chunk."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts_ns // 1_000_000_000))
+
+
+# The columns of a query copy, in order, with their SQL types (docs/query.md); date, task and host
+# are also the object's hive partitions.
+LINES_COLUMNS = [("task", "VARCHAR"), ("host", "VARCHAR"), ("seq", "INTEGER"), ("line_no", "BIGINT"),
+                 ("ts", "TIMESTAMP"), ("stream", "VARCHAR"), ("byte_offset", "BIGINT"), ("byte_end", "BIGINT"),
+                 ("partial", "BOOLEAN"), ("truncated", "BOOLEAN"), ("line", "VARCHAR")]
 
 
 def parse_log_prefix(key: str) -> tuple[str, str] | None:

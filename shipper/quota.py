@@ -68,7 +68,8 @@ def _record_drop(d: Path, seq: int) -> dict[str, Any] | None:
     if not chunks:
         return None
     entry = {"seq": seq, "offset": chunks[0].offset, "raw_size": chunks[-1].end - chunks[0].offset,
-             "first_ts": chunks[0].ts_ns, "last_ts": chunks[-1].ts_ns}
+             "first_ts": chunks[0].ts_ns, "last_ts": chunks[-1].ts_ns,
+             "lines": sum(c.lines for c in chunks)}  # later segments' line numbers count these lines
     doc = read_json(d / DROPPED_FILE) or []
     doc.append(entry)
     write_json_atomic(d / DROPPED_FILE, doc)

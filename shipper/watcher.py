@@ -21,7 +21,7 @@ from typing import Any
 
 import zstandard
 
-from . import index, manifest, names
+from . import index, manifest, names, querycopy
 from .config import Config
 from .errors import ObjectNotFound, StoreError
 from .quota import DROPPED_FILE, enforce_quota
@@ -188,6 +188,12 @@ class Watcher:
             else:
                 await self.store.put(key, blob)
             await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
+            # The query copy (docs/query.md) is part of the segment's upload: stored before the manifest names it.
+            copy = await querycopy.build_for_spool(sl.dir, sl.task, sl.host, seq, chunks,
+                                                   {s: e["lines"] for s, e in st.segments.items()})
+            if copy is not None:
+                await self.store.put(copy.key, copy.data)
+                self.stats["query_copy_bytes"] = self.stats.get("query_copy_bytes", 0) + len(copy.data)
             entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else log_path.stat().st_size,
                                            len(idx_blob), sha, self.compression)
             st.segments[seq] = entry

@@ -1,0 +1,343 @@
+"""`GET /api/v1/openapi.json`: the API described as an OpenAPI 3.1 document, built here as plain data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+routes = web.RouteTableDef()
+PATH = "/api/v1/openapi.json"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(type_: str, **extra: Any) -> Schema:
+    return {"type": [type_, "null"], **extra}
+
+
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+_NS = {"type": "integer", "description": "Unix time in nanoseconds"}
+_TASK = {"name": "task", "in": "path", "required": True, "schema": _ID, "description": "the task id"}
+_HOST = {"name": "host", "in": "path", "required": True, "schema": _ID,
+         "description": "the host the task ran on (the agent's default: the machine's short hostname)"}
+_STATUS_ENUM = ["running", "finished", "lost"]
+_TEXT = {"text/plain": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}
+
+
+def _header(description: str, schema: Schema | None = None) -> Schema:
+    return {"description": description, "schema": schema or {"type": "string"}}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> Schema:
+    resp: Schema = {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+    if headers:
+        resp["headers"] = headers
+    return resp
+
+
+# Errors every route under /api/v1 can answer with.
+_COMMON_ERRORS = {"401": {"$ref": "#/components/responses/Unauthorized"}}
+_LOG_ERRORS = {"400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS,
+               "404": {"$ref": "#/components/responses/NotFound"},
+               "502": {"$ref": "#/components/responses/StoreError"},
+               "503": {"$ref": "#/components/responses/StoreUnavailable"}}
+_CONTENT_RANGE_416 = {"Content-Range": _header("`bytes */SIZE`: the log's size in bytes")}
+
+_LOG_HEADERS = {
+    "ETag": _header('A strong validator `"<run_id>-<size>"`. It changes as a running log grows; If-Range '
+                    "with an earlier ETag of the same run still matches, because logs only grow."),
+    "Accept-Ranges": _header("`bytes` (absent with `stream=`: offsets are the whole log's)"),
+    "Cache-Control": _header("`no-cache`"),
+}
+
+_LOG_PARAMS = [
+    _TASK, _HOST,
+    {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]},
+     "description": "only the chunks of one stream (Range, If-Range and start= do not apply)"},
+    {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "keep the response open, sending new bytes as they are written, until the task ends "
+                    "(with the whole log or with `stream=`)"},
+    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "progressive mode for pollers: the bytes from this offset to the log's current end, with "
+                    "`X-Log-Size` and `X-More-Data`; poll again with `start=` the last `X-Log-Size`"},
+    {"name": "Range", "in": "header", "schema": {"type": "string", "examples": ["bytes=0-1023", "bytes=-4096",
+                                                                                "bytes=1048576-"]},
+     "description": "one byte range; several ranges or other units are a 416"},
+    {"name": "If-Range", "in": "header", "schema": {"type": "string"},
+     "description": "an ETag: the Range is served only if it names this run at a size the log still has; "
+                    "otherwise the whole log comes with 200"},
+]
+
+_LOG_RESPONSES: dict[str, Any] = {
+    "200": {"description": "The whole log, byte-exact (stdout and stderr interleaved in arrival order). "
+                           "`Content-Length` once the task has ended; a running log's body ends at its size "
+                           "when asked, or with `follow=true` when the task ends.",
+            "headers": {**_LOG_HEADERS,
+                        "Content-Length": _header("the size, once the task has ended", {"type": "integer"}),
+                        "X-Log-Size": _header("with `start=`: the log's size now", {"type": "integer"}),
+                        "X-More-Data": _header("with `start=`: `true` while the task runs, so poll again",
+                                               {"type": "string", "enum": ["true", "false"]})},
+            "content": _TEXT},
+    "206": {"description": "The requested range.",
+            "headers": {**_LOG_HEADERS,
+                        "Content-Range": _header("`bytes FIRST-LAST/SIZE`; SIZE is `*` while the task runs")},
+            "content": _TEXT},
+    "416": _error("The range (or `start=`) is past the end of the log, or not one byte range.", _CONTENT_RANGE_416),
+    **_LOG_ERRORS,
+}
+
+_TAIL_PARAMS = [
+    _TASK, _HOST,
+    {"name": "from", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "start at this byte offset (resume with the offset after the last message received)"},
+    {"name": "lines", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 100},
+     "description": "without `from`: start with the last N lines"},
+    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+     "description": "SSE: the `id` of the last event received (overrides `from`)"},
+    {"name": "Accept", "in": "header", "schema": {"type": "string", "enum": ["text/event-stream"]},
+     "description": "`text/event-stream` for SSE; or open the URL as a WebSocket"},
+]
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/api/v1/tasks": {"get": {
+            "operationId": "listLogs", "summary": "Logs, newest first, one page at a time",
+            "tags": ["logs"],
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": _STATUS_ENUM}},
+                {"name": "host", "in": "query", "schema": _ID},
+                {"name": "task", "in": "query", "schema": _ID},
+                {"name": "since", "in": "query", "schema": {"type": "string", "examples": ["7d", "12h",
+                                                                                          "2026-11-20T08:00:00Z"]},
+                 "description": "started since: a duration back from now, an ISO time or Unix nanoseconds"},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "`next_cursor` of the previous page, as is"},
+            ],
+            "responses": {"200": {"description": "one page", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["logs", "next_cursor"],
+                "properties": {"logs": {"type": "array", "items": _ref("LogSummary")},
+                               "next_cursor": _nullable("string", description="null on the last page")}}}}},
+                          "400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS},
+        }},
+        "/api/v1/tasks/{task}/hosts/{host}": {"get": {
+            "operationId": "getLog", "summary": "One log's manifest, with its live size while it runs",
+            "tags": ["logs"], "parameters": [_TASK, _HOST],
+            "responses": {"200": {"description": "the manifest", "content": {"application/json": {
+                "schema": _ref("LogManifest")}}}, **_LOG_ERRORS},
+        }},
+        "/api/v1/tasks/{task}/hosts/{host}/log": {
+            "get": {"operationId": "getLogBytes", "summary": "The log's bytes: whole, a Range, followed, or "
+                                                             "progressively", "tags": ["logs"],
+                    "parameters": _LOG_PARAMS, "responses": _LOG_RESPONSES},
+            "head": {"operationId": "headLogBytes", "summary": "The headers of GET (ETag, size once finished)",
+                     "tags": ["logs"], "parameters": _LOG_PARAMS,
+                     "responses": {k: {"description": v.get("description", "as GET"),
+                                       **({"headers": v["headers"]} if "headers" in v else {})}
+                                   for k, v in _LOG_RESPONSES.items() if "$ref" not in v}},
+        },
+        "/api/v1/tasks/{task}/hosts/{host}/tail": {"get": {
+            "operationId": "tailLog", "tags": ["logs"],
+            "summary": "Live tail: a WebSocket, or Server-Sent Events with `Accept: text/event-stream`",
+            "description": "Each message is a JSON `TailMessage`: data with the offset of its first byte, or an "
+                           "event. SSE `id:` is the offset after the event, so a reconnect with `Last-Event-ID` "
+                           "(or `from=`) continues with no gap and no duplicate. Text replaces invalid UTF-8; "
+                           "exact bytes come from `/log`. After `end` (or `error`) the connection closes.",
+            "parameters": _TAIL_PARAMS,
+            "responses": {
+                "101": {"description": "WebSocket: one text frame per TailMessage", "content": {
+                    "application/json": {"schema": _ref("TailMessage")}}},
+                "200": {"description": "SSE: `id: <offset after>` and `data: <TailMessage>` per event; "
+                                       "`: ping` comments keep proxies open", "content": {
+                    "text/event-stream": {"schema": {"type": "string", "description": "each `data:` line "
+                                                                      "is a JSON TailMessage"}}}},
+                "406": _error("Neither a WebSocket upgrade nor `Accept: text/event-stream`."),
+                "416": _error("`from` is past the end of a finished log.", _CONTENT_RANGE_416),
+                **_LOG_ERRORS,
+            },
+        }},
+        "/api/v1/tasks/{task}/log": {"get": {
+            "operationId": "getTaskLogs", "tags": ["logs"],
+            "summary": "Every host's log of a task, one after another, each under a header line "
+                       "`==> TASK/HOST (STATUS, SIZE bytes) <==`",
+            "parameters": [_TASK],
+            "responses": {"200": {"description": "the logs", "content": _TEXT}, **_LOG_ERRORS},
+        }},
+        "/api/v1/query": {"post": {
+            "operationId": "query", "tags": ["query"],
+            "summary": "Read-only DuckDB SQL over the views `lines` and `logs`, with time and row limits",
+            "parameters": [{"name": "format", "in": "query",
+                            "schema": {"type": "string", "enum": ["json", "csv", "ndjson"], "default": "json"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["sql"], "additionalProperties": False,
+                "properties": {"sql": {"type": "string", "examples": [
+                    "SELECT host, ts, line FROM lines WHERE line ILIKE '%disk full%'"]}}}}}},
+            "responses": {
+                "200": {"description": "The rows, streamed. JSON ends with row_count, truncated, row_limit and "
+                                       "elapsed_ms (and `error` if the query failed after rows were sent); CSV "
+                                       "and NDJSON stop at the row limit, and a failure cuts them off.",
+                        "headers": {"X-Row-Limit": _header("the most rows sent", {"type": "integer"})},
+                        "content": {"application/json": {"schema": _ref("QueryResult")},
+                                    "text/csv": {"schema": {"type": "string"}},
+                                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "400": _error("Not JSON, not one read-only SELECT, outside the archive, over a limit, or a SQL "
+                              "error."), **_COMMON_ERRORS},
+        }},
+        "/api/v1/search": {"get": {
+            "operationId": "search", "tags": ["query"],
+            "summary": "Archived lines containing a text (no SQL needed), newest first",
+            "parameters": [
+                {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+                 "description": "the text to look for, literally"},
+                {"name": "i", "in": "query", "schema": {"type": "boolean", "default": False},
+                 "description": "ignore case"},
+                {"name": "task", "in": "query", "schema": _ID}, {"name": "host", "in": "query", "schema": _ID},
+                {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "as for /tasks"},
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+            ],
+            "responses": {"200": {"description": "the matches", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["hits", "more"], "properties": {
+                    "hits": {"type": "array", "items": _ref("SearchHit")}, "more": {"type": "boolean"},
+                    "elapsed_ms": {"type": "integer"}}}}}},
+                "400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS},
+        }},
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "Liveness", "tags": ["operations"], "security": [],
+            "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}}}}},
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics of the API, and of the watcher beside it",
+            "tags": ["operations"],
+            "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **_COMMON_ERRORS},
+        }},
+        PATH: {"get": {
+            "operationId": "openapi", "summary": "This document", "tags": ["operations"],
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {
+                "schema": {"type": "object"}}}}, **_COMMON_ERRORS},
+        }},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    segment = {"type": "object", "description": "a sealed segment in the store", "properties": {
+        "seq": {"type": "integer"}, "offset": {"type": "integer"}, "raw_size": {"type": "integer"},
+        "stored_size": {"type": "integer"}, "index_size": {"type": "integer"}, "sha256": {"type": "string"},
+        "compression": {"type": "string", "enum": ["zstd", "none"]}, "first_ts": _NS, "last_ts": _NS,
+        "lines": {"type": "integer"},
+        "chunks": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}}}
+    summary_props = {
+        "task": _ID, "host": _ID, "run_id": {"type": "string"},
+        "status": {"type": "string", "enum": _STATUS_ENUM}, "exit_code": _nullable("integer"),
+        "started_ns": _NS, "ended_ns": _nullable("integer"),
+        "size": _nullable("integer", description="bytes in the store (null: only in the spool yet)"),
+        "lines": _nullable("integer"),
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "command": {"type": "array", "items": {"type": "string"}},
+    }
+    return {
+        "Error": {"type": "object", "required": ["error", "detail", "hint"], "properties": {
+            "error": {"type": "string", "description": "a stable code, e.g. bad_id, bad_request, bad_range, "
+                                                       "unauthorized, not_found, store_unavailable"},
+            "detail": {"type": "string", "description": "what went wrong"},
+            "hint": {"type": "string", "description": "what to do about it (may be empty)"}}},
+        "LogSummary": {"type": "object", "required": list(summary_props), "properties": summary_props},
+        "Segment": segment,
+        "LogManifest": {"type": "object", "description": "the log's manifest (DESIGN §3) and its live state",
+                        "required": ["task", "host", "run_id", "status", "live_size"],
+                        "additionalProperties": True, "properties": {
+            **summary_props, "version": {"const": 1}, "signal": _nullable("integer"),
+            "compression": {"type": "string", "enum": ["zstd", "none"]},
+            "segments": {"type": "array", "items": _ref("Segment")},
+            "checkpoint": {"oneOf": [_ref("Segment"), {"type": "null"}],
+                           "description": "the store's copy of the open segment's beginning"},
+            "dropped": {"type": "array", "items": {"type": "object"},
+                        "description": "ranges dropped at the spool quota"},
+            "dropped_bytes": {"type": "integer"}, "updated_ns": _NS,
+            "api_url": {"type": "string", "description": "while running: the API beside the spool"},
+            "live_size": {"type": "integer", "description": "bytes readable now, spool included"}}},
+        "TailData": {"type": "object", "required": ["offset", "ts", "stream", "data"], "properties": {
+            "offset": {"type": "integer", "description": "byte offset of the first byte in the combined log"},
+            "ts": _NS, "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+            "data": {"type": "string", "description": "the bytes as text, invalid UTF-8 replaced"}}},
+        "TailEnd": {"type": "object", "required": ["event", "status", "exit_code"], "properties": {
+            "event": {"const": "end"}, "status": {"type": "string", "enum": ["finished", "lost"]},
+            "exit_code": _nullable("integer"), "signal": _nullable("integer"), "size": {"type": "integer"}}},
+        "TailSkipped": {"type": "object", "required": ["event", "from", "to", "bytes"],
+                        "description": "bytes that no longer exist (dropped at the spool quota) or were not sent",
+                        "properties": {"event": {"const": "skipped"}, "from": {"type": "integer"},
+                                       "to": {"type": "integer"}, "bytes": {"type": "integer"}}},
+        "TailError": {"type": "object", "required": ["event", "error", "detail"], "properties": {
+            "event": {"const": "error"}, "error": {"type": "string"}, "detail": {"type": "string"},
+            "hint": {"type": "string"}}},
+        "QueryResult": {"type": "object", "properties": {
+            "columns": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "type": {"type": "string"}}}},
+            "rows": {"type": "array", "items": {"type": "object"}},
+            "row_count": {"type": "integer"}, "truncated": {"type": "boolean"}, "row_limit": {"type": "integer"},
+            "elapsed_ms": {"type": "integer"}, "error": _ref("Error")}},
+        "SearchHit": {"type": "object", "properties": {
+            "task": _ID, "host": _ID, "line_no": {"type": "integer"},
+            "ts": _nullable("string", format="date-time"), "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+            "line": {"type": "string"}, "truncated": {"type": "boolean"}, "partial": {"type": "boolean"},
+            "offset": {"type": "integer", "description": "byte offset of the line in the log"},
+            "end": {"type": "integer"}, "url": {"type": "string", "description": "the log's /log route"},
+            "range": {"type": "string", "description": "a Range header for the line's bytes at `url`"}}},
+        "TailMessage": {"oneOf": [_ref("TailData"), _ref("TailEnd"), _ref("TailSkipped"), _ref("TailError")]},
+    }
+
+
+def _document() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("logship")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        ver = "0"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "logship", "version": ver,
+                 "summary": "Live and archived logs for long-running tasks",
+                 "description": "Logs are identified by (task, host). Byte-exact bytes come from `/log`; "
+                                "`/tail` is the live view as text. Errors are JSON `Error` bodies."},
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"}],
+        "security": [{"bearer": []}, {"token": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": {
+                "BadRequest": _error("A bad id, parameter or header; nothing was changed."),
+                "Unauthorized": _error("api.tokens is set and the request has no valid bearer token."),
+                "NotFound": _error("No such log (ids are case-sensitive)."),
+                "StoreError": _error("The object store answered with an error."),
+                "StoreUnavailable": _error("The object store cannot be reached; retry later."),
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a token from api.tokens (required when the API is not on loopback)"},
+                "token": {"type": "apiKey", "in": "query", "name": "token",
+                          "description": "the same token as ?token=, for WebSocket clients that cannot set headers"},
+            },
+        },
+    }
+
+
+DOCUMENT = _document()
+_BODY = json.dumps(DOCUMENT, indent=1)  # built once: the document is fixed for the process
+
+
+@routes.get(PATH)
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=_BODY, content_type="application/json")

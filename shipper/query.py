@@ -1,0 +1,375 @@
+"""SQL over the archive: a sandboxed DuckDB with the `lines` and `logs` views (docs/query.md).
+
+The CLI (`logship query`, `logship grep`) and the API (POST /api/v1/query, GET /api/v1/search) both
+run queries through `Database`: one SELECT at a time, read-only, within time, row and memory limits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from . import names
+from .config import Config, QueryConfig, StoreConfig
+from .errors import ConfigError, LogshipError, StoreUnavailable
+
+FETCH_ROWS = 2048  # rows per fetch: one round trip to the DuckDB thread per this many rows
+# A segment's first chunk starts its date partition, and a segment is sealed at most
+# spool.segment_seconds (≤ 7 days by config) after it: a line of time T lies in a partition dated
+# at most this long before T. Searches by time widen their date filter by this much.
+MAX_SEGMENT_SPAN_S = 7 * 86400
+
+# DuckDB reads a JSON object whole, in a buffer twice this size: 32 MiB holds the manifest of a log
+# of ~100k segments (1.6 TB at 16 MiB segments) and keeps the buffer well within query.memory_bytes.
+MANIFEST_MAX = 32 << 20
+_LINES_COLS = ", ".join(name for name, _ in names.LINES_COLUMNS)
+# One row per log, from the manifests: what `logs` shows, with the manifest's JSON types.
+_MANIFEST_COLUMNS = ("{task: 'VARCHAR', host: 'VARCHAR', run_id: 'VARCHAR', status: 'VARCHAR', "
+                     "exit_code: 'INTEGER', signal: 'INTEGER', started_ns: 'BIGINT', ended_ns: 'BIGINT', "
+                     "size: 'BIGINT', lines: 'BIGINT', labels: 'MAP(VARCHAR, VARCHAR)', command: 'VARCHAR[]', "
+                     "dropped_bytes: 'BIGINT', updated_ns: 'BIGINT', segments: 'JSON[]'}")
+_LOGS_SELECT = ("SELECT task, host, status, exit_code, signal, make_timestamp(started_ns // 1000) AS started, "
+                "make_timestamp(ended_ns // 1000) AS ended, size, lines, labels, command, run_id, "
+                "len(segments) AS segments, dropped_bytes, make_timestamp(updated_ns // 1000) AS updated")
+_EMPTY = {  # the views of an archive that holds no such objects yet: no rows, the same columns
+    "lines": "SELECT " + ", ".join(f"NULL::{sql} AS {name}" for name, sql in names.LINES_COLUMNS)
+             + ", NULL::DATE AS date WHERE false",
+    "logs": "SELECT NULL::VARCHAR AS task, NULL::VARCHAR AS host, NULL::VARCHAR AS status, NULL::INTEGER AS exit_code, "
+            "NULL::INTEGER AS signal, NULL::TIMESTAMP AS started, NULL::TIMESTAMP AS ended, NULL::BIGINT AS size, "
+            "NULL::BIGINT AS lines, NULL::MAP(VARCHAR, VARCHAR) AS labels, NULL::VARCHAR[] AS command, "
+            "NULL::VARCHAR AS run_id, NULL::BIGINT AS segments, NULL::BIGINT AS dropped_bytes, "
+            "NULL::TIMESTAMP AS updated WHERE false",
+}
+_HINT_SELECT = "send one SELECT over the views lines and logs (see docs/query.md)"
+
+
+class QueryError(LogshipError):
+    """The query cannot run as given (HTTP 400)."""
+
+    code = "bad_query"
+
+
+class NotAllowed(QueryError):
+    """The query tries something the sandbox refuses: another statement than SELECT, or data outside the archive."""
+
+    code = "not_allowed"
+
+
+class QueryTimeout(QueryError):
+    code = "query_timeout"
+
+
+class QueryTooLarge(QueryError):
+    code = "query_too_large"
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 30.0
+    max_rows: int = 10_000
+    memory_bytes: int = 512 << 20
+    threads: int = 2
+
+    @classmethod
+    def of(cls, q: QueryConfig) -> Limits:
+        return cls(q.timeout_seconds, q.max_rows, q.memory_bytes, q.threads)
+
+
+def archive_root(store: StoreConfig) -> str:
+    """The store's root as DuckDB names it: `s3://BUCKET/PREFIX/` or an absolute directory with a `/`."""
+    if store.url.startswith("s3://"):
+        bucket, _, prefix = store.url[len("s3://"):].partition("/")
+        prefix = prefix.strip("/")
+        return f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    if store.url.startswith("file://"):
+        # as the file store resolves it (shipper/store/fs.py): relative to the working directory
+        return str(Path(store.url.removeprefix("file://")).absolute()) + "/"
+    raise ConfigError(f"store.url = {store.url!r} is not supported", "use s3://BUCKET/PREFIX or file:///PATH")
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Database:
+    """One sandboxed in-memory DuckDB over the archive. Thread-safe: each query runs on its own cursor."""
+
+    def __init__(self, cfg: Config, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits.of(cfg.query)
+        self.root = archive_root(cfg.store)
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self._empty: set[str] = set()
+        try:
+            self._setup(cfg.store)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _setup(self, store: StoreConfig) -> None:
+        con = self._con
+        if self.root.startswith("s3://"):
+            _load_httpfs(con)
+            con.execute(_secret_sql(store, self.root))
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET GLOBAL TimeZone = 'UTC'")  # naive TIMESTAMPs (ts, started, ...) are UTC
+        con.execute(f"SET threads = {int(self.limits.threads)}")
+        con.execute(f"SET memory_limit = '{int(self.limits.memory_bytes)}B'")
+        # No spilling: a query over the memory limit fails instead of writing to disk (and the
+        # temp directory would otherwise be readable by queries).
+        con.execute("SET temp_directory = ''")
+        # Objects under lines/ never change (deterministic keys), so their footers may be cached.
+        con.execute("SET parquet_metadata_cache = true")
+        # The sandbox (DESIGN §8): only the archive is readable, then nothing can change that.
+        con.execute(f"SET allowed_directories = [{_literal(self.root)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        self._views(("lines", "logs"))
+
+    def _views(self, names: tuple[str, ...] | set[str]) -> None:
+        """(Re)create views; a view over objects the archive does not hold yet has no rows until it does."""
+        sources = {
+            "lines": f"SELECT {_LINES_COLS}, date FROM read_parquet("
+                     f"{_literal(self.root + 'lines/date=*/task=*/host=*/*.parquet')}, hive_partitioning = true, "
+                     "hive_types = {'date': DATE, 'task': VARCHAR, 'host': VARCHAR})",
+            "logs": f"{_LOGS_SELECT} FROM read_json({_literal(self.root + 'logs/*/*/manifest.json')}, "
+                    f"format = 'auto', maximum_object_size = {MANIFEST_MAX}, columns = {_MANIFEST_COLUMNS})",
+        }
+        for name in names:
+            try:
+                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {sources[name]}")
+                self._empty.discard(name)
+            except duckdb.IOException as exc:
+                if "No files found" not in str(exc):
+                    raise _translate(exc, self.limits) from exc
+                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {_EMPTY[name]}")
+                self._empty.add(name)
+
+    def close(self) -> None:
+        self._con.close()
+
+    # --- running a query ---------------------------------------------------------------------
+
+    def check(self, sql: str) -> None:
+        """Raise NotAllowed unless `sql` is exactly one SELECT statement."""
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError("no SQL given", _HINT_SELECT)
+        try:
+            statements = self._con.cursor().extract_statements(sql)
+        except duckdb.Error as exc:
+            raise _translate(exc, self.limits) from exc
+        if len(statements) != 1:
+            raise NotAllowed(f"{len(statements)} statements given; one SELECT is allowed", _HINT_SELECT)
+        kind = statements[0].type.name  # SELECT, COPY, ATTACH, LOAD (INSTALL too), SET, CREATE, ...
+        if kind != "SELECT":
+            what = "INSTALL and LOAD" if kind == "LOAD" else kind.replace("_", " ")
+            raise NotAllowed(f"{what} statements are not allowed: queries are read-only",
+                             "only SELECT over the views lines and logs runs here; COPY, ATTACH, INSTALL, LOAD, "
+                             "SET, PRAGMA, CREATE and other statements are refused")
+
+    def execute(self, sql: str, limits: Limits | None = None) -> Result:
+        """Start a query (in the calling thread: call it off the event loop). Raises QueryError and its kinds."""
+        limits = limits or self.limits
+        self.check(sql)
+        if self._empty:
+            with self._lock:
+                self._views(set(self._empty))  # the archive may have got its first objects meanwhile
+        cur = self._con.cursor()
+        result = Result(cur, limits)
+        try:
+            rel = cur.sql(sql)
+            result.columns = list(rel.columns)
+            result.types = [str(t) for t in rel.types]
+            result.start(rel)
+        except duckdb.Error as exc:
+            result.close()
+            raise _translate(exc, limits, result.timed_out) from exc
+        except BaseException:
+            result.close()
+            raise
+        return result
+
+
+@dataclass
+class Result:
+    """A running query: its columns, then rows as text (fetch_text) or JSON objects (fetch_json)."""
+
+    cursor: duckdb.DuckDBPyConnection
+    limits: Limits
+    columns: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    rows: int = 0
+    truncated: bool = False
+    timed_out: bool = False
+    started: float = field(default_factory=time.monotonic)
+    _timer: threading.Timer | None = None
+    _text: Any = None
+    _json: Any = None
+
+    def start(self, rel: duckdb.DuckDBPyRelation) -> None:
+        limit = self.limits.max_rows + 1  # one more than allowed tells that the answer was cut
+        # Rows are rendered by DuckDB: every type as text (for CSV and tables) or as a JSON object.
+        n = len(self.columns)
+        self._text = rel.project(", ".join(f"CAST(#{i} AS VARCHAR)" for i in range(1, n + 1))).limit(limit)
+        self._json = rel.set_alias("q").project("CAST(to_json(q) AS VARCHAR)").limit(limit)
+        self._timer = threading.Timer(self.limits.timeout_s, self._interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _interrupt(self) -> None:
+        self.timed_out = True
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop the running query (from any thread)."""
+        try:
+            self.cursor.interrupt()
+        except duckdb.Error:
+            pass  # already closed
+
+    def fetch_text(self) -> Iterator[list[tuple[str | None, ...]]]:
+        """Batches of rows, each value as text (None for NULL)."""
+        return self._fetch(self._text)
+
+    def fetch_json(self) -> Iterator[list[str]]:
+        """Batches of rows, each a JSON object keyed by column name."""
+        return (list(r[0] for r in batch) for batch in self._fetch(self._json))
+
+    def _fetch(self, rel: duckdb.DuckDBPyRelation) -> Iterator[list[tuple[Any, ...]]]:
+        try:
+            rel.execute()
+            while self.rows < self.limits.max_rows:
+                batch = rel.fetchmany(min(FETCH_ROWS, self.limits.max_rows + 1 - self.rows))
+                if not batch:
+                    return
+                if self.rows + len(batch) > self.limits.max_rows:
+                    self.truncated = True
+                    batch = batch[:self.limits.max_rows - self.rows]
+                self.rows += len(batch)
+                yield batch
+        except duckdb.Error as exc:
+            raise _translate(exc, self.limits, self.timed_out) from exc
+        finally:
+            self.close()
+
+    @property
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self.cursor.close()
+        except duckdb.Error:
+            pass
+
+
+def _load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
+    """httpfs from the PyPI package duckdb-ext-httpfs (DESIGN §8): nothing is downloaded at run time."""
+    try:
+        import duckdb_ext
+    except ImportError as exc:
+        raise ConfigError("SQL over an S3 store needs the duckdb-ext packages",
+                          "pip install duckdb-ext duckdb-ext-httpfs (they come with logship)") from exc
+    duckdb_ext.init(con)
+    con.execute("LOAD httpfs")
+
+
+def _secret_sql(store: StoreConfig, root: str) -> str:
+    """CREATE SECRET for the store: DuckDB shows it redacted, unlike SET s3_secret_access_key (DESIGN §8)."""
+    key = store.access_key or os.environ.get("AWS_ACCESS_KEY_ID", "")
+    secret = store.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if not key or not secret:
+        raise ConfigError("SQL over an S3 store needs S3 credentials",
+                          "set store.access_key and store.secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    opts = [f"KEY_ID {_literal(key)}", f"SECRET {_literal(secret)}", f"REGION {_literal(store.region)}",
+            f"SCOPE {_literal(root)}"]
+    if token := os.environ.get("AWS_SESSION_TOKEN"):
+        opts.append(f"SESSION_TOKEN {_literal(token)}")
+    if store.endpoint:
+        m = re.fullmatch(r"(https?)://([^/]+)/?", store.endpoint)
+        if not m:
+            raise ConfigError(f"store.endpoint = {store.endpoint!r} is not a URL", "write it like http://127.0.0.1:8333")
+        opts += [f"ENDPOINT {_literal(m.group(2))}", "URL_STYLE 'path'", f"USE_SSL {str(m.group(1) == 'https').lower()}"]
+    return f"CREATE OR REPLACE SECRET logship_store (TYPE s3, {', '.join(opts)})"
+
+
+def _translate(exc: duckdb.Error, limits: Limits, timed_out: bool = False) -> LogshipError:
+    """DuckDB's errors as the project's own, each with what is wrong and what to do."""
+    text = str(exc).strip()
+    if isinstance(exc, duckdb.InterruptException) or timed_out:
+        return QueryTimeout(f"the query ran longer than {limits.timeout_s:g} s and was stopped",
+                            "narrow it: filter on date, task and host (they select whole objects), or raise "
+                            "query.timeout_seconds")
+    if isinstance(exc, duckdb.PermissionException):
+        return NotAllowed(f"not allowed: {text.removeprefix('Permission Error: ')}",
+                          "queries read only the archive through the views lines and logs: no local files, "
+                          "no other buckets, prefixes or URLs")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return QueryTooLarge(f"the query needs more than {limits.memory_bytes >> 20} MiB: {text.splitlines()[0]}",
+                             "aggregate or filter more, select fewer columns, or raise query.memory_bytes")
+    if isinstance(exc, duckdb.InvalidInputException) and "configuration has been locked" in text:
+        return NotAllowed(f"not allowed: {text}", "settings cannot be changed by a query")
+    if isinstance(exc, (duckdb.HTTPException, duckdb.IOException)) and not isinstance(exc, duckdb.PermissionException):
+        return StoreUnavailable(f"the query could not read the archive: {text}",
+                                "check that the store is reachable; logship query reads it directly")
+    return QueryError(text, _HINT_SELECT)
+
+
+# --- search: grep for people who don't write SQL ---------------------------------------------
+
+SEARCH_COLUMNS = "task, host, line_no, ts, stream, byte_offset, byte_end, partial, truncated, line"
+_RE2_SPECIAL = set("\\.+*?()|[]{}^$")
+
+
+@dataclass(frozen=True)
+class Search:
+    """A literal substring search over `lines`, newest matches first."""
+
+    pattern: str
+    ignore_case: bool = False
+    task: str | None = None
+    host: str | None = None
+    since_ns: int | None = None
+    stream: str | None = None
+    limit: int = 100
+
+    def sql(self) -> str:
+        if not self.pattern:
+            raise QueryError("no pattern given", "give the text to look for, e.g. logship grep 'disk full'")
+        where = [self.match_sql()]
+        if self.task:
+            where.append(f"task = {_literal(self.task)}")
+        if self.host:
+            where.append(f"host = {_literal(self.host)}")
+        if self.stream:
+            where.append(f"stream = {_literal(self.stream)}")
+        if self.since_ns is not None:
+            # date prunes whole objects; a line of time T lies in a partition dated at most
+            # MAX_SEGMENT_SPAN_S before T (the date is its segment's first chunk's)
+            floor = names.lines_date(self.since_ns - MAX_SEGMENT_SPAN_S * 1_000_000_000)
+            where.append(f"date >= DATE {_literal(floor)}")
+            where.append(f"ts >= make_timestamp({self.since_ns // 1000})")
+        # one more than asked for says whether there are more
+        return (f"SELECT {SEARCH_COLUMNS} FROM lines WHERE {' AND '.join(where)} "
+                f"ORDER BY ts DESC, task, host, line_no DESC LIMIT {int(self.limit) + 1}")
+
+    def match_sql(self) -> str:
+        """The line filter. Any case is a `(?i)` regexp of the escaped pattern: on DuckDB 1.4.4 it takes
+        ≈ 1.3x the time of contains, where ILIKE takes ≈ 4x and contains(lower(line), …) ≈ 2-3x, as both
+        lowercase every line (bench/query.py, docs/query.md)."""
+        if not self.ignore_case:
+            return f"contains(line, {_literal(self.pattern)})"
+        escaped = "".join("\\" + ch if ch in _RE2_SPECIAL else ch for ch in self.pattern)
+        return f"regexp_matches(line, {_literal('(?i)' + escaped)})"

@@ -1,0 +1,67 @@
+"""`logship query` and `logship grep`: SQL and search over the archive, read directly from the store."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from .config import Config, parse_duration
+from .errors import LogshipError
+from .query import Database, Search
+
+
+def run_query(cfg: Config, sql: str, fmt: str) -> int:
+    from . import queryout
+
+    db = Database(cfg)
+    try:
+        result = db.execute(sql)
+        out = sys.stdout
+        if fmt == "table":
+            for piece in queryout.table(result):
+                out.write(piece)
+        else:
+            for data in queryout.encode(result, fmt):
+                out.buffer.write(data)
+        out.flush()
+        if result.truncated and fmt != "table":
+            print(f"logship: the answer was cut at {result.rows} rows (query.max_rows); add LIMIT or raise it",
+                  file=sys.stderr)
+        return 0
+    finally:
+        db.close()
+
+
+def run_grep(cfg: Config, args: Any) -> int:
+    """Matches, oldest first, as `task/host:line_no: line`; exit 1 when nothing matched, like grep."""
+    from . import names
+
+    search = Search(args.pattern, ignore_case=args.ignore_case,
+                    task=names.check_id("task", args.task) if args.task else None,
+                    host=names.check_id("host", args.host) if args.host else None,
+                    since_ns=_since(args.since) if args.since else None, stream=args.stream, limit=args.limit)
+    db = Database(cfg)
+    try:
+        result = db.execute(search.sql())
+        hits = [json.loads(obj) for batch in result.fetch_json() for obj in batch]
+    finally:
+        db.close()
+    more = len(hits) > search.limit
+    hits = hits[:search.limit]
+    out = sys.stdout
+    for h in reversed(hits):  # newest N first from the query; shown oldest first
+        out.write(f"{h['task']}/{h['host']}:{h['line_no']}: {h['line']}\n")
+    out.flush()
+    if more:
+        print(f"logship: showing the newest {search.limit} matches; there are more (use --limit or narrow it)",
+              file=sys.stderr)
+    return 0 if hits else 1
+
+
+def _since(text: str) -> int:
+    try:
+        return time.time_ns() - int(parse_duration(text) * 1e9)
+    except ValueError:
+        raise LogshipError(f"--since {text!r} is not a duration", "use e.g. 30m, 12h or 7d") from None

@@ -1,0 +1,381 @@
+"""SQL over archived logs: the query copy's lines, the views, search, the sandbox, over both stores."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import io
+import json
+import secrets
+import subprocess
+import sys
+import types
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from shipper import index, names, querycopy
+from shipper.config import Config, load_config
+from shipper.query import Database, QueryError
+from shipper.store import open_store
+from shipper.watcher import watch
+
+from .support import LOGSHIP, env_for, run_agent
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MakeConfig = Callable[..., Config]
+ENVS: dict[int, dict[str, str]] = {}
+
+# stdout and stderr interleaved: a stdout line cut by stderr lines (a partial chunk), a stdout line
+# whose two halves fall in different segments, invalid UTF-8, and no newline at the very end.
+INTERLEAVED = r'''
+import sys, time
+out, err = sys.stdout.buffer, sys.stderr.buffer
+def w(f, b): f.write(b); f.flush()
+for i in range(600):
+    w(out, b"out %d needle\n" % i)
+    if i % 7 == 0:
+        w(err, b"err %d Needle\n" % i)
+    if i % 150 == 0:
+        w(out, b"half of out %d " % i); time.sleep(0.08)
+        w(err, b"err between %d\n" % i); time.sleep(0.02)
+        w(out, b"rest of out %d\n" % i)
+    if i % 200 == 0:
+        w(out, b"crossing " * 20); time.sleep(0.08)
+        w(err, b"filler stderr line to fill the segment %d\n" % i * 1800); time.sleep(0.02)
+        w(out, b"end of the crossing line\n")
+    if i % 100 == 0:
+        w(out, b"bad utf8 \xff\xfe\xc3\x28 %d\n" % i)
+w(out, b"no final newline")
+'''
+
+
+def config(tmp_path: Path, **env: str) -> Config:
+    env = {"LOGSHIP_SPOOL_DIR": str(tmp_path / "spool"), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive",
+           "LOGSHIP_SPOOL_SEGMENT_BYTES": "64KiB", **env}
+    cfg = load_config(env=env)
+    ENVS[id(cfg)] = env
+    return cfg
+
+
+@pytest.fixture(params=["file", "s3"])
+def make_config(request: pytest.FixtureRequest, tmp_path: Path) -> MakeConfig:
+    base: dict[str, str] = {}
+    if request.param == "s3":
+        s3 = request.getfixturevalue("local_s3")
+        base = {"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/q-{secrets.token_hex(4)}",
+                "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
+                "LOGSHIP_STORE_SECRET_KEY": s3.secret_key}
+    return lambda **env: config(tmp_path, **{**base, **env})
+
+
+def agent_env(cfg: Config) -> dict[str, str]:
+    return env_for(cfg.spool_dir, ENVS[id(cfg)])
+
+
+def rows(db: Database, sql: str) -> list[dict[str, Any]]:
+    result = db.execute(sql)
+    return [json.loads(o) for batch in result.fetch_json() for o in batch]
+
+
+def spool_log(cfg: Config, task: str, host: str = "h1") -> tuple[bytes, list[index.Chunk], list[int]]:
+    """The log's bytes, its chunks, and where each segment ends, from the spool."""
+    d = cfg.spool_dir / task / host
+    seqs = sorted(int(p.name[:8]) for p in d.glob("*.idx"))
+    chunks = [c for s in seqs for c in index.read(str(names.spool_index(d, s)))]
+    ends = [index.read(str(names.spool_index(d, s)))[-1].end for s in seqs]
+    return b"".join(names.spool_segment(d, s).read_bytes() for s in seqs), chunks, ends
+
+
+async def client_for(cfg: Config) -> TestClient:
+    client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
+    await client.start_server()
+    return client
+
+
+# --- the query copy ------------------------------------------------------------------------------
+
+
+async def test_every_line_has_its_ts_stream_and_line_no(make_config: MakeConfig) -> None:
+    cfg = make_config()
+    res = run_agent(cfg.spool_dir, "mix", [sys.executable, "-c", INTERLEAVED], env=agent_env(cfg))
+    assert res.returncode == 0
+    await watch(cfg, once=True)
+    log, chunks, seg_ends = spool_log(cfg, "mix")
+    assert len(seg_ends) >= 4
+    starts = [c.offset for c in chunks]
+    db = Database(cfg)
+    try:
+        got = rows(db, "SELECT seq, line_no, epoch_us(ts) AS ts_us, stream, byte_offset, byte_end, partial, "
+                       "truncated, line FROM lines WHERE task = 'mix' ORDER BY seq, line_no")
+    finally:
+        db.close()
+    assert sum(not r["partial"] for r in got) == log.count(b"\n")
+    assert len({r["seq"] for r in got}) == len(seg_ends)
+    for r in got:
+        first = chunks[bisect.bisect_right(starts, r["byte_offset"]) - 1]  # the chunk of its first byte
+        assert (r["ts_us"], r["stream"]) == (first.ts_ns // 1000, first.stream_name), r
+        last = chunks[bisect.bisect_right(starts, r["byte_end"] - 1) - 1]
+        assert last.stream_name == r["stream"] and not r["truncated"]
+        if not r["partial"]:  # line_no: the rank of its newline in the whole log, as `sed -n Np` counts
+            assert log[r["byte_end"] - 1] == ord("\n") and r["line_no"] == log.count(b"\n", 0, r["byte_end"]), r
+        else:  # cut by a segment's end (or the log's): numbered as if it ended there
+            seg_end = seg_ends[r["seq"] - 1]
+            assert r["byte_end"] == max(c.end for c in chunks if c.end <= seg_end and c.stream_name == r["stream"])
+            assert r["line_no"] > log.count(b"\n", 0, seg_end)
+    # Each stream's lines, joined, are exactly what the task wrote on it (invalid bytes replaced).
+    for stream, wrote in (("stdout", res.stdout), ("stderr", res.stderr)):
+        joined = "".join(r["line"] + ("" if r["partial"] else "\n") for r in got if r["stream"] == stream)
+        assert joined == wrote.decode("utf-8", "replace")
+    crossing = [r for r in got if r["line"].startswith("crossing")]
+    assert crossing[0]["partial"] and got[got.index(crossing[0]) + 1]["seq"] == crossing[0]["seq"] + 1
+    cut = [r for r in got if r["line"].startswith("half of out")]
+    assert cut and all(log[r["byte_offset"]:r["byte_end"]].count(b"\n") > 1 for r in cut)  # stderr inside
+    assert got[-1]["line"] == "no final newline" and got[-1]["partial"]
+
+
+async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    script = "import sys; sys.stdout.write('x' * 300000 + '\\n' + 'é' * 70000 + '\\nshort\\n')"
+    run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+    log, chunks, _ = spool_log(cfg, "long")
+    copy = querycopy.build(log, chunks, "long", "h1", 1, 1)
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(io.BytesIO(copy.data)).to_pylist()
+    assert [(r["line_no"], r["truncated"], len(r["line"]), r["byte_end"] - r["byte_offset"]) for r in t] == [
+        (1, True, querycopy.LINE_MAX, 300001), (2, True, querycopy.LINE_MAX, 140001), (3, False, 5, 6)]
+    assert t[1]["line"] == "é" * querycopy.LINE_MAX
+    # the same segment gives the same object, byte for byte: re-uploads write the same content
+    assert querycopy.build(log, chunks, "long", "h1", 1, 1).data == copy.data
+
+
+async def test_line_numbers_count_every_earlier_segment(tmp_path: Path) -> None:
+    """Uploaded segments count from the manifest, others from the spool's index, dropped ones from dropped.json."""
+    d = tmp_path / "t" / "h"
+    d.mkdir(parents=True)
+    names.spool_index(d, 2).write_bytes(index.pack(1, 0, 0, 10, 5, index.STDOUT, 0))
+    (d / "dropped.json").write_text(json.dumps([{"seq": 3, "raw_size": 10, "lines": 7}]))
+    assert querycopy.first_line_no(d, 5, {1: 3, 4: 11}) == 3 + 5 + 7 + 11 + 1
+    assert querycopy.first_line_no(d, 1, {}) == 1
+
+
+# --- search and views ----------------------------------------------------------------------------
+
+HOSTS = ("h1", "h2", "h3")
+# Lines some of which hold one of four spellings; enough of them to fill several 64 KiB segments.
+HAYSTACK = """
+import sys
+task, host = sys.argv[1], sys.argv[2]
+spellings = ["needle", "NEEDLE", "NeEdLe", "a.b*(c)?"]
+for i in range(9000):
+    word = spellings[i % 4] if i % 53 == 0 else ("ne edle" if i % 41 == 0 else "hay")
+    sys.stdout.write(f"{task} {host} line {i} {word} {'x' * (i % 13)}\\n")
+"""
+
+
+def haystack(task: str, host: str) -> list[str]:
+    """The lines HAYSTACK writes, computed here by the same code."""
+    out = io.StringIO()
+    exec(HAYSTACK.replace("import sys\n", ""), {"sys": types.SimpleNamespace(argv=["-c", task, host], stdout=out)})
+    return out.getvalue().splitlines()
+
+
+@pytest.fixture
+async def many(make_config: MakeConfig) -> AsyncIterator[tuple[Config, dict[tuple[str, str], list[str]]]]:
+    cfg = make_config()
+    written = {}
+    for task in ("t1", "t2"):
+        for host in HOSTS:
+            assert run_agent(cfg.spool_dir, task, [sys.executable, "-c", HAYSTACK, task, host], host=host,
+                             env=agent_env(cfg)).returncode == 0
+            written[(task, host)] = haystack(task, host)
+    w = await watch(cfg, once=True)
+    assert w.stats["segments_uploaded"] >= 18
+    yield cfg, written
+
+
+async def test_a_query_finds_exactly_the_lines_with_a_string(many: tuple[Config, dict[tuple[str, str], list[str]]]
+                                                             ) -> None:
+    cfg, written = many
+    db = Database(cfg)
+    try:
+        got = rows(db, "SELECT task, host, line_no, line FROM lines WHERE contains(line, 'needle')")
+        logs = rows(db, "SELECT task, host, status, exit_code, lines, segments FROM logs ORDER BY task, host")
+    finally:
+        db.close()
+    want = {(t, h, i + 1, line) for (t, h), lines in written.items() for i, line in enumerate(lines) if "needle" in line}
+    assert {(r["task"], r["host"], r["line_no"], r["line"]) for r in got} == want and len(got) == len(want)
+    assert len({(r["task"], r["host"]) for r in got}) == 6
+    # the on-call query of DESIGN §1, as written there
+    recent = rows(db2 := Database(cfg), "SELECT host, ts, line FROM lines WHERE line ILIKE '%needle%' "
+                                        "AND ts > now() - INTERVAL 7 DAY")
+    db2.close()
+    assert len(recent) == sum(1 for lines in written.values() for line in lines if "needle" in line.lower())
+    assert [(r["task"], r["host"], r["status"], r["exit_code"], r["lines"]) for r in logs] == [
+        (t, h, "finished", 0, 9000) for t in ("t1", "t2") for h in HOSTS]
+    assert all(r["segments"] >= 3 for r in logs)
+
+
+@pytest.mark.parametrize("pattern", ["nEEdle", "A.B*(C)?"])
+async def test_grep_and_search_find_the_pattern_in_any_case(
+        many: tuple[Config, dict[tuple[str, str], list[str]]], pattern: str) -> None:
+    cfg, written = many
+    want = {(t, h, i + 1, line) for (t, h), lines in written.items() for i, line in enumerate(lines)
+            if pattern.lower() in line.lower()}
+    assert want
+    client = await client_for(cfg)
+    try:
+        resp = await client.get("/api/v1/search", params={"q": pattern, "i": "1", "limit": "1000"})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert not body["more"]
+        assert {(h["task"], h["host"], h["line_no"], h["line"]) for h in body["hits"]} == want
+        hit = body["hits"][0]
+        log = await client.get(hit["url"], headers={"Range": hit["range"]})
+        assert log.status == 206 and (await log.read()) == hit["line"].encode() + b"\n"
+        one = await client.get("/api/v1/search", params={"q": pattern, "i": "1", "task": "t2", "host": "h3"})
+        assert {h["task"] + h["host"] for h in (await one.json())["hits"]} == {"t2h3"}
+        exact = await client.get("/api/v1/search", params={"q": pattern, "limit": "1000"})
+        assert {h["line"] for h in (await exact.json())["hits"]} == {line for *_, line in want if pattern in line}
+    finally:
+        await client.close()
+    res = subprocess.run([*LOGSHIP, "grep", "-i", pattern, "--since", "1h", "--limit", "5000"],
+                         env=agent_env(cfg), capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    printed = res.stdout.decode().splitlines()
+    assert sorted(printed) == sorted(f"{t}/{h}:{n}: {line}" for t, h, n, line in want)
+
+
+async def test_a_filter_on_task_or_date_reads_only_that_partition(make_config: MakeConfig) -> None:
+    cfg = make_config()
+    for task in ("a1", "a2"):
+        run_agent(cfg.spool_dir, task, ["sh", "-c", "seq 1 30000"], env=agent_env(cfg))
+    await watch(cfg, once=True)
+    store = open_store(cfg.store)
+    try:  # objects that fail any query that opens them, in partitions of their own
+        await store.put(names.lines_key("2031-01-01", "a1", "h1", 1), b"not parquet at all")
+        await store.put(names.lines_key("2030-01-01", "zz", "h1", 1), b"not parquet at all")
+    finally:
+        await store.close()
+    db = Database(cfg)
+    try:
+        assert rows(db, "SELECT count(*) AS n FROM lines WHERE task = 'a2'") == [{"n": 30000}]
+        assert rows(db, "SELECT count(*) AS n FROM lines WHERE date < DATE '2030-01-01'") == [{"n": 60000}]
+        assert rows(db, "SELECT count(*) AS n FROM lines WHERE task = 'a1' AND date < '2030-01-01'") == [{"n": 30000}]
+        with pytest.raises(QueryError):
+            rows(db, "SELECT count(*) AS n FROM lines WHERE task = 'a1'")  # reads the bad object of a1
+        with pytest.raises(QueryError):
+            rows(db, "SELECT count(*) FROM lines")
+    finally:
+        db.close()
+
+
+async def test_an_empty_archive_has_empty_views_until_it_fills(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    client = await client_for(cfg)
+    try:
+        for sql in ("SELECT * FROM lines", "SELECT * FROM logs"):
+            resp = await client.post("/api/v1/query", json={"sql": sql})
+            assert resp.status == 200 and (await resp.json())["rows"] == []
+        run_agent(cfg.spool_dir, "late", ["sh", "-c", "echo hello"], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+        await watch(cfg, once=True)
+        resp = await client.post("/api/v1/query", json={"sql": "SELECT line FROM lines"})
+        assert (await resp.json())["rows"] == [{"line": "hello"}]
+    finally:
+        await client.close()
+
+
+# --- the endpoint: formats, limits, refusals ----------------------------------------------------
+
+
+async def test_query_formats_and_limits(tmp_path: Path) -> None:
+    cfg = config(tmp_path, LOGSHIP_QUERY_MAX_ROWS="100", LOGSHIP_QUERY_TIMEOUT_SECONDS="1")
+    run_agent(cfg.spool_dir, "f", ["sh", "-c", "seq 1 5000"], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+    await watch(cfg, once=True)
+    client = await client_for(cfg)
+    sql = {"sql": "SELECT line_no, line FROM lines ORDER BY line_no"}
+    try:
+        resp = await client.post("/api/v1/query", json=sql)
+        body = await resp.json()
+        assert resp.headers["X-Row-Limit"] == "100" and body["truncated"] and body["row_count"] == 100
+        assert body["rows"][:2] == [{"line_no": 1, "line": "1"}, {"line_no": 2, "line": "2"}]
+        assert body["columns"] == [{"name": "line_no", "type": "BIGINT"}, {"name": "line", "type": "VARCHAR"}]
+        resp = await client.post("/api/v1/query?format=csv", json=sql)
+        assert resp.content_type == "text/csv" and (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
+        resp = await client.post("/api/v1/query?format=ndjson", json={"sql": "SELECT 'a\"b' AS s, [1, 2] AS l"})
+        assert [json.loads(x) for x in (await resp.text()).splitlines()] == [{"s": 'a"b', "l": [1, 2]}]
+        resp = await client.post("/api/v1/query", json={"sql": "SELECT count(*) FROM range(100000000000)"})
+        assert resp.status == 400 and (await resp.json())["error"] == "query_timeout"
+    finally:
+        await client.close()
+
+
+REFUSED = [
+    ("SELECT * FROM read_csv('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM read_text('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM read_blob('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM read_json('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM read_parquet('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM parquet_metadata('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM sniff_csv('/etc/passwd')", "/etc/passwd"),
+    ("SELECT * FROM glob('/etc/*')", "/etc/"),
+    ("SELECT * FROM query('SELECT * FROM read_text(''/etc/passwd'')')", "/etc/passwd"),
+    ("SELECT * FROM read_text('{other}')", "{other}"),
+    ("SELECT * FROM read_text('http://127.0.0.1:{port}/')", "http://127.0.0.1"),
+    ("COPY (SELECT 1) TO '{root}lines/x.csv'", "COPY statements are not allowed"),
+    ("ATTACH '{root}x.db'", "ATTACH statements are not allowed"),
+    ("INSTALL httpfs", "INSTALL and LOAD statements are not allowed"),
+    ("LOAD httpfs", "INSTALL and LOAD statements are not allowed"),
+    ("SET enable_external_access = true", "SET statements are not allowed"),
+    ("CREATE TABLE t AS SELECT 1", "CREATE statements are not allowed"),
+    ("SELECT 1; SELECT 2", "2 statements given"),
+    ("PRAGMA threads = 1", "SET statements are not allowed"),
+    ("EXPORT DATABASE '{root}dump'", "EXPORT statements are not allowed"),
+]
+
+
+async def test_the_endpoint_refuses_what_is_not_allowed(make_config: MakeConfig, tmp_path: Path) -> None:
+    cfg = make_config()
+    run_agent(cfg.spool_dir, "s", ["sh", "-c", "echo secret-free"], env=agent_env(cfg))
+    await watch(cfg, once=True)
+    from shipper.query import archive_root
+
+    root = archive_root(cfg.store)
+    store = open_store(cfg.store)
+    before = sorted(o.key for o in await store.list(""))
+    await store.close()
+    if root.startswith("s3://"):  # the same bucket, beside the archive's prefix
+        other = root.rstrip("/") + "-other/x.txt"
+        st = open_store(dataclasses.replace(cfg.store, url=other.rsplit("/", 1)[0]))
+        await st.put("x.txt", b"other prefix")
+        await st.close()
+    else:
+        other = str(tmp_path / "elsewhere.txt")
+        Path(other).write_text("another directory")
+    port = cfg.store.endpoint.rsplit(":", 1)[1] if cfg.store.endpoint else "9"
+    client = await client_for(cfg)
+    try:
+        for sql, words in REFUSED:
+            sql, words = (s.format(root=root, other=other, port=port) for s in (sql, words))
+            resp = await client.post("/api/v1/query", json={"sql": sql})
+            body = await resp.json()
+            assert resp.status == 400 and body["error"] == "not_allowed", (sql, body)
+            assert words in body["detail"] and body["hint"], (sql, body)
+        for bad, words in ((b"{not json", "not JSON"), (b'{"query": "SELECT 1"}', '"sql"'), (b"", "no body"),
+                           (b'{"sql": "SELECT 1", "x": 1}', "unknown key")):
+            resp = await client.post("/api/v1/query", data=bad, headers={"Content-Type": "application/json"})
+            body = await resp.json()
+            assert resp.status == 400 and words in body["detail"], (bad, body)
+        resp = await client.post("/api/v1/query", json={"sql": "SELECT * FROM duckdb_secrets()"})
+        assert resp.status == 200 and (not cfg.store.secret_key or cfg.store.secret_key not in await resp.text())
+    finally:
+        await client.close()
+    store = open_store(cfg.store)
+    assert sorted(o.key for o in await store.list("")) == before  # nothing was written
+    await store.close()
