@@ -129,7 +129,7 @@ class Database:
         # temp directory would otherwise be readable by queries).
         con.execute("SET temp_directory = ''")
         # Objects under lines/ never change (deterministic keys), so their footers may be cached.
-        con.execute("SET parquet_metadata_cache = true")
+        con.execute("SET GLOBAL parquet_metadata_cache = true")
         # The sandbox (DESIGN §8): only the archive is readable, then nothing can change that.
         con.execute(f"SET allowed_directories = [{_literal(self.root)}]")
         con.execute("SET enable_external_access = false")
@@ -145,15 +145,16 @@ class Database:
             "logs": f"{_LOGS_SELECT} FROM read_json({_literal(self.root + 'logs/*/*/manifest.json')}, "
                     f"format = 'auto', maximum_object_size = {MANIFEST_MAX}, columns = {_MANIFEST_COLUMNS})",
         }
-        for name in names:
-            try:
-                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {sources[name]}")
-                self._empty.discard(name)
-            except duckdb.IOException as exc:
-                if "No files found" not in str(exc):
-                    raise _translate(exc, self.limits) from exc
-                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {_EMPTY[name]}")
-                self._empty.add(name)
+        with self._con.cursor() as cur:  # the shared connection itself only makes cursors
+            for name in names:
+                try:
+                    cur.execute(f"CREATE OR REPLACE VIEW {name} AS {sources[name]}")
+                    self._empty.discard(name)
+                except duckdb.IOException as exc:
+                    if "No files found" not in str(exc):
+                        raise _translate(exc, self.limits) from exc
+                    cur.execute(f"CREATE OR REPLACE VIEW {name} AS {_EMPTY[name]}")
+                    self._empty.add(name)
 
     def close(self) -> None:
         self._con.close()
@@ -165,7 +166,8 @@ class Database:
         if not isinstance(sql, str) or not sql.strip():
             raise QueryError("no SQL given", _HINT_SELECT)
         try:
-            statements = self._con.cursor().extract_statements(sql)
+            with self._con.cursor() as cur:
+                statements = cur.extract_statements(sql)
         except duckdb.Error as exc:
             raise _translate(exc, self.limits) from exc
         if len(statements) != 1:
@@ -187,6 +189,7 @@ class Database:
         cur = self._con.cursor()
         result = Result(cur, limits)
         try:
+            result.arm()  # binding lists the archive's objects: it counts against the time limit too
             rel = cur.sql(sql)
             result.columns = list(rel.columns)
             result.types = [str(t) for t in rel.types]
@@ -216,15 +219,19 @@ class Result:
     _text: Any = None
     _json: Any = None
 
+    def arm(self) -> None:
+        """Start the clock of query.timeout_seconds."""
+        self._timer = threading.Timer(self.limits.timeout_s, self._interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
     def start(self, rel: duckdb.DuckDBPyRelation) -> None:
         limit = self.limits.max_rows + 1  # one more than allowed tells that the answer was cut
         # Rows are rendered by DuckDB: every type as text (for CSV and tables) or as a JSON object.
         n = len(self.columns)
         self._text = rel.project(", ".join(f"CAST(#{i} AS VARCHAR)" for i in range(1, n + 1))).limit(limit)
-        self._json = rel.set_alias("q").project("CAST(to_json(q) AS VARCHAR)").limit(limit)
-        self._timer = threading.Timer(self.limits.timeout_s, self._interrupt)
-        self._timer.daemon = True
-        self._timer.start()
+        # the row as a struct named by an alias no query's column is likely to have
+        self._json = rel.set_alias("logship_row_").project("CAST(to_json(logship_row_) AS VARCHAR)").limit(limit)
 
     def _interrupt(self) -> None:
         self.timed_out = True

@@ -38,6 +38,8 @@ def run_grep(cfg: Config, args: Any) -> int:
     """Matches, oldest first, as `task/host:line_no: line`; exit 1 when nothing matched, like grep."""
     from . import names
 
+    if args.limit < 1:
+        raise LogshipError(f"--limit {args.limit} is not allowed", "show at least 1 match, e.g. --limit 100")
     search = Search(args.pattern, ignore_case=args.ignore_case,
                     task=names.check_id("task", args.task) if args.task else None,
                     host=names.check_id("host", args.host) if args.host else None,

@@ -86,7 +86,9 @@ async def build_for_spool(log_dir: Path, task: str, host: str, seq: int, chunks:
         return None
 
 
-def build_file(path: Path, chunks: Sequence[Chunk], task: str, host: str, seq: int, first_line: int) -> QueryCopy | None:
+def build_file(path: Path, chunks: Sequence[Chunk], task: str, host: str, seq: int,
+               first_line: int) -> QueryCopy | None:
+    """The copy of the segment file at `path` (None for an empty segment)."""
     if not chunks:
         return None
     with open(path, "rb") as f:
@@ -106,9 +108,9 @@ def build(data: memoryview | bytes, chunks: Sequence[Chunk], task: str, host: st
     base = chunks[0].offset
     sink = io.BytesIO()
     rows = 0
-    with pq.ParquetWriter(sink, SCHEMA, compression=CODEC, compression_level=ZSTD_LEVEL if CODEC == "zstd" else None,
-                          use_dictionary=["task", "host", "stream"], write_statistics=_STATS,
-                          write_page_index=False) as writer:
+    level = ZSTD_LEVEL if CODEC == "zstd" else None
+    with pq.ParquetWriter(sink, SCHEMA, compression=CODEC, compression_level=level, write_page_index=False,
+                          use_dictionary=["task", "host", "stream"], write_statistics=_STATS) as writer:
         for group in _groups(view, base, chunks):
             table, ended = _group_table(view, base, group, task, host, seq, first_line)
             first_line += ended
@@ -159,6 +161,8 @@ def _group_table(view: memoryview, base: int, chunks: Sequence[Chunk], task: str
     tables = [p.table(task, host, seq, index.STREAM_NAMES.get(s, "unknown"),
                       [first_line + before[j] for j in streams[s]], tail_no.get(s))
               for s, p in parts.items()]
+    if not tables:  # only empty chunks
+        return SCHEMA.empty_table(), 0
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).sort_by("line_no")
     return table, total
 
