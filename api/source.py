@@ -24,6 +24,7 @@ from shipper.store import Store
 
 PIECE = 1 << 20  # bytes per read from disk or store, and per write to a client
 VIEW_ATTEMPTS = 3
+ZSTD_PIECE = 64 << 10
 
 
 class LogNotFound(LogshipError):
@@ -88,7 +89,6 @@ class Source:
     def __init__(self, store: Store, spool: Path | None) -> None:
         self.store = store
         self.spool = spool
-        self._dctx = zstandard.ZstdDecompressor()
 
     async def view(self, task: str, host: str) -> LogView:
         names.check_id("task", task)
@@ -173,9 +173,12 @@ class Source:
 
     async def _read_zstd(self, key: str, a: int, b: int) -> AsyncIterator[bytes]:
         """Decompress a segment from its start, dropping bytes before `a` and stopping at `b`."""
-        dobj = self._dctx.decompressobj()
+        # One decompressor per read: decompressobj()s of one ZstdDecompressor share its context, and two
+        # requests interleaving on it corrupt each other's output.
+        dobj = zstandard.ZstdDecompressor().decompressobj()
         pos = 0
-        async for comp in self.store.open(key, chunk=PIECE):
+        # 64 KiB of zstd is ~230 KiB of log: small pieces keep memory flat under many downloads
+        async for comp in self.store.open(key, chunk=ZSTD_PIECE):
             raw = await asyncio.to_thread(dobj.decompress, comp) if len(comp) > 65536 else dobj.decompress(comp)
             lo, hi = max(a - pos, 0), min(b - pos, len(raw))
             if lo < hi:
@@ -193,7 +196,7 @@ class Source:
         _, key = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
         data = await self.store.get(key)
         if part.entry["compression"] == "zstd":
-            data = self._dctx.decompress(data)
+            data = zstandard.ZstdDecompressor().decompress(data)
         return list(index.unpack(data))
 
 

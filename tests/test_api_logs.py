@@ -284,3 +284,17 @@ async def test_follow_from_an_offset_and_edge_cases(setup: Setup) -> None:
     finally:
         stop_agent(p, setup.spool, "off")
         await client.close()
+
+
+async def test_concurrent_downloads_of_a_compressed_log(setup: Setup) -> None:
+    setup.env["LOGSHIP_SPOOL_SEGMENT_BYTES"] = "4MiB"  # several reads per segment, interleaved across requests
+    data = setup.run("many", BIG.replace("60000", "200000"))
+    await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0"), once=True)
+    client = await client_for(setup.cfg())
+    try:
+        async def download() -> bytes:
+            return await (await client.get("/api/v1/tasks/many/hosts/h1/log")).read()
+
+        assert await asyncio.gather(*(download() for _ in range(6))) == [data] * 6
+    finally:
+        await client.close()
