@@ -12,6 +12,8 @@ from shipper import s3local
 from shipper.config import StoreConfig
 from shipper.store import Store, open_store
 
+from .support import MakeConfig, config
+
 
 @pytest.fixture(scope="session")
 def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3local.LocalS3]:
@@ -42,3 +44,15 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield st
     finally:
         await st.close()
+
+
+@pytest.fixture(params=["file", "s3"])
+def make_config(request: pytest.FixtureRequest, tmp_path: Path) -> MakeConfig:
+    """Configs for a spool in tmp_path and a store of each backend (S3: a fresh prefix)."""
+    base: dict[str, str] = {}
+    if request.param == "s3":
+        s3 = request.getfixturevalue("local_s3")
+        base = {"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
+                "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
+                "LOGSHIP_STORE_SECRET_KEY": s3.secret_key}
+    return lambda **env: config(tmp_path, **{**base, **env})

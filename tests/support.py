@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from shipper.config import Config, load_config
 
 LOGSHIP = [sys.executable, "-m", "shipper.cli"]
+ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
+MakeConfig = Callable[..., Config]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,6 +24,19 @@ def env_for(spool: Path, store_env: dict[str, str] | None = None, **extra: str) 
     env.update(store_env or {})
     env.update(extra)
     return env
+
+
+def config(tmp_path: Path, **env: str) -> Config:
+    """A config for a spool in tmp_path and a file store beside it, overridden by `env`."""
+    env = {"LOGSHIP_SPOOL_DIR": str(tmp_path / "spool"), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive", **env}
+    cfg = load_config(env=env)
+    ENVS[id(cfg)] = env
+    return cfg
+
+
+def agent_env(cfg: Config) -> dict[str, str]:
+    """The environment that gives a `logship` process the same config as `cfg`."""
+    return env_for(cfg.spool_dir, ENVS[id(cfg)])
 
 
 def run_agent(spool: Path, task: str, cmd: list[str], *, host: str = "h1", env: dict[str, str] | None = None,

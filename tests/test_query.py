@@ -6,11 +6,10 @@ import bisect
 import dataclasses
 import io
 import json
-import secrets
 import subprocess
 import sys
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from shipper import index, names, querycopy
-from shipper.config import Config, load_config
+from shipper.config import Config
 from shipper.query import Database, QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
 
-from .support import LOGSHIP, env_for, run_agent
+from . import support
+from .support import LOGSHIP, MakeConfig, agent_env, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-MakeConfig = Callable[..., Config]
-ENVS: dict[int, dict[str, str]] = {}
 
 # stdout and stderr interleaved: a stdout line cut by stderr lines (a partial chunk), a stdout line
 # whose two halves fall in different segments, invalid UTF-8, and no newline at the very end.
@@ -55,27 +53,17 @@ w(out, b"no final newline")
 '''
 
 
+SMALL_SEGMENTS = {"LOGSHIP_SPOOL_SEGMENT_BYTES": "64KiB"}
+
+
 def config(tmp_path: Path, **env: str) -> Config:
-    env = {"LOGSHIP_SPOOL_DIR": str(tmp_path / "spool"), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive",
-           "LOGSHIP_SPOOL_SEGMENT_BYTES": "64KiB", **env}
-    cfg = load_config(env=env)
-    ENVS[id(cfg)] = env
-    return cfg
+    return support.config(tmp_path, **{**SMALL_SEGMENTS, **env})
 
 
-@pytest.fixture(params=["file", "s3"])
-def make_config(request: pytest.FixtureRequest, tmp_path: Path) -> MakeConfig:
-    base: dict[str, str] = {}
-    if request.param == "s3":
-        s3 = request.getfixturevalue("local_s3")
-        base = {"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/q-{secrets.token_hex(4)}",
-                "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
-                "LOGSHIP_STORE_SECRET_KEY": s3.secret_key}
-    return lambda **env: config(tmp_path, **{**base, **env})
-
-
-def agent_env(cfg: Config) -> dict[str, str]:
-    return env_for(cfg.spool_dir, ENVS[id(cfg)])
+@pytest.fixture
+def make_config(make_config: MakeConfig) -> MakeConfig:
+    """conftest's, with small segments: many segments out of little output."""
+    return lambda **env: make_config(**{**SMALL_SEGMENTS, **env})
 
 
 def rows(db: Database, sql: str) -> list[dict[str, Any]]:
@@ -142,7 +130,7 @@ async def test_every_line_has_its_ts_stream_and_line_no(make_config: MakeConfig)
 async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     script = "import sys; sys.stdout.write('x' * 300000 + '\\n' + 'é' * 70000 + '\\nshort\\n')"
-    run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+    run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=agent_env(cfg))
     log, chunks, _ = spool_log(cfg, "long")
     copy = querycopy.build(log, chunks, "long", "h1", 1, 1)
     import pyarrow.parquet as pq
@@ -283,7 +271,7 @@ async def test_an_empty_archive_has_empty_views_until_it_fills(tmp_path: Path) -
         for sql in ("SELECT * FROM lines", "SELECT * FROM logs"):
             resp = await client.post("/api/v1/query", json={"sql": sql})
             assert resp.status == 200 and (await resp.json())["rows"] == []
-        run_agent(cfg.spool_dir, "late", ["sh", "-c", "echo hello"], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+        run_agent(cfg.spool_dir, "late", ["sh", "-c", "echo hello"], env=agent_env(cfg))
         await watch(cfg, once=True)
         resp = await client.post("/api/v1/query", json={"sql": "SELECT line FROM lines"})
         assert (await resp.json())["rows"] == [{"line": "hello"}]
@@ -296,7 +284,7 @@ async def test_an_empty_archive_has_empty_views_until_it_fills(tmp_path: Path) -
 
 async def test_query_formats_and_limits(tmp_path: Path) -> None:
     cfg = config(tmp_path, LOGSHIP_QUERY_MAX_ROWS="100", LOGSHIP_QUERY_TIMEOUT_SECONDS="1")
-    run_agent(cfg.spool_dir, "f", ["sh", "-c", "seq 1 5000"], env=env_for(cfg.spool_dir, ENVS[id(cfg)]))
+    run_agent(cfg.spool_dir, "f", ["sh", "-c", "seq 1 5000"], env=agent_env(cfg))
     await watch(cfg, once=True)
     client = await client_for(cfg)
     sql = {"sql": "SELECT line_no, line FROM lines ORDER BY line_no"}

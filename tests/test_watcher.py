@@ -5,55 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from shipper import archive, names
-from shipper.config import Config, load_config
+from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
 from shipper.spool import read_json
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
 
-from .support import NASTY, env_for, kill_task, run_agent, sha, spooled, start_agent, stop_agent
+from .support import NASTY, MakeConfig, agent_env, config, kill_task, run_agent, sha, spooled, start_agent, stop_agent
 
 
-ENVS: dict[int, dict[str, str]] = {}
-MakeConfig = Callable[..., Config]
 # A store nobody answers for: a closed port on loopback.
 NOWHERE = {"LOGSHIP_STORE_URL": "s3://nowhere/x", "LOGSHIP_STORE_ENDPOINT": "http://127.0.0.1:9",
            "LOGSHIP_STORE_ACCESS_KEY": "k", "LOGSHIP_STORE_SECRET_KEY": "s"}
-
-
-def config(tmp_path: Path, **env: str) -> Config:
-    env = {"LOGSHIP_SPOOL_DIR": str(tmp_path / "spool"), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive", **env}
-    cfg = load_config(env=env)
-    ENVS[id(cfg)] = env
-    return cfg
-
-
-@pytest.fixture(params=["file", "s3"])
-def make_config(request: pytest.FixtureRequest, tmp_path: Path) -> MakeConfig:
-    """Configs for a spool in tmp_path and a store of each backend (S3: a fresh prefix)."""
-    base: dict[str, str] = {}
-    if request.param == "s3":
-        s3 = request.getfixturevalue("local_s3")
-        base = {"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
-                "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
-                "LOGSHIP_STORE_SECRET_KEY": s3.secret_key}
-    return lambda **env: config(tmp_path, **{**base, **env})
-
-
-def agent_env(cfg: Config) -> dict[str, str]:
-    """The environment that gives a `logship` process the same config as `cfg`."""
-    return env_for(cfg.spool_dir, ENVS[id(cfg)])
 
 
 async def archived(cfg: Config, task: str, host: str = "h1", stream: str | None = None) -> bytes:
