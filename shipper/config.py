@@ -88,6 +88,15 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return check
 
 
+def _bool(v: Any) -> bool:
+    """true or false"""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return v.strip().lower() in ("true", "1", "yes")
+    raise ValueError
+
+
 def _text(v: Any) -> str:
     """a string"""
     if not isinstance(v, str):
@@ -178,6 +187,7 @@ class QueryConfig:
     max_rows: int = 10_000
     memory_bytes: int = 512 * MiB
     threads: int = 2
+    copy: bool = True
 
 
 @dataclass(frozen=True)
@@ -214,7 +224,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
     "api": {"listen": _listen, "tokens": _tokens},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
-              "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256)},
+              "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
+              "copy": _bool},
 }
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
             "query": QueryConfig}

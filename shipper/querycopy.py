@@ -69,15 +69,28 @@ def first_line_no(log_dir: Path, seq: int, uploaded_lines: Mapping[int, int]) ->
     return total + 1
 
 
-async def build_for_spool(log_dir: Path, task: str, host: str, seq: int, chunks: Sequence[Chunk],
-                          uploaded_lines: Mapping[int, int]) -> QueryCopy | None:
-    """The copy of sealed spool segment `seq` (built off the event loop), or None if it cannot be made.
+@dataclass(frozen=True)
+class Inputs:
+    """A sealed segment to copy: its chunk index, and its bytes as a spool file or in memory."""
+
+    chunks: list[Chunk]
+    path: Path | None
+    data: bytes | None
+
+
+async def build_for_spool(log_dir: Path, task: str, host: str, seq: int, uploaded_lines: Mapping[int, int],
+                          inputs: Inputs) -> QueryCopy | None:
+    """The copy of sealed segment `seq` (built off the event loop), or None if it cannot be made.
 
     The copy is derived data: a failure to derive it is logged and must never stop the bytes from shipping.
     """
     def run() -> QueryCopy | None:
         first = first_line_no(log_dir, seq, uploaded_lines)
-        return build_file(names.spool_segment(log_dir, seq), chunks, task, host, seq, first)
+        if inputs.path is not None:
+            return build_file(inputs.path, inputs.chunks, task, host, seq, first)
+        if not inputs.chunks or inputs.data is None:
+            return None
+        return build(inputs.data, inputs.chunks, task, host, seq, first)
 
     try:
         return await asyncio.get_running_loop().run_in_executor(_BUILDER, run)

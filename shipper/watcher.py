@@ -51,6 +51,8 @@ class LogState:
     last_checkpoint: float = 0.0
     manifest_status: str | None = None
     dirty: bool = True
+    copied: set[int] = field(default_factory=set)  # segments whose query copy step is done (manifest says so)
+    copying: set[int] = field(default_factory=set)
 
 
 class Watcher:
@@ -63,9 +65,12 @@ class Watcher:
         self.stats: dict[str, int] = dict.fromkeys(
             ["passes", "segments_uploaded", "bytes_uploaded", "raw_bytes_uploaded", "checkpoints",
              "manifests", "retries", "lost_logs", "dropped_bytes", "dropped_segments", "pruned_segments",
-             "conflicts", "spool_bytes"], 0)
+             "conflicts", "spool_bytes", "query_copies", "query_copy_bytes"], 0)
         self.last_error = ""
         self._sem = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+        self._copies: set[asyncio.Task[None]] = set()
+        self._copy_sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
+        self.query_copy = cfg.query.copy
         self._quiet = QuietLog(log)
 
     # --- one pass ----------------------------------------------------------------------------
@@ -144,7 +149,9 @@ class Watcher:
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             await self._commit(sl, st, status, [e for e in dropped if e["seq"] not in st.segments])
-        if sl.finished and not sl.sealing and sl.open is None and all(s in st.committed or s in gone for s in sl.sealed):
+        self._schedule_copies(sl, st)
+        if (sl.finished and not sl.sealing and sl.open is None and all(s in st.committed or s in gone for s in sl.sealed)
+                and self._all_copied(st)):
             await asyncio.to_thread(write_json_atomic, d / names.SHIPPED_FILE,
                                     {"run_id": sl.run["run_id"], "shipped_ns": time.time_ns()})
             del self.logs[d]
@@ -167,6 +174,7 @@ class Watcher:
         if doc is not None:
             st.segments = {s["seq"]: s for s in doc["segments"]}
             st.committed = set(st.segments)
+            st.copied = {s["seq"] for s in doc["segments"] if s.get("query_copy")}
             st.checkpoint = doc.get("checkpoint")
             st.manifest_status = doc["status"]
         keep = set(_ckpt_keys(sl, st.checkpoint)) if st.checkpoint else set()
@@ -188,12 +196,6 @@ class Watcher:
             else:
                 await self.store.put(key, blob)
             await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
-            # The query copy (docs/query.md) is part of the segment's upload: stored before the manifest names it.
-            copy = await querycopy.build_for_spool(sl.dir, sl.task, sl.host, seq, chunks,
-                                                   {s: e["lines"] for s, e in st.segments.items()})
-            if copy is not None:
-                await self.store.put(copy.key, copy.data)
-                self.stats["query_copy_bytes"] = self.stats.get("query_copy_bytes", 0) + len(copy.data)
             entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else log_path.stat().st_size,
                                            len(idx_blob), sha, self.compression)
             st.segments[seq] = entry
@@ -228,6 +230,78 @@ class Watcher:
                     sha.update(piece)
         idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
         return chunks, sha.hexdigest(), blob, idx_blob
+
+    # --- the query copy: after the manifest, in a queue of its own ----------------------------------
+
+    def _schedule_copies(self, sl: SpoolLog, st: LogState) -> None:
+        """Start the query copy of each committed segment that lacks one (docs/query.md).
+
+        The copy is derived data: it is built after the manifest names the segment, one at a time in
+        the background, so the bytes ship at full speed while the copies catch up. The manifest marks a
+        segment `query_copy: true` once its copy is stored; a crash before that mark rebuilds it (same key).
+        """
+        if not self.query_copy:
+            return
+        for seq in sorted(st.committed - st.copied - st.copying):
+            st.copying.add(seq)
+            task = asyncio.create_task(self._copy(sl, st, seq))
+            self._copies.add(task)
+            task.add_done_callback(self._copies.discard)
+
+    def _all_copied(self, st: LogState) -> bool:
+        return not self.query_copy or (st.committed <= st.copied and not st.dirty)
+
+    async def _copy(self, sl: SpoolLog, st: LogState, seq: int) -> None:
+        try:
+            async with self._copy_sem:
+                lines = {s: e["lines"] for s, e in st.segments.items()}
+                inputs = await self._copy_inputs(sl, st, seq)
+                copy = await querycopy.build_for_spool(sl.dir, sl.task, sl.host, seq, lines, inputs)
+                if copy is not None:
+                    await self.store.put(copy.key, copy.data)
+                    self.stats["query_copies"] += 1
+                    self.stats["query_copy_bytes"] += len(copy.data)
+        except StoreError as exc:
+            self._quiet.log(logging.WARNING, "copy", "%s/%s: query copy of segment %d waits for the store: %s",
+                            sl.task, sl.host, seq, exc)
+            return
+        finally:
+            st.copying.discard(seq)
+        st.segments[seq] = {**st.segments[seq], "query_copy": True}
+        st.copied.add(seq)
+        st.dirty = True
+
+    async def _copy_inputs(self, sl: SpoolLog, st: LogState, seq: int) -> querycopy.Inputs:
+        """The segment's index and bytes: from the spool, or from the store when the quota dropped them."""
+        log_path, idx_path = names.spool_segment(sl.dir, seq), names.spool_index(sl.dir, seq)
+        try:
+            chunks = await asyncio.to_thread(lambda: list(index.unpack(index.read_raw(idx_path))))
+            return querycopy.Inputs(chunks, log_path, None)
+        except FileNotFoundError:
+            pass
+        entry = st.segments[seq]
+        comp = entry["compression"]
+        raw_idx = await self.store.get(names.index_key(sl.task, sl.host, seq, comp))
+        data = await self.store.get(names.segment_key(sl.task, sl.host, seq, comp))
+        if comp == "zstd":
+            dctx = zstandard.ZstdDecompressor()
+            raw_idx = dctx.decompress(raw_idx)
+            data = dctx.decompress(data, max_output_size=entry["raw_size"])
+        return querycopy.Inputs(list(index.unpack(raw_idx)), None, data)
+
+    async def drain_copies(self) -> bool:
+        """Wait for the query copies in flight; True if there were any."""
+        if not self._copies:
+            return False
+        await asyncio.gather(*list(self._copies), return_exceptions=True)
+        return True
+
+    async def cancel_copies(self) -> None:
+        for t in list(self._copies):
+            t.cancel()
+        await asyncio.gather(*list(self._copies), return_exceptions=True)
+
+    # --- checkpoints -----------------------------------------------------------------------------
 
     async def _checkpoint(self, sl: SpoolLog, st: LogState) -> None:
         """Upload what the open segment holds now, so a dead host loses at most one interval."""
@@ -279,10 +353,14 @@ class Watcher:
         # A running log names the API beside this spool, so a central API can proxy live requests to it.
         extra = {"api_url": self.cfg.watch.api_url} if self.cfg.watch.api_url and status == manifest.RUNNING else {}
         doc = manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression, extra)
-        await self.store.put(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
-        st.committed = set(st.segments)
+        st.dirty = False  # before the PUT: a query copy that lands meanwhile sets it again
+        try:
+            await self.store.put(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
+        except BaseException:
+            st.dirty = True
+            raise
+        st.committed = {s["seq"] for s in segments}
         st.manifest_status = status
-        st.dirty = False
         self.stats["manifests"] += 1
         if st.stale_keys:
             stale, st.stale_keys = st.stale_keys, []
@@ -294,7 +372,8 @@ class Watcher:
         """Delete sealed segments the store holds once they are older than spool.keep_uploaded_seconds."""
         cutoff = time.time() - self.cfg.spool.keep_uploaded_seconds
         for seq in sl.sealed:
-            if seq in st.committed or (sl.dir / names.SHIPPED_FILE).exists():
+            shipped = seq in st.committed and (seq in st.copied or not self.query_copy)
+            if shipped or (sl.dir / names.SHIPPED_FILE).exists():
                 self._prune_segment(sl.dir, seq, cutoff)
 
     def _prune_shipped(self, d: Path) -> None:
@@ -367,9 +446,12 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             w.last_error = ""
             await asyncio.to_thread(w.write_state, True)
             if once:
+                if await w.drain_copies():
+                    continue  # one more pass records the copies in the manifests
                 break
             await _wait(stop, min(1.0, cfg.watch.checkpoint_seconds), wake)
     finally:
+        await w.cancel_copies()  # a restart finds the segments the manifest does not mark copied
         if notifier is not None:
             notifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):

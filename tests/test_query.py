@@ -127,6 +127,64 @@ async def test_every_line_has_its_ts_stream_and_line_no(make_config: MakeConfig)
     assert got[-1]["line"] == "no final newline" and got[-1]["partial"]
 
 
+async def test_copies_follow_the_manifest_and_a_crash_between_them_is_repaired(make_config: MakeConfig) -> None:
+    """The copy of a segment is built after the manifest names the segment, then marked in it. A watcher
+    that died in between (and a spool whose segments are gone, dropped at the quota) rebuilds each missing
+    copy from the store, under the same key: every line once."""
+    cfg = make_config()
+    res = run_agent(cfg.spool_dir, "late", [sys.executable, "-c", INTERLEAVED], env=agent_env(cfg))
+    assert res.returncode == 0
+    await watch(cfg, once=True)
+    store = open_store(cfg.store)
+    try:
+        doc = json.loads(await store.get(names.manifest_key("late", "h1")))
+        assert len(doc["segments"]) >= 4 and all(s["query_copy"] for s in doc["segments"])
+        copies = sorted(o.key for o in await store.list("lines/") if "/task=late/" in o.key)
+        assert len(copies) == len(doc["segments"])
+        expected = _line_table(cfg, "late")
+        # The crash: the copies and their marks gone, the spool's segments too, the log not yet shipped.
+        before = {k: await store.get(k) for k in copies}
+        await store.delete(copies)
+        for s in doc["segments"]:
+            del s["query_copy"]
+        await store.put(names.manifest_key("late", "h1"), json.dumps(doc).encode())
+        d = cfg.spool_dir / "late" / "h1"
+        for p in [*d.glob("*.log"), *d.glob("*.idx"), d / names.SHIPPED_FILE]:
+            p.unlink()
+        assert _line_table(cfg, "late") == []
+        w = await watch(cfg, once=True)
+        assert w.stats["query_copies"] == len(copies)
+        assert _line_table(cfg, "late") == expected
+        assert {k: await store.get(k) for k in copies} == before  # the same objects, rebuilt
+        doc = json.loads(await store.get(names.manifest_key("late", "h1")))
+        assert all(s["query_copy"] for s in doc["segments"]) and (d / names.SHIPPED_FILE).exists()
+    finally:
+        await store.close()
+
+
+async def test_without_the_copy_segments_ship_and_no_lines_are_written(make_config: MakeConfig) -> None:
+    cfg = make_config(LOGSHIP_QUERY_COPY="false")
+    assert run_agent(cfg.spool_dir, "nocopy", [sys.executable, "-c", INTERLEAVED], env=agent_env(cfg)).returncode == 0
+    w = await watch(cfg, once=True)
+    assert w.stats["segments_uploaded"] >= 4 and w.stats["query_copies"] == 0
+    assert (cfg.spool_dir / "nocopy" / "h1" / names.SHIPPED_FILE).exists()
+    store = open_store(cfg.store)
+    try:
+        assert not [o for o in await store.list("lines/") if "/task=nocopy/" in o.key]
+    finally:
+        await store.close()
+
+
+def _line_table(cfg: Config, task: str) -> list[tuple[Any, ...]]:
+    db = Database(cfg)
+    try:
+        got = rows(db, f"SELECT seq, line_no, stream, byte_offset, line FROM lines WHERE task = '{task}' "
+                       "ORDER BY seq, line_no, byte_offset")
+    finally:
+        db.close()
+    return [tuple(r.values()) for r in got]
+
+
 async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     script = "import sys; sys.stdout.write('x' * 300000 + '\\n' + 'é' * 70000 + '\\nshort\\n')"
