@@ -95,14 +95,18 @@ def task(workdir: Path, lines: int, runs: int, mode: str) -> dict[str, Any]:
     wall = {k: Series(f"task ({k})", "s") for k in runs_of}
     cpu = {k: Series(f"task ({k})", "CPU s") for k in runs_of}
     rss = Series("agent peak RSS", "MB")
+    startup = Series("logship run -- true, wall", "ms")  # what the agent adds to any task, however short
     noise = Series("share of the CPU other processes used during the timed runs", "%")
     for r in range(runs):
         settle()
+        ran = check(run_timed([tool("logship"), "run", "--task", f"startup-{r}", "--host", "bench", "--", "true"],
+                              cwd=d, env={**env, "LOGSHIP_SPOOL_DIR": "spool"}), "logship run -- true")
+        startup.samples.append(ran.wall * 1000)
         order = list(runs_of)
         for side in order[r % len(order):] + order[:r % len(order)]:  # rotated: no side always runs first
             ran = check(run_timed(runs_of[side], cwd=d, env={**env, "LOGSHIP_SPOOL_DIR": "spool"}), f"task ({side})")
             if side == "agent":
-                rmtree(d / "spool")
+                rmtree(d / "spool")  # the start-up runs' logs too
                 rss.samples.append(ran.maxrss_kib * 1024 / 1e6)
             wall[side].samples.append(ran.wall)
             cpu[side].samples.append(ran.cpu)
@@ -110,4 +114,4 @@ def task(workdir: Path, lines: int, runs: int, mode: str) -> dict[str, Any]:
         say(f"  task ({mode}) round {r + 1}/{runs}: " + ", ".join(f"{k} {v.samples[-1]:.3f}" for k, v in wall.items())
             + " s")
     rmtree(d)
-    return {"lines": lines, "mode": mode, "wall": wall, "cpu": cpu, "rss": rss, "noise": noise}
+    return {"lines": lines, "mode": mode, "wall": wall, "cpu": cpu, "rss": rss, "startup": startup, "noise": noise}

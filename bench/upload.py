@@ -1,4 +1,5 @@
-"""Upload of sealed segments to a local SeaweedFS: `logship watch --once` (zstd, none) vs `rclone copy`."""
+"""Upload of sealed segments to a local SeaweedFS: `logship watch --once` (zstd, none, zstd + query copy)
+vs `rclone copy`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from ._util import Series, check, clean_env, rmtree, run_timed, say, settle, too
 
 BUCKET = "bench"
 TASK, HOST = "upload", "bench"
-COMPRESSIONS = ("zstd", "none")
+# "copy": zstd plus the Parquet query copy of each segment (docs/query.md), the watcher's default job.
+# The issue's bar compares shipping bytes with rclone, so "zstd" and "none" run with query.copy off.
+VARIANTS = ("zstd", "none", "copy")
 
 
 def prepare(workdir: Path, text: Path, repeat: int) -> Path:
@@ -57,14 +60,14 @@ def _rounds(d: Path, log_dir: Path, raw: int, nseg: int, server: s3local.LocalS3
                            RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=server.secret_key)
     rclone = tool("rclone")
     series = {"rclone": Series("rclone copy", "MB/s"), **{c: Series(f"logship watch --once ({c})", "MB/s")
-                                                           for c in COMPRESSIONS}}
+                                                           for c in VARIANTS}}
     cpu = {k: Series(s.name, "CPU s") for k, s in series.items()}  # the client's user+sys
-    stored = {c: Series(f"stored bytes ({c})", "MB") for c in COMPRESSIONS}
+    stored = {c: Series(f"stored bytes ({c})", "MB") for c in VARIANTS}
     noise = Series("share of the CPU other processes used during the timed runs", "%")
     for r in range(runs):
         settle()
-        order = ["rclone", *COMPRESSIONS]
-        order = order[r % 3:] + order[:r % 3]  # rotate, so no side always runs on a warmer or fuller server
+        order = ["rclone", *VARIANTS]
+        order = order[r % len(order):] + order[:r % len(order)]  # rotate, so no side always runs on a warmer or fuller server
         for side in order:
             prefix = f"r{r}-{side}"
             if side == "rclone":
@@ -81,7 +84,9 @@ def _rounds(d: Path, log_dir: Path, raw: int, nseg: int, server: s3local.LocalS3
                 # (the watcher only reads them, and every file it writes is new).
                 subprocess.run(["cp", "-al", str(log_dir.parent.parent), str(copy)], check=True)
                 env = clean_env(**keys, LOGSHIP_SPOOL_DIR=copy.name, LOGSHIP_STORE_URL=f"s3://{BUCKET}/{prefix}",
-                                LOGSHIP_STORE_ENDPOINT=server.endpoint, LOGSHIP_STORE_COMPRESSION=side,
+                                LOGSHIP_STORE_ENDPOINT=server.endpoint,
+                                LOGSHIP_STORE_COMPRESSION="none" if side == "none" else "zstd",
+                                LOGSHIP_QUERY_COPY="true" if side == "copy" else "false",
                                 LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="365d")
                 ran = check(run_timed([tool("logship"), "watch", "--once"], cwd=d, env=env, helpers=(server.pid,)),
                             f"logship watch ({side})")
@@ -89,7 +94,9 @@ def _rounds(d: Path, log_dir: Path, raw: int, nseg: int, server: s3local.LocalS3
                 if stats["segments_uploaded"] != nseg or not (copy / TASK / HOST / "shipped.json").exists():
                     raise SystemExit(f"bench: the watcher uploaded {stats['segments_uploaded']} of {nseg} segments "
                                      f"({side}); its log:\n{ran.stderr[-2000:]}")
-                stored[side].samples.append(stats["bytes_uploaded"] / 1e6)
+                if side == "copy" and stats["query_copies"] != nseg:
+                    raise SystemExit(f"bench: the watcher made {stats['query_copies']} query copies of {nseg}")
+                stored[side].samples.append((stats["bytes_uploaded"] + stats["query_copy_bytes"]) / 1e6)
                 rmtree(copy)
             series[side].samples.append(raw / ran.wall / 1e6)
             cpu[side].samples.append(ran.cpu)
