@@ -67,6 +67,8 @@ class Watcher:
              "manifests", "retries", "lost_logs", "dropped_bytes", "dropped_segments", "pruned_segments",
              "conflicts", "spool_bytes", "query_copies", "query_copy_bytes"], 0)
         self.last_error = ""
+        self.started_ns = time.time_ns()
+        self.last_ok_ns = 0  # end of the last pass that reached the store: `logship watch --check`
         self._sem = asyncio.Semaphore(UPLOAD_CONCURRENCY)
         self._copies: set[asyncio.Task[None]] = set()
         self._copy_sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
@@ -399,9 +401,12 @@ class Watcher:
     # --- state for --check and /metrics ----------------------------------------------------------
 
     def write_state(self, healthy: bool) -> None:
+        now = time.time_ns()
+        if healthy:
+            self.last_ok_ns = now
         write_json_atomic(self.spool / STATE_FILE, {
-            "pid": os.getpid(), "updated_ns": time.time_ns(), "healthy": healthy,
-            "last_error": self.last_error, "store": self.store.url, "stats": self.stats,
+            "pid": os.getpid(), "updated_ns": now, "healthy": healthy, "started_ns": self.started_ns,
+            "last_ok_ns": self.last_ok_ns, "last_error": self.last_error, "store": self.store.url, "stats": self.stats,
         }, durable=False)
 
 
