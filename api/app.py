@@ -14,18 +14,20 @@ from shipper.errors import ConfigError
 from shipper.store import open_store
 
 from . import logs, metrics, openapi, proxy, query, tail
-from .errors import Unauthorized, error_middleware
+from .errors import Forbidden, Unauthorized, error_middleware
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
 from .source import Source
 
 OPEN_PATHS = ("/healthz",)  # reachable without a token, for probes
+QUERY_PATHS = ("/api/v1/query",)  # arbitrary SQL over the archive: the query scope (api.query_tokens)
 
 
 def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     """The API. With `serve_spool`, the newest bytes come from this host's spool as well as the store."""
     check_auth_config(cfg)
-    app = web.Application(middlewares=[error_middleware, _auth_middleware(cfg.api.tokens), proxy.proxy_middleware],
+    auth = _auth_middleware(cfg.api.tokens, cfg.api.query_tokens)
+    app = web.Application(middlewares=[error_middleware, auth, proxy.proxy_middleware],
                           client_max_size=1 << 20)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
@@ -63,7 +65,7 @@ async def _stop_followers(app: web.Application) -> None:
 
 def check_auth_config(cfg: Config) -> None:
     """Without tokens the API may listen on loopback only: anyone who reaches it reads every log."""
-    if cfg.api.tokens:
+    if cfg.api.tokens or cfg.api.query_tokens:
         return
     host = cfg.api.listen.rsplit(":", 1)[0].strip("[]")
     try:
@@ -75,22 +77,28 @@ def check_auth_config(cfg: Config) -> None:
                           "set api.tokens (bearer tokens, 16+ characters) or listen on 127.0.0.1")
 
 
-def _auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    encoded = [t.encode() for t in tokens]
+def _auth_middleware(tokens: list[str], query_tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Bearer tokens in two scopes: api.tokens read logs and search; api.query_tokens also run SQL."""
+    read = [t.encode() for t in tokens]
+    query = [t.encode() for t in query_tokens]
 
     @web.middleware
     async def auth(request: web.Request,
                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         request.app[METRICS].requests += 1
-        if encoded and request.path not in OPEN_PATHS:
+        if (read or query) and request.path not in OPEN_PATHS:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             given = token.strip().encode() if scheme.lower() == "bearer" else b""
             # WebSocket clients in browsers cannot set headers: they may pass ?token=
             given = given or request.query.get("token", "").encode()
-            if not any(hmac.compare_digest(given, t) for t in encoded):
+            may_query = any(hmac.compare_digest(given, t) for t in query)
+            if not may_query and not any(hmac.compare_digest(given, t) for t in read):
                 raise Unauthorized("a bearer token is required" if not given else "the bearer token is not valid",
                                    "send 'Authorization: Bearer TOKEN' with a token from api.tokens")
+            if request.path in QUERY_PATHS and not may_query:
+                raise Forbidden(f"{request.path} runs SQL: it needs a token of the query scope",
+                                "use a token from api.query_tokens (api.tokens only read logs and search them)")
         return await handler(request)
 
     return auth

@@ -23,8 +23,12 @@ class Unauthorized(LogshipError):
     code = "unauthorized"
 
 
+class Forbidden(LogshipError):
+    code = "forbidden"
+
+
 STATUS: list[tuple[type[LogshipError], int]] = [
-    (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401),
+    (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401), (Forbidden, 403),
     (LogNotFound, 404), (ObjectNotFound, 404), (StoreUnavailable, 503), (StoreError, 502),
 ]
 

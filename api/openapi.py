@@ -189,7 +189,9 @@ def _paths() -> dict[str, Any]:
                                     "text/csv": {"schema": {"type": "string"}},
                                     "application/x-ndjson": {"schema": {"type": "string"}}}},
                 "400": _error("Not JSON, not one read-only SELECT, outside the archive, over a limit, or a SQL "
-                              "error."), **_COMMON_ERRORS},
+                              "error."),
+                "403": _error("The token is of the read scope (api.tokens); SQL needs one of api.query_tokens."),
+                **_COMMON_ERRORS},
         }},
         "/api/v1/search": {"get": {
             "operationId": "search", "tags": ["query"],
@@ -289,7 +291,9 @@ def _schemas() -> dict[str, Any]:
             "elapsed_ms": {"type": "integer"}, "error": _ref("Error")}},
         "SearchHit": {"type": "object", "properties": {
             "task": _ID, "host": _ID, "line_no": {"type": "integer"},
-            "ts": _nullable("string", format="date-time"), "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+            "ts": _nullable("string", format="date-time"), "stream": {"type": "string", "enum": ["stdout", "stderr", "unknown"],
+                                                             "description": "`unknown`: bytes recovered after "
+                                                             "an agent died"},
             "line": {"type": "string"}, "truncated": {"type": "boolean"}, "partial": {"type": "boolean"},
             "offset": {"type": "integer", "description": "byte offset of the line in the log"},
             "end": {"type": "integer"}, "url": {"type": "string", "description": "the log's /log route"},
@@ -326,7 +330,8 @@ def _document() -> dict[str, Any]:
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "a token from api.tokens (required when the API is not on loopback)"},
+                           "description": "a token from api.tokens (read, tail, search) or api.query_tokens "
+                                          "(also SQL); required when the API is not on loopback"},
                 "token": {"type": "apiKey", "in": "query", "name": "token",
                           "description": "the same token as ?token=, for WebSocket clients that cannot set headers"},
             },

@@ -179,6 +179,7 @@ class WatchConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:8080"
     tokens: list[str] = field(default_factory=list)
+    query_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "secret_key": _opt_text,
     },
     "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
-    "api": {"listen": _listen, "tokens": _tokens},
+    "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
               "copy": _bool},
@@ -295,7 +296,8 @@ def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
             for secret in ("secret_key",):
                 if body.get(secret):
                     body[secret] = "<redacted>"
-            if body.get("tokens"):
-                body["tokens"] = ["<redacted>"] * len(body["tokens"])
+            for secret in ("tokens", "query_tokens"):
+                if body.get(secret):
+                    body[secret] = ["<redacted>"] * len(body[secret])
         out[section] = body
     return out

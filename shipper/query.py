@@ -231,7 +231,8 @@ class Result:
         n = len(self.columns)
         self._text = rel.project(", ".join(f"CAST(#{i} AS VARCHAR)" for i in range(1, n + 1))).limit(limit)
         # the row as a struct named by an alias no query's column is likely to have
-        self._json = rel.set_alias("logship_row_").project("CAST(to_json(logship_row_) AS VARCHAR)").limit(limit)
+        self._json = _finite(rel).set_alias("logship_row_").project(
+            "CAST(to_json(logship_row_) AS VARCHAR)").limit(limit)
 
     def _interrupt(self) -> None:
         self.timed_out = True
@@ -380,3 +381,26 @@ class Search:
             return f"contains(line, {_literal(self.pattern)})"
         escaped = "".join("\\" + ch if ch in _RE2_SPECIAL else ch for ch in self.pattern)
         return f"regexp_matches(line, {_literal('(?i)' + escaped)})"
+
+
+def _finite(rel: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """`rel` with infinite and NaN floats as the strings "inf", "-inf", "nan": to_json writes them as the
+    bare words Infinity and NaN, which are not JSON. Top-level columns and lists of floats."""
+    floats = {"DOUBLE", "FLOAT"}
+    types = [str(t) for t in rel.types]
+    if not any(t in floats or t.removesuffix("[]") in floats for t in types):
+        return rel
+
+    def json_of(x: str) -> str:
+        return f"CASE WHEN isfinite({x}) OR {x} IS NULL THEN to_json({x}) ELSE to_json(CAST({x} AS VARCHAR)) END"
+
+    exprs = []
+    for i, (name, t) in enumerate(zip(rel.columns, types), 1):
+        quoted = '"' + name.replace('"', '""') + '"'
+        if t in floats:
+            exprs.append(f"{json_of(f'#{i}')} AS {quoted}")
+        elif t.removesuffix("[]") in floats:
+            exprs.append(f"list_transform(#{i}, logship_x_ -> {json_of('logship_x_')}) AS {quoted}")
+        else:
+            exprs.append(f"#{i} AS {quoted}")
+    return rel.project(", ".join(exprs))

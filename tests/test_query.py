@@ -356,10 +356,23 @@ async def test_query_formats_and_limits(tmp_path: Path) -> None:
         assert resp.content_type == "text/csv" and (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
         resp = await client.post("/api/v1/query?format=ndjson", json={"sql": "SELECT 'a\"b' AS s, [1, 2] AS l"})
         assert [json.loads(x) for x in (await resp.text()).splitlines()] == [{"s": 'a"b', "l": [1, 2]}]
+        # Infinity and NaN are not JSON: they come as strings, and a strict parser takes the answer.
+        floats = {"sql": "SELECT 'inf'::DOUBLE AS i, '-inf'::FLOAT AS m, 'nan'::DOUBLE AS n, 0.5 AS h, "
+                         "[1.5, 'inf'::DOUBLE] AS l"}
+        for fmt in ("json", "ndjson"):
+            resp = await client.post(f"/api/v1/query?format={fmt}", json=floats)
+            text = await resp.text()
+            row = json.loads(text.splitlines()[0] if fmt == "ndjson" else text, parse_constant=_not_json)
+            row = row if fmt == "ndjson" else row["rows"][0]
+            assert row == {"i": "inf", "m": "-inf", "n": "nan", "h": 0.5, "l": [1.5, "inf"]}
         resp = await client.post("/api/v1/query", json={"sql": "SELECT count(*) FROM range(100000000000)"})
         assert resp.status == 400 and (await resp.json())["error"] == "query_timeout"
     finally:
         await client.close()
+
+
+def _not_json(word: str) -> None:
+    raise ValueError(f"{word} is not JSON")
 
 
 REFUSED = [
@@ -425,3 +438,25 @@ async def test_the_endpoint_refuses_what_is_not_allowed(make_config: MakeConfig,
     store = open_store(cfg.store)
     assert sorted(o.key for o in await store.list("")) == before  # nothing was written
     await store.close()
+
+
+async def test_sql_needs_a_token_of_the_query_scope(tmp_path: Path) -> None:
+    read, query = "r" * 16, "q" * 16
+    cfg = config(tmp_path, LOGSHIP_API_TOKENS=read, LOGSHIP_API_QUERY_TOKENS=query)
+    client = await client_for(cfg)
+    try:
+        sql = {"sql": "SELECT count(*) AS n FROM lines"}
+        r = await client.post("/api/v1/query", json=sql)
+        assert r.status == 401
+        r = await client.post("/api/v1/query", json=sql, headers={"Authorization": f"Bearer {read}"})
+        body = await r.json()
+        assert r.status == 403 and body["error"] == "forbidden" and "api.query_tokens" in body["hint"]
+        r = await client.post("/api/v1/query", json=sql, headers={"Authorization": f"Bearer {query}"})
+        assert r.status == 200, await r.text()
+        for token in (read, query):  # both scopes read and search
+            r = await client.get("/api/v1/search", params={"q": "x"}, headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 200, await r.text()
+            r = await client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 200
+    finally:
+        await client.close()
