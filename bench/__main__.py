@@ -15,7 +15,7 @@ from typing import Any
 
 from ._util import DEFAULT_WORKDIR, SETTLE, GiB, MiB, ROOT, Series, say, text_file, tool
 
-SECTIONS = ("pipe", "task", "upload", "api")
+SECTIONS = ("pipe", "task", "upload", "api", "query")
 COLUMNS = ("what", "baseline", "ours", "ratio", "must", "aim", "result")
 ALIASES = {"agent": ("pipe", "task")}  # "agent" = everything the agent is measured on (pipe + RSS, task)
 
@@ -193,6 +193,12 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
             f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load")))
         if a["load_errors"]:
             notes.append(f"a download that broke under load: {a['load_errors'][0].splitlines()[0]}")
+    if "query" in results:
+        from . import query
+
+        q_rows, q_notes = query.rows_for(results["query"])
+        rows += q_rows
+        notes += q_notes[:-1]  # its last note is the noise, given below with every part's
     return rows, notes
 
 
@@ -280,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"api: a {sizes.text * sizes.api_repeat // MiB} MiB log through `logship serve` (local SeaweedFS); "
             f"live tail; memory under load")
         results["api"] = api.run(workdir, text, sizes.api_repeat, runs, sizes.tail_seconds, sizes.load_seconds)
+
+    if "query" in parts:
+        from . import query
+
+        qtext = text_file(workdir, query.QUICK_BYTES if args.quick else query.TEXT_BYTES)
+        say(f"query: search over {qtext.stat().st_size // MiB} MiB of archived log-like text (file store)")
+        results["query"] = query.run(workdir, qtext, runs)
 
     rows, notes = rows_for(results)
     for part, r in results.items():
