@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from shipper.config import Config
-from shipper.errors import ConfigError
+from shipper import names
+from shipper.errors import ConfigError, StoreError
 from shipper.store import open_store
 
-from . import logs, metrics, openapi, proxy, query, tail
-from .errors import Forbidden, Unauthorized, error_middleware
+from . import ibex, logs, metrics, openapi, proxy, query, tail
+from .errors import Forbidden, Unauthorized, error_middleware, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
 from .source import Source
 
-OPEN_PATHS = ("/healthz",)  # reachable without a token, for probes
+OPEN_PATHS = ("/healthz", "/readyz")  # reachable without a token, for probes
+READY_TIMEOUT = 2.0  # seconds the store has to answer GET /readyz
 QUERY_PATHS = ("/api/v1/query",)  # arbitrary SQL over the archive: the query scope (api.query_tokens)
 
 
@@ -41,6 +44,8 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app.add_routes(metrics.routes)
     app.add_routes(tail.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(ibex.routes)  # /ibex/v1/task/{id}/stdout ... (docs/ibex.md)
+    app.router.add_get("/readyz", readyz)
     query.setup(app)  # POST /api/v1/query, GET /api/v1/search, and the DuckDB they share
     return app
 
@@ -61,6 +66,21 @@ def _store_ctx(serve_spool: bool) -> Callable[[web.Application], AsyncIterator[N
 
 async def _stop_followers(app: web.Application) -> None:
     app[STOPPING].set()
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when the store answers a listing within READY_TIMEOUT, else 503 (`logship serve --check`)."""
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(request.app[STORE].list(names.READY_PROBE_PREFIX), READY_TIMEOUT)
+    except TimeoutError:
+        why = f"no answer within {READY_TIMEOUT:g}s"
+    except StoreError as exc:
+        why = exc.detail
+    else:
+        return web.json_response({"ok": True, "store_ms": round((time.monotonic() - t0) * 1000, 1)})
+    return json_error(503, "store_unavailable", f"the store does not answer: {why}",
+                      "check the store server, the network, store.url, store.endpoint and the credentials")
 
 
 def check_auth_config(cfg: Config) -> None:

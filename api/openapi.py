@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import ibex
+
 routes = web.RouteTableDef()
 PATH = "/api/v1/openapi.json"
 
@@ -218,6 +220,14 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {
                 "type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}}}}},
         }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "summary": "Readiness: the API runs and its store answers (within 2 s)",
+            "tags": ["operations"], "security": [],
+            "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["ok"], "properties": {"ok": {"const": True},
+                                                                     "store_ms": {"type": "number"}}}}}},
+                          "503": {"$ref": "#/components/responses/StoreUnavailable"}},
+        }},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics of the API, and of the watcher beside it",
             "tags": ["operations"],
@@ -316,9 +326,10 @@ def _document() -> dict[str, Any]:
                  "description": "Logs are identified by (task, host). Byte-exact bytes come from `/log`; "
                                 "`/tail` is the live view as text. Errors are JSON `Error` bodies."},
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
-        "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"}],
+        "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"},
+                 {"name": "ibex", "description": "Nightingale ibex's read routes over `logship run --ibex` logs"}],
         "security": [{"bearer": []}, {"token": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **ibex.openapi_paths()},
         "components": {
             "schemas": _schemas(),
             "responses": {

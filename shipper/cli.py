@@ -44,16 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
-                       usage="logship run --task T [--host H] [--label k=v]... -- CMD [ARGS...]")
-    r.add_argument("--task", required=True)
+                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... -- CMD [ARGS...]")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task")
+    which.add_argument("--ibex", action="store_true",
+                       help="a Nightingale ibex script: the task id comes from its path (docs/ibex.md)")
     r.add_argument("--host", help="default: this machine's hostname")
     r.add_argument("--label", action="append", default=[], metavar="K=V")
     r.add_argument("command", nargs=argparse.REMAINDER)
 
     w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
     w.add_argument("--once", action="store_true", help="ship what is there now, then exit")
+    w.add_argument("--check", action="store_true",
+                   help="exit 0 if the running watcher is healthy, else 1 and say why (docs/operations.md)")
+    w.add_argument("--max-age", metavar="DURATION", default="5m",
+                   help="with --check: the longest since the watcher's last pass (default 5m)")
+    w.add_argument("--max-failing", metavar="DURATION", default="2m",
+                   help="with --check: the longest the store may fail (default 2m)")
 
-    sub.add_parser("serve", parents=[common], help="serve logs over HTTP (api.listen)")
+    sv = sub.add_parser("serve", parents=[common], help="serve logs over HTTP (api.listen)")
+    sv.add_argument("--check", action="store_true",
+                    help="exit 0 if the running API and its store answer, else 1 and say why")
 
     c = sub.add_parser("cat", parents=[common], help="print a log from the store")
     c.add_argument("task")
@@ -123,6 +134,11 @@ def _dispatch(args: Any) -> int:
         from . import s3local
 
         return s3local.main([args.action, "--dir", args.dir])
+    if args.cmd == "run" and args.ibex:  # the task id comes from the script's path (docs/ibex.md)
+        from . import ibex
+
+        return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
+                        _labels(args.label))
     cfg = load_config(args.config)
     if args.cmd == "config":
         import yaml
@@ -138,6 +154,10 @@ def _dispatch(args: Any) -> int:
         from . import agent
 
         return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+    if args.cmd in ("watch", "serve") and args.check:
+        from . import check
+
+        return check.main(cfg, args)
     if args.cmd == "serve":
         from api import server
 

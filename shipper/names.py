@@ -66,6 +66,35 @@ LINES_COLUMNS = [("task", "VARCHAR"), ("host", "VARCHAR"), ("seq", "INTEGER"), (
                  ("partial", "BOOLEAN"), ("truncated", "BOOLEAN"), ("line", "VARCHAR")]
 
 
+# A key nothing is stored under: GET /readyz lists it to learn whether the store answers.
+READY_PROBE_PREFIX = "readyz/"
+
+
+# --- Nightingale ibex tasks (docs/ibex.md) ---------------------------------------------------
+# Ibex task ids are integers. The first run of ibex task N on a host is the log ibex-N/<host>; a redo
+# of the same host (Nightingale's "redo") is ibex-N.2, then ibex-N.3: a run never overwrites another.
+IBEX_TASK_RE = re.compile(r"ibex-(0|[1-9][0-9]{0,18})(?:\.([2-9]|[1-9][0-9]{1,5}))?")  # canonical: no leading 0
+
+
+def ibex_task(ibex_id: int, run: int = 1) -> str:
+    """The task id of run `run` (1 = the first) of ibex task `ibex_id`."""
+    return f"ibex-{ibex_id}" if run == 1 else f"ibex-{ibex_id}.{run}"
+
+
+def ibex_list_prefix(ibex_id: int) -> str:
+    """A key prefix under which every run of ibex task `ibex_id` is (and tasks whose number starts with it:
+    keep the keys whose task parse_ibex_task gives `ibex_id`)."""
+    return f"logs/{ibex_task(ibex_id)}"
+
+
+def parse_ibex_task(task: str) -> tuple[int, int] | None:
+    """`ibex-N` -> (N, 1), `ibex-N.R` -> (N, R); None for a task id that is not an ibex task's."""
+    m = IBEX_TASK_RE.fullmatch(task)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2) or 1)
+
+
 def parse_log_prefix(key: str) -> tuple[str, str] | None:
     """`logs/T/H/...` -> (T, H), or None for anything else."""
     parts = key.split("/")
@@ -84,6 +113,7 @@ def parse_log_prefix(key: str) -> tuple[str, str] | None:
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
 SHIPPED_FILE = "shipped.json"
+WATCHER_STATE_FILE = ".watcher.json"  # <spool>/.watcher.json: the watcher's health and counters
 OPEN_SUFFIX = ".open"
 SEGMENT_RE = re.compile(r"(\d{8})\.log")
 

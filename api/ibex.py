@@ -1,0 +1,258 @@
+"""Ibex-shaped read routes (docs/ibex.md): Nightingale's `GET /ibex/v1/task/{id}/stdout` and friends,
+answered from the logs `logship run --ibex` writes (`ibex-<id>/<host>`), whole — not cut at 16,380 runes —
+and streamed, so memory stays flat whatever their size.
+
+Per host the newest run is served (a redo is `ibex-<id>.<n>`), as ibex shows a host's last result. The JSON
+is ibex's own: `{"dat": [...], "err": ""}`, one element per host, sorted by host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from shipper import index, manifest, names
+from shipper.errors import StoreError
+from shipper.spool import iter_logs
+
+from .errors import BadRequest
+from .keys import METRICS, SOURCE, STORE
+from .source import LogNotFound, LogView, Source
+
+log = logging.getLogger("logship.api.ibex")
+routes = web.RouteTableDef()
+STREAMS = ("stdout", "stderr")
+_ID_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- which logs ---------------------------------------------------------------------------------
+
+
+def _ibex_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not _ID_RE.fullmatch(raw):
+        raise BadRequest(f"ibex task id {raw!r} is not a whole number", "ibex task ids are numbers, e.g. 1042")
+    return int(raw)
+
+
+async def newest_runs(app: web.Application, ibex_id: int) -> list[tuple[str, str]]:
+    """(task, host) of the newest run of ibex task `ibex_id` on each host, sorted by host."""
+    newest: dict[str, tuple[int, str]] = {}
+
+    def note(task: str, host: str) -> None:
+        parsed = names.parse_ibex_task(task)
+        if parsed is not None and parsed[0] == ibex_id and parsed[1] > newest.get(host, (0, ""))[0]:
+            newest[host] = (parsed[1], task)
+
+    spool = app[SOURCE].spool
+    try:
+        for obj in await app[STORE].list(names.ibex_list_prefix(ibex_id)):
+            pair = names.parse_log_prefix(obj.key)
+            if pair is not None and obj.key.endswith("/manifest.json"):
+                note(*pair)
+    except StoreError as exc:
+        if spool is None:
+            raise
+        log.warning("ibex task %d: the store cannot be listed, serving the spool's runs only: %s", ibex_id, exc)
+    if spool is not None:
+        for task, host in await asyncio.to_thread(_spool_logs, spool, names.ibex_task(ibex_id)):
+            note(task, host)
+    if not newest:
+        raise LogNotFound(f"no log of ibex task {ibex_id}",
+                          "ibex scripts are logged when they run under `logship run --ibex` (docs/ibex.md)")
+    return [(newest[h][1], h) for h in sorted(newest)]
+
+
+def _spool_logs(spool: Path, base: str) -> list[tuple[str, str]]:
+    return [(d.parent.name, d.name) for d in iter_logs(spool)
+            if (d.parent.name == base or d.parent.name.startswith(base + ".")) and (d / names.RUN_FILE).exists()]
+
+
+async def _views(request: web.Request) -> tuple[int, list[LogView]]:
+    """The views of the newest run on each host (or on ?host= only), taken before any byte is sent."""
+    ibex_id = _ibex_id(request)
+    runs = await newest_runs(request.app, ibex_id)
+    only = request.query.get("host")
+    if only is not None:
+        names.check_id("host", only)
+        runs = [r for r in runs if r[1] == only]
+        if not runs:
+            raise LogNotFound(f"ibex task {ibex_id} has no log of host {only}",
+                              f"GET /ibex/v1/task/{ibex_id}/stdout lists its hosts")
+    source = request.app[SOURCE]
+    return ibex_id, [await source.view(task, host) for task, host in runs]
+
+
+def ibex_status(view: LogView) -> str:
+    """The ibex word for how the run went: running, success, failed or killed."""
+    if view.status == manifest.RUNNING:
+        return "running"
+    end = view.exit or {}
+    if view.status == manifest.FINISHED and end.get("signal"):
+        return "killed"
+    return "success" if view.status == manifest.FINISHED and end.get("exit_code") == 0 else "failed"
+
+
+# --- one stream of a log ----------------------------------------------------------------------------
+
+
+async def stream_bytes(source: Source, view: LogView, stream: str) -> AsyncIterator[bytes]:
+    """The bytes of one stream of a log, in order. Each part is read once and the other stream's chunks
+    are cut out of it (reading chunk by chunk would decompress a zstd segment from its start per chunk)."""
+    code = index.STREAM_CODES[stream]
+    for part in view.parts:
+        ranges = _ranges([c for c in await source.chunks(view, part) if c.stream == code])
+        if not ranges:
+            continue
+        pos, i = ranges[0][0], 0
+        async for piece in source.read(view, ranges[0][0], ranges[-1][1]):
+            end = pos + len(piece)
+            while i < len(ranges) and ranges[i][0] < end:
+                a, b = max(ranges[i][0], pos), min(ranges[i][1], end)
+                if a < b:
+                    yield piece if (a, b) == (pos, end) else piece[a - pos:b - pos]
+                if ranges[i][1] > end:
+                    break
+                i += 1
+            pos = end
+
+
+def _ranges(chunks: list[index.Chunk]) -> list[tuple[int, int]]:
+    """[offset, end) of the chunks, adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for c in chunks:
+        if out and out[-1][1] == c.offset:
+            out[-1] = (out[-1][0], c.end)
+        elif c.length:
+            out.append((c.offset, c.end))
+    return out
+
+
+class _JsonText:
+    """Bytes to the inside of a JSON string, piece by piece: invalid UTF-8 replaced, a character split
+    between two pieces kept whole."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def encode(self, data: bytes, final: bool = False) -> bytes:
+        text = self._decoder.decode(data, final)
+        return json.dumps(text, ensure_ascii=False)[1:-1].encode() if text else b""
+
+
+# --- the routes ---------------------------------------------------------------------------------
+
+
+def _json_route(stream: str, full: bool) -> Handler:
+    """/stdout (full: ibex's task-host rows {id, host, status, stdout, stderr}) and /stdout.json ({host, stdout})."""
+    other = "stderr" if stream == "stdout" else "stdout"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ibex_id, views = await _views(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        sent = 0
+        await resp.write(b'{"dat":[')
+        for i, view in enumerate(views):
+            head: dict[str, Any] = {"id": ibex_id, "host": view.host, "status": ibex_status(view)} if full \
+                else {"host": view.host}
+            if full and stream == "stderr":
+                head[other] = ""
+            text = json.dumps(head, ensure_ascii=False)[:-1] + f', "{stream}": "'
+            await resp.write((b"," if i else b"") + text.encode())
+            enc = _JsonText()
+            async for piece in stream_bytes(request.app[SOURCE], view, stream):
+                await resp.write(enc.encode(piece))
+                sent += len(piece)
+            tail = f'", "{other}": ""}}' if full and stream == "stdout" else '"}'
+            await resp.write(enc.encode(b"", final=True) + tail.encode())
+        await resp.write(b'],"err":""}')
+        request.app[METRICS].bytes_out += sent
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def _text_route(stream: str) -> Handler:
+    """/stdout.txt: each host's bytes under a `HOST:` line, hosts apart by an empty line — ibex's layout."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        _, views = await _views(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})
+        await resp.prepare(request)
+        for i, view in enumerate(views):
+            await resp.write((b"\n\n" if i else b"") + view.host.encode() + b":\n")
+            async for piece in stream_bytes(request.app[SOURCE], view, stream):
+                await resp.write(piece)
+                request.app[METRICS].bytes_out += len(piece)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+for _stream in STREAMS:
+    routes.get(f"/ibex/v1/task/{{id}}/{_stream}")(_json_route(_stream, True))
+    routes.get(f"/ibex/v1/task/{{id}}/{_stream}.json")(_json_route(_stream, False))
+    routes.get(f"/ibex/v1/task/{{id}}/{_stream}.txt")(_text_route(_stream))
+
+
+# --- the OpenAPI entries (api/openapi.py merges them) ------------------------------------------------
+
+
+def openapi_paths() -> dict[str, Any]:
+    id_param = {"name": "id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^(0|[1-9][0-9]{0,18})$"},
+                "description": "the ibex task id (the logs are `ibex-<id>/<host>`, redos `ibex-<id>.<n>`)"}
+    host_param = {"name": "host", "in": "query", "schema": {"type": "string",
+                                                            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                  "description": "only this host"}
+    errors = {"400": {"$ref": "#/components/responses/BadRequest"},
+              "401": {"$ref": "#/components/responses/Unauthorized"},
+              "404": {"$ref": "#/components/responses/NotFound"},
+              "502": {"$ref": "#/components/responses/StoreError"},
+              "503": {"$ref": "#/components/responses/StoreUnavailable"}}
+    text = {"type": "string", "description": "the whole stream, invalid UTF-8 replaced (exact bytes: .txt)"}
+    paths: dict[str, Any] = {}
+    for s in STREAMS:
+        row = {"type": "object", "required": ["id", "host", "status", "stdout", "stderr"], "properties": {
+            "id": {"type": "integer"}, "host": {"type": "string"},
+            "status": {"type": "string", "enum": ["running", "success", "failed", "killed"]},
+            "stdout": text if s == "stdout" else {"const": ""}, "stderr": text if s == "stderr" else {"const": ""}}}
+        short = {"type": "object", "required": ["host", s], "properties": {"host": {"type": "string"}, s: text}}
+
+        def envelope(item: dict[str, Any]) -> dict[str, Any]:
+            return {"application/json": {"schema": {"type": "object", "required": ["dat", "err"], "properties": {
+                "dat": {"type": "array", "items": item}, "err": {"const": ""}}}}}
+
+        paths[f"/ibex/v1/task/{{id}}/{s}"] = {"get": {
+            "operationId": f"ibexTask{s.capitalize()}", "tags": ["ibex"],
+            "summary": f"Every host's whole {s} of an ibex task, as ibex's task-host rows",
+            "parameters": [id_param],
+            "responses": {"200": {"description": "one row per host, sorted by host; streamed",
+                                  "content": envelope(row)}, **errors}}}
+        paths[f"/ibex/v1/task/{{id}}/{s}.json"] = {"get": {
+            "operationId": f"ibexTask{s.capitalize()}Json", "tags": ["ibex"],
+            "summary": f"Every host's whole {s} (or one host's), as ibex's {{host, {s}}} list",
+            "parameters": [id_param, host_param],
+            "responses": {"200": {"description": "one element per host, sorted by host; streamed",
+                                  "content": envelope(short)}, **errors}}}
+        paths[f"/ibex/v1/task/{{id}}/{s}.txt"] = {"get": {
+            "operationId": f"ibexTask{s.capitalize()}Text", "tags": ["ibex"],
+            "summary": f"Every host's whole {s}, byte-exact: `HOST:` then its bytes, hosts apart by an empty line",
+            "parameters": [id_param],
+            "responses": {"200": {"description": "the text", "content": {"text/plain": {"schema": {
+                "type": "string"}}}}, **errors}}}
+    return paths
