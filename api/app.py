@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from shipper.config import Config
 from shipper import names
+from shipper.config import Config
 from shipper.errors import ConfigError, StoreError
 from shipper.store import open_store
 
