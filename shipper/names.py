@@ -66,8 +66,10 @@ LINES_COLUMNS = [("task", "VARCHAR"), ("host", "VARCHAR"), ("seq", "INTEGER"), (
                  ("partial", "BOOLEAN"), ("truncated", "BOOLEAN"), ("line", "VARCHAR")]
 
 
-# A key nothing is stored under: GET /readyz lists it to learn whether the store answers.
+# Keys nothing is stored under: GET /readyz lists the prefix, an idle watcher HEADs the key, to learn
+# whether the store answers.
 READY_PROBE_PREFIX = "readyz/"
+STORE_PROBE_KEY = "readyz/probe"
 
 
 # --- Nightingale ibex tasks (docs/ibex.md) ---------------------------------------------------

@@ -36,6 +36,7 @@ UPLOAD_CONCURRENCY = 3
 READ_PIECE = 1 << 20
 TOMBSTONE_SECONDS = 7 * 86400  # how long a shipped log's run.json stays, to refuse a second run
 STATE_FILE = ".watcher.json"  # in the spool: counters and health, for --check and the API's /metrics
+STORE_PROBE_SECONDS = 60  # a watcher with nothing to ship still asks the store this often (one HEAD)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Watcher:
         self.last_error = ""
         self.started_ns = time.time_ns()
         self.last_ok_ns = 0  # end of the last pass that reached the store: `logship watch --check`
+        self._probed = -float(STORE_PROBE_SECONDS)  # monotonic time of the last store probe that answered
         self._sem = asyncio.Semaphore(UPLOAD_CONCURRENCY)
         self._copies: set[asyncio.Task[None]] = set()
         self._copy_sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
@@ -82,8 +84,16 @@ class Watcher:
         self.stats["passes"] += 1
         dirs = await asyncio.to_thread(self.local_pass)
         async with asyncio.TaskGroup() as tg:
+            if time.monotonic() - self._probed >= STORE_PROBE_SECONDS:
+                tg.create_task(self._probe_store())
             for d in dirs:
                 tg.create_task(self._ship(d))
+
+    async def _probe_store(self) -> None:
+        """So that an idle watcher's health is true too: one HEAD of a key nothing is stored under."""
+        with contextlib.suppress(ObjectNotFound):
+            await self.store.head(names.STORE_PROBE_KEY)
+        self._probed = time.monotonic()
 
     def local_pass(self) -> list[Path]:
         """Work that needs no store: seal dead agents' segments, keep the quota. Returns logs to ship."""
