@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shipper import names, s3local
+from shipper.cli import build_parser
 
-from .support import LOGSHIP, env_for, start_agent, start_watcher, stop_agent
+from .support import LOGSHIP, ROOT, env_for, start_agent, start_watcher, stop_agent
 from .test_cli_client import Api
 
 Result = subprocess.CompletedProcess[bytes]
@@ -146,3 +149,42 @@ def test_serve_check_follows_the_api_and_its_store(tmp_path: Path, s3: s3local.L
         assert res.returncode == 1 and b"nothing answers at" in res.stderr and b"refused" in res.stderr
     finally:
         api.stop(signal.SIGKILL)
+
+
+# --- the service files (infra/) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,endpoint", [("aws-s3.yaml", ""), ("minio.yaml", "http://minio.internal:9000"),
+                                           ("seaweedfs.yaml", "http://seaweedfs.internal:8333")])
+def test_example_configs_load(name: str, endpoint: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGSHIP_", "AWS_"))}
+    res = subprocess.run([*LOGSHIP, "config", "--config", str(ROOT / "infra" / "examples" / name)],
+                         env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    doc = yaml.safe_load(res.stdout)
+    assert doc["store"]["url"].startswith("s3://") and doc["store"]["endpoint"] == endpoint
+    assert doc["spool"]["dir"] == "/var/lib/logship/spool" and doc["api"]["listen"].startswith("127.0.0.1:")
+
+
+def test_systemd_units_run_real_commands_and_verify(tmp_path: Path) -> None:
+    units = sorted((ROOT / "infra" / "systemd").glob("logship-*"))
+    assert {u.name for u in units} >= {"logship-watch.service", "logship-api.service", "logship-check@.service"}
+    parser = build_parser()
+    for unit in units:
+        text = unit.read_text()
+        for line in (x for x in text.splitlines() if x.startswith("ExecStart=")):
+            argv = line.split("=", 1)[1].split()
+            assert argv[0] == "/opt/logship/bin/logship" and argv[-2:] == ["--config", "/etc/logship/logship.yaml"]
+            for cmd in (["watch", "serve"] if "%i" in argv else [None]):
+                args = parser.parse_args([cmd if a == "%i" else a for a in argv[1:]])  # exits on a bad flag
+                assert args.cmd in ("watch", "serve")
+        if unit.suffix == ".service" and "@" not in unit.name:
+            assert {"User=logship", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes"} <= set(
+                text.splitlines()), unit.name
+        (tmp_path / unit.name).write_text(text.replace("/opt/logship/bin/logship", "/bin/true"))
+    assert "ReadWritePaths=/var/lib/logship" in (ROOT / "infra/systemd/logship-watch.service").read_text()
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze here to verify the units with")
+    res = subprocess.run(["systemd-analyze", "verify", "--man=no", *[str(tmp_path / u.name) for u in units]],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0 and res.stdout + res.stderr == b"", res.stderr
