@@ -31,6 +31,7 @@ log = logging.getLogger("logship.api.ibex")
 routes = web.RouteTableDef()
 STREAMS = ("stdout", "stderr")
 _ID_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+VIEW_CONCURRENCY = 16  # manifests fetched at once for a task of many hosts
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -88,8 +89,13 @@ async def _views(request: web.Request) -> tuple[int, list[LogView]]:
         if not runs:
             raise LogNotFound(f"ibex task {ibex_id} has no log of host {only}",
                               f"GET /ibex/v1/task/{ibex_id}/stdout lists its hosts")
-    source = request.app[SOURCE]
-    return ibex_id, [await source.view(task, host) for task, host in runs]
+    source, sem = request.app[SOURCE], asyncio.Semaphore(VIEW_CONCURRENCY)
+
+    async def view(task: str, host: str) -> LogView:
+        async with sem:
+            return await source.view(task, host)
+
+    return ibex_id, list(await asyncio.gather(*(view(task, host) for task, host in runs)))
 
 
 def ibex_status(view: LogView) -> str:
@@ -161,6 +167,8 @@ def _json_route(stream: str, full: bool) -> Handler:
         resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
         sent = 0
         await resp.write(b'{"dat":[')
         for i, view in enumerate(views):
@@ -192,6 +200,8 @@ def _text_route(stream: str) -> Handler:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
         for i, view in enumerate(views):
             await resp.write((b"\n\n" if i else b"") + view.host.encode() + b":\n")
             async for piece in stream_bytes(request.app[SOURCE], view, stream):

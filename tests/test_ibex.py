@@ -161,6 +161,8 @@ def test_an_ibex_script_comes_back_whole_from_the_ibex_routes(tmp_path: Path, ap
     by_host = {host: redo.stdout, "h2": second.stdout}
     want = b"\n\n".join(h.encode() + b":\n" + by_host[h] for h in sorted(by_host))
     assert get(f"{url}/stdout.txt") == (200, want)
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/stdout.txt", method="HEAD"), timeout=60) as r:
+        assert r.status == 200 and r.read() == b""
     status, body = get(f"{url}/stdout.json?host=h2")
     assert json.loads(body) == {"dat": [{"host": "h2", "stdout": second.stdout.decode(errors="replace")}], "err": ""}
     assert get(f"{url}/stdout.json?host=nope")[0] == 404 and get(f"{api.url}/ibex/v1/task/9/stdout")[0] == 404
