@@ -16,12 +16,13 @@ from shipper.errors import ConfigError, StoreError
 from shipper.store import open_store
 
 from . import ibex, logs, metrics, openapi, proxy, query, tail
+from . import web as page  # the web page (aiohttp's `web` is taken)
 from .errors import Forbidden, Unauthorized, error_middleware, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
 from .source import Source
 
-OPEN_PATHS = ("/healthz", "/readyz")  # reachable without a token, for probes
+OPEN_PATHS = ("/healthz", "/readyz", *page.PUBLIC_PATHS)  # without a token: probes, the page (it holds no data)
 READY_TIMEOUT = 2.0  # seconds the store has to answer GET /readyz
 QUERY_PATHS = ("/api/v1/query",)  # arbitrary SQL over the archive: the query scope (api.query_tokens)
 
@@ -44,6 +45,7 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app.add_routes(metrics.routes)
     app.add_routes(tail.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(page.routes)  # GET /: the web page
     app.add_routes(ibex.routes)  # /ibex/v1/task/{id}/stdout ... (docs/ibex.md)
     app.router.add_get("/readyz", readyz)
     query.setup(app)  # POST /api/v1/query, GET /api/v1/search, and the DuckDB they share

@@ -254,6 +254,64 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
             return fresh
 
 
+# --- the chunk index of a byte range (the web page's line numbers, streams and timestamps) -----------
+
+INDEX_MAX_CHUNKS = 20_000  # per answer; `more` says to ask again from the last chunk's end
+INDEX_COLUMNS = ["offset", "length", "lines", "stream", "flags", "ts"]
+
+
+@routes.get("/api/v1/tasks/{task}/hosts/{host}/index")
+async def get_log_index(request: web.Request) -> web.Response:
+    """The index records overlapping [start, end), and `line`: how many lines end before the first one.
+
+    A client that reads the bytes of these chunks (Range) knows each line's number, stream and time
+    exactly, wherever in a large log it starts; chunks are cut at line ends per stream (docs/format.md).
+    """
+    start = params.integer(request, "start", 0, 0, 1 << 62)
+    end_param = params.integer(request, "end", None, 0, 1 << 62)
+    assert start is not None
+    view = await _view(request)
+    if start > view.size:
+        return json_error(416, "bad_range", f"start={start} is past the end of the log ({view.size})",
+                          "ask for offsets within the log's size", headers={"Content-Range": f"bytes */{view.size}"})
+    end = view.size if end_param is None else min(end_param, view.size)
+    source = request.app[SOURCE]
+    rows: list[list[Any]] = []
+    line: int | None = None
+    more = False
+    for part in view.parts:
+        if part.end <= start or part.offset >= end or more:
+            continue
+        chunks = await source.chunks(view, part)
+        for c in chunks:
+            if c.end <= start or c.offset >= end:
+                continue
+            if line is None:
+                line = await _lines_before(source, view, part.seq) + sum(x.lines for x in chunks if x.end <= c.offset)
+            if len(rows) == INDEX_MAX_CHUNKS:
+                more = True
+                break
+            rows.append([c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns])
+    if line is None and start == view.size:  # nothing after: every line of the log ends before `start`
+        line = await _lines_before(source, view, max((p.seq for p in view.parts), default=0) + 1)
+    return web.json_response({"size": view.size, "status": view.status, "line": line, "columns": INDEX_COLUMNS,
+                              "chunks": rows, "more": more}, headers={"Cache-Control": "no-cache"})
+
+
+async def _lines_before(source: Source, view: LogView, seq: int) -> int:
+    """The lines of segments 1..seq-1: the manifest's counts (dropped segments too), else their index."""
+    known = {s["seq"]: s["lines"] for s in (view.doc or {}).get("segments", [])}
+    known.update({d["seq"]: d.get("lines", 0) for d in view.dropped})
+    parts = {p.seq: p for p in view.parts}
+    total = 0
+    for s in range(1, seq):
+        if s in known:
+            total += known[s]
+        elif (p := parts.get(s)) is not None:
+            total += p.entry["lines"] if p.entry is not None else sum(c.lines for c in await source.chunks(view, p))
+    return total
+
+
 # --- every host of a task --------------------------------------------------------------------
 
 

@@ -166,6 +166,33 @@ def _paths() -> dict[str, Any]:
                 **_LOG_ERRORS,
             },
         }},
+        "/api/v1/tasks/{task}/hosts/{host}/index": {"get": {
+            "operationId": "getLogIndex", "tags": ["logs"],
+            "summary": "The chunk index of a byte range: each chunk's offset, length, lines, stream, flags, time",
+            "description": "The records overlapping [start, end), at most 20,000 (`more`: ask again from the last "
+                           "chunk's end). `line` is the number of lines that end before the first chunk, so a "
+                           "client reading those bytes by Range numbers every line exactly (as `line_no` of "
+                           "search and SQL). Chunks are cut at line ends per stream (docs/format.md).",
+            "parameters": [_TASK, _HOST,
+                           {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                           {"name": "end", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                            "description": "default: the log's size"}],
+            "responses": {
+                "200": {"description": "the records", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["size", "status", "line", "columns", "chunks", "more"],
+                    "properties": {
+                        "size": {"type": "integer"}, "status": {"type": "string", "enum": _STATUS_ENUM},
+                        "line": _nullable("integer", description="lines ended before the first chunk (null: "
+                                                                 "no chunk)"),
+                        "columns": {"type": "array", "items": {"type": "string"},
+                                    "description": "offset, length, lines, stream, flags (1 partial, 2 "
+                                                   "recovered), ts (ns)"},
+                        "chunks": {"type": "array", "items": {"type": "array"}},
+                        "more": {"type": "boolean"}}}}}},
+                "416": _error("`start` is past the end of the log.", _CONTENT_RANGE_416),
+                **_LOG_ERRORS,
+            },
+        }},
         "/api/v1/tasks/{task}/log": {"get": {
             "operationId": "getTaskLogs", "tags": ["logs"],
             "summary": "Every host's log of a task, one after another, each under a header line "
@@ -214,6 +241,20 @@ def _paths() -> dict[str, Any]:
                     "hits": {"type": "array", "items": _ref("SearchHit")}, "more": {"type": "boolean"},
                     "elapsed_ms": {"type": "integer"}}}}}},
                 "400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS},
+        }},
+        "/": {"get": {
+            "operationId": "webPage", "summary": "The web page: tasks, a live log view, search, downloads",
+            "tags": ["web"], "security": [],
+            "responses": {"200": {"description": "HTML (it holds no data; it calls this API with its token)",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/web/{name}": {"get": {
+            "operationId": "webAsset", "summary": "The web page's scripts and styles", "tags": ["web"],
+            "security": [], "parameters": [{"name": "name", "in": "path", "required": True,
+                                            "schema": {"type": "string", "examples": ["app.js"]}}],
+            "responses": {"200": {"description": "the file (ETag; 304 to If-None-Match)", "content": {
+                "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                "404": {"$ref": "#/components/responses/NotFound"}},
         }},
         "/healthz": {"get": {
             "operationId": "healthz", "summary": "Liveness", "tags": ["operations"], "security": [],
@@ -326,7 +367,7 @@ def _document() -> dict[str, Any]:
                  "description": "Logs are identified by (task, host). Byte-exact bytes come from `/log`; "
                                 "`/tail` is the live view as text. Errors are JSON `Error` bodies."},
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
-        "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"},
+        "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"}, {"name": "web"},
                  {"name": "ibex", "description": "Nightingale ibex's read routes over `logship run --ibex` logs"}],
         "security": [{"bearer": []}, {"token": []}],
         "paths": {**_paths(), **ibex.openapi_paths()},

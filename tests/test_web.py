@@ -1,0 +1,477 @@
+"""The web page in a real browser (Debian's chromium driven by Playwright) against a real stack: SeaweedFS,
+agents, a watcher and `logship serve`. Also the chunk index route the page reads line numbers from."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from shipper import index, names, s3local
+
+from .support import LOGSHIP, ROOT, agent_env, config, run_agent, spooled, start_agent, start_watcher, stop_agent, \
+    watch_once
+
+pytestmark = pytest.mark.timeout(300)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_ROWS = 5000  # app.js keeps at most this many line elements
+SCREENSHOT = ROOT / "docs" / "web.png"
+RED = "\x1b[31m"
+RESET = "\x1b[0m"
+
+Browser = Any  # playwright.sync_api.Browser (imported only when the browser tests run)
+Page = Any
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+class Stack:
+    """A spool, a store under a fresh prefix of the session's SeaweedFS, and the processes around them."""
+
+    def __init__(self, tmp_path: Path, s3: s3local.LocalS3, **env: str) -> None:
+        self.cfg = config(tmp_path, LOGSHIP_STORE_URL=f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
+                          LOGSHIP_STORE_ENDPOINT=s3.endpoint, LOGSHIP_STORE_ACCESS_KEY=s3.access_key,
+                          LOGSHIP_STORE_SECRET_KEY=s3.secret_key, LOGSHIP_WATCH_CHECKPOINT_SECONDS="0.5", **env)
+        self.env = agent_env(self.cfg)
+        self.spool = self.cfg.spool_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.agents: list[tuple[subprocess.Popen[bytes], str, str]] = []
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def run(self, task: str, script: str, host: str = "h1") -> subprocess.CompletedProcess[bytes]:
+        return run_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env)
+
+    def start(self, task: str, script: str, host: str = "h1") -> subprocess.Popen[bytes]:
+        p = start_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.agents.append((p, task, host))
+        wait_for(lambda: (self.spool / task / host / names.RUN_FILE).exists(), 20, "the agent did not start")
+        return p
+
+    def watcher(self) -> None:
+        self.procs.append(start_watcher(self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def serve(self, **env: str) -> subprocess.Popen[bytes]:
+        """`logship serve` on this stack's port, once it answers."""
+        p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}",
+                                                      **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(p)
+
+        def up() -> bool:
+            assert p.poll() is None, p.stderr.read().decode() if p.stderr else p.returncode
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, 30, "logship serve did not answer")
+        return p
+
+    def close(self) -> None:
+        for p, task, host in self.agents:
+            stop_agent(p, self.spool, task, host)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, local_s3: s3local.LocalS3) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        made.append(Stack(tmp_path, local_s3, **env))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+# --- the browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: `infra/dev test` installs the Debian package (apt-get)")
+        pytest.skip("no chromium on PATH: install the Debian package `chromium` (infra/dev test does, with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+    assert not errors, errors  # no uncaught exception in the page's script
+
+
+def rows(page: Page) -> list[dict[str, Any]]:
+    """The log view's line rows as the page has them: number, stream, text (partial rows left out)."""
+    result: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r", """els => els.map(e => ({
+        n: e.dataset.n ? Number(e.dataset.n) : null, stream: e.dataset.stream,
+        err: e.classList.contains('e'), text: e.querySelector('.x').textContent}))""")
+    return result
+
+
+def texts(page: Page) -> list[str]:
+    return [r["text"] for r in rows(page)]
+
+
+def conn_state(page: Page) -> str:
+    state: str = page.get_attribute("#conn", "data-state")
+    return state
+
+
+# --- live --------------------------------------------------------------------------------------
+
+
+def ticker(n: int, gap: float, stderr_every: int = 0, start: int = 1) -> str:
+    """A task writing n numbered lines, one every `gap` s; every `stderr_every`-th to stderr; line 3 in red."""
+    return (f"import sys, time\nfor i in range({start}, {start + n}):\n"
+            f"    f = sys.stderr if {stderr_every} and i % {stderr_every or 1} == 0 else sys.stdout\n"
+            f"    text = 'tick %04d' % i\n"
+            "    if i == 3: text = 'tick 0003 \\x1b[31mred alert\\x1b[0m after'\n"
+            f"    f.write(text + '\\n'); f.flush(); time.sleep({gap})\n")
+
+
+def ticks(n: int, start: int = 1) -> list[str]:
+    return ["tick 0003 red alert after" if i == 3 else f"tick {i:04d}" for i in range(start, start + n)]
+
+
+def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[..., Stack], page: Page) -> None:
+    st = stack()
+    st.watcher()
+    st.serve()
+    n = 60
+    proc = st.start("live", ticker(n, 0.1, stderr_every=5))
+    page.goto(f"{st.base}/#/t/live/h1")
+    page.wait_for_selector("#rows .r")
+    seen: list[int] = []
+    while proc.poll() is None:  # while it runs, the rows grow, always the first k lines in order
+        got = texts(page)
+        assert got == ticks(n)[:len(got)], got
+        seen.append(len(got))
+        time.sleep(0.25)
+    assert len(set(seen)) >= 5 and seen[0] < n // 2, seen
+    page.wait_for_selector("#conn[data-state=ended]")
+    assert proc.returncode == 0
+    got = rows(page)
+    assert [r["text"] for r in got] == ticks(n)
+    assert [r["n"] for r in got] == list(range(1, n + 1))
+    assert [r["stream"] for r in got] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
+    assert all(r["err"] == (r["stream"] == "stderr") for r in got)  # stderr rows are marked
+    assert "exit 0" in page.inner_text("#conn") and page.inner_text("#log-status").startswith("finished")
+    red = page.locator("#rows .r[data-n='3'] .x span")
+    assert red.inner_text() == "red alert"
+    r, g, b = map(int, red.evaluate("e => getComputedStyle(e).color").strip("rgb()").split(","))
+    assert r > 180 and g < 100 and b < 100, (r, g, b)
+
+    # stdout and stderr filters; timestamps and line numbers toggles
+    page.uncheck("#show-err")
+    assert not page.locator("#rows .r[data-n='5']").is_visible() and page.locator("#rows .r[data-n='4']").is_visible()
+    page.check("#show-err")
+    page.uncheck("#show-out")
+    assert page.locator("#rows .r[data-n='5']").is_visible() and not page.locator("#rows .r[data-n='4']").is_visible()
+    page.check("#show-out")
+    assert not page.locator("#rows .r[data-n='1'] .t").is_visible()
+    page.check("#show-ts")
+    assert page.locator("#rows .r[data-n='1'] .t").inner_text().count(":") == 2
+    page.uncheck("#show-n")
+    assert not page.locator("#rows .r[data-n='1'] .n").is_visible()
+    page.check("#show-n")
+    screenshot(page, st)
+
+
+def screenshot(page: Page, st: Stack) -> None:
+    """docs/web.png: a log with colours and both streams, as the README shows it."""
+    demo = ("import sys, time\n"
+            "E = '\\x1b['\n"
+            "out, err = sys.stdout, sys.stderr\n"
+            "lines = [(out, 'building 12 targets'), (out, E + '32m✔' + E + '0m compile  src/agent.c'),\n"
+            "  (out, E + '32m✔' + E + '0m compile  src/spool.c'), (out, E + '33mwarning:' + E + '0m unused var q'),\n"
+            "  (err, E + '31merror:' + E + '0m disk quota 91% on /var (retrying)'),\n"
+            "  (out, E + '1;34m==>' + E + '0m upload 3 segments ' + E + '2m(zstd -1)' + E + '0m'),\n"
+            "  (err, 'Traceback: TimeoutError at upload.py:88'), (out, E + '36mretry 1/5' + E + '0m in 0.5 s'),\n"
+            "  (out, E + '32m✔' + E + '0m upload done: 48.2 MiB at 121 MB/s')]\n"
+            "for i in range(4):\n"
+            "    for f, text in lines:\n"
+            "        f.write(text + '\\n'); f.flush(); time.sleep(0.01)\n")
+    assert st.run("nightly-build", demo).returncode == 0
+    page.set_viewport_size({"width": 1100, "height": 560})
+    page.goto(f"{st.base}/#/t/nightly-build/h1")
+    page.wait_for_selector("#conn[data-state=ended]")
+    page.fill("#q", "disk quota")
+    page.screenshot(path=str(SCREENSHOT))
+
+
+def test_the_page_reconnects_after_an_api_restart(stack: Callable[..., Stack], page: Page) -> None:
+    st = stack()
+    st.watcher()
+    api = st.serve()
+    n = 80
+    proc = st.start("restart", ticker(n, 0.1, stderr_every=7))
+    page.goto(f"{st.base}/#/t/restart/h1")
+    wait_for(lambda: len(texts(page)) >= 10, 20, "no lines")
+    assert conn_state(page) == "connected"
+
+    page.click("#pause")  # pause: no new lines; resume: they all come, from where it stopped
+    assert conn_state(page) == "paused"
+    held = len(texts(page))
+    time.sleep(0.6)
+    assert len(texts(page)) == held
+    page.click("#pause")
+    wait_for(lambda: len(texts(page)) > held + 5, 20, "no lines after resume")
+
+    api.send_signal(signal.SIGKILL)
+    api.wait()
+    page.wait_for_selector("#conn[data-state=reconnecting]")
+    before = len(texts(page))
+    time.sleep(1.5)  # the task writes on meanwhile
+    st.serve()
+    page.wait_for_selector("#conn[data-state=connected], #conn[data-state=ended]")
+    assert proc.wait(30) == 0
+    page.wait_for_selector("#conn[data-state=ended]")
+    assert before < n
+    assert texts(page) == ticks(n)  # every line once, in order
+    assert [r["n"] for r in rows(page)] == list(range(1, n + 1))
+
+
+# --- a large log ---------------------------------------------------------------------------------
+
+BIG_LINES = 2_000_000  # 100 bytes each: 200 MB
+BIG = f"""
+import sys
+w = sys.stdout.buffer.write
+pad = b"." * 84  # 100 bytes a line
+for k in range(1, {BIG_LINES} + 1, 20000):
+    w(b"".join(b"line %09d %s\\n" % (i, pad) for i in range(k, k + 20000)))
+"""
+
+
+def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callable[..., Stack], page: Page,
+                                                                   tmp_path: Path) -> None:
+    st = stack(LOGSHIP_SPOOL_SEGMENT_BYTES="32MiB", LOGSHIP_QUERY_COPY="false")
+    assert st.run("big", BIG).returncode == 0
+    res = watch_once(st.env)
+    assert res.returncode == 0, res.stderr
+    st.serve(LOGSHIP_SPOOL_DIR=str(tmp_path / "empty-spool"))  # the archive only: an API on another host
+    size = BIG_LINES * 100
+
+    started = time.monotonic()
+    page.goto(f"{st.base}/#/t/big/h1")
+    page.wait_for_selector(f"#rows .r[data-n='{BIG_LINES}']")
+    opened = time.monotonic() - started
+    assert opened < 5, opened
+    assert page.locator(f"#rows .r[data-n='{BIG_LINES}']").is_visible()  # the end is in view
+    last = rows(page)
+    assert last[-1]["text"].startswith(f"line {BIG_LINES:09d} ") and len(last) <= MAX_ROWS
+    assert page.inner_text("#log-size") == "191 MiB" and size == 200_000_000
+
+    # scrolling up loads earlier parts by Range; the page keeps a bounded number of rows
+    first = last[0]["n"]
+    for _ in range(4):
+        page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
+        wait_for(lambda: rows(page)[0]["n"] < first, 10, "scrolling up loaded nothing")
+        got = rows(page)
+        assert len(got) <= MAX_ROWS
+        assert [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))  # contiguous
+        assert all(r["text"].startswith(f"line {r['n']:09d} ") for r in got)
+        first = got[0]["n"]
+    assert page.locator("#top-edge").is_visible() and page.locator("#bottom-edge").is_visible()
+
+    page.click("#log")
+    page.keyboard.press("Home")  # jump to the first line
+    page.wait_for_selector("#rows .r[data-n='1']")
+    got = rows(page)
+    assert got[0]["text"] == f"line {1:09d} {'.' * 84}" and len(got) <= MAX_ROWS
+    assert page.locator("#rows .r[data-n='1']").is_visible()
+    page.keyboard.press("End")
+    page.wait_for_selector(f"#rows .r[data-n='{BIG_LINES}']")
+    assert len(rows(page)) <= MAX_ROWS
+
+
+# --- the task list, search, downloads, tokens, all hosts ------------------------------------------------
+
+
+def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: Page, browser: Browser) -> None:
+    token = secrets.token_urlsafe(24)
+    st = stack(LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB")
+    lines = [f"{RED}step {i}{RESET} ok" if i != 777 else "Disk Full on /dev/sda" for i in range(1, 1001)]
+    script = ("import sys, json\nfor i, l in enumerate(json.loads(sys.argv[1]), 1):\n"
+              "    (sys.stderr if i % 10 == 0 else sys.stdout).write(l + '\\n')\nsys.exit(3)\n")
+    for host in ("h1", "h2"):
+        res = run_agent(st.spool, "alpha", [sys.executable, "-c", script, json.dumps(lines)], host=host, env=st.env)
+        assert res.returncode == 3
+    assert st.run("beta", "print('beta done')").returncode == 0
+    res = watch_once(st.env)
+    assert res.returncode == 0, res.stderr
+    st.start("gamma", ticker(600, 0.1))
+    st.serve(LOGSHIP_API_TOKENS=token)
+
+    page.goto(f"{st.base}/?token={token}#/")
+    page.wait_for_selector("#tasks tbody tr[data-task=gamma]")
+    assert "token" not in page.url and page.evaluate("localStorage.getItem('logship.token')") == token
+
+    def table() -> dict[str, list[str]]:
+        got: list[list[str]] = page.eval_on_selector_all(
+            "#tasks tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.innerText.trim()))")
+        return {f"{r[1].split()[0]}/{r[2]}": r for r in got}
+
+    t = table()
+    assert set(t) == {"alpha/h1", "alpha/h2", "beta/h1", "gamma/h1"}
+    assert t["alpha/h1"][0] == "finished" and t["alpha/h1"][6] == "3" and t["beta/h1"][6] == "0"
+    assert t["gamma/h1"][0] == "running" and t["gamma/h1"][6] == "—" and "all 2 hosts" in t["alpha/h2"][1]
+    assert t["alpha/h1"][5].endswith("KiB") and t["gamma/h1"][5] != "—"
+    page.select_option("#f-status", "running")
+    wait_for(lambda: set(table()) == {"gamma/h1"}, 10, "the status filter")
+    page.select_option("#f-status", "")
+    page.fill("#f-task", "alp")
+    wait_for(lambda: set(table()) == {"alpha/h1", "alpha/h2"}, 10, "the task filter")
+    page.fill("#f-task", "")
+    assert st.run("delta", "print('late')").returncode == 0  # the list refreshes itself
+    wait_for(lambda: "delta/h1" in table(), 10, "a new log did not show up")
+
+    # search: any case by default; a hit opens its log at its line
+    page.fill("#q", "disk full")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#hits li")
+    hits = page.eval_on_selector_all("#hits li a", "as => as.map(a => a.textContent)")
+    # the line's number in the log: the streams interleave as they arrived, not in the program's order
+    numbers = {h: spooled(st.spool, "alpha", h).split(b"Disk Full")[0].count(b"\n") + 1 for h in ("h1", "h2")}
+    assert sorted(hits) == [f"alpha/{h}:{n}" for h, n in sorted(numbers.items())]
+    page.click(f"#hits li a >> text=alpha/h2:{numbers['h2']}")
+    page.wait_for_selector("#rows .r.hit")
+    hit = page.locator("#rows .r.hit")
+    assert hit.get_attribute("data-n") == str(numbers["h2"]) and hit.locator(".x").inner_text() == "Disk Full on /dev/sda"
+    assert hit.is_visible()
+    near = {r["text"]: r for r in rows(page)}
+    assert near["step 770 ok"]["stream"] == "stderr" and near["step 771 ok"]["stream"] == "stdout"
+
+    # downloads: the whole log and one stream, byte-exact (the links carry the token)
+    def download(sel: str) -> bytes:
+        with page.expect_download() as d:
+            page.click(sel)
+        return Path(d.value.path()).read_bytes()
+
+    whole = spooled(st.spool, "alpha", "h2")
+    assert download("#dl-all") == whole
+    assert download("#dl-err").decode() == "".join(f"{lines[i - 1]}\n" for i in range(10, 1001, 10))
+
+    # all hosts of a task: both hosts' lines, each marked with its host
+    page.goto(f"{st.base}/#/t/alpha")
+    wait_for(lambda: page.locator("#rows .r[data-host=h2]").count() == 200 and
+             page.locator("#rows .r[data-host=h1]").count() == 200, 20, "all hosts' tails")
+    assert page.locator("#rows .r[data-host=h1] .h").first.inner_text() == "h1"
+
+    # a live log with a token: the WebSocket passes it as ?token=
+    page.goto(f"{st.base}/#/t/gamma/h1")
+    page.wait_for_selector("#conn[data-state=connected]")
+    wait_for(lambda: len(texts(page)) >= 3, 10, "no live lines")
+
+    # without a token the page asks for one
+    other = browser.new_context()
+    try:
+        p2 = other.new_page()
+        p2.goto(f"{st.base}/#/")
+        p2.wait_for_selector("#token-dialog[open]")
+        p2.fill("#token", token)
+        p2.click("#token-dialog button")
+        p2.wait_for_selector("#tasks tbody tr[data-task=alpha]")
+    finally:
+        other.close()
+
+
+# --- the chunk index route ----------------------------------------------------------------------------
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_index_route_numbers_lines_anywhere_in_the_log(stack: Callable[..., Stack], tmp_path: Path) -> None:
+    st = stack(LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB")
+    script = ("import sys, time\nfor i in range(6000):\n"
+              "    f = sys.stderr if i % 3 == 0 else sys.stdout\n"
+              "    f.write('%d %s\\n' % (i, 'y' * (i % 40))); f.flush()\n"
+              "    if i % 1000 == 0: sys.stdout.write('partial '); sys.stdout.flush(); time.sleep(0.08)\n")
+    assert st.run("idx", script).returncode == 0
+    data = spooled(st.spool, "idx")
+    d = st.spool / "idx" / "h1"
+    chunks = [c for p in sorted(d.glob("*.idx")) for c in index.read(str(p))]
+    assert len(chunks) > 50 and len(list(d.glob("*.idx"))) >= 3 and any(c.flags & index.PARTIAL for c in chunks)
+    res = watch_once(st.env)
+    assert res.returncode == 0, res.stderr
+    for spool in (str(st.spool), str(tmp_path / "empty-spool")):  # beside the spool; from the store's segments
+        api = st.serve(LOGSHIP_SPOOL_DIR=spool)
+        url = f"{st.base}/api/v1/tasks/idx/hosts/h1/index"
+        for start, end in ((0, 100), (70_000, 140_000), (len(data) - 5000, len(data)), (123_457, 123_458)):
+            status, body = get_json(f"{url}?start={start}&end={end}")
+            assert status == 200 and body["size"] == len(data) and not body["more"]
+            want = [c for c in chunks if c.end > start and c.offset < end]
+            assert body["chunks"] == [[c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns] for c in want]
+            assert body["line"] == data.count(b"\n", 0, want[0].offset)
+        status, body = get_json(f"{url}?start={len(data)}")
+        assert status == 200 and body["chunks"] == [] and body["line"] == data.count(b"\n")
+        status, body = get_json(f"{url}?start={len(data) + 1}")
+        assert status == 416 and body["error"] == "bad_range"
+        assert get_json(f"{url}?start=x")[0] == 400
+        api.terminate()
+        api.wait(20)
