@@ -4,9 +4,11 @@ from the ibex-shaped routes of a real `logship serve`, live and from the S3 arch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +204,33 @@ def test_a_running_ibex_task_is_live_on_the_ibex_routes(tmp_path: Path, api: Api
     finally:
         task.kill()
         task.wait()
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.xfail(strict=True, reason="the agent runs the task in a process group of its own, out of reach of "
+                   "Categraf's kill(-pgid, SIGKILL); needs Agent(own_group=False) for ibex (docs/ibex.md, Limits)")
+def test_nightingales_kill_stops_the_script(tmp_path: Path) -> None:
+    cat = Categraf(tmp_path, env_for(tmp_path / "spool"))
+    cat.script(504, SLOW)
+    # Categraf: Setsid for the `sh -c`, and its kill action is SIGKILL to that whole process group
+    sh = subprocess.Popen(cat.command(504, str(tmp_path / "never")), env=cat.env, cwd=cat.home,
+                          stdout=subprocess.PIPE, start_new_session=True)
+    run = tmp_path / "spool" / "ibex-504" / default_host() / names.RUN_FILE
+    assert eventually(run.exists)
+    task = json.loads(run.read_bytes())["child_pid"]
+    os.killpg(sh.pid, signal.SIGKILL)
+    sh.wait()
+    try:
+        assert eventually(lambda: _dead(task), timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(task, signal.SIGKILL)
 
 
 def test_without_a_script_in_the_command_ibex_says_what_to_do(tmp_path: Path) -> None:
