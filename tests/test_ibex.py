@@ -227,7 +227,7 @@ def test_nightingales_kill_stops_the_script(tmp_path: Path) -> None:
     os.killpg(sh.pid, signal.SIGKILL)
     sh.wait()
     try:
-        assert eventually(lambda: _dead(task), timeout=5)
+        assert eventually(lambda: _dead(task), timeout=2)
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(task, signal.SIGKILL)
