@@ -339,6 +339,13 @@ def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callabl
     got = rows(page)
     assert got[0]["text"] == f"line {1:09d} {'.' * 84}" and len(got) <= MAX_ROWS
     assert page.locator("#rows .r[data-n='1']").is_visible()
+    for _ in range(3):  # scrolling down from there loads the next parts
+        end = rows(page)[-1]["n"]
+        page.eval_on_selector("#log", "e => { e.scrollTop = e.scrollHeight; }")
+        wait_for(lambda: rows(page)[-1]["n"] > end, 10, "scrolling down loaded nothing")
+        got = rows(page)
+        assert len(got) <= MAX_ROWS and [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))
+        assert all(r["text"].startswith(f"line {r['n']:09d} ") for r in got)
     page.keyboard.press("End")
     page.wait_for_selector(f"#rows .r[data-n='{BIG_LINES}']")
     assert len(rows(page)) <= MAX_ROWS

@@ -1,0 +1,477 @@
+// The log view: one host's log as a window over its bytes, or every host of a task merged by time.
+//
+// The window [lo, hi) opens at the end (the last CHUNK bytes by Range), loads earlier chunks by Range
+// as you scroll up and later ones as you scroll down, and keeps at most MAX_ROWS rows in the page,
+// dropping the far end. The chunk index (GET …/index) gives each chunk's stream and time and the
+// number of lines before it, so line numbers and stdout/stderr are exact wherever the window is. New
+// bytes come from the live tail (WebSocket) while the window holds the end; the tail reconnects from
+// its last offset, so nothing is shown twice or missed.
+
+import { API, api, apiJSON, logPath } from './api.js';
+import { $, el, fmtBytes, setText, showError } from './dom.js';
+import { Assembler, countNewlines, rowElement, skippedRow } from './lines.js';
+import { Tail, showConn } from './tail.js';
+
+const CHUNK = 256 * 1024; // bytes per Range read
+export const MAX_ROWS = 5000; // line elements kept in the page
+const TAIL_LINES = 200; // lines per host the all-hosts view starts with
+
+export class LogView {
+  constructor(task, host, at) {
+    this.task = task;
+    this.host = host;
+    this.at = at; // a byte offset to open at (a search hit), else the end
+    this.log = $('#log');
+    this.rowsEl = $('#rows');
+    this.partialEl = $('#partial');
+    this.rows = []; // {off, end, n, stream, ts, text, el}, in line order
+    this.lo = this.hi = 0; // the window's bytes
+    this.bottom = new Assembler(0); // lines at the window's end, continued by later bytes
+    this.liveEnd = 0; // the offset after the last byte the tail gave
+    this.attached = false; // the window ends where the tail is: its bytes are appended
+    this.following = true;
+    this.gen = 0; // bumped by each jump: answers for an older window are dropped
+    this.loading = null;
+    this.newLines = 0;
+    this.paused = false;
+  }
+
+  async open() {
+    this.clear();
+    setText('#log-size', '');
+    const meta = await apiJSON(logPath(this.task, this.host));
+    this.meta = meta;
+    this.liveEnd = meta.live_size;
+    this.showMeta();
+    if (this.at != null && this.at < meta.live_size) await this.loadAround(this.at);
+    else await this.loadEnd();
+    this.tail = new Tail(this.task, this.host, { from: this.liveEnd }, {
+      data: (off, bytes, stream, ts) => this.onData(off, bytes, stream, ts),
+      skipped: (m) => this.onSkipped(m),
+      end: (m) => this.onEnd(m),
+      error: (m) => showError(`tail: ${m.detail}`),
+      state: () => showConn([this.tail]),
+    });
+    if (!this.paused) this.tail.start();
+  }
+
+  close() {
+    this.gen++;
+    if (this.tail) this.tail.stop('closed');
+  }
+
+  showMeta() {
+    const m = this.meta;
+    const badge = $('#log-status');
+    badge.textContent = m.status + (m.exit_code != null ? ` · exit ${m.exit_code}` : '');
+    badge.dataset.status = m.status;
+    setText('#log-size', fmtBytes(Math.max(m.live_size, this.liveEnd)));
+  }
+
+  // --- reading by Range --------------------------------------------------------------------------
+
+  async index(start, end) {
+    return apiJSON(`${logPath(this.task, this.host)}/index?start=${start}&end=${end}`);
+  }
+
+  async bytes(a, b) {
+    const r = await api(`${logPath(this.task, this.host)}/log`, { headers: { Range: `bytes=${a}-${b - 1}` } });
+    return new Uint8Array(await r.arrayBuffer());
+  }
+
+  // The lines of `chunks` between offsets a and b, fed to `asm`.
+  async linesOf(chunks, a, b, asm) {
+    const out = [];
+    if (b <= a) return out;
+    const data = await this.bytes(a, b);
+    for (const [off, len, , stream, , ts] of chunks) {
+      const s = Math.max(off, a), e = Math.min(off + len, b);
+      if (s < e) asm.feed(s, data.subarray(s - a, e - a), stream, ts, out);
+    }
+    return out;
+  }
+
+  // A new window of the chunks overlapping [a, b); keep = which end to keep if it has too many lines.
+  async loadWindow(a, b, keep) {
+    const gen = ++this.gen;
+    const idx = await this.index(a, b);
+    const asm = new Assembler(idx.line ?? 0);
+    let lo = a, hi = a, rows = [];
+    if (idx.chunks.length) {
+      const last = idx.chunks[idx.chunks.length - 1];
+      lo = idx.chunks[0][0];
+      hi = last[0] + last[1];
+      rows = await this.linesOf(idx.chunks, lo, hi, asm);
+    }
+    if (gen !== this.gen) return false;
+    this.clear();
+    this.lo = lo;
+    this.hi = hi;
+    this.firstLine = idx.line ?? 0;
+    this.bottom = asm;
+    this.attached = hi >= this.liveEnd || hi >= idx.size;
+    this.liveEnd = Math.max(this.liveEnd, hi);
+    if (typeof keep === 'number' && rows.length > MAX_ROWS) { // the rows around offset `keep`
+      const at = rows.findIndex((r) => r.end > keep);
+      const from = Math.max(0, Math.min((at < 0 ? rows.length : at) - MAX_ROWS / 2, rows.length - MAX_ROWS));
+      if (from > 0) {
+        const gone = rows.splice(0, from);
+        this.lo = gone[gone.length - 1].end;
+        this.firstLine = gone[gone.length - 1].c;
+      }
+    }
+    this.insert(rows, 'append', keep === 'end' ? { keep: 'end', drop: 'top' } : { keep: 'start', drop: 'bottom' });
+    return true;
+  }
+
+  async loadEnd() {
+    const end = this.tail ? this.liveEnd : this.meta.live_size;
+    if (await this.loadWindow(Math.max(0, end - CHUNK), end, 'end')) {
+      this.setFollowing(true);
+      this.scrollBottom();
+    }
+  }
+
+  async loadAround(at) {
+    if (await this.loadWindow(Math.max(0, at - CHUNK / 2), at + CHUNK / 2, at)) {
+      this.setFollowing(false);
+      const row = this.rows.find((r) => r.end > at) || this.rows[this.rows.length - 1];
+      if (row) {
+        row.el.classList.add('hit');
+        row.el.scrollIntoView({ block: 'center' });
+      }
+      this.checkEdges();
+    }
+  }
+
+  async loadStart() {
+    if (await this.loadWindow(0, CHUNK, 'start')) {
+      this.setFollowing(false);
+      this.log.scrollTop = 0;
+      this.checkEdges();
+    }
+  }
+
+  // Earlier bytes, as the user scrolls up.
+  loadEarlier() {
+    if (this.loading || this.lo <= 0) return;
+    const gen = this.gen, lo = this.lo;
+    this.loading = (async () => {
+      const idx = await this.index(Math.max(0, lo - CHUNK), lo);
+      if (!idx.chunks.length) { if (gen === this.gen) this.lo = 0; return; }
+      const a = idx.chunks[0][0];
+      const rows = await this.linesOf(idx.chunks, a, lo, new Assembler(idx.line ?? 0));
+      if (gen !== this.gen) return;
+      this.lo = a;
+      this.firstLine = idx.line ?? 0;
+      this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
+    })();
+    this.settle();
+  }
+
+  // Later bytes, as the user scrolls down a window that no longer holds the end.
+  loadLater() {
+    if (this.loading || this.attached) return;
+    const gen = this.gen, hi = this.hi;
+    this.loading = (async () => {
+      const idx = await this.index(hi, Math.max(hi + 1, Math.min(hi + CHUNK, this.liveEnd)));
+      if (gen !== this.gen) return;
+      let rows = [], end = hi;
+      if (idx.chunks.length) {
+        const last = idx.chunks[idx.chunks.length - 1];
+        end = last[0] + last[1];
+        rows = await this.linesOf(idx.chunks, hi, end, this.bottom);
+        if (gen !== this.gen) return;
+      }
+      this.hi = end;
+      this.attached = end >= this.liveEnd || end >= idx.size;
+      this.liveEnd = Math.max(this.liveEnd, end);
+      this.insert(rows, 'append', { keep: 'start', limit: MAX_ROWS / 2, drop: 'top' });
+      if (this.attached) this.showNewLines(0);
+    })();
+    this.settle();
+  }
+
+  settle() {
+    this.loading.catch((e) => showError(e.message)).finally(() => {
+      this.loading = null;
+      this.checkEdges();
+    });
+  }
+
+  checkEdges() {
+    this.showEdges();
+    if (this.loading) return;
+    const margin = this.log.clientHeight;
+    if (this.log.scrollTop < margin && this.lo > 0 && !this.following) this.loadEarlier();
+    else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
+      this.loadLater();
+    }
+  }
+
+  showEdges() {
+    const top = $('#top-edge'), bottom = $('#bottom-edge');
+    top.textContent = this.lo > 0 ? `⇡ ${fmtBytes(this.lo)} before — scroll up or press Home for the first line` : '';
+    top.hidden = this.lo <= 0;
+    bottom.textContent = this.attached ? '' : `⇣ ${fmtBytes(this.liveEnd - this.hi)} after — scroll down or press End`;
+    bottom.hidden = this.attached;
+  }
+
+  // --- the rows in the page ----------------------------------------------------------------------
+
+  clear() {
+    this.rows = [];
+    this.rowsEl.replaceChildren();
+    this.partialEl.replaceChildren();
+    this.showNewLines(0);
+  }
+
+  // Add a batch of rows at one end, keeping at most MAX_ROWS in the page. A batch over `limit` keeps its
+  // `keep` end (the one next to the rows shown, or the newest); older rows go from the `drop` end
+  // ('none': the batch is cut to the room left).
+  insert(rows, where, { keep, limit = MAX_ROWS, drop }) {
+    if (drop === 'none') limit = Math.min(limit, MAX_ROWS - this.rows.length);
+    if (rows.length > limit) { // leave out what would be dropped at once, before making elements
+      if (keep === 'end') {
+        if (where === 'append') this.dropTop(this.rows.length); // all of them are older than the batch
+        const gone = rows.splice(0, rows.length - limit);
+        this.lo = gone[gone.length - 1].end;
+        this.firstLine = gone[gone.length - 1].c;
+      } else {
+        if (where === 'prepend') this.dropBottom(this.rows.length);
+        rows.splice(limit);
+        this.cutBottomAt(rows[rows.length - 1] || this.rows[this.rows.length - 1]);
+      }
+    }
+    const frag = document.createDocumentFragment();
+    for (const r of rows) { r.el = rowElement(r); frag.append(r.el); }
+    if (where === 'prepend') {
+      const before = this.log.scrollHeight;
+      this.rowsEl.prepend(frag);
+      this.rows = rows.concat(this.rows);
+      this.log.scrollTop += this.log.scrollHeight - before;
+    } else {
+      this.rowsEl.append(frag);
+      this.rows = this.rows.concat(rows);
+    }
+    const extra = this.rows.length - MAX_ROWS;
+    if (extra > 0 && drop === 'top') this.dropTop(extra);
+    else if (extra > 0) this.dropBottom(extra);
+    this.renderPartials();
+    this.showEdges();
+  }
+
+  dropTop(n) {
+    if (n <= 0) return;
+    const keepFirst = this.rows[n];
+    const shift = keepFirst ? keepFirst.el.offsetTop - this.rows[0].el.offsetTop : 0;
+    const gone = this.rows.splice(0, n);
+    for (const r of gone) r.el.remove();
+    const last = gone[gone.length - 1];
+    this.lo = last.end;
+    this.firstLine = last.c;
+    if (!this.following) this.log.scrollTop -= shift;
+  }
+
+  dropBottom(n) {
+    if (n <= 0) return;
+    const gone = this.rows.splice(this.rows.length - n, n);
+    for (const r of gone) r.el.remove();
+    this.cutBottomAt(this.rows[this.rows.length - 1]);
+  }
+
+  // The window now ends after `row`: later bytes come again by Range when scrolled to.
+  cutBottomAt(row) {
+    this.hi = row ? row.end : this.lo;
+    this.bottom = new Assembler(row ? row.c : this.firstLine);
+    this.attached = false;
+    this.partialEl.replaceChildren();
+  }
+
+  renderPartials() {
+    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement(r)));
+  }
+
+  // --- the tail ----------------------------------------------------------------------------------
+
+  onData(off, bytes, stream, ts) {
+    const end = off + bytes.length;
+    if (this.attached && end > this.hi) {
+      if (off < this.hi) { bytes = bytes.subarray(this.hi - off); off = this.hi; }
+      const rows = [];
+      this.bottom.feed(off, bytes, stream, ts, rows);
+      this.hi = end;
+      this.queue(rows);
+    } else if (!this.attached) {
+      this.showNewLines(this.newLines + countNewlines(bytes));
+    }
+    this.liveEnd = Math.max(this.liveEnd, end);
+    setText('#log-size', fmtBytes(this.liveEnd));
+  }
+
+  onSkipped(m) {
+    if (this.attached) {
+      this.hi = m.to;
+      this.queue([skippedRow(m, this.bottom.line)]);
+    }
+    this.liveEnd = Math.max(this.liveEnd, m.to);
+  }
+
+  async onEnd(m) {
+    this.meta = { ...this.meta, status: m.status, exit_code: m.exit_code };
+    this.showMeta();
+    this.flush();
+  }
+
+  // Rows from the tail are added at most every 30 ms, in one go.
+  queue(rows) {
+    (this.pending ||= []).push(...rows);
+    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 30);
+  }
+
+  flush() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    const rows = this.pending || [];
+    this.pending = [];
+    this.insert(rows, 'append', this.following ? { keep: 'end', drop: 'top' } : { keep: 'start', drop: 'none' });
+    if (!this.attached) this.showNewLines(this.newLines);
+    if (this.following) this.scrollBottom();
+  }
+
+  showNewLines(n) {
+    this.newLines = n;
+    const b = $('#new-lines');
+    b.hidden = n === 0 && (this.attached || !this.rows.length);
+    b.textContent = n ? `↓ ${n} new line${n === 1 ? '' : 's'}` : '↓ the end';
+  }
+
+  // --- user actions ------------------------------------------------------------------------------
+
+  setFollowing(on) {
+    this.following = on;
+    $('#follow').setAttribute('aria-pressed', String(on));
+  }
+
+  scrollBottom() {
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  onScroll() {
+    const atBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 4;
+    if (!atBottom && this.following) this.setFollowing(false);
+    else if (atBottom && this.attached && !this.following) this.setFollowing(true);
+    if (this.following) this.showNewLines(0);
+    this.checkEdges();
+  }
+
+  jumpTop() {
+    if (this.lo === 0) { this.setFollowing(false); this.log.scrollTop = 0; this.checkEdges(); return; }
+    this.loadStart().catch((e) => showError(e.message));
+  }
+
+  jumpBottom() {
+    this.showNewLines(0);
+    if (this.attached) { this.setFollowing(true); this.scrollBottom(); return; }
+    this.loadEnd().catch((e) => showError(e.message));
+  }
+
+  pause(on) {
+    this.paused = on;
+    if (!this.tail) return;
+    if (on) { this.tail.stop('paused'); this.flush(); } else this.tail.start();
+  }
+
+  downloads() {
+    const base = API + `${logPath(this.task, this.host)}/log`;
+    const name = `${this.task}.${this.host}`;
+    return [[base, `${name}.log`], [`${base}?stream=stdout`, `${name}.stdout.log`],
+      [`${base}?stream=stderr`, `${name}.stderr.log`]];
+  }
+}
+
+export class MultiView {
+  constructor(task) {
+    this.task = task;
+    this.log = $('#log');
+    this.rowsEl = $('#rows');
+    this.rows = [];
+    this.tails = [];
+    this.following = true;
+    this.paused = false;
+    this.attached = true;
+  }
+
+  async open() {
+    this.rowsEl.replaceChildren();
+    $('#partial').replaceChildren();
+    $('#top-edge').hidden = $('#bottom-edge').hidden = true;
+    const list = await apiJSON(`tasks?task=${encodeURIComponent(this.task)}&limit=1000`);
+    this.hosts = list.logs.map((l) => l.host).sort();
+    const running = list.logs.filter((l) => l.status === 'running').length;
+    const badge = $('#log-status');
+    badge.textContent = `${this.hosts.length} host${this.hosts.length === 1 ? '' : 's'}${running ? `, ${running} running` : ''}`;
+    badge.dataset.status = running ? 'running' : 'finished';
+    setText('#log-size', fmtBytes(list.logs.reduce((n, l) => n + (l.size || 0), 0)));
+    const filter = $('#host-filter');
+    filter.replaceChildren(...this.hosts.map((h) => {
+      const label = el('label', 'chk');
+      const box = el('input');
+      box.type = 'checkbox';
+      box.checked = true;
+      box.onchange = () => this.filterHost(h, box.checked);
+      label.append(box, ` ${h}`);
+      return label;
+    }));
+    for (const host of this.hosts) {
+      const asm = new Assembler(0);
+      const tail = new Tail(this.task, host, { lines: TAIL_LINES }, {
+        data: (off, bytes, stream, ts) => {
+          const out = [];
+          asm.feed(off, bytes, stream, ts, out);
+          for (const r of out) { r.n = null; r.host = host; }
+          this.add(out);
+        },
+        skipped: (m) => this.add([{ ...skippedRow(m), host, ts: Date.now() * 1e6 }]),
+        end: () => {},
+        error: (m) => showError(`${host}: ${m.detail}`),
+        state: () => showConn(this.tails),
+      });
+      this.tails.push(tail);
+    }
+    if (!this.paused) for (const t of this.tails) t.start();
+    showConn(this.tails);
+  }
+
+  close() { for (const t of this.tails) t.stop('closed'); }
+
+  // Insert by time: a host's backlog falls between the others' lines.
+  add(rows) {
+    for (const r of rows) {
+      r.el = rowElement(r, r.host);
+      if (this.hidden && this.hidden.has(r.host)) r.el.hidden = true;
+      let lo = 0, hi = this.rows.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (this.rows[mid].ts <= r.ts) lo = mid + 1; else hi = mid; }
+      if (lo === this.rows.length) this.rowsEl.append(r.el);
+      else this.rowsEl.insertBefore(r.el, this.rows[lo].el);
+      this.rows.splice(lo, 0, r);
+    }
+    if (this.rows.length > MAX_ROWS) for (const r of this.rows.splice(0, this.rows.length - MAX_ROWS)) r.el.remove();
+    if (this.following) this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  filterHost(host, show) {
+    (this.hidden ||= new Set())[show ? 'delete' : 'add'](host);
+    for (const r of this.rows) if (r.host === host) r.el.hidden = !show;
+  }
+
+  setFollowing(on) { this.following = on; $('#follow').setAttribute('aria-pressed', String(on)); }
+  onScroll() {
+    const atBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 4;
+    if (atBottom !== this.following) this.setFollowing(atBottom);
+  }
+  jumpTop() { this.setFollowing(false); this.log.scrollTop = 0; }
+  jumpBottom() { this.setFollowing(true); this.log.scrollTop = this.log.scrollHeight; }
+  pause(on) { this.paused = on; for (const t of this.tails) if (on) t.stop('paused'); else t.start(); }
+  downloads() { return [[API + `tasks/${encodeURIComponent(this.task)}/log`, `${this.task}.all-hosts.log`]]; }
+}

@@ -1,0 +1,43 @@
+// Search over archived lines (GET /api/v1/search); each hit links to its log at its line.
+
+import { apiJSON } from './api.js';
+import { stripAnsi } from './ansi.js';
+import { $, el, setText } from './dom.js';
+import { STREAM_CLASS } from './lines.js';
+
+export class SearchView {
+  constructor(params) { this.params = params; }
+
+  async open() {
+    const q = this.params.get('q') || '';
+    $('#q').value = q;
+    $('#case').checked = this.params.get('i') === '0';
+    const want = new URLSearchParams({ q, i: this.params.get('i') === '0' ? '0' : '1', limit: '200' });
+    if (this.params.get('task')) want.set('task', this.params.get('task'));
+    setText('#search-note', `searching for “${q}”…`);
+    $('#hits').replaceChildren();
+    const res = await apiJSON(`search?${want}`);
+    setText('#search-note', `${res.hits.length}${res.more ? '+' : ''} line${res.hits.length === 1 ? '' : 's'} with “${q}”`
+      + `${want.get('i') === '1' ? ' (any case)' : ''}${want.get('task') ? ` in ${want.get('task')}` : ''} · ${res.elapsed_ms} ms`
+      + ' · archived lines only (sealed segments)');
+    const needle = want.get('i') === '1' ? q.toLowerCase() : q;
+    $('#hits').replaceChildren(...res.hits.map((h) => {
+      const li = el('li', `hit ${STREAM_CLASS[h.stream] || 'u'}`);
+      const a = el('a', 'where', `${h.task}/${h.host}:${h.line_no}`);
+      a.href = `#/t/${encodeURIComponent(h.task)}/${encodeURIComponent(h.host)}?at=${h.offset}&line=${h.line_no}`;
+      const line = el('code', 'line');
+      const text = stripAnsi(h.line);
+      const hay = want.get('i') === '1' ? text.toLowerCase() : text;
+      let at = 0;
+      for (let i = hay.indexOf(needle); needle && i >= 0; i = hay.indexOf(needle, at)) {
+        line.append(text.slice(at, i), el('mark', null, text.slice(i, i + needle.length)));
+        at = i + needle.length;
+      }
+      line.append(text.slice(at));
+      li.append(a, el('span', 'when', h.ts ? h.ts.replace('T', ' ').slice(0, 23) : ''), el('span', 'stream', h.stream), line);
+      return li;
+    }));
+  }
+
+  close() {}
+}

@@ -1,0 +1,69 @@
+// The task list: every log, newest first, with filters; it refreshes itself.
+
+import { apiJSON, logPath } from './api.js';
+import { $, clearError, el, fmtBytes, fmtDuration, fmtStart, fmtTs, setText, showError } from './dom.js';
+
+const REFRESH_MS = 3000; // how often the list refreshes itself
+
+export class TasksView {
+  async open() {
+    this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+    await this.refresh();
+  }
+
+  close() { clearInterval(this.timer); }
+
+  async refresh() {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const q = new URLSearchParams({ limit: '1000' });
+      if ($('#f-status').value) q.set('status', $('#f-status').value);
+      if ($('#f-since').value) q.set('since', $('#f-since').value);
+      const { logs } = await apiJSON(`tasks?${q}`);
+      const ft = $('#f-task').value.trim().toLowerCase(), fh = $('#f-host').value.trim().toLowerCase();
+      const rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
+      // a running log's size is in the spool: ask for its live size (a few at a time)
+      await Promise.all(rows.filter((l) => l.status === 'running').slice(0, 20).map(async (l) => {
+        try { l.size = (await apiJSON(logPath(l.task, l.host))).live_size; } catch (e) { /* gone meanwhile */ }
+      }));
+      const hosts = new Map();
+      for (const l of logs) hosts.set(l.task, (hosts.get(l.task) || 0) + 1);
+      this.render(rows, hosts);
+      setText('#tasks-note', `${rows.length} of ${logs.length} logs · refreshed ${fmtTs(Date.now() * 1e6).slice(0, 8)}`);
+      clearError();
+    } catch (e) {
+      showError(`task list: ${e.message}`);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  render(rows, hosts) {
+    const now = Date.now();
+    $('#tasks tbody').replaceChildren(...rows.map((l) => {
+      const tr = el('tr');
+      tr.dataset.task = l.task;
+      tr.dataset.host = l.host;
+      tr.dataset.status = l.status;
+      const href = `#/t/${encodeURIComponent(l.task)}/${encodeURIComponent(l.host)}`;
+      const status = el('td');
+      status.append(el('span', `badge ${l.status}`, l.status));
+      const task = el('td');
+      const a = el('a', null, l.task);
+      a.href = href;
+      task.append(a);
+      if (hosts.get(l.task) > 1) {
+        const all = el('a', 'all', `all ${hosts.get(l.task)} hosts`);
+        all.href = `#/t/${encodeURIComponent(l.task)}`;
+        task.append(' ', all);
+      }
+      const end = l.ended_ns != null ? l.ended_ns / 1e6 : now;
+      tr.append(status, task, el('td', null, l.host), el('td', null, fmtStart(l.started_ns)),
+        el('td', null, fmtDuration(end - l.started_ns / 1e6)), el('td', 'num', fmtBytes(l.size)),
+        el('td', `num ${l.exit_code ? 'bad' : ''}`, l.exit_code == null ? '—' : String(l.exit_code)));
+      tr.onclick = (e) => { if (e.target.tagName !== 'A') location.hash = href; };
+      return tr;
+    }));
+  }
+}
