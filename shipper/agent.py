@@ -60,8 +60,12 @@ class _Stream:
 
 
 class Agent:
-    def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str]) -> None:
+    def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str],
+                 *, own_group: bool = True) -> None:
         self.cfg = cfg
+        # The task runs in a process group of its own (so a terminal's Ctrl-C reaches it once, through
+        # us) unless a supervisor kills whole groups: Categraf's kill(-pgid) must reach the task too.
+        self.own_group = own_group
         self.task = names.check_id("task", task)
         self.host = names.check_id("host", host)
         self.command = command
@@ -91,7 +95,7 @@ class Agent:
         started = time.time_ns()
         try:
             proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    process_group=0, bufsize=0)
+                                    process_group=0 if self.own_group else None, bufsize=0)
         except FileNotFoundError:
             code, why = EXIT_NOT_FOUND, f"command not found: {self.command[0]}"
         except PermissionError:
@@ -137,7 +141,10 @@ class Agent:
         def forward(signum: int, _frame: object) -> None:
             if self._proc is not None and self._proc.returncode is None:
                 try:
-                    os.killpg(self._proc.pid, signum)
+                    if self.own_group:
+                        os.killpg(self._proc.pid, signum)
+                    else:  # our own group: killpg would signal us too
+                        self._proc.send_signal(signum)
                 except ProcessLookupError:
                     pass
 
@@ -279,7 +286,8 @@ class Agent:
             print(f"logship: {err}", file=sys.stderr)
 
 
-def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str]) -> int:
-    return Agent(cfg, task, host or default_host(), command, labels).run()
+def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str],
+        *, own_group: bool = True) -> int:
+    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group).run()
 
 

@@ -95,7 +95,8 @@ def run(config: str | None, host: str | None, command: list[str], labels: dict[s
             continue  # an earlier run on this host (Nightingale's redo runs the same task again)
         os.environ[GUARD_ENV] = task  # the script inherits it
         try:
-            return agent.run(cfg, task, host, command, labels)
+            # In Categraf's process group: its kill action, SIGKILL to the group, must stop the script.
+            return agent.run(cfg, task, host, command, labels, own_group=False)
         except LogExists:
             continue  # claimed by another run just now; the task has not started
     raise LogExists(f"ibex task {ibex_id} has {MAX_RUNS} runs on {host} in the spool {cfg.spool_dir}",

@@ -213,8 +213,6 @@ def _dead(pid: int) -> bool:
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="the agent runs the task in a process group of its own, out of reach of "
-                   "Categraf's kill(-pgid, SIGKILL); needs Agent(own_group=False) for ibex (docs/ibex.md, Limits)")
 def test_nightingales_kill_stops_the_script(tmp_path: Path) -> None:
     cat = Categraf(tmp_path, env_for(tmp_path / "spool"))
     cat.script(504, SLOW)
