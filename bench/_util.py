@@ -33,9 +33,15 @@ def tool(name: str) -> str:
     return found
 
 
+# Dropped from every measured command's environment: an installed logship has its bytecode compiled
+# (pip does it), but with PYTHONDONTWRITEBYTECODE=1 (set on some machines) every run of an editable
+# install compiles its modules again: ≈ 45 ms of each `logship query`, ≈ 15 ms of `logship run`.
+_SKEWING = ("PYTHONDONTWRITEBYTECODE",)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without LOGSHIP_* (so no stray setting skews a run), plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSHIP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSHIP_") and k not in _SKEWING}
     env.update(extra)
     return env
 
