@@ -109,7 +109,8 @@ export class LogView {
     this.hi = hi;
     this.firstLine = idx.line ?? 0;
     this.bottom = asm;
-    this.attached = hi >= this.liveEnd || hi >= idx.size;
+    // Attached only if the window reaches what the tail gave by now (it may have moved on meanwhile).
+    this.attached = hi >= this.liveEnd || (!idx.chunks.length && hi >= idx.size);
     this.liveEnd = Math.max(this.liveEnd, hi);
     if (typeof keep === 'number' && rows.length > MAX_ROWS) { // the rows around offset `keep`
       const at = rows.findIndex((r) => r.end > keep);
@@ -184,10 +185,12 @@ export class LogView {
         if (gen !== this.gen) return;
       }
       this.hi = end;
-      this.attached = end >= this.liveEnd || end >= idx.size;
+      // Attached only if the window reaches what the tail gave by now; else the next read goes on.
+      this.attached = end >= this.liveEnd || (!idx.chunks.length && end >= idx.size);
       this.liveEnd = Math.max(this.liveEnd, end);
       this.insert(rows, 'append', { keep: 'start', limit: MAX_ROWS / 2, drop: 'top' });
       if (this.attached) this.showNewLines(0);
+      if (this.following) this.scrollBottom();
     })();
     this.settle();
   }
@@ -220,6 +223,7 @@ export class LogView {
   // --- the rows in the page ----------------------------------------------------------------------
 
   clear() {
+    this.pending = []; // queued tail rows belong to the old window
     this.rows = [];
     this.rowsEl.replaceChildren();
     this.partialEl.replaceChildren();
@@ -264,7 +268,8 @@ export class LogView {
   dropTop(n) {
     if (n <= 0) return;
     const keepFirst = this.rows[n];
-    const shift = keepFirst ? keepFirst.el.offsetTop - this.rows[0].el.offsetTop : 0;
+    // while following, the view goes to the end anyway: no layout to read (it is costly at 5,000 rows)
+    const shift = keepFirst && !this.following ? keepFirst.el.offsetTop - this.rows[0].el.offsetTop : 0;
     const gone = this.rows.splice(0, n);
     for (const r of gone) r.el.remove();
     const last = gone[gone.length - 1];
@@ -285,6 +290,7 @@ export class LogView {
     this.hi = row ? row.end : this.lo;
     this.bottom = new Assembler(row ? row.c : this.firstLine);
     this.attached = false;
+    this.pending = []; // queued tail rows lie after the cut: they come again by Range
     this.partialEl.replaceChildren();
   }
 
@@ -296,6 +302,10 @@ export class LogView {
 
   onData(off, bytes, stream, ts) {
     const end = off + bytes.length;
+    if (this.attached && off > this.hi) { // a hole (never expected): read it by Range
+      this.attached = false;
+      this.checkEdges();
+    }
     if (this.attached && end > this.hi) {
       if (off < this.hi) { bytes = bytes.subarray(this.hi - off); off = this.hi; }
       const rows = [];
@@ -334,7 +344,11 @@ export class LogView {
     this.flushTimer = null;
     const rows = this.pending || [];
     this.pending = [];
-    this.insert(rows, 'append', this.following ? { keep: 'end', drop: 'top' } : { keep: 'start', drop: 'none' });
+    // Over MAX_ROWS, rows go from the end farther from what is in view: reading near the end, the oldest
+    // go; reading further up, new rows wait below (the window leaves the end and counts them).
+    const log = this.log, nearEnd = log.scrollTop + log.clientHeight / 2 > log.scrollHeight / 2;
+    this.insert(rows, 'append', this.following ? { keep: 'end', drop: 'top' }
+      : { keep: 'start', drop: nearEnd ? 'top' : 'none' });
     if (!this.attached) this.showNewLines(this.newLines);
     if (this.following) this.scrollBottom();
   }
