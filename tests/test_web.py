@@ -257,8 +257,9 @@ def screenshot(page: Page, st: Stack) -> None:
             "    for f, text in lines:\n"
             "        f.write(text + '\\n'); f.flush(); time.sleep(0.01)\n")
     assert st.run("nightly-build", demo).returncode == 0
-    page.set_viewport_size({"width": 1100, "height": 560})
+    page.set_viewport_size({"width": 1280, "height": 600})
     page.goto(f"{st.base}/#/t/nightly-build/h1")
+    page.wait_for_selector("#rows .r[data-n='36']")
     page.wait_for_selector("#conn[data-state=ended]")
     page.fill("#q", "disk quota")
     page.screenshot(path=str(SCREENSHOT))

@@ -28,6 +28,8 @@ async function route() {
   const [path, query] = location.hash.replace(/^#/, '').split('?');
   const params = new URLSearchParams(query || '');
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  $('#conn').dataset.state = 'idle'; // the previous view's state is not this one's
+  $('#conn').textContent = '';
   $('#scope-label').hidden = true;
   try {
     if (parts[0] === 't' && parts.length >= 2) {
