@@ -1,8 +1,8 @@
 """Live requests for a log whose spool is on another host go to the API beside that spool.
 
 The watcher records that API's URL (watch.api_url) in the manifest of a running log. A central API
-without the spool forwards /log, /tail and the log's metadata there, so readers see the newest bytes
-instead of the last checkpoint; when that API cannot be reached, it serves the checkpoints itself.
+without the spool forwards /log, /tail, /index and the log's metadata there, so readers see the newest
+bytes instead of the last checkpoint; when that API cannot be reached, it serves the checkpoints itself.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from shipper.retry import QuietLog
 from .keys import PROXY_SESSION, SOURCE
 
 log = logging.getLogger("logship.api.proxy")
-LIVE_PATH = re.compile(r"/api/v1/tasks/([^/]+)/hosts/([^/]+)(/log|/tail)?")
+LIVE_PATH = re.compile(r"/api/v1/tasks/([^/]+)/hosts/([^/]+)(/log|/tail|/index)?")
 PROXIED = "X-Logship-Proxied"  # set on forwarded requests, so two APIs never forward in a loop
 FORWARD_REQUEST = ("Range", "If-Range", "Accept", "Last-Event-ID", "Authorization")
 FORWARD_RESPONSE = ("Content-Type", "Content-Length", "Content-Range", "ETag", "Accept-Ranges", "Cache-Control",

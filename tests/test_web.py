@@ -45,9 +45,10 @@ class Stack:
     """A spool, a store under a fresh prefix of the session's SeaweedFS, and the processes around them."""
 
     def __init__(self, tmp_path: Path, s3: s3local.LocalS3, **env: str) -> None:
-        self.cfg = config(tmp_path, LOGSHIP_STORE_URL=f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
-                          LOGSHIP_STORE_ENDPOINT=s3.endpoint, LOGSHIP_STORE_ACCESS_KEY=s3.access_key,
-                          LOGSHIP_STORE_SECRET_KEY=s3.secret_key, LOGSHIP_WATCH_CHECKPOINT_SECONDS="0.5", **env)
+        self.cfg = config(tmp_path, **{"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
+                                       "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
+                                       "LOGSHIP_STORE_SECRET_KEY": s3.secret_key,
+                                       "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.5", **env})
         self.env = agent_env(self.cfg)
         self.spool = self.cfg.spool_dir
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -65,19 +66,20 @@ class Stack:
         wait_for(lambda: (self.spool / task / host / names.RUN_FILE).exists(), 20, "the agent did not start")
         return p
 
-    def watcher(self) -> None:
-        self.procs.append(start_watcher(self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    def watcher(self, **env: str) -> None:
+        self.procs.append(start_watcher({**self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
-    def serve(self, **env: str) -> subprocess.Popen[bytes]:
-        """`logship serve` on this stack's port, once it answers."""
-        p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}",
-                                                      **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def serve(self, port: int | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """`logship serve` on this stack's port (or `port`), once it answers."""
+        port = port or self.port
+        p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}", **env},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(p)
 
         def up() -> bool:
             assert p.poll() is None, p.stderr.read().decode() if p.stderr else p.returncode
             try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
                     return bool(r.status == 200)
             except OSError:
                 return False
@@ -325,6 +327,36 @@ for i in range({burst} + 1, {n} + 1):
     assert got[-1]["n"] == n and len(got) <= MAX_ROWS
     assert [r["n"] for r in got] == list(range(got[0]["n"], n + 1))  # no gap, no duplicate
     assert all(r["text"] == f"live {r['n']:06d}" for r in got)
+
+
+def test_the_page_on_a_central_api_shows_lines_newer_than_any_checkpoint(stack: Callable[..., Stack], page: Page,
+                                                                       tmp_path: Path) -> None:
+    st = stack(LOGSHIP_WATCH_CHECKPOINT_SECONDS="5")
+    st.serve()  # beside the spool
+    central = free_port()
+    st.serve(central, LOGSHIP_SPOOL_DIR=str(tmp_path / "no-spool"))  # the store only; live requests go beside
+    st.watcher(LOGSHIP_WATCH_API_URL=st.base)
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    proc = st.start("spread", f"""
+import os, time
+print("before the first checkpoint", flush=True)
+while not os.path.exists({str(gate1)!r}): time.sleep(0.01)
+for i in range(300): print("newer %03d" % i, flush=True)
+while not os.path.exists({str(gate2)!r}): time.sleep(0.01)
+print("the end")
+""")
+    meta = f"http://127.0.0.1:{central}/api/v1/tasks/spread/hosts/h1"
+    wait_for(lambda: get_json(meta)[0] == 200, 30, "the central API never saw the log")  # its first checkpoint
+    gate1.touch()
+    wait_for(lambda: b"newer 299" in spooled(st.spool, "spread"), 10, "the task did not write")
+    page.goto(f"http://127.0.0.1:{central}/#/t/spread/h1")  # well within the 5 s checkpoint interval
+    page.wait_for_selector("#rows .r:has-text('newer 299')")
+    assert texts(page) == ["before the first checkpoint", *(f"newer {i:03d}" for i in range(300))]
+    assert [r["n"] for r in rows(page)] == list(range(1, 302))
+    gate2.touch()
+    page.wait_for_selector("#conn[data-state=ended]")
+    assert proc.wait(10) == 0
+    assert texts(page)[-1] == "the end"
 
 
 # --- a large log ---------------------------------------------------------------------------------
