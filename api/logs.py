@@ -79,9 +79,10 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
     async def fetch(key: str) -> dict[str, Any] | None:
         async with sem:
             try:
-                return manifest.loads(await store.get(key))
+                doc = manifest.loads(await store.get(key))
             except (ObjectNotFound, ValueError):
                 return None  # deleted meanwhile, or not ours
+            return None if doc.get("status") == manifest.DELETING else doc  # logship gc is deleting it
 
     rows = {(d["task"], d["host"]): _summary(d) for d in await asyncio.gather(*map(fetch, keys)) if d}
     spool = app[CONFIG].spool_dir if app[SOURCE].spool else None

@@ -11,12 +11,17 @@ from typing import Any
 import zstandard
 
 from . import index, manifest, names
+from .errors import ObjectNotFound
 from .store import Store
 
 
 async def load_manifest(store: Store, task: str, host: str) -> dict[str, Any]:
-    """The log's manifest; ObjectNotFound if the store has no such log."""
-    return manifest.loads(await store.get(names.manifest_key(task, host)))
+    """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it."""
+    key = names.manifest_key(task, host)
+    doc = manifest.loads(await store.get(key))
+    if doc.get("status") == manifest.DELETING:
+        raise ObjectNotFound(f"{task}/{host} is being deleted (logship gc)", "it is gone once gc finishes")
+    return doc
 
 
 def parts(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", choices=["stdout", "stderr"])
     g.add_argument("--limit", type=int, default=1000, help="newest matches shown (default 1000)")
 
+    gc = sub.add_parser("gc", parents=[common], help="delete whole logs older than a duration (retention)")
+    gc.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h: since the log ended "
+                    "(default: retention.older_than)")
+    gc.add_argument("--status", metavar="LIST", help="finished,lost (default: retention.status); "
+                    "running logs are never deleted")
+    gc.add_argument("--label", action="append", default=[], metavar="K=V", help="only logs with this label")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    gc.add_argument("--no-wait", action="store_true", help="do not wait query.grace_seconds: the next run "
+                    "finishes the logs hidden now")
+    gc.add_argument("--lifecycle", action="store_true", help="print an S3 lifecycle configuration (JSON) that "
+                    "expires objects by age instead")
+    cp = sub.add_parser("compact", parents=[common], help="merge small query copies into larger Parquet parts")
+    cp.add_argument("--no-wait", action="store_true", help="do not wait to delete what the new parts replace: "
+                    "the next run deletes it")
+
     sub.add_parser("config", parents=[common], help="print the effective config")
 
     s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
@@ -174,6 +189,14 @@ def _dispatch(args: Any) -> int:
         from . import watcher
 
         return watcher.main(cfg, once=args.once)
+    if args.cmd == "gc":
+        from . import gc
+
+        return gc.main(cfg, args)
+    if args.cmd == "compact":
+        from . import compact
+
+        return compact.main(cfg, args)
     if args.cmd in ("tail", "download"):
         from . import client
 

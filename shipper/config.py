@@ -136,6 +136,29 @@ def _api_url(v: Any) -> str:
     return v.rstrip("/")
 
 
+def _statuses(v: Any) -> list[str]:
+    """a list of finished and lost (running logs are never deleted); in the environment, comma-separated"""
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if not isinstance(v, list) or not v or not all(s in ("finished", "lost") for s in v):
+        raise ValueError
+    return sorted(set(v))
+
+
+def _label_map(v: Any) -> dict[str, str]:
+    """a mapping of label to value, all of which a log must have; in the environment, k=v,k2=v2"""
+    if isinstance(v, str):
+        pairs = [p.partition("=") for p in v.split(",") if p.strip()]
+        if not all(sep and k.strip() for k, sep, _ in pairs):
+            raise ValueError
+        v = {k.strip(): val.strip() for k, _, val in pairs}
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k and isinstance(x, str) for k, x in v.items()):
+        raise ValueError
+    return dict(v)
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
@@ -189,6 +212,22 @@ class QueryConfig:
     memory_bytes: int = 512 * MiB
     threads: int = 2
     copy: bool = True
+    grace_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    older_than: float = 0.0  # 0: `logship watch` deletes nothing
+    status: list[str] = field(default_factory=lambda: ["finished", "lost"])
+    labels: dict[str, str] = field(default_factory=dict)
+    every: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CompactConfig:
+    every: float = 3600.0  # 0: `logship watch` does not compact
+    small_bytes: int = 4 * MiB
+    part_bytes: int = 32 * MiB
 
 
 @dataclass(frozen=True)
@@ -198,6 +237,8 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    compact: CompactConfig = field(default_factory=CompactConfig)
     source: str = "defaults"  # where it came from, for `logship config`
 
     @property
@@ -226,10 +267,14 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
-              "copy": _bool},
+              "copy": _bool, "grace_seconds": _duration(0, 86400)},
+    "retention": {"older_than": _duration(0, 100 * 365 * 86400), "status": _statuses, "labels": _label_map,
+                  "every": _duration(60, 7 * 86400)},
+    "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
+                "part_bytes": _size(1 * MiB, 4 * GiB)},
 }
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
-            "query": QueryConfig}
+            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig}
 
 
 def _check(section: str, key: str, value: Any, origin: str) -> Any:

@@ -13,6 +13,7 @@ from .index import Chunk
 
 VERSION = 1
 RUNNING, FINISHED, LOST = "running", "finished", "lost"
+DELETING = "deleting"  # `logship gc` is deleting the log (shipper/gc.py): readers treat it as gone
 
 
 def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: int, sha256: str,

@@ -54,6 +54,65 @@ def lines_key(date: str, task: str, host: str, seq: int) -> str:
     return f"lines/date={date}/task={task}/host={host}/{seq:08d}.parquet"
 
 
+def lines_partition(date: str, task: str, host: str) -> str:
+    """The prefix of one log's query copies dated `date`."""
+    return f"lines/date={date}/task={task}/host={host}/"
+
+
+LINES_PREFIX = "lines/"
+# An object without rows that keeps lines/ from ever being empty again once something is deleted
+# there: DuckDB refuses a glob that matches nothing (shipper/compact.py writes it before deleting).
+LINES_PLACEHOLDER = "lines/date=1970-01-01/task=_/host=_/empty.parquet"
+_LINES_KEY_RE = re.compile(r"lines/date=(\d{4}-\d{2}-\d{2})/task=([^/]+)/host=([^/]+)/(\d{8})\.parquet")
+
+
+def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
+    """`lines/date=D/task=T/host=H/NNNNNNNN.parquet` -> (D, T, H, N), or None for anything else."""
+    m = _LINES_KEY_RE.fullmatch(key)
+    if not m or not ID_RE.fullmatch(m.group(2)) or not ID_RE.fullmatch(m.group(3)):
+        return None
+    return m.group(1), m.group(2), m.group(3), int(m.group(4))
+
+
+# Compacted query copies (shipper/compact.py, docs/query.md): many small copies of a date merged into
+# one part, named by when it was made, so names sort by age; `.done` beside a part says the objects
+# it replaced are deleted.
+COMPACT_PREFIX = "compact/"
+DONE_SUFFIX = ".done"
+_COMPACT_KEY_RE = re.compile(r"compact/date=(\d{4}-\d{2}-\d{2})/(\d{19})-([0-9a-f]{8,32})\.parquet")
+
+
+def compact_key(date: str, created_ns: int, token: str) -> str:
+    return f"compact/date={date}/{created_ns:019d}-{token}.parquet"
+
+
+def parse_compact_key(key: str) -> tuple[str, int] | None:
+    """`compact/date=D/<created_ns>-<token>.parquet` -> (D, created_ns), or None for anything else."""
+    m = _COMPACT_KEY_RE.fullmatch(key)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def done_key(part_key: str) -> str:
+    return part_key + DONE_SUFFIX
+
+
+# A log that `logship gc` is deleting has a marker here from before its first object is deleted
+# until after its last one is (shipper/gc.py); readers leave such a log out.
+DELETING_PREFIX = "deleting/"
+
+
+def deleting_key(task: str, host: str) -> str:
+    return f"{DELETING_PREFIX}{task}/{host}.json"
+
+
+def parse_deleting_key(key: str) -> tuple[str, str] | None:
+    parts = key.split("/")
+    if (len(parts) == 3 and parts[0] + "/" == DELETING_PREFIX and parts[2].endswith(".json")
+            and ID_RE.fullmatch(parts[1]) and ID_RE.fullmatch(parts[2][:-5])):
+        return parts[1], parts[2][:-5]
+    return None
+
+
 def lines_date(ts_ns: int) -> str:
     """The date partition of a segment's query copy: the UTC date of its first chunk."""
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ns // 1_000_000_000))

@@ -17,9 +17,10 @@ from typing import Any
 
 import duckdb
 
-from . import names
+from . import lineset, names
 from .config import Config, QueryConfig, StoreConfig
 from .errors import ConfigError, LogshipError, StoreUnavailable
+from .manifest import DELETING
 
 FETCH_ROWS = 2048  # rows per fetch: one round trip to the DuckDB thread per this many rows
 # A segment's first chunk starts its date partition, and a segment is sealed at most
@@ -39,9 +40,17 @@ _MANIFEST_COLUMNS = ("{task: 'VARCHAR', host: 'VARCHAR', run_id: 'VARCHAR', stat
 _LOGS_SELECT = ("SELECT task, host, status, exit_code, signal, make_timestamp(started_ns // 1000) AS started, "
                 "make_timestamp(ended_ns // 1000) AS ended, size, lines, labels, command, run_id, "
                 "len(segments) AS segments, dropped_bytes, make_timestamp(updated_ns // 1000) AS updated")
+_NO_LINES = ("SELECT " + ", ".join(f"NULL::{sql} AS {name}" for name, sql in names.LINES_COLUMNS)
+             + ", NULL::DATE AS date WHERE false")
+# `lines` is the query copies (one object per segment, lines/) and the compacted parts (compact/), less
+# what a compacted part replaces and the logs gc is deleting; the lists come from shipper.lineset, set
+# per query as variables (Database.snapshot). Filters on `filename`, `task` and `host` select whole objects.
+_COPIES, _PARTS = "logship_copies_", "logship_parts_"
+_VAR_HIDDEN, _VAR_PARTS, _VAR_GONE = "logship_hidden", "logship_parts", "logship_gone"
+_NOT_GONE = f"NOT list_contains(coalesce(getvariable('{_VAR_GONE}'), []::VARCHAR[]), task || '/' || host)"
 _EMPTY = {  # the views of an archive that holds no such objects yet: no rows, the same columns
-    "lines": "SELECT " + ", ".join(f"NULL::{sql} AS {name}" for name, sql in names.LINES_COLUMNS)
-             + ", NULL::DATE AS date WHERE false",
+    _COPIES: _NO_LINES,
+    _PARTS: _NO_LINES,
     "logs": "SELECT NULL::VARCHAR AS task, NULL::VARCHAR AS host, NULL::VARCHAR AS status, NULL::INTEGER AS exit_code, "
             "NULL::INTEGER AS signal, NULL::TIMESTAMP AS started, NULL::TIMESTAMP AS ended, NULL::BIGINT AS size, "
             "NULL::BIGINT AS lines, NULL::MAP(VARCHAR, VARCHAR) AS labels, NULL::VARCHAR[] AS command, "
@@ -134,19 +143,29 @@ class Database:
         con.execute(f"SET allowed_directories = [{_literal(self.root)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        self._views(("lines", "logs"))
+        self._views((_COPIES, _PARTS, "logs"))
+        with self._con.cursor() as cur:
+            cur.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {_COPIES} UNION ALL SELECT * FROM {_PARTS}")
+        self._parts: dict[str, lineset.Part] = {}  # footers of compacted parts read so far (they never change)
 
-    def _views(self, names: tuple[str, ...] | set[str]) -> None:
+    def _views(self, which: tuple[str, ...] | set[str]) -> None:
         """(Re)create views; a view over objects the archive does not hold yet has no rows until it does."""
         sources = {
-            "lines": f"SELECT {_LINES_COLS}, date FROM read_parquet("
+            _COPIES: f"SELECT {_LINES_COLS}, date FROM read_parquet("
                      f"{_literal(self.root + 'lines/date=*/task=*/host=*/*.parquet')}, hive_partitioning = true, "
-                     "hive_types = {'date': DATE, 'task': VARCHAR, 'host': VARCHAR})",
+                     "hive_types = {'date': DATE, 'task': VARCHAR, 'host': VARCHAR}, filename = true) "
+                     f"WHERE NOT list_contains(coalesce(getvariable('{_VAR_HIDDEN}'), []::VARCHAR[]), filename) "
+                     f"AND filename <> {_literal(self.root + names.LINES_PLACEHOLDER)} AND {_NOT_GONE}",
+            _PARTS: f"SELECT {_LINES_COLS}, date FROM read_parquet("
+                    f"{_literal(self.root + 'compact/date=*/*.parquet')}, hive_partitioning = true, "
+                    "hive_types = {'date': DATE}, filename = true) "
+                    f"WHERE list_contains(coalesce(getvariable('{_VAR_PARTS}'), []::VARCHAR[]), filename) AND {_NOT_GONE}",
             "logs": f"{_LOGS_SELECT} FROM read_json({_literal(self.root + 'logs/*/*/manifest.json')}, "
-                    f"format = 'auto', maximum_object_size = {MANIFEST_MAX}, columns = {_MANIFEST_COLUMNS})",
+                    f"format = 'auto', maximum_object_size = {MANIFEST_MAX}, columns = {_MANIFEST_COLUMNS}) "
+                    f"WHERE status IS DISTINCT FROM {_literal(DELETING)}",
         }
         with self._con.cursor() as cur:  # the shared connection itself only makes cursors
-            for name in names:
+            for name in which:
                 try:
                     cur.execute(f"CREATE OR REPLACE VIEW {name} AS {sources[name]}")
                     self._empty.discard(name)
@@ -158,6 +177,54 @@ class Database:
 
     def close(self) -> None:
         self._con.close()
+
+    # --- which objects make up `lines` (shipper/lineset.py) ------------------------------------------
+
+    def snapshot(self, cur: duckdb.DuckDBPyConnection) -> lineset.Snapshot:
+        """List compacted parts and gc's markers, and set on `cur` what its queries of `lines` read.
+
+        One listing per query: a query reads the parts, originals and logs of one moment, and what
+        compaction or gc replace later stays readable for query.grace_seconds (docs/query.md).
+        """
+        listed = [r[0] for r in cur.execute("SELECT file FROM glob(?)", [self.root + "compact/date=*/*"]).fetchall()]
+        marks = [r[0] for r in cur.execute("SELECT file FROM glob(?)", [self.root + "deleting/*/*.json"]).fetchall()]
+        keys = [f.removeprefix(self.root) for f in listed]
+        new = [self.root + k for k in keys if names.parse_compact_key(k) and k not in self._parts]
+        if new:
+            rows = cur.execute("SELECT file_name, value FROM parquet_kv_metadata(?) WHERE key = ?",
+                               [new, lineset.META_KEY]).fetchall()
+            for file, value in rows:
+                key = file.removeprefix(self.root)
+                try:
+                    self._parts[key] = lineset.parse_meta(key, 0, value)
+                except ValueError:
+                    pass  # not one of ours: never read
+        listed_set = set(keys)
+        done = {k.removesuffix(names.DONE_SUFFIX) for k in keys if k.endswith(names.DONE_SUFFIX)}
+        gone = {lineset.log_id(*m) for f in marks if (m := names.parse_deleting_key(f.removeprefix(self.root)))}
+        snap = lineset.resolve((p for k, p in self._parts.items() if k in listed_set), done, gone)
+        for var, values in ((_VAR_HIDDEN, [self.root + k for k in sorted(snap.hidden)]),
+                            (_VAR_PARTS, [self.root + p.key for p in snap.shown]), (_VAR_GONE, sorted(gone))):
+            cur.execute(f"SET VARIABLE {var} = [{', '.join(map(_literal, values))}]::VARCHAR[]")
+        return snap
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor whose queries see the archive as it is now (see snapshot)."""
+        cur = self._con.cursor()
+        try:
+            snap = self.snapshot(cur)
+            # A view made while the archive had no such objects must now see those the snapshot names
+            # (compact/ never empties once it has a part: a part is only ever replaced by another).
+            if self._empty and (snap.shown or _COPIES in self._empty):
+                with self._lock:
+                    self._views(set(self._empty))
+        except duckdb.Error as exc:
+            cur.close()
+            raise _translate(exc, self.limits) from exc
+        except BaseException:
+            cur.close()
+            raise
+        return cur
 
     # --- running a query ---------------------------------------------------------------------
 
@@ -183,10 +250,20 @@ class Database:
         """Start a query (in the calling thread: call it off the event loop). Raises QueryError and its kinds."""
         limits = limits or self.limits
         self.check(sql)
-        if self._empty:
+        if "logs" in self._empty:
             with self._lock:
-                self._views(set(self._empty))  # the archive may have got its first objects meanwhile
-        cur = self._con.cursor()
+                self._views({"logs"})  # the archive may have got its first objects meanwhile
+        try:
+            return self._execute(sql, limits)
+        except StoreUnavailable as exc:
+            if "No files found" not in str(exc):
+                raise
+            with self._lock:  # gc deleted the last objects of a view: it is empty again
+                self._views((_COPIES, _PARTS, "logs"))
+            return self._execute(sql, limits)
+
+    def _execute(self, sql: str, limits: Limits) -> Result:
+        cur = self.cursor()
         result = Result(cur, limits)
         try:
             result.arm()  # binding lists the archive's objects: it counts against the time limit too

@@ -1,0 +1,321 @@
+"""Retention: `logship gc` deletes whole logs by age, status and labels (docs/format.md, "Deleting a log").
+
+A log is deleted in an order that leaves nothing half-visible, whenever the process stops:
+1. a marker `deleting/<task>/<host>.json` (SQL's `lines` leaves the log out from then on), then the
+   manifest with status `deleting` (the API and the `logs` view leave it out);
+2. after `query.grace_seconds` (queries and downloads that started before step 1 finish): its segments,
+   indexes, checkpoints and query copies; compacted parts that hold its lines are rewritten without them;
+3. the manifest, once nothing else of the log is left, and the marker last.
+The next run finds the markers and finishes what a stopped run began. Running logs are never selected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import lineset, manifest, names
+from .compact import Compactor, Deleter, Settings
+from .config import Config
+from .errors import ObjectNotFound
+from .store import ObjectInfo, Store
+
+log = logging.getLogger("logship.gc")
+
+FETCH_CONCURRENCY = 16
+DELETABLE = (manifest.FINISHED, manifest.LOST)
+
+
+@dataclass(frozen=True)
+class Policy:
+    older_than_s: float
+    statuses: frozenset[str] = frozenset(DELETABLE)
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, cfg: Config, older_than_s: float | None = None, statuses: list[str] | None = None,
+           labels: dict[str, str] | None = None) -> Policy:
+        r = cfg.retention
+        return cls(r.older_than if older_than_s is None else older_than_s,
+                   frozenset(r.status if statuses is None else statuses),
+                   tuple(sorted((r.labels if labels is None else labels).items())))
+
+    def selects(self, doc: dict[str, Any], now_ns: int) -> bool:
+        """Whether the policy deletes this log: never a running one, nor one whose manifest changed lately."""
+        if doc.get("status") not in DELETABLE or doc["status"] not in self.statuses:
+            return False
+        labels = doc.get("labels") or {}
+        if any(labels.get(k) != v for k, v in self.labels):
+            return False
+        return now_ns - last_change_ns(doc) >= self.older_than_s * 1e9
+
+
+def last_change_ns(doc: dict[str, Any]) -> int:
+    """When the log last changed: its end, or its manifest's last write if later (a watcher still at work)."""
+    return max(doc.get("ended_ns") or 0, doc.get("updated_ns") or 0, doc.get("started_ns") or 0)
+
+
+@dataclass
+class Victim:
+    task: str
+    host: str
+    doc: dict[str, Any] | None  # its manifest, if still there
+    marker: dict[str, Any] | None  # its marker, once written
+    objects: int = 0  # what the store holds of it (before this run)
+    bytes: int = 0
+
+    @property
+    def id(self) -> str:
+        return lineset.log_id(self.task, self.host)
+
+
+@dataclass
+class Report:
+    selected: list[Victim] = field(default_factory=list)
+    deleted_logs: int = 0
+    objects: int = 0
+    bytes: int = 0
+    parts_rewritten: int = 0
+    bytes_rewritten: int = 0  # written: the parts that replace them
+    pending: int = 0  # logs left for the next run (grace period not over)
+
+
+class Collector:
+    """Runs gc over one store."""
+
+    def __init__(self, store: Store, cfg: Config, *, grace_s: float | None = None,
+                 say: Callable[[str], None] = lambda _: None, clock: Callable[[], int] = time.time_ns) -> None:
+        self.store = store
+        self.grace_s = cfg.query.grace_seconds if grace_s is None else grace_s
+        self.deleter = Deleter(store)
+        self.compactor = Compactor(store, Settings(cfg.compact.small_bytes, cfg.compact.part_bytes, self.grace_s),
+                                   self.deleter, clock)
+        self.say = say
+        self.clock = clock
+
+    async def run(self, policy: Policy, *, dry_run: bool = False, wait: bool = True) -> Report:
+        report = Report()
+        victims = await self._select(policy)
+        report.selected = victims
+        for v in victims:
+            state = "resumed" if v.marker else "deletes"
+            status = (v.doc or {}).get("status_before_deleting") or (v.doc or {}).get("status", "?")
+            when = f", ended {_age((self.clock() - last_change_ns(v.doc)) / 1e9)} ago" if v.doc else ""
+            self.say(f"{state} {v.id}: {status}{when}, {v.objects} objects, {v.bytes} bytes")
+        if dry_run or not victims:
+            return report
+        for v in victims:
+            if v.marker is None:
+                await self._mark(v)
+        while True:
+            now = self.clock()
+            ready = [v for v in victims if now - v.marker["marked_ns"] >= self.grace_s * 1e9]  # type: ignore[index]
+            if len(ready) == len(victims) or not wait:
+                break
+            first = min(v.marker["marked_ns"] for v in victims if v not in ready)  # type: ignore[index]
+            delay = max(0.05, (first + self.grace_s * 1e9 - now) / 1e9)
+            self.say(f"waiting {delay:.0f} s (query.grace_seconds) for queries and downloads that started before")
+            await asyncio.sleep(delay)
+        for v in ready:
+            await self._delete_data(v)
+        left = await self._purge({v.id for v in ready}, wait, report)
+        for v in ready:
+            if v.id in left:
+                continue
+            await self.deleter.delete([names.manifest_key(v.task, v.host)])
+            await self.deleter.delete([names.deleting_key(v.task, v.host)])
+            report.deleted_logs += 1
+        report.pending = len(victims) - report.deleted_logs
+        report.objects, report.bytes = self.deleter.objects, self.deleter.bytes
+        return report
+
+    async def _select(self, policy: Policy) -> list[Victim]:
+        """Logs the policy selects, and logs an earlier run began to delete (they have a marker)."""
+        objects = await self.store.list("logs/")
+        per_log: dict[tuple[str, str], list[ObjectInfo]] = {}
+        for o in objects:
+            parsed = names.parse_log_prefix(o.key)
+            if parsed:
+                per_log.setdefault(parsed, []).append(o)
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def get_json(key: str) -> dict[str, Any] | None:
+            async with sem:
+                try:
+                    doc = json.loads(await self.store.get(key))
+                except (ObjectNotFound, ValueError):
+                    return None
+            return doc if isinstance(doc, dict) else None
+
+        manifests = [(t, h) for (t, h), objs in per_log.items()
+                     if any(o.key == names.manifest_key(t, h) for o in objs)]
+        docs = dict(zip(manifests, await asyncio.gather(*(get_json(names.manifest_key(t, h)) for t, h in manifests))))
+        markers = [m for o in await self.store.list(names.DELETING_PREFIX) if (m := names.parse_deleting_key(o.key))]
+        marker_docs = dict(zip(markers, await asyncio.gather(*(get_json(names.deleting_key(*m)) for m in markers))))
+        now = self.clock()
+        out = []
+        for (t, h), doc in sorted(docs.items()):
+            if doc is None or (t, h) in marker_docs:
+                continue
+            if doc.get("status") == manifest.DELETING or policy.selects(doc, now):
+                out.append(Victim(t, h, doc, None))
+        for m, mdoc in sorted(marker_docs.items()):
+            out.append(Victim(m[0], m[1], docs.get(m), mdoc or {"marked_ns": 0, "dates": []}))
+        for v in out:
+            objs = per_log.get((v.task, v.host), [])
+            v.objects, v.bytes = len(objs), sum(o.size for o in objs)
+        return out
+
+    async def _mark(self, v: Victim) -> None:
+        """Step 1: the marker, then the manifest's status; nothing is deleted yet."""
+        assert v.doc is not None
+        segs = v.doc.get("segments", []) + ([v.doc["checkpoint"]] if v.doc.get("checkpoint") else [])
+        dates = sorted({names.lines_date(s["first_ts"]) for s in segs if s.get("first_ts")})
+        v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.get("run_id"), "marked_ns": self.clock(),
+                    "dates": dates}
+        await self.store.put(names.deleting_key(v.task, v.host), json.dumps(v.marker).encode())
+        if v.doc.get("status") != manifest.DELETING:
+            doc = {**v.doc, "status": manifest.DELETING, "deleting_ns": v.marker["marked_ns"],
+                   "status_before_deleting": v.doc.get("status")}
+            await self.store.put(names.manifest_key(v.task, v.host), manifest.dumps(doc))
+
+    async def _delete_data(self, v: Victim) -> None:
+        """Step 2: everything of the log but its manifest (and its marker)."""
+        sizes: dict[str, int] = {}
+        keys: list[str] = []
+        for o in await self.store.list(names.log_prefix(v.task, v.host)):
+            if o.key != names.manifest_key(v.task, v.host):
+                keys.append(o.key)
+                sizes[o.key] = o.size
+        for date in (v.marker or {}).get("dates", []):
+            for o in await self.store.list(names.lines_partition(date, v.task, v.host)):
+                keys.append(o.key)
+                sizes[o.key] = o.size
+        await self.store.abort_uploads(names.log_prefix(v.task, v.host))
+        await self.deleter.delete(keys, sizes)
+
+    async def _purge(self, gone: set[str], wait: bool, report: Report) -> set[str]:
+        """Rewrite the compacted parts that hold lines of `gone` logs, and (with `wait`) delete them once
+        safe. Returns the logs some part in the store still holds."""
+        if not gone:
+            return set()
+        last: tuple[str, ...] = ()
+        while True:
+            stats = await self.compactor.run(merge=False, purge=gone)
+            report.parts_rewritten += stats.parts_written
+            report.bytes_rewritten += stats.bytes_written
+            st = await self.compactor.state()
+            holding = tuple(sorted(p.key for p in st.parts.values() if p.logs & gone))
+            left = {x for k in holding for x in st.parts[k].logs & gone}
+            if not holding or not wait or (holding == last and not stats.waiting):
+                return left
+            last = holding
+            # The rewritten parts are replaced now; they go once what replaced them is due (Compactor.finish).
+            newest = max([p.created_ns for p in st.snapshot.shown if p.key not in st.done]
+                         + [p.created_ns for p in st.snapshot.losers], default=self.clock())
+            delay = (newest + self.compactor.due_after_ns - self.clock()) / 1e9
+            if delay > 0:
+                self.say(f"waiting {delay:.0f} s (2 x query.grace_seconds) to delete {len(holding)} "
+                         "compacted parts that held these logs' lines")
+            await asyncio.sleep(max(0.05, delay))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+# --- an S3 lifecycle configuration that does the same by object age ------------------------------
+
+
+def lifecycle(prefix: str, older_than_s: float) -> dict[str, Any]:
+    """S3 lifecycle rules expiring what `gc --older-than` deletes, and aborting stale multipart uploads.
+
+    S3 counts an object's age from its upload, not from the log's end, and knows neither status nor
+    labels: a log running longer than the period loses its oldest segments. `logship gc` does not.
+    """
+    days = max(1, -(-int(older_than_s) // 86400))
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    rules: list[dict[str, Any]] = [
+        {"ID": f"logship-expire-{what.rstrip('/')}", "Status": "Enabled", "Filter": {"Prefix": prefix + what},
+         "Expiration": {"Days": days}}
+        # a finished log's manifest is its newest object (rewritten at the end), so it expires last
+        for what in ("logs/", "lines/", "compact/", "deleting/")
+    ]
+    rules.append({"ID": "logship-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": prefix},
+                  "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
+    return {"Rules": rules}
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def main(cfg: Config, args: Any) -> int:
+    """`logship gc --older-than DURATION [--status finished,lost] [--label k=v]... [--dry-run] [--lifecycle]`."""
+    import sys
+
+    from .config import parse_duration
+    from .errors import LogshipError
+
+    older = cfg.retention.older_than
+    if args.older_than is not None:
+        try:
+            older = parse_duration(args.older_than)
+        except ValueError:
+            raise LogshipError(f"--older-than {args.older_than!r} is not a duration", "e.g. 30d, 12h, 90m") from None
+    if older <= 0 and args.older_than is None:
+        raise LogshipError("no age given", "pass --older-than DURATION (e.g. 30d) or set retention.older_than")
+    statuses = None
+    if args.status is not None:
+        statuses = [s.strip() for s in args.status.split(",") if s.strip()]
+        if not statuses or any(s not in DELETABLE for s in statuses):
+            raise LogshipError(f"--status {args.status!r} is not allowed",
+                               "a comma-separated list of finished and lost; running logs are never deleted")
+    labels = None
+    if args.label:
+        labels = {}
+        for item in args.label:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise LogshipError(f"bad --label {item!r}", "labels are key=value, e.g. --label team=infra")
+            labels[k] = v
+    if args.lifecycle:
+        if statuses is not None or labels is not None:
+            print("logship: an S3 lifecycle rule knows neither status nor labels: --status and --label are "
+                  "left out", file=sys.stderr)
+        print("logship: S3 counts an object's age from its upload, so a log running longer than "
+              f"{_age(older)} loses its oldest segments; logship gc never deletes a running log", file=sys.stderr)
+        prefix = cfg.store.url.removeprefix("s3://").partition("/")[2] if cfg.store.url.startswith("s3://") else ""
+        print(json.dumps(lifecycle(prefix, older), indent=2))
+        return 0
+    policy = Policy.of(cfg, older, statuses, labels)
+    return asyncio.run(_run(cfg, policy, dry_run=args.dry_run, wait=not args.no_wait))
+
+
+async def _run(cfg: Config, policy: Policy, *, dry_run: bool, wait: bool) -> int:
+    from .store import open_store
+
+    store = open_store(cfg.store)
+    try:
+        c = Collector(store, cfg, say=lambda m: print(m, flush=True))
+        r = await c.run(policy, dry_run=dry_run, wait=wait)
+    finally:
+        await store.close()
+    selected = len(r.selected)
+    if dry_run:
+        print(f"would delete {selected} logs: {sum(v.objects for v in r.selected)} objects, "
+              f"{sum(v.bytes for v in r.selected)} bytes (--dry-run: nothing deleted)")
+        return 0
+    print(f"deleted {r.deleted_logs} logs: {r.objects} objects ({r.bytes} bytes), "
+          f"{r.bytes - r.bytes_rewritten} bytes freed"
+          + (f"; {r.parts_rewritten} compacted parts rewritten without them ({r.bytes_rewritten} bytes)"
+             if r.parts_rewritten else "")
+          + (f"; {r.pending} logs hidden now, finished by the next run" if r.pending else ""))
+    return 0
