@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from shipper import index, names, s3local
 
-from .support import LOGSHIP, ROOT, agent_env, config, run_agent, spooled, start_agent, start_watcher, stop_agent, \
+from .support import LOGSHIP, NASTY, ROOT, agent_env, config, run_agent, spooled, start_agent, start_watcher, stop_agent, \
     watch_once
 
 pytestmark = pytest.mark.timeout(300)
@@ -242,6 +242,29 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
     assert not page.locator("#rows .r[data-n='1'] .n").is_visible()
     page.check("#show-n")
     screenshot(page, st)
+
+
+def test_awkward_output_is_shown_line_by_line(stack: Callable[..., Stack], page: Page) -> None:
+    st = stack()
+    assert st.run("nasty", NASTY).returncode == 0
+    st.serve()
+    page.goto(f"{st.base}/#/t/nasty/h1")
+    page.wait_for_selector("#conn[data-state=ended]")
+    got = {r["text"]: r for r in rows(page)}
+    assert got["bold green"]["stream"] == "stderr" and got["bold green"]["n"] == 8
+    long = [r for r in rows(page) if r["text"].startswith("LLLL")]
+    assert len(long) == 1 and long[0]["n"] == 7 and "more characters" in long[0]["text"]  # cut on screen
+    partial = page.locator("#partial .r")
+    assert partial.count() == 1 and partial.locator(".x").text_content() == "no final newline"
+    page.keyboard.press("Home")
+    page.wait_for_selector("#rows .r[data-n='1']")
+    got = {r["text"]: r for r in rows(page)}
+    assert {r["n"] for r in got.values()} == set(range(1, 7))
+    assert got["red error"]["stream"] == "stderr" and got["plain line"]["stream"] == "stdout"
+    assert got["invalid utf8 \ufffd\ufffd\ufffd( and NUL \u2400\u2400 inside"]["stream"] == "stdout"
+    assert got["progress 100%"]["stream"] == "stdout"  # what a terminal shows after the carriage returns
+    assert got["stdout between"]["n"] < got["half a line on stderr and its end"]["n"]  # one stderr line
+    assert got["half a line on stderr and its end"]["stream"] == "stderr"
 
 
 def screenshot(page: Page, st: Stack) -> None:
@@ -527,12 +550,13 @@ def test_the_index_route_numbers_lines_anywhere_in_the_log(stack: Callable[..., 
     script = ("import sys, time\nfor i in range(6000):\n"
               "    f = sys.stderr if i % 3 == 0 else sys.stdout\n"
               "    f.write('%d %s\\n' % (i, 'y' * (i % 40))); f.flush()\n"
+              "    if i % 100 == 0: time.sleep(0.003)  # so the agent's reads, hence chunks, end here\n"
               "    if i % 1000 == 0: sys.stdout.write('partial '); sys.stdout.flush(); time.sleep(0.08)\n")
     assert st.run("idx", script).returncode == 0
     data = spooled(st.spool, "idx")
     d = st.spool / "idx" / "h1"
     chunks = [c for p in sorted(d.glob("*.idx")) for c in index.read(str(p))]
-    assert len(chunks) > 50 and len(list(d.glob("*.idx"))) >= 3 and any(c.flags & index.PARTIAL for c in chunks)
+    assert len(chunks) > 30 and len(list(d.glob("*.idx"))) >= 3 and any(c.flags & index.PARTIAL for c in chunks)
     res = watch_once(st.env)
     assert res.returncode == 0, res.stderr
     for spool in (str(st.spool), str(tmp_path / "empty-spool")):  # beside the spool; from the store's segments

@@ -333,10 +333,10 @@ export class LogView {
     this.flush();
   }
 
-  // Rows from the tail are added at most every 30 ms, in one go.
+  // Rows from the tail are added once a frame (16 ms), in one go: a line shows well within 50 ms.
   queue(rows) {
     (this.pending ||= []).push(...rows);
-    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 30);
+    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 16);
   }
 
   flush() {
