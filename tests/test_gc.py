@@ -1,0 +1,250 @@
+"""Retention: logship gc deletes exactly the logs it should, never a running one, and a gc killed half-way
+leaves no log half-visible in the API or SQL and is finished by the next run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
+from shipper import archive, names
+from shipper.config import Config
+from shipper.query import Database
+from shipper.store import open_store
+from shipper.watcher import watch
+
+from .support import LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, start_agent, stop_agent
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NOW = {"LOGSHIP_QUERY_GRACE_SECONDS": "0"}
+DAY = 86400 * 10**9
+LINES = ("SELECT task, host, seq, line_no, stream, byte_offset, line FROM lines "
+         "ORDER BY task, host, seq, line_no, stream")
+TICKER = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.05)\n"
+
+
+def run(cfg: Config, task: str, *labels: str, lines: int = 30) -> None:
+    script = f'for i in $(seq 1 {lines}); do echo "$0 out $i"; echo "$0 err $i" >&2; done'
+    res = run_agent(cfg.spool_dir, task, ["sh", "-c", script, task], env=agent_env(cfg),
+                    args=[a for label in labels for a in ("--label", label)])
+    assert res.returncode == 0, res.stderr
+
+
+async def age(cfg: Config, task: str, days: float) -> None:
+    """Make a log look as if it ended `days` ago (we cannot wait for it)."""
+    store = open_store(cfg.store)
+    try:
+        key = names.manifest_key(task, "h1")
+        doc = json.loads(await store.get(key))
+        then = time.time_ns() - int(days * DAY)
+        doc.update(started_ns=then - 60 * 10**9, updated_ns=then, **({"ended_ns": then} if doc["ended_ns"] else {}))
+        await store.put(key, json.dumps(doc).encode())
+    finally:
+        await store.close()
+
+
+async def keys(cfg: Config) -> dict[str, int]:
+    store = open_store(cfg.store)
+    try:
+        return {o.key: o.size for o in await store.list("")}
+    finally:
+        await store.close()
+
+
+def gc(cfg: Config, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LOGSHIP, "gc", *args], env={**agent_env(cfg), **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def sql(cfg: Config, query: str) -> list[tuple[Any, ...]]:
+    db = Database(cfg)
+    try:
+        return [tuple(json.loads(o).values()) for batch in db.execute(query).fetch_json() for o in batch]
+    finally:
+        db.close()
+
+
+async def visible(cfg: Config) -> dict[str, Any]:
+    """What every reader shows: the API's listing, each log's route and bytes, the `logs` view, `lines`."""
+    client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
+    await client.start_server()
+    store = open_store(cfg.store)
+    try:
+        listing = (await (await client.get("/api/v1/tasks", params={"limit": "1000"})).json())["logs"]
+        tasks = sorted(r["task"] for r in listing)
+        routes = {}
+        for task in sorted({*tasks, *DOOMED, *KEPT}):
+            meta = await client.get(f"/api/v1/tasks/{task}/hosts/h1")
+            log = await client.get(f"/api/v1/tasks/{task}/hosts/h1/log")
+            body = await log.read()
+            routes[task] = (meta.status, log.status, hashlib.sha256(body).hexdigest() if log.status == 200 else "")
+            if log.status == 200:
+                assert body == await archive.read_all(store, task, "h1")
+    finally:
+        await store.close()
+        await client.close()
+    return {"listing": tasks, "routes": routes, "logs": sql(cfg, "SELECT task, status FROM logs ORDER BY task"),
+            "lines": sql(cfg, LINES)}
+
+
+DOOMED = ("old-a", "old-lost")
+KEPT = ("old-b", "new-a", "running")
+
+
+@pytest.fixture
+async def archive_of_logs(make_config: MakeConfig) -> Any:
+    """Five logs: old and finished (team a, team b), old and lost, new and finished, old and running;
+    their query copies compacted into one part, so deleting a log rewrites the part too."""
+    cfg = make_config(**NOW)
+    run(cfg, "old-a", "team=a")
+    run(cfg, "old-b", "team=b")
+    run(cfg, "new-a", "team=a")
+    lost = start_agent(cfg.spool_dir, "old-lost", ["sh", "-c", "echo lost; sleep 60"], env=agent_env(cfg))
+    running = start_agent(cfg.spool_dir, "running", [sys.executable, "-c", TICKER], env=agent_env(cfg),
+                          stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        kill_task(cfg.spool_dir, "old-lost")
+        lost.send_signal(signal.SIGKILL)
+        lost.wait()
+        await watch(cfg, once=True)
+        for task in ("old-a", "old-b", "old-lost", "running"):
+            await age(cfg, task, 10)
+        assert sql(cfg, "SELECT task, status FROM logs ORDER BY task") == [
+            ("new-a", "finished"), ("old-a", "finished"), ("old-b", "finished"), ("old-lost", "lost"),
+            ("running", "running")]
+        res = subprocess.run([*LOGSHIP, "compact"], env=agent_env(cfg), capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "compacted 4 objects" in res.stdout, res.stdout + res.stderr
+        yield cfg
+    finally:
+        stop_agent(running, cfg.spool_dir, "running")
+
+
+async def test_gc_deletes_exactly_the_logs_it_should(archive_of_logs: Config) -> None:
+    cfg = archive_of_logs
+    before = await visible(cfg)
+    assert before["listing"] == sorted(DOOMED + KEPT)
+    objects = await keys(cfg)
+
+    res = gc(cfg, "--older-than", "7d", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert [line.split(":")[0] for line in res.stdout.splitlines()[:-1]] == [
+        "deletes old-a/h1", "deletes old-b/h1", "deletes old-lost/h1"]
+    assert "would delete 3 logs" in res.stdout and await keys(cfg) == objects
+
+    res = gc(cfg, "--older-than", "7d", "--label", "team=a", "--status", "finished")  # old-a only
+    assert res.returncode == 0, res.stderr
+    after = await keys(cfg)
+    gone = objects.keys() - after.keys()
+    assert {k for k in gone if not k.startswith("compact/")} == {k for k in objects if "old-a" in k}
+    assert not [k for k in after if "old-a" in k]
+    # it counts what it removed: the log's objects, the part rewritten without it, and its marker
+    assert f"deleted 1 logs: {len(gone) + 1} objects" in res.stdout, res.stdout
+    assert "1 compacted parts rewritten" in res.stdout
+    now = await visible(cfg)
+    assert now["listing"] == sorted(("old-lost",) + KEPT) and now["routes"]["old-a"][:2] == (404, 404)
+    assert now["lines"] == [r for r in before["lines"] if r[0] != "old-a"]
+    assert {t: now["routes"][t] for t in KEPT} == {t: before["routes"][t] for t in KEPT}
+
+    assert gc(cfg, "--older-than", "7d", "--status", "lost").returncode == 0
+    assert (await visible(cfg))["listing"] == sorted(KEPT)
+
+    res = gc(cfg, "--older-than", "0s")  # everything that has ended, however recent: never the running log
+    assert res.returncode == 0 and "deleted 2 logs" in res.stdout, res.stdout
+    end = await visible(cfg)
+    assert end["listing"] == ["running"] and end["logs"] == [("running", "running")]
+    assert end["routes"]["running"] == before["routes"]["running"][:2] + (end["routes"]["running"][2],)
+    assert {r[0] for r in end["lines"]} <= {"running"}
+    left = await keys(cfg)
+    assert {k.split("/")[0] for k in left} <= {"logs", "lines", "compact"}
+    assert all("running" in k for k in left if k.startswith("logs/"))
+    assert not [k for k in left if k.startswith("deleting/")]
+
+
+async def test_a_gc_killed_half_way_is_finished_by_the_next_run(archive_of_logs: Config) -> None:
+    cfg = archive_of_logs
+    for task in DOOMED:  # the old and lost one is doomed by its status; old-a by its label
+        assert task in (await visible(cfg))["listing"]
+    before = await visible(cfg)
+    args = ["--older-than", "7d", "--label", "team=a"]
+    lost = ["--older-than", "7d", "--status", "lost"]
+    for crash_after, what in ((1, args), (3, args), (2, lost)):
+        res = gc(cfg, *what, LOGSHIP_TEST_CRASH_AFTER_DELETES=str(crash_after))
+        assert res.returncode == 137, (res.stdout, res.stderr)  # ended hard, like kill -9
+        _nothing_half_visible(await visible(cfg), before, doomed={"old-a"} | ({"old-lost"} if what is lost else set()))
+        assert [k for k in await keys(cfg) if k.startswith("deleting/")]
+    res = gc(cfg, "--older-than", "7d", "--label", "nobody=matches")  # a run that selects nothing new...
+    assert res.returncode == 0 and "resumed old-a/h1" in res.stdout and "resumed old-lost/h1" in res.stdout
+    assert "deleted 2 logs" in res.stdout  # ...finishes what the killed ones began
+    _nothing_half_visible(await visible(cfg), before, doomed=set(DOOMED))
+    left = await keys(cfg)
+    assert not [k for k in left if any(t in k for t in DOOMED)] and not [k for k in left if k.startswith("deleting/")]
+
+
+def _nothing_half_visible(now: dict[str, Any], before: dict[str, Any], doomed: set[str]) -> None:
+    """Doomed logs are nowhere; every other log is exactly as it was."""
+    assert now["listing"] == [t for t in before["listing"] if t not in doomed]
+    for task in doomed:
+        assert now["routes"][task][:2] == (404, 404)
+    for task in KEPT:
+        if task != "running":  # it keeps writing
+            assert now["routes"][task] == before["routes"][task]
+    assert now["logs"] == [r for r in before["logs"] if r[0] not in doomed]
+    assert now["lines"] == [r for r in before["lines"] if r[0] not in doomed]
+
+
+async def test_gc_hides_a_log_at_once_and_deletes_it_after_the_grace_period(make_config: MakeConfig) -> None:
+    cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="600")
+    run(cfg, "soon-gone")
+    run(cfg, "stays")
+    await watch(cfg, once=True)
+    res = gc(cfg, "--older-than", "0s", "--label", "x=", "--no-wait")
+    assert res.returncode == 0 and "deleted 0 logs" in res.stdout  # no log has the label x with an empty value
+    objects = await keys(cfg)
+    res = gc(cfg, "--older-than", "0s", "--no-wait")
+    assert res.returncode == 0 and "2 logs hidden now, finished by the next run" in res.stdout, res.stdout
+    assert sql(cfg, "SELECT DISTINCT task FROM lines") == [] and sql(cfg, "SELECT task FROM logs") == []
+    now = await keys(cfg)
+    # nothing is deleted yet: a query or download that started before may still read it for 600 s
+    assert {k for k in objects if k not in now} == set()
+    assert sorted(k for k in now if k.startswith("deleting/")) == ["deleting/soon-gone/h1.json", "deleting/stays/h1.json"]
+    res = gc(cfg, "--older-than", "0s", LOGSHIP_QUERY_GRACE_SECONDS="0")
+    assert res.returncode == 0 and "deleted 2 logs" in res.stdout
+    assert not [k for k in await keys(cfg) if not k.startswith("lines/date=1970")]
+
+
+async def test_gc_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    from .support import config
+
+    cfg = config(tmp_path)
+    for args, words in ((["gc"], "--older-than"), (["gc", "--older-than", "soon"], "not a duration"),
+                        (["gc", "--older-than", "1d", "--status", "running"], "never deleted"),
+                        (["gc", "--older-than", "1d", "--label", "novalue"], "key=value")):
+        res = subprocess.run([*LOGSHIP, *args], env=agent_env(cfg), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and words in res.stderr, (args, res.stderr)
+
+
+async def test_gc_prints_an_equivalent_s3_lifecycle_configuration(tmp_path: Path) -> None:
+    from .support import config
+
+    cfg = config(tmp_path, LOGSHIP_STORE_URL="s3://bucket/some/prefix", LOGSHIP_RETENTION_OLDER_THAN="36h")
+    res = subprocess.run([*LOGSHIP, "gc", "--lifecycle"], env=agent_env(cfg), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    rules = {r["ID"]: r for r in json.loads(res.stdout)["Rules"]}
+    assert {r["Filter"]["Prefix"]: r["Expiration"]["Days"] for r in rules.values() if "Expiration" in r} == {
+        "some/prefix/logs/": 2, "some/prefix/lines/": 2, "some/prefix/compact/": 2, "some/prefix/deleting/": 2}
+    abort = rules["logship-abort-incomplete-uploads"]
+    assert abort["Filter"]["Prefix"] == "some/prefix/" and abort["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1}
+    assert all(r["Status"] == "Enabled" for r in rules.values()) and "running" in res.stderr
