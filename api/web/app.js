@@ -77,6 +77,7 @@ function applyToggles() {
   log.classList.toggle('hide-n', !$('#show-n').checked);
   log.classList.toggle('wrap', $('#wrap').checked);
   for (const id of ['show-out', 'show-err', 'show-ts', 'show-n', 'wrap']) localStorage.setItem(`logship.${id}`, $(`#${id}`).checked ? '1' : '0');
+  if (view && view.following && view.scrollBottom) view.scrollBottom(); // fewer rows shown: stay at the end
 }
 
 function setup() {

@@ -16,6 +16,18 @@ const CHUNK = 256 * 1024; // bytes per Range read
 export const MAX_ROWS = 5000; // line elements kept in the page
 const TAIL_LINES = 200; // lines per host the all-hosts view starts with
 
+// Following: the view is kept at the end. Where it was put is noted, so a view found above that spot
+// was moved by the user (maybe an instant ago, its scroll event not yet handled): following stops
+// then, before any new rows would pull the view back down.
+function toEnd(view) {
+  view.log.scrollTop = view.log.scrollHeight;
+  view.autoTop = view.log.scrollTop;
+}
+
+function movedUp(view) {
+  return view.autoTop != null && view.log.scrollTop < view.autoTop - 4;
+}
+
 export class LogView {
   constructor(task, host, at) {
     this.task = task;
@@ -43,8 +55,10 @@ export class LogView {
     this.meta = meta;
     this.liveEnd = meta.live_size;
     this.showMeta();
+    if (this.closed) return;
     if (this.at != null && this.at < meta.live_size) await this.loadAround(this.at);
     else await this.loadEnd();
+    if (this.closed) return; // the user went elsewhere meanwhile
     this.tail = new Tail(this.task, this.host, { from: this.liveEnd }, {
       data: (off, bytes, stream, ts) => this.onData(off, bytes, stream, ts),
       skipped: (m) => this.onSkipped(m),
@@ -56,6 +70,7 @@ export class LogView {
   }
 
   close() {
+    this.closed = true;
     this.gen++;
     if (this.tail) this.tail.stop('closed');
   }
@@ -340,6 +355,7 @@ export class LogView {
   }
 
   flush() {
+    if (this.following && movedUp(this)) this.setFollowing(false);
     clearTimeout(this.flushTimer);
     this.flushTimer = null;
     const rows = this.pending || [];
@@ -368,7 +384,7 @@ export class LogView {
   }
 
   scrollBottom() {
-    this.log.scrollTop = this.log.scrollHeight;
+    toEnd(this);
   }
 
   onScroll() {
@@ -421,6 +437,7 @@ export class MultiView {
     $('#partial').replaceChildren();
     $('#top-edge').hidden = $('#bottom-edge').hidden = true;
     const list = await apiJSON(`tasks?task=${encodeURIComponent(this.task)}&limit=1000`);
+    if (this.closed) return;
     this.hosts = list.logs.map((l) => l.host).sort();
     const running = list.logs.filter((l) => l.status === 'running').length;
     const badge = $('#log-status');
@@ -457,10 +474,14 @@ export class MultiView {
     showConn(this.tails);
   }
 
-  close() { for (const t of this.tails) t.stop('closed'); }
+  close() {
+    this.closed = true;
+    for (const t of this.tails) t.stop('closed');
+  }
 
   // Insert by time: a host's backlog falls between the others' lines.
   add(rows) {
+    if (this.following && movedUp(this)) this.setFollowing(false);
     for (const r of rows) {
       r.el = rowElement(r, r.host);
       if (this.hidden && this.hidden.has(r.host)) r.el.hidden = true;
@@ -471,7 +492,7 @@ export class MultiView {
       this.rows.splice(lo, 0, r);
     }
     if (this.rows.length > MAX_ROWS) for (const r of this.rows.splice(0, this.rows.length - MAX_ROWS)) r.el.remove();
-    if (this.following) this.log.scrollTop = this.log.scrollHeight;
+    if (this.following) toEnd(this);
   }
 
   filterHost(host, show) {
@@ -485,7 +506,8 @@ export class MultiView {
     if (atBottom !== this.following) this.setFollowing(atBottom);
   }
   jumpTop() { this.setFollowing(false); this.log.scrollTop = 0; }
-  jumpBottom() { this.setFollowing(true); this.log.scrollTop = this.log.scrollHeight; }
+  jumpBottom() { this.setFollowing(true); toEnd(this); }
+  scrollBottom() { toEnd(this); }
   pause(on) { this.paused = on; for (const t of this.tails) if (on) t.stop('paused'); else t.start(); }
   downloads() { return [[API + `tasks/${encodeURIComponent(this.task)}/log`, `${this.task}.all-hosts.log`]]; }
 }

@@ -17,6 +17,7 @@ export class SearchView {
     setText('#search-note', `searching for “${q}”…`);
     $('#hits').replaceChildren();
     const res = await apiJSON(`search?${want}`);
+    if (this.closed) return; // another search or view took over
     setText('#search-note', `${res.hits.length}${res.more ? '+' : ''} line${res.hits.length === 1 ? '' : 's'} with “${q}”`
       + `${want.get('i') === '1' ? ' (any case)' : ''}${want.get('task') ? ` in ${want.get('task')}` : ''} · ${res.elapsed_ms} ms`
       + ' · archived lines only (sealed segments)');
@@ -39,5 +40,5 @@ export class SearchView {
     }));
   }
 
-  close() {}
+  close() { this.closed = true; }
 }

@@ -11,22 +11,27 @@ export class TasksView {
     await this.refresh();
   }
 
-  close() { clearInterval(this.timer); }
+  close() {
+    this.closed = true;
+    clearInterval(this.timer);
+  }
 
   async refresh() {
-    if (this.busy) return;
+    if (this.busy) { this.again = true; return; } // a filter changed during a refresh: one more after it
     this.busy = true;
     try {
       const q = new URLSearchParams({ limit: '1000' });
       if ($('#f-status').value) q.set('status', $('#f-status').value);
       if ($('#f-since').value) q.set('since', $('#f-since').value);
       const { logs } = await apiJSON(`tasks?${q}`);
+      if (this.closed) return;
       const ft = $('#f-task').value.trim().toLowerCase(), fh = $('#f-host').value.trim().toLowerCase();
       const rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
-      // a running log's size is in the spool: ask for its live size (a few at a time)
+      // a running log's size is in the spool: ask for the live size of the first 20
       await Promise.all(rows.filter((l) => l.status === 'running').slice(0, 20).map(async (l) => {
         try { l.size = (await apiJSON(logPath(l.task, l.host))).live_size; } catch (e) { /* gone meanwhile */ }
       }));
+      if (this.closed) return;
       const hosts = new Map();
       for (const l of logs) hosts.set(l.task, (hosts.get(l.task) || 0) + 1);
       this.render(rows, hosts);
@@ -36,6 +41,7 @@ export class TasksView {
       showError(`task list: ${e.message}`);
     } finally {
       this.busy = false;
+      if (this.again && !this.closed) { this.again = false; this.refresh(); }
     }
   }
 
