@@ -241,6 +241,13 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
     page.uncheck("#show-n")
     assert not page.locator("#rows .r[data-n='1'] .n").is_visible()
     page.check("#show-n")
+    page.click("#follow")  # the follow toggle: off, then on again jumps to the end
+    assert page.get_attribute("#follow", "aria-pressed") == "false"
+    page.keyboard.press("Home")
+    assert page.eval_on_selector("#log", "e => e.scrollTop") == 0
+    page.click("#follow")
+    assert page.get_attribute("#follow", "aria-pressed") == "true"
+    assert page.eval_on_selector("#log", "e => e.scrollHeight - e.scrollTop - e.clientHeight") < 4
     screenshot(page, st)
 
 
@@ -461,6 +468,19 @@ def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: 
     st.start("gamma", ticker(600, 0.1))
     st.serve(LOGSHIP_API_TOKENS=token)
 
+    # the page and its files need no token (they hold no data); the API does
+    with urllib.request.urlopen(f"{st.base}/") as r:
+        assert r.status == 200 and "default-src 'self'" in r.headers["Content-Security-Policy"]
+    with urllib.request.urlopen(f"{st.base}/web/app.js") as r:
+        etag = r.headers["ETag"]
+        assert r.headers["Content-Type"].startswith("text/javascript") and b"import" in r.read()
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{st.base}/web/app.js", headers={"If-None-Match": etag}))
+        raise AssertionError("no 304")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 304
+    assert get_json(f"{st.base}/web/nope.js?token={token}")[0] == 404
+    assert get_json(f"{st.base}/api/v1/tasks")[0] == 401
     page.goto(f"{st.base}/?token={token}#/")
     page.wait_for_selector("#tasks tbody tr[data-task=gamma]")
     assert "token" not in page.url and page.evaluate("localStorage.getItem('logship.token')") == token
