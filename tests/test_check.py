@@ -139,7 +139,7 @@ def test_serve_check_follows_the_api_and_its_store(tmp_path: Path, s3: s3local.L
             t0 = time.monotonic()
             res = check(api.env, "serve")
             assert res.returncode == 1 and b"no answer within 2s" in res.stderr, res.stderr
-            assert time.monotonic() - t0 < 5
+            assert time.monotonic() - t0 < 10  # not hanging (2 s are /readyz's timeout; the rest slack for load)
         finally:
             s3local.resume(s3)
         assert until(lambda: check(api.env, "serve"), lambda r: r.returncode == 0).returncode == 0
