@@ -19,6 +19,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,8 @@ async def read_state(store: Store, cache: dict[str, Part] | None = None) -> Stat
         cache[o.key] = part
         return part
 
+    for gone in cache.keys() - {o.key for o in part_objs}:
+        del cache[gone]  # deleted parts: forget them
     parts = {p.key: p for p in await asyncio.gather(*map(meta, part_objs)) if p is not None}
     done_keys = {o.key.removesuffix(names.DONE_SUFFIX) for o in objects if o.key.endswith(names.DONE_SUFFIX)}
     done = done_keys & parts.keys()
@@ -366,7 +369,10 @@ def _groups(inputs: list[ObjectInfo], part_bytes: int, forced: set[str]) -> list
 
 def _build(blobs: list[bytes], drop: set[str], inputs: list[str], covers: set[str]) -> tuple[bytes, int, set[str]]:
     """The new part: the inputs' rows but those of `drop`ped logs, sorted by task, host, seq, line_no."""
-    tables = [pq.read_table(io.BytesIO(b)).cast(PART_SCHEMA) for b in blobs]
+    # ≈ 1 ms a small file, mostly fixed costs: ParquetFile.read is ≈ 2x faster than read_table (no dataset
+    # discovery), and two threads (it lets go of the GIL) ≈ 1.5x faster again
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tables = list(pool.map(_read_part, blobs))
     table = pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()
     if drop and table.num_rows:
         ids = pc.binary_join_element_wise(table["task"], table["host"], "/")
@@ -385,6 +391,10 @@ def _build(blobs: list[bytes], drop: set[str], inputs: list[str], covers: set[st
                    use_dictionary=["task", "host", "stream"], write_statistics=_stats_columns(),
                    row_group_size=group_rows, write_page_index=False)
     return sink.getvalue(), table.num_rows, logs
+
+
+def _read_part(blob: bytes) -> pa.Table:
+    return pq.ParquetFile(pa.BufferReader(blob)).read(use_threads=False).cast(PART_SCHEMA)
 
 
 def _stats_columns() -> list[str]:

@@ -269,7 +269,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
               "copy": _bool, "grace_seconds": _duration(0, 86400)},
     "retention": {"older_than": _duration(0, 100 * 365 * 86400), "status": _statuses, "labels": _label_map,
-                  "every": _duration(60, 7 * 86400)},
+                  "every": _duration(1, 7 * 86400)},
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
 }

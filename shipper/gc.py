@@ -68,6 +68,7 @@ class Victim:
     marker: dict[str, Any] | None  # its marker, once written
     objects: int = 0  # what the store holds of it (before this run)
     bytes: int = 0
+    hidden_ns: int = 0  # since when every reader leaves it out
 
     @property
     def id(self) -> str:
@@ -100,6 +101,7 @@ class Collector:
 
     async def run(self, policy: Policy, *, dry_run: bool = False, wait: bool = True) -> Report:
         report = Report()
+        before = (self.deleter.objects, self.deleter.bytes)
         victims = await self._select(policy)
         report.selected = victims
         for v in victims:
@@ -110,14 +112,13 @@ class Collector:
         if dry_run or not victims:
             return report
         for v in victims:
-            if v.marker is None:
-                await self._mark(v)
+            await self._mark(v)
         while True:
             now = self.clock()
-            ready = [v for v in victims if now - v.marker["marked_ns"] >= self.grace_s * 1e9]  # type: ignore[index]
+            ready = [v for v in victims if now - v.hidden_ns >= self.grace_s * 1e9]
             if len(ready) == len(victims) or not wait:
                 break
-            first = min(v.marker["marked_ns"] for v in victims if v not in ready)  # type: ignore[index]
+            first = min(v.hidden_ns for v in victims if v not in ready)
             delay = max(0.05, (first + self.grace_s * 1e9 - now) / 1e9)
             self.say(f"waiting {delay:.0f} s (query.grace_seconds) for queries and downloads that started before")
             await asyncio.sleep(delay)
@@ -127,11 +128,12 @@ class Collector:
         for v in ready:
             if v.id in left:
                 continue
-            await self.deleter.delete([names.manifest_key(v.task, v.host)])
+            if v.doc is not None:
+                await self.deleter.delete([names.manifest_key(v.task, v.host)])
             await self.deleter.delete([names.deleting_key(v.task, v.host)])
             report.deleted_logs += 1
         report.pending = len(victims) - report.deleted_logs
-        report.objects, report.bytes = self.deleter.objects, self.deleter.bytes
+        report.objects, report.bytes = self.deleter.objects - before[0], self.deleter.bytes - before[1]
         return report
 
     async def _select(self, policy: Policy) -> list[Victim]:
@@ -172,15 +174,19 @@ class Collector:
         return out
 
     async def _mark(self, v: Victim) -> None:
-        """Step 1: the marker, then the manifest's status; nothing is deleted yet."""
-        assert v.doc is not None
-        segs = v.doc.get("segments", []) + ([v.doc["checkpoint"]] if v.doc.get("checkpoint") else [])
-        dates = sorted({names.lines_date(s["first_ts"]) for s in segs if s.get("first_ts")})
-        v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.get("run_id"), "marked_ns": self.clock(),
-                    "dates": dates}
-        await self.store.put(names.deleting_key(v.task, v.host), json.dumps(v.marker).encode())
-        if v.doc.get("status") != manifest.DELETING:
-            doc = {**v.doc, "status": manifest.DELETING, "deleting_ns": v.marker["marked_ns"],
+        """Step 1: the marker, then the manifest's status (also for a log a stopped run marked only); nothing
+        is deleted yet."""
+        if v.marker is None:
+            assert v.doc is not None
+            segs = v.doc.get("segments", []) + ([v.doc["checkpoint"]] if v.doc.get("checkpoint") else [])
+            dates = sorted({names.lines_date(s["first_ts"]) for s in segs if s.get("first_ts")})
+            v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.get("run_id"), "marked_ns": self.clock(),
+                        "dates": dates}
+            await self.store.put(names.deleting_key(v.task, v.host), json.dumps(v.marker).encode())
+        v.hidden_ns = v.marker.get("marked_ns", 0)
+        if v.doc is not None and v.doc.get("status") != manifest.DELETING:
+            v.hidden_ns = max(v.hidden_ns, self.clock())  # the API hides it from now: the grace starts now
+            doc = {**v.doc, "status": manifest.DELETING, "deleting_ns": v.hidden_ns,
                    "status_before_deleting": v.doc.get("status")}
             await self.store.put(names.manifest_key(v.task, v.host), manifest.dumps(doc))
 

@@ -147,6 +147,7 @@ class Database:
         with self._con.cursor() as cur:
             cur.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {_COPIES} UNION ALL SELECT * FROM {_PARTS}")
         self._parts: dict[str, lineset.Part] = {}  # footers of compacted parts read so far (they never change)
+        self._parts_lock = threading.Lock()
 
     def _views(self, which: tuple[str, ...] | set[str]) -> None:
         """(Re)create views; a view over objects the archive does not hold yet has no rows until it does."""
@@ -196,13 +197,19 @@ class Database:
             for file, value in rows:
                 key = file.removeprefix(self.root)
                 try:
-                    self._parts[key] = lineset.parse_meta(key, 0, value)
+                    part = lineset.parse_meta(key, 0, value)
                 except ValueError:
-                    pass  # not one of ours: never read
+                    continue  # not one of ours: never read
+                with self._parts_lock:
+                    self._parts[key] = part
         listed_set = set(keys)
+        with self._parts_lock:
+            for k in [k for k in self._parts if k not in listed_set]:
+                del self._parts[k]  # deleted parts: forget them
+            parts = list(self._parts.values())
         done = {k.removesuffix(names.DONE_SUFFIX) for k in keys if k.endswith(names.DONE_SUFFIX)}
         gone = {lineset.log_id(*m) for f in marks if (m := names.parse_deleting_key(f.removeprefix(self.root)))}
-        snap = lineset.resolve((p for k, p in self._parts.items() if k in listed_set), done, gone)
+        snap = lineset.resolve(parts, done, gone)
         for var, values in ((_VAR_HIDDEN, [self.root + k for k in sorted(snap.hidden)]),
                             (_VAR_PARTS, [self.root + p.key for p in snap.shown]), (_VAR_GONE, sorted(gone))):
             cur.execute(f"SET VARIABLE {var} = [{', '.join(map(_literal, values))}]::VARCHAR[]")

@@ -3,6 +3,7 @@ leaves no log half-visible in the API or SQL and is finished by the next run."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -248,3 +249,36 @@ async def test_gc_prints_an_equivalent_s3_lifecycle_configuration(tmp_path: Path
     assert abort["Filter"]["Prefix"] == "some/prefix/" and abort["AbortIncompleteMultipartUpload"] == {
         "DaysAfterInitiation": 1}
     assert all(r["Status"] == "Enabled" for r in rules.values()) and "running" in res.stderr
+
+
+async def test_the_watcher_schedule_applies_retention_and_compaction(make_config: MakeConfig) -> None:
+    """What `logship watch` runs beside its shipping (shipper/maintenance.py), every few seconds here."""
+    from shipper import maintenance
+
+    cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="0", LOGSHIP_RETENTION_OLDER_THAN="7d",
+                      LOGSHIP_RETENTION_EVERY="1s", LOGSHIP_COMPACT_EVERY="1s")
+    for task in ("expired", "kept1", "kept2"):
+        run(cfg, task)
+    await watch(cfg, once=True)
+    await age(cfg, "expired", 8)
+    kept = [r for r in sql(cfg, LINES) if r[0] != "expired"]
+    store = open_store(cfg.store)
+    stop = asyncio.Event()
+    job = maintenance.start(cfg, store, stop)
+    assert job is not None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = await keys(cfg)
+            if not [k for k in left if "expired" in k] and not [k for k in left if names.parse_lines_key(k)]:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"not done in 60 s: {sorted(left)}")
+    finally:
+        stop.set()
+        await job
+        await store.close()
+    assert sql(cfg, LINES) == kept and sql(cfg, "SELECT task FROM logs ORDER BY task") == [("kept1",), ("kept2",)]
+    # retention is off unless older_than is set; compaction is off with every = 0
+    assert maintenance.start(make_config(LOGSHIP_COMPACT_EVERY="0"), store, stop) is None
