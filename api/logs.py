@@ -21,6 +21,7 @@ from .source import LogNotFound, LogView, Source
 routes = web.RouteTableDef()
 FOLLOW_POLL_SPOOL = 0.02  # seconds between looks at a growing spool file while following
 MANIFEST_FETCH_CONCURRENCY = 16
+ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is stored as zstd
 
 
 # --- listing ---------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     view = await _view(request)
 
     headers = {"Content-Type": "text/plain; charset=utf-8", "ETag": view.etag, "Accept-Ranges": "bytes",
-               "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+               "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Vary": "Accept-Encoding"}
     if stream is not None:
         if start_param is not None:
             raise BadRequest("start= cannot be combined with stream=", "offsets are the whole log's: use one")
@@ -178,15 +179,41 @@ async def get_log(request: web.Request) -> web.StreamResponse:
         resp.content_length = view.covered(start, end)
         return await _send(request, resp, view, start, end, False, None)
 
+    if view.finished and accepts_zstd(request) and Source.zstd_share(view) >= ZSTD_SHARE:
+        # The stored zstd frames as they are: no decompression, so the download runs at the store's speed.
+        # Another representation of the log: its own (weak) validator, and its own length.
+        headers.update({"Content-Encoding": "zstd", "ETag": f'W/"{view.etag.strip(chr(34))}-zstd"'})
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = Source.zstd_size(view)
+        return await _send(request, resp, view, 0, view.size, False, None, encoded=True)
+
     resp = web.StreamResponse(headers=headers)
     if view.finished:
         resp.content_length = view.covered(0, view.size)
     return await _send(request, resp, view, 0, None if follow else view.size, follow, None)
 
 
+def accepts_zstd(request: web.Request) -> bool:
+    """True if Accept-Encoding names zstd with a q-value above 0 (RFC 9110 §12.5.3; `*` is not taken as zstd)."""
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        coding, *params = (x.strip() for x in item.split(";"))
+        if coding.lower() != "zstd":
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
-                follow: bool, stream: str | None) -> web.StreamResponse:
-    """Write [start, end) of the log (end=None: to its end; with follow, until the task ends)."""
+                follow: bool, stream: str | None, encoded: bool = False) -> web.StreamResponse:
+    """Write [start, end) of the log (end=None: to its end; with follow, until the task ends); `encoded`:
+    the whole log as zstd (Source.read_zstd)."""
     metrics = request.app[METRICS]
     await resp.prepare(request)
     if request.method == "HEAD":
@@ -194,7 +221,12 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
     if follow:
         metrics.followers += 1
     try:
-        await _send_body(request, resp, view, start, end, follow, stream)
+        if encoded:
+            async for piece in request.app[SOURCE].read_zstd(view):
+                await resp.write(piece)
+                metrics.bytes_out += len(piece)
+        else:
+            await _send_body(request, resp, view, start, end, follow, stream)
     finally:
         if follow:
             metrics.followers -= 1
@@ -227,17 +259,11 @@ async def _send_body(request: web.Request, resp: web.StreamResponse, view: LogVi
 
 async def _send_stream(source: Source, view: LogView, resp: web.StreamResponse, start: int, end: int,
                        code: int) -> int:
-    """Only the chunks of one stream, from the chunk index of each part. Returns the bytes sent."""
+    """Only the chunks of one stream (Source.read_stream). Returns the bytes sent."""
     sent = 0
-    for part in view.parts:
-        if part.end <= start or part.offset >= end:
-            continue
-        for c in await source.chunks(view, part):
-            if c.stream != code or c.end <= start or c.offset >= end:
-                continue
-            async for piece in source.read(view, max(c.offset, start), min(c.end, end)):
-                await resp.write(piece)
-                sent += len(piece)
+    async for piece in source.read_stream(view, index.STREAM_NAMES[code], start, end):
+        await resp.write(piece)
+        sent += len(piece)
     return sent
 
 

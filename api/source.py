@@ -8,11 +8,13 @@ pruned or renamed under a reader is found again under its sealed name or in the 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -22,9 +24,19 @@ from shipper.quota import DROPPED_FILE
 from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store
 
-PIECE = 1 << 20  # bytes per read from disk or store, and per write to a client
+PIECE = 1 << 20  # bytes per read from disk or store, and at most about per write to a client
 VIEW_ATTEMPTS = 3
-ZSTD_PIECE = 64 << 10
+STORE_KINDS = ("store", "checkpoint")
+# Decompression runs on the event loop, in pieces of at most ZSTD_OUT bytes of log (well under a
+# millisecond each), whatever the ratio: memory stays flat. Measured with 2 cores (bench/README.md):
+# handing pieces to a thread (zstandard releases the GIL) or reading a piece ahead in a task of its own
+# cost more CPU than they saved.
+ZSTD_OUT = 256 << 10
+ZSTD_IN = 128 << 10  # compressed bytes per request from the store, and per read of the decompressor
+# A zstd frame of raw blocks (RFC 8878 §3.1.1): magic, a descriptor with no content size and no checksum,
+# a window of 128 KiB (= the largest block), then blocks of a 3-byte header and their bytes as they are.
+RAW_BLOCK = 128 << 10
+RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00" + bytes([(17 - 10) << 3])
 
 
 class LogNotFound(LogshipError):
@@ -139,16 +151,64 @@ class Source:
     # --- reading -----------------------------------------------------------------------------
 
     async def read(self, view: LogView, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes [start, end) of the view, in pieces of about PIECE bytes."""
+        """The bytes [start, end) of the view, in pieces of at most PIECE bytes.
+
+        Once a part has given its first piece, the next part's object is requested, so that its GET's
+        latency overlaps the sending of this part (memory: the first piece of one more object).
+        """
         end = view.size if end is None else min(end, view.size)
+        jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
+                if p.end > start and p.offset < end]
+        early: _Early | None = None  # the next job's object, requested before its turn
+        try:
+            for i, (part, a, b) in enumerate(jobs):
+                opened, early = early, None
+                pieces = self._read_part(view, part, a, b, opened)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        yield piece
+                        if early is None and i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS:
+                            early = self._open_store(view, *jobs[i + 1])
+        finally:
+            if early is not None:
+                await early.aclose()
+
+    async def read_stream(self, view: LogView, stream: str, start: int = 0,
+                          end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of one stream's chunks within [start, end), in order. Each part is read once and the
+        other stream's chunks are cut out of it (chunk by chunk, a zstd segment would be decompressed from
+        its start for every chunk)."""
+        end = view.size if end is None else min(end, view.size)
+        code = index.STREAM_CODES[stream]
         for part in view.parts:
             if part.end <= start or part.offset >= end:
                 continue
-            a, b = max(start, part.offset) - part.offset, min(end, part.end) - part.offset
-            async for piece in self._read_part(view, part, a, b):
-                yield piece
+            ranges = _ranges([c for c in await self.chunks(view, part)
+                              if c.stream == code and c.end > start and c.offset < end], start, end)
+            if not ranges:
+                continue
+            pos, i = ranges[0][0], 0
+            async for piece in self.read(view, ranges[0][0], ranges[-1][1]):
+                stop = pos + len(piece)
+                while i < len(ranges) and ranges[i][0] < stop:
+                    a, b = max(ranges[i][0], pos), min(ranges[i][1], stop)
+                    if a < b:
+                        yield piece if (a, b) == (pos, stop) else piece[a - pos:b - pos]
+                    if ranges[i][1] > stop:
+                        break
+                    i += 1
+                pos = stop
 
-    async def _read_part(self, view: LogView, part: Part, a: int, b: int) -> AsyncIterator[bytes]:
+    def _open_store(self, view: LogView, part: Part, a: int, b: int) -> _Early:
+        """The object of a store part, requested now: compressed bytes from its start, or [a, b) of it."""
+        assert part.entry is not None
+        key, _ = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
+        if part.entry["compression"] == "zstd":
+            return _Early(self.store.open(key, chunk=ZSTD_IN))
+        return _Early(self.store.open(key, a, b, chunk=PIECE))
+
+    async def _read_part(self, view: LogView, part: Part, a: int, b: int,
+                         opened: _Early | None) -> AsyncGenerator[bytes, None]:
         if part.kind in ("spool", "open"):
             assert view.spool_dir is not None
             try:
@@ -162,30 +222,69 @@ class Source:
                 if store_part is None:
                     raise
                 part = store_part
+        obj = opened if opened is not None else self._open_store(view, part, a, b)
         assert part.entry is not None
-        key, _ = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
-        if part.entry["compression"] == "zstd":
-            async for piece in self._read_zstd(key, a, b):
-                yield piece
-        else:
-            async for piece in self.store.open(key, a, b, chunk=PIECE):
-                yield piece
+        async with contextlib.aclosing(obj):
+            if part.entry["compression"] == "zstd":
+                async for piece in _decompress(obj, a, b):
+                    yield piece
+            else:
+                async for piece in obj:
+                    yield piece
 
-    async def _read_zstd(self, key: str, a: int, b: int) -> AsyncIterator[bytes]:
-        """Decompress a segment from its start, dropping bytes before `a` and stopping at `b`."""
-        # One decompressor per read: decompressobj()s of one ZstdDecompressor share its context, and two
-        # requests interleaving on it corrupt each other's output.
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        pos = 0
-        # 64 KiB of zstd is ~230 KiB of log: small pieces keep memory flat under many downloads
-        async for comp in self.store.open(key, chunk=ZSTD_PIECE):
-            raw = await asyncio.to_thread(dobj.decompress, comp) if len(comp) > 65536 else dobj.decompress(comp)
-            lo, hi = max(a - pos, 0), min(b - pos, len(raw))
-            if lo < hi:
-                yield raw[lo:hi] if (lo, hi) != (0, len(raw)) else raw
-            pos += len(raw)
-            if pos >= b:
-                return
+    # --- the zstd representation (Content-Encoding: zstd) --------------------------------------
+
+    @staticmethod
+    def zstd_share(view: LogView) -> float:
+        """The share of the log's bytes the store holds as zstd: what a zstd-encoded answer sends as stored."""
+        return sum(p.size for p in view.parts if _stored_zstd(p)) / view.size if view.size else 0.0
+
+    @staticmethod
+    def zstd_size(view: LogView) -> int:
+        """Bytes of `read_zstd(view)`."""
+        return sum(p.entry["stored_size"] if p.entry is not None and _stored_zstd(p) else _raw_frame_size(p.size)
+                   for p in view.parts)
+
+    async def read_zstd(self, view: LogView) -> AsyncIterator[bytes]:
+        """The whole log as one zstd stream (RFC 8878: concatenated frames are one stream): each zstd
+        object of the store as it is stored, every other part as a frame of raw (uncompressed) blocks.
+        Nothing is decompressed or compressed here, so this runs at the store's speed."""
+        early: _Early | None = None
+        try:
+            for i, part in enumerate(view.parts):
+                opened, early = early, None
+                nxt = view.parts[i + 1] if i + 1 < len(view.parts) else None
+                pieces = self._zstd_part(view, part, opened)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        yield piece
+                        if early is None and nxt is not None and nxt.kind in STORE_KINDS:
+                            early = self._open_store(view, nxt, 0, nxt.size)
+        finally:
+            if early is not None:
+                await early.aclose()
+
+    async def _zstd_part(self, view: LogView, part: Part, opened: _Early | None) -> AsyncGenerator[bytes, None]:
+        """One part as zstd: a zstd object as it is stored (its size checked against the manifest, which
+        gave the answer's Content-Length), else its bytes in a frame of raw blocks."""
+        if not _stored_zstd(part):
+            raw = self._read_part(view, part, 0, part.size, opened)
+            async with contextlib.aclosing(raw):
+                async for piece in _raw_frame(raw, part.size):
+                    yield piece
+            return
+        assert part.entry is not None
+        obj = opened or self._open_store(view, part, 0, part.size)
+        sent, want = 0, part.entry["stored_size"]
+        async with contextlib.aclosing(obj):
+            async for piece in obj:
+                sent += len(piece)
+                if sent > want:
+                    break
+                yield piece
+        if sent != want:
+            raise StoreError(f"segment {part.seq} of {view.task}/{view.host} is {'longer' if sent > want else 'shorter'} "
+                             f"than the {want} bytes its manifest says", "the object was changed behind logship's back")
 
     async def chunks(self, view: LogView, part: Part) -> list[index.Chunk]:
         """The chunk index of one part."""
@@ -294,3 +393,146 @@ async def _read_file(d: Path, part: Part, a: int, b: int) -> AsyncIterator[bytes
             pos += len(piece)
     finally:
         os.close(fd)
+
+
+# --- reading helpers ---------------------------------------------------------------------------------
+
+
+def _ranges(chunks: list[index.Chunk], start: int, end: int) -> list[tuple[int, int]]:
+    """[offset, end) of the chunks within [start, end), adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for c in chunks:
+        a, b = max(c.offset, start), min(c.end, end)
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        elif a < b:
+            out.append((a, b))
+    return out
+
+
+def _stored_zstd(part: Part) -> bool:
+    return part.kind in STORE_KINDS and part.entry is not None and part.entry["compression"] == "zstd"
+
+
+class _Early:
+    """A store object's stream whose first piece is being fetched already (a task), so that the GET's
+    latency overlaps the sending of what comes before it. Close it (aclose) if it is not read to its end."""
+
+    def __init__(self, gen: AsyncGenerator[bytes, None]) -> None:
+        self._gen = gen
+        self._first: asyncio.Task[bytes] | None = asyncio.create_task(_first_piece(gen))
+
+    def __aiter__(self) -> _Early:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            piece = await self._first
+            self._first = None
+        else:
+            piece = await anext(self._gen, b"")
+        if not piece:
+            raise StopAsyncIteration
+        return piece
+
+    async def aclose(self) -> None:
+        if self._first is not None:
+            self._first.cancel()
+            await asyncio.wait([self._first])
+            if not self._first.cancelled():
+                self._first.exception()  # retrieved: an early GET that failed and was never read is no news
+            self._first = None
+        await self._gen.aclose()
+
+
+async def _first_piece(gen: AsyncGenerator[bytes, None]) -> bytes:
+    return await anext(gen, b"")
+
+
+async def _decompress(comp: AsyncIterator[bytes], a: int, b: int) -> AsyncIterator[bytes]:
+    """Decompress one zstd object from its start, dropping bytes before `a` and stopping at `b`.
+
+    Pieces are at most ZSTD_OUT bytes however well the data compressed (a run of one byte shrinks
+    30,000-fold: a whole piece of input must not become one piece of output).
+    """
+    feed = _Feed()
+    # One decompressor per read: readers of one ZstdDecompressor share its context, and two requests
+    # interleaving on it corrupt each other's output.
+    reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], feed), read_size=ZSTD_IN, closefd=False)
+    pos = 0
+    while pos < b:
+        try:
+            raw = reader.read1(ZSTD_OUT)  # reads `feed` only while it has no output yet: _Starved loses nothing
+        except _Starved:
+            piece = await anext(comp, b"")
+            feed.give(piece)
+            continue
+        if not raw:
+            raise StoreError(f"a zstd segment ended at {pos} of its {b} bytes",
+                             "the object is damaged or was changed behind logship's back")
+        lo, hi = max(a - pos, 0), min(b - pos, len(raw))
+        if lo < hi:
+            yield raw[lo:hi] if (lo, hi) != (0, len(raw)) else raw
+        pos += len(raw)
+
+
+class _Starved(Exception):
+    """The decompressor wants input that has not arrived yet."""
+
+
+class _Feed:
+    """Compressed bytes as they arrive, as the file zstandard's stream reader reads: read() hands out
+    what is here and raises _Starved when nothing is (b"" would mean the end of the object)."""
+
+    def __init__(self) -> None:
+        self._pieces: collections.deque[memoryview] = collections.deque()
+        self._eof = False
+
+    def give(self, piece: bytes) -> None:
+        if piece:
+            self._pieces.append(memoryview(piece))
+        else:
+            self._eof = True
+
+    def read(self, n: int) -> memoryview | bytes:
+        if not self._pieces:
+            if self._eof:
+                return b""
+            raise _Starved()
+        piece = self._pieces[0]
+        if len(piece) <= n:
+            return self._pieces.popleft()
+        self._pieces[0] = piece[n:]
+        return piece[:n]
+
+
+def _raw_frame_size(n: int) -> int:
+    return len(RAW_FRAME_HEADER) + 3 * max(1, -(-n // RAW_BLOCK)) + n
+
+
+async def _raw_frame(pieces: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
+    """The `n` bytes of `pieces` as one zstd frame of raw blocks of RAW_BLOCK bytes (the last one shorter)."""
+    head = RAW_FRAME_HEADER  # sent with the first block
+    carry = b""  # bytes short of a block, waiting for the next piece
+    left = n  # bytes not yet sent in a block
+    async for piece in pieces:
+        data = carry + piece if carry else piece
+        if len(data) > left:
+            raise StoreError(f"a part of the log holds more than its {n} bytes",
+                             "the spool or the store changed under the reader")
+        mv, i = memoryview(data), 0
+        while len(data) - i >= RAW_BLOCK or (i < len(data) and len(data) - i == left):
+            size = min(RAW_BLOCK, len(data) - i)
+            left -= size
+            yield head + _block_header(size, left == 0) + mv[i:i + size]
+            head, i = b"", i + size
+        carry = mv[i:].tobytes()
+    if left:
+        raise StoreError(f"a part of the log held {n - left} bytes, not {n}",
+                         "the spool or the store changed under the reader")
+    if n == 0:
+        yield head + _block_header(0, True)
+
+
+def _block_header(size: int, last: bool) -> bytes:
+    return (int(last) | size << 3).to_bytes(3, "little")  # block type 0: raw

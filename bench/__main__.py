@@ -143,56 +143,11 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         notes.append(f"stored by the watcher with zstd: {z:.0f} MB of {u['bytes'] / 1e6:.0f} MB raw "
                      f"({u['bytes'] / 1e6 / z:.2f}x smaller)")
     if "api" in results:
-        a = results["api"]
-        sp = a["speed"]
-        gb = f"{a['bytes'] / GiB:g} GiB"
-        for c, base, bar in (("zstd", "get", " (the issue's bar)"), ("zstd", "get+zstd -d", ", like with like"),
-                             ("none", "get", "")):
-            what = "plain GET of the objects" if base == "get" else "GET + zstd -d"
-            rows.append(Row(f"download {gb} via the API, {c} (log GB/s) vs {what}{bar}", sp[f"{c} {base}"].spread(),
-                            sp[f"{c} api"].spread(), paired(c, sp[f"{c} api"], sp[f"{c} {base}"]), 0.8, 0.95))
-        names = {"zstd": "from the store, zstd", "none": "from the store, none", "spool": "from the spool"}
-        for key, s in a["ttfb"].items():  # baseline: the store's own first byte of the object read first
-            src, rng = key.split()
-            judged = src != "spool"
-            base = a["store_ttfb"][key].spread(1) if judged else "-"
-            rows.append(Row(f"first byte (ms), {'whole log' if rng == 'whole' else 'Range in the last segment'}, "
-                            f"{names[src]}", base, s.spread(1), None, 50 if judged else None, 10 if judged else None,
-                            higher=False, value=s.median))
-        for mode, st in a["tail"].items():
-            client = "WebSocket" if mode.startswith("ws") else "SSE"
-            beside = ", logship watch beside" if mode.endswith("watch") else ""
-            for q, must, aim in (("p50", 10, 2), ("p99", 50, 5)):
-                info = bool(beside)
-                rows.append(Row(f"live tail {a['tail_seconds']:g} s at 1,000 lines/s, {client}{beside}, {q} (ms)", "-",
-                                st[q].spread(2), None, None if info else must, None if info else aim, higher=False,
-                                value=st[q].median))
-        rows.append(Row("API peak RSS (MB), 10 downloads + 100 tails; judged on the max", "-", a["rss"].spread(1),
-                        None, 150, 100, higher=False, value=max(a["rss"].samples)))
-        rows.append(Row("downloads that broke under that load (per round); judged on the max", "-",
-                        a["load_broken"].spread(0), None, 0, 0, higher=False, value=max(a["load_broken"].samples)))
-        notes.append(f"download baselines: curl (SigV4) GETs every segment object in order on one connection, to "
-                     f"/dev/null; with zstd -d -o /dev/null reading its stdout. Ours: curl -o /dev/null of /log. "
-                     f"Speeds are log bytes / wall time; the objects hold {a['stored']['zstd'] / 1e6:.0f} MB (zstd), "
-                     f"{a['stored']['none'] / 1e6:.0f} MB (none)")
-        notes.append("first byte: a new connection per request, from connect to the first byte of the body, "
-                     f"median of {a['ttfb_requests']} after {a['ttfb_warm']} warm-up ones; the baseline is the same client's "
-                     "presigned GET of the segment object the API reads first (for a zstd Range: from its start)")
-        notes.append("download CPU s: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["cpu"].items())
-                     + "; the API's own: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["api_cpu"].items()))
-        notes.append("live tail, each client: " + "; ".join(
-            f"{m} p99.9 {st['p99.9'].spread(1)} ms, max {st['max'].spread(1)} ms, "
-            f"{a['tail_lines'][m].median:,.0f} lines" for m, st in a["tail"].items()))
-        notes.append("live tail CPU s: the API " + ", ".join(f"{m} {v.spread(2)}" for m, v in a["tail_api_cpu"].items())
-                     + "; the client " + ", ".join(f"{m} {v.spread(2)}" for m, v in a["tail_client_cpu"].items()))
-        notes.append(f"API memory: VmRSS idle {a['rss_idle'].spread(1)} MB, sampled max under load "
-                     f"{a['rss_sampled'].spread(1)} MB; the 10 downloads (curl, cut at {a['load_seconds']:g} s) got "
-                     f"{a['load_bytes'].spread(2)} GB at {a['load_rate'].spread(2)} GB/s together, the 100 tails "
-                     f"{a['load_messages'].spread(0)} messages; clients in their own processes, sharing the 2 cores")
-        notes.append("noise, api by measurement: " + ", ".join(
-            f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load")))
-        if a["load_errors"]:
-            notes.append(f"a download that broke under load: {a['load_errors'][0].splitlines()[0]}")
+        from . import api
+
+        a_rows, a_notes = api.rows_for(results["api"])
+        rows += a_rows
+        notes += a_notes
     if "query" in results:
         from . import query
 

@@ -29,7 +29,10 @@ from ._util import ROOT, OthersWindow, Series, check, clean_env, rmtree, run_tim
 BUCKET, PREFIX, HOST = "bench", "api", "bench"
 COMPRESSIONS = ("zstd", "none")
 SPOOL_TASK = "dl-spool"  # the same log, finished but not shipped: served from the API's spool
-DOWNLOADS = ("zstd api", "zstd get", "zstd get+zstd -d", "none api", "none get")
+# "api": curl of /log as most clients ask (no Accept-Encoding: the API decompresses); "enc": with
+# `Accept-Encoding: zstd` (the API sends the stored zstd frames as they are), to /dev/null or into zstd -d
+DOWNLOADS = ("zstd api", "zstd enc", "zstd enc+zstd -d", "zstd get", "zstd get+zstd -d", "none api", "none get")
+ACCEPT_ZSTD = "Accept-Encoding: zstd"
 TTFB_REQUESTS, TTFB_WARM = 20, 3
 TAIL_RATE = 1000  # lines/s
 TAIL_WARMUP_S = 1.0  # lines written in the first second after the client is connected are not counted
@@ -129,7 +132,12 @@ def prepare(d: Path, server: Server, text: Path, repeat: int) -> dict[str, Any]:
             got = _sha256_cmd(f"curl -sf {shlex.quote(api.log_url(task))}")
             if got != want:
                 raise SystemExit(f"bench: sha256 of {task} through the API is {got}, not {want}")
-    say(f"  sha256 of each log through the API = sha256 of the task's output ({want[:16]}…)")
+        got = _sha256_cmd(f"curl -sf -H '{ACCEPT_ZSTD}' {shlex.quote(api.log_url('dl-zstd'))} | zstd -dc")
+        if got != want:
+            raise SystemExit(f"bench: sha256 of dl-zstd through the API as Content-Encoding: zstd, decoded, is {got}, "
+                             f"not {want}")
+    say(f"  sha256 of each log through the API (and of dl-zstd as zstd, decoded) = sha256 of the task's output "
+        f"({want[:16]}…)")
     return {"size": size, "manifests": manifests, "segments": len(manifests["zstd"]["segments"]),
             "stored": {c: sum(s["stored_size"] for s in doc["segments"]) for c, doc in manifests.items()}}
 
@@ -291,7 +299,7 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
         confs[f"{c} cat"] = _write_conf(d / f"cat-{c}.conf", _curl_auth(server) + [f'url = "{u}"' for u in objects])
     speed = {k: Series(f"download ({k})", "GB/s") for k in DOWNLOADS}  # log bytes / wall time
     cpu = {k: Series(f"download ({k})", "CPU s") for k in DOWNLOADS}  # the client's (curl, zstd)
-    api_cpu = {k: Series(f"API CPU ({k})", "CPU s") for k in DOWNLOADS if k.endswith("api")}
+    api_cpu = {k: Series(f"API CPU ({k})", "CPU s") for k in DOWNLOADS if k.split()[1] in ("api", "enc")}
     noise = Series("share of the CPU other processes used during the timed runs", "%")
     ttfb_kinds = [(src, rng) for src in ("zstd", "none", "spool") for rng in ("whole", "range")]
     ttfb = {f"{src} {rng}": Series(f"first byte, {src}, {rng}", "ms") for src, rng in ttfb_kinds}
@@ -316,21 +324,25 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
                 c, how = side.split(" ", 1)
                 out = d / "curl.out"
                 with open(out, "w+b") as f:
-                    if how == "api":
-                        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{http_code}\n", urls[c]]
+                    if how in ("api", "enc"):
+                        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{http_code}\n", urls[c],
+                                *(["-H", ACCEPT_ZSTD] if how == "enc" else [])]
                     elif how == "get":
                         argv = ["curl", "-s", "-K", str(confs[f"{c} get"].name)]
+                    elif how == "enc+zstd -d":  # the stored frames through the API, decoded as they arrive
+                        argv = ["bash", "-c", f"set -o pipefail; curl -s -H '{ACCEPT_ZSTD}' {shlex.quote(urls[c])} | "
+                                "zstd -d -v -f -o /dev/null"]
                     else:  # the bytes decompressed as they arrive, as the API must
                         argv = ["bash", "-c", f"set -o pipefail; curl -s -K {confs[f'{c} cat'].name} | "
                                 "zstd -d -v -f -o /dev/null"]
                     cpu0 = api.cpu()
                     ran = check(run_timed(argv, cwd=d, env=clean_env(), stdout=f, helpers=(server.pid, api.pid)),
                                 side)
-                    if how == "api":
+                    if side in api_cpu:
                         api_cpu[side].samples.append(api.cpu() - cpu0)
                     f.seek(0)
                     got = _got_bytes(how, f.read().decode(), ran.stderr)
-                want = size if how != "get" else logs["stored"][c]
+                want = logs["stored"][c] if how in ("get", "enc") else size
                 if got != want:
                     raise SystemExit(f"bench: {side} moved {got} bytes, not {want}:\n{ran.stderr[-2000:]}\n"
                                      f"the API's log:\n{api.log_tail()}")
@@ -378,7 +390,7 @@ def _write_conf(path: Path, lines: list[str]) -> Path:
 
 
 def _got_bytes(how: str, stdout: str, stderr: str) -> int:
-    if how == "api":
+    if how in ("api", "enc"):
         n, status = stdout.split()
         return int(n) if status == "200" else -int(status)
     if how == "get":
@@ -605,6 +617,80 @@ class _RssSampler:
         self._done.set()
         self._thread.join()
         return self.peak
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def rows_for(a: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """Rows and notes for bench/__main__.py's table."""
+    from ._util import GiB
+    from .__main__ import Row, paired
+
+    rows: list[Any] = []
+    notes: list[str] = []
+    sp = a["speed"]
+    gb = f"{a['bytes'] / GiB:g} GiB"
+    # (ours, baseline, what, must, aim). A client that asks for the log as it is (no Accept-Encoding) makes
+    # the API decompress: like with like, that is GET + zstd -d; next to a plain GET of 3.6x fewer bytes it
+    # can only be info (one core decompresses ~0.8 GB/s). With Accept-Encoding: zstd the API sends the same
+    # objects the plain GET fetches: the issue's bar.
+    judged = [("zstd enc", "zstd get", "zstd, Accept-Encoding: zstd, vs plain GET of the objects (the issue's bar)",
+               0.8, 0.95),
+              ("zstd enc+zstd -d", "zstd get+zstd -d", "zstd, Accept-Encoding: zstd, | zstd -d vs GET | zstd -d",
+               0.8, 0.95),
+              ("zstd api", "zstd get+zstd -d", "zstd, decompressed by the API, vs GET | zstd -d, like with like",
+               0.8, 0.95),
+              ("zstd api", "zstd get", "zstd, decompressed by the API, vs plain GET of the objects", None, None),
+              ("none api", "none get", "none vs plain GET of the objects", 0.8, 0.95)]
+    for ours, base, what, must, aim in judged:
+        if ours in sp and base in sp:
+            rows.append(Row(f"download {gb} via the API, {what} (log GB/s)", sp[base].spread(), sp[ours].spread(),
+                            paired(ours, sp[ours], sp[base]), must, aim))
+    names = {"zstd": "from the store, zstd", "none": "from the store, none", "spool": "from the spool"}
+    for key, s in a["ttfb"].items():  # baseline: the store's own first byte of the object read first
+        src, rng = key.split()
+        judge = src != "spool"
+        base = a["store_ttfb"][key].spread(1) if judge else "-"
+        rows.append(Row(f"first byte (ms), {'whole log' if rng == 'whole' else 'Range in the last segment'}, "
+                        f"{names[src]}", base, s.spread(1), None, 50 if judge else None, 10 if judge else None,
+                        higher=False, value=s.median))
+    for mode, st in a["tail"].items():
+        client = "WebSocket" if mode.startswith("ws") else "SSE"
+        beside = ", logship watch beside" if mode.endswith("watch") else ""
+        for q, must, aim in (("p50", 10, 2), ("p99", 50, 5)):
+            info = bool(beside)
+            rows.append(Row(f"live tail {a['tail_seconds']:g} s at 1,000 lines/s, {client}{beside}, {q} (ms)", "-",
+                            st[q].spread(2), None, None if info else must, None if info else aim, higher=False,
+                            value=st[q].median))
+    rows.append(Row("API peak RSS (MB), 10 downloads + 100 tails; judged on the max", "-", a["rss"].spread(1),
+                    None, 150, 100, higher=False, value=max(a["rss"].samples)))
+    rows.append(Row("downloads that broke under that load (per round); judged on the max", "-",
+                    a["load_broken"].spread(0), None, 0, 0, higher=False, value=max(a["load_broken"].samples)))
+    notes.append(f"download baselines: curl (SigV4) GETs every segment object in order on one connection, to "
+                 f"/dev/null; with zstd -d -o /dev/null reading its stdout. Ours: curl -o /dev/null of /log, without "
+                 f"and with '{ACCEPT_ZSTD}' (then the body is the stored objects; piped into zstd -d on the second row). "
+                 f"Speeds are log bytes / wall time; the objects hold {a['stored']['zstd'] / 1e6:.0f} MB (zstd), "
+                 f"{a['stored']['none'] / 1e6:.0f} MB (none)")
+    notes.append("first byte: a new connection per request, from connect to the first byte of the body, "
+                 f"median of {a['ttfb_requests']} after {a['ttfb_warm']} warm-up ones; the baseline is the same client's "
+                 "presigned GET of the segment object the API reads first (for a zstd Range: from its start)")
+    notes.append("download CPU s: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["cpu"].items())
+                 + "; the API's own: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["api_cpu"].items()))
+    notes.append("live tail, each client: " + "; ".join(
+        f"{m} p99.9 {st['p99.9'].spread(1)} ms, max {st['max'].spread(1)} ms, "
+        f"{a['tail_lines'][m].median:,.0f} lines" for m, st in a["tail"].items()))
+    notes.append("live tail CPU s: the API " + ", ".join(f"{m} {v.spread(2)}" for m, v in a["tail_api_cpu"].items())
+                 + "; the client " + ", ".join(f"{m} {v.spread(2)}" for m, v in a["tail_client_cpu"].items()))
+    notes.append(f"API memory: VmRSS idle {a['rss_idle'].spread(1)} MB, sampled max under load "
+                 f"{a['rss_sampled'].spread(1)} MB; the 10 downloads (curl, cut at {a['load_seconds']:g} s) got "
+                 f"{a['load_bytes'].spread(2)} GB at {a['load_rate'].spread(2)} GB/s together, the 100 tails "
+                 f"{a['load_messages'].spread(0)} messages; clients in their own processes, sharing the 2 cores")
+    notes.append("noise, api by measurement: " + ", ".join(
+        f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load")))
+    if a["load_errors"]:
+        notes.append(f"a download that broke under load: {a['load_errors'][0].splitlines()[0]}")
+    return rows, notes
 
 
 # --- the clients (own processes) -----------------------------------------------------------------
