@@ -21,7 +21,7 @@ from typing import Any
 
 import zstandard
 
-from . import index, manifest, names, querycopy
+from . import index, maintenance, manifest, names, querycopy
 from .config import Config
 from .errors import ObjectNotFound, StoreError
 from .quota import DROPPED_FILE, enforce_quota
@@ -439,6 +439,7 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
     notifier = None if once else asyncio.create_task(_notify(cfg.spool_dir, wake, stop))
+    scheduled = None if once else maintenance.start(cfg, store, stop)  # retention and compaction, if configured
     backoff = Backoff()
     try:
         while not stop.is_set():
@@ -467,6 +468,10 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             await _wait(stop, min(1.0, cfg.watch.checkpoint_seconds), wake)
     finally:
         await w.cancel_copies()  # a restart finds the segments the manifest does not mark copied
+        if scheduled is not None:  # stopped anywhere, gc and compaction are finished by a later run
+            scheduled.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduled
         if notifier is not None:
             notifier.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from shipper.query import Database
 from shipper.store import open_store
 from shipper.watcher import watch
 
-from .support import LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, start_agent, stop_agent
+from .support import LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, start_agent, start_watcher, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -251,34 +252,36 @@ async def test_gc_prints_an_equivalent_s3_lifecycle_configuration(tmp_path: Path
     assert all(r["Status"] == "Enabled" for r in rules.values()) and "running" in res.stderr
 
 
-async def test_the_watcher_schedule_applies_retention_and_compaction(make_config: MakeConfig) -> None:
-    """What `logship watch` runs beside its shipping (shipper/maintenance.py), every few seconds here."""
+async def test_logship_watch_applies_retention_and_compaction_on_its_schedule(make_config: MakeConfig) -> None:
+    """A real `logship watch` runs gc by the retention policy and compaction beside its shipping
+    (shipper/maintenance.py), here every 2 s."""
     from shipper import maintenance
 
     cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="0", LOGSHIP_RETENTION_OLDER_THAN="7d",
-                      LOGSHIP_RETENTION_EVERY="1s", LOGSHIP_COMPACT_EVERY="1s")
+                      LOGSHIP_RETENTION_EVERY="2s", LOGSHIP_COMPACT_EVERY="2s")
     for task in ("expired", "kept1", "kept2"):
         run(cfg, task)
     await watch(cfg, once=True)
     await age(cfg, "expired", 8)
     kept = [r for r in sql(cfg, LINES) if r[0] != "expired"]
-    store = open_store(cfg.store)
-    stop = asyncio.Event()
-    job = maintenance.start(cfg, store, stop)
-    assert job is not None
+    watcher = start_watcher(agent_env(cfg), stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             left = await keys(cfg)
             if not [k for k in left if "expired" in k] and not [k for k in left if names.parse_lines_key(k)]:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
         else:
             raise AssertionError(f"not done in 60 s: {sorted(left)}")
     finally:
-        stop.set()
-        await job
-        await store.close()
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    # whichever ran first: compaction merged the three copies, or the two left after retention
+    assert b"retention: deleted 1 logs" in err and re.search(rb"compact: merged [23] objects into 1 parts", err), err
     assert sql(cfg, LINES) == kept and sql(cfg, "SELECT task FROM logs ORDER BY task") == [("kept1",), ("kept2",)]
     # retention is off unless older_than is set; compaction is off with every = 0
-    assert maintenance.start(make_config(LOGSHIP_COMPACT_EVERY="0"), store, stop) is None
+    store = open_store(cfg.store)
+    assert maintenance.start(make_config(LOGSHIP_COMPACT_EVERY="0"), store, asyncio.Event()) is None
+    await store.close()
