@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import random
 import secrets
+import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from aiohttp.test_utils import TestClient, TestServer
 
+from api import source
 from api.app import create_app
 from shipper.config import Config, load_config
 from shipper.watcher import watch
@@ -82,7 +88,8 @@ async def test_ranges(shipped: tuple[TestClient, bytes]) -> None:
     n = len(data)
     for header, want in [("bytes=0-0", data[:1]), (f"bytes={n - 1}-", data[-1:]), ("bytes=-1", data[-1:]),
                          ("bytes=65530-65560", data[65530:65561]),  # across a segment boundary
-                         ("bytes=100000-300000", data[100000:300001]), (f"bytes={n - 5000}-{n + 99}", data[-5000:])]:
+                         ("bytes=100000-300000", data[100000:300001]), (f"bytes={n - 5000}-{n + 99}", data[-5000:]),
+                         ("bytes=70000-70100", data[70000:70101])]:  # inside a (compressed) segment
         r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": header})
         assert r.status == 206, header
         body = await r.read()
@@ -299,3 +306,136 @@ async def test_concurrent_downloads_of_a_compressed_log(setup: Setup) -> None:
         assert await asyncio.gather(*(download() for _ in range(6))) == [data] * 6
     finally:
         await client.close()
+
+
+# --- Content-Encoding: zstd, and the reading underneath -----------------------------------------------
+
+ZSTD = {"Accept-Encoding": "gzip, zstd"}
+
+
+def unzstd(body: bytes) -> bytes:
+    """Decode a zstd stream of several frames, as a client does (the zstd CLI too, when installed)."""
+    out = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True).readall()
+    if shutil.which("zstd"):
+        assert subprocess.run(["zstd", "-dc"], input=body, capture_output=True, check=True).stdout == out
+    return out
+
+
+async def test_zstd_encoding_sends_the_stored_frames(shipped: tuple[TestClient, bytes]) -> None:
+    client, data = shipped
+    url = "/api/v1/tasks/big/hosts/h1/log"
+    plain = await client.get(url)
+    r = await client.get(url, headers=ZSTD, auto_decompress=False)
+    body = await r.read()
+    assert r.status == 200 and r.headers["Vary"] == plain.headers["Vary"] == "Accept-Encoding"
+    if r.headers.get("Content-Encoding") is None:  # nothing stored as zstd (spool, store-none): as it is
+        assert body == data and r.headers["ETag"] == plain.headers["ETag"]
+        return
+    assert r.headers["Content-Encoding"] == "zstd" and int(r.headers["Content-Length"]) == len(body) < len(data) / 2
+    assert r.headers["ETag"].startswith('W/"') and r.headers["ETag"] != plain.headers["ETag"]
+    assert unzstd(body) == data
+    head = await client.head(url, headers=ZSTD, auto_decompress=False)
+    assert head.headers["Content-Length"] == r.headers["Content-Length"] and head.headers["ETag"] == r.headers["ETag"]
+    # a Range is of the log's bytes: answered as they are, also for a client that accepts zstd
+    r = await client.get(url, headers={**ZSTD, "Range": "bytes=70000-200000"}, auto_decompress=False)
+    assert r.status == 206 and "Content-Encoding" not in r.headers and await r.read() == data[70000:200001]
+    # the zstd answer's weak validator is no good for If-Range: the whole log comes back
+    r = await client.get(url, headers={**ZSTD, "Range": "bytes=0-9", "If-Range": head.headers["ETag"]},
+                         auto_decompress=False)
+    assert r.status == 200 and unzstd(await r.read()) == data
+    for refused in ("zstd;q=0", "gzip, br", "*", ""):
+        r = await client.get(url, headers={"Accept-Encoding": refused}, auto_decompress=False)
+        assert "Content-Encoding" not in r.headers and await r.read() == data, refused
+
+
+async def test_zstd_encoding_of_a_log_partly_in_the_spool(setup: Setup) -> None:
+    """Segments still in the spool go out as frames of raw blocks between the stored frames."""
+    data = setup.run("mixed", BIG)
+    await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="1d"), once=True)
+    d = setup.spool / "mixed" / "h1"
+    sealed = sorted(d.glob("*.log"))
+    assert len(sealed) >= 6
+    for p in sealed[1:-2]:  # the store's copies serve these; the first and the last two stay in the spool
+        p.unlink()
+        p.with_suffix(".idx").unlink()
+    client = await client_for(setup.cfg())
+    try:
+        r = await client.get("/api/v1/tasks/mixed/hosts/h1/log", headers=ZSTD, auto_decompress=False)
+        body = await r.read()
+        assert r.headers["Content-Encoding"] == "zstd" and int(r.headers["Content-Length"]) == len(body)
+        assert unzstd(body) == data
+        assert await (await client.get("/api/v1/tasks/mixed/hosts/h1/log")).read() == data
+    finally:
+        await client.close()
+
+
+async def test_running_log_is_not_zstd_encoded(setup: Setup) -> None:
+    gate = setup.tmp_path / "gate"
+    script = f"import os, time\nprint('hi', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+    p = start_agent(setup.spool, "live", [sys.executable, "-c", script], env=setup.agent_env())
+    client = await client_for(setup.cfg())
+    try:
+        while (r := await client.get("/api/v1/tasks/live/hosts/h1/log", headers=ZSTD)).status != 200 \
+                or await r.read() != b"hi\n":
+            await asyncio.sleep(0.05)
+        assert "Content-Encoding" not in r.headers and "Content-Length" not in r.headers
+    finally:
+        gate.touch()
+        stop_agent(p, setup.spool, "live")
+        await client.close()
+
+
+async def test_downloads_broken_off_leave_the_api_well(setup: Setup) -> None:
+    """Clients that go away mid-download (with the next segment requested early) cost nothing later."""
+    setup.env["LOGSHIP_SPOOL_SEGMENT_BYTES"] = "256KiB"
+    data = setup.run("cut", BIG.replace("60000", "100000"))
+    await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0"), once=True)
+    client = await client_for(setup.cfg())
+    try:
+        for headers in ({}, ZSTD) * 5:
+            r = await client.get("/api/v1/tasks/cut/hosts/h1/log", headers=headers, auto_decompress=False)
+            await r.content.readexactly(50_000)
+            r.close()  # gone, mid-segment
+        r = await client.get("/api/v1/tasks/cut/hosts/h1/log")
+        assert await r.read() == data
+    finally:
+        await client.close()
+
+
+def _split(data: bytes, rnd: random.Random) -> list[bytes]:
+    out, i = [], 0
+    while i < len(data):
+        n = rnd.choice((1, 7, 1000, 65536, 300_000))
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+async def _agen(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for p in pieces:
+        yield p
+
+
+@pytest.mark.parametrize("kind", ["text", "one byte repeated", "text and a run"])
+async def test_decompress_pieces_stay_small_and_exact(kind: str) -> None:
+    rnd = random.Random(kind)
+    text = b"".join(b"%d %s\n" % (i, bytes(rnd.choices(b"abcdefgh ", k=rnd.randrange(80)))) for i in range(60000))
+    raw = {"text": text, "one byte repeated": b"y" * (64 << 20), "text and a run": text + b"\0" * (32 << 20) + text}[kind]
+    comp = zstandard.ZstdCompressor(level=1).compress(raw)
+    for a, b in ((0, len(raw)), (12345, len(raw) - 999), (len(raw) - 1, len(raw))):
+        got = [p async for p in source._decompress(_agen(_split(comp, rnd)), a, b)]
+        assert b"".join(got) == raw[a:b]
+        assert max(map(len, got)) <= source.ZSTD_OUT  # a 2,000-byte frame of 64 MiB comes out in small pieces
+    with pytest.raises(source.StoreError, match="ended"):
+        [p async for p in source._decompress(_agen([comp[:len(comp) // 2]]), 0, len(raw))]
+
+
+@pytest.mark.parametrize("n", [0, 1, source.RAW_BLOCK - 1, source.RAW_BLOCK, source.RAW_BLOCK + 1, 1_000_003])
+async def test_raw_frame_decodes_to_its_bytes(n: int) -> None:
+    rnd = random.Random(n)
+    raw = rnd.randbytes(n)
+    frame = b"".join([p async for p in source._raw_frame(_agen(_split(raw, rnd)), n)])
+    assert len(frame) == source._raw_frame_size(n)
+    assert unzstd(frame + zstandard.ZstdCompressor().compress(b"next")) == raw + b"next"
+    with pytest.raises(source.StoreError):
+        [p async for p in source._raw_frame(_agen([raw, b"x"]), n)]
