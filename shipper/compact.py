@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import os
 import secrets
@@ -75,12 +74,11 @@ class Stats:
 
 @dataclass
 class State:
-    """The store's compaction state from one listing: parts, markers of gone logs, and the snapshot."""
+    """The store's compaction state from one listing of compact/ and deleting/: parts and the snapshot."""
 
     parts: dict[str, Part]
     done: set[str]  # parts whose `.done` exists
     orphans: list[str]  # `.done` objects whose part is gone
-    markers: dict[str, int]  # "task/host" of logs being deleted -> when marked (ns)
     snapshot: Snapshot
     listed_at: float  # time.monotonic() of the listing
     sizes: dict[str, int] = field(default_factory=dict)  # key -> size, of everything listed
@@ -147,34 +145,20 @@ async def read_state(store: Store, cache: dict[str, Part] | None = None) -> Stat
                 part = await read_part_meta(store, o.key, o.size)
             except ObjectNotFound:
                 return None  # deleted meanwhile
+            except ValueError as exc:
+                log.warning("%s is not a logship part, left alone (and never read by queries): %s", o.key, exc)
+                return None
         cache[o.key] = part
         return part
 
-    for gone in cache.keys() - {o.key for o in part_objs}:
-        del cache[gone]  # deleted parts: forget them
+    for stale in cache.keys() - {o.key for o in part_objs}:
+        del cache[stale]  # deleted parts: forget them
     parts = {p.key: p for p in await asyncio.gather(*map(meta, part_objs)) if p is not None}
     done_keys = {o.key.removesuffix(names.DONE_SUFFIX) for o in objects if o.key.endswith(names.DONE_SUFFIX)}
     done = done_keys & parts.keys()
     orphans = [names.done_key(k) for k in sorted(done_keys - parts.keys())]
-    markers = await _read_markers(store, marker_objs, sem)
-    return State(parts, done, orphans, markers, lineset.resolve(parts.values(), done, markers), listed_at, sizes)
-
-
-async def _read_markers(store: Store, objs: list[ObjectInfo], sem: asyncio.Semaphore) -> dict[str, int]:
-    async def one(o: ObjectInfo) -> tuple[str, int] | None:
-        parsed = names.parse_deleting_key(o.key)
-        if parsed is None:
-            return None
-        async with sem:
-            try:
-                doc = json.loads(await store.get(o.key))
-            except ObjectNotFound:
-                return None
-            except ValueError:
-                doc = {}
-        return lineset.log_id(*parsed), int(doc.get("marked_ns", 0))
-
-    return dict(m for m in await asyncio.gather(*map(one, objs)) if m is not None)
+    gone = {lineset.log_id(*m) for o in marker_objs if (m := names.parse_deleting_key(o.key))}
+    return State(parts, done, orphans, lineset.resolve(parts.values(), done, gone), listed_at, sizes)
 
 
 async def read_part_meta(store: Store, key: str, size: int) -> Part:
@@ -230,6 +214,7 @@ class Compactor:
         now = self.clock()
         before = (self.deleter.objects, self.deleter.bytes)
         sizes = dict(st.sizes)
+        listed: set[str] = set()
         for p in st.snapshot.shown:
             if p.key in st.done:
                 continue
@@ -237,7 +222,7 @@ class Compactor:
                 stats.waiting += 1
                 continue
             doomed = p.inputs | p.covers | {names.done_key(k) for k in p.inputs}
-            sizes.update(await self._sizes([k for k in doomed if k not in sizes]))
+            sizes.update(await self._sizes([k for k in doomed if k not in sizes], listed))
             await self.deleter.delete(sorted(k for k in doomed if k in sizes), sizes)
             await self.store.put(names.done_key(p.key), b"")
         # Parts that lost to a competing one, once no query can still read them.
@@ -248,11 +233,12 @@ class Compactor:
         stats.bytes_deleted = self.deleter.bytes - before[1]
         return stats
 
-    async def _sizes(self, keys: list[str]) -> dict[str, int]:
-        """Which of `keys` exist, with their sizes: one listing per date partition."""
+    async def _sizes(self, keys: list[str], listed: set[str]) -> dict[str, int]:
+        """Which of `keys` exist, with their sizes: one listing per date partition (not yet `listed`)."""
         out: dict[str, int] = {}
-        for prefix in sorted({"/".join(k.split("/")[:2]) + "/" for k in keys}):
+        for prefix in sorted({"/".join(k.split("/")[:2]) + "/" for k in keys} - listed):
             out.update({o.key: o.size for o in await self.store.list(prefix)})
+            listed.add(prefix)
         return out
 
     # --- merging -------------------------------------------------------------------------------
@@ -399,10 +385,6 @@ def _read_part(blob: bytes) -> pa.Table:
 
 def _stats_columns() -> list[str]:
     return [f.name for f in PART_SCHEMA if f.name != "line"]
-
-
-def summary(stats: Stats) -> dict[str, Any]:
-    return dict(vars(stats))
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -66,15 +66,6 @@ class Snapshot:
     losers: tuple[Part, ...]  # parts that lost to a newer one made at the same time: not read
     gone: frozenset[str]  # "task/host" of logs being deleted: none of their rows is read
 
-    def shows(self, key: str) -> bool:
-        """Whether a reader reads the object `key` (an original or a part), gone logs aside."""
-        if key.startswith(names.COMPACT_PREFIX):
-            return any(p.key == key for p in self.shown)
-        return key not in self.hidden
-
-
-EMPTY = Snapshot((), frozenset(), frozenset(), (), frozenset())
-
 
 def resolve(parts: Iterable[Part], done: Iterable[str] = (), gone: Iterable[str] = ()) -> Snapshot:
     """Which parts count: newest first, a part counts unless a counting part replaces it, or replaces
