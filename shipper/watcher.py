@@ -45,6 +45,7 @@ class LogState:
 
     loaded: bool = False
     conflict: bool = False
+    retired: bool = False  # `logship gc` is deleting it from the store: done with it
     segments: dict[int, dict[str, Any]] = field(default_factory=dict)  # uploaded (maybe not yet committed)
     committed: set[int] = field(default_factory=set)  # named by the manifest in the store
     checkpoint: dict[str, Any] | None = None
@@ -142,6 +143,11 @@ class Watcher:
         st = self.logs.setdefault(d, LogState())
         if not st.loaded:
             await self._load(st, sl)
+        if st.retired:
+            await asyncio.to_thread(write_json_atomic, d / names.SHIPPED_FILE,
+                                    {"run_id": sl.run["run_id"], "shipped_ns": time.time_ns(), "deleted": True})
+            del self.logs[d]
+            return
         if st.conflict:
             return
         dropped = read_json(d / DROPPED_FILE) or []
@@ -176,6 +182,13 @@ class Watcher:
             doc = manifest.loads(await self.store.get(names.manifest_key(sl.task, sl.host)))
         except ObjectNotFound:
             doc = None
+        if doc is not None and doc.get("status") == manifest.DELETING and doc.get("run_id") == sl.run["run_id"]:
+            # `logship gc` is deleting this very log: shipping on would bring back a half-deleted log.
+            st.retired = True
+            st.loaded = True
+            log.warning("%s/%s: logship gc is deleting this log from the store; not shipping it again",
+                        sl.task, sl.host)
+            return
         if doc is not None and doc.get("run_id") != sl.run["run_id"]:
             st.conflict = True
             st.loaded = True

@@ -225,6 +225,23 @@ async def test_gc_hides_a_log_at_once_and_deletes_it_after_the_grace_period(make
     assert not [k for k in await keys(cfg) if not k.startswith("lines/date=1970")]
 
 
+async def test_a_watcher_does_not_bring_back_a_log_gc_is_deleting(make_config: MakeConfig) -> None:
+    """A watcher restarted with the log still unshipped in its spool finds gc's `deleting` manifest: it
+    stops shipping that log instead of rewriting the manifest (which would make it visible again)."""
+    cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="600")
+    run(cfg, "going")
+    await watch(cfg, once=True)
+    d = cfg.spool_dir / "going" / "h1"
+    (d / names.SHIPPED_FILE).unlink()  # as if the watcher had died before it noted the log shipped
+    res = gc(cfg, "--older-than", "0s", "--no-wait")
+    assert res.returncode == 0 and "1 logs hidden now" in res.stdout, res.stdout
+    before = await keys(cfg)
+    w = await watch(cfg, once=True)
+    assert await keys(cfg) == before and w.stats["manifests"] == 0
+    assert json.loads((d / names.SHIPPED_FILE).read_bytes())["deleted"] is True
+    assert sql(cfg, "SELECT task FROM logs") == []
+
+
 async def test_gc_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     from .support import config
 
