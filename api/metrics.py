@@ -10,10 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
+from shipper import names
+
 from .keys import CONFIG, METRICS, SOURCE
 
 routes = web.RouteTableDef()
-WATCHER_STATE = ".watcher.json"
 
 
 @dataclass
@@ -42,7 +43,7 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
     ]
     if request.app[SOURCE].spool is not None:
-        state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / WATCHER_STATE)
+        state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
         if state:
             lines.append("# TYPE logship_watcher_healthy gauge")
             lines.append(f"logship_watcher_healthy {int(bool(state.get('healthy')))}")

@@ -35,7 +35,6 @@ ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compressi
 UPLOAD_CONCURRENCY = 3
 READ_PIECE = 1 << 20
 TOMBSTONE_SECONDS = 7 * 86400  # how long a shipped log's run.json stays, to refuse a second run
-STATE_FILE = ".watcher.json"  # in the spool: counters and health, for --check and the API's /metrics
 STORE_PROBE_SECONDS = 60  # a watcher with nothing to ship still asks the store this often (one HEAD)
 
 
@@ -427,7 +426,7 @@ class Watcher:
         now = time.time_ns()
         if healthy:
             self.last_ok_ns = now
-        write_json_atomic(self.spool / STATE_FILE, {
+        write_json_atomic(self.spool / names.WATCHER_STATE_FILE, {
             "pid": os.getpid(), "updated_ns": now, "healthy": healthy, "started_ns": self.started_ns,
             "last_ok_ns": self.last_ok_ns, "last_error": self.last_error, "store": self.store.url, "stats": self.stats,
         }, durable=False)
@@ -513,7 +512,7 @@ async def _notify(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None
     import watchfiles
 
     def interesting(_change: object, path: str) -> bool:
-        return not path.endswith(names.OPEN_SUFFIX) and ".tmp-" not in path and not path.endswith(STATE_FILE)
+        return not path.endswith(names.OPEN_SUFFIX) and ".tmp-" not in path and not path.endswith(names.WATCHER_STATE_FILE)
 
     # watchfiles' defaults (debounce 1600 ms, step 50 ms) would add up to a second and a half.
     async for _ in watchfiles.awatch(spool, watch_filter=interesting, debounce=50, step=10,
