@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,16 @@ from shipper.store import Store
 
 PIECE = 1 << 20  # bytes per read from disk or store, and at most about per write to a client
 VIEW_ATTEMPTS = 3
+# A finished log's view is reused this long: its bytes never change, and `logship gc` hides a log for
+# query.grace_seconds before it deletes anything. Saves the second GET of the manifest in a request (the
+# proxy middleware and the handler both ask), and requests in a burst share one parsed manifest.
+FINISHED_VIEW_TTL = 0.1
+FINISHED_VIEWS = 1000
+SEALED_PARTS = 4096  # sealed spool segments whose extent is remembered (each view read every index before)
 STORE_KINDS = ("store", "checkpoint")
+# The next part's object is requested once this share of a part is sent: its GET (a few ms) overlaps the
+# rest of the part, and only one read in four holds a second object's buffers.
+EARLY_AT = 0.75
 # Decompression runs on the event loop, in pieces of at most ZSTD_OUT bytes of log (well under a
 # millisecond each), whatever the ratio: memory stays flat. Measured with 2 cores (bench/README.md):
 # handing pieces to a thread (zstandard releases the GIL) or reading a piece ahead in a task of its own
@@ -95,66 +106,87 @@ class LogView:
         return run_id == self.run["run_id"] and size.isdigit() and int(size) <= self.size
 
 
+@dataclass
+class _SpoolState:
+    log: SpoolLog
+    parts: list[Part]
+    dropped: list[dict[str, Any]]
+
+
 class Source:
     """Builds LogViews and reads their bytes, from a store and (optionally) a local spool."""
 
     def __init__(self, store: Store, spool: Path | None) -> None:
         self.store = store
         self.spool = spool
+        self._finished: dict[tuple[str, str], tuple[float, LogView]] = {}  # recent views of finished logs
 
-    async def view(self, task: str, host: str) -> LogView:
+    async def view(self, task: str, host: str, *, recent: bool = True) -> LogView:
+        """The log as it is now; `recent`: a finished log's view of the last FINISHED_VIEW_TTL will do."""
         names.check_id("task", task)
         names.check_id("host", host)
+        now = time.monotonic()
+        last = self._finished.get((task, host))
+        if recent and last is not None and now - last[0] < FINISHED_VIEW_TTL:
+            return last[1]
         for _ in range(VIEW_ATTEMPTS):
             view = await self._view_once(task, host)
             # A segment committed and pruned between our read of the manifest and our listing of the
             # spool is in neither: look again rather than serve a hole that was never dropped.
             if not _unexplained_gap(view):
                 break
+        if view.finished:
+            if len(self._finished) >= FINISHED_VIEWS:
+                self._finished = {k: v for k, v in self._finished.items() if now - v[0] < FINISHED_VIEW_TTL}
+            self._finished[(task, host)] = (now, view)
         return view
 
     async def _view_once(self, task: str, host: str) -> LogView:
-        sl = await asyncio.to_thread(self._spool_log, task, host)
+        # The spool and the store are read at once (the manifest's GET is most of a view's time).
+        local = asyncio.ensure_future(asyncio.to_thread(self._spool_state, task, host))
         try:
             doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
             doc = None
         except StoreError:
-            if sl is None:
+            if await local is None:
                 raise
             doc = None  # the store is down, but this spool has the log: serve what it holds
-        if sl is not None and doc is not None and sl.run["run_id"] != doc["run_id"]:
-            sl = None  # another run of this log is held in our spool; the store's is the one served
-        if doc is None and sl is None:
+        finally:
+            state = await local
+        if state is not None and doc is not None and state.log.run["run_id"] != doc["run_id"]:
+            state = None  # another run of this log is held in our spool; the store's is the one served
+        if doc is None and state is None:
             raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
-        if sl is not None:
-            parts = await asyncio.to_thread(_spool_parts, sl)
-            run = sl.run
-            exit_ = sl.exit
+        dropped = (doc or {}).get("dropped", [])
+        if state is not None:
+            sl = state.log
+            parts, run, exit_ = state.parts, sl.run, sl.exit
             status = (sl.exit or {}).get("status", manifest.FINISHED) if sl.finished else manifest.RUNNING
+            dropped = dropped + state.dropped
         else:
             assert doc is not None
             parts, run, exit_, status = [], doc, doc, doc["status"]
         if doc is not None:
             parts = _merge(_store_parts(doc), parts)
-        dropped = (doc or {}).get("dropped", [])
-        if sl is not None:
-            dropped = dropped + (await asyncio.to_thread(read_json, sl.dir / DROPPED_FILE) or [])
-        return LogView(task, host, run, status, exit_, doc, sl.dir if sl else None, parts, dropped)
+        return LogView(task, host, run, status, exit_, doc, state.log.dir if state else None, parts, dropped)
 
-    def _spool_log(self, task: str, host: str) -> SpoolLog | None:
+    def _spool_state(self, task: str, host: str) -> _SpoolState | None:
         if self.spool is None:
             return None
         d = names.spool_log_dir(self.spool, task, host)
-        return read_log(d) if d.is_dir() else None
+        sl = read_log(d) if d.is_dir() else None
+        if sl is None:
+            return None
+        return _SpoolState(sl, _spool_parts(sl), read_json(sl.dir / DROPPED_FILE) or [])
 
     # --- reading -----------------------------------------------------------------------------
 
     async def read(self, view: LogView, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes [start, end) of the view, in pieces of at most PIECE bytes.
 
-        Once a part has given its first piece, the next part's object is requested, so that its GET's
-        latency overlaps the sending of this part (memory: the first piece of one more object).
+        Near the end of a part the next part's object is requested (EARLY_AT), so that its GET's latency
+        overlaps the sending of this part.
         """
         end = view.size if end is None else min(end, view.size)
         jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
@@ -164,10 +196,13 @@ class Source:
             for i, (part, a, b) in enumerate(jobs):
                 opened, early = early, None
                 pieces = self._read_part(view, part, a, b, opened)
+                done, soon = 0, a + int((b - a) * EARLY_AT)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        if early is None and i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS:
+                        done += len(piece)
+                        if early is None and a + done >= soon and i + 1 < len(jobs) \
+                                and jobs[i + 1][0].kind in STORE_KINDS:
                             early = self._open_store(view, *jobs[i + 1])
         finally:
             if early is not None:
@@ -217,7 +252,7 @@ class Source:
                 return
             except FileNotFoundError:
                 # pruned after the view was taken: by then the store holds it
-                fresh = await self.view(view.task, view.host)
+                fresh = await self.view(view.task, view.host, recent=False)
                 store_part = next((p for p in fresh.parts if p.seq == part.seq and p.kind == "store"), None)
                 if store_part is None:
                     raise
@@ -242,8 +277,7 @@ class Source:
     @staticmethod
     def zstd_size(view: LogView) -> int:
         """Bytes of `read_zstd(view)`."""
-        return sum(p.entry["stored_size"] if p.entry is not None and _stored_zstd(p) else _raw_frame_size(p.size)
-                   for p in view.parts)
+        return sum(map(_zstd_part_size, view.parts))
 
     async def read_zstd(self, view: LogView) -> AsyncIterator[bytes]:
         """The whole log as one zstd stream (RFC 8878: concatenated frames are one stream): each zstd
@@ -255,10 +289,12 @@ class Source:
                 opened, early = early, None
                 nxt = view.parts[i + 1] if i + 1 < len(view.parts) else None
                 pieces = self._zstd_part(view, part, opened)
+                done, soon = 0, int(_zstd_part_size(part) * EARLY_AT)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        if early is None and nxt is not None and nxt.kind in STORE_KINDS:
+                        done += len(piece)
+                        if early is None and done >= soon and nxt is not None and nxt.kind in STORE_KINDS:
                             early = self._open_store(view, nxt, 0, nxt.size)
         finally:
             if early is not None:
@@ -321,7 +357,7 @@ def _store_parts(doc: dict[str, Any]) -> list[Part]:
 def _spool_parts(sl: SpoolLog) -> list[Part]:
     parts = []
     for seq in sl.sealed:
-        p = _spool_part(sl.dir, seq, "spool")
+        p = _sealed_part(sl.dir, sl.run["run_id"], seq)
         if p is not None:
             parts.append(p)
     for seq in [*sl.sealing, *([sl.open] if sl.open is not None else [])]:
@@ -329,6 +365,12 @@ def _spool_parts(sl: SpoolLog) -> list[Part]:
         if p is not None:
             parts.append(p)
     return parts
+
+
+@functools.lru_cache(maxsize=SEALED_PARTS)
+def _sealed_part(d: Path, run_id: str, seq: int) -> Part | None:
+    """A sealed spool segment never changes (nor comes back once pruned): read its index once per run."""
+    return _spool_part(d, seq, "spool")
 
 
 def _spool_part(d: Path, seq: int, kind: str) -> Part | None:
@@ -408,6 +450,10 @@ def _ranges(chunks: list[index.Chunk], start: int, end: int) -> list[tuple[int, 
         elif a < b:
             out.append((a, b))
     return out
+
+
+def _zstd_part_size(part: Part) -> int:
+    return part.entry["stored_size"] if part.entry is not None and _stored_zstd(part) else _raw_frame_size(part.size)
 
 
 def _stored_zstd(part: Part) -> bool:

@@ -369,6 +369,28 @@ async def test_zstd_encoding_of_a_log_partly_in_the_spool(setup: Setup) -> None:
         await client.close()
 
 
+async def test_spool_segments_pruned_under_a_recent_view(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished log's view is reused for a moment, and its sealed spool parts are remembered: a segment
+    pruned meanwhile is read from the store, with or without zstd encoding."""
+    data = setup.run("pruned", BIG)
+    await watch(setup.cfg(LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="1d"), once=True)
+    monkeypatch.setattr(source, "FINISHED_VIEW_TTL", 3600.0)
+    client = await client_for(setup.cfg())
+    try:
+        url = "/api/v1/tasks/pruned/hosts/h1/log"
+        assert await (await client.get(url)).read() == data  # the view and its spool parts, remembered
+        for p in sorted((setup.spool / "pruned" / "h1").glob("*.log"))[:-1]:
+            p.unlink()
+            p.with_suffix(".idx").unlink()
+        assert await (await client.get(url)).read() == data
+        assert await (await client.get(url, headers={"Range": "bytes=1000-200000"})).read() == data[1000:200001]
+        monkeypatch.setattr(source, "FINISHED_VIEW_TTL", 0.0)  # a new view: most of the log is in the store now
+        r = await client.get(url, headers=ZSTD, auto_decompress=False)
+        assert r.headers["Content-Encoding"] == "zstd" and unzstd(await r.read()) == data
+    finally:
+        await client.close()
+
+
 async def test_running_log_is_not_zstd_encoded(setup: Setup) -> None:
     gate = setup.tmp_path / "gate"
     script = f"import os, time\nprint('hi', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
