@@ -39,12 +39,14 @@ for i in range(600):
     w(out, b"out %d needle\n" % i)
     if i % 7 == 0:
         w(err, b"err %d Needle\n" % i)
+    # The pauses let the agent flush the unterminated half on its own (after 50 ms idle), with room
+    # for a loaded machine: a half flushed late would be one chunk with its end and test nothing.
     if i % 150 == 0:
-        w(out, b"half of out %d " % i); time.sleep(0.08)
+        w(out, b"half of out %d " % i); time.sleep(0.3)
         w(err, b"err between %d\n" % i); time.sleep(0.02)
         w(out, b"rest of out %d\n" % i)
     if i % 200 == 0:
-        w(out, b"crossing " * 20); time.sleep(0.08)
+        w(out, b"crossing " * 20); time.sleep(0.3)
         w(err, b"filler stderr line to fill the segment %d\n" % i * 1800); time.sleep(0.02)
         w(out, b"end of the crossing line\n")
     if i % 100 == 0:
