@@ -144,10 +144,11 @@ class Source:
     async def _view_once(self, task: str, host: str) -> LogView:
         # The spool and the store are read at once (the manifest's GET is most of a view's time).
         local = asyncio.ensure_future(asyncio.to_thread(self._spool_state, task, host))
+        gone = False
         try:
             doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
-            doc = None
+            doc, gone = None, True
         except StoreError:
             if await local is None:
                 raise
@@ -156,6 +157,8 @@ class Source:
             state = await local
         if state is not None and doc is not None and state.log.run["run_id"] != doc["run_id"]:
             state = None  # another run of this log is held in our spool; the store's is the one served
+        if state is not None and gone and (state.log.dir / names.SHIPPED_FILE).exists():
+            state = None  # shipped, then deleted from the store (logship gc): the spool's leftovers are not it
         if doc is None and state is None:
             raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
         dropped = (doc or {}).get("dropped", [])

@@ -242,6 +242,25 @@ async def test_a_watcher_does_not_bring_back_a_log_gc_is_deleting(make_config: M
     assert sql(cfg, "SELECT task FROM logs") == []
 
 
+async def test_an_api_beside_the_spool_does_not_serve_a_deleted_log(make_config: MakeConfig) -> None:
+    """The spool keeps a shipped log's files for a while (spool.keep_uploaded_seconds, the tombstone):
+    once gc deleted the log from the store, the API beside that spool answers 404 like any other."""
+    cfg = make_config(**NOW)
+    run(cfg, "left-behind")
+    await watch(cfg, once=True)
+    assert (cfg.spool_dir / "left-behind" / "h1" / names.SHIPPED_FILE).exists()
+    client = TestClient(TestServer(create_app(cfg, serve_spool=True)))
+    await client.start_server()
+    try:
+        assert (await client.get("/api/v1/tasks/left-behind/hosts/h1/log")).status == 200
+        assert gc(cfg, "--older-than", "0s").returncode == 0
+        await asyncio.sleep(0.2)  # past the API's reuse of a finished log's view
+        r = await client.get("/api/v1/tasks/left-behind/hosts/h1/log")
+        assert r.status == 404 and (await r.json())["error"] == "not_found"
+    finally:
+        await client.close()
+
+
 async def test_gc_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     from .support import config
 
