@@ -13,19 +13,19 @@ import codecs
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from shipper import index, manifest, names
+from shipper import manifest, names
 from shipper.errors import StoreError
 from shipper.spool import iter_logs
 
 from .errors import BadRequest
 from .keys import METRICS, SOURCE, STORE
-from .source import LogNotFound, LogView, Source
+from .source import LogNotFound, LogView
 
 log = logging.getLogger("logship.api.ibex")
 routes = web.RouteTableDef()
@@ -108,41 +108,6 @@ def ibex_status(view: LogView) -> str:
     return "success" if view.status == manifest.FINISHED and end.get("exit_code") == 0 else "failed"
 
 
-# --- one stream of a log ----------------------------------------------------------------------------
-
-
-async def stream_bytes(source: Source, view: LogView, stream: str) -> AsyncIterator[bytes]:
-    """The bytes of one stream of a log, in order. Each part is read once and the other stream's chunks
-    are cut out of it (reading chunk by chunk would decompress a zstd segment from its start per chunk)."""
-    code = index.STREAM_CODES[stream]
-    for part in view.parts:
-        ranges = _ranges([c for c in await source.chunks(view, part) if c.stream == code])
-        if not ranges:
-            continue
-        pos, i = ranges[0][0], 0
-        async for piece in source.read(view, ranges[0][0], ranges[-1][1]):
-            end = pos + len(piece)
-            while i < len(ranges) and ranges[i][0] < end:
-                a, b = max(ranges[i][0], pos), min(ranges[i][1], end)
-                if a < b:
-                    yield piece if (a, b) == (pos, end) else piece[a - pos:b - pos]
-                if ranges[i][1] > end:
-                    break
-                i += 1
-            pos = end
-
-
-def _ranges(chunks: list[index.Chunk]) -> list[tuple[int, int]]:
-    """[offset, end) of the chunks, adjacent ones merged."""
-    out: list[tuple[int, int]] = []
-    for c in chunks:
-        if out and out[-1][1] == c.offset:
-            out[-1] = (out[-1][0], c.end)
-        elif c.length:
-            out.append((c.offset, c.end))
-    return out
-
-
 class _JsonText:
     """Bytes to the inside of a JSON string, piece by piece: invalid UTF-8 replaced, a character split
     between two pieces kept whole."""
@@ -179,7 +144,7 @@ def _json_route(stream: str, full: bool) -> Handler:
             text = json.dumps(head, ensure_ascii=False)[:-1] + f', "{stream}": "'
             await resp.write((b"," if i else b"") + text.encode())
             enc = _JsonText()
-            async for piece in stream_bytes(request.app[SOURCE], view, stream):
+            async for piece in request.app[SOURCE].read_stream(view, stream):
                 await resp.write(enc.encode(piece))
                 sent += len(piece)
             tail = f'", "{other}": ""}}' if full and stream == "stdout" else '"}'
@@ -204,7 +169,7 @@ def _text_route(stream: str) -> Handler:
             return resp
         for i, view in enumerate(views):
             await resp.write((b"\n\n" if i else b"") + view.host.encode() + b":\n")
-            async for piece in stream_bytes(request.app[SOURCE], view, stream):
+            async for piece in request.app[SOURCE].read_stream(view, stream):
                 await resp.write(piece)
                 request.app[METRICS].bytes_out += len(piece)
         await resp.write_eof()
