@@ -215,12 +215,7 @@ def test_tail_follow_prints_every_byte_until_the_task_ends(api: Api) -> None:
     p = start_agent(api.spool, "follow", [sys.executable, "-c", script], env=api.env, stdout=subprocess.DEVNULL)
     try:
         early = b"".join(b"early %d\n" % i for i in range(500))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError):
-                if spooled(api.spool, "follow") == early:
-                    break
-            time.sleep(0.02)
+        wait_spooled(api.spool, "follow", early)
         whole = api.popen("tail", "-f", "--from", "0", "follow", "--host", "h1")
         last = api.popen("tail", "--follow", "follow", "--host", "h1", "-n", "5")
         got_whole, got_last = Collector(whole), Collector(last)
@@ -315,12 +310,7 @@ def test_download_of_a_running_log_then_the_rest(api: Api) -> None:
     p = start_agent(api.spool, "live", [sys.executable, "-c", script], env=api.env, stdout=subprocess.DEVNULL)
     try:
         before = b"".join(b"before %d\n" % i for i in range(20000))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError):
-                if spooled(api.spool, "live") == before:
-                    break
-            time.sleep(0.02)
+        wait_spooled(api.spool, "live", before)
         res = api.cli("download", "live", "--host", "h1", "-o", "live.log")
         assert res.returncode == 0 and b"still running" in res.stderr, res.stderr
         assert (api.tmp_path / "live.log").read_bytes() == before
@@ -481,3 +471,13 @@ def test_tokens(tmp_path: Path) -> None:
         assert a.cli("tail", "sec", "--host", "h1").stdout == b"secret\n"  # the first of api.tokens
     finally:
         a.stop(signal.SIGKILL)
+
+
+def wait_spooled(spool: Path, task: str, data: bytes, timeout: float = 30) -> None:
+    """Until the spool holds exactly `data` of the log (or the timeout; the caller's asserts then say why)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if spooled(spool, task) == data:
+                return
+        time.sleep(0.02)
