@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -108,3 +109,79 @@ def stop_agent(p: subprocess.Popen[bytes], spool: Path, task: str, host: str = "
     kill_task(spool, task, host)
     p.kill()
     p.wait()
+
+
+_SLOW_DOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                   b'<Message>Please reduce your request rate.</Message></Error>')
+SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+             b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_DOWN_BODY), _SLOW_DOWN_BODY))
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of a server (the API, the S3 store) that slows its answers
+    down, cuts each connection after `cut_after` bytes of answer, cuts every open connection at once
+    (cut_all), resets the connection of each of the next `drop` requests, or answers each of the
+    next `slow_down` requests with S3's 503 SlowDown: a real network's and a real store's faults."""
+
+    def __init__(self, upstream: int, *, cut_after: int | None = None, rate: float | None = None) -> None:
+        self.upstream = upstream
+        self.cut_after = cut_after
+        self.rate = rate
+        self.cuts = 0
+        self.connections = 0  # accepted so far
+        self.server: asyncio.Server | None = None
+        self.drop = 0  # requests still to be answered with a reset
+        self.slow_down = 0  # requests still to be answered with 503 SlowDown
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def cut_all(self) -> None:
+        for w in list(self._open):
+            w.transport.abort()  # a reset, not a polite close
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._open.add(writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answer: bool) -> None:
+            sent = 0
+            try:
+                while data := await src.read(65536):
+                    if not answer and self.drop > 0:
+                        self.drop -= 1
+                        writer.transport.abort()
+                        return
+                    if not answer and self.slow_down > 0:
+                        self.slow_down -= 1
+                        writer.write(SLOW_DOWN)
+                        await writer.drain()
+                        return
+                    if answer and self.cut_after is not None and sent + len(data) >= self.cut_after:
+                        dst.write(data[: self.cut_after - sent])
+                        await dst.drain()
+                        self.cuts += 1
+                        return
+                    dst.write(data)
+                    await dst.drain()
+                    sent += len(data)
+                    if answer and self.rate:
+                        await asyncio.sleep(len(data) / self.rate)
+            except ConnectionError:
+                pass
+            finally:
+                for w in (writer, up_writer):
+                    w.close()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+        finally:
+            self._open.discard(writer)

@@ -24,7 +24,7 @@ from shipper.agent import default_host
 from shipper.client import ETAG_SUFFIX, Progress, base_url, lines_start
 from shipper.config import Config, load_config
 
-from .support import LOGSHIP, NASTY, env_for, run_agent, sha, spooled, start_agent, stop_agent, watch_once
+from .support import LOGSHIP, NASTY, Proxy, env_for, run_agent, sha, spooled, start_agent, stop_agent, watch_once
 
 # 50 MB of log lines, written fast
 BIG = ("import sys\nw = sys.stdout.buffer.write\nrow = b'%07d ' + b'x' * 91 + b'\\n'\n"
@@ -324,52 +324,6 @@ def test_download_of_a_running_log_then_the_rest(api: Api) -> None:
         assert not (api.tmp_path / ("live.log" + ETAG_SUFFIX)).exists()
     finally:
         stop_agent(p, api.spool, "live")
-
-
-class Proxy:
-    """A TCP proxy in front of the API that slows its answers down and/or cuts each connection after
-    `cut_after` bytes of answer: a real network's broken downloads, on purpose."""
-
-    def __init__(self, upstream: int, *, cut_after: int | None = None, rate: float | None = None) -> None:
-        self.upstream = upstream
-        self.cut_after = cut_after
-        self.rate = rate
-        self.cuts = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answer: bool) -> None:
-            sent = 0
-            try:
-                while data := await src.read(65536):
-                    if answer and self.cut_after is not None and sent + len(data) >= self.cut_after:
-                        dst.write(data[: self.cut_after - sent])
-                        await dst.drain()
-                        self.cuts += 1
-                        return
-                    dst.write(data)
-                    await dst.drain()
-                    sent += len(data)
-                    if answer and self.rate:
-                        await asyncio.sleep(len(data) / self.rate)
-            except ConnectionError:
-                pass
-            finally:
-                for w in (writer, up_writer):
-                    w.close()
-
-        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
 
 
 async def run_cli(api: Api, *args: str, timeout: float = 120) -> tuple[int, bytes, bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -24,6 +25,8 @@ from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavai
 from shipper.store import Store, open_store
 from shipper.store.fs import FileStore
 from shipper.store.s3 import READ_TIMEOUT, S3Store
+
+from .support import Proxy
 
 # The store fixture's loop is the session's; the tests must run in the same one.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -271,11 +274,13 @@ async def test_bad_credentials_are_a_store_error_with_a_hint(local_s3: s3local.L
                             secret_key="wrong")):
         store = open_store(cfg)
         try:
-            with pytest.raises(StoreError) as info:
-                await store.put("x", b"x")
-            assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
-            assert "store.secret_key" in info.value.hint
-            assert isinstance(info.value.__cause__, Exception)
+            # Writes go through botocore, reads through presigned URLs: both say the same.
+            for op in (store.put("x", b"x"), store.get("x"), _read_all(store, "x")):
+                with pytest.raises(StoreError) as info:
+                    await op
+                assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
+                assert "store.secret_key" in info.value.hint
+                assert isinstance(info.value.__cause__, Exception)
         finally:
             await store.close()
 
@@ -284,13 +289,68 @@ async def test_missing_bucket_names_store_url(local_s3: s3local.LocalS3) -> None
     store = open_store(StoreConfig(url="s3://no-such-bucket-here/", endpoint=local_s3.endpoint,
                                    access_key=local_s3.access_key, secret_key=local_s3.secret_key))
     try:
-        for op in (store.put("x", b"x"), store.list("")):
+        for op in (store.put("x", b"x"), store.list(""), store.get("x"), _read_all(store, "x")):
             with pytest.raises(StoreError) as info:
                 await op
             assert not isinstance(info.value, ObjectNotFound)
             assert "store.url" in info.value.hint
     finally:
         await store.close()
+
+
+async def _read_all(store: Store, key: str) -> bytes:
+    return b"".join([c async for c in store.open(key)])
+
+
+async def test_reads_survive_a_dropped_connection_and_a_slow_down(s3_store_cfg: StoreConfig) -> None:
+    # A NAT or the server's idle timeout resets the pooled connections between two reads; a busy
+    # store answers 503 SlowDown.
+    data = os.urandom(2 * MiB)
+    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]))
+    async with proxy as through:
+        store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
+        try:
+            await store.put("k", data)
+            for _ in range(3):
+                assert await store.get("k", 5, 9) == data[5:9]
+                assert await _read_all(store, "k") == data
+                before = proxy.connections
+                proxy.cut_all()
+                assert await store.get("k") == data  # on a fresh connection, not an error
+                assert proxy.connections > before
+            for read in (store.get("k"), _read_all(store, "k")):
+                proxy.drop = 1  # the server resets the connection as the request arrives: sent again
+                assert await read == data
+            for read in (store.get("k"), _read_all(store, "k")):
+                proxy.slow_down = 1  # S3's "SlowDown": sent again after a moment
+                assert await read == data
+            # Once, no more: an outage reaches the caller's own loop (capped backoff) at once.
+            for fault in ("drop", "slow_down"):
+                setattr(proxy, fault, 2)
+                with pytest.raises(StoreUnavailable) as info:
+                    await store.get("k")
+                assert fault == "drop" or "SlowDown" in str(info.value)
+                setattr(proxy, fault, 0)
+        finally:
+            await store.close()
+
+
+async def test_a_body_cut_short_is_an_error_not_a_short_object(s3_store_cfg: StoreConfig) -> None:
+    data = os.urandom(4 * MiB)
+    direct = open_store(s3_store_cfg)
+    await direct.put("k", data)
+    await direct.close()
+    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]), cut_after=MiB)
+    async with proxy as through:
+        store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
+        try:
+            for op in (store.get("k"), _read_all(store, "k")):
+                with pytest.raises(StoreUnavailable) as info:
+                    await op
+                assert "store.endpoint" in info.value.hint
+        finally:
+            await store.close()
+    assert proxy.cuts >= 2
 
 
 async def test_crashed_or_frozen_server_is_unavailable_then_recovers(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The S3 store (`s3://bucket/prefix`, any S3-compatible server) on aiobotocore.
 
-The only module that imports botocore: its errors become ObjectNotFound / StoreUnavailable / StoreError here.
+Reads of object bodies go through presigned URLs and a plain aiohttp pool (s3read.py); everything
+else through botocore. Errors of both become ObjectNotFound / StoreUnavailable / StoreError here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from ..errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
 from .base import ObjectInfo
 from .fs import check_key
+from .s3read import PresignedReader
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -45,6 +47,9 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
 ATTEMPTS = 2  # per request, by the SDK (see _client_config)
 MAX_POOL_CONNECTIONS = 32
+# A presigned GET is sent at once; the lifetime only has to outlast a stalled connection's retry.
+PRESIGN_SECONDS = 900
+READ_BUFSIZE = 1 * MiB
 
 _CREDENTIALS_HINT = (
     "check store.access_key and store.secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
@@ -97,6 +102,8 @@ class S3Store:
         self._lock = asyncio.Lock()
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
+        self._reader = PresignedReader(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, attempts=attempts,
+                                       pool=MAX_POOL_CONNECTIONS, read_bufsize=READ_BUFSIZE)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
@@ -118,6 +125,7 @@ class S3Store:
     async def close(self) -> None:
         if self._aborts:
             await asyncio.gather(*self._aborts, return_exceptions=True)
+        await self._reader.close()
         if self._stack is not None:
             stack, self._stack, self._client = self._stack, None, None
             await stack.aclose()
@@ -245,15 +253,14 @@ class S3Store:
         if end is not None and end <= start:
             await self.head(key)  # an empty range of a missing object is still "not found"
             return b""
-        s3 = await self._s3()
+        resp = await self._get(full, start, end)
+        if resp is None:
+            return b""
         try:
             with self._errors("get", full):
-                resp = await s3.get_object(Bucket=self.bucket, Key=full, **_range(start, end))
-                async with resp["Body"] as body:
-                    data: bytes = await body.read()
-                    return data
-        except _RangeNotSatisfiable:
-            return b""
+                return await resp.read()
+        finally:
+            resp.release()
 
     async def open(
         self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20
@@ -267,24 +274,34 @@ class S3Store:
         if end is not None and end <= start:
             await self.head(key)
             return
-        s3 = await self._s3()
-        try:
-            with self._errors("get", full):
-                resp = await s3.get_object(Bucket=self.bucket, Key=full, **_range(start, end))
-        except _RangeNotSatisfiable:
+        resp = await self._get(full, start, end)
+        if resp is None:
             return
-        body = resp["Body"]
         try:
             while True:
                 with self._errors("read", full):
-                    data: bytes = await body.read(chunk)
+                    data = await resp.content.read(chunk)
                 if not data:
                     return
                 yield data
         finally:
             # Sync close: an unread response's connection is closed rather than returned to the
             # pool, and finally blocks of async generators may run during loop shutdown.
-            body.close()
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    async def _get(self, full: str, start: int, end: int | None) -> aiohttp.ClientResponse | None:
+        """The answer to a GET of [start, end), body unread; None when the range starts past the end."""
+        s3 = await self._s3()
+        try:
+            with self._errors("get", full):
+                url = await s3.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=PRESIGN_SECONDS)
+                return await self._reader.get(url, _range(start, end))
+        except _RangeNotSatisfiable:
+            return None
 
     async def head(self, key: str) -> ObjectInfo:
         full = self._key(key)
