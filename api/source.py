@@ -35,9 +35,6 @@ FINISHED_VIEW_TTL = 0.1
 FINISHED_VIEWS = 1000
 SEALED_PARTS = 4096  # sealed spool segments whose extent is remembered (each view read every index before)
 STORE_KINDS = ("store", "checkpoint")
-# The next part's object is requested once this share of a part is sent: its GET (a few ms) overlaps the
-# rest of the part, and only one read in four holds a second object's buffers.
-EARLY_AT = 0.75
 # Decompression runs on the event loop, in pieces of at most ZSTD_OUT bytes of log (well under a
 # millisecond each), whatever the ratio: memory stays flat. Measured with 2 cores (bench/README.md):
 # handing pieces to a thread (zstandard releases the GIL) or reading a piece ahead in a task of its own
@@ -188,8 +185,11 @@ class Source:
     async def read(self, view: LogView, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes [start, end) of the view, in pieces of at most PIECE bytes.
 
-        Near the end of a part the next part's object is requested (EARLY_AT), so that its GET's latency
-        overlaps the sending of this part.
+        Once a part's first piece is here, the next part's object is requested, so that its GET
+        (SeaweedFS takes 2-6 ms to its first byte) overlaps the sending of this part. Requested when
+        three quarters of the part were sent instead, a zstd object passed through (4.6 MB, ≈ 3 ms)
+        left most of that latency uncovered: 0.72 of a plain GET's speed, 0.87 this way
+        (bench/README.md). The price is a second response's buffers (≤ 2 x READ_BUFSIZE) per reader.
         """
         end = view.size if end is None else min(end, view.size)
         jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
@@ -199,13 +199,10 @@ class Source:
             for i, (part, a, b) in enumerate(jobs):
                 opened, early = early, None
                 pieces = self._read_part(view, part, a, b, opened)
-                done, soon = 0, a + int((b - a) * EARLY_AT)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        done += len(piece)
-                        if early is None and a + done >= soon and i + 1 < len(jobs) \
-                                and jobs[i + 1][0].kind in STORE_KINDS:
+                        if early is None and i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS:
                             early = self._open_store(view, *jobs[i + 1])
         finally:
             if early is not None:
@@ -237,12 +234,12 @@ class Source:
                     i += 1
                 pos = stop
 
-    def _open_store(self, view: LogView, part: Part, a: int, b: int) -> _Early:
+    def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> _Early:
         """The object of a store part, requested now: compressed bytes from its start, or [a, b) of it."""
         assert part.entry is not None
         key, _ = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
         if part.entry["compression"] == "zstd":
-            return _Early(self.store.open(key, chunk=ZSTD_IN))
+            return _Early(self.store.open(key, chunk=zstd_chunk))
         return _Early(self.store.open(key, a, b, chunk=PIECE))
 
     async def _read_part(self, view: LogView, part: Part, a: int, b: int,
@@ -285,20 +282,19 @@ class Source:
     async def read_zstd(self, view: LogView) -> AsyncIterator[bytes]:
         """The whole log as one zstd stream (RFC 8878: concatenated frames are one stream): each zstd
         object of the store as it is stored, every other part as a frame of raw (uncompressed) blocks.
-        Nothing is decompressed or compressed here, so this runs at the store's speed."""
+        Nothing is decompressed or compressed here, so this runs at the store's speed. The next object is
+        requested early, as in read()."""
         early: _Early | None = None
         try:
             for i, part in enumerate(view.parts):
                 opened, early = early, None
                 nxt = view.parts[i + 1] if i + 1 < len(view.parts) else None
                 pieces = self._zstd_part(view, part, opened)
-                done, soon = 0, int(_zstd_part_size(part) * EARLY_AT)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        done += len(piece)
-                        if early is None and done >= soon and nxt is not None and nxt.kind in STORE_KINDS:
-                            early = self._open_store(view, nxt, 0, nxt.size)
+                        if early is None and nxt is not None and nxt.kind in STORE_KINDS:
+                            early = self._open_store(view, nxt, 0, nxt.size, PIECE)
         finally:
             if early is not None:
                 await early.aclose()
@@ -313,7 +309,7 @@ class Source:
                     yield piece
             return
         assert part.entry is not None
-        obj = opened or self._open_store(view, part, 0, part.size)
+        obj = opened or self._open_store(view, part, 0, part.size, PIECE)
         sent, want = 0, part.entry["stored_size"]
         async with contextlib.aclosing(obj):
             async for piece in obj:

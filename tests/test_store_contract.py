@@ -24,6 +24,7 @@ from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.store import Store, open_store
 from shipper.store.fs import FileStore
+from shipper.store import s3read
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
 from .support import Proxy
@@ -333,6 +334,31 @@ async def test_reads_survive_a_dropped_connection_and_a_slow_down(s3_store_cfg: 
                 setattr(proxy, fault, 0)
         finally:
             await store.close()
+
+
+async def test_reads_use_the_proxy_of_the_environment(s3_store_cfg: StoreConfig,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP_PROXY / NO_PROXY as botocore honours them for writes: reads must go the same way.
+    data = os.urandom(1000)
+    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]))  # an HTTP proxy forwards to the store
+    async with proxy as through:
+        for env, via_proxy in (({"HTTP_PROXY": through}, True),
+                               ({"HTTP_PROXY": through, "NO_PROXY": "127.0.0.1"}, False)):
+            for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            s3read._proxy_for.cache_clear()
+            store = open_store(s3_store_cfg)
+            try:
+                await store.put("p", data)
+                before = proxy.connections  # botocore's, when it goes through the proxy too
+                assert await store.get("p") == data
+                assert await _read_all(store, "p") == data
+            finally:
+                await store.close()
+            assert (proxy.connections > before) == via_proxy
+    s3read._proxy_for.cache_clear()
 
 
 async def test_a_body_cut_short_is_an_error_not_a_short_object(s3_store_cfg: StoreConfig) -> None:

@@ -49,7 +49,10 @@ ATTEMPTS = 2  # per request, by the SDK (see _client_config)
 MAX_POOL_CONNECTIONS = 32
 # A presigned GET is sent at once; the lifetime only has to outlast a stalled connection's retry.
 PRESIGN_SECONDS = 900
-READ_BUFSIZE = 1 * MiB
+READ_BUFSIZE = 256 << 10  # per response; aiohttp pauses the socket at twice this, unread
+# GETs in flight: an API reader holds two (its part and the next one, requested early), so this is
+# room for 64 concurrent downloads before a new one waits for a connection.
+READ_POOL = 128
 
 _CREDENTIALS_HINT = (
     "check store.access_key and store.secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
@@ -103,7 +106,7 @@ class S3Store:
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self._reader = PresignedReader(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, attempts=attempts,
-                                       pool=MAX_POOL_CONNECTIONS, read_bufsize=READ_BUFSIZE)
+                                       pool=READ_POOL, read_bufsize=READ_BUFSIZE)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
