@@ -339,8 +339,10 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
                         argv = ["bash", "-c", f"set -o pipefail; curl -s -K {confs[f'{c} cat'].name} | "
                                 "zstd -d -v -f -o /dev/null"]
                     cpu0 = api.cpu()
-                    ran = check(run_timed(argv, cwd=d, env=clean_env(), stdout=f, helpers=(server.pid, api.pid)),
-                                side)
+                    ran = run_timed(argv, cwd=d, env=clean_env(), stdout=f, helpers=(server.pid, api.pid))
+                    if ran.rc != 0:
+                        raise SystemExit(f"bench: {side} failed with exit status {ran.rc}:\n{ran.stderr[-2000:]}\n"
+                                         f"the API's log:\n{api.log_tail()}")
                     if side in api_cpu:
                         api_cpu[side].samples.append(api.cpu() - cpu0)
                     f.seek(0)
