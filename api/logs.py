@@ -227,6 +227,11 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
                 metrics.bytes_out += len(piece)
         else:
             await _send_body(request, resp, view, start, end, follow, stream)
+    except ConnectionError:
+        # The client went away (curl stopped to resume later, a tab closed): routine, and there is no one
+        # to answer. aiohttp would log it as an error with a traceback for every such download.
+        metrics.client_gone += 1
+        return resp
     finally:
         if follow:
             metrics.followers -= 1

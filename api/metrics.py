@@ -24,6 +24,7 @@ class Metrics:
     followers: int = 0  # open follow/tail connections right now
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
+    client_gone: int = 0  # downloads whose client went away before the end
 
 
 @routes.get("/healthz")
@@ -41,6 +42,8 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE logship_api_tail_messages_total counter", f"logship_api_tail_messages_total {m.tail_messages}",
         "# TYPE logship_api_tail_skipped_bytes_total counter",
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
+        "# TYPE logship_api_downloads_cut_by_client_total counter",
+        f"logship_api_downloads_cut_by_client_total {m.client_gone}",
     ]
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)

@@ -12,12 +12,15 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import zstandard
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api import source
 from api.app import create_app
+from api.keys import METRICS
 from shipper.config import Config, load_config
 from shipper.watcher import watch
 
@@ -164,6 +167,43 @@ async def test_running_log_download_and_follow(setup: Setup) -> None:
     finally:
         stop_agent(p, setup.spool, "run")
         await client.close()
+
+
+async def test_a_follower_that_goes_away_is_forgotten_quietly(setup: Setup,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    script = "import time\nfor i in range(600): print('tick', i, flush=True); time.sleep(0.05)\n"
+    p = start_agent(setup.spool, "gone", [sys.executable, "-c", script], env=setup.agent_env())
+    # Run as `logship serve` runs it (web.run_app): a handler is not cancelled when its client goes,
+    # it finds out on its next write. (aiohttp's TestServer cancels handlers.)
+    app = create_app(setup.cfg())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
+    metrics = app[METRICS]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                r = await session.get(f"{base}/tasks/gone/hosts/h1/log?follow=true")
+                if r.status == 200:
+                    break
+                r.release()
+                await asyncio.sleep(0.05)
+            assert (await r.content.readline()).startswith(b"tick")
+            assert metrics.followers == 1
+            r.close()  # the client goes; the task writes on
+            for _ in range(200):
+                if metrics.followers == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert metrics.followers == 0 and metrics.client_gone == 1
+            async with session.get(f"{base.removesuffix('/api/v1')}/metrics") as m:
+                assert "logship_api_downloads_cut_by_client_total 1" in await m.text()
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    finally:
+        stop_agent(p, setup.spool, "gone")
+        await runner.cleanup()
 
 
 async def test_listing_filters_and_pages(setup: Setup) -> None:
