@@ -132,6 +132,7 @@ class Proxy:
         self.server: asyncio.Server | None = None
         self.drop = 0  # requests still to be answered with a reset
         self.slow_down = 0  # requests still to be answered with 503 SlowDown
+        self.headers_only = 0  # requests whose headers reach the server, then the connection ends
         self._open: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> str:
@@ -159,6 +160,11 @@ class Proxy:
                     if not answer and self.drop > 0:
                         self.drop -= 1
                         writer.transport.abort()
+                        return
+                    if not answer and self.headers_only > 0 and b"\r\n\r\n" in data:
+                        self.headers_only -= 1
+                        dst.write(data[:data.index(b"\r\n\r\n") + 4])  # as a writer killed right after them
+                        await dst.drain()
                         return
                     if not answer and self.slow_down > 0:
                         self.slow_down -= 1

@@ -7,7 +7,9 @@ else through botocore. Errors of both become ObjectNotFound / StoreUnavailable /
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 MiB = 1 << 20
 SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
+MD5_MAX = 1 * MiB  # PUTs up to this size carry Content-MD5 (see _put_object)
 PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000  # S3's limit; larger objects get larger parts
 UPLOAD_CONCURRENCY = 4  # parts in flight per object: memory is at most this many parts
@@ -181,8 +184,13 @@ class S3Store:
 
     async def _put_object(self, full: str, data: bytes) -> None:
         s3 = await self._s3()
+        # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
+        # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
+        # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
+        # their PUT returned, and hashing them would cost upload speed.
+        md5 = {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if len(data) <= MD5_MAX else {}
         with self._errors("put", full):
-            await s3.put_object(Bucket=self.bucket, Key=full, Body=data)
+            await s3.put_object(Bucket=self.bucket, Key=full, Body=data, **md5)
 
     async def _put_multipart(self, full: str, size: int, read: Callable[[int, int], Awaitable[bytes]]) -> None:
         """Upload in parts, UPLOAD_CONCURRENCY at a time; abort the upload on any failure, cancellation included."""
