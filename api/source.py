@@ -198,12 +198,13 @@ class Source:
         try:
             for i, (part, a, b) in enumerate(jobs):
                 opened, early = early, None
+                nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS else None
                 pieces = self._read_part(view, part, a, b, opened)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        if early is None and i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS:
-                            early = self._open_store(view, *jobs[i + 1])
+                        if nxt is not None and early is None:
+                            early = self._open_store(view, *nxt)
         finally:
             if early is not None:
                 await early.aclose()
@@ -288,12 +289,12 @@ class Source:
         try:
             for i, part in enumerate(view.parts):
                 opened, early = early, None
-                nxt = view.parts[i + 1] if i + 1 < len(view.parts) else None
+                nxt = view.parts[i + 1] if i + 1 < len(view.parts) and view.parts[i + 1].kind in STORE_KINDS else None
                 pieces = self._zstd_part(view, part, opened)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        if early is None and nxt is not None and nxt.kind in STORE_KINDS:
+                        if nxt is not None and early is None:
                             early = self._open_store(view, nxt, 0, nxt.size, PIECE)
         finally:
             if early is not None:

@@ -299,6 +299,11 @@ async def test_missing_bucket_names_store_url(local_s3: s3local.LocalS3) -> None
         await store.close()
 
 
+def _port(cfg: StoreConfig) -> int:
+    """The local S3 server's port, for a Proxy in front of it."""
+    return int(cfg.endpoint.rsplit(":", 1)[1])
+
+
 async def _read_all(store: Store, key: str) -> bytes:
     return b"".join([c async for c in store.open(key)])
 
@@ -307,7 +312,7 @@ async def test_reads_survive_a_dropped_connection_and_a_slow_down(s3_store_cfg: 
     # A NAT or the server's idle timeout resets the pooled connections between two reads; a busy
     # store answers 503 SlowDown.
     data = os.urandom(2 * MiB)
-    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]))
+    proxy = Proxy(_port(s3_store_cfg))
     async with proxy as through:
         store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
         try:
@@ -338,7 +343,7 @@ async def test_reads_survive_a_dropped_connection_and_a_slow_down(s3_store_cfg: 
 
 async def test_a_put_cut_after_its_headers_leaves_the_old_object(s3_store_cfg: StoreConfig) -> None:
     # SeaweedFS stores an empty object when the body never comes; Content-MD5 makes it refuse.
-    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]))
+    proxy = Proxy(_port(s3_store_cfg))
     async with proxy as through:
         store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
         try:
@@ -356,7 +361,7 @@ async def test_reads_use_the_proxy_of_the_environment(s3_store_cfg: StoreConfig,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # HTTP_PROXY / NO_PROXY as botocore honours them for writes: reads must go the same way.
     data = os.urandom(1000)
-    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]))  # an HTTP proxy forwards to the store
+    proxy = Proxy(_port(s3_store_cfg))  # an HTTP proxy forwards to the store
     async with proxy as through:
         for env, via_proxy in (({"HTTP_PROXY": through}, True),
                                ({"HTTP_PROXY": through, "NO_PROXY": "127.0.0.1"}, False)):
@@ -382,7 +387,7 @@ async def test_a_body_cut_short_is_an_error_not_a_short_object(s3_store_cfg: Sto
     direct = open_store(s3_store_cfg)
     await direct.put("k", data)
     await direct.close()
-    proxy = Proxy(int(s3_store_cfg.endpoint.rsplit(":", 1)[1]), cut_after=MiB)
+    proxy = Proxy(_port(s3_store_cfg), cut_after=MiB)
     async with proxy as through:
         store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
         try:
