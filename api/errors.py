@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shipper.errors import ConfigError, InvalidId, LogshipError, ObjectNotFound, StoreError, StoreUnavailable
+from shipper.errors import ConfigError, DamagedObject, InvalidId, LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 
 from .source import LogNotFound
 
@@ -30,6 +30,7 @@ class Forbidden(LogshipError):
 STATUS: list[tuple[type[LogshipError], int]] = [
     (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401), (Forbidden, 403),
     (LogNotFound, 404), (ObjectNotFound, 404), (StoreUnavailable, 503), (StoreError, 502),
+    (DamagedObject, 502),  # the store answered, with something logship did not write: a bad upstream answer
 ]
 
 

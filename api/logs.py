@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from shipper import index, manifest, names
 from shipper.errors import ObjectNotFound
+from shipper.retry import QuietLog
 from shipper.spool import iter_logs, read_log
 
 from . import params
@@ -19,6 +21,7 @@ from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .source import LogNotFound, LogView, Source
 
 routes = web.RouteTableDef()
+_quiet = QuietLog(logging.getLogger("logship.api"))
 FOLLOW_POLL_SPOOL = 0.02  # seconds between looks at a growing spool file while following
 MANIFEST_FETCH_CONCURRENCY = 16
 ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is stored as zstd
@@ -74,18 +77,23 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
     """A summary row for every log in the store and in the local spool (the spool's are fresher)."""
     store = app[STORE]
     objects = await store.list(names.log_prefix(task, "")[:-1] if task else "logs/")
-    keys = [o.key for o in objects if o.key.endswith("/manifest.json")]
+    keys = [(o.key, parsed) for o in objects
+            if (parsed := names.parse_log_prefix(o.key)) and o.key == names.manifest_key(*parsed)]
     sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)
 
-    async def fetch(key: str) -> dict[str, Any] | None:
+    async def fetch(key: str, log_id: tuple[str, str]) -> dict[str, Any] | None:
         async with sem:
             try:
-                doc = manifest.loads(await store.get(key))
-            except (ObjectNotFound, ValueError):
-                return None  # deleted meanwhile, or not ours
+                doc = manifest.loads(await store.get(key), *log_id)
+            except ObjectNotFound:
+                return None  # deleted meanwhile
+            except manifest.ManifestError as exc:  # costs its own row, never the listing
+                app[METRICS].damaged_manifests += 1
+                _quiet.log(logging.WARNING, key, "listing leaves out %s: a damaged manifest (%s)", key, exc)
+                return None
             return None if doc.get("status") == manifest.DELETING else doc  # logship gc is deleting it
 
-    rows = {(d["task"], d["host"]): _summary(d) for d in await asyncio.gather(*map(fetch, keys)) if d}
+    rows = {(d["task"], d["host"]): _summary(d) for d in await asyncio.gather(*(fetch(k, p) for k, p in keys)) if d}
     spool = app[CONFIG].spool_dir if app[SOURCE].spool else None
     if spool is not None:
         for row in await asyncio.to_thread(_spool_rows, spool, task):

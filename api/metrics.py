@@ -25,6 +25,7 @@ class Metrics:
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
     client_gone: int = 0  # downloads whose client went away before the end
+    damaged_manifests: int = 0  # manifests refused as damaged (shipper/manifest.py loads)
 
 
 @routes.get("/healthz")
@@ -44,6 +45,8 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
         "# TYPE logship_api_downloads_cut_by_client_total counter",
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
+        "# TYPE logship_api_damaged_manifests_total counter",
+        f"logship_api_damaged_manifests_total {m.damaged_manifests}",
     ]
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)

@@ -11,14 +11,20 @@ from typing import Any
 import zstandard
 
 from . import index, manifest, names
-from .errors import ObjectNotFound
+from .errors import DamagedObject, ObjectNotFound
 from .store import Store
 
 
 async def load_manifest(store: Store, task: str, host: str) -> dict[str, Any]:
     """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it."""
     key = names.manifest_key(task, host)
-    doc = manifest.loads(await store.get(key))
+    data = await store.get(key)
+    try:
+        doc = manifest.loads(data, task, host)
+    except manifest.ManifestError as exc:
+        raise DamagedObject(f"the manifest of {task}/{host} ({key}) is damaged: {exc}",
+                            "the store holds something logship did not write there; rewrite or delete that object "
+                            "(the watcher of its host rewrites a running log's manifest)") from None
     if doc.get("status") == manifest.DELETING:
         raise ObjectNotFound(f"{task}/{host} is being deleted (logship gc)", "it is gone once gc finishes")
     return doc

@@ -288,7 +288,7 @@ class Compactor:
             task, host = log_id.split("/")
             async with sem:
                 try:
-                    doc = manifest.loads(await self.store.get(names.manifest_key(task, host)))
+                    doc = manifest.loads(await self.store.get(names.manifest_key(task, host)), task, host)
                 except (ObjectNotFound, ValueError):
                     return None
             if doc["status"] not in (manifest.FINISHED, manifest.LOST):

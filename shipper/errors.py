@@ -45,5 +45,12 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class DamagedObject(LogshipError):
+    """An object of the store (or a file of the spool) is not what logship wrote: malformed, short, or
+    its bytes do not match their checksum. It costs its own log, never the process or another log."""
+
+    code = "damaged"
+
+
 class SpoolError(LogshipError):
     code = "spool_error"

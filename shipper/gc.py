@@ -154,9 +154,20 @@ class Collector:
                     return None
             return doc if isinstance(doc, dict) else None
 
+        async def get_manifest(task: str, host: str) -> dict[str, Any] | None:
+            key = names.manifest_key(task, host)
+            async with sem:
+                try:
+                    return manifest.loads(await self.store.get(key), task, host)
+                except ObjectNotFound:
+                    return None
+                except manifest.ManifestError as exc:
+                    log.warning("gc leaves %s alone: a damaged manifest (%s)", key, exc)
+                    return None
+
         manifests = [(t, h) for (t, h), objs in per_log.items()
                      if any(o.key == names.manifest_key(t, h) for o in objs)]
-        docs = dict(zip(manifests, await asyncio.gather(*(get_json(names.manifest_key(t, h)) for t, h in manifests))))
+        docs = dict(zip(manifests, await asyncio.gather(*(get_manifest(t, h) for t, h in manifests))))
         markers = [m for o in await self.store.list(names.DELETING_PREFIX) if (m := names.parse_deleting_key(o.key))]
         marker_docs = dict(zip(markers, await asyncio.gather(*(get_json(names.deleting_key(*m)) for m in markers))))
         now = self.clock()
