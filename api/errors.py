@@ -27,8 +27,12 @@ class Forbidden(LogshipError):
     code = "forbidden"
 
 
+class TooLarge(LogshipError):
+    code = "too_large"
+
+
 STATUS: list[tuple[type[LogshipError], int]] = [
-    (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401), (Forbidden, 403),
+    (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401), (Forbidden, 403), (TooLarge, 413),
     (LogNotFound, 404), (ObjectNotFound, 404), (StoreUnavailable, 503), (StoreError, 502),
     (DamagedObject, 502),  # the store answered, with something logship did not write: a bad upstream answer
 ]
@@ -50,6 +54,10 @@ async def error_middleware(request: web.Request,
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc)
         return json_error(status, exc.code, exc.detail, exc.hint)
+    except RecursionError:  # the parser of a hostile body (JSON nested 100,000 deep): the request's fault
+        log.warning("%s %s: input nested too deeply", request.method, request.path)
+        return json_error(400, BadRequest.code, f"{request.method} {request.path}: the input is nested too deeply",
+                          "send a flatter body (JSON nested at most a few hundred levels)")
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 from typing import Any
 
@@ -33,16 +31,13 @@ ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
-    host = request.query.get("host") or None
-    if host is not None:
-        names.check_id("host", host)
-    task = request.query.get("task") or None
-    if task is not None:
-        names.check_id("task", task)
+    host = params.task_host(request, "host")
+    task = params.task_host(request, "task")
     since = params.since_ns(request)
     limit = params.integer(request, "limit", 100, 1, 1000)
     assert limit is not None
-    after = _decode_cursor(request.query.get("cursor"))
+    position = params.cursor(request)
+    after = None if position is None else (-position[0], position[1], position[2])
     rows = await _all_logs(request.app, task)
     rows = [r for r in rows if (status is None or r["status"] == status) and (host is None or r["host"] == host)
             and (since is None or r["started_ns"] >= since)]
@@ -51,26 +46,13 @@ async def list_tasks(request: web.Request) -> web.Response:
         rows = [r for r in rows if _sort_key(r) > after]
     page = rows[:limit]
     more = len(rows) > limit
-    return web.json_response({"logs": page, "next_cursor": _encode_cursor(_sort_key(page[-1])) if more else None})
+    last = page[-1] if more else None
+    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(last["started_ns"], last["task"],
+                                                                                last["host"]) if last else None})
 
 
 def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
     return (-r["started_ns"], r["task"], r["host"])
-
-
-def _encode_cursor(key: tuple[int, str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
-
-
-def _decode_cursor(cursor: str | None) -> tuple[int, str, str] | None:
-    if not cursor:
-        return None
-    try:
-        a, b, c = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return int(a), str(b), str(c)
-    except (ValueError, TypeError):
-        raise BadRequest("cursor is not one this API gave out", "pass next_cursor from the previous page as is") \
-            from None
 
 
 async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, Any]]:
@@ -146,7 +128,7 @@ async def _view(request: web.Request) -> LogView:
 async def get_log(request: web.Request) -> web.StreamResponse:
     stream = params.choice(request, "stream", ("stdout", "stderr"))
     follow = params.flag(request, "follow")
-    start_param = params.integer(request, "start", None, 0, 1 << 62)
+    start_param = params.offset(request, "start")
     view = await _view(request)
 
     headers = {"Content-Type": "text/plain; charset=utf-8", "ETag": view.etag, "Accept-Ranges": "bytes",
@@ -307,9 +289,8 @@ async def get_log_index(request: web.Request) -> web.Response:
     A client that reads the bytes of these chunks (Range) knows each line's number, stream and time
     exactly, wherever in a large log it starts; chunks are cut at line ends per stream (docs/format.md).
     """
-    start = params.integer(request, "start", 0, 0, 1 << 62)
-    end_param = params.integer(request, "end", None, 0, 1 << 62)
-    assert start is not None
+    start = params.offset(request, "start") or 0
+    end_param = params.offset(request, "end")
     view = await _view(request)
     if start > view.size:
         return json_error(416, "bad_range", f"start={start} is past the end of the log ({view.size})",

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from . import ibex
+from .params import CURSOR_PATTERN, OFFSET_MAX
 
 routes = web.RouteTableDef()
 PATH = "/api/v1/openapi.json"
@@ -24,6 +25,20 @@ def _nullable(type_: str, **extra: Any) -> Schema:
 
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+# A query filter by id: empty is the same as leaving it out (as HTML forms send it)
+_ID_FILTER = {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"}
+# a yes/no query parameter, as api/params.py flag() reads it (the web page sends 1 and 0)
+_FLAG = {"type": "string", "pattern": "^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY][eE][sS]|[nN][oO]|1|0)$",
+         "default": "false"}
+_OFFSET = {"type": "integer", "minimum": 0, "maximum": OFFSET_MAX}
+# since= / until= (api/params.py parse_time): every form is bounded, so no value overflows
+_TIME = {"anyOf": [
+    {"type": "string", "pattern": "^[0-9]{1,12}([.][0-9]{1,9})?([mM][sS]|[sSmMhHdDwW])?$",
+     "description": "a duration back from now: 90s, 30m, 12h, 7d, 2w, 1.5h (a bare number is seconds)"},
+    {"type": "string", "pattern": "^[0-9]{13,19}$", "description": "Unix nanoseconds (past 2^63-1: the end of time)"},
+    {"type": "string", "format": "date", "description": "a date: its midnight, UTC"},
+    {"type": "string", "format": "date-time", "description": "an RFC 3339 time (one without an offset is UTC)"}],
+    "examples": ["7d", "12h", "2026-11-20", "2026-11-20T08:00:00Z"]}
 _NS = {"type": "integer", "description": "Unix time in nanoseconds"}
 _TASK = {"name": "task", "in": "path", "required": True, "schema": _ID, "description": "the task id"}
 _HOST = {"name": "host", "in": "path", "required": True, "schema": _ID,
@@ -67,11 +82,12 @@ _LOG_HEADERS = {
 _LOG_PARAMS = [
     _TASK, _HOST,
     {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]},
-     "description": "only the chunks of one stream (Range, If-Range and start= do not apply)"},
-    {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "only the chunks of one stream (Range and If-Range do not apply; with `start=` the answer "
+                    "is a 400, as offsets are the whole log's)"},
+    {"name": "follow", "in": "query", "schema": _FLAG,
      "description": "keep the response open, sending new bytes as they are written, until the task ends "
                     "(with the whole log or with `stream=`)"},
-    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0},
+    {"name": "start", "in": "query", "schema": _OFFSET,
      "description": "progressive mode for pollers: the bytes from this offset to the log's current end, with "
                     "`X-Log-Size` and `X-More-Data`; poll again with `start=` the last `X-Log-Size`"},
     {"name": "Range", "in": "header", "schema": {"type": "string", "examples": ["bytes=0-1023", "bytes=-4096",
@@ -102,15 +118,28 @@ _LOG_RESPONSES: dict[str, Any] = {
 
 _TAIL_PARAMS = [
     _TASK, _HOST,
-    {"name": "from", "in": "query", "schema": {"type": "integer", "minimum": 0},
+    {"name": "from", "in": "query", "schema": _OFFSET,
      "description": "start at this byte offset (resume with the offset after the last message received)"},
     {"name": "lines", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 100},
-     "description": "without `from`: start with the last N lines"},
-    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
-     "description": "SSE: the `id` of the last event received (overrides `from`)"},
-    {"name": "Accept", "in": "header", "schema": {"type": "string", "enum": ["text/event-stream"]},
-     "description": "`text/event-stream` for SSE; or open the URL as a WebSocket"},
+     "description": "start with the last N lines (with `from=` too, the answer is a 400: give one)"},
+    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^([0-9]{1,19})?$"},
+     "description": "SSE: the `id` of the last event received (overrides `from` and `lines`; empty: as if not "
+                    "sent)"},
+    {"name": "Accept", "in": "header", "required": True, "schema": {"type": "string", "enum": ["text/event-stream"]},
+     "description": "`text/event-stream` for SSE (required over plain HTTP: without it the answer is 406); a "
+                    "WebSocket client opens the URL with an Upgrade instead"},
 ]
+
+
+def _head(get: dict[str, Any]) -> dict[str, Any]:
+    """HEAD's responses: GET's statuses and headers, without bodies (errors too: HEAD has none)."""
+    out: dict[str, Any] = {}
+    for status, resp in get.items():
+        if "$ref" in resp:
+            resp = DOC_RESPONSES[resp["$ref"].rsplit("/", 1)[1]]
+        out[status] = {"description": resp.get("description", "as GET"),
+                       **({"headers": resp["headers"]} if "headers" in resp else {})}
+    return out
 
 
 def _paths() -> dict[str, Any]:
@@ -120,15 +149,16 @@ def _paths() -> dict[str, Any]:
             "tags": ["logs"],
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": _STATUS_ENUM}},
-                {"name": "host", "in": "query", "schema": _ID},
-                {"name": "task", "in": "query", "schema": _ID},
-                {"name": "since", "in": "query", "schema": {"type": "string", "examples": ["7d", "12h",
-                                                                                          "2026-11-20T08:00:00Z"]},
-                 "description": "started since: a duration back from now, an ISO time or Unix nanoseconds"},
+                {"name": "host", "in": "query", "schema": _ID_FILTER, "description": "empty: any host"},
+                {"name": "task", "in": "query", "schema": _ID_FILTER, "description": "empty: any task"},
+                {"name": "since", "in": "query", "schema": _TIME,
+                 "description": "started since: a duration back from now, a date, an RFC 3339 time or Unix "
+                                "nanoseconds"},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                 "description": "`next_cursor` of the previous page, as is"},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                 "description": "`next_cursor` of the previous page, as is: a position in the listing's order "
+                                "(`STARTED_NS~TASK~HOST`); the page holds the logs after it"},
             ],
             "responses": {"200": {"description": "one page", "content": {"application/json": {"schema": {
                 "type": "object", "required": ["logs", "next_cursor"],
@@ -147,10 +177,7 @@ def _paths() -> dict[str, Any]:
                                                              "progressively", "tags": ["logs"],
                     "parameters": _LOG_PARAMS, "responses": _LOG_RESPONSES},
             "head": {"operationId": "headLogBytes", "summary": "The headers of GET (ETag, size once finished)",
-                     "tags": ["logs"], "parameters": _LOG_PARAMS,
-                     "responses": {k: {"description": v.get("description", "as GET"),
-                                       **({"headers": v["headers"]} if "headers" in v else {})}
-                                   for k, v in _LOG_RESPONSES.items() if "$ref" not in v}},
+                     "tags": ["logs"], "parameters": _LOG_PARAMS, "responses": _head(_LOG_RESPONSES)},
         },
         "/api/v1/tasks/{task}/hosts/{host}/tail": {"get": {
             "operationId": "tailLog", "tags": ["logs"],
@@ -165,8 +192,15 @@ def _paths() -> dict[str, Any]:
                     "application/json": {"schema": _ref("TailMessage")}}},
                 "200": {"description": "SSE: `id: <offset after>` and `data: <TailMessage>` per event; "
                                        "`: ping` comments keep proxies open", "content": {
-                    "text/event-stream": {"schema": {"type": "string", "description": "each `data:` line "
-                                                                      "is a JSON TailMessage"}}}},
+                    "text/event-stream": {"schema": {
+                        "type": "object", "description": "one event", "required": ["data"], "properties": {
+                            "event": {"const": "message"},
+                            "id": {"type": "string", "pattern": "^[0-9]+$",
+                                   "description": "the offset after the event (none on an `error` event)"},
+                            "retry": {"type": "integer"},
+                            "data": {"type": "string", "contentMediaType": "application/json",
+                                     "contentSchema": _ref("TailMessage"),
+                                     "description": "a JSON TailMessage"}}}}}},
                 "406": _error("Neither a WebSocket upgrade nor `Accept: text/event-stream`."),
                 "416": _error("`from` is past the end of a finished log.", _CONTENT_RANGE_416),
                 **_LOG_ERRORS,
@@ -180,8 +214,8 @@ def _paths() -> dict[str, Any]:
                            "client reading those bytes by Range numbers every line exactly (as `line_no` of "
                            "search and SQL). Chunks are cut at line ends per stream (docs/format.md).",
             "parameters": [_TASK, _HOST,
-                           {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                           {"name": "end", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                           {"name": "start", "in": "query", "schema": {**_OFFSET, "default": 0}},
+                           {"name": "end", "in": "query", "schema": _OFFSET,
                             "description": "default: the log's size"}],
             "responses": {
                 "200": {"description": "the records", "content": {"application/json": {"schema": {
@@ -213,7 +247,8 @@ def _paths() -> dict[str, Any]:
                             "schema": {"type": "string", "enum": ["json", "csv", "ndjson"], "default": "json"}}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["sql"], "additionalProperties": False,
-                "properties": {"sql": {"type": "string", "examples": [
+                "properties": {"sql": {"type": "string", "minLength": 1, "pattern": "[^ \\t\\n\\r]",
+                                       "description": "one read-only SELECT (not empty)", "examples": [
                     "SELECT host, ts, line FROM lines WHERE line ILIKE '%disk full%'"]}}}}}},
             "responses": {
                 "200": {"description": "The rows, streamed. JSON ends with row_count, truncated, row_limit and "
@@ -223,8 +258,9 @@ def _paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("QueryResult")},
                                     "text/csv": {"schema": {"type": "string"}},
                                     "application/x-ndjson": {"schema": {"type": "string"}}}},
-                "400": _error("Not JSON, not one read-only SELECT, outside the archive, over a limit, or a SQL "
-                              "error."),
+                "400": _error("Not JSON (or nested too deeply), no `sql` or an empty one, not one read-only "
+                              "SELECT, outside the archive, over a limit, or a SQL error."),
+                "413": _error("The body is over 1 MiB."),
                 "403": _error("The token is of the read scope (api.tokens); SQL needs one of api.query_tokens."),
                 **_COMMON_ERRORS},
         }},
@@ -234,10 +270,11 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
                  "description": "the text to look for, literally"},
-                {"name": "i", "in": "query", "schema": {"type": "boolean", "default": False},
+                {"name": "i", "in": "query", "schema": _FLAG,
                  "description": "ignore case"},
-                {"name": "task", "in": "query", "schema": _ID}, {"name": "host", "in": "query", "schema": _ID},
-                {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "as for /tasks"},
+                {"name": "task", "in": "query", "schema": _ID_FILTER, "description": "empty: any task"},
+                {"name": "host", "in": "query", "schema": _ID_FILTER, "description": "empty: any host"},
+                {"name": "since", "in": "query", "schema": _TIME, "description": "as for /tasks"},
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
@@ -359,6 +396,15 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+DOC_RESPONSES = {
+    "BadRequest": _error("A bad id, parameter or header; nothing was changed."),
+    "Unauthorized": _error("api.tokens is set and the request has no valid bearer token."),
+    "NotFound": _error("No such log (ids are case-sensitive)."),
+    "StoreError": _error("The object store answered with an error."),
+    "StoreUnavailable": _error("The object store cannot be reached; retry later."),
+}
+
+
 def _document() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -379,13 +425,7 @@ def _document() -> dict[str, Any]:
         "paths": {**_paths(), **ibex.openapi_paths()},
         "components": {
             "schemas": _schemas(),
-            "responses": {
-                "BadRequest": _error("A bad id, parameter or header; nothing was changed."),
-                "Unauthorized": _error("api.tokens is set and the request has no valid bearer token."),
-                "NotFound": _error("No such log (ids are case-sensitive)."),
-                "StoreError": _error("The object store answered with an error."),
-                "StoreUnavailable": _error("The object store cannot be reached; retry later."),
-            },
+            "responses": DOC_RESPONSES,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "a token from api.tokens (read, tail, search) or api.query_tokens "

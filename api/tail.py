@@ -34,7 +34,7 @@ from typing import cast
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shipper import index, names
-from shipper.errors import LogshipError, ObjectNotFound, StoreUnavailable
+from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreUnavailable
 from shipper.retry import QuietLog
 
 from . import params
@@ -191,7 +191,13 @@ class Cursor:
             batch: list[Event] = []
             for c in chunks:
                 while buf_at + len(buf) < c.end:
-                    buf += await anext(pieces)
+                    piece = await anext(pieces, None)
+                    if piece is None:  # the index names bytes the segment does not have: say so, send nothing
+                        raise DamagedObject(f"the index of {view.task}/{view.host} segment {part.seq} ({part.kind}) names "
+                                      f"bytes up to {c.end}, past the segment's end at {part.end}",
+                                      "the log's index is damaged: tell the operator (the API logs it); GET …/log "
+                                      "still gives the log's bytes")
+                    buf += piece
                 a = max(c.offset, at)
                 batch += self.memo.events(c, a, lambda: bytes(buf[a - buf_at:c.end - buf_at]))
                 del buf[:c.end - buf_at]
@@ -243,15 +249,16 @@ async def tail(request: web.Request) -> web.StreamResponse:
                           "GET …/log?follow=true streams plain text")
     task = names.check_id("task", request.match_info["task"])
     host = names.check_id("host", request.match_info["host"])
-    start = params.integer(request, "from", None, 0, 1 << 62)
+    start = params.offset(request, "from")
     lines = params.integer(request, "lines", None, 0, MAX_LINES)
     if start is not None and lines is not None:
         raise BadRequest("from and lines were both given", "give from=<offset> to resume, or lines=N to begin "
                          "with the last N lines")
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if not upgrade and last_id:
-        if not last_id.isdigit() or len(last_id) > 19:
-            raise BadRequest(f"Last-Event-ID {last_id!r} is not an offset", "send the id of the last event received")
+        if not params.DIGITS.fullmatch(last_id):
+            raise BadRequest(f"Last-Event-ID {last_id[:40]!r} is not an offset",
+                             "send the id of the last event received (a whole number of up to 19 digits)")
         start = int(last_id)
     source = request.app[SOURCE]
     view = await source.view(task, host)
@@ -288,6 +295,8 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
                        exc)
             events = []
         except LogshipError as exc:
+            if isinstance(exc, DamagedObject):
+                log.warning("tail of %s/%s: %s", cursor.task, cursor.host, exc.detail)
             await sink.send([error_event(exc.code, exc.detail, exc.hint)])
             return
         if events:
