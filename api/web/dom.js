@@ -58,7 +58,7 @@ export function timeEl(tag, cls, ns, ms = true) {
 function setTime(e) {
   const ns = Number(e.dataset.ts), ms = e.dataset.s === undefined;
   e.textContent = fmtTime(ns, ms);
-  e.title = `${new Date(ns / 1e6).toISOString().replace('T', ' ').replace('Z', ' UTC')}`;
+  e.title = new Date(ns / 1e6).toISOString().replace('T', ' ').replace('Z', ' UTC'); // the instant, unambiguous
 }
 
 export function retime(root = document) {
