@@ -3,6 +3,7 @@ agents, a watcher and `logship serve`. Also the chunk index route the page reads
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -30,6 +31,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_ROWS = 5000  # app.js keeps at most this many line elements
+FINISHED = "#log-status[data-status=finished]"  # the badge once the log's last rows are shown
 # The README's picture: rewritten by a run with LOGSHIP_UPDATE_SCREENSHOT=1, so that an ordinary test
 # run leaves the work tree clean (it still takes the screenshot, into its temporary directory).
 SCREENSHOT = ROOT / "docs" / "web.png"
@@ -218,14 +220,16 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
         seen.append(len(got))
         time.sleep(0.25)
     assert len(set(seen)) >= 5 and seen[0] < n // 2, seen
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     assert proc.returncode == 0
     got = rows(page)
     assert [r["text"] for r in got] == ticks(n)
     assert [r["n"] for r in got] == list(range(1, n + 1))
     assert [r["stream"] for r in got] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
     assert all(r["err"] == (r["stream"] == "stderr") for r in got)  # stderr rows are marked
-    assert "exit 0" in page.inner_text("#conn") and page.inner_text("#log-status").startswith("finished")
+    # one badge says how it ended; a finished log has no Pause, Follow or connection state
+    assert page.inner_text("#log-status") == "finished · exit 0"
+    assert all(page.locator(sel).is_hidden() for sel in ("#conn", "#pause", "#follow")), page.inner_text("#log-tools")
     red = page.locator("#rows .r[data-n='3'] .x span")
     assert red.inner_text() == "red alert"
     r, g, b = map(int, red.evaluate("e => getComputedStyle(e).color").strip("rgb()").split(","))
@@ -244,12 +248,10 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
     page.uncheck("#show-n")
     assert not page.locator("#rows .r[data-n='1'] .n").is_visible()
     page.check("#show-n")
-    page.click("#follow")  # the follow toggle: off, then on again jumps to the end
-    assert page.get_attribute("#follow", "aria-pressed") == "false"
+    page.click("#log")  # keys go to the log, not to the checkbox
     page.keyboard.press("Home")
     assert page.eval_on_selector("#log", "e => e.scrollTop") == 0
-    page.click("#follow")
-    assert page.get_attribute("#follow", "aria-pressed") == "true"
+    page.keyboard.press("End")
     assert page.eval_on_selector("#log", "e => e.scrollHeight - e.scrollTop - e.clientHeight") < 4
     screenshot(page, st)
 
@@ -259,7 +261,7 @@ def test_awkward_output_is_shown_line_by_line(stack: Callable[..., Stack], page:
     assert st.run("nasty", NASTY).returncode == 0
     st.serve()
     page.goto(f"{st.base}/#/t/nasty/h1")
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     got = {r["text"]: r for r in rows(page)}
     assert got["bold green"]["stream"] == "stderr" and got["bold green"]["n"] == 8
     long = [r for r in rows(page) if r["text"].startswith("LLLL")]
@@ -295,7 +297,7 @@ def screenshot(page: Page, st: Stack) -> None:
     page.set_viewport_size({"width": 1280, "height": 600})
     page.goto(f"{st.base}/#/t/nightly-build/h1")
     page.wait_for_selector("#rows .r[data-n='36']")
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     page.fill("#q", "disk quota")
     shot = SCREENSHOT if os.environ.get("LOGSHIP_UPDATE_SCREENSHOT") == "1" else st.tmp / "web.png"
     page.screenshot(path=str(shot))
@@ -312,6 +314,16 @@ def test_the_page_reconnects_after_an_api_restart(stack: Callable[..., Stack], p
     wait_for(lambda: len(texts(page)) >= 10, 20, "no lines")
     assert conn_state(page) == "connected"
 
+    assert page.inner_text("#log-status") == "running"  # while it runs: Pause, Follow and the connection
+    assert all(page.locator(sel).is_visible() for sel in ("#conn", "#pause", "#follow"))
+    page.click("#follow")  # the follow toggle: off, then on again jumps to the end
+    assert page.get_attribute("#follow", "aria-pressed") == "false"
+    page.keyboard.press("Home")
+    assert page.eval_on_selector("#log", "e => e.scrollTop") == 0
+    page.click("#follow")
+    assert page.get_attribute("#follow", "aria-pressed") == "true"
+    assert page.eval_on_selector("#log", "e => e.scrollHeight - e.scrollTop - e.clientHeight") < 4
+
     page.click("#pause")  # pause: no new lines; resume: they all come, from where it stopped
     assert conn_state(page) == "paused"
     held = len(texts(page))
@@ -326,9 +338,9 @@ def test_the_page_reconnects_after_an_api_restart(stack: Callable[..., Stack], p
     before = len(texts(page))
     time.sleep(1.5)  # the task writes on meanwhile
     st.serve()
-    page.wait_for_selector("#conn[data-state=connected], #conn[data-state=ended]")
+    page.wait_for_selector(f"#conn[data-state=connected], {FINISHED}")
     assert proc.wait(30) == 0
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     assert before < n
     assert texts(page) == ticks(n)  # every line once, in order
     assert [r["n"] for r in rows(page)] == list(range(1, n + 1))
@@ -357,7 +369,7 @@ for i in range({burst} + 1, {n} + 1):
         time.sleep(0.1)
         assert page.locator("#rows .r").count() <= MAX_ROWS
     assert proc.wait(30) == 0
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     got = rows(page)
     assert got[-1]["n"] == n and len(got) <= MAX_ROWS
     assert [r["n"] for r in got] == list(range(got[0]["n"], n + 1))  # no gap, no duplicate
@@ -389,7 +401,7 @@ print("the end")
     assert texts(page) == ["before the first checkpoint", *(f"newer {i:03d}" for i in range(300))]
     assert [r["n"] for r in rows(page)] == list(range(1, 302))
     gate2.touch()
-    page.wait_for_selector("#conn[data-state=ended]")
+    page.wait_for_selector(FINISHED)
     assert proc.wait(10) == 0
     assert texts(page)[-1] == "the end"
 
@@ -557,6 +569,46 @@ def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: 
         p2.wait_for_selector("#tasks tbody tr[data-task=alpha]")
     finally:
         other.close()
+
+
+def test_times_show_the_date_in_local_time_or_utc(stack: Callable[..., Stack], browser: Browser) -> None:
+    st = stack()
+    assert st.run("when", "print('first'); print('second')").returncode == 0
+    st.serve()
+    ts = get_json(f"{st.base}/api/v1/tasks/when/hosts/h1/index")[1]["chunks"][0][5]
+    started = get_json(f"{st.base}/api/v1/tasks")[1]["logs"][0]["started_ns"]
+    kolkata = dt.timezone(dt.timedelta(hours=5, minutes=30))  # no summer time: the offset is fixed
+
+    def shown(ns: int, tz: dt.tzinfo, ms: bool = True) -> str:
+        t = dt.datetime.fromtimestamp(ns // 1_000_000_000, tz).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{t}.{ns // 1_000_000 % 1000:03d}" if ms else t
+
+    ctx = browser.new_context(timezone_id="Asia/Kolkata")
+    try:
+        page = ctx.new_page()
+        page.goto(f"{st.base}/#/")
+        page.wait_for_selector("#tasks tbody tr[data-task=when]")
+        assert page.locator("#tz").input_value() == "local"  # the browser's zone, said
+        assert page.inner_text("#tz option[value=local]") == "local time (UTC+05:30)"
+        assert page.inner_text("#tasks thead th:nth-child(4)") == "Started UTC+05:30"
+        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, kolkata, ms=False)
+        page.click("#tasks tbody tr[data-task=when] a")
+        page.wait_for_selector(FINISHED)
+        page.check("#show-ts")
+        row_t = page.locator("#rows .r[data-n='1'] .t")
+        assert row_t.inner_text() == shown(ts, kolkata)
+        page.select_option("#tz", "utc")  # every time shown changes at once, and the choice is kept
+        assert row_t.inner_text() == shown(ts, dt.timezone.utc)
+        page.reload()
+        page.wait_for_selector(FINISHED)
+        assert page.locator("#tz").input_value() == "utc"
+        assert page.locator("#rows .r[data-n='1'] .t").inner_text() == shown(ts, dt.timezone.utc)
+        page.click("#crumbs a:text-is('tasks')")
+        page.wait_for_selector("#tasks tbody tr[data-task=when]")
+        assert page.inner_text("#tasks thead th:nth-child(4)") == "Started UTC"
+        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, dt.timezone.utc, ms=False)
+    finally:
+        ctx.close()
 
 
 # --- the chunk index route ----------------------------------------------------------------------------

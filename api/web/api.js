@@ -35,7 +35,10 @@ export async function api(path, opts = {}) {
   return r;
 }
 
-export const apiJSON = async (path) => (await api(path)).json();
+export const apiJSON = async (path, opts) => (await api(path, opts)).json();
+
+// A fetch given up because its view closed (AbortController): not an error to show.
+export const aborted = (e) => e && e.name === 'AbortError';
 export const logPath = (task, host) => `tasks/${encodeURIComponent(task)}/hosts/${encodeURIComponent(host)}`;
 
 export function wsURL(path) {

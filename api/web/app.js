@@ -1,8 +1,10 @@
 // The logship web page: the task list, a live log view, search and downloads. Plain JS modules, no
-// build step; each view is a class with open() and close(), chosen by the address's #fragment.
+// build step; each view is a class with open() and close(), chosen by the address's #fragment. Every
+// navigation makes a new view and closes the last one completely first, so no view inherits another's
+// rows, position, fetches or timers.
 
-import { auth } from './api.js';
-import { $, clearError, el, showError } from './dom.js';
+import { aborted, auth } from './api.js';
+import { $, clearError, clock, el, retime, showError } from './dom.js';
 import { LogView, MultiView } from './logview.js';
 import { SearchView } from './search.js';
 import { TasksView } from './tasks.js';
@@ -28,22 +30,20 @@ async function route() {
   const [path, query] = location.hash.replace(/^#/, '').split('?');
   const params = new URLSearchParams(query || '');
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
-  $('#conn').dataset.state = 'idle'; // the previous view's state is not this one's
-  $('#conn').textContent = '';
   $('#scope-label').hidden = true;
+  let mine = null;
   try {
     if (parts[0] === 't' && parts.length >= 2) {
       const [, task, host] = parts;
       show('log-view');
       $('#scope-label').hidden = false;
-      $('#host-filter').replaceChildren();
-      crumbs([['tasks', '#/'], [task, `#/t/${encodeURIComponent(task)}`], ...(host ? [[host, null]] : [['all hosts', null]])]);
-      document.title = `${task}${host ? '/' + host : ''} · logship`;
       const at = params.has('at') ? parseInt(params.get('at'), 10) : null;
-      view = host ? new LogView(task, host, at) : new MultiView(task);
-      $('#log').classList.toggle('multi', !host);
-      $('#pause').textContent = 'Pause';
-      $('#pause').setAttribute('aria-pressed', 'false');
+      const logHref = (t, h) => `#/t/${encodeURIComponent(t)}${h ? '/' + encodeURIComponent(h) : ''}`;
+      // at a search hit, the host links to its log plainly (opened at the end)
+      const last = [host || 'all hosts', host && at != null ? logHref(task, host) : null];
+      crumbs([['tasks', '#/'], [task, logHref(task)], last]);
+      document.title = `${task}${host ? '/' + host : ''} · logship`;
+      view = mine = host ? new LogView(task, host, at) : new MultiView(task);
       const links = view.downloads();
       for (const [i, id] of ['#dl-all', '#dl-out', '#dl-err'].entries()) {
         const a = $(id);
@@ -55,22 +55,22 @@ async function route() {
       show('search-view');
       crumbs([['tasks', '#/'], ['search', null]]);
       document.title = 'search · logship';
-      view = new SearchView(params);
+      view = mine = new SearchView(params);
       await view.open();
     } else {
       show('tasks-view');
       crumbs([['tasks', null]]);
       document.title = 'logship';
-      view = new TasksView();
+      view = mine = new TasksView();
       await view.open();
     }
   } catch (e) {
-    showError(e.message);
+    if (mine === view && !aborted(e)) showError(e.message); // not a view already left
   }
 }
 
 function applyToggles() {
-  const log = $('#log');
+  const log = $('#log-view'); // on the section: each view's own #log inherits them
   log.classList.toggle('hide-o', !$('#show-out').checked);
   log.classList.toggle('hide-e', !$('#show-err').checked);
   log.classList.toggle('show-t', $('#show-ts').checked);
@@ -92,6 +92,10 @@ function setup() {
     $(`#${id}`).onchange = applyToggles;
   }
   applyToggles();
+  $('#tz').value = clock.utc ? 'utc' : 'local';
+  $('#tz').onchange = () => { clock.utc = $('#tz').value === 'utc'; };
+  $('#tz-local').textContent = `local time (${clock.zone(false)})`;
+  retime();
   $('#token-form').onsubmit = () => { auth.token = $('#token').value.trim(); setTimeout(route); };
   $('#search').onsubmit = (e) => {
     e.preventDefault();
@@ -118,10 +122,7 @@ function setup() {
   };
   $('#top').onclick = () => view && view.jumpTop && view.jumpTop();
   $('#bottom').onclick = () => view && view.jumpBottom && view.jumpBottom();
-  $('#top-edge').onclick = () => view && view.loadEarlier && view.loadEarlier();
-  $('#bottom-edge').onclick = () => view && view.loadLater && view.loadLater();
   $('#new-lines').onclick = () => view && view.jumpBottom && view.jumpBottom();
-  $('#log').addEventListener('scroll', () => view && view.onScroll && view.onScroll(), { passive: true });
   document.addEventListener('keydown', (e) => {
     if (!view || !view.jumpTop || e.target.closest('input, select, textarea, dialog')) return;
     if (e.key === 'Home') { e.preventDefault(); view.jumpTop(); }

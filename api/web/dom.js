@@ -20,14 +20,50 @@ export function fmtDuration(ms) {
 
 export const pad = (n, w = 2) => String(n).padStart(w, '0');
 
-export function fmtStart(ns) {
+// Times show the date and the time of day, in UTC or in the browser's zone: a toggle (#tz), kept in
+// localStorage. Each shown time keeps its instant in data-ts, so a change of zone rewrites them in place.
+const TZ_KEY = 'logship.tz';
+let utc = localStorage.getItem(TZ_KEY) === 'utc';
+
+export const clock = {
+  get utc() { return utc; },
+  set utc(on) { utc = on; localStorage.setItem(TZ_KEY, on ? 'utc' : 'local'); retime(); },
+  // 'UTC', or the browser's offset from it now, e.g. 'UTC+05:30'
+  zone(asUtc = utc) {
+    if (asUtc) return 'UTC';
+    const off = -new Date().getTimezoneOffset(), a = Math.abs(off);
+    return `UTC${off < 0 ? '-' : '+'}${pad(Math.floor(a / 60))}:${pad(a % 60)}`;
+  },
+};
+
+// 2025-07-07 17:47:01.123 (without .123 when ms is false), in the zone chosen
+export function fmtTime(ns, ms = true) {
   const d = new Date(ns / 1e6);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  const f = utc ? [d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds()]
+    : [d.getFullYear(), d.getMonth(), d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds()];
+  return `${f[0]}-${pad(f[1] + 1)}-${pad(f[2])} ${pad(f[3])}:${pad(f[4])}:${pad(f[5])}`
+    + (ms ? `.${pad(d.getMilliseconds(), 3)}` : '');
 }
 
-export function fmtTs(ns) {
-  const d = new Date(ns / 1e6);
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+// An element showing the instant `ns` (a number of ns since the epoch), kept in step with the zone chosen.
+export function timeEl(tag, cls, ns, ms = true) {
+  const e = el(tag, cls);
+  if (ns == null) return e;
+  e.dataset.ts = String(ns);
+  if (!ms) e.dataset.s = '';
+  setTime(e);
+  return e;
+}
+
+function setTime(e) {
+  const ns = Number(e.dataset.ts), ms = e.dataset.s === undefined;
+  e.textContent = fmtTime(ns, ms);
+  e.title = new Date(ns / 1e6).toISOString().replace('T', ' ').replace('Z', ' UTC'); // the instant, unambiguous
+}
+
+export function retime(root = document) {
+  for (const e of root.querySelectorAll('[data-ts]')) setTime(e);
+  for (const e of root.querySelectorAll('.zone')) e.textContent = clock.zone();
 }
 
 export function el(tag, cls, text) {

@@ -1,7 +1,7 @@
 // Lines out of the log's chunks, and the row elements that show them.
 
 import { renderAnsi, terminalText } from './ansi.js';
-import { el, fmtBytes, fmtTs } from './dom.js';
+import { el, fmtBytes, timeEl } from './dom.js';
 
 const MAX_LINE_CHARS = 20000; // longer lines are cut on screen (the download has them whole)
 const dec = new TextDecoder();
@@ -60,9 +60,7 @@ export function rowElement(row, host) {
   r.dataset.stream = row.stream;
   if (row.n != null) r.dataset.n = row.n;
   r.append(el('span', 'n', row.n == null ? '' : String(row.n)));
-  const t = el('span', 't', row.ts ? fmtTs(row.ts) : '');
-  if (row.ts) t.title = new Date(row.ts / 1e6).toISOString();
-  r.append(t);
+  r.append(timeEl('span', 't', row.ts || null));
   if (host != null) { r.append(el('span', 'h', host)); r.dataset.host = host; }
   const x = el('span', 'x');
   let text = terminalText(row.text);

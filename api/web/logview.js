@@ -6,6 +6,10 @@
 // number of lines before it, so line numbers and stdout/stderr are exact wherever the window is. New
 // bytes come from the live tail (WebSocket) while the window holds the end; the tail reconnects from
 // its last offset, so nothing is shown twice or missed.
+//
+// Each navigation makes a new view object and closes the one before completely (Pane.close): its
+// fetches are aborted, its tails and timers stopped, its listeners removed and its rows emptied, and it
+// gets a scroll box of its own. Nothing the last view did or was still doing reaches the next one.
 
 import { API, api, apiJSON, logPath } from './api.js';
 import { $, el, fmtBytes, setText, showError } from './dom.js';
@@ -28,53 +32,184 @@ function movedUp(view) {
   return view.autoTop != null && view.log.scrollTop < view.autoTop - 4;
 }
 
-export class LogView {
-  constructor(task, host, at) {
-    this.task = task;
-    this.host = host;
-    this.at = at; // a byte offset to open at (a search hit), else the end
-    this.log = $('#log');
-    this.rowsEl = $('#rows');
-    this.partialEl = $('#partial');
-    this.rows = []; // {off, end, n, stream, ts, text, el}, in line order
-    this.lo = this.hi = 0; // the window's bytes
-    this.bottom = new Assembler(0); // lines at the window's end, continued by later bytes
-    this.liveEnd = 0; // the offset after the last byte the tail gave
-    this.attached = false; // the window ends where the tail is: its bytes are appended
-    this.following = true;
-    this.gen = 0; // bumped by each jump: answers for an older window are dropped
-    this.loading = null;
-    this.newLines = 0;
-    this.paused = false;
-  }
+// --- reading a log by Range ----------------------------------------------------------------------
 
-  async open() {
-    this.clear();
+const fetchIndex = (path, a, b, signal) => apiJSON(`${path}/index?start=${a}&end=${b}`, { signal });
+
+async function fetchBytes(path, a, b, signal) {
+  const r = await api(`${path}/log`, { headers: { Range: `bytes=${a}-${b - 1}` }, signal });
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// The lines of `chunks` between offsets a and b, fed to `asm`.
+async function readLines(path, chunks, a, b, asm, signal) {
+  const out = [];
+  if (b <= a) return out;
+  const data = await fetchBytes(path, a, b, signal);
+  for (const [off, len, , stream, , ts] of chunks) {
+    const s = Math.max(off, a), e = Math.min(off + len, b);
+    if (s < e) asm.feed(s, data.subarray(s - a, e - a), stream, ts, out);
+  }
+  return out;
+}
+
+// The chunks overlapping [a, b), their lines, and the assembler that goes on after them.
+async function readWindow(path, a, b, signal) {
+  const idx = await fetchIndex(path, a, b, signal);
+  const asm = new Assembler(idx.line ?? 0);
+  let lo = a, hi = a, rows = [];
+  if (idx.chunks.length) {
+    const last = idx.chunks[idx.chunks.length - 1];
+    lo = idx.chunks[0][0];
+    hi = last[0] + last[1];
+    rows = await readLines(path, idx.chunks, lo, hi, asm, signal);
+  }
+  return { idx, asm, lo, hi, rows };
+}
+
+// --- what every log view has: its own scroll box, the toolbar reset, a complete close -----------------
+
+function edge(id) {
+  const e = el('div', 'edge');
+  e.id = id;
+  e.hidden = true;
+  return e;
+}
+
+class Pane {
+  constructor() {
+    this.ctl = new AbortController(); // aborts this view's fetches and removes its listeners
+    this.signal = this.ctl.signal;
+    this.closed = false;
+    this.ready = false; // the first window is in place: scrolling may load more
+    this.following = true;
+    this.paused = false;
+    this.tails = [];
+    this.timers = new Set();
+    // a scroll box of its own: the last view's rows, scroll position and pending scroll events stay with it
+    this.log = el('div');
+    this.log.id = 'log';
+    this.log.tabIndex = 0;
+    this.topEdge = edge('top-edge');
+    this.rowsEl = el('div');
+    this.rowsEl.id = 'rows';
+    this.partialEl = el('div');
+    this.partialEl.id = 'partial';
+    this.bottomEdge = edge('bottom-edge');
+    this.log.append(this.topEdge, this.rowsEl, this.partialEl, this.bottomEdge);
+    $('#log').replaceWith(this.log);
+    const on = (target, type, fn) => target.addEventListener(type, fn, { passive: true, signal: this.signal });
+    on(this.log, 'scroll', () => { if (this.ready && !this.closed) this.onScroll(); });
+    on(this.topEdge, 'click', () => this.loadEarlier && this.loadEarlier());
+    on(this.bottomEdge, 'click', () => this.loadLater && this.loadLater());
+    // the toolbar: nothing of the last view's state (the Pause, Follow and connection shown only while live)
+    const badge = $('#log-status');
+    badge.textContent = '';
+    delete badge.dataset.status;
+    const conn = $('#conn');
+    conn.dataset.state = 'idle';
+    conn.textContent = '';
+    $('#pause').textContent = 'Pause';
+    $('#pause').setAttribute('aria-pressed', 'false');
+    $('#follow').setAttribute('aria-pressed', 'true');
+    this.showLive(false);
+    $('#host-filter').replaceChildren();
+    $('#host-filter').hidden = true;
     setText('#log-size', '');
-    const meta = await apiJSON(logPath(this.task, this.host));
-    this.meta = meta;
-    this.liveEnd = meta.live_size;
-    this.showMeta();
-    if (this.closed) return;
-    if (this.at != null && this.at < meta.live_size) await this.loadAround(this.at);
-    else await this.loadEnd();
-    if (this.closed) return; // the user went elsewhere meanwhile
-    this.tail = new Tail(this.task, this.host, { from: this.liveEnd }, {
-      data: (off, bytes, stream, ts) => this.onData(off, bytes, stream, ts),
-      skipped: (m) => this.onSkipped(m),
-      end: (m) => this.onEnd(m),
-      error: (m) => showError(`tail: ${m.detail}`),
-      state: () => showConn([this.tail]),
-    });
-    if (!this.paused) this.tail.start();
+    $('#new-lines').hidden = true;
   }
 
   close() {
     this.closed = true;
-    this.gen++;
-    if (this.tail) this.tail.stop('closed');
+    this.ctl.abort();
+    for (const t of this.tails) t.stop('closed');
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.rowsEl.replaceChildren();
+    this.partialEl.replaceChildren();
+    this.rows = [];
   }
 
+  failed(e) {
+    if (!this.closed) showError(e.message); // a closed view's aborted fetches are no one's concern
+  }
+
+  later(fn, ms) {
+    const t = setTimeout(() => { this.timers.delete(t); if (!this.closed) fn(); }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  cancel(t) {
+    clearTimeout(t);
+    this.timers.delete(t);
+  }
+
+  // Pause, Follow and the connection state are for a log still being written; a finished one has none.
+  showLive(on) {
+    $('#pause').hidden = $('#follow').hidden = $('#conn').hidden = !on;
+  }
+
+  setFollowing(on) {
+    this.following = on;
+    $('#follow').setAttribute('aria-pressed', String(on));
+  }
+
+  scrollBottom() {
+    toEnd(this);
+  }
+}
+
+export class LogView extends Pane {
+  constructor(task, host, at) {
+    super();
+    this.task = task;
+    this.host = host;
+    this.path = logPath(task, host);
+    this.at = at; // a byte offset to open at (a search hit), else the end
+    this.rows = []; // {off, end, n, stream, ts, text, el}, in line order
+    this.lo = this.hi = 0; // the window's bytes
+    this.bottom = new Assembler(0); // lines at the window's end, continued by later bytes
+    this.liveEnd = 0; // the offset after the last byte of the log known (from the meta, then the tail)
+    this.attached = false; // the window ends where the log does: the tail's bytes are appended
+    this.gen = 0; // bumped by each new window: answers for an older window are dropped
+    this.loading = null;
+    this.newLines = 0;
+    this.pending = [];
+    this.flushTimer = null;
+  }
+
+  async open() {
+    const meta = await apiJSON(this.path, { signal: this.signal });
+    if (this.closed) return;
+    this.meta = meta;
+    this.liveEnd = meta.live_size;
+    if (this.at != null && this.at < meta.live_size) await this.loadAround(this.at);
+    else await this.loadEnd();
+    if (this.closed) return; // the user went elsewhere meanwhile
+    this.ready = true;
+    this.showMeta();
+    if (meta.status === 'running') {
+      const tail = new Tail(this.task, this.host, { from: this.liveEnd }, {
+        data: (off, bytes, stream, ts) => this.onData(off, bytes, stream, ts),
+        skipped: (m) => this.onSkipped(m),
+        end: (m) => this.onEnd(m),
+        error: (m) => showError(`tail: ${m.detail}`),
+        state: () => { if (!this.closed) showConn(this.tails); },
+      });
+      this.tails = [tail];
+      this.showLive(true);
+      if (!this.paused) tail.start();
+    }
+    this.checkEdges();
+  }
+
+  close() {
+    this.gen++;
+    super.close();
+  }
+
+  // One badge: running, or how it ended (shown once the rows are there).
   showMeta() {
     const m = this.meta;
     const badge = $('#log-status');
@@ -85,40 +220,11 @@ export class LogView {
 
   // --- reading by Range --------------------------------------------------------------------------
 
-  async index(start, end) {
-    return apiJSON(`${logPath(this.task, this.host)}/index?start=${start}&end=${end}`);
-  }
-
-  async bytes(a, b) {
-    const r = await api(`${logPath(this.task, this.host)}/log`, { headers: { Range: `bytes=${a}-${b - 1}` } });
-    return new Uint8Array(await r.arrayBuffer());
-  }
-
-  // The lines of `chunks` between offsets a and b, fed to `asm`.
-  async linesOf(chunks, a, b, asm) {
-    const out = [];
-    if (b <= a) return out;
-    const data = await this.bytes(a, b);
-    for (const [off, len, , stream, , ts] of chunks) {
-      const s = Math.max(off, a), e = Math.min(off + len, b);
-      if (s < e) asm.feed(s, data.subarray(s - a, e - a), stream, ts, out);
-    }
-    return out;
-  }
-
   // A new window of the chunks overlapping [a, b); keep = which end to keep if it has too many lines.
   async loadWindow(a, b, keep) {
     const gen = ++this.gen;
-    const idx = await this.index(a, b);
-    const asm = new Assembler(idx.line ?? 0);
-    let lo = a, hi = a, rows = [];
-    if (idx.chunks.length) {
-      const last = idx.chunks[idx.chunks.length - 1];
-      lo = idx.chunks[0][0];
-      hi = last[0] + last[1];
-      rows = await this.linesOf(idx.chunks, lo, hi, asm);
-    }
-    if (gen !== this.gen) return false;
+    const { idx, asm, lo, hi, rows } = await readWindow(this.path, a, b, this.signal);
+    if (gen !== this.gen || this.closed) return false;
     this.clear();
     this.lo = lo;
     this.hi = hi;
@@ -141,10 +247,12 @@ export class LogView {
   }
 
   async loadEnd() {
-    const end = this.tail ? this.liveEnd : this.meta.live_size;
+    const end = this.liveEnd;
     if (await this.loadWindow(Math.max(0, end - CHUNK), end, 'end')) {
       this.setFollowing(true);
+      this.showNewLines(0);
       this.scrollBottom();
+      this.checkEdges();
     }
   }
 
@@ -170,14 +278,15 @@ export class LogView {
 
   // Earlier bytes, as the user scrolls up.
   loadEarlier() {
-    if (this.loading || this.lo <= 0) return;
+    if (!this.ready || this.closed || this.loading || this.lo <= 0) return;
     const gen = this.gen, lo = this.lo;
     this.loading = (async () => {
-      const idx = await this.index(Math.max(0, lo - CHUNK), lo);
-      if (!idx.chunks.length) { if (gen === this.gen) this.lo = 0; return; }
+      const idx = await fetchIndex(this.path, Math.max(0, lo - CHUNK), lo, this.signal);
+      if (gen !== this.gen || this.lo !== lo) return; // the window changed meanwhile
+      if (!idx.chunks.length) { this.lo = 0; return; }
       const a = idx.chunks[0][0];
-      const rows = await this.linesOf(idx.chunks, a, lo, new Assembler(idx.line ?? 0));
-      if (gen !== this.gen) return;
+      const rows = await readLines(this.path, idx.chunks, a, lo, new Assembler(idx.line ?? 0), this.signal);
+      if (gen !== this.gen || this.lo !== lo) return;
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
@@ -187,17 +296,17 @@ export class LogView {
 
   // Later bytes, as the user scrolls down a window that no longer holds the end.
   loadLater() {
-    if (this.loading || this.attached) return;
-    const gen = this.gen, hi = this.hi;
+    if (!this.ready || this.closed || this.loading || this.attached) return;
+    const gen = this.gen, hi = this.hi, asm = this.bottom; // the lines go on from this window's end
     this.loading = (async () => {
-      const idx = await this.index(hi, Math.max(hi + 1, Math.min(hi + CHUNK, this.liveEnd)));
-      if (gen !== this.gen) return;
+      const idx = await fetchIndex(this.path, hi, Math.max(hi + 1, Math.min(hi + CHUNK, this.liveEnd)), this.signal);
+      if (gen !== this.gen || this.hi !== hi || this.bottom !== asm) return; // the window changed meanwhile
       let rows = [], end = hi;
       if (idx.chunks.length) {
         const last = idx.chunks[idx.chunks.length - 1];
         end = last[0] + last[1];
-        rows = await this.linesOf(idx.chunks, hi, end, this.bottom);
-        if (gen !== this.gen) return;
+        rows = await readLines(this.path, idx.chunks, hi, end, asm, this.signal);
+        if (gen !== this.gen || this.hi !== hi || this.bottom !== asm) return;
       }
       this.hi = end;
       // Attached only if the window reaches what the tail gave by now; else the next read goes on.
@@ -211,13 +320,14 @@ export class LogView {
   }
 
   settle() {
-    this.loading.catch((e) => showError(e.message)).finally(() => {
+    this.loading.catch((e) => this.failed(e)).finally(() => {
       this.loading = null;
       this.checkEdges();
     });
   }
 
   checkEdges() {
+    if (!this.ready || this.closed) return;
     this.showEdges();
     if (this.loading) return;
     const margin = this.log.clientHeight;
@@ -228,7 +338,7 @@ export class LogView {
   }
 
   showEdges() {
-    const top = $('#top-edge'), bottom = $('#bottom-edge');
+    const top = this.topEdge, bottom = this.bottomEdge;
     top.textContent = this.lo > 0 ? `⇡ ${fmtBytes(this.lo)} before — scroll up or press Home for the first line` : '';
     top.hidden = this.lo <= 0;
     bottom.textContent = this.attached ? '' : `⇣ ${fmtBytes(this.liveEnd - this.hi)} after — scroll down or press End`;
@@ -342,23 +452,25 @@ export class LogView {
     this.liveEnd = Math.max(this.liveEnd, m.to);
   }
 
-  async onEnd(m) {
+  onEnd(m) {
+    this.flush(); // the last rows first, then the badge that says it ended
     this.meta = { ...this.meta, status: m.status, exit_code: m.exit_code };
     this.showMeta();
-    this.flush();
+    this.showLive(false);
   }
 
   // Rows from the tail are added once a frame (16 ms), in one go: a line shows well within 50 ms.
   queue(rows) {
-    (this.pending ||= []).push(...rows);
-    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 16);
+    this.pending.push(...rows);
+    if (!this.flushTimer) this.flushTimer = this.later(() => this.flush(), 16);
   }
 
   flush() {
+    if (this.closed) return;
     if (this.following && movedUp(this)) this.setFollowing(false);
-    clearTimeout(this.flushTimer);
+    this.cancel(this.flushTimer);
     this.flushTimer = null;
-    const rows = this.pending || [];
+    const rows = this.pending;
     this.pending = [];
     // Over MAX_ROWS, rows go from the end farther from what is in view: reading near the end, the oldest
     // go; reading further up, new rows wait below (the window leaves the end and counts them).
@@ -378,15 +490,6 @@ export class LogView {
 
   // --- user actions ------------------------------------------------------------------------------
 
-  setFollowing(on) {
-    this.following = on;
-    $('#follow').setAttribute('aria-pressed', String(on));
-  }
-
-  scrollBottom() {
-    toEnd(this);
-  }
-
   onScroll() {
     const atBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 4;
     if (!atBottom && this.following) this.setFollowing(false);
@@ -397,94 +500,128 @@ export class LogView {
 
   jumpTop() {
     if (this.lo === 0) { this.setFollowing(false); this.log.scrollTop = 0; this.checkEdges(); return; }
-    this.loadStart().catch((e) => showError(e.message));
+    this.loadStart().catch((e) => this.failed(e));
   }
 
   jumpBottom() {
     this.showNewLines(0);
     if (this.attached) { this.setFollowing(true); this.scrollBottom(); return; }
-    this.loadEnd().catch((e) => showError(e.message));
+    this.loadEnd().catch((e) => this.failed(e));
   }
 
   pause(on) {
     this.paused = on;
-    if (!this.tail) return;
-    if (on) { this.tail.stop('paused'); this.flush(); } else this.tail.start();
+    for (const t of this.tails) if (on) t.stop('paused'); else t.start();
+    if (on) this.flush();
   }
 
   downloads() {
-    const base = API + `${logPath(this.task, this.host)}/log`;
+    const base = API + `${this.path}/log`;
     const name = `${this.task}.${this.host}`;
     return [[base, `${name}.log`], [`${base}?stream=stdout`, `${name}.stdout.log`],
       [`${base}?stream=stderr`, `${name}.stderr.log`]];
   }
 }
 
-export class MultiView {
+export class MultiView extends Pane {
   constructor(task) {
+    super();
     this.task = task;
-    this.log = $('#log');
-    this.rowsEl = $('#rows');
     this.rows = [];
-    this.tails = [];
-    this.following = true;
-    this.paused = false;
+    this.hidden = new Set();
     this.attached = true;
+    this.log.classList.add('multi');
   }
 
+  // Each host's last lines by Range (numbered as in its own log), then its live tail if it runs.
   async open() {
-    this.rowsEl.replaceChildren();
-    $('#partial').replaceChildren();
-    $('#top-edge').hidden = $('#bottom-edge').hidden = true;
-    const list = await apiJSON(`tasks?task=${encodeURIComponent(this.task)}&limit=1000`);
+    const list = await apiJSON(`tasks?task=${encodeURIComponent(this.task)}&limit=1000`, { signal: this.signal });
     if (this.closed) return;
-    this.hosts = list.logs.map((l) => l.host).sort();
-    const running = list.logs.filter((l) => l.status === 'running').length;
-    const badge = $('#log-status');
-    badge.textContent = `${this.hosts.length} host${this.hosts.length === 1 ? '' : 's'}${running ? `, ${running} running` : ''}`;
-    badge.dataset.status = running ? 'running' : 'finished';
-    setText('#log-size', fmtBytes(list.logs.reduce((n, l) => n + (l.size || 0), 0)));
+    if (!list.logs.length) throw new Error(`no logs of task ${this.task}`);
+    this.hosts = [...new Set(list.logs.map((l) => l.host))].sort();
+    this.showHosts();
+    const metas = await Promise.all(this.hosts.map((host) => this.openHost(host).catch((e) => {
+      if (!this.closed) showError(`${host}: ${e.message}`); // one host's trouble leaves the others shown
+      return null;
+    })));
+    if (this.closed) return;
+    this.metas = new Map(this.hosts.map((h, i) => [h, metas[i]]).filter(([, m]) => m));
+    this.ready = true;
+    this.showMeta();
+    const running = this.tails.filter((t) => !t.ended);
+    this.showLive(running.length > 0);
+    if (!this.paused) for (const t of running) t.start();
+    if (running.length) showConn(this.tails);
+  }
+
+  async openHost(host) {
+    const path = logPath(this.task, host);
+    const meta = await apiJSON(path, { signal: this.signal });
+    const end = meta.live_size;
+    const { asm, hi, rows } = await readWindow(path, Math.max(0, end - CHUNK), end, this.signal);
+    if (this.closed) return meta;
+    this.add(rows.slice(-TAIL_LINES).map((r) => ({ ...r, host })));
+    if (meta.status !== 'running') return meta;
+    const tail = new Tail(this.task, host, { from: Math.max(hi, end) }, {
+      data: (off, bytes, stream, ts) => {
+        const out = [];
+        asm.feed(off, bytes, stream, ts, out);
+        for (const r of out) r.host = host;
+        this.add(out);
+      },
+      skipped: (m) => this.add([{ ...skippedRow(m), host, ts: Date.now() * 1e6 }]),
+      end: (m) => this.onEnd(host, m),
+      error: (m) => showError(`${host}: ${m.detail}`),
+      state: () => { if (!this.closed) showConn(this.tails); },
+    });
+    this.tails.push(tail);
+    return meta;
+  }
+
+  showHosts() {
     const filter = $('#host-filter');
+    filter.hidden = false;
     filter.replaceChildren(...this.hosts.map((h) => {
-      const label = el('label', 'chk');
+      const item = el('span', 'host');
       const box = el('input');
       box.type = 'checkbox';
       box.checked = true;
-      box.onchange = () => this.filterHost(h, box.checked);
-      label.append(box, ` ${h}`);
-      return label;
+      box.title = `show ${h}'s lines`;
+      box.setAttribute('aria-label', `show ${h}`);
+      box.addEventListener('change', () => this.filterHost(h, box.checked), { signal: this.signal });
+      const a = el('a', null, h);
+      a.href = `#/t/${encodeURIComponent(this.task)}/${encodeURIComponent(h)}`;
+      a.title = `${h}'s log alone`;
+      item.append(box, a);
+      return item;
     }));
-    for (const host of this.hosts) {
-      const asm = new Assembler(0);
-      const tail = new Tail(this.task, host, { lines: TAIL_LINES }, {
-        data: (off, bytes, stream, ts) => {
-          const out = [];
-          asm.feed(off, bytes, stream, ts, out);
-          for (const r of out) { r.n = null; r.host = host; }
-          this.add(out);
-        },
-        skipped: (m) => this.add([{ ...skippedRow(m), host, ts: Date.now() * 1e6 }]),
-        end: () => {},
-        error: (m) => showError(`${host}: ${m.detail}`),
-        state: () => showConn(this.tails),
-      });
-      this.tails.push(tail);
-    }
-    if (!this.paused) for (const t of this.tails) t.start();
-    showConn(this.tails);
   }
 
-  close() {
-    this.closed = true;
-    for (const t of this.tails) t.stop('closed');
+  // One badge for the task: how many hosts, how many still run, else how they ended.
+  showMeta() {
+    const metas = [...this.metas.values()];
+    const running = metas.filter((m) => m.status === 'running').length;
+    const exits = [...new Set(metas.filter((m) => m.exit_code != null).map((m) => m.exit_code))];
+    const badge = $('#log-status');
+    badge.textContent = `${metas.length} host${metas.length === 1 ? '' : 's'}`
+      + (running ? `, ${running} running` : ` · finished${exits.length ? ` · exit ${exits.join(', ')}` : ''}`);
+    badge.dataset.status = running ? 'running' : 'finished';
+    setText('#log-size', fmtBytes(metas.reduce((n, m) => n + (m.live_size || 0), 0)));
   }
 
-  // Insert by time: a host's backlog falls between the others' lines.
+  onEnd(host, m) {
+    this.metas.set(host, { ...this.metas.get(host), status: m.status, exit_code: m.exit_code });
+    this.showMeta();
+    if (this.tails.every((t) => t.ended)) this.showLive(false);
+  }
+
+  // Insert by time: a host's lines fall between the others' lines.
   add(rows) {
+    if (this.closed) return;
     if (this.following && movedUp(this)) this.setFollowing(false);
     for (const r of rows) {
       r.el = rowElement(r, r.host);
-      if (this.hidden && this.hidden.has(r.host)) r.el.hidden = true;
+      if (this.hidden.has(r.host)) r.el.hidden = true;
       let lo = 0, hi = this.rows.length;
       while (lo < hi) { const mid = (lo + hi) >> 1; if (this.rows[mid].ts <= r.ts) lo = mid + 1; else hi = mid; }
       if (lo === this.rows.length) this.rowsEl.append(r.el);
@@ -496,18 +633,17 @@ export class MultiView {
   }
 
   filterHost(host, show) {
-    (this.hidden ||= new Set())[show ? 'delete' : 'add'](host);
+    this.hidden[show ? 'delete' : 'add'](host);
     for (const r of this.rows) if (r.host === host) r.el.hidden = !show;
   }
 
-  setFollowing(on) { this.following = on; $('#follow').setAttribute('aria-pressed', String(on)); }
   onScroll() {
     const atBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 4;
     if (atBottom !== this.following) this.setFollowing(atBottom);
   }
+
   jumpTop() { this.setFollowing(false); this.log.scrollTop = 0; }
   jumpBottom() { this.setFollowing(true); toEnd(this); }
-  scrollBottom() { toEnd(this); }
   pause(on) { this.paused = on; for (const t of this.tails) if (on) t.stop('paused'); else t.start(); }
   downloads() { return [[API + `tasks/${encodeURIComponent(this.task)}/log`, `${this.task}.all-hosts.log`]]; }
 }

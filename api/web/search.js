@@ -2,11 +2,14 @@
 
 import { apiJSON } from './api.js';
 import { stripAnsi } from './ansi.js';
-import { $, el, setText } from './dom.js';
+import { $, el, setText, timeEl } from './dom.js';
 import { STREAM_CLASS } from './lines.js';
 
 export class SearchView {
-  constructor(params) { this.params = params; }
+  constructor(params) {
+    this.params = params;
+    this.ctl = new AbortController(); // close() aborts the search
+  }
 
   async open() {
     const q = this.params.get('q') || '';
@@ -16,7 +19,7 @@ export class SearchView {
     if (this.params.get('task')) want.set('task', this.params.get('task'));
     setText('#search-note', `searching for “${q}”…`);
     $('#hits').replaceChildren();
-    const res = await apiJSON(`search?${want}`);
+    const res = await apiJSON(`search?${want}`, { signal: this.ctl.signal });
     if (this.closed) return; // another search or view took over
     setText('#search-note', `${res.hits.length}${res.more ? '+' : ''} line${res.hits.length === 1 ? '' : 's'} with “${q}”`
       + `${want.get('i') === '1' ? ' (any case)' : ''}${want.get('task') ? ` in ${want.get('task')}` : ''} · ${res.elapsed_ms} ms`
@@ -35,10 +38,20 @@ export class SearchView {
         at = i + needle.length;
       }
       line.append(text.slice(at));
-      li.append(a, el('span', 'when', h.ts ? h.ts.replace('T', ' ').slice(0, 23) : ''), el('span', 'stream', h.stream), line);
+      li.append(a, timeEl('span', 'when', isoNs(h.ts)), el('span', 'stream', h.stream), line);
       return li;
     }));
   }
 
-  close() { this.closed = true; }
+  close() {
+    this.closed = true;
+    this.ctl.abort();
+    $('#hits').replaceChildren();
+  }
+}
+
+// '2025-07-07T17:47:01.123456Z' (the API's hit time, UTC) as ns since the epoch, to ms; null if absent
+function isoNs(ts) {
+  const m = ts && /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$/.exec(ts);
+  return m ? (Date.parse(`${m[1]}Z`) + Math.floor(Number(m[2] || 0) * 1000)) * 1e6 : null;
 }

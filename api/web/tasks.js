@@ -1,11 +1,15 @@
 // The task list: every log, newest first, with filters; it refreshes itself.
 
 import { apiJSON, logPath } from './api.js';
-import { $, clearError, el, fmtBytes, fmtDuration, fmtStart, fmtTs, setText, showError } from './dom.js';
+import { $, clearError, el, fmtBytes, fmtDuration, fmtTime, setText, showError, timeEl } from './dom.js';
 
 const REFRESH_MS = 3000; // how often the list refreshes itself
 
 export class TasksView {
+  constructor() {
+    this.ctl = new AbortController(); // close() aborts the refresh under way
+  }
+
   async open() {
     this.timer = setInterval(() => this.refresh(), REFRESH_MS);
     await this.refresh();
@@ -14,6 +18,9 @@ export class TasksView {
   close() {
     this.closed = true;
     clearInterval(this.timer);
+    this.ctl.abort();
+    $('#tasks tbody').replaceChildren(); // the next list shows only what it fetched itself
+    setText('#tasks-note', '');
   }
 
   async refresh() {
@@ -23,22 +30,24 @@ export class TasksView {
       const q = new URLSearchParams({ limit: '1000' });
       if ($('#f-status').value) q.set('status', $('#f-status').value);
       if ($('#f-since').value) q.set('since', $('#f-since').value);
-      const { logs } = await apiJSON(`tasks?${q}`);
+      const { logs } = await apiJSON(`tasks?${q}`, { signal: this.ctl.signal });
       if (this.closed) return;
       const ft = $('#f-task').value.trim().toLowerCase(), fh = $('#f-host').value.trim().toLowerCase();
       const rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
       // a running log's size is in the spool: ask for the live size of the first 20
       await Promise.all(rows.filter((l) => l.status === 'running').slice(0, 20).map(async (l) => {
-        try { l.size = (await apiJSON(logPath(l.task, l.host))).live_size; } catch (e) { /* gone meanwhile */ }
+        try {
+          l.size = (await apiJSON(logPath(l.task, l.host), { signal: this.ctl.signal })).live_size;
+        } catch (e) { /* gone meanwhile */ }
       }));
       if (this.closed) return;
       const hosts = new Map();
       for (const l of logs) hosts.set(l.task, (hosts.get(l.task) || 0) + 1);
       this.render(rows, hosts);
-      setText('#tasks-note', `${rows.length} of ${logs.length} logs · refreshed ${fmtTs(Date.now() * 1e6).slice(0, 8)}`);
+      setText('#tasks-note', `${rows.length} of ${logs.length} logs · refreshed ${fmtTime(Date.now() * 1e6, false).slice(11)}`);
       clearError();
     } catch (e) {
-      showError(`task list: ${e.message}`);
+      if (!this.closed) showError(`task list: ${e.message}`);
     } finally {
       this.busy = false;
       if (this.again && !this.closed) { this.again = false; this.refresh(); }
@@ -65,7 +74,7 @@ export class TasksView {
         task.append(' ', all);
       }
       const end = l.ended_ns != null ? l.ended_ns / 1e6 : now;
-      tr.append(status, task, el('td', null, l.host), el('td', null, fmtStart(l.started_ns)),
+      tr.append(status, task, el('td', null, l.host), timeEl('td', null, l.started_ns, false),
         el('td', null, fmtDuration(end - l.started_ns / 1e6)), el('td', 'num', fmtBytes(l.size)),
         el('td', `num ${l.exit_code ? 'bad' : ''}`, l.exit_code == null ? '—' : String(l.exit_code)));
       tr.onclick = (e) => { if (e.target.tagName !== 'A') location.hash = href; };
