@@ -12,7 +12,7 @@ from aiohttp import web
 
 from shipper import names
 
-from .keys import CONFIG, METRICS, SOURCE
+from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE
 
 routes = web.RouteTableDef()
 
@@ -45,6 +45,7 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE logship_api_downloads_cut_by_client_total counter",
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
     ]
+    lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
         if state:

@@ -51,6 +51,11 @@ class Engine:
                 self.db = await asyncio.to_thread(Database, self.cfg)
             return self.db
 
+    def metrics(self) -> list[str]:
+        """Lines for /metrics."""
+        bad = self.db.bad_manifests if self.db is not None else 0
+        return ["# TYPE logship_query_bad_manifests_total counter", f"logship_query_bad_manifests_total {bad}"]
+
     async def close(self) -> None:
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
@@ -75,7 +80,10 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 @routes.post("/api/v1/query")
 async def post_query(request: web.Request) -> web.StreamResponse:
     fmt = params.choice(request, "format", ("json", "csv", "ndjson")) or "json"
-    sql = await _sql_of(request)
+    try:
+        sql = await _sql_of(request)
+    except _Refused as refused:
+        return _refusal(refused.exc)
     engine = request.app[QUERY_ENGINE]
     from shipper import queryout
     from shipper.query import QueryError
@@ -85,14 +93,14 @@ async def post_query(request: web.Request) -> web.StreamResponse:
         try:
             result = await asyncio.to_thread(db.execute, sql)
         except QueryError as exc:
-            return json_error(400, exc.code, exc.detail, exc.hint)
+            return _refusal(exc)
         pieces = queryout.encode(result, fmt)
         try:
             # The first piece runs the query: its errors (a file outside the archive, a timeout) are still a 400.
             try:
                 first = await _next(pieces, result)
             except QueryError as exc:
-                return json_error(400, exc.code, exc.detail, exc.hint)
+                return _refusal(exc)
             resp = web.StreamResponse(headers={"Content-Type": queryout.CONTENT_TYPES[fmt],
                                                "X-Row-Limit": str(result.limits.max_rows),
                                                "Cache-Control": "no-store"})
@@ -126,7 +134,23 @@ async def _sql_of(request: web.Request) -> str:
         raise BadRequest(f"unknown key(s) in the body: {', '.join(extra)}", 'the body is {"sql": "SELECT ..."}; '
                          "the format is the query parameter ?format=json|csv|ndjson")
     sql: str = body["sql"]
+    from shipper.query import QueryError, check_text
+
+    try:
+        check_text(sql)  # cheap checks before a query slot is taken: NUL, size
+    except QueryError as exc:
+        raise _Refused(exc) from None
     return sql
+
+
+class _Refused(Exception):
+    def __init__(self, exc: LogshipError) -> None:
+        self.exc = exc
+
+
+def _refusal(exc: LogshipError) -> web.Response:
+    """A query refused before any row: 400, or the status its kind names (413 for SQL too long)."""
+    return json_error(getattr(exc, "status", 400), exc.code, exc.detail, exc.hint)
 
 
 async def _next(pieces: Iterator[_T], result: Result) -> _T | None:
@@ -175,7 +199,7 @@ async def search(request: web.Request) -> web.Response:
         try:
             hits, elapsed = await asyncio.to_thread(_run_search, db, s)
         except QueryError as exc:
-            return json_error(400, exc.code, exc.detail, exc.hint)
+            return _refusal(exc)
     more = len(hits) > s.limit
     return web.json_response({"hits": [_hit(h) for h in hits[:s.limit]], "more": more, "elapsed_ms": elapsed})
 
