@@ -80,13 +80,15 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 @routes.post("/api/v1/query")
 async def post_query(request: web.Request) -> web.StreamResponse:
     fmt = params.choice(request, "format", ("json", "csv", "ndjson")) or "json"
-    try:
-        sql = await _sql_of(request)
-    except _Refused as refused:
-        return _refusal(refused.exc)
+    sql = await _sql_of(request)
     engine = request.app[QUERY_ENGINE]
     from shipper import queryout
-    from shipper.query import QueryError
+    from shipper.query import QueryError, check_text
+
+    try:
+        check_text(sql)  # the cheap checks (size, NUL) before a query slot is taken
+    except QueryError as exc:
+        return _refusal(exc)
 
     async with engine.slots:
         db = await engine.get()
@@ -134,18 +136,7 @@ async def _sql_of(request: web.Request) -> str:
         raise BadRequest(f"unknown key(s) in the body: {', '.join(extra)}", 'the body is {"sql": "SELECT ..."}; '
                          "the format is the query parameter ?format=json|csv|ndjson")
     sql: str = body["sql"]
-    from shipper.query import QueryError, check_text
-
-    try:
-        check_text(sql)  # cheap checks before a query slot is taken: NUL, size
-    except QueryError as exc:
-        raise _Refused(exc) from None
     return sql
-
-
-class _Refused(Exception):
-    def __init__(self, exc: LogshipError) -> None:
-        self.exc = exc
 
 
 def _refusal(exc: LogshipError) -> web.Response:

@@ -161,9 +161,9 @@ class Database:
         if self.root.startswith("s3://"):
             _load_httpfs(con)
             con.execute(_secret_sql(store, self.root))
-        # httpfs copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN into settings when it
-        # loads, and any query may read settings (current_setting, duckdb_settings): the secret above is
-        # what signs requests, so the settings go back to their empty defaults.
+            # httpfs copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN into settings when
+            # it loads, and any query may read settings (current_setting, duckdb_settings): the secret above
+            # is what signs requests, so the settings go back to their empty defaults.
             for name in _CREDENTIAL_SETTINGS:
                 con.execute(f"RESET GLOBAL {name}")
         self._no_credential_in_settings(con)
