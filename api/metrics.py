@@ -12,7 +12,7 @@ from aiohttp import web
 
 from shipper import names
 
-from .keys import CONFIG, METRICS, SOURCE
+from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE
 
 routes = web.RouteTableDef()
 
@@ -48,6 +48,7 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE logship_api_damaged_manifests_total counter",
         f"logship_api_damaged_manifests_total {m.damaged_manifests}",
     ]
+    lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
         if state:

@@ -51,6 +51,11 @@ class Engine:
                 self.db = await asyncio.to_thread(Database, self.cfg)
             return self.db
 
+    def metrics(self) -> list[str]:
+        """Lines for /metrics."""
+        bad = self.db.bad_manifests if self.db is not None else 0
+        return ["# TYPE logship_query_bad_manifests_total counter", f"logship_query_bad_manifests_total {bad}"]
+
     async def close(self) -> None:
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
@@ -78,21 +83,26 @@ async def post_query(request: web.Request) -> web.StreamResponse:
     sql = await _sql_of(request)
     engine = request.app[QUERY_ENGINE]
     from shipper import queryout
-    from shipper.query import QueryError
+    from shipper.query import QueryError, check_text
+
+    try:
+        check_text(sql)  # the cheap checks (size, NUL) before a query slot is taken
+    except QueryError as exc:
+        return _refusal(exc)
 
     async with engine.slots:
         db = await engine.get()
         try:
             result = await asyncio.to_thread(db.execute, sql)
         except QueryError as exc:
-            return json_error(400, exc.code, exc.detail, exc.hint)
+            return _refusal(exc)
         pieces = queryout.encode(result, fmt)
         try:
             # The first piece runs the query: its errors (a file outside the archive, a timeout) are still a 400.
             try:
                 first = await _next(pieces, result)
             except QueryError as exc:
-                return json_error(400, exc.code, exc.detail, exc.hint)
+                return _refusal(exc)
             resp = web.StreamResponse(headers={"Content-Type": queryout.CONTENT_TYPES[fmt],
                                                "X-Row-Limit": str(result.limits.max_rows),
                                                "Cache-Control": "no-store"})
@@ -127,6 +137,11 @@ async def _sql_of(request: web.Request) -> str:
                          "the format is the query parameter ?format=json|csv|ndjson")
     sql: str = body["sql"]
     return sql
+
+
+def _refusal(exc: LogshipError) -> web.Response:
+    """A query refused before any row: 400, or the status its kind names (413 for SQL too long)."""
+    return json_error(getattr(exc, "status", 400), exc.code, exc.detail, exc.hint)
 
 
 async def _next(pieces: Iterator[_T], result: Result) -> _T | None:
@@ -175,7 +190,7 @@ async def search(request: web.Request) -> web.Response:
         try:
             hits, elapsed = await asyncio.to_thread(_run_search, db, s)
         except QueryError as exc:
-            return json_error(400, exc.code, exc.detail, exc.hint)
+            return _refusal(exc)
     more = len(hits) > s.limit
     return web.json_response({"hits": [_hit(h) for h in hits[:s.limit]], "more": more, "elapsed_ms": elapsed})
 

@@ -29,6 +29,9 @@ def run_query(cfg: Config, sql: str, fmt: str) -> int:
         if result.truncated and fmt != "table":
             print(f"logship: the answer was cut at {result.rows} rows (query.max_rows); add LIMIT or raise it",
                   file=sys.stderr)
+        for key, problem in result.skipped:
+            print(f"logship: {key} left out of the logs view: {problem} (hint: see `logship cat TASK --host HOST "
+                  "--manifest`; a manifest is rewritten by the log's watcher)", file=sys.stderr)
         return 0
     finally:
         db.close()

@@ -25,9 +25,9 @@ def encode(result: Result, fmt: str) -> Generator[bytes, None, None]:
     # The first piece holds the first rows too, so that fetching it runs the query: a query that
     # fails does so before anything is sent (the API can still answer 400).
     if fmt == "csv":
-        head = _csv_row(result.columns)
+        head = _csv_rows([result.columns])
         for batch in result.fetch_text():
-            yield head + b"".join(_csv_row(row) for row in batch)
+            yield head + _csv_rows(batch)
             head = b""
         if head:
             yield head
@@ -54,9 +54,9 @@ def json_tail(result: Result, error: dict[str, str] | None = None) -> bytes:
     return b"\n], " + json.dumps(tail).encode()[1:] + b"\n"
 
 
-def _csv_row(row: list[str] | tuple[str | None, ...]) -> bytes:
+def _csv_rows(rows: list[list[str | None]] | list[list[str]]) -> bytes:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(["" if v is None else v for v in row])
+    csv.writer(out, lineterminator="\n").writerows(rows)  # None is written as an empty field
     return out.getvalue().encode()
 
 
