@@ -260,7 +260,7 @@ def _paths() -> dict[str, Any]:
                                     "application/x-ndjson": {"schema": {"type": "string"}}}},
                 "400": _error("Not JSON (or nested too deeply), no `sql` or an empty one, not one read-only "
                               "SELECT, outside the archive, over a limit, or a SQL error."),
-                "413": _error("The body is over 1 MiB."),
+                "413": _error("The body is over 1 MiB, or its `sql` over 64 KiB (`sql_too_large`)."),
                 "403": _error("The token is of the read scope (api.tokens); SQL needs one of api.query_tokens."),
                 **_COMMON_ERRORS},
         }},

@@ -123,12 +123,7 @@ async def post_query(request: web.Request) -> web.StreamResponse:
 
 
 async def _sql_of(request: web.Request) -> str:
-    if request.content_length == 0 or not request.can_read_body:
-        raise BadRequest("the request has no body", 'send a JSON body {"sql": "SELECT ..."}')
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON", 'send a JSON body {"sql": "SELECT ..."}') from None
+    body = await params.read_json_body(request, example='{"sql": "SELECT ..."}')
     if not isinstance(body, dict) or not isinstance(body.get("sql"), str) or not body["sql"].strip():
         raise BadRequest('the body has no "sql" string', 'send a JSON body {"sql": "SELECT ..."}')
     extra = sorted(set(body) - {"sql"})
