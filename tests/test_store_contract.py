@@ -183,6 +183,25 @@ async def test_delete_many(store: Store) -> None:
     assert await store.list("many/") == []
 
 
+async def test_requests_and_bytes_are_counted_as_s3_bills_them(store: Store) -> None:
+    """One request per call of a small object, one per listing page; bytes sent are the bodies'."""
+    prefix = f"counted-{os.urandom(4).hex()}/"
+    before = store.stats.snapshot()
+    await store.put(prefix + "a", b"x" * 1000)
+    await store.get(prefix + "a")
+    await store.get(prefix + "a", 10, 20)
+    await store.head(prefix + "a")
+    await store.list(prefix)
+    await store.delete([prefix + "a"])
+    after = store.stats.snapshot()
+    ops = {op: n - before["requests"].get(op, 0) for op, n in after["requests"].items()}
+    assert {op: n for op, n in ops.items() if n} == {
+        "put_object": 1, "get_object": 2, "head_object": 1, "list_objects_v2": 1, "delete_objects": 1}
+    assert after["bytes_sent"] - before["bytes_sent"] >= 1000
+    assert after["bytes_sent"] - before["bytes_sent"] < 1000 + 2000  # DeleteObjects' XML body, nothing more
+    assert after["bytes_received"] - before["bytes_received"] == 1010
+
+
 async def test_last_write_wins_and_readers_see_whole_objects(store: Store) -> None:
     await store.put("w", b"one")
     await store.put("w", b"two!")

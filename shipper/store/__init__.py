@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, StoreStats
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
 
-__all__ = ["ObjectInfo", "Store", "open_store"]
+__all__ = ["ObjectInfo", "Store", "StoreStats", "open_store"]
 
 
 def open_store(cfg: "StoreConfig") -> Store:

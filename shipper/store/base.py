@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+
+@dataclass
+class StoreStats:
+    """What a store client sent: every request by operation (retries and listing pages included: what a
+    provider bills), and the bytes of request bodies. Counted where the request leaves, in each backend."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def count(self, op: str, sent: int = 0) -> None:
+        self.requests[op] += 1
+        self.bytes_sent += sent
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
 
 
 @dataclass(frozen=True)
@@ -22,6 +40,7 @@ class Store(Protocol):
     """
 
     url: str
+    stats: StoreStats
 
     async def put(self, key: str, data: bytes | memoryview) -> None:
         """Write an object atomically: readers see the old object, or the whole new one."""

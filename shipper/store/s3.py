@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,7 +30,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
-from .base import ObjectInfo
+from .base import ObjectInfo, StoreStats
 from .fs import check_key
 from .s3read import PresignedReader
 
@@ -108,7 +109,8 @@ class S3Store:
         self._lock = asyncio.Lock()
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
-        self._reader = PresignedReader(connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, attempts=attempts,
+        self.stats = StoreStats()
+        self._reader = PresignedReader(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, attempts=attempts,
                                        pool=READ_POOL, read_bufsize=READ_BUFSIZE)
 
     def __repr__(self) -> str:
@@ -125,8 +127,19 @@ class S3Store:
                             aws_access_key_id=self._access_key, aws_secret_access_key=self._secret_key,
                             config=self._config,
                         ))
+                    # Counted as each request leaves, so the SDK's retries and every listing page count.
+                    self._client.meta.events.register("before-send.s3", self._count)
                     self._stack = stack
         return self._client
+
+    def _count(self, request: Any, event_name: str = "", **_: Any) -> None:
+        """botocore's before-send hook; returns None, or botocore would take the value for the answer."""
+        op = _snake(event_name.rpartition(".")[2]) or "unknown"
+        try:
+            sent = int(request.headers.get("Content-Length") or 0)
+        except ValueError:
+            sent = 0
+        self.stats.count(op, sent)
 
     async def close(self) -> None:
         if self._aborts:
@@ -269,9 +282,11 @@ class S3Store:
             return b""
         try:
             with self._errors("get", full):
-                return await resp.read()
+                data = await resp.read()
         finally:
             resp.release()
+        self.stats.bytes_received += len(data)
+        return data
 
     async def open(
         self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20
@@ -294,6 +309,7 @@ class S3Store:
                     data = await resp.content.read(chunk)
                 if not data:
                     return
+                self.stats.bytes_received += len(data)
                 yield data
         finally:
             # Sync close: an unread response's connection is closed rather than returned to the
@@ -468,3 +484,8 @@ def _pread_exact(fd: int, n: int, offset: int) -> bytes:
 def _local_error(exc: OSError, path: Path) -> NoReturn:
     raise StoreError(f"cannot read {path}: {exc.strerror or exc}",
                      "check that the local file exists and is readable") from exc
+
+
+def _snake(name: str) -> str:
+    """PutObject -> put_object, ListObjectsV2 -> list_objects_v2: the S3 operation as the metrics name it."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 import aiohttp
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
+from .base import StoreStats
+
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _ERROR_BODY_MAX = 64 << 10  # an S3 error document is a few hundred bytes
 
@@ -30,8 +32,9 @@ _ERROR_BODY_MAX = 64 << 10  # an S3 error document is a few hundred bytes
 class PresignedReader:
     """One connection pool for the store's GETs, created on first use (it needs a running loop)."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, attempts: int, pool: int,
+    def __init__(self, *, stats: StoreStats, connect_timeout: float, read_timeout: float, attempts: int, pool: int,
                  read_bufsize: int) -> None:
+        self._stats = stats
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._attempts = attempts
         self._pool = pool
@@ -63,6 +66,7 @@ class PresignedReader:
         """
         proxy = _env_proxy(url)
         for attempt in range(1, self._attempts + 1):
+            self._stats.count("get_object")
             resp = await self._http().get(url, headers=headers, proxy=proxy)
             if resp.status < 300:
                 return resp
