@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import select
 import signal
@@ -20,7 +21,7 @@ from typing import Callable
 from . import index, names
 from .config import Config
 from .errors import LogExists, SpoolError
-from .spool import SegmentWriter, pid_start_ticks, write_json_atomic
+from .spool import NOFOLLOW, SegmentWriter, SpoolDamaged, make_log_dir, pid_start_ticks, write_json_atomic
 
 # Reads start small and grow while they come back full: a 1 MiB read costs a fresh mmap'd buffer
 # (~18 us) even when the pipe holds a few bytes, but moves bulk output with a sixteenth of the calls.
@@ -29,6 +30,8 @@ PIPE_SIZE = 1 << 20  # enlarged to match BIG_READ: a 1 MiB read on a 64 KiB pipe
 # While output is dense (a read brought at least DENSE_BYTES), wait this long before the next poll:
 # fewer, larger chunks cost the task fewer wake-ups. Sparse output (a live tail's case) never waits.
 DENSE_BYTES, DENSE_PAUSE_S = 8 << 10, 0.0005
+SPOOL_RETRY_S = 1.0  # after a failed spool write (a full disk), the spool is not tried again for this long
+EXIT_RESERVE = 4096  # bytes set aside at start so that exit.json (and the count of lost bytes) fits on a full disk
 EXIT_CHECK_S = 0.1  # how often we look for the task's exit (a wait4 per wake-up costs)
 FLUSH_IDLE_S = 0.05  # an unterminated line reaches the spool after this much quiet
 FLUSH_CAP = 256 << 10  # ... or once it is this long
@@ -73,22 +76,59 @@ class Agent:
         self.log_dir = names.spool_log_dir(cfg.spool_dir, task, host)
         self.writer = SegmentWriter(self.log_dir, cfg.spool.segment_bytes, cfg.spool.segment_seconds)
         self.dropped_bytes = 0  # bytes the spool could not take (disk errors); the task still got them through
+        self.dir_fd = -1  # the log directory, opened without following links; -1: no spool for this run
+        self._reserve_fd = -1  # EXIT_RESERVE bytes allocated for exit.json
         self._last_warning = 0.0
+        self._spool_retry_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Claim the log's spool directory; a second run of the same (task, host) is refused."""
-        self.log_dir.parent.mkdir(parents=True, exist_ok=True)
+        """Claim the log's spool directory; a second run of the same (task, host) is refused.
+
+        A symbolic link in the spool where the log's directories go is refused too (it would make
+        us write elsewhere). A disk too full to make the directory does not stop the task: it runs,
+        its output is passed through and counted as not spooled."""
         try:
-            self.log_dir.mkdir()
+            self.dir_fd = make_log_dir(self.cfg.spool_dir, self.task, self.host)
         except FileExistsError:
             raise LogExists(
                 f"log {self.task}/{self.host} already exists in the spool ({self.log_dir})",
                 "a second run must not overwrite the first: give it another --task (e.g. "
                 f"{self.task}.2) or --host",
             ) from None
+        except SpoolDamaged as exc:
+            raise SpoolError(f"refusing to run: {exc.detail}", exc.hint) from None
+        except OSError as exc:
+            self._no_spool(exc)
+            return
+        self.writer.dir_fd = self.dir_fd
+        try:
+            self._reserve_fd = os.open(".exit.reserve", os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644,
+                                       dir_fd=self.dir_fd)
+            os.posix_fallocate(self._reserve_fd, 0, EXIT_RESERVE)
+        except OSError:  # no room even for that: exit.json is tried the ordinary way at the end
+            self._drop_reserve()
+
+    def _no_spool(self, exc: OSError) -> None:
+        """Run the task without a spool: nothing of it is kept, but it runs and its output is passed through."""
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        err = SpoolError(f"cannot write to the spool ({exc}): the task runs, its output is passed through but "
+                         "not kept", "free space in spool.dir (or fix its permissions)")
+        print(f"logship: {err}", file=sys.stderr)
+
+    def _drop_reserve(self) -> None:
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+        if self.dir_fd >= 0:
+            try:
+                os.unlink(".exit.reserve", dir_fd=self.dir_fd)
+            except OSError:
+                pass
 
     def run(self) -> int:
         self.prepare()
@@ -119,21 +159,63 @@ class Agent:
         return code
 
     def _write_run(self, started_ns: int, child_pid: int | None) -> None:
-        write_json_atomic(self.log_dir / names.RUN_FILE, {
-            "task": self.task, "host": self.host, "run_id": os.urandom(16).hex(),
-            "command": self.command, "labels": self.labels, "started_ns": started_ns,
-            "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
-            "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
-        })
+        if self.dir_fd < 0:
+            return
+        try:
+            write_json_atomic(self.log_dir / names.RUN_FILE, {
+                "task": self.task, "host": self.host, "run_id": os.urandom(16).hex(),
+                "command": self.command, "labels": self.labels, "started_ns": started_ns,
+                "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
+                "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
+            }, dir_fd=self.dir_fd)
+        except OSError as exc:
+            # Without run.json no watcher ships this log: leave no half-made log dir behind.
+            self._drop_reserve()
+            parent = os.open(self.log_dir.parent, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+            try:
+                os.rmdir(self.host, dir_fd=parent)
+            except OSError:
+                pass
+            finally:
+                os.close(parent)
+            self._no_spool(exc)
 
     def _finish(self, rc: int, error: str | None = None) -> None:
+        if self.dir_fd < 0:
+            return
         self._guard(self.writer.close, 0)
         doc: dict[str, object] = {"status": "finished", "exit_code": 128 - rc if rc < 0 else rc,
                                   "signal": -rc if rc < 0 else None, "ended_ns": time.time_ns(),
                                   "dropped_bytes": self.dropped_bytes}
         if error:
-            doc["error"] = error
-        write_json_atomic(self.log_dir / names.EXIT_FILE, doc)
+            doc["error"] = error[:1024]
+        try:
+            self._write_exit(doc)
+        except OSError as exc:
+            err = SpoolError(f"cannot record the end of the run in the spool: {exc}",
+                             "free space in spool.dir; the watcher will mark this log lost")
+            print(f"logship: {err}", file=sys.stderr)
+        finally:
+            self._drop_reserve()
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        if self.dropped_bytes:
+            print(f"logship: {self.dropped_bytes} bytes of output were passed through but not spooled "
+                  "(recorded as dropped_bytes in the log's manifest)", file=sys.stderr)
+
+    def _write_exit(self, doc: dict[str, object]) -> None:
+        """exit.json, into the space reserved at start when there is one: a full disk cannot refuse it."""
+        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        if self._reserve_fd < 0 or len(data) > EXIT_RESERVE:
+            write_json_atomic(self.log_dir / names.EXIT_FILE, doc, dir_fd=self.dir_fd)
+            return
+        os.pwrite(self._reserve_fd, data, 0)
+        os.ftruncate(self._reserve_fd, len(data))
+        os.fsync(self._reserve_fd)
+        os.replace(".exit.reserve", names.EXIT_FILE, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+        os.close(self._reserve_fd)
+        self._reserve_fd = -1
 
     def _forward_signals(self) -> None:
         # The task runs in its own process group (so a terminal's Ctrl-C reaches it once, through
@@ -221,6 +303,8 @@ class Agent:
             except BlockingIOError:
                 select.select([], [s.out_fd], [])
             except OSError as exc:  # our own output is closed (EPIPE) or broken: the spool still gets it
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    return  # our output is a file on a full disk: this piece is lost there, not in the spool
                 if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
                     raise
                 s.out_fd = -1
@@ -270,9 +354,13 @@ class Agent:
             self._guard(lambda: self.writer.append(s.code, [tail], len(tail), 0, partial=True), len(tail))
 
     def _guard(self, write: Callable[[], None], length: int) -> None:
+        if self.dir_fd < 0 or (length and time.monotonic() < self._spool_retry_at):
+            self.dropped_bytes += length  # no spool, or it failed a moment ago: don't hammer a full disk
+            return
         try:
             write()
         except OSError as exc:
+            self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
             self._spool_failed(exc, length)
 
     def _spool_failed(self, exc: OSError, length: int) -> None:

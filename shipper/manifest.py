@@ -40,7 +40,7 @@ def build(run: dict[str, Any], exit: dict[str, Any] | None, status: str, segment
           checkpoint: dict[str, Any] | None, dropped: list[dict[str, Any]], compression: str,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     parts = segments + ([checkpoint] if checkpoint else [])
-    end = max((p["offset"] + p["raw_size"] for p in parts), default=0)
+    end = max((p["offset"] + p["raw_size"] for p in parts + dropped), default=0)  # a range lost at the end counts
     return {
         "version": VERSION,
         "task": run["task"],
