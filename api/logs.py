@@ -11,7 +11,7 @@ from aiohttp import web
 from shipper import index, manifest, names
 from shipper.errors import ObjectNotFound
 from shipper.retry import QuietLog
-from shipper.spool import iter_logs, read_log
+from shipper.spool import SpoolDamaged, iter_logs, read_log
 
 from . import params
 from .errors import BadRequest, json_error
@@ -96,7 +96,11 @@ def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
     for d in iter_logs(spool):
         if task is not None and d.parent.name != task:
             continue
-        sl = read_log(d)
+        try:
+            sl = read_log(d)
+        except SpoolDamaged as exc:  # the watcher sets it aside and says so; it costs only its own row here
+            _quiet.log(logging.WARNING, str(d), "listing leaves out a damaged spool log: %s", exc)
+            continue
         if sl is None or (d / names.SHIPPED_FILE).exists():
             continue
         status = (sl.exit or {}).get("status", manifest.FINISHED) if sl.finished else manifest.RUNNING
@@ -322,7 +326,10 @@ async def get_log_index(request: web.Request) -> web.Response:
 async def _lines_before(source: Source, view: LogView, seq: int) -> int:
     """The lines of segments 1..seq-1: the manifest's counts (dropped segments too), else their index."""
     known = {s["seq"]: s["lines"] for s in (view.doc or {}).get("segments", [])}
-    known.update({d["seq"]: d.get("lines", 0) for d in view.dropped})
+    # A range dropped at the quota is a whole segment; one lost to damage lies inside a segment the manifest
+    # names: its lines add to that segment's. The manifest and the spool may both list the same range.
+    for d in {(d["seq"], d["offset"]): d for d in view.dropped}.values():
+        known[d["seq"]] = known.get(d["seq"], 0) + d.get("lines", 0)
     parts = {p.seq: p for p in view.parts}
     total = 0
     for s in range(1, seq):

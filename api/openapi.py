@@ -359,7 +359,9 @@ def _schemas() -> dict[str, Any]:
             "checkpoint": {"oneOf": [_ref("Segment"), {"type": "null"}],
                            "description": "the store's copy of the open segment's beginning"},
             "dropped": {"type": "array", "items": {"type": "object"},
-                        "description": "ranges dropped at the spool quota"},
+                        "description": "byte ranges the store will never have: {seq, offset, raw_size, lines, reason: "
+                                       "quota (dropped at the spool quota) | damaged (a spool file was damaged) | "
+                                       "missing (in neither spool nor store), detail}"},
             "dropped_bytes": {"type": "integer"}, "updated_ns": _NS,
             "api_url": {"type": "string", "description": "while running: the API beside the spool"},
             "live_size": {"type": "integer", "description": "bytes readable now, spool included"}}},

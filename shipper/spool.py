@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import index, names
-from .errors import SpoolError
+from .errors import DamagedObject, SpoolError
 from .index import RECORD_SIZE
 
 # Every spool file is opened without following a symbolic link: the spool is group-writable, and a
@@ -33,7 +33,7 @@ DAMAGE_HINT = ("the log is set aside, nothing of it is shipped as good bytes: in
                "directory, then restart `logship watch`")
 
 
-class SpoolDamaged(SpoolError):
+class SpoolDamaged(SpoolError, DamagedObject):
     """A spool file that is not what the agent writes (or a symbolic link): its log is set aside."""
 
     code = "spool_damaged"
