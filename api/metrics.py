@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from shipper import names
 
-from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE
+from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
 
 routes = web.RouteTableDef()
 
@@ -49,22 +51,48 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_damaged_manifests_total {m.damaged_manifests}",
     ]
     lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
+    store_stats = {"api": request.app[STORE].stats.snapshot()}
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
         if state:
             lines.append("# TYPE logship_watcher_healthy gauge")
             lines.append(f"logship_watcher_healthy {int(bool(state.get('healthy')))}")
-            for k, v in sorted(state.get("stats", {}).items()):
+            for k, v in sorted(_numbers(state.get("stats")).items()):
                 kind = "gauge" if k == "spool_bytes" else "counter"
                 name = f"logship_watcher_{k}" + ("" if kind == "gauge" else "_total")
-                lines += [f"# TYPE {name} {kind}", f"{name} {int(v)}"]
+                lines += [f"# TYPE {name} {kind}", f"{name} {v}"]
+            if isinstance(state.get("store_stats"), dict):
+                store_stats["watcher"] = state["store_stats"]
+    lines += _store_lines(store_stats)
     return web.Response(body=("\n".join(lines) + "\n").encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+_METRIC_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
+
+
+def _numbers(doc: Any) -> dict[str, int]:
+    """The {name: integer} pairs of a counters object from the spool (a file others can write): the rest is left out."""
+    if not isinstance(doc, dict):
+        return {}
+    return {k: int(v) for k, v in doc.items() if isinstance(k, str) and _METRIC_NAME.fullmatch(k)
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def _store_lines(by_process: dict[str, Any]) -> list[str]:
+    """What each process's store client sent (shipper/store StoreStats): requests by operation, body bytes."""
+    requests = ["# TYPE logship_store_requests_total counter"]
+    sent = ["# TYPE logship_store_bytes_sent_total counter"]
+    for by, snap in sorted(by_process.items()):
+        for op, n in sorted(_numbers(snap.get("requests")).items()):
+            requests.append(f'logship_store_requests_total{{op="{op}",by="{by}"}} {n}')
+        sent.append(f'logship_store_bytes_sent_total{{by="{by}"}} {_numbers(snap).get("bytes_sent", 0)}')
+    return requests + sent
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     try:
-        state: dict[str, Any] = json.loads(path.read_bytes())
-        return state
-    except (FileNotFoundError, ValueError):
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+    return state if isinstance(state, dict) else None

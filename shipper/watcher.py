@@ -791,7 +791,7 @@ class Watcher:
             write_json_atomic(self.spool / names.WATCHER_STATE_FILE, {
                 "pid": os.getpid(), "updated_ns": now, "healthy": healthy, "started_ns": self.started_ns,
                 "last_ok_ns": self.last_ok_ns, "last_error": self.last_error, "store": self.store.url,
-                "stats": self.stats, "set_aside": self.set_aside,
+                "stats": self.stats, "set_aside": self.set_aside, "store_stats": self.store.stats.snapshot(),
             }, durable=False)
         except OSError as exc:  # a full spool disk: shipping (which frees it) matters more than our state file
             self._quiet.log(logging.WARNING, "state", "cannot write %s: %s", names.WATCHER_STATE_FILE, exc)

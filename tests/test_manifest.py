@@ -126,3 +126,4 @@ async def test_one_damaged_manifest_costs_only_its_own_log(make_config: Callable
         assert "logship_api_damaged_manifests_total 3" in metrics
     finally:
         await client.close()
+
