@@ -17,8 +17,12 @@ DELETING = "deleting"  # `logship gc` is deleting the log (shipper/gc.py): reade
 
 
 def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: int, sha256: str,
-                  compression: str) -> dict[str, Any]:
-    """What the manifest says of one segment, from its chunk index."""
+                  compression: str, *, stored: dict[str, Any] | None = None,
+                  index_sha256: str | None = None) -> dict[str, Any]:
+    """What the manifest says of one segment, from its chunk index. `stored`: the digests of the stored
+    object (shipper.archive.StoredDigest.fields: `stored_sha256`, `blocks`); `index_sha256`: of the
+    stored index object. Readers check every byte they serve against them (docs/format.md)."""
+    checks = {**(stored or {}), **({"index_sha256": index_sha256} if index_sha256 else {})}
     return {
         "seq": seq,
         "offset": chunks[0].offset,
@@ -31,6 +35,7 @@ def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: i
         "last_ts": chunks[-1].ts_ns,
         "lines": sum(c.lines for c in chunks),
         "chunks": [chunks[0].seq, chunks[-1].seq],
+        **checks,
     }
 
 
