@@ -25,6 +25,7 @@ class Metrics:
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
     client_gone: int = 0  # downloads whose client went away before the end
+    transfers_aborted: int = 0  # answers cut after they began: a byte could not be served (api/logs.py)
 
 
 @routes.get("/healthz")
@@ -44,6 +45,10 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
         "# TYPE logship_api_downloads_cut_by_client_total counter",
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
+        "# TYPE logship_api_integrity_errors_total counter",
+        f"logship_api_integrity_errors_total {request.app[SOURCE].integrity_errors}",
+        "# TYPE logship_api_transfers_aborted_total counter",
+        f"logship_api_transfers_aborted_total {m.transfers_aborted}",
     ]
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)

@@ -29,19 +29,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shipper import index, names
-from shipper.errors import LogshipError, ObjectNotFound, StoreUnavailable
+from shipper.errors import LogshipError, StoreError, StoreUnavailable
 from shipper.retry import QuietLog
 
 from . import params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, METRICS, SOURCE, STORE
-from .source import LogView, Part, Source
+from .source import LogMoved, LogView, Part, Source
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api.tail")
@@ -80,7 +79,7 @@ class Cursor:
                     out += await anext(self._store)
                 except StopAsyncIteration:
                     await self._drop_store()
-                except ObjectNotFound:  # a checkpoint replaced under us: read on from a fresh view
+                except LogMoved:  # replaced again and again while read: read on from a fresh view
                     await self._drop_store()
                     self._view = None
             elif self._reader is not None:
@@ -186,7 +185,7 @@ class Cursor:
         chunks = [c for c in await self.source.chunks(view, part) if c.end > at]
         buf, buf_at = bytearray(), at
         # Source.read is an async generator: close it when we stop early (cancelled, or a replaced checkpoint)
-        pieces = cast(AsyncGenerator[bytes, None], self.source.read(view, at, part.end))
+        pieces = self.source.read(view, at, part.end)
         async with contextlib.aclosing(pieces):
             batch: list[Event] = []
             for c in chunks:
@@ -276,8 +275,10 @@ async def tail(request: web.Request) -> web.StreamResponse:
             await cursor.close()
 
 
-async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> None:
-    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes."""
+async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> WSCloseCode:
+    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes.
+    Returns the WebSocket close code: OK, or after an error event BAD_GATEWAY (the store's object failed
+    its check, or is missing: shipper/archive.py) or INTERNAL_ERROR."""
     metrics = app[METRICS]
     while not sink.closing:
         generation = feed.generation  # read before looking, so a change while we look is not missed
@@ -289,7 +290,7 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
             events = []
         except LogshipError as exc:
             await sink.send([error_event(exc.code, exc.detail, exc.hint)])
-            return
+            return WSCloseCode.BAD_GATEWAY if isinstance(exc, StoreError) else WSCloseCode.INTERNAL_ERROR
         if events:
             await sink.send(events)
             for e in events:
@@ -297,19 +298,20 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
                 metrics.tail_skipped_bytes += e.skipped_bytes
                 metrics.bytes_out += len(e.text)
         if cursor.done:
-            return
+            return WSCloseCode.OK
         if events:
             continue
         while True:
             await feed.wait(generation)
             if feed.failed:
                 await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
-                return
+                return WSCloseCode.INTERNAL_ERROR
             await sink.idle()
             # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
             # store only when its poller saw a new manifest, not one GET per follower per second.
             if sink.closing or feed.generation != generation or feed.local:
                 break
+    return WSCloseCode.OK
 
 
 class _Sink:
@@ -317,7 +319,7 @@ class _Sink:
 
     closing = False
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         raise NotImplementedError
 
     async def send(self, events: list[Event]) -> None:
@@ -336,7 +338,7 @@ class _WebSocket(_Sink):
         self.request = request
         self.finishing = False
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.ws.prepare(self.request)
         sender = asyncio.create_task(self._send_all(pump))
         try:
@@ -351,10 +353,9 @@ class _WebSocket(_Sink):
                 await sender
         return self.ws
 
-    async def _send_all(self, pump: Callable[[], Awaitable[None]]) -> None:
-        code = WSCloseCode.OK
+    async def _send_all(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> None:
         try:
-            await pump()
+            code = await pump()
         except ConnectionError:
             return  # the client is gone: the read loop sees it too
         except Exception:
@@ -381,7 +382,7 @@ class _SSE(_Sink):
                                                 "X-Accel-Buffering": "no"})
         self.last_write = time.monotonic()
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.resp.prepare(self.request)
         try:
             await self._write("retry: 1000\n\n")
