@@ -190,6 +190,9 @@ class Source:
             doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
             doc, gone = None, True
+        except IntegrityError as exc:  # a damaged manifest: not "the store is down"
+            self.note(exc)
+            raise
         except StoreError:
             if await local is None:
                 raise
@@ -301,11 +304,16 @@ class Source:
         assert part.entry is not None
         key = self._key(view, part)
         entry = part.entry
-        if entry.get("blocks") is None:
+        try:
+            blocks = archive.block_digests(key, entry)
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        if blocks is None:
             return _Early(self.store.open(key, chunk=zstd_chunk if entry["compression"] == "zstd" else PIECE))
         if entry["compression"] == "zstd":
             return _Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
-        bs = entry["blocks"]["size"]
+        bs = blocks[0]
         lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry["stored_size"])
         checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
         return _Early(_slice(checked, a - lo, b - a))

@@ -33,6 +33,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shipper import index, names
+from shipper.archive import IntegrityError
 from shipper.errors import LogshipError, StoreError, StoreUnavailable
 from shipper.retry import QuietLog
 
@@ -102,12 +103,16 @@ class Cursor:
             self.pos, r.idx_pos = hit.end, hit.idx_end
         if out:
             return True
-        chunks, data, start = await r.read(BATCH_BYTES)
-        if not chunks:
-            if not r.complete(self.feed.spool):
-                return False
-            # complete now, so a read from here on gets the rest of the segment, however late it was written
+        try:
             chunks, data, start = await r.read(BATCH_BYTES)
+            if not chunks:
+                if not r.complete(self.feed.spool):
+                    return False
+                # complete now, so a read from here on gets the rest of the segment, however late it was written
+                chunks, data, start = await r.read(BATCH_BYTES)
+        except IntegrityError as exc:
+            self.source.note(exc)
+            raise
         idx = r.idx_pos - len(chunks) * index.RECORD_SIZE
         for c in chunks:
             idx += index.RECORD_SIZE

@@ -214,9 +214,15 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
 
 
 async def load_manifest(store: Store, task: str, host: str) -> dict[str, Any]:
-    """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it."""
+    """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it;
+    IntegrityError if it is not a valid manifest."""
     key = names.manifest_key(task, host)
-    doc = manifest.loads(await store.get(key))
+    data = await store.get(key)
+    try:
+        doc = manifest.loads(data)
+    except ValueError as exc:  # manifest.loads checks the document (json.JSONDecodeError is one too)
+        raise IntegrityError(key, f"not a valid manifest ({exc})", "the manifest was damaged or written by "
+                             "something else; other logs are not affected") from None
     if doc.get("status") == manifest.DELETING:
         raise ObjectNotFound(f"{task}/{host} is being deleted (logship gc)", "it is gone once gc finishes")
     return doc
