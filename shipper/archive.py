@@ -6,6 +6,7 @@ The API streams through `verified`; tests and `logship cat` read parts whole.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -174,40 +175,71 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
     one or None: to the object's end). A short, longer or different object raises IntegrityError;
     nothing of a bad block comes out. The entry must have `blocks` (see block_digests).
 
+    A block is hashed in a worker thread (hashlib lets go of the GIL) while the next one is read, and
+    handed out as soon as its digest is in: hashing on the event loop cost a third of a zstd
+    passthrough's speed, the loop being its bottleneck (bench/README.md). So at most two blocks are held.
     A piece that spans two blocks comes out as two memoryviews of it (no copy): bytes-like, typed bytes."""
     blocks = block_digests(key, entry)
     assert blocks is not None
     bs, digests = blocks
     size = entry["stored_size"]
     end = size if end is None else min(end, size)
+    loop = asyncio.get_running_loop()
     i = start // bs
     pos, stop = start, min(start + bs, size)  # object offset of the next byte; end of the block it is in
     held: list[bytes | memoryview] = []
-    h = hashlib.sha256()
-    async for piece in pieces:
-        rest: bytes | memoryview = piece
-        while len(rest):
-            if pos >= end:
-                raise IntegrityError(key, f"longer than the {size} bytes its manifest says")
-            take = rest
-            if len(rest) > stop - pos:
-                mv = memoryview(rest)
-                take, rest = mv[:stop - pos], mv[stop - pos:]
-            else:
-                rest = b""
-            h.update(take)
-            held.append(take)
-            pos += len(take)
-            if pos == stop:
-                if h.digest()[:BLOCK_DIGEST] != digests[i]:
-                    raise IntegrityError(key, f"bytes {i * bs}-{stop - 1} do not match "
-                                         "the digest its manifest recorded")
-                for x in held:
+    pending: tuple[asyncio.Future[bytes], list[bytes | memoryview], int] | None = None  # being hashed
+
+    def check(done: tuple[asyncio.Future[bytes], list[bytes | memoryview], int]) -> list[bytes | memoryview]:
+        fut, out, n = done
+        if fut.result() != digests[n]:
+            raise IntegrityError(key, f"bytes {n * bs}-{min(size, (n + 1) * bs) - 1} do not match the digest "
+                                 "its manifest recorded")
+        return out
+
+    try:
+        async for piece in pieces:
+            rest: bytes | memoryview = piece
+            while len(rest):
+                if pos >= end:
+                    raise IntegrityError(key, f"longer than the {size} bytes its manifest says")
+                take = rest
+                if len(rest) > stop - pos:
+                    mv = memoryview(rest)
+                    take, rest = mv[:stop - pos], mv[stop - pos:]
+                else:
+                    rest = b""
+                held.append(take)
+                pos += len(take)
+                if pos == stop:
+                    if pending is not None:
+                        fut = pending[0]
+                        await fut
+                        for x in check(pending):
+                            yield cast(bytes, x)
+                    pending = (loop.run_in_executor(None, _digest, held), held, i)
+                    held, i, stop = [], i + 1, min(stop + bs, size)
+            if pending is not None and pending[0].done():
+                done, pending = pending, None
+                for x in check(done):
                     yield cast(bytes, x)
-                held, h, i = [], hashlib.sha256(), i + 1
-                stop = min(stop + bs, size)
+        if pending is not None:
+            done, pending = pending, None
+            await done[0]
+            for x in check(done):
+                yield cast(bytes, x)
+    finally:
+        if pending is not None:  # closed early: let the thread finish its block, the result unread
+            pending[0].cancel()
     if pos < end:
         raise IntegrityError(key, f"ended at byte {pos} of the {size} its manifest says")
+
+
+def _digest(pieces: list[bytes | memoryview]) -> bytes:
+    h = hashlib.sha256()
+    for p in pieces:
+        h.update(p)
+    return h.digest()[:BLOCK_DIGEST]
 
 
 # --- the manifest and whole parts --------------------------------------------------------------------
