@@ -175,8 +175,8 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
     one or None: to the object's end). A short, longer or different object raises IntegrityError;
     nothing of a bad block comes out. The entry must have `blocks` (see block_digests).
 
-    A block is hashed in a worker thread (hashlib lets go of the GIL) while the next one is read, and
-    handed out as soon as its digest is in: hashing on the event loop cost a third of a zstd
+    A block after the first is hashed in a worker thread (hashlib lets go of the GIL) while the next one
+    is read, and handed out as soon as its digest is in: hashing on the event loop cost a third of a zstd
     passthrough's speed, the loop being its bottleneck (bench/README.md). So at most two blocks are held.
     A piece that spans two blocks comes out as two memoryviews of it (no copy): bytes-like, typed bytes."""
     blocks = block_digests(key, entry)
@@ -211,7 +211,11 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
                     rest = b""
                 held.append(take)
                 pos += len(take)
-                if pos == stop:
+                if pos == stop and i == start // bs:  # the first block at once, on the loop: the first byte waits for it
+                    for x in check((_done(loop, _digest(held)), held, i)):
+                        yield cast(bytes, x)
+                    held, i, stop = [], i + 1, min(stop + bs, size)
+                elif pos == stop:
                     if pending is not None:
                         fut = pending[0]
                         await fut
@@ -233,6 +237,12 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
             pending[0].cancel()
     if pos < end:
         raise IntegrityError(key, f"ended at byte {pos} of the {size} its manifest says")
+
+
+def _done(loop: asyncio.AbstractEventLoop, value: bytes) -> asyncio.Future[bytes]:
+    fut: asyncio.Future[bytes] = loop.create_future()
+    fut.set_result(value)
+    return fut
 
 
 def _digest(pieces: list[bytes | memoryview]) -> bytes:
