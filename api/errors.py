@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shipper.archive import BytesMissing
 from shipper.errors import ConfigError, DamagedObject, InvalidId, LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 
 from .source import LogNotFound
@@ -33,7 +34,7 @@ class TooLarge(LogshipError):
 
 STATUS: list[tuple[type[LogshipError], int]] = [
     (InvalidId, 400), (BadRequest, 400), (ConfigError, 400), (Unauthorized, 401), (Forbidden, 403), (TooLarge, 413),
-    (LogNotFound, 404), (ObjectNotFound, 404), (StoreUnavailable, 503), (StoreError, 502),
+    (LogNotFound, 404), (ObjectNotFound, 404), (BytesMissing, 416), (StoreUnavailable, 503), (StoreError, 502),
     (DamagedObject, 502),  # the store answered, with something logship did not write: a bad upstream answer
 ]
 
@@ -50,6 +51,13 @@ async def error_middleware(request: web.Request,
     try:
         return await handler(request)
     except LogshipError as exc:
+        if request.writer is not None and request.writer.output_size > 0:
+            # The answer has begun: another one written now would land inside its body. Cut it instead,
+            # so the client sees a failed transfer (api/logs.py abort_transfer does this in the handlers).
+            log.warning("%s %s: answer cut after it began: %s", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)  # not sent: the transport is closing
         status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from shipper import archive, index, names
+from shipper.archive import IntegrityError
 from shipper.errors import ObjectNotFound, StoreError
 from shipper.index import RECORD_SIZE
 from shipper.retry import QuietLog
@@ -325,6 +326,9 @@ async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: 
             sig = (doc["size"], doc["status"], doc.get("updated_ns", 0))
         except ObjectNotFound:
             sig = None
+        except IntegrityError as exc:  # a damaged manifest: followers look, and each gets the error
+            _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: %s", task, host, exc)
+            sig = (-1, "damaged", 0)
         except StoreError as exc:  # followers keep what they have; we look again next interval
             _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: cannot read the manifest: %s",
                        task, host, exc)
@@ -417,8 +421,10 @@ class SegmentReader:
         at = start - self.seg_start
         data = os.pread(self.log_fd, total, at) if total <= 65536 else \
             await asyncio.to_thread(os.pread, self.log_fd, total, at)
-        if len(data) < total:  # cannot happen with an intact spool: retry on the next wake-up
-            return [], b"", 0
+        if len(data) < total:  # the agent writes a chunk's bytes before its record: a damaged spool
+            raise IntegrityError(f"spool:{self.dir.parent.name}/{self.dir.name}/{self.seq:08d}.log",
+                                 f"{len(data)} bytes at {at}, fewer than the {total} its index covers",
+                                 "the spool file was truncated or damaged on this host")
         self.idx_pos += len(chunks) * RECORD_SIZE
         return chunks, data, start
 

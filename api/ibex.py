@@ -20,11 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from shipper import manifest, names
-from shipper.errors import StoreError
+from shipper.errors import LogshipError, StoreError
 from shipper.spool import iter_logs
 
 from .errors import BadRequest
 from .keys import METRICS, SOURCE, STORE
+from .logs import abort_transfer, missing_answer
 from .source import LogNotFound, LogView
 
 log = logging.getLogger("logship.api.ibex")
@@ -129,28 +130,37 @@ def _json_route(stream: str, full: bool) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         ibex_id, views = await _views(request)
+        if (missing := _missing(views)) is not None:
+            return missing
         resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
         sent = 0
-        await resp.write(b'{"dat":[')
-        for i, view in enumerate(views):
-            head: dict[str, Any] = {"id": ibex_id, "host": view.host, "status": ibex_status(view)} if full \
-                else {"host": view.host}
-            if full and stream == "stderr":
-                head[other] = ""
-            text = json.dumps(head, ensure_ascii=False)[:-1] + f', "{stream}": "'
-            await resp.write((b"," if i else b"") + text.encode())
-            enc = _JsonText()
-            async for piece in request.app[SOURCE].read_stream(view, stream):
-                await resp.write(enc.encode(piece))
-                sent += len(piece)
-            tail = f'", "{other}": ""}}' if full and stream == "stdout" else '"}'
-            await resp.write(enc.encode(b"", final=True) + tail.encode())
-        await resp.write(b'],"err":""}')
-        request.app[METRICS].bytes_out += sent
+        try:
+            await resp.write(b'{"dat":[')
+            for i, view in enumerate(views):
+                head: dict[str, Any] = {"id": ibex_id, "host": view.host, "status": ibex_status(view)} if full \
+                    else {"host": view.host}
+                if full and stream == "stderr":
+                    head[other] = ""
+                text = json.dumps(head, ensure_ascii=False)[:-1] + f', "{stream}": "'
+                await resp.write((b"," if i else b"") + text.encode())
+                enc = _JsonText()
+                async for piece in request.app[SOURCE].read_stream(view, stream):
+                    await resp.write(enc.encode(piece))
+                    sent += len(piece)
+                tail = f'", "{other}": ""}}' if full and stream == "stdout" else '"}'
+                await resp.write(enc.encode(b"", final=True) + tail.encode())
+            await resp.write(b'],"err":""}')
+        except ConnectionError:
+            return resp
+        except LogshipError as exc:  # begun: cut, never a second answer inside this one
+            abort_transfer(request, exc)
+            return resp
+        finally:
+            request.app[METRICS].bytes_out += sent
         await resp.write_eof()
         return resp
 
@@ -162,20 +172,36 @@ def _text_route(stream: str) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         _, views = await _views(request)
+        if (missing := _missing(views)) is not None:
+            return missing
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
-        for i, view in enumerate(views):
-            await resp.write((b"\n\n" if i else b"") + view.host.encode() + b":\n")
-            async for piece in request.app[SOURCE].read_stream(view, stream):
-                await resp.write(piece)
-                request.app[METRICS].bytes_out += len(piece)
+        try:
+            for i, view in enumerate(views):
+                await resp.write((b"\n\n" if i else b"") + view.host.encode() + b":\n")
+                async for piece in request.app[SOURCE].read_stream(view, stream):
+                    await resp.write(piece)
+                    request.app[METRICS].bytes_out += len(piece)
+        except ConnectionError:
+            return resp
+        except LogshipError as exc:  # begun: cut, never a second answer inside this one
+            abort_transfer(request, exc)
+            return resp
         await resp.write_eof()
         return resp
 
     return handler
+
+
+def _missing(views: list[LogView]) -> web.Response | None:
+    """A 416 naming the first range a host's log does not hold (its stream would run across it), else None."""
+    for view in views:
+        if missing := view.missing(0, view.size):
+            return missing_answer(view, missing)
+    return None
 
 
 for _stream in STREAMS:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
 
-from shipper import index, manifest, names
-from shipper.errors import ObjectNotFound
+from shipper import manifest, names
+from shipper.errors import LogshipError, ObjectNotFound
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log
 
@@ -19,7 +21,8 @@ from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .source import LogNotFound, LogView, Source
 
 routes = web.RouteTableDef()
-_quiet = QuietLog(logging.getLogger("logship.api"))
+log = logging.getLogger("logship.api")
+_quiet = QuietLog(log)
 FOLLOW_POLL_SPOOL = 0.02  # seconds between looks at a growing spool file while following
 MANIFEST_FETCH_CONCURRENCY = 16
 ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is stored as zstd
@@ -140,6 +143,8 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     if stream is not None:
         if start_param is not None:
             raise BadRequest("start= cannot be combined with stream=", "offsets are the whole log's: use one")
+        if missing := view.missing(0, view.size):
+            return missing_answer(view, missing)
         resp = web.StreamResponse(headers=headers)
         del resp.headers["Accept-Ranges"]  # byte offsets are the whole log's, not the stream's (Range is ignored)
         del resp.headers["ETag"]  # the whole log's validator does not describe one stream's bytes
@@ -150,11 +155,19 @@ async def get_log(request: web.Request) -> web.StreamResponse:
             return json_error(416, "bad_range", f"start={start_param} is past the end of the log ({view.size})",
                               "poll again from X-Log-Size of the last answer",
                               headers={"Content-Range": f"bytes */{view.size}"})
-        headers.update({"X-Log-Size": str(view.size), "X-More-Data": "false" if view.finished else "true"})
+        # An answer ends at the first byte the log does not hold; asked from there, a 416 names the range
+        # (`missing`), and the poller goes on after it. So every byte it gets is at its offset.
+        missing = view.missing(start_param, view.size)
+        if missing and missing[0][0] == start_param:
+            return missing_answer(view, missing)
+        stop = missing[0][0] if missing else view.size
+        headers.update({"X-Log-Size": str(view.size),
+                        "X-More-Data": "false" if view.finished and stop == view.size else "true"})
         resp = web.StreamResponse(headers=headers)
-        if not follow:
-            resp.content_length = view.covered(start_param, view.size)
-        return await _send(request, resp, view, start_param, None if follow else view.size, follow, None)
+        if not follow or missing:
+            resp.content_length = stop - start_param
+            return await _send(request, resp, view, start_param, stop, False, None)
+        return await _send(request, resp, view, start_param, None, True, None)
 
     rng_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
@@ -165,12 +178,14 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     except params.RangeError as exc:
         return json_error(416, "bad_range", str(exc), "ask for one range within the log's size (HEAD or the "
                           "/hosts/{host} route give it)", headers={"Content-Range": f"bytes */{view.size}"})
+    start, end = rng if rng is not None else (0, view.size)
+    if missing := view.missing(start, end):
+        return missing_answer(view, missing)
     if rng is not None:
-        start, end = rng
         resp = web.StreamResponse(status=206, headers=headers)
         total = str(view.size) if view.finished else "*"
         resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-        resp.content_length = view.covered(start, end)
+        resp.content_length = end - start
         return await _send(request, resp, view, start, end, False, None)
 
     if view.finished and accepts_zstd(request) and Source.zstd_share(view) >= ZSTD_SHARE:
@@ -183,8 +198,28 @@ async def get_log(request: web.Request) -> web.StreamResponse:
 
     resp = web.StreamResponse(headers=headers)
     if view.finished:
-        resp.content_length = view.covered(0, view.size)
+        resp.content_length = view.size
     return await _send(request, resp, view, 0, None if follow else view.size, follow, None)
+
+
+def missing_answer(view: LogView, missing: list[tuple[int, int]]) -> web.Response:
+    """416 for a request of bytes the log does not hold: JSON naming the ranges (`missing`, [from, to)
+    pairs), so a client asks around them. Never a 2xx with fewer bytes, or later bytes moved up."""
+    exc = view.missing_error(missing)
+    body = {"error": exc.code, "detail": exc.detail, "hint": exc.hint, "missing": [list(m) for m in missing]}
+    return web.json_response(body, status=416, headers={"Content-Range": f"bytes */{view.size}"})
+
+
+def abort_transfer(request: web.Request, exc: BaseException) -> None:
+    """An answer already begun cannot become an error answer (finding: an HTTP response inside the body of
+    another): it is cut instead — the connection closes without the last chunk, or short of its
+    Content-Length — so the client sees a failed transfer, never a complete one with other bytes. What
+    was sent before is good (checked) and stays usable for a resume."""
+    request.app[METRICS].transfers_aborted += 1
+    _quiet.log(logging.WARNING, request.path, "%s %s: answer cut after it began: %s", request.method,
+               request.path_qs, exc)
+    if request.transport is not None:
+        request.transport.close()
 
 
 def accepts_zstd(request: web.Request) -> bool:
@@ -207,46 +242,55 @@ def accepts_zstd(request: web.Request) -> bool:
 async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
                 follow: bool, stream: str | None, encoded: bool = False) -> web.StreamResponse:
     """Write [start, end) of the log (end=None: to its end; with follow, until the task ends); `encoded`:
-    the whole log as zstd (Source.read_zstd)."""
+    the whole log as zstd (Source.read_zstd).
+
+    The first piece is read before the headers go out: an object that fails its check, or is missing,
+    before any byte is sent gets a JSON error (4xx/5xx) rather than a 200 that breaks off. Once the answer
+    has begun, such an error cuts it (abort_transfer)."""
     metrics = request.app[METRICS]
-    await resp.prepare(request)
     if request.method == "HEAD":
+        await resp.prepare(request)
         return resp
-    if follow:
-        metrics.followers += 1
-    try:
-        if encoded:
-            async for piece in request.app[SOURCE].read_zstd(view):
+    body = request.app[SOURCE].read_zstd(view) if encoded else _body(request, view, start, end, follow, stream)
+    async with contextlib.aclosing(body):
+        first = b""
+        if encoded or (start < view.size and not (follow and stream)):
+            first = await anext(body, b"")
+        await resp.prepare(request)
+        if follow:
+            metrics.followers += 1
+        try:
+            if first:
+                await resp.write(first)
+                metrics.bytes_out += len(first)
+            async for piece in body:
                 await resp.write(piece)
                 metrics.bytes_out += len(piece)
-        else:
-            await _send_body(request, resp, view, start, end, follow, stream)
-    except ConnectionError:
-        # The client went away (curl stopped to resume later, a tab closed): routine, and there is no one
-        # to answer. aiohttp would log it as an error with a traceback for every such download.
-        metrics.client_gone += 1
-        return resp
-    finally:
-        if follow:
-            metrics.followers -= 1
+        except ConnectionError:
+            # The client went away (curl stopped to resume later, a tab closed): routine, and there is no one
+            # to answer. aiohttp would log it as an error with a traceback for every such download.
+            metrics.client_gone += 1
+            return resp
+        except LogshipError as exc:
+            abort_transfer(request, exc)
+            return resp
+        finally:
+            if follow:
+                metrics.followers -= 1
     await resp.write_eof()
     return resp
 
 
-async def _send_body(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
-                     follow: bool, stream: str | None) -> None:
+async def _body(request: web.Request, view: LogView, start: int, end: int | None, follow: bool,
+                stream: str | None) -> AsyncGenerator[bytes, None]:
     source = request.app[SOURCE]
-    metrics = request.app[METRICS]
     pos = start
-    code = index.STREAM_CODES[stream] if stream else None
     while True:
         stop = view.size if end is None else min(end, view.size)
-        if code is None:
-            async for piece in source.read(view, pos, stop):
-                await resp.write(piece)
-                metrics.bytes_out += len(piece)
-        else:
-            metrics.bytes_out += await _send_stream(source, view, resp, pos, stop, code)
+        pieces = source.read(view, pos, stop) if stream is None else source.read_stream(view, stream, pos, stop)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                yield piece
         pos = stop
         if not follow or view.finished or (end is not None and pos >= end):
             return
@@ -254,16 +298,6 @@ async def _send_body(request: web.Request, resp: web.StreamResponse, view: LogVi
         if fresh is None:
             return  # the server is shutting down: the client resumes from what it has (?start= or Range)
         view = fresh
-
-
-async def _send_stream(source: Source, view: LogView, resp: web.StreamResponse, start: int, end: int,
-                       code: int) -> int:
-    """Only the chunks of one stream (Source.read_stream). Returns the bytes sent."""
-    sent = 0
-    async for piece in source.read_stream(view, index.STREAM_NAMES[code], start, end):
-        await resp.write(piece)
-        sent += len(piece)
-    return sent
 
 
 async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:
@@ -350,17 +384,27 @@ async def get_task_log(request: web.Request) -> web.StreamResponse:
     if not rows:
         raise LogNotFound(f"no log of task {task}", "list logs with GET /api/v1/tasks")
     rows.sort(key=lambda r: r["host"])
+    source = request.app[SOURCE]
+    views = [await source.view(task, row["host"]) for row in rows]
+    for view in views:
+        if missing := view.missing(0, view.size):
+            return missing_answer(view, missing)
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    source = request.app[SOURCE]
-    for row in rows:
-        view = await source.view(task, row["host"])
-        await resp.write(f"==> {task}/{row['host']} ({view.status}, {view.size} bytes) <==\n".encode())
-        last = b"\n"
-        async for piece in source.read(view, 0, view.size):
-            await resp.write(piece)
-            last = piece[-1:]
-        if last != b"\n":
-            await resp.write(b"\n")
+    try:
+        for view in views:
+            await resp.write(f"==> {task}/{view.host} ({view.status}, {view.size} bytes) <==\n".encode())
+            last = b"\n"
+            async for piece in source.read(view, 0, view.size):
+                await resp.write(piece)
+                last = piece[-1:]
+            if last != b"\n":
+                await resp.write(b"\n")
+    except ConnectionError:
+        request.app[METRICS].client_gone += 1
+        return resp
+    except LogshipError as exc:
+        abort_transfer(request, exc)
+        return resp
     await resp.write_eof()
     return resp

@@ -28,6 +28,7 @@ class Metrics:
     tail_skipped_bytes: int = 0
     client_gone: int = 0  # downloads whose client went away before the end
     damaged_manifests: int = 0  # manifests refused as damaged (shipper/manifest.py loads)
+    transfers_aborted: int = 0  # answers cut after they began: a byte could not be served (api/logs.py)
 
 
 @routes.get("/healthz")
@@ -49,6 +50,10 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
         "# TYPE logship_api_damaged_manifests_total counter",
         f"logship_api_damaged_manifests_total {m.damaged_manifests}",
+        "# TYPE logship_api_integrity_errors_total counter",
+        f"logship_api_integrity_errors_total {request.app[SOURCE].integrity_errors}",
+        "# TYPE logship_api_transfers_aborted_total counter",
+        f"logship_api_transfers_aborted_total {m.transfers_aborted}",
     ]
     lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
     store_stats = {"api": request.app[STORE].stats.snapshot()}

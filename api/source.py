@@ -2,7 +2,10 @@
 the API runs beside it (sealed segments and the open one, newer than any checkpoint).
 
 A `LogView` is a snapshot: a list of parts covering [0, size). Reading follows the parts; a spool file
-pruned or renamed under a reader is found again under its sealed name or in the store.
+pruned or renamed under a reader, or a checkpoint replaced, is found again in a fresh view (under its
+sealed name, or in the store). Every byte read from the store is checked against the manifest before it
+is handed out (shipper/archive.py: per-block digests, or a whole-object check for older manifests), and
+bytes are always at their offsets: a range the view does not hold raises BytesMissing, never a shift.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,8 +26,10 @@ from typing import IO, Any, cast
 import zstandard
 
 from shipper import archive, index, manifest, names
-from shipper.errors import LogshipError, ObjectNotFound, StoreError
+from shipper.archive import BytesMissing, IntegrityError
+from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.quota import DROPPED_FILE
+from shipper.retry import QuietLog
 from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store
 
@@ -46,9 +53,18 @@ ZSTD_IN = 128 << 10  # compressed bytes per request from the store, and per read
 RAW_BLOCK = 128 << 10
 RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00" + bytes([(17 - 10) << 3])
 
+log = logging.getLogger("logship.api")
+_quiet = QuietLog(log)
+
 
 class LogNotFound(LogshipError):
     code = "not_found"
+
+
+class LogMoved(StoreUnavailable):
+    """What a view named went away under the reader again and again (pruned, replaced): try again."""
+
+    code = "log_changed"
 
 
 @dataclass
@@ -86,6 +102,25 @@ class LogView:
         """How many bytes of [start, end) the view holds (less than end-start only across a dropped range)."""
         return sum(max(0, min(end, p.end) - max(start, p.offset)) for p in self.parts)
 
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The holes of the view (ranges no part holds: dropped at the spool quota, or lost) that overlap
+        [start, end), each whole."""
+        out, pos = [], 0
+        for p in self.parts:
+            if pos >= end:
+                break
+            if p.offset > pos and p.offset > start:
+                out.append((pos, p.offset))
+            pos = max(pos, p.end)
+        return out
+
+    def missing_error(self, missing: list[tuple[int, int]]) -> BytesMissing:
+        a = missing[0][0]
+        why = next((f" (segment {d.get('seq')} was {d.get('reason') or 'dropped at the spool quota'})"
+                    for d in self.dropped if d.get("offset", -1) <= a < d.get("offset", -1) + d.get("raw_size", 0)),
+                   "")
+        return BytesMissing(self.task, self.host, missing, why)
+
     @property
     def finished(self) -> bool:
         return self.status != manifest.RUNNING
@@ -117,6 +152,15 @@ class Source:
         self.store = store
         self.spool = spool
         self._finished: dict[tuple[str, str], tuple[float, LogView]] = {}  # recent views of finished logs
+        self.integrity_errors = 0  # objects (or spool files) that failed their check: /metrics
+
+    def note(self, exc: IntegrityError) -> None:
+        """Count a failed check once, and log it (one line naming the object, rate-limited per object)."""
+        if getattr(exc, "noted", False):
+            return
+        exc.noted = True  # type: ignore[attr-defined]
+        self.integrity_errors += 1
+        _quiet.log(logging.ERROR, exc.key, "integrity: %s", exc.detail)
 
     async def view(self, task: str, host: str, *, recent: bool = True) -> LogView:
         """The log as it is now; `recent`: a finished log's view of the last FINISHED_VIEW_TTL will do."""
@@ -146,6 +190,9 @@ class Source:
             doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
             doc, gone = None, True
+        except IntegrityError as exc:  # a damaged manifest: not "the store is down"
+            self.note(exc)
+            raise
         except StoreError:
             if await local is None:
                 raise
@@ -182,8 +229,10 @@ class Source:
 
     # --- reading -----------------------------------------------------------------------------
 
-    async def read(self, view: LogView, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes [start, end) of the view, in pieces of at most PIECE bytes.
+    async def read(self, view: LogView, start: int = 0, end: int | None = None,
+                   _depth: int = 0) -> AsyncGenerator[bytes, None]:
+        """The bytes [start, end) of the view, in pieces of at most PIECE bytes; BytesMissing where the view
+        holds no part (after the bytes before it: nothing after a hole is ever moved to its offset).
 
         Once a part's first piece is here, the next part's object is requested, so that its GET
         (SeaweedFS takes 2-6 ms to its first byte) overlaps the sending of this part. Requested when
@@ -195,27 +244,35 @@ class Source:
         jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
                 if p.end > start and p.offset < end]
         early: _Early | None = None  # the next job's object, requested before its turn
+        pos = start
         try:
             for i, (part, a, b) in enumerate(jobs):
+                if part.offset + a > pos:
+                    raise view.missing_error(view.missing(pos, end))
+                pos = part.offset + b
                 opened, early = early, None
                 nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS else None
-                pieces = self._read_part(view, part, a, b, opened)
+                pieces = self._read_part(view, part, a, b, opened, _depth)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
                         if nxt is not None and early is None:
                             early = self._open_store(view, *nxt)
+            if pos < end:
+                raise view.missing_error(view.missing(pos, end))
         finally:
             if early is not None:
                 await early.aclose()
 
     async def read_stream(self, view: LogView, stream: str, start: int = 0,
-                          end: int | None = None) -> AsyncIterator[bytes]:
+                          end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The bytes of one stream's chunks within [start, end), in order. Each part is read once and the
         other stream's chunks are cut out of it (chunk by chunk, a zstd segment would be decompressed from
         its start for every chunk)."""
         end = view.size if end is None else min(end, view.size)
         code = index.STREAM_CODES[stream]
+        if missing := view.missing(start, end):  # the stream's bytes around a hole would run together
+            raise view.missing_error(missing)
         for part in view.parts:
             if part.end <= start or part.offset >= end:
                 continue
@@ -235,38 +292,101 @@ class Source:
                     i += 1
                 pos = stop
 
-    def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> _Early:
-        """The object of a store part, requested now: compressed bytes from its start, or [a, b) of it."""
+    def _key(self, view: LogView, part: Part) -> str:
         assert part.entry is not None
-        key, _ = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
-        if part.entry["compression"] == "zstd":
-            return _Early(self.store.open(key, chunk=zstd_chunk))
-        return _Early(self.store.open(key, a, b, chunk=PIECE))
+        return archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")[0]
 
-    async def _read_part(self, view: LogView, part: Part, a: int, b: int,
-                         opened: _Early | None) -> AsyncGenerator[bytes, None]:
-        if part.kind in ("spool", "open"):
-            assert view.spool_dir is not None
-            try:
-                async for piece in _read_file(view.spool_dir, part, a, b):
+    def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> _Early:
+        """The object of a store part, requested now: stored bytes from its start (zstd), or those of
+        [a, b) (none). With the entry's block digests, each block is checked before its bytes come out,
+        and an uncompressed Range reads from the block that holds its start. Without them (an older
+        manifest), the whole object is read and _read_store checks it as a whole."""
+        assert part.entry is not None
+        key = self._key(view, part)
+        entry = part.entry
+        try:
+            blocks = archive.block_digests(key, entry)
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        if blocks is None:
+            return _Early(self.store.open(key, chunk=zstd_chunk if entry["compression"] == "zstd" else PIECE))
+        if entry["compression"] == "zstd":
+            return _Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
+        bs = blocks[0]
+        lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry["stored_size"])
+        checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
+        return _Early(_slice(checked, a - lo, b - a))
+
+    async def _read_part(self, view: LogView, part: Part, a: int, b: int, opened: _Early | None,
+                         depth: int = 0) -> AsyncGenerator[bytes, None]:
+        """Bytes [a, b) of one part (offsets within it). A spool file pruned or renamed, or a store object
+        gone (a checkpoint replaced), is read on from a fresh view; one the fresh view still names is
+        missing: IntegrityError."""
+        done = 0
+        try:
+            if part.kind in ("spool", "open"):
+                assert view.spool_dir is not None
+                try:
+                    async for piece in _read_file(view.spool_dir, part, a, b):
+                        yield piece
+                        done += len(piece)
+                    return
+                except _ShortFile as exc:
+                    raise IntegrityError(f"spool:{view.task}/{view.host}/{part.seq:08d}", str(exc),
+                                         "the spool file was truncated or damaged on this host") from None
+            async for piece in self._read_store(view, part, a, b, opened):
+                yield piece
+                done += len(piece)
+            return
+        except (FileNotFoundError, ObjectNotFound):
+            pass  # read on below, outside the handler
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        async for piece in self._reread(view, part, a + done, b, depth):
+            yield piece
+
+    async def _reread(self, view: LogView, part: Part, a: int, b: int, depth: int) -> AsyncGenerator[bytes, None]:
+        """[a, b) of a part that went away under the reader, from a fresh view."""
+        lo, hi = part.offset + a, part.offset + b
+        if depth >= VIEW_ATTEMPTS:
+            raise LogMoved(f"segment {part.seq} of {view.task}/{view.host} moved away {depth} times while read",
+                           "try again")
+        fresh = await self.view(view.task, view.host, recent=False)
+        now = next((p for p in fresh.parts if p.offset <= lo < p.end), None)
+        if (now is not None and part.kind in STORE_KINDS and now.kind in STORE_KINDS
+                and self._key(fresh, now) == self._key(view, part)):
+            exc = IntegrityError(self._key(view, part), "missing from the store, though the manifest names it")
+            self.note(exc)
+            raise exc
+        async for piece in self.read(fresh, lo, hi, depth + 1):
+            yield piece
+
+    async def _read_store(self, view: LogView, part: Part, a: int, b: int,
+                          opened: _Early | None) -> AsyncGenerator[bytes, None]:
+        """[a, b) of a store part, checked: by block (see _open_store), else whole, after the fact: an
+        older manifest has only the sha256 of the log bytes, so the whole part is read and hashed, and a
+        mismatch is raised at its end (the bytes before it may have gone out; the answer then fails)."""
+        obj = opened if opened is not None else self._open_store(view, part, a, b)
+        entry = part.entry
+        assert entry is not None
+        zstd = entry["compression"] == "zstd"
+        async with contextlib.aclosing(obj):
+            if entry.get("blocks") is not None:
+                async for piece in (_decompress(obj, a, b, self._key(view, part)) if zstd else obj):
                     yield piece
                 return
-            except FileNotFoundError:
-                # pruned after the view was taken: by then the store holds it
-                fresh = await self.view(view.task, view.host, recent=False)
-                store_part = next((p for p in fresh.parts if p.seq == part.seq and p.kind == "store"), None)
-                if store_part is None:
-                    raise
-                part = store_part
-        obj = opened if opened is not None else self._open_store(view, part, a, b)
-        assert part.entry is not None
-        async with contextlib.aclosing(obj):
-            if part.entry["compression"] == "zstd":
-                async for piece in _decompress(obj, a, b):
-                    yield piece
-            else:
-                async for piece in obj:
-                    yield piece
+            key = self._key(view, part)
+            h, pos = hashlib.sha256(), 0
+            async for piece in (_decompress(obj, 0, part.size, key) if zstd else obj):
+                h.update(piece)
+                lo, hi = max(a - pos, 0), min(b - pos, len(piece))
+                if lo < hi:
+                    yield piece if (lo, hi) == (0, len(piece)) else piece[lo:hi]
+                pos += len(piece)
+            if pos < part.size or h.hexdigest() != entry["sha256"]:
+                raise IntegrityError(key, "its bytes do not match the sha256 its manifest recorded")
 
     # --- the zstd representation (Content-Encoding: zstd) --------------------------------------
 
@@ -280,7 +400,7 @@ class Source:
         """Bytes of `read_zstd(view)`."""
         return sum(map(_zstd_part_size, view.parts))
 
-    async def read_zstd(self, view: LogView) -> AsyncIterator[bytes]:
+    async def read_zstd(self, view: LogView) -> AsyncGenerator[bytes, None]:
         """The whole log as one zstd stream (RFC 8878: concatenated frames are one stream): each zstd
         object of the store as it is stored, every other part as a frame of raw (uncompressed) blocks.
         Nothing is decompressed or compressed here, so this runs at the store's speed. The next object is
@@ -301,38 +421,55 @@ class Source:
                 await early.aclose()
 
     async def _zstd_part(self, view: LogView, part: Part, opened: _Early | None) -> AsyncGenerator[bytes, None]:
-        """One part as zstd: a zstd object as it is stored (its size checked against the manifest, which
-        gave the answer's Content-Length), else its bytes in a frame of raw blocks."""
+        """One part as zstd: a zstd object as it is stored (each block checked against the manifest, which
+        also gave the answer's Content-Length), else its bytes in a frame of raw blocks."""
         if not _stored_zstd(part):
             raw = self._read_part(view, part, 0, part.size, opened)
             async with contextlib.aclosing(raw):
                 async for piece in _raw_frame(raw, part.size):
                     yield piece
             return
-        assert part.entry is not None
         obj = opened or self._open_store(view, part, 0, part.size, PIECE)
-        sent, want = 0, part.entry["stored_size"]
-        async with contextlib.aclosing(obj):
-            async for piece in obj:
-                sent += len(piece)
-                if sent > want:
-                    break
-                yield piece
-        if sent != want:
-            raise StoreError(f"segment {part.seq} of {view.task}/{view.host} is {'longer' if sent > want else 'shorter'} "
-                             f"than the {want} bytes its manifest says", "the object was changed behind logship's back")
+        try:
+            async with contextlib.aclosing(obj):
+                async for piece in obj:
+                    yield piece
+        except ObjectNotFound:
+            exc = IntegrityError(self._key(view, part), "missing from the store, though the manifest names it")
+            self.note(exc)
+            raise exc from None
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
 
-    async def chunks(self, view: LogView, part: Part) -> list[index.Chunk]:
-        """The chunk index of one part."""
-        if part.kind in ("spool", "open"):
-            assert view.spool_dir is not None
-            return await asyncio.to_thread(_read_spool_index, view.spool_dir, part)
-        assert part.entry is not None
-        _, key = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")
-        data = await self.store.get(key)
-        if part.entry["compression"] == "zstd":
-            data = zstandard.ZstdDecompressor().decompress(data)
-        return list(index.unpack(data))
+    async def chunks(self, view: LogView, part: Part, _depth: int = 0) -> list[index.Chunk]:
+        """The chunk index of one part (a store part's checked against the manifest: shipper/archive.py).
+        One that went away (pruned, replaced) is read from a fresh view, cut to the part's range."""
+        try:
+            if part.kind in ("spool", "open"):
+                assert view.spool_dir is not None
+                return await asyncio.to_thread(_read_spool_index, view.spool_dir, part)
+            assert part.entry is not None
+            key = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")[1]
+            return archive.check_index(key, part.entry, await self.store.get(key))
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        except (FileNotFoundError, ObjectNotFound):
+            pass
+        if _depth >= VIEW_ATTEMPTS:
+            raise LogMoved(f"the index of segment {part.seq} of {view.task}/{view.host} moved away while read",
+                           "try again")
+        fresh = await self.view(view.task, view.host, recent=False)
+        now = next((p for p in fresh.parts if p.offset <= part.offset and p.end >= part.end), None)
+        if now is None:
+            raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
+        if now.kind == part.kind and now.kind in STORE_KINDS and now.entry == part.entry:
+            key = archive.entry_keys(view.task, view.host, part.entry or {}, part.kind == "checkpoint")[1]
+            gone = IntegrityError(key, "missing from the store, though the manifest names it")
+            self.note(gone)
+            raise gone
+        return [c for c in await self.chunks(fresh, now, _depth + 1) if c.offset >= part.offset and c.end <= part.end]
 
 
 def _unexplained_gap(view: LogView) -> bool:
@@ -430,7 +567,7 @@ async def _read_file(d: Path, part: Part, a: int, b: int) -> AsyncIterator[bytes
             n = min(PIECE, b - pos)
             piece = os.pread(fd, n, pos) if n <= 65536 else await asyncio.to_thread(os.pread, fd, n, pos)
             if not piece:
-                raise FileNotFoundError(f"segment {part.seq} is shorter than its index says")
+                raise _ShortFile(f"the spool file holds {pos} bytes, fewer than the {b} its index covers")
             yield piece
             pos += len(piece)
     finally:
@@ -457,7 +594,30 @@ def _zstd_part_size(part: Part) -> int:
 
 
 def _stored_zstd(part: Part) -> bool:
-    return part.kind in STORE_KINDS and part.entry is not None and part.entry["compression"] == "zstd"
+    """True for a zstd object of the store that can be sent as stored: one with block digests (a part
+    of an older manifest is decompressed and checked whole, by read())."""
+    return (part.kind in STORE_KINDS and part.entry is not None and part.entry["compression"] == "zstd"
+            and part.entry.get("blocks") is not None)
+
+
+class _ShortFile(Exception):
+    """A spool file ends before the bytes its index covers."""
+
+
+async def _slice(pieces: AsyncGenerator[bytes, None], skip: int, n: int) -> AsyncGenerator[bytes, None]:
+    """`n` bytes of `pieces` after the first `skip`."""
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            if skip or len(piece) - skip > n:
+                piece = cast(bytes, memoryview(piece)[skip:skip + n])
+                skip = 0
+            n -= len(piece)
+            yield piece
+            if n <= 0:
+                return
 
 
 class _Early:
@@ -495,7 +655,7 @@ async def _first_piece(gen: AsyncGenerator[bytes, None]) -> bytes:
     return await anext(gen, b"")
 
 
-async def _decompress(comp: AsyncIterator[bytes], a: int, b: int) -> AsyncIterator[bytes]:
+async def _decompress(comp: AsyncIterator[bytes], a: int, b: int, key: str = "a zstd object") -> AsyncIterator[bytes]:
     """Decompress one zstd object from its start, dropping bytes before `a` and stopping at `b`.
 
     Pieces are at most ZSTD_OUT bytes however well the data compressed (a run of one byte shrinks
@@ -513,9 +673,10 @@ async def _decompress(comp: AsyncIterator[bytes], a: int, b: int) -> AsyncIterat
             piece = await anext(comp, b"")
             feed.give(piece)
             continue
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(key, f"not a valid zstd object ({exc})") from None
         if not raw:
-            raise StoreError(f"a zstd segment ended at {pos} of its {b} bytes",
-                             "the object is damaged or was changed behind logship's back")
+            raise IntegrityError(key, f"its log bytes ended at {pos}, short of the {b} its manifest says")
         lo, hi = max(a - pos, 0), min(b - pos, len(raw))
         if lo < hi:
             yield raw[lo:hi] if (lo, hi) != (0, len(raw)) else raw

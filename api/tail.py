@@ -29,19 +29,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shipper import index, names
-from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreUnavailable
+from shipper.archive import IntegrityError
+from shipper.errors import DamagedObject, LogshipError, StoreError, StoreUnavailable
 from shipper.retry import QuietLog
 
 from . import params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, METRICS, SOURCE, STORE
-from .source import LogView, Part, Source
+from .source import LogMoved, LogView, Part, Source
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api.tail")
@@ -80,7 +80,7 @@ class Cursor:
                     out += await anext(self._store)
                 except StopAsyncIteration:
                     await self._drop_store()
-                except ObjectNotFound:  # a checkpoint replaced under us: read on from a fresh view
+                except LogMoved:  # replaced again and again while read: read on from a fresh view
                     await self._drop_store()
                     self._view = None
             elif self._reader is not None:
@@ -103,12 +103,16 @@ class Cursor:
             self.pos, r.idx_pos = hit.end, hit.idx_end
         if out:
             return True
-        chunks, data, start = await r.read(BATCH_BYTES)
-        if not chunks:
-            if not r.complete(self.feed.spool):
-                return False
-            # complete now, so a read from here on gets the rest of the segment, however late it was written
+        try:
             chunks, data, start = await r.read(BATCH_BYTES)
+            if not chunks:
+                if not r.complete(self.feed.spool):
+                    return False
+                # complete now, so a read from here on gets the rest of the segment, however late it was written
+                chunks, data, start = await r.read(BATCH_BYTES)
+        except IntegrityError as exc:
+            self.source.note(exc)
+            raise
         idx = r.idx_pos - len(chunks) * index.RECORD_SIZE
         for c in chunks:
             idx += index.RECORD_SIZE
@@ -186,7 +190,7 @@ class Cursor:
         chunks = [c for c in await self.source.chunks(view, part) if c.end > at]
         buf, buf_at = bytearray(), at
         # Source.read is an async generator: close it when we stop early (cancelled, or a replaced checkpoint)
-        pieces = cast(AsyncGenerator[bytes, None], self.source.read(view, at, part.end))
+        pieces = self.source.read(view, at, part.end)
         async with contextlib.aclosing(pieces):
             batch: list[Event] = []
             for c in chunks:
@@ -283,8 +287,10 @@ async def tail(request: web.Request) -> web.StreamResponse:
             await cursor.close()
 
 
-async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> None:
-    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes."""
+async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> WSCloseCode:
+    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes.
+    Returns the WebSocket close code: OK, or after an error event BAD_GATEWAY (the store's object failed
+    its check, or is missing: shipper/archive.py) or INTERNAL_ERROR."""
     metrics = app[METRICS]
     while not sink.closing:
         generation = feed.generation  # read before looking, so a change while we look is not missed
@@ -298,7 +304,7 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
             if isinstance(exc, DamagedObject):
                 log.warning("tail of %s/%s: %s", cursor.task, cursor.host, exc.detail)
             await sink.send([error_event(exc.code, exc.detail, exc.hint)])
-            return
+            return WSCloseCode.BAD_GATEWAY if isinstance(exc, (StoreError, DamagedObject)) else WSCloseCode.INTERNAL_ERROR
         if events:
             await sink.send(events)
             for e in events:
@@ -306,19 +312,20 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
                 metrics.tail_skipped_bytes += e.skipped_bytes
                 metrics.bytes_out += len(e.text)
         if cursor.done:
-            return
+            return WSCloseCode.OK
         if events:
             continue
         while True:
             await feed.wait(generation)
             if feed.failed:
                 await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
-                return
+                return WSCloseCode.INTERNAL_ERROR
             await sink.idle()
             # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
             # store only when its poller saw a new manifest, not one GET per follower per second.
             if sink.closing or feed.generation != generation or feed.local:
                 break
+    return WSCloseCode.OK
 
 
 class _Sink:
@@ -326,7 +333,7 @@ class _Sink:
 
     closing = False
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         raise NotImplementedError
 
     async def send(self, events: list[Event]) -> None:
@@ -345,7 +352,7 @@ class _WebSocket(_Sink):
         self.request = request
         self.finishing = False
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.ws.prepare(self.request)
         sender = asyncio.create_task(self._send_all(pump))
         try:
@@ -360,10 +367,9 @@ class _WebSocket(_Sink):
                 await sender
         return self.ws
 
-    async def _send_all(self, pump: Callable[[], Awaitable[None]]) -> None:
-        code = WSCloseCode.OK
+    async def _send_all(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> None:
         try:
-            await pump()
+            code = await pump()
         except ConnectionError:
             return  # the client is gone: the read loop sees it too
         except Exception:
@@ -390,7 +396,7 @@ class _SSE(_Sink):
                                                 "X-Accel-Buffering": "no"})
         self.last_write = time.monotonic()
 
-    async def run(self, pump: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.resp.prepare(self.request)
         try:
             await self._write("retry: 1000\n\n")

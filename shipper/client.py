@@ -46,9 +46,20 @@ class ApiError(LogshipError):
 
     code = "api_error"
 
-    def __init__(self, detail: str, hint: str = "", status: int = 0) -> None:
+    def __init__(self, detail: str, hint: str = "", status: int = 0, body: dict[str, Any] | None = None) -> None:
         super().__init__(detail, hint)
         self.status = status
+        self.body = body or {}  # the API's JSON error, e.g. `error`, and `missing` for bytes_missing
+
+    @property
+    def missing(self) -> list[tuple[int, int]]:
+        """The [from, to) ranges a 416 bytes_missing names: bytes the log does not hold."""
+        if self.body.get("error") != "bytes_missing":
+            return []
+        try:
+            return [(int(a), int(b)) for a, b in self.body.get("missing") or [] if 0 <= int(a) < int(b)]
+        except (TypeError, ValueError):
+            return []
 
 
 class ApiUnreachable(LogshipError):
@@ -110,11 +121,13 @@ class Client:
                                  "or pass --url)") from exc
         async with resp:
             if resp.status not in ok:
-                raise await self._error(resp)
+                raise await self.error(resp)
             yield resp
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> ApiError:
+    async def error(self, resp: aiohttp.ClientResponse) -> ApiError:
+        """The API's error answer as an ApiError (its JSON's detail and hint, the status, the body)."""
         code, detail, hint = "", "", ""
+        body: Any = None
         try:
             body = await resp.json(content_type=None)
             if isinstance(body, dict):
@@ -126,7 +139,7 @@ class Client:
         if resp.status == 401:
             hint = f"set ${TOKEN_ENV} (or api.tokens in the config) to a token of that API"
         where = f"HTTP {resp.status}{' ' + code if code else ''} from {self.base}"
-        return ApiError(f"{detail} ({where})", hint, resp.status)
+        return ApiError(f"{detail} ({where})", hint, resp.status, body if isinstance(body, dict) else None)
 
 
 def _reason(exc: BaseException) -> str:
@@ -159,7 +172,8 @@ def lines_start(data: bytes, n: int, at_log_start: bool) -> int | None:
 
 async def last_lines(client: Client, url: str, n: int) -> tuple[int, bytes]:
     """(offset, bytes from it to the log's current end) for the last `n` lines: reads tail Ranges,
-    each 4x longer than the last, until enough newlines are in hand."""
+    each 4x longer than the last, until enough newlines are in hand. A range the log does not hold
+    (the API's 416 bytes_missing) is where its lines start for us: it is said on stderr."""
     data, lo, etag = b"", -1, ""
     probe = TAIL_PROBE_BYTES
     while True:
@@ -168,9 +182,18 @@ async def last_lines(client: Client, url: str, n: int) -> tuple[int, bytes]:
         else:  # the range before what we have; If-Range: a new run of the log sends it whole instead
             headers = {"Range": f"bytes={max(0, lo - probe)}-{lo - 1}", "If-Range": etag}
         async with client.get(url, headers=headers, ok=(200, 206, 416)) as resp:
+            if resp.status == 416:
+                missing = (await client.error(resp)).missing
+                if not missing:  # nothing to serve: an empty log
+                    return 0, b""
+                print(f"logship: bytes {missing[-1][0]}-{missing[-1][1] - 1} of the log are not in the archive; "
+                      "the lines before them are not shown", file=sys.stderr, flush=True)
+                if lo < 0:  # the bytes after them are what there is to show
+                    async with client.get(url, headers={"Range": f"bytes={missing[-1][1]}-"}) as after:
+                        data, lo = await after.read(), missing[-1][1]
+                first = lines_start(data, n, True) or 0
+                return lo + first, data[first:]
             body = await resp.read()
-            if resp.status == 416:  # nothing to serve: an empty log
-                return 0, b""
             if resp.status == 200:
                 data, lo = body, 0
             else:
@@ -207,7 +230,9 @@ async def _follow(client: Client, url: str, pos: int, out: BinaryIO, *, once: bo
     `follow=true` rides along: a server that keeps a `start=` response open streams it; one that
     answers with what exists now is asked again after POLL_S (longer while nothing new comes).
     Either way `pos` counts the bytes printed, so a dropped connection resumes there with no gap
-    and no duplicate.
+    and no duplicate. An answer ends at the first byte the log does not hold (dropped at the spool
+    quota); asked from there, the API names the range (416 bytes_missing): it is said on stderr and
+    skipped, as the WebSocket tail's `skipped` event does.
     """
     params = {"start": str(pos)} if once else {"start": str(pos), "follow": "true"}
     run: str | None = None
@@ -232,11 +257,13 @@ async def _follow(client: Client, url: str, pos: int, out: BinaryIO, *, once: bo
                 async for piece in resp.content.iter_any():
                     _emit(out, piece)
                     pos += len(piece)
-                if resp.content_length is not None:
-                    # A complete snapshot ends at the log's size, even when a range dropped at the
-                    # spool quota (sent as nothing) lay inside it.
-                    pos = max(pos, size)
         except ApiError as exc:
+            if exc.missing and exc.missing[0][0] == pos:
+                a, b = exc.missing[0]
+                print(f"logship: bytes {a}-{b - 1} of the log are not in the archive (see `dropped` in its "
+                      "metadata); skipped", file=sys.stderr, flush=True)
+                pos = b
+                continue
             if exc.status == 416:
                 raise ApiError(exc.detail, "give --from at most the log's size (or use --lines N)", 416) from None
             raise
@@ -258,7 +285,7 @@ async def _follow(client: Client, url: str, pos: int, out: BinaryIO, *, once: bo
                                      "where this stopped") from exc
             await asyncio.sleep(backoff.next())
             continue
-        if once or (not more and pos >= size):
+        if (once or not more) and pos >= size:
             return 0
         idle = 0 if pos > before else idle + 1
         pause = min(POLL_IDLE_S, POLL_S * 2 ** min(idle, 8)) if idle else POLL_S
@@ -353,15 +380,20 @@ class _Restart(Exception):
 
 async def download(client: Client, task: str, host: str, path: Path, progress: Progress) -> int:
     """The whole log into `path`, resuming what an earlier run left there (see `_fetch`); a connection
-    that drops mid-way is resumed the same way, up to DOWNLOAD_RETRIES times in a row without progress."""
+    that drops mid-way is resumed the same way, up to DOWNLOAD_RETRIES times in a row without progress.
+
+    A resume after a drop in this run asks for exactly the next byte: if the API cut the answer because
+    that byte's object failed its check (the API never sends such bytes), it now says so in a JSON error
+    naming the object, and the download stops with it at once, keeping the good bytes for a later run."""
     url = client.log_url(task, host)
     sidecar = path.with_name(path.name + ETAG_SUFFIX)
     failures, restarts = 0, 0
     backoff = Backoff(initial=0.2, cap=5.0)
+    dropped = False  # a connection of this run dropped: the file is a prefix of this log, as written
     while True:
         before = _size(path)
         try:
-            pos, total = await _fetch(client, url, path, sidecar, progress)
+            pos, total = await _fetch(client, url, path, sidecar, progress, exact=dropped)
             break
         except _Restart:
             restarts += 1
@@ -370,6 +402,7 @@ async def download(client: Client, task: str, host: str, path: Path, progress: P
         except RETRIABLE as exc:
             if not progress.answered:
                 raise  # never reached the API: it is not there, say so now
+            dropped = True
             failures = 0 if _size(path) > before else failures + 1
             if failures >= DOWNLOAD_RETRIES:
                 raise ApiUnreachable(f"the download from {client.base} broke off at {_size(path)} bytes: "
@@ -396,32 +429,42 @@ def _size(path: Path) -> int:
         return 0
 
 
-async def _fetch(client: Client, url: str, path: Path, sidecar: Path, progress: Progress) -> tuple[int, int | None]:
+async def _fetch(client: Client, url: str, path: Path, sidecar: Path, progress: Progress,
+                 exact: bool = False) -> tuple[int, int | None]:
     """One request: (bytes now in the file, the log's size if it has ended, else None).
 
     A partial file is continued only when its sidecar holds the ETag it was downloaded under. The
     request starts one byte early (`Range: bytes=<size-1>-` with `If-Range`): the byte the file and
     the answer share must agree, a cheap check that the file is a prefix of this log, and a complete
     file gets a one-byte answer rather than a 416. Another run of the log (If-Range fails: the server
-    sends 200 and the whole log) starts over from 0; so does a byte that disagrees.
+    sends 200 and the whole log) starts over from 0; so does a byte that disagrees. `exact`: this run
+    wrote the file, so the request starts at its end (short of the log's known size).
+
+    Bytes the log does not hold (the API's 416 bytes_missing) end the download with that error: the
+    file keeps its bytes, all at their offsets.
     """
     have = await asyncio.to_thread(_size, path)
     etag = await asyncio.to_thread(_read_sidecar, sidecar) if have else None
-    headers = {"Range": f"bytes={have - 1}-", "If-Range": etag} if etag else {}
+    overlap = 0 if exact and (progress.total is None or have < progress.total) else 1
+    headers = {"Range": f"bytes={have - overlap}-", "If-Range": etag} if etag else {}
     async with client.get(url, headers=headers, ok=(200, 206, 416)) as resp:
         progress.answered = True
         total = resp.content_length
-        if resp.status == 416:  # the file is longer than the log: not a download of it
-            await _discard(path, sidecar)
+        if resp.status == 416:
+            err = await client.error(resp)
+            if err.missing:
+                raise err
+            await _discard(path, sidecar)  # the file is longer than the log: not a download of it
         if resp.status == 206:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-            if m is None or int(m.group(1)) != have - 1:
-                raise ApiError(f"the API answered Range bytes={have - 1}- with Content-Range "
+            if m is None or int(m.group(1)) != have - overlap:
+                raise ApiError(f"the API answered Range bytes={have - overlap}- with Content-Range "
                                f"{resp.headers.get('Content-Range')!r}", "is --url the logship API?")
             total = None if m.group(3) == "*" else int(m.group(3))
-            shared = await resp.content.readexactly(1)
-            if shared != await asyncio.to_thread(_last_byte, path, have):
-                await _discard(path, sidecar)
+            if overlap:
+                shared = await resp.content.readexactly(1)
+                if shared != await asyncio.to_thread(_last_byte, path, have):
+                    await _discard(path, sidecar)
             pos = have
             if progress.first is None:
                 progress.resumed_at = have

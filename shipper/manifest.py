@@ -19,8 +19,12 @@ DELETING = "deleting"  # `logship gc` is deleting the log (shipper/gc.py): reade
 
 
 def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: int, sha256: str,
-                  compression: str) -> dict[str, Any]:
-    """What the manifest says of one segment, from its chunk index."""
+                  compression: str, *, stored: dict[str, Any] | None = None,
+                  index_sha256: str | None = None) -> dict[str, Any]:
+    """What the manifest says of one segment, from its chunk index. `stored`: the digests of the stored
+    object (shipper.archive.StoredDigest.fields: `stored_sha256`, `blocks`); `index_sha256`: of the
+    stored index object. Readers check every byte they serve against them (docs/format.md)."""
+    checks = {**(stored or {}), **({"index_sha256": index_sha256} if index_sha256 else {})}
     return {
         "seq": seq,
         "offset": chunks[0].offset,
@@ -33,6 +37,7 @@ def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: i
         "last_ts": chunks[-1].ts_ns,
         "lines": sum(c.lines for c in chunks),
         "chunks": [chunks[0].seq, chunks[-1].seq],
+        **checks,
     }
 
 
@@ -74,6 +79,8 @@ MAX_INT = (1 << 63) - 1
 STATUSES = (RUNNING, FINISHED, LOST, DELETING)
 COMPRESSIONS = ("zstd", "none")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]*")
+BLOCK_SIZES = frozenset(1 << n for n in range(16, 31))
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # it goes into ETags and headers: no quotes, no spaces
 
 
@@ -154,6 +161,15 @@ def _entry(e: Any, where: str) -> None:
     for k in ("stored_sha256", "index_sha256"):
         if k in e:
             _str(e, k, _HEX64, where)
+    if "blocks" in e:  # per-block digests of the stored object (docs/format.md, Integrity)
+        blocks = e["blocks"]
+        size = blocks.get("size") if isinstance(blocks, dict) else None
+        if not (_is_int(size) and size in BLOCK_SIZES):
+            raise ManifestError(f"{where}.blocks.size is not a power of two from 64 KiB to 1 GiB")
+        n = max(1, -(-e["stored_size"] // size))
+        digests = blocks.get("sha256")
+        if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
+            raise ManifestError(f"{where}.blocks.sha256 is not {n} digests of 32 hex digits")
     chunks = e.get("chunks")
     if (not isinstance(chunks, list) or len(chunks) != 2 or not all(_is_int(c) and 0 <= c <= MAX_INT for c in chunks)
             or chunks[0] > chunks[1]):

@@ -23,9 +23,9 @@ from typing import Any
 
 import zstandard
 
-from . import index, maintenance, manifest, names, querycopy
+from . import archive, index, maintenance, manifest, names, querycopy
 from .config import Config
-from .errors import LogshipError, ObjectNotFound, StoreError
+from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
 from .retry import Backoff, QuietLog
 from .spool import (MISSING, NOFOLLOW, SegmentCheck, SpoolDamaged, SpoolLog, agent_alive, check_segment,
@@ -274,15 +274,16 @@ class Watcher:
             prepared = await asyncio.to_thread(self._prepare, log_path, names.spool_index(sl.dir, seq))
             if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
                 return
-            chunks, sha, blob, idx_blob = prepared
+            chunks, sha, blob, idx_blob, stored = prepared
             key = names.segment_key(sl.task, sl.host, seq, self.compression)
             if blob is None:
                 await self.store.put_file(key, log_path)
             else:
                 await self.store.put(key, blob)
             await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
-            entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else log_path.stat().st_size,
-                                           len(idx_blob), sha, self.compression)
+            entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else stored.size,
+                                           len(idx_blob), sha, self.compression, stored=stored.fields(),
+                                           index_sha256=hashlib.sha256(idx_blob).hexdigest())
             st.segments[seq] = entry
             st.dirty = True
             self.stats["segments_uploaded"] += 1
@@ -290,14 +291,16 @@ class Watcher:
             self.stats["bytes_uploaded"] += entry["stored_size"] + entry["index_size"]
 
     def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
-                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes] | None:
-        """Read a segment once: its chunks, sha256, and (when compressing) its zstd bytes."""
+                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
+        """Read a segment once: its chunks, sha256, (when compressing) its zstd bytes, and the digests of
+        the object the store will hold (what readers check it against)."""
         raw_idx = index.read_raw(idx_path)
         chunks = list(index.unpack(raw_idx))
         if not chunks:
             return None
         size = chunks[-1].end - chunks[0].offset if size is None else size
         sha = hashlib.sha256()
+        stored = archive.StoredDigest()
         blob = None
         with open(log_path, "rb") as f:
             if self.compression == "zstd":
@@ -310,11 +313,13 @@ class Watcher:
                     left -= len(piece)
                 out.append(cobj.flush())
                 blob = b"".join(out)
-            else:
+                stored.update(blob)
+            else:  # the file is the object (put_file): sealed, so it does not change before the upload
                 for piece in iter(lambda: f.read(READ_PIECE), b""):
                     sha.update(piece)
+                    stored.update(piece)
         idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
-        return chunks, sha.hexdigest(), blob, idx_blob
+        return chunks, sha.hexdigest(), blob, idx_blob, stored
 
     # --- the query copy: after the manifest, in a queue of its own ----------------------------------
 
@@ -348,6 +353,10 @@ class Watcher:
                     self.stats["query_copy_bytes"] += len(copy.data)
         except StoreError as exc:
             self._quiet.log(logging.WARNING, "copy", "%s/%s: query copy of segment %d waits for the store: %s",
+                            sl.task, sl.host, seq, exc)
+            return
+        except DamagedObject as exc:  # its own segment's copy waits; nothing else does
+            self._quiet.log(logging.ERROR, f"copy {sl.task}/{sl.host}", "%s/%s: no query copy of segment %d: %s",
                             sl.task, sl.host, seq, exc)
             return
         finally:
@@ -408,7 +417,7 @@ class Watcher:
             prepared = await asyncio.to_thread(self._prepare_checkpoint, log_path, chunks, raw_size)
         except FileNotFoundError:
             return
-        sha, blob = prepared
+        sha, blob, stored = prepared
         idx_blob = raw_idx
         if self.compression == "zstd":
             idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx)
@@ -417,17 +426,19 @@ class Watcher:
         await self.store.put(idx_key, idx_blob)
         if st.checkpoint:
             st.stale_keys += _ckpt_keys(sl, st.checkpoint)
-        st.checkpoint = manifest.segment_entry(seq, chunks, len(blob), len(idx_blob), sha, self.compression)
+        st.checkpoint = manifest.segment_entry(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
+                                               stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
         st.dirty = True
         self.stats["checkpoints"] += 1
 
-    def _prepare_checkpoint(self, log_path: Path, chunks: list[index.Chunk], raw_size: int) -> tuple[str, bytes]:
+    def _prepare_checkpoint(self, log_path: Path, chunks: list[index.Chunk], raw_size: int
+                            ) -> tuple[str, bytes, dict[str, Any]]:
         with open(log_path, "rb") as f:
             raw = f.read(raw_size)
         if len(raw) < raw_size:
             raise FileNotFoundError(log_path)  # cannot happen with an intact spool; skip this round
         blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw) if self.compression == "zstd" else raw
-        return hashlib.sha256(raw).hexdigest(), blob
+        return hashlib.sha256(raw).hexdigest(), blob, archive.digest_fields(blob)
 
     async def _commit(self, sl: SpoolLog, st: LogState, status: str, dropped: list[dict[str, Any]]) -> None:
         """Write the manifest (after every object it names), then delete what it no longer names."""

@@ -59,11 +59,15 @@ BAD: dict[str, Edit] = {
     "labels of numbers": lambda d: d.update(labels={"k": 1}),
     "dropped entry a string": lambda d: d.update(dropped=["x"]),
     "stored_sha256 short": lambda d: d["segments"][0].update(stored_sha256="ab"),
+    "blocks of an odd size": lambda d: d["segments"][0].update(blocks={"size": 1000, "sha256": "a" * 32}),
+    "blocks missing a digest": lambda d: d["segments"][0].update(blocks={"size": 65536, "sha256": ""}),
+    "blocks not hex": lambda d: d["segments"][0].update(blocks={"size": 65536, "sha256": "z" * 32}),
 }
 
 
 def test_a_good_manifest_passes_and_keeps_unknown_fields() -> None:
     doc = {**copy.deepcopy(GOOD), "liveness": {"cpu_seconds": 1.5}}
+    doc["segments"][0]["blocks"] = {"size": 1 << 20, "sha256": "c" * 32}
     assert manifest.loads(json.dumps(doc).encode(), "t", "h") == doc
 
 
@@ -118,7 +122,7 @@ async def test_one_damaged_manifest_costs_only_its_own_log(make_config: Callable
             r = await client.get(f"/api/v1/tasks/{task}/hosts/h1/log")
             assert r.status == 502, task
             body = await r.json()
-            assert body["error"] == "damaged" and names.manifest_key(task, "h1") in body["detail"], body
+            assert body["error"] == "integrity_error" and names.manifest_key(task, "h1") in body["detail"], body
             assert body["hint"]
         r = await client.get("/api/v1/tasks/good/hosts/h1/log")
         assert r.status == 200 and await r.read() == b"good\n"
