@@ -25,6 +25,10 @@ class Metrics:
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
     client_gone: int = 0  # downloads whose client went away before the end
+    proxy_forwarded: int = 0  # live requests a central API forwarded to the API beside a log's spool
+    proxy_refused: int = 0  # ... not forwarded: the manifest's api_url is not allowed (api.proxy_allow)
+    proxy_unreachable: int = 0  # ... that API could not be reached (served from checkpoints)
+    proxy_rejected: int = 0  # ... its answer broke a rule (status, sizes, run, offsets) and was not served
 
 
 @routes.get("/healthz")
@@ -44,6 +48,9 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
         "# TYPE logship_api_downloads_cut_by_client_total counter",
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
+        *(line for name in ("forwarded", "refused", "unreachable", "rejected") for line in (
+            f"# TYPE logship_api_proxy_{name}_total counter",
+            f"logship_api_proxy_{name}_total {getattr(m, 'proxy_' + name)}")),
     ]
     if request.app[SOURCE].spool is not None:
         state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
