@@ -25,7 +25,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST_RE = re.compile(r"(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)*(?!-)[a-z0-9-]{1,63}(?<!-)")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")  # a resolver reads 10.1 or 0x7f000001 as an address
 MAX_URL = 2048
-TAIL_EVENTS = ("skipped", "end", "error")  # the control messages of api/tail.py
 
 
 class NotAllowed(Exception):
