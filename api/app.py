@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -25,6 +26,10 @@ from .source import Source
 OPEN_PATHS = ("/healthz", "/readyz", *page.PUBLIC_PATHS)  # without a token: probes, the page (it holds no data)
 READY_TIMEOUT = 2.0  # seconds the store has to answer GET /readyz
 QUERY_PATHS = ("/api/v1/query",)  # arbitrary SQL over the archive: the query scope (api.query_tokens)
+# ?token= is taken only where a browser cannot send a header: the tail's WebSocket (and SSE), and the
+# page's download links (one log, all hosts of a task). Anywhere else a token in a URL would end up in
+# histories, proxies' logs and Referer headers for nothing, so it is not looked at.
+QUERY_TOKEN_PATHS = re.compile(r"/api/v1/tasks/[^/]+/(?:hosts/[^/]+/(?:log|tail)|log)")
 
 
 def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
@@ -112,10 +117,16 @@ def _auth_middleware(tokens: list[str], query_tokens: list[str]) -> Callable[...
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             given = token.strip().encode() if scheme.lower() == "bearer" else b""
-            # WebSocket clients in browsers cannot set headers: they may pass ?token=
-            given = given or request.query.get("token", "").encode()
+            in_url = "token" in request.query and not given
+            if in_url and request.method in ("GET", "HEAD") and QUERY_TOKEN_PATHS.fullmatch(request.path):
+                given = request.query["token"].encode()  # a WebSocket or a download link: no header possible
+                in_url = False
             may_query = any(hmac.compare_digest(given, t) for t in query)
             if not may_query and not any(hmac.compare_digest(given, t) for t in read):
+                if in_url:
+                    raise Unauthorized(f"{request.path} takes its token from the Authorization header",
+                                       "send 'Authorization: Bearer TOKEN'; ?token= is taken only by the tail "
+                                       "(…/hosts/{host}/tail) and the download links (…/log, GET or HEAD)")
                 raise Unauthorized("a bearer token is required" if not given else "the bearer token is not valid",
                                    "send 'Authorization: Bearer TOKEN' with a token from api.tokens")
             if request.path in QUERY_PATHS and not may_query:

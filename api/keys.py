@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from shipper.store import Store
 
     from .metrics import Metrics
+    from .proxy import ProxyState
     from .query import Engine
     from .source import Source
 
@@ -21,5 +22,6 @@ STORE: web.AppKey["Store"] = web.AppKey("store")
 SOURCE: web.AppKey["Source"] = web.AppKey("source")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")
+PROXY: web.AppKey["ProxyState"] = web.AppKey("proxy")  # api.proxy_allow, parsed; nodes that answered badly
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown: followers end their responses
 QUERY_ENGINE: web.AppKey["Engine"] = web.AppKey("query_engine")  # DuckDB, opened on the first query

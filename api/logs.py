@@ -391,6 +391,8 @@ async def get_task_log(request: web.Request) -> web.StreamResponse:
             return missing_answer(view, missing)
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
     await resp.prepare(request)
+    if request.method == "HEAD":  # the headers only: a body here would be read as the connection's next answer
+        return resp
     try:
         for view in views:
             await resp.write(f"==> {task}/{view.host} ({view.status}, {view.size} bytes) <==\n".encode())

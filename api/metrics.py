@@ -29,6 +29,10 @@ class Metrics:
     client_gone: int = 0  # downloads whose client went away before the end
     damaged_manifests: int = 0  # manifests refused as damaged (shipper/manifest.py loads)
     transfers_aborted: int = 0  # answers cut after they began: a byte could not be served (api/logs.py)
+    proxy_forwarded: int = 0  # live requests a central API forwarded to the API beside a log's spool
+    proxy_refused: int = 0  # ... not forwarded: the manifest's api_url is not allowed (api.proxy_allow)
+    proxy_unreachable: int = 0  # ... that API could not be reached (served from checkpoints)
+    proxy_rejected: int = 0  # ... its answer broke a rule (status, sizes, run, offsets) and was not served
 
 
 @routes.get("/healthz")
@@ -54,6 +58,9 @@ async def metrics(request: web.Request) -> web.Response:
         f"logship_api_integrity_errors_total {request.app[SOURCE].integrity_errors}",
         "# TYPE logship_api_transfers_aborted_total counter",
         f"logship_api_transfers_aborted_total {m.transfers_aborted}",
+        *(line for name in ("forwarded", "refused", "unreachable", "rejected") for line in (
+            f"# TYPE logship_api_proxy_{name}_total counter",
+            f"logship_api_proxy_{name}_total {getattr(m, 'proxy_' + name)}")),
     ]
     lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
     store_stats = {"api": request.app[STORE].stats.snapshot()}

@@ -58,6 +58,19 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> Schema:
     return resp
 
 
+TOKEN_PATHS = ("/api/v1/tasks/{task}/hosts/{host}/tail", "/api/v1/tasks/{task}/hosts/{host}/log",
+               "/api/v1/tasks/{task}/log")  # api/app.py takes ?token= on these only (GET and HEAD)
+
+
+def _token_only_where_taken(paths: dict[str, Any]) -> dict[str, Any]:
+    """Operations that do not take ?token= say so: bearer only, unless they need no token at all."""
+    for path, item in paths.items():
+        for method, op in item.items():
+            if "security" not in op and not (path in TOKEN_PATHS and method in ("get", "head")):
+                op["security"] = [{"bearer": []}]
+    return paths
+
+
 # Errors every route under /api/v1 can answer with.
 _COMMON_ERRORS = {"401": {"$ref": "#/components/responses/Unauthorized"}}
 _LOG_ERRORS = {"400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS,
@@ -112,7 +125,9 @@ _LOG_RESPONSES: dict[str, Any] = {
             "headers": {**_LOG_HEADERS,
                         "Content-Range": _header("`bytes FIRST-LAST/SIZE`; SIZE is `*` while the task runs")},
             "content": _TEXT},
-    "416": _error("The range (or `start=`) is past the end of the log, or not one byte range.", _CONTENT_RANGE_416),
+    "416": _error("The range (or `start=`) is past the end of the log, or not one byte range; or (`bytes_missing`, "
+                  "with a `missing` list of [start, end) ranges) it covers bytes the archive does not hold "
+                  "(dropped at the spool quota, or lost): ask for the bytes before or after them.", _CONTENT_RANGE_416),
     **_LOG_ERRORS,
 }
 
@@ -363,7 +378,9 @@ def _schemas() -> dict[str, Any]:
                                        "quota (dropped at the spool quota) | damaged (a spool file was damaged) | "
                                        "missing (in neither spool nor store), detail}"},
             "dropped_bytes": {"type": "integer"}, "updated_ns": _NS,
-            "api_url": {"type": "string", "description": "while running: the API beside the spool"},
+            "api_url": {"type": "string", "description": "while running: the API beside the spool (a central API "
+                        "forwards live requests there only if its api.proxy_allow allows the host; ?stream= is always "
+                        "served from checkpoints)"},
             "live_size": {"type": "integer", "description": "bytes readable now, spool included"}}},
         "TailData": {"type": "object", "required": ["offset", "ts", "stream", "data"], "properties": {
             "offset": {"type": "integer", "description": "byte offset of the first byte in the combined log"},
@@ -402,7 +419,10 @@ DOC_RESPONSES = {
     "BadRequest": _error("A bad id, parameter or header; nothing was changed."),
     "Unauthorized": _error("api.tokens is set and the request has no valid bearer token."),
     "NotFound": _error("No such log (ids are case-sensitive)."),
-    "StoreError": _error("The object store answered with an error."),
+    "StoreError": _error("The object store answered with an error, or with an object that fails its check against "
+                         "the manifest (`integrity_error`: damaged, truncated, missing or replaced; the detail names "
+                         "the object). A check that fails after the answer began cuts the transfer instead: the "
+                         "connection closes before the end, so a client knows to resume."),
     "StoreUnavailable": _error("The object store cannot be reached; retry later."),
 }
 
@@ -424,7 +444,7 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": "logs"}, {"name": "query"}, {"name": "operations"}, {"name": "web"},
                  {"name": "ibex", "description": "Nightingale ibex's read routes over `logship run --ibex` logs"}],
         "security": [{"bearer": []}, {"token": []}],
-        "paths": {**_paths(), **ibex.openapi_paths()},
+        "paths": _token_only_where_taken({**_paths(), **ibex.openapi_paths()}),
         "components": {
             "schemas": _schemas(),
             "responses": DOC_RESPONSES,
@@ -433,7 +453,10 @@ def _document() -> dict[str, Any]:
                            "description": "a token from api.tokens (read, tail, search) or api.query_tokens "
                                           "(also SQL); required when the API is not on loopback"},
                 "token": {"type": "apiKey", "in": "query", "name": "token",
-                          "description": "the same token as ?token=, for WebSocket clients that cannot set headers"},
+                          "description": "the token of the Authorization header, for clients that cannot set one: "
+                                         "taken only by GET …/hosts/{host}/tail (WebSocket, SSE) and GET/HEAD of "
+                                         "…/hosts/{host}/log and …/tasks/{task}/log (download links); ignored "
+                                         "elsewhere"},
             },
         },
     }
@@ -446,3 +469,4 @@ _BODY = json.dumps(DOCUMENT, indent=1)  # built once: the document is fixed for 
 @routes.get(PATH)
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=_BODY, content_type="application/json")
+

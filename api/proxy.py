@@ -2,37 +2,105 @@
 
 The watcher records that API's URL (watch.api_url) in the manifest of a running log. A central API
 without the spool forwards /log, /tail, /index and the log's metadata there, so readers see the newest
-bytes instead of the last checkpoint; when that API cannot be reached, it serves the checkpoints itself.
+bytes instead of the last checkpoint; otherwise it serves the checkpoints itself.
+
+A manifest is untrusted (docs/operations.md, "A central API"): the URL is used only if api.proxy_allow
+allows it (api/proxy_check.py); the request carries the API's own token (api.proxy_token), never the
+user's (no Authorization, no ?token=, no cookies) and no hop-by-hop headers; the answer is held to the
+manifest before it is served. An answer that breaks a rule before its body starts is dropped and the
+checkpoints are served; one that breaks it later ends as a failed transfer (the connection is cut, a
+WebSocket closes with 1014), so a client never takes it for a whole answer. Each case is logged with
+the URL and counted in /metrics; the node is then left alone for that log for BAD_NODE_SECONDS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from shipper.errors import LogshipError
-from shipper.retry import QuietLog
 
-from .keys import PROXY_SESSION, SOURCE
+from .keys import CONFIG, METRICS, PROXY, PROXY_SESSION, SOURCE
+from .proxy_check import AllowList, BadAnswer, NotAllowed, SSECheck, TailCheck, check_index, check_json_head, \
+    check_log_head, check_meta, shown
+from .source import LogView
 
 log = logging.getLogger("logship.api.proxy")
 LIVE_PATH = re.compile(r"/api/v1/tasks/([^/]+)/hosts/([^/]+)(/log|/tail|/index)?")
 PROXIED = "X-Logship-Proxied"  # set on forwarded requests, so two APIs never forward in a loop
-FORWARD_REQUEST = ("Range", "If-Range", "Accept", "Last-Event-ID", "Authorization")
-FORWARD_RESPONSE = ("Content-Type", "Content-Length", "Content-Range", "ETag", "Accept-Ranges", "Cache-Control",
-                    "X-Log-Size", "X-More-Data")
+# What is forwarded, by name; nothing else (no Authorization, Cookie, Connection, Upgrade, TE, ...).
+FORWARD_REQUEST = ("Range", "If-Range", "Last-Event-ID")
+FORWARD_QUERY = {"/log": ("stream", "follow", "start"), "/tail": ("from", "lines"), "/index": ("start", "end"),
+                 "": ()}  # never token=
+FORWARD_RESPONSE = ("Content-Range", "ETag", "X-Log-Size", "X-More-Data")
 CONNECT_TIMEOUT = 2.0
-_quiet = QuietLog(log)
+PIECE = 1 << 20
+MAX_HEADER_FIELD = 4096  # bytes of one header line of a node's answer (aiohttp's default is 8190)
+MAX_HEADERS = 32  # header lines of a node's answer
+MAX_JSON = 32 << 20  # an /index answer (20,000 records) or a manifest of a very long log
+MAX_MESSAGE = 2 << 20  # a tail message: 256 KiB of data, JSON-escaped (up to 6 bytes a byte)
+BAD_NODE_SECONDS = 30.0  # after a bad answer a log is served from checkpoints this long
+LOG_EVERY = 30.0
+PING_S = 15.0
+REFUSALS = (400, 404, 406, 416)  # the node says the request is wrong: this API's handler says it too
+
+
+class _Fallback(Exception):
+    """Nothing was sent yet: serve the request from the checkpoints instead."""
+
+
+@dataclass
+class _Target:
+    base: str  # scheme://host:port, allowed
+    route: str  # "/log", "/tail", "/index" or "" (the metadata)
+    view: LogView
+    run_id: str
+    held: int  # bytes the manifest holds: the node has at least these
+
+
+class ProxyState:
+    """api.proxy_allow, and which node answered badly for which log until when (per app)."""
+
+    def __init__(self, allow: AllowList) -> None:
+        self.allow = allow
+        self.bad: dict[tuple[str, str, str], float] = {}
+        self.logged: dict[str, float] = {}
+
+    def is_bad(self, base: str, task: str, host: str) -> bool:
+        return self.bad.get((base, task, host), 0.0) > time.monotonic()
+
+    def mark(self, base: str, task: str, host: str) -> None:
+        now = time.monotonic()
+        if len(self.bad) > 1000:
+            self.bad = {k: t for k, t in self.bad.items() if t > now}
+        self.bad[(base, task, host)] = now + BAD_NODE_SECONDS
+
+    def log(self, url: str, msg: str, *args: object) -> None:
+        """One line naming the URL, at most every LOG_EVERY seconds per URL."""
+        now = time.monotonic()
+        if now - self.logged.get(url, -LOG_EVERY) >= LOG_EVERY:
+            if len(self.logged) > 1000:
+                self.logged.clear()
+            self.logged[url] = now
+            log.warning(msg, *args)
 
 
 async def session_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+    app[PROXY] = ProxyState(AllowList.parse(app[CONFIG].api.proxy_allow))
+    # No cookie jar (a node's cookie would go to the next node), no proxy from the environment, small heads.
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=False, max_field_size=MAX_HEADER_FIELD, max_headers=MAX_HEADERS,
+                                     skip_auto_headers=("User-Agent",)) as session:
         app[PROXY_SESSION] = session
         yield
 
@@ -41,67 +109,234 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def proxy_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     m = LIVE_PATH.fullmatch(request.path)
-    if m is None or PROXIED in request.headers or request.method not in ("GET", "HEAD"):
+    if m is None or PROXIED in request.headers or request.method not in ("GET", "HEAD") \
+            or "stream" in request.query:  # a stream's answer has no ETag to hold it to: from checkpoints
         return await handler(request)
     try:
         view = await request.app[SOURCE].view(m.group(1), m.group(2))
     except LogshipError:
         return await handler(request)  # bad ids, a missing log: the handler says so, after checking its params
     url = (view.doc or {}).get("api_url")
-    if view.spool_dir is not None or view.finished or not url:
+    if view.spool_dir is not None or view.finished or view.doc is None or not url:
         return await handler(request)
+    metrics = request.app[METRICS]
+    state = request.app[PROXY]
     try:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await _proxy_ws(request, url)
-        return await _proxy_http(request, url)
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        _quiet.log(logging.WARNING, url, "API at %s unreachable (%s): serving %s from checkpoints", url, exc,
-                   request.path)
+        base = state.allow.base_url(url)
+    except NotAllowed as exc:
+        metrics.proxy_refused += 1
+        state.log(shown(url), "%s/%s: api_url %s not used (%s; api.proxy_allow): serving checkpoints",
+                   view.task, view.host, shown(url), exc)
+        return await handler(request)
+    if state.is_bad(base, view.task, view.host):
+        return await handler(request)
+    target = _Target(base, m.group(3) or "", view, str(view.doc.get("run_id")), view.size)
+    try:
+        metrics.proxy_forwarded += 1
+        if target.route == "/tail" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await _proxy_ws(request, target)
+        if target.route in ("/log", "/tail"):
+            return await _proxy_stream(request, target)
+        return await _proxy_json(request, target)
+    except _Fallback:
         return await handler(request)
 
 
-async def _proxy_http(request: web.Request, base: str) -> web.StreamResponse:
-    headers = {h: request.headers[h] for h in FORWARD_REQUEST if h in request.headers}
-    headers[PROXIED] = "1"
-    session = request.app[PROXY_SESSION]
-    async with session.request(request.method, base + request.path_qs, headers=headers) as up:
-        resp = web.StreamResponse(status=up.status, headers={h: up.headers[h] for h in FORWARD_RESPONSE
-                                                              if h in up.headers})
-        if "Content-Length" in up.headers:
-            resp.content_length = int(up.headers["Content-Length"])
+def _unreachable(request: web.Request, t: _Target, exc: BaseException) -> None:
+    request.app[METRICS].proxy_unreachable += 1
+    request.app[PROXY].log(t.base, "%s/%s: the API at %s is unreachable (%s): serving checkpoints", t.view.task, t.view.host,
+               t.base, exc or type(exc).__name__)
+
+
+def _bad(request: web.Request, t: _Target, exc: BaseException, served: str = "serving checkpoints") -> None:
+    request.app[METRICS].proxy_rejected += 1
+    request.app[PROXY].mark(t.base, t.view.task, t.view.host)
+    request.app[PROXY].log(t.base, "%s/%s: the API at %s answered %s: %s (%s for %gs)", t.view.task, t.view.host, t.base,
+               request.path, exc, served, BAD_NODE_SECONDS)
+
+
+def _request(request: web.Request, t: _Target) -> tuple[str, dict[str, str]]:
+    """The URL and headers of the forwarded request: the path rebuilt from checked ids, known parameters."""
+    hop = {h.strip().lower() for h in request.headers.get("Connection", "").split(",")}
+    headers = {h: request.headers[h] for h in FORWARD_REQUEST if h in request.headers and h.lower() not in hop}
+    if t.route == "/tail" and "Accept" in request.headers:
+        headers["Accept"] = request.headers["Accept"]
+    headers.update({PROXIED: "1", "Accept-Encoding": "identity"})
+    token = request.app[CONFIG].api.proxy_token
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    query = {k: request.query[k] for k in FORWARD_QUERY[t.route] if k in request.query}
+    path = f"/api/v1/tasks/{t.view.task}/hosts/{t.view.host}{t.route}"
+    return str(URL(t.base + path).with_query(query)), headers
+
+
+def _whole(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and len(value) <= 19 else None
+
+
+async def _open(request: web.Request, t: _Target, method: str) -> aiohttp.ClientResponse:
+    """The node's answer, its head read; _Fallback if it cannot be had or declines."""
+    url, headers = _request(request, t)
+    try:
+        up = await request.app[PROXY_SESSION].request(method, url, headers=headers, allow_redirects=False)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        _unreachable(request, t, exc)
+        raise _Fallback from None
+    if up.status in REFUSALS:  # a bad parameter, a log it lost, a range past its end: the handler answers
+        up.close()
+        raise _Fallback
+    return up
+
+
+async def _proxy_stream(request: web.Request, t: _Target) -> web.StreamResponse:
+    """/log (and the tail as SSE): the head checked before anything is sent, the body as it comes."""
+    up = await _open(request, t, request.method)
+    sse: SSECheck | None = None
+    try:
+        if t.route == "/tail":
+            if up.status != 200 or not up.headers.get("Content-Type", "").startswith("text/event-stream"):
+                raise BadAnswer(f"HTTP {up.status} {up.headers.get('Content-Type', '')[:40]!r}, not an SSE stream")
+            start = _whole(request.headers.get("Last-Event-ID", "").strip() or request.query.get("from"))
+            sse = SSECheck(TailCheck(start, t.held), MAX_MESSAGE)
+            cap: int | None = None
+            headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        else:
+            cap = check_log_head(up.status, up.headers, run_id=t.run_id, held=t.held,
+                                 range_header=request.headers.get("Range"), start=_whole(request.query.get("start")),
+                                 follow=request.query.get("follow", "").lower() in ("1", "true", "yes"))
+            headers = {h: up.headers[h] for h in FORWARD_RESPONSE if h in up.headers}
+            headers.update({"Content-Type": "text/plain; charset=utf-8", "Accept-Ranges": "bytes",
+                            "Cache-Control": "no-cache"})
+    except BadAnswer as exc:
+        up.close()
+        _bad(request, t, exc)
+        raise _Fallback from None
+    headers["X-Content-Type-Options"] = "nosniff"
+    resp = web.StreamResponse(status=up.status, headers=headers)
+    length = _whole(up.headers.get("Content-Length"))
+    if length is not None and t.route == "/log":
+        resp.content_length = length
+    metrics = request.app[METRICS]
+    async with up:
         await resp.prepare(request)
-        async for piece in up.content.iter_chunked(1 << 20):
-            await resp.write(piece)
-        await resp.write_eof()
-        return resp
+        if request.method == "HEAD":
+            return resp
+        sent = 0
+        pieces = up.content.iter_chunked(PIECE).__aiter__()
+        while True:
+            try:
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    if sse is not None:
+                        sse.close()
+                    if length is not None and sent != length:
+                        raise BadAnswer(f"{sent} bytes of a Content-Length of {length}") from None
+                    break
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise BadAnswer(f"the answer was cut ({exc or type(exc).__name__})") from None
+                if cap is not None and sent + len(piece) > cap:
+                    raise BadAnswer(f"more than the {cap} bytes its head announced")
+                sent += len(piece)
+                if sse is not None:
+                    piece = sse.feed(piece)
+            except BadAnswer as exc:
+                _bad(request, t, exc, f"the response to the client was cut after {sent} bytes; checkpoints")
+                _cut(request)
+                return resp
+            try:
+                await resp.write(piece)
+            except ConnectionError:
+                metrics.client_gone += 1
+                return resp
+            metrics.bytes_out += len(piece)
+    await resp.write_eof()
+    return resp
 
 
-async def _proxy_ws(request: web.Request, base: str) -> web.StreamResponse:
-    headers = {h: request.headers[h] for h in ("Authorization",) if h in request.headers}
-    headers[PROXIED] = "1"
-    session = request.app[PROXY_SESSION]
-    async with session.ws_connect(base.replace("http", "ws", 1) + request.path_qs, headers=headers) as up:
-        ws = web.WebSocketResponse(heartbeat=15)
+def _cut(request: web.Request) -> None:
+    """End a response that has begun as a failed transfer: no final chunk, a reset; never a clean end."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _proxy_json(request: web.Request, t: _Target) -> web.StreamResponse:
+    """/index and the metadata: read whole (up to MAX_JSON), checked, then sent."""
+    up = await _open(request, t, "GET")
+    try:
+        async with up:
+            check_json_head(up.status, up.headers, MAX_JSON)
+            body = bytearray()
+            try:
+                async for piece in up.content.iter_chunked(PIECE):
+                    body += piece
+                    if len(body) > MAX_JSON:
+                        raise BadAnswer(f"more than {MAX_JSON} bytes of JSON")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                _unreachable(request, t, exc)
+                raise _Fallback from None
+        if t.route == "/index":
+            check_index(bytes(body), held=t.held, start=_whole(request.query.get("start")) or 0)
+        else:
+            check_meta(bytes(body), task=t.view.task, host=t.view.host, run_id=t.run_id, held=t.held)
+    except BadAnswer as exc:
+        _bad(request, t, exc)
+        raise _Fallback from None
+    resp = web.Response(body=bytes(body), content_type="application/json",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    return resp if request.method == "GET" else web.Response(headers=resp.headers)
+
+
+async def _proxy_ws(request: web.Request, t: _Target) -> web.StreamResponse:
+    """The tail as a WebSocket: every message checked (TailCheck) before it is passed on."""
+    url, headers = _request(request, t)
+    url = "ws" + url[4:]  # http → ws, https → wss
+    try:
+        up = await request.app[PROXY_SESSION].ws_connect(url, headers=headers, max_msg_size=MAX_MESSAGE,
+                                                         heartbeat=PING_S, autoclose=True)
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status not in REFUSALS:
+            _bad(request, t, BadAnswer(f"HTTP {exc.status} to a WebSocket upgrade"))
+        raise _Fallback from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        _unreachable(request, t, exc)
+        raise _Fallback from None
+    check = TailCheck(_whole(request.query.get("from")), t.held)
+    metrics = request.app[METRICS]
+    async with up:
+        ws = web.WebSocketResponse(heartbeat=PING_S, compress=False)
         await ws.prepare(request)
 
         async def downstream() -> None:
             async for msg in up:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await ws.send_str(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    await ws.send_bytes(msg.data)
-            await ws.close(code=up.close_code or aiohttp.WSCloseCode.OK)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    if msg.type == aiohttp.WSMsgType.ERROR:
+                        break
+                    raise BadAnswer(f"a {msg.type.name} message")
+                check.message(msg.data)
+                await ws.send_str(msg.data)
+                metrics.bytes_out += len(msg.data)
+            code = up.close_code or aiohttp.WSCloseCode.OK
+            await ws.close(code=code if code in (aiohttp.WSCloseCode.OK, aiohttp.WSCloseCode.GOING_AWAY)
+                           else aiohttp.WSCloseCode.TRY_AGAIN_LATER)
 
-        async def upstream() -> None:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await up.send_str(msg.data)
-            await up.close()
+        async def client() -> None:
+            async for _ in ws:  # what clients send is ignored (pongs, their close)
+                pass
 
-        tasks = [asyncio.create_task(downstream()), asyncio.create_task(upstream())]
+        pump = asyncio.create_task(downstream())
+        listen = asyncio.create_task(client())
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((pump, listen), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in tasks:
-                t.cancel()
+            for task in (pump, listen):
+                task.cancel()
+            for task in (pump, listen):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    try:
+                        await task
+                    except BadAnswer as exc:
+                        _bad(request, t, exc, "the WebSocket was closed with 1014; checkpoints")
+                        await ws.close(code=aiohttp.WSCloseCode.BAD_GATEWAY,
+                                       message=b"the log's node API answered inconsistently; reconnect")
         return ws

@@ -6,6 +6,7 @@ Every key is declared once below with its default; config/logship.yaml documents
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "logship.yaml"
+MIN_TOKEN = 16  # characters of a bearer token at least
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?", re.I)
@@ -122,9 +124,59 @@ def _tokens(v: Any) -> list[str]:
     """a list of bearer tokens (at least 16 characters each); in the environment, comma-separated"""
     if isinstance(v, str):
         v = [t for t in v.split(",") if t.strip()]
-    if not isinstance(v, list) or not all(isinstance(t, str) and len(t.strip()) >= 16 for t in v):
-        raise ValueError
+    if not isinstance(v, list):
+        raise ValueError(f"it is {_kind(v)}, not a list")
+    for i, t in enumerate(v, 1):  # the message names the entry, never its text: it may be a valid token
+        if not isinstance(t, str) or len(t.strip()) < MIN_TOKEN:
+            raise ValueError(f"entry {i} of {len(v)} is {_kind(t)}")
     return [t.strip() for t in v]
+
+
+def _token(v: Any) -> str:
+    """a bearer token of at least 16 characters, or empty"""
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or len(v.strip()) < MIN_TOKEN:
+        raise ValueError(f"it is {_kind(v)}")
+    return v.strip()
+
+
+def _kind(v: Any) -> str:
+    """What a secret's value is, without a character of it."""
+    return f"{len(v)} characters long" if isinstance(v, str) else f"a {type(v).__name__}"
+
+
+# A host name of api.proxy_allow: labels of letters, digits and '-', with '*' for any run of those within
+# one label (node-*.example). The last label is literal and not a number: 10.1 or 0x7f000001 are
+# addresses to a resolver, not names, and an address is allowed only by a CIDR.
+_LABEL = r"(?!-)[a-z0-9*-]{1,63}(?<!-)"
+_NAME_PATTERN_RE = re.compile(rf"(?:{_LABEL}\.)*(?!-)[a-z0-9-]{{1,63}}(?<!-)")
+
+
+def proxy_allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | str:
+    """An entry of api.proxy_allow: a network (CIDR, or one address) or a host-name pattern (lower case)."""
+    entry = entry.strip().lower().rstrip(".")
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        pass
+    last = entry.rpartition(".")[2]
+    if (len(entry) > 253 or not _NAME_PATTERN_RE.fullmatch(entry) or re.fullmatch(r"[0-9]+|0x[0-9a-f]*", last)
+            or "/" in entry):
+        raise ValueError(f"{entry!r} is neither a CIDR nor a host name")
+    return entry
+
+
+def _proxy_allow(v: Any) -> list[str]:
+    """a list of host names (node-1.example, or node-*.example: '*' within one label) and CIDRs
+    (10.0.0.0/8, fd00::/8, 192.0.2.7); in the environment, comma-separated"""
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [e for e in v.split(",") if e.strip()]
+    if not isinstance(v, list) or not all(isinstance(e, str) for e in v):
+        raise ValueError
+    return [str(proxy_allow_entry(e)) for e in v]
 
 
 def _api_url(v: Any) -> str:
@@ -203,6 +255,8 @@ class ApiConfig:
     listen: str = "127.0.0.1:8080"
     tokens: list[str] = field(default_factory=list)
     query_tokens: list[str] = field(default_factory=list)
+    proxy_allow: list[str] = field(default_factory=list)  # empty: a central API never forwards
+    proxy_token: str = ""  # the central API's own token for the node APIs it forwards to
 
 
 @dataclass(frozen=True)
@@ -264,7 +318,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "secret_key": _opt_text,
     },
     "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
-    "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens},
+    "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens, "proxy_allow": _proxy_allow,
+            "proxy_token": _token},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
               "copy": _bool, "grace_seconds": _duration(0, 86400)},
@@ -273,6 +328,12 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
 }
+# Keys whose values are never printed: not by `logship config`, not in an error about them.
+SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), ("store", "access_key"),
+           ("store", "secret_key")}
+# LOGSHIP_ variables that are not config keys (LOGSHIP_<SECTION>_<KEY>); any other is a mistake.
+OTHER_ENV = ("LOGSHIP_CONFIG", "LOGSHIP_TOKEN", "LOGSHIP_IBEX_TASK", "LOGSHIP_VENV", "LOGSHIP_UPDATE_SCREENSHOT",
+             "LOGSHIP_TEST_CRASH_AFTER_DELETES", "LOGSHIP_RUN_ID")
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
             "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig}
 
@@ -284,8 +345,13 @@ def _check(section: str, key: str, value: Any, origin: str) -> Any:
     check = checks[key]
     try:
         return check(value)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{origin}: {section}.{key} = {value!r} is not allowed", f"expected {check.__doc__}") from None
+    except (ValueError, TypeError) as exc:
+        why = f": {exc}" if isinstance(exc, ValueError) and exc.args else ""
+        if (section, key) in SECRETS:  # its value is not shown: it may hold valid secrets beside a bad one
+            raise ConfigError(f"{origin}: {section}.{key} (a secret, not shown) is not allowed{why}",
+                              f"expected {check.__doc__}") from None
+        raise ConfigError(f"{origin}: {section}.{key} = {value!r} is not allowed{why}",
+                          f"expected {check.__doc__}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
@@ -300,9 +366,13 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     for name, raw in env.items():
         if not name.startswith("LOGSHIP_"):
             continue
+        if name in OTHER_ENV:
+            continue
         section, _, key = name[len("LOGSHIP_"):].lower().partition("_")
         if section not in SECTIONS:
-            continue  # LOGSHIP_CONFIG and other non-config variables
+            raise ConfigError(f"environment {name}: unknown section {section!r}",
+                              f"LOGSHIP_<SECTION>_<KEY> with a section of {', '.join(SECTIONS)} "
+                              f"(e.g. LOGSHIP_SPOOL_DIR); other variables: {', '.join(OTHER_ENV)}")
         values[section][key] = _check(section, key, raw, f"environment {name}")
         source += f" + ${name}"
     return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source)
@@ -315,8 +385,14 @@ def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
         doc = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found", "pass an existing file to --config") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}", "fix the YAML syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}", "check the path and its permissions") \
+            from None
+    except yaml.YAMLError as exc:  # where and what only: its text quotes the line, which may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} cannot be read: {getattr(exc, 'problem', None) or 'not YAML'}"
+                          f"{where}", "fix the YAML syntax") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections", f"sections: {', '.join(SECTIONS)}")
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -338,11 +414,8 @@ def to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
     for section in SECTIONS:
         body = dataclasses.asdict(getattr(cfg, section))
         if redact:
-            for secret in ("secret_key",):
-                if body.get(secret):
-                    body[secret] = "<redacted>"
-            for secret in ("tokens", "query_tokens"):
-                if body.get(secret):
-                    body[secret] = ["<redacted>"] * len(body[secret])
+            for s, key in SECRETS:
+                if s == section and body.get(key):
+                    body[key] = ["<redacted>"] * len(body[key]) if isinstance(body[key], list) else "<redacted>"
         out[section] = body
     return out

@@ -42,8 +42,12 @@ async def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError("API did not start")
 
 
-async def get(url: str) -> bytes:
-    async with aiohttp.ClientSession() as http, http.get(url) as r:
+USER = secrets.token_urlsafe(24)  # the user's token: the central API's api.tokens
+NODE = secrets.token_urlsafe(24)  # the central API's own token (api.proxy_token): the node's api.tokens
+
+
+async def get(url: str, token: str = USER) -> bytes:
+    async with aiohttp.ClientSession() as http, http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200, await r.text()
         return await r.read()
 
@@ -54,7 +58,9 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
              "LOGSHIP_STORE_ENDPOINT": local_s3.endpoint, "AWS_ACCESS_KEY_ID": local_s3.access_key,
              "AWS_SECRET_ACCESS_KEY": local_s3.secret_key, "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "5"}
     spool_a, spool_b = tmp_path / "a", tmp_path / "b"
-    env_a, env_b = env_for(spool_a, store), env_for(spool_b, store)
+    env_a = env_for(spool_a, store, LOGSHIP_API_TOKENS=NODE)
+    env_b = env_for(spool_b, store, LOGSHIP_API_TOKENS=USER, LOGSHIP_API_PROXY_ALLOW="127.0.0.1",
+                    LOGSHIP_API_PROXY_TOKEN=NODE)
     api_a, url_a = await start_api(env_a)
     api_b, url_b = await start_api(env_b)
     watcher = start_watcher({**env_a, "LOGSHIP_WATCH_API_URL": url_a}, stderr=subprocess.DEVNULL)
@@ -68,7 +74,8 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
     try:
         deadline = time.monotonic() + 30
         while True:  # B knows the log once A's watcher checkpointed it
-            async with aiohttp.ClientSession() as http, http.get(log_b) as r:
+            async with aiohttp.ClientSession() as http, \
+                    http.get(log_b, headers={"Authorization": f"Bearer {USER}"}) as r:
                 if r.status == 200 and await r.read():
                     break
             assert time.monotonic() < deadline
@@ -76,15 +83,20 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
         gate1.touch()
         while b"newer" not in spooled(spool_a, "spread"):
             await asyncio.sleep(0.01)
-        # at once, well within the 5 s checkpoint interval: only A's spool has it
+        # at once, well within the 5 s checkpoint interval: only A's spool has it; B asked A with its own
+        # token (A does not take the user's)
         assert await get(log_b) == spooled(spool_a, "spread")
+        async with aiohttp.ClientSession() as http, http.get(f"{url_a}/api/v1/tasks/spread/hosts/h1/log",
+                                                             headers={"Authorization": f"Bearer {USER}"}) as r:
+            assert r.status == 401
         api_a.kill()
         api_a.wait()
         body = await get(log_b)  # A is gone: B serves the newest checkpoint
         assert spooled(spool_a, "spread").startswith(body) and body.startswith(b"before the first checkpoint\n")
         gate2.touch()
         assert agent.wait(20) == 0
-        async with aiohttp.ClientSession() as http, http.get(log_b + "?follow=true") as r:
+        async with aiohttp.ClientSession() as http, \
+                http.get(log_b + "?follow=true", headers={"Authorization": f"Bearer {USER}"}) as r:
             assert await asyncio.wait_for(r.read(), 30) == spooled(spool_a, "spread")
     finally:
         stop_agent(agent, spool_a, "spread")

@@ -381,7 +381,8 @@ def test_the_page_on_a_central_api_shows_lines_newer_than_any_checkpoint(stack: 
     st = stack(LOGSHIP_WATCH_CHECKPOINT_SECONDS="5")
     st.serve()  # beside the spool
     central = free_port()
-    st.serve(central, LOGSHIP_SPOOL_DIR=str(tmp_path / "no-spool"))  # the store only; live requests go beside
+    st.serve(central, LOGSHIP_SPOOL_DIR=str(tmp_path / "no-spool"),  # the store only; live requests go beside
+             LOGSHIP_API_PROXY_ALLOW="127.0.0.1")
     st.watcher(LOGSHIP_WATCH_API_URL=st.base)
     gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
     proc = st.start("spread", f"""
@@ -496,7 +497,7 @@ def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: 
         raise AssertionError("no 304")
     except urllib.error.HTTPError as exc:
         assert exc.code == 304
-    assert get_json(f"{st.base}/web/nope.js?token={token}")[0] == 404
+    assert get_json(f"{st.base}/web/nope.js?token={token}")[0] == 401  # ?token= only on the tail and downloads
     assert get_json(f"{st.base}/api/v1/tasks")[0] == 401
     page.goto(f"{st.base}/?token={token}#/")
     page.wait_for_selector("#tasks tbody tr[data-task=gamma]")
