@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from shipper import archive, index, names
-from shipper.archive import IntegrityError
+from shipper.format import archive, index, names
+from shipper.format.archive import IntegrityError
 from shipper.errors import ObjectNotFound, StoreError
-from shipper.index import RECORD_SIZE
+from shipper.format.index import RECORD_SIZE
 from shipper.retry import QuietLog
 from shipper.store import Store
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import manifest, names
+from shipper.format import manifest, names
 from shipper.errors import LogshipError, StoreError
 from shipper.spool import iter_logs
 

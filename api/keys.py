@@ -12,10 +12,12 @@ if TYPE_CHECKING:
     from shipper.config import Config
     from shipper.store import Store
 
+    from .hub import Hub
     from .metrics import Metrics
     from .proxy import ProxyState
     from .query import Engine
     from .source import Source
+    from .tail import Sink
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
 STORE: web.AppKey["Store"] = web.AppKey("store")
@@ -25,3 +27,5 @@ PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")
 PROXY: web.AppKey["ProxyState"] = web.AppKey("proxy")  # api.proxy_allow, parsed; nodes that answered badly
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown: followers end their responses
 QUERY_ENGINE: web.AppKey["Engine"] = web.AppKey("query_engine")  # DuckDB, opened on the first query
+HUB: web.AppKey["Hub"] = web.AppKey("tail_hub")  # one watch per followed log, shared by its followers
+SINKS: web.AppKey[set["Sink"]] = web.AppKey("tail_sinks")  # open tails, closed with GOING_AWAY at shutdown

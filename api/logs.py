@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import manifest, names
+from shipper.format import manifest, names
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log

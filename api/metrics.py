@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import names
+from shipper.format import names
 
 from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
 
@@ -27,7 +27,7 @@ class Metrics:
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
     client_gone: int = 0  # downloads whose client went away before the end
-    damaged_manifests: int = 0  # manifests refused as damaged (shipper/manifest.py loads)
+    damaged_manifests: int = 0  # manifests refused as damaged (shipper/format/manifest.py loads)
     transfers_aborted: int = 0  # answers cut after they began: a byte could not be served (api/logs.py)
     proxy_forwarded: int = 0  # live requests a central API forwarded to the API beside a log's spool
     proxy_refused: int = 0  # ... not forwarded: the manifest's api_url is not allowed (api.proxy_allow)

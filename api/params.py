@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import names
+from shipper.format import names
 
 from .errors import BadRequest, TooLarge
 

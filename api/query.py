@@ -1,6 +1,6 @@
 """SQL and search over archived lines: `POST /api/v1/query` (streamed) and `GET /api/v1/search`.
 
-DuckDB (shipper/query.py) is opened on the first query, so an API nobody queries never loads it, and
+DuckDB (shipper/query/engine.py) is opened on the first query, so an API nobody queries never loads it, and
 every call into it runs in a worker thread.
 """
 
@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from shipper import names
+from shipper.format import names
 from shipper.config import Config
 from shipper.errors import LogshipError
 
@@ -25,7 +25,7 @@ from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, QUERY_ENGINE
 
 if TYPE_CHECKING:
-    from shipper.query import Database, Result
+    from shipper.query.engine import Database, Result
 
 log = logging.getLogger("logship.api.query")
 routes = web.RouteTableDef()
@@ -46,7 +46,7 @@ class Engine:
     async def get(self) -> Database:
         async with self._open_lock:
             if self.db is None:
-                from shipper.query import Database
+                from shipper.query.engine import Database
 
                 self.db = await asyncio.to_thread(Database, self.cfg)
             return self.db
@@ -82,8 +82,8 @@ async def post_query(request: web.Request) -> web.StreamResponse:
     fmt = params.choice(request, "format", ("json", "csv", "ndjson")) or "json"
     sql = await _sql_of(request)
     engine = request.app[QUERY_ENGINE]
-    from shipper import queryout
-    from shipper.query import QueryError, check_text
+    from shipper.query import formats
+    from shipper.query.engine import QueryError, check_text
 
     try:
         check_text(sql)  # the cheap checks (size, NUL) before a query slot is taken
@@ -96,14 +96,14 @@ async def post_query(request: web.Request) -> web.StreamResponse:
             result = await asyncio.to_thread(db.execute, sql)
         except QueryError as exc:
             return _refusal(exc)
-        pieces = queryout.encode(result, fmt)
+        pieces = formats.encode(result, fmt)
         try:
             # The first piece runs the query: its errors (a file outside the archive, a timeout) are still a 400.
             try:
                 first = await _next(pieces, result)
             except QueryError as exc:
                 return _refusal(exc)
-            resp = web.StreamResponse(headers={"Content-Type": queryout.CONTENT_TYPES[fmt],
+            resp = web.StreamResponse(headers={"Content-Type": formats.CONTENT_TYPES[fmt],
                                                "X-Row-Limit": str(result.limits.max_rows),
                                                "Cache-Control": "no-store"})
             await resp.prepare(request)
@@ -157,9 +157,9 @@ async def _fail_midway(request: web.Request, resp: web.StreamResponse, result: R
     client sees an incomplete body rather than an answer that looks whole."""
     log.warning("query failed after %d rows: %s", result.rows, exc)
     if fmt == "json":
-        from shipper import queryout
+        from shipper.query import formats
 
-        await resp.write(queryout.json_tail(result, {"error": exc.code, "detail": exc.detail, "hint": exc.hint}))
+        await resp.write(formats.json_tail(result, {"error": exc.code, "detail": exc.detail, "hint": exc.hint}))
         await resp.write_eof()
     elif request.transport is not None:
         request.transport.close()
@@ -168,7 +168,7 @@ async def _fail_midway(request: web.Request, resp: web.StreamResponse, result: R
 
 @routes.get("/api/v1/search")
 async def search(request: web.Request) -> web.Response:
-    from shipper.query import QueryError, Search
+    from shipper.query.engine import QueryError, Search
 
     q = request.query.get("q", "")
     if not q:

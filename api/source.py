@@ -4,7 +4,7 @@ the API runs beside it (sealed segments and the open one, newer than any checkpo
 A `LogView` is a snapshot: a list of parts covering [0, size). Reading follows the parts; a spool file
 pruned or renamed under a reader, or a checkpoint replaced, is found again in a fresh view (under its
 sealed name, or in the store). Every byte read from the store is checked against the manifest before it
-is handed out (shipper/archive.py: per-block digests, or a whole-object check for older manifests), and
+is handed out (shipper/format/archive.py: per-block digests, or a whole-object check for older manifests), and
 bytes are always at their offsets: a range the view does not hold raises BytesMissing, never a shift.
 """
 
@@ -25,10 +25,9 @@ from typing import IO, Any, cast
 
 import zstandard
 
-from shipper import archive, index, manifest, names
-from shipper.archive import BytesMissing, IntegrityError
+from shipper.format import archive, index, manifest, names
+from shipper.format.archive import BytesMissing, IntegrityError
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.quota import DROPPED_FILE
 from shipper.retry import QuietLog
 from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store
@@ -225,7 +224,7 @@ class Source:
         sl = read_log(d) if d.is_dir() else None
         if sl is None:
             return None
-        return _SpoolState(sl, _spool_parts(sl), read_json(sl.dir / DROPPED_FILE) or [])
+        return _SpoolState(sl, _spool_parts(sl), read_json(sl.dir / names.DROPPED_FILE) or [])
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -443,7 +442,7 @@ class Source:
             raise
 
     async def chunks(self, view: LogView, part: Part, _depth: int = 0) -> list[index.Chunk]:
-        """The chunk index of one part (a store part's checked against the manifest: shipper/archive.py).
+        """The chunk index of one part (a store part's checked against the manifest: shipper/format/archive.py).
         One that went away (pruned, replaced) is read from a fresh view, cut to the part's range."""
         try:
             if part.kind in ("spool", "open"):

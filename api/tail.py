@@ -32,15 +32,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from shipper import index, names
-from shipper.archive import IntegrityError
+from shipper.format import index, names
+from shipper.format.archive import IntegrityError
 from shipper.errors import DamagedObject, LogshipError, StoreError, StoreUnavailable
 from shipper.retry import QuietLog
 
 from . import params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
-from .keys import CONFIG, METRICS, SOURCE, STORE
+from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, STORE
 from .source import LogMoved, LogView, Part, Source
 
 routes = web.RouteTableDef()
@@ -52,8 +52,6 @@ MAX_LINES = 100_000
 PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
 SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
 
-HUB: web.AppKey[Hub] = web.AppKey("tail_hub", Hub)
-SINKS: web.AppKey[set["_Sink"]] = web.AppKey("tail_sinks", set)
 
 
 class Cursor:
@@ -272,7 +270,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
         return json_error(416, "bad_range", f"from={start} is past the end of the finished log ({view.size} bytes)",
                           "resume from an offset this log's messages gave, or use lines=N",
                           headers={"Content-Range": f"bytes */{view.size}"})
-    sink: _Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
+    sink: Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
     metrics = request.app[METRICS]
     sinks = request.app[SINKS]
     async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
@@ -287,10 +285,10 @@ async def tail(request: web.Request) -> web.StreamResponse:
             await cursor.close()
 
 
-async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -> WSCloseCode:
+async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: Sink) -> WSCloseCode:
     """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes.
     Returns the WebSocket close code: OK, or after an error event BAD_GATEWAY (the store's object failed
-    its check, or is missing: shipper/archive.py) or INTERNAL_ERROR."""
+    its check, or is missing: shipper/format/archive.py) or INTERNAL_ERROR."""
     metrics = app[METRICS]
     while not sink.closing:
         generation = feed.generation  # read before looking, so a change while we look is not missed
@@ -328,7 +326,7 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: _Sink) -
     return WSCloseCode.OK
 
 
-class _Sink:
+class Sink:
     """Where a follower's events go: a WebSocket or an SSE response."""
 
     closing = False
@@ -346,7 +344,7 @@ class _Sink:
         raise NotImplementedError
 
 
-class _WebSocket(_Sink):
+class _WebSocket(Sink):
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
         self.request = request
@@ -389,7 +387,7 @@ class _WebSocket(_Sink):
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
 
 
-class _SSE(_Sink):
+class _SSE(Sink):
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",

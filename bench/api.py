@@ -41,7 +41,7 @@ TAIL_RATE = 1000  # lines/s
 TAIL_WARMUP_S = 1.0  # lines written in the first second after the client is connected are not counted
 TAIL_MODES = ("ws", "sse", "ws+watch", "sse+watch")
 LOAD_DOWNLOADS, LOAD_TAILS = 10, 100
-API_ARGS = ["-m", "shipper.cli", "serve"]  # after sys.executable: the API as `logship serve` runs it
+API_ARGS = ["-m", "shipper.commands.cli", "serve"]  # after sys.executable: the API as `logship serve` runs it
 API_START_ATTEMPTS = 4
 API_STOP_GRACE_S = 10.0
 
@@ -74,7 +74,7 @@ class Server:
 
 
 def run(workdir: Path, text: Path, repeat: int, runs: int, tail_seconds: float, load_seconds: float) -> dict[str, Any]:
-    from shipper import s3local
+    from shipper.commands import s3local
 
     d = workdir / "api"
     rmtree(d)
@@ -170,7 +170,7 @@ def _s3_json(server: Server, key: str) -> Any:
 
 
 class Api:
-    """`python -m shipper.cli serve` on a free port of 127.0.0.1, beside `spool` (relative to its cwd)."""
+    """`python -m shipper.commands.cli serve` on a free port of 127.0.0.1, beside `spool` (relative to its cwd)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.proc, self.port, self.log = proc, port, log
@@ -371,7 +371,7 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
 
 
 def _segment_name(entry: dict[str, Any]) -> str:
-    from shipper import names
+    from shipper.format import names
 
     return names.segment_key("t", HOST, entry["seq"], entry["compression"]).rsplit("/", 1)[1]
 

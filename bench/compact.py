@@ -1,7 +1,7 @@
 """Small objects: 10,000 logs of 1 KB each, before and after `logship compact` (docs/query.md).
 
 `python -m bench.compact [--logs N] [--runs R] [--only file,s3]` (from the repo root). Each log's query
-copy is built by the watcher's own code (shipper.querycopy.build) and stored with a finished manifest
+copy is built by the watcher's own code (shipper.query.copies.build) and stored with a finished manifest
 that marks it copied — straight into a file store and into a local SeaweedFS, without running 10,000
 agents. Then, before and after one compaction (query.grace_seconds = 0: nothing else reads meanwhile):
 - objects under lines/ and compact/, and their bytes;
@@ -53,8 +53,9 @@ def log_text(r: random.Random, i: int, size: int) -> bytes:
 
 async def fill(store: Any, logs: int, size: int) -> tuple[int, int]:
     """Write `logs` finished logs of ~`size` bytes: their query copies and manifests. Returns (copies, bytes)."""
-    from shipper import manifest, names, querycopy
-    from shipper.index import STDOUT, Chunk
+    from shipper.format import manifest, names
+    from shipper.query import copies
+    from shipper.format.index import STDOUT, Chunk
 
     r = random.Random(7)
     t0 = time.time_ns() - 3600 * 10**9
@@ -71,7 +72,7 @@ async def fill(store: Any, logs: int, size: int) -> tuple[int, int]:
         data = log_text(r, i, size)
         ts = t0 + i * 10**6
         chunks = [Chunk(1, ts, 0, len(data), data.count(b"\n"), STDOUT, 0)]
-        copy = querycopy.build(data, chunks, task, HOST, 1, 1)
+        copy = copies.build(data, chunks, task, HOST, 1, 1)
         entry = {**manifest.segment_entry(1, chunks, len(data), 40, hashlib.sha256(data).hexdigest(), "none"),
                  "query_copy": True}
         run = {"task": task, "host": HOST, "run_id": f"bench-{i}", "started_ns": ts, "command": ["bench"]}
@@ -116,7 +117,7 @@ async def count(store: Any) -> dict[str, float]:
 
 def query(cfg: Any) -> dict[str, float]:
     """A fresh Database answering SEARCH (open + query; then warm), and the objects DuckDB opened."""
-    from shipper.query import Database
+    from shipper.query.engine import Database
 
     t = time.perf_counter()
     db = Database(cfg)
@@ -135,7 +136,7 @@ def query(cfg: Any) -> dict[str, float]:
 
 
 async def bench_store(name: str, cfg: Any, logs: int, size: int, runs: int) -> dict[str, Any]:
-    from shipper.compact import Compactor, Settings
+    from shipper.query.compact import Compactor, Settings
     from shipper.store import open_store
 
     store = open_store(cfg.store)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import os
 
-    from shipper import s3local
+    from shipper.commands import s3local
     from shipper.config import load_config
 
     os.chdir(ROOT)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shipper import s3local
+from shipper.commands import s3local
 
 from ._util import Series, check, clean_env, rmtree, run_timed, say, settle, tool, tree_bytes
 

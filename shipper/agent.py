@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Callable
 
-from . import index, names
+from shipper.format import index, names
 from .config import Config
 from .errors import LogExists, SpoolError
 from .spool import NOFOLLOW, SegmentWriter, SpoolDamaged, make_log_dir, pid_start_ticks, write_json_atomic

@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import names
+from shipper.format import names
 from .spool import (QUOTA, SpoolDamaged, check_segment, iter_logs, read_file, read_json, read_log, segment_end,
                     write_json_atomic)
 
-DROPPED_FILE = "dropped.json"
 
 
 def is_quota_drop(entry: dict[str, Any]) -> bool:
@@ -32,11 +31,11 @@ def is_quota_drop(entry: dict[str, Any]) -> bool:
 
 def read_dropped(d: Path) -> list[dict[str, Any]]:
     """The log's record of what the store will never have (SpoolDamaged if it is not such a list)."""
-    doc = read_json(d / DROPPED_FILE) or []
+    doc = read_json(d / names.DROPPED_FILE) or []
     if not isinstance(doc, list) or not all(
             isinstance(e, dict) and all(isinstance(e.get(k), int) and not isinstance(e.get(k), bool) and e[k] >= 0
                                         for k in ("seq", "offset", "raw_size")) for e in doc):
-        raise SpoolDamaged(f"{d / DROPPED_FILE} is not a list of dropped ranges",
+        raise SpoolDamaged(f"{d / names.DROPPED_FILE} is not a list of dropped ranges",
                            "the log is set aside: inspect or move its spool directory, then restart `logship watch`")
     return doc
 
@@ -49,7 +48,7 @@ def record_dropped(d: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any
     have = {(e["offset"], e["raw_size"]) for e in doc}
     new = [e for e in entries if (e["offset"], e["raw_size"]) not in have]
     if new:
-        write_json_atomic(d / DROPPED_FILE, doc + new)
+        write_json_atomic(d / names.DROPPED_FILE, doc + new)
     return new
 
 

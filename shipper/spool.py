@@ -1,7 +1,7 @@
 """The spool: a log's segments on local disk, written by the agent and read by the watcher and API.
 
 The agent appends to an open segment (`N.log.open` + `N.idx.open`) and seals it by renaming the
-index, then the log, to their final names; a sealed segment is immutable. Layout: shipper/names.py.
+index, then the log, to their final names; a sealed segment is immutable. Layout: shipper/format/names.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import index, names
+from shipper.format import index, names
 from .errors import DamagedObject, SpoolError
-from .index import RECORD_SIZE
+from shipper.format.index import RECORD_SIZE
 
 # Every spool file is opened without following a symbolic link: the spool is group-writable, and a
 # link planted in it must not make the agent write, or the watcher ship or delete, a file elsewhere.

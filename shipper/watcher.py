@@ -19,11 +19,13 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
 
-from . import archive, index, maintenance, manifest, names, querycopy
+from shipper.format import archive, index, manifest, names
+from shipper.query import copies
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
@@ -346,7 +348,7 @@ class Watcher:
             async with self._copy_sem:
                 lines = {s: e["lines"] for s, e in st.segments.items()}
                 inputs = await self._copy_inputs(sl, st, seq)
-                copy = await querycopy.build_for_spool(sl.dir, sl.task, sl.host, seq, lines, inputs)
+                copy = await copies.build_for_spool(sl.dir, sl.task, sl.host, seq, lines, inputs)
                 if copy is not None:
                     await self.store.put(copy.key, copy.data)
                     self.stats["query_copies"] += 1
@@ -365,12 +367,12 @@ class Watcher:
         st.copied.add(seq)
         st.dirty = True
 
-    async def _copy_inputs(self, sl: SpoolLog, st: LogState, seq: int) -> querycopy.Inputs:
+    async def _copy_inputs(self, sl: SpoolLog, st: LogState, seq: int) -> copies.Inputs:
         """The segment's index and bytes: from the spool, or from the store when the quota dropped them."""
         log_path, idx_path = names.spool_segment(sl.dir, seq), names.spool_index(sl.dir, seq)
         try:
             chunks = await asyncio.to_thread(lambda: list(index.unpack(index.read_raw(idx_path))))
-            return querycopy.Inputs(chunks, log_path, None)
+            return copies.Inputs(chunks, log_path, None)
         except FileNotFoundError:
             pass
         entry = st.segments[seq]
@@ -381,7 +383,7 @@ class Watcher:
             dctx = zstandard.ZstdDecompressor()
             raw_idx = dctx.decompress(raw_idx)
             data = dctx.decompress(data, max_output_size=entry["raw_size"])
-        return querycopy.Inputs(list(index.unpack(raw_idx)), None, data)
+        return copies.Inputs(list(index.unpack(raw_idx)), None, data)
 
     async def drain_copies(self) -> bool:
         """Wait for the query copies in flight; True if there were any."""
@@ -823,7 +825,14 @@ def _ckpt_keys(sl: SpoolLog, ckpt: dict[str, Any]) -> list[str]:
 # --- the daemon ------------------------------------------------------------------------------
 
 
-async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None = None) -> Watcher:
+# Work that runs beside the shipping, on the same store client, until `stop` (retention and compaction:
+# shipper/retention/maintenance.py start); None when there is none. The composition is the command's
+# (shipper/commands/cli.py), so that shipping never depends on retention code.
+Alongside = Callable[[Store, asyncio.Event], "asyncio.Task[None] | None"]
+
+
+async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None = None,
+                alongside: Alongside | None = None) -> Watcher:
     """Run the watcher until `stop` is set (or one successful pass, with once=True).
 
     Wakes on spool changes (watchfiles) and at least every checkpoint interval. Every failed
@@ -835,7 +844,7 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
     notifier = None if once else asyncio.create_task(_notify(cfg.spool_dir, wake, stop))
-    scheduled = None if once else maintenance.start(cfg, store, stop)  # retention and compaction, if configured
+    scheduled = None if once or alongside is None else alongside(store, stop)
     backoff = Backoff()
     try:
         while not stop.is_set():
@@ -904,7 +913,7 @@ async def _notify(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None
         wake.set()
 
 
-def main(cfg: Config, *, once: bool = False) -> int:
+def main(cfg: Config, *, once: bool = False, alongside: Alongside | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     async def run() -> int:
@@ -912,7 +921,7 @@ def main(cfg: Config, *, once: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        w = await watch(cfg, once=once, stop=stop)
+        w = await watch(cfg, once=once, stop=stop, alongside=alongside)
         log.info("watcher stopped: %s", " ".join(f"{k}={v}" for k, v in w.stats.items()))
         return 0 if not w.last_error else 1
 

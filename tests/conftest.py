@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper import s3local
+from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.store import Store, open_store
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from shipper.config import Config, load_config
 
-LOGSHIP = [sys.executable, "-m", "shipper.cli"]
+LOGSHIP = [sys.executable, "-m", "shipper.commands.cli"]
 ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
 MakeConfig = Callable[..., Config]
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shipper import index, names
+from shipper.format import index, names
 from shipper.spool import read_json
 
 from .support import NASTY, env_for, run_agent, spooled, start_agent

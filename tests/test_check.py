@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shipper import names, s3local
-from shipper.cli import build_parser
+from shipper.format import names
+from shipper.commands import s3local
+from shipper.commands.cli import build_parser
 
 from .support import LOGSHIP, ROOT, env_for, start_agent, start_watcher, stop_agent
 from .test_cli_client import Api

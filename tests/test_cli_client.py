@@ -21,7 +21,7 @@ from typing import IO
 import pytest
 
 from shipper.agent import default_host
-from shipper.client import ETAG_SUFFIX, Progress, base_url, lines_start
+from shipper.commands.client import ETAG_SUFFIX, Progress, base_url, lines_start
 from shipper.config import Config, load_config
 
 from .support import LOGSHIP, NASTY, Proxy, env_for, run_agent, sha, spooled, start_agent, stop_agent, watch_once

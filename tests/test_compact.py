@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from shipper import manifest, names
-from shipper.compact import Compactor, Settings
+from shipper.format import manifest, names
+from shipper.query.compact import Compactor, Settings
 from shipper.config import Config
-from shipper.query import Database
+from shipper.query.engine import Database
 from shipper.store import ObjectInfo, open_store
 from shipper.watcher import watch
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
-from shipper import archive, s3local
+from shipper.format import archive
+from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import ObjectNotFound
 from shipper.store import Store, open_store

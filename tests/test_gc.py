@@ -18,13 +18,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper import archive, names
+from shipper.format import archive, names
 from shipper.config import Config
-from shipper.query import Database
+from shipper.query.engine import Database
 from shipper.store import open_store
 from shipper.watcher import watch
 
-from .support import LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, start_agent, start_watcher, stop_agent
+from .support import (LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, spooled, start_agent, start_watcher,
+                      stop_agent)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -115,7 +116,9 @@ async def archive_of_logs(make_config: MakeConfig) -> Any:
     running = start_agent(cfg.spool_dir, "running", [sys.executable, "-c", TICKER], env=agent_env(cfg),
                           stdout=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # a loaded machine may take a while to start the agent and its task
+        while b"lost" not in _spooled(cfg.spool_dir, "old-lost") and time.monotonic() < deadline:
+            time.sleep(0.05)
         kill_task(cfg.spool_dir, "old-lost")
         lost.send_signal(signal.SIGKILL)
         lost.wait()
@@ -130,6 +133,13 @@ async def archive_of_logs(make_config: MakeConfig) -> Any:
         yield cfg
     finally:
         stop_agent(running, cfg.spool_dir, "running")
+
+
+def _spooled(spool: Path, task: str) -> bytes:
+    try:
+        return spooled(spool, task)
+    except FileNotFoundError:  # not started yet
+        return b""
 
 
 async def test_gc_deletes_exactly_the_logs_it_should(archive_of_logs: Config) -> None:
@@ -290,8 +300,8 @@ async def test_gc_prints_an_equivalent_s3_lifecycle_configuration(tmp_path: Path
 
 async def test_logship_watch_applies_retention_and_compaction_on_its_schedule(make_config: MakeConfig) -> None:
     """A real `logship watch` runs gc by the retention policy and compaction beside its shipping
-    (shipper/maintenance.py), here every 2 s."""
-    from shipper import maintenance
+    (shipper/retention/maintenance.py), here every 2 s."""
+    from shipper.retention import maintenance
 
     cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="0", LOGSHIP_RETENTION_OLDER_THAN="7d",
                       LOGSHIP_RETENTION_EVERY="2s", LOGSHIP_COMPACT_EVERY="2s")

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from shipper import ibex, names, s3local
+from shipper.commands import ibex, s3local
+from shipper.format import names
 from shipper.agent import default_host
 from shipper.errors import LogshipError
 
@@ -57,7 +58,7 @@ class Categraf:
         self.home.mkdir()
         bindir = tmp_path / "bin"
         bindir.mkdir()
-        (bindir / "logship").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m shipper.cli "$@"\n')
+        (bindir / "logship").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m shipper.commands.cli "$@"\n')
         (bindir / "logship").chmod(0o755)
         self.env = {**env, "PATH": f"{bindir}:{os.environ['PATH']}"}
 

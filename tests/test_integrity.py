@@ -28,7 +28,8 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import METRICS, SOURCE
-from shipper import archive, index, names, s3local
+from shipper.format import archive, index, names
+from shipper.commands import s3local
 from shipper.config import Config, load_config
 from shipper.store import Store, open_store
 from shipper.watcher import watch

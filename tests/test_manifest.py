@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper import archive, manifest, names
+from shipper.format import archive, manifest, names
 from shipper.config import Config
 from shipper.errors import DamagedObject
 from shipper.store import open_store

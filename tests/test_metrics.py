@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper import names
+from shipper.format import names
 from shipper.config import Config
 from shipper.watcher import watch
 

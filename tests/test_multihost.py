@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shipper import s3local
+from shipper.commands import s3local
 
 from .support import LOGSHIP, env_for, spooled, start_agent, start_watcher, stop_agent
 

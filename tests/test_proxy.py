@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import METRICS
-from shipper import archive, manifest, names
+from shipper.format import archive, manifest, names
 from shipper.config import load_config
 from shipper.store import open_store
 
@@ -218,7 +218,7 @@ async def test_a_url_not_allowed_is_never_contacted_and_checkpoints_are_served(s
     try:
         status, body, _ = await setup.get(central)
         assert status == 200 and body == node.held
-        # a URL that is not even a string is dropped when the manifest is read (shipper/manifest.py): no refusal
+        # a URL that is not even a string is dropped when the manifest is read (shipper/format/manifest.py): no refusal
         assert node.seen == [] and central.app[METRICS].proxy_refused == isinstance(url, str)
     finally:
         await central.close()

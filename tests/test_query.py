@@ -17,9 +17,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper import index, names, querycopy
+from shipper.format import index, names
+from shipper.query import copies
 from shipper.config import Config
-from shipper.query import Database, QueryError
+from shipper.query.engine import Database, QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
 
@@ -192,15 +193,15 @@ async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
     script = "import sys; sys.stdout.write('x' * 300000 + '\\n' + 'é' * 70000 + '\\nshort\\n')"
     run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=agent_env(cfg))
     log, chunks, _ = spool_log(cfg, "long")
-    copy = querycopy.build(log, chunks, "long", "h1", 1, 1)
+    copy = copies.build(log, chunks, "long", "h1", 1, 1)
     import pyarrow.parquet as pq
 
     t = pq.read_table(io.BytesIO(copy.data)).to_pylist()
     assert [(r["line_no"], r["truncated"], len(r["line"]), r["byte_end"] - r["byte_offset"]) for r in t] == [
-        (1, True, querycopy.LINE_MAX, 300001), (2, True, querycopy.LINE_MAX, 140001), (3, False, 5, 6)]
-    assert t[1]["line"] == "é" * querycopy.LINE_MAX
+        (1, True, copies.LINE_MAX, 300001), (2, True, copies.LINE_MAX, 140001), (3, False, 5, 6)]
+    assert t[1]["line"] == "é" * copies.LINE_MAX
     # the same segment gives the same object, byte for byte: re-uploads write the same content
-    assert querycopy.build(log, chunks, "long", "h1", 1, 1).data == copy.data
+    assert copies.build(log, chunks, "long", "h1", 1, 1).data == copy.data
 
 
 async def test_line_numbers_count_every_earlier_segment(tmp_path: Path) -> None:
@@ -209,8 +210,8 @@ async def test_line_numbers_count_every_earlier_segment(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     names.spool_index(d, 2).write_bytes(index.pack(1, 0, 0, 10, 5, index.STDOUT, 0))
     (d / "dropped.json").write_text(json.dumps([{"seq": 3, "raw_size": 10, "lines": 7}]))
-    assert querycopy.first_line_no(d, 5, {1: 3, 4: 11}) == 3 + 5 + 7 + 11 + 1
-    assert querycopy.first_line_no(d, 1, {}) == 1
+    assert copies.first_line_no(d, 5, {1: 3, 4: 11}) == 3 + 5 + 7 + 11 + 1
+    assert copies.first_line_no(d, 1, {}) == 1
 
 
 # --- search and views ----------------------------------------------------------------------------
@@ -405,7 +406,7 @@ async def test_the_endpoint_refuses_what_is_not_allowed(make_config: MakeConfig,
     cfg = make_config()
     run_agent(cfg.spool_dir, "s", ["sh", "-c", "echo secret-free"], env=agent_env(cfg))
     await watch(cfg, once=True)
-    from shipper.query import archive_root
+    from shipper.query.engine import archive_root
 
     root = archive_root(cfg.store)
     store = open_store(cfg.store)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper import archive, index, names
+from shipper.format import archive, index, names
 from shipper.config import Config
 from shipper.spool import read_json
 from shipper.store import open_store

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import pytest
 
-from shipper import s3local
+from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.store import Store, open_store

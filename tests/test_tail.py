@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.keys import METRICS, SOURCE
 from api.tail import HUB
-from shipper import names, s3local
+from shipper.format import names
+from shipper.commands import s3local
 from shipper.config import Config, load_config
 from shipper.watcher import Watcher
 

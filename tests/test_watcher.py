@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper import archive, names
+from shipper.format import archive, names
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
 from shipper.spool import read_json

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shipper import index, names, s3local
+from shipper.format import index, names
+from shipper.commands import s3local
 
 from .support import LOGSHIP, NASTY, ROOT, agent_env, config, run_agent, spooled, start_agent, start_watcher, stop_agent, \
     watch_once

@@ -39,7 +39,7 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     or end with "/", a key may not.
     """
     if not isinstance(key, str):
-        raise StoreError(f"object key {key!r} is not a string", "keys come from shipper.names")
+        raise StoreError(f"object key {key!r} is not a string", "keys come from shipper.format.names")
     if prefix and key == "":
         return key
     parts = key.split("/")
@@ -48,7 +48,7 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     if key.startswith("/") or "\0" in key or any(p in ("", ".", "..") for p in parts):
         raise StoreError(
             f"object key {key!r} is not allowed",
-            "keys are relative, '/'-separated, with no empty, '.' or '..' segments (build them with shipper.names)",
+            "keys are relative, '/'-separated, with no empty, '.' or '..' segments (build them with shipper.format.names)",
         )
     return key
 

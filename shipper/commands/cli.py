@@ -7,11 +7,12 @@ Heavy modules (aiohttp, botocore, duckdb) are imported only by the commands that
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any
 
-from .errors import LogshipError
+from shipper.errors import LogshipError
 
 EXIT_USAGE = 2
 
@@ -143,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: Any) -> int:
-    from .config import load_config
+    from shipper.config import load_config
 
     if args.cmd == "s3":
-        from . import s3local
+        from shipper.commands import s3local
 
         return s3local.main([args.action, "--dir", args.dir])
     if args.cmd == "run" and args.ibex:  # the task id comes from the script's path (docs/ibex.md)
-        from . import ibex
+        from shipper.commands import ibex
 
         return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
                         _labels(args.label))
@@ -158,7 +159,7 @@ def _dispatch(args: Any) -> int:
     if args.cmd == "config":
         import yaml
 
-        from .config import to_dict
+        from shipper.config import to_dict
 
         sys.stdout.write(f"# effective config, from {cfg.source}\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}")
         return 0
@@ -166,11 +167,11 @@ def _dispatch(args: Any) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
-        from . import agent
+        from shipper import agent
 
         return agent.run(cfg, args.task, args.host, command, _labels(args.label))
     if args.cmd in ("watch", "serve") and args.check:
-        from . import check
+        from shipper.commands import check
 
         return check.main(cfg, args)
     if args.cmd == "serve":
@@ -182,33 +183,36 @@ def _dispatch(args: Any) -> int:
 
         return asyncio.run(_cat(cfg, args))
     if args.cmd in ("query", "grep"):
-        from . import querycli
+        from shipper.commands import query
 
-        return querycli.run_query(cfg, args.sql, args.format) if args.cmd == "query" else querycli.run_grep(cfg, args)
+        return query.run_query(cfg, args.sql, args.format) if args.cmd == "query" else query.run_grep(cfg, args)
     if args.cmd == "watch":
-        from . import watcher
+        from shipper import watcher
 
-        return watcher.main(cfg, once=args.once)
+        from shipper.retention import maintenance
+
+        # retention and compaction run beside the shipping, on their schedule, when configured
+        return watcher.main(cfg, once=args.once, alongside=functools.partial(maintenance.start, cfg))
     if args.cmd == "gc":
-        from . import gc
+        from shipper.retention import gc
 
         return gc.main(cfg, args)
     if args.cmd == "compact":
-        from . import compact
+        from shipper.query import compact
 
         return compact.main(cfg, args)
     if args.cmd in ("tail", "download"):
-        from . import client
+        from shipper.commands import client
 
         return client.main(cfg, args)
     raise AssertionError(args.cmd)
 
 
 async def _cat(cfg: Any, args: Any) -> int:
-    from . import archive, names
-    from .agent import default_host
-    from .errors import ObjectNotFound
-    from .store import open_store
+    from shipper.format import archive, names
+    from shipper.agent import default_host
+    from shipper.errors import ObjectNotFound
+    from shipper.store import open_store
 
     task, host = names.check_id("task", args.task), names.check_id("host", args.host or default_host())
     store = open_store(cfg.store)

@@ -18,10 +18,9 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from . import index, names
-from .index import Chunk
-from .quota import DROPPED_FILE
-from .spool import read_json
+from shipper.format import index, names
+from shipper.format.index import Chunk
+from shipper.spool import read_json
 
 log = logging.getLogger("logship.querycopy")
 
@@ -57,7 +56,7 @@ def first_line_no(log_dir: Path, seq: int, uploaded_lines: Mapping[int, int]) ->
     Counts come from the manifest's entries (`uploaded_lines`), else the spool's chunk index, else the
     spool's record of segments dropped at the quota; the same inputs give the same number on a re-upload.
     """
-    dropped = {e["seq"]: e.get("lines", 0) for e in read_json(log_dir / DROPPED_FILE) or []}
+    dropped = {e["seq"]: e.get("lines", 0) for e in read_json(log_dir / names.DROPPED_FILE) or []}
     total = 0
     for s in range(1, seq):
         if s in uploaded_lines:

@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from .errors import InvalidId
+from shipper.errors import InvalidId
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -61,7 +61,7 @@ def lines_partition(date: str, task: str, host: str) -> str:
 
 LINES_PREFIX = "lines/"
 # An object without rows that keeps lines/ from ever being empty again once something is deleted
-# there: DuckDB refuses a glob that matches nothing (shipper/compact.py writes it before deleting).
+# there: DuckDB refuses a glob that matches nothing (shipper/query/compact.py writes it before deleting).
 LINES_PLACEHOLDER = "lines/date=1970-01-01/task=_/host=_/empty.parquet"
 _LINES_KEY_RE = re.compile(r"lines/date=(\d{4}-\d{2}-\d{2})/task=([^/]+)/host=([^/]+)/(\d{8})\.parquet")
 
@@ -74,7 +74,7 @@ def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
     return m.group(1), m.group(2), m.group(3), int(m.group(4))
 
 
-# Compacted query copies (shipper/compact.py, docs/query.md): many small copies of a date merged into
+# Compacted query copies (shipper/query/compact.py, docs/query.md): many small copies of a date merged into
 # one part, named by when it was made, so names sort by age; `.done` beside a part says the objects
 # it replaced are deleted.
 COMPACT_PREFIX = "compact/"
@@ -97,7 +97,7 @@ def done_key(part_key: str) -> str:
 
 
 # A log that `logship gc` is deleting has a marker here from before its first object is deleted
-# until after its last one is (shipper/gc.py); readers leave such a log out.
+# until after its last one is (shipper/retention/gc.py); readers leave such a log out.
 DELETING_PREFIX = "deleting/"
 
 
@@ -174,6 +174,7 @@ def parse_log_prefix(key: str) -> tuple[str, str] | None:
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
 SHIPPED_FILE = "shipped.json"
+DROPPED_FILE = "dropped.json"  # <spool>/<task>/<host>/dropped.json: ranges the store will never have (shipper/quota.py)
 WATCHER_STATE_FILE = ".watcher.json"  # <spool>/.watcher.json: the watcher's health and counters
 OPEN_SUFFIX = ".open"
 SEGMENT_RE = re.compile(r"(\d{8})\.log")

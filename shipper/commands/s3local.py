@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import StoreConfig
-from .errors import LogshipError, StoreError
+from shipper.config import StoreConfig
+from shipper.errors import LogshipError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _launch(inst: LocalS3, ports: dict[str, int], deadline: float) -> LocalS3:
 
 async def _wait_ready(inst: LocalS3, proc: subprocess.Popen[bytes], deadline: float) -> None:
     """Until a signed PUT and GET through our own S3Store succeed, or weed exits, or time runs out."""
-    from .store.s3 import S3Store
+    from shipper.store.s3 import S3Store
 
     # Short timeouts, one attempt: right after a restart weed may leave the first PUTs hanging
     # (it waits on a volume assignment) while later ones succeed; waiting 2 x 5 s for each is slow.

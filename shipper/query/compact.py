@@ -3,7 +3,7 @@
 A run (`logship compact`, or `logship watch` every `compact.every`) first finishes earlier runs — deletes
 what their parts replace once no query can still be reading it — then merges, per date, the small copies
 of finished logs and the small parts into new parts under `compact/`. Nothing is ever changed in place:
-a part is written whole, then counts for every reader at once (shipper/lineset.py); what it replaces is
+a part is written whole, then counts for every reader at once (shipper/query/lineset.py); what it replaces is
 deleted `2 × query.grace_seconds` later. Several compactions may run at once (one per watcher): when two
 merge the same object, the newer part wins and the other is dropped whole.
 """
@@ -26,11 +26,12 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from . import lineset, manifest, names, querycopy
-from .config import Config
-from .errors import ObjectNotFound
-from .lineset import Part, Snapshot
-from .store import ObjectInfo, Store
+from shipper.query import lineset, copies
+from shipper.format import manifest, names
+from shipper.config import Config
+from shipper.errors import ObjectNotFound
+from shipper.query.lineset import Part, Snapshot
+from shipper.store import ObjectInfo, Store
 
 log = logging.getLogger("logship.compact")
 
@@ -41,7 +42,7 @@ FOOTER_GUESS = 64 << 10  # one ranged GET of a part's last bytes usually holds i
 PLAN_AGE_SHARE = 0.5
 # Strings as strings: a part holds thousands of tasks, more than the copies' int8 dictionaries hold.
 PART_SCHEMA = pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f
-                         for f in querycopy.SCHEMA])
+                         for f in copies.SCHEMA])
 SORT = [("task", "ascending"), ("host", "ascending"), ("seq", "ascending"), ("line_no", "ascending")]
 
 
@@ -90,7 +91,7 @@ CRASH_ENV = "LOGSHIP_TEST_CRASH_AFTER_DELETES"
 def placeholder() -> bytes:
     """The rowless copy at names.LINES_PLACEHOLDER (deterministic: the same bytes every time)."""
     sink = io.BytesIO()
-    pq.write_table(querycopy.SCHEMA.empty_table(), sink, compression=querycopy.CODEC)
+    pq.write_table(copies.SCHEMA.empty_table(), sink, compression=copies.CODEC)
     return sink.getvalue()
 
 
@@ -371,9 +372,9 @@ def _build(blobs: list[bytes], drop: set[str], inputs: list[str], covers: set[st
     meta = {lineset.META_KEY: lineset.meta_value(inputs, covers, logs)}
     table = table.replace_schema_metadata(meta)
     text = table["line"].nbytes if table.num_rows else 0
-    group_rows = max(1024, int(table.num_rows * querycopy.GROUP_BYTES / text)) if text else 1024
+    group_rows = max(1024, int(table.num_rows * copies.GROUP_BYTES / text)) if text else 1024
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression=querycopy.CODEC, compression_level=querycopy.ZSTD_LEVEL,
+    pq.write_table(table, sink, compression=copies.CODEC, compression_level=copies.ZSTD_LEVEL,
                    use_dictionary=["task", "host", "stream"], write_statistics=_stats_columns(),
                    row_group_size=group_rows, write_page_index=False)
     return sink.getvalue(), table.num_rows, logs
@@ -396,7 +397,7 @@ def main(cfg: Config, args: Any) -> int:
 
 
 async def _run(cfg: Config, *, wait: bool) -> int:
-    from .store import open_store
+    from shipper.store import open_store
 
     store = open_store(cfg.store)
     try:

@@ -14,9 +14,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import names
-from .config import DEFAULT_CONFIG_FILE
-from .errors import LogExists, LogshipError
+from shipper.format import names
+from shipper.config import DEFAULT_CONFIG_FILE
+from shipper.errors import LogExists, LogshipError
 
 # Set for the script: the task id of its log. A nested `logship run --ibex` (a script whose re-exec line
 # runs again under the agent) sees it and runs the script directly, so there is never a second agent.
@@ -83,8 +83,8 @@ def run(config: str | None, host: str | None, command: list[str], labels: dict[s
     if outer is not None and outer[0] == ibex_id:
         return _exec(command)  # already under an agent for this task (a re-exec line ran twice)
 
-    from . import agent
-    from .config import load_config
+    from shipper import agent
+    from shipper.config import load_config
 
     cfg = load_config(config_file(config))
     host = names.check_id("host", host or agent.default_host())

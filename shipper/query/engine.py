@@ -19,10 +19,11 @@ from pathlib import Path
 import duckdb
 from duckdb.sqltypes import DuckDBPyType
 
-from . import lineset, names
-from .config import Config, QueryConfig, StoreConfig
-from .errors import ConfigError, LogshipError, StoreUnavailable
-from .manifest import DELETING, VERSION
+from shipper.query import lineset
+from shipper.format import names
+from shipper.config import Config, QueryConfig, StoreConfig
+from shipper.errors import ConfigError, LogshipError, StoreUnavailable
+from shipper.format.manifest import DELETING, VERSION
 
 log = logging.getLogger("logship.query")
 FETCH_ROWS = 2048  # rows per fetch at most: one round trip to the DuckDB thread per this many rows
@@ -61,7 +62,7 @@ _MANIFESTS_TABLE = "logship_manifests_"  # a query's manifests, parsed (Database
 _NO_LINES = ("SELECT " + ", ".join(f"NULL::{sql} AS {name}" for name, sql in names.LINES_COLUMNS)
              + ", NULL::DATE AS date WHERE false")
 # `lines` is the query copies (one object per segment, lines/) and the compacted parts (compact/), less
-# what a compacted part replaces and the logs gc is deleting; the lists come from shipper.lineset, set
+# what a compacted part replaces and the logs gc is deleting; the lists come from shipper.query.lineset, set
 # per query as variables (Database.snapshot). Filters on `filename`, `task` and `host` select whole objects.
 _COPIES, _PARTS = "logship_copies_", "logship_parts_"
 _VAR_HIDDEN, _VAR_PARTS, _VAR_GONE = "logship_hidden", "logship_parts", "logship_gone"
@@ -232,7 +233,7 @@ class Database:
     def close(self) -> None:
         self._con.close()
 
-    # --- which objects make up `lines` (shipper/lineset.py) ------------------------------------------
+    # --- which objects make up `lines` (shipper/query/lineset.py) ------------------------------------------
 
     def snapshot(self, cur: duckdb.DuckDBPyConnection) -> lineset.Snapshot:
         """List compacted parts and gc's markers, and set on `cur` what its queries of `lines` read.

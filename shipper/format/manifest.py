@@ -10,19 +10,19 @@ import re
 import time
 from typing import Any, TypeGuard
 
-from . import names
-from .index import Chunk
+from shipper.format import names
+from shipper.format.index import Chunk
 
 VERSION = 1
 RUNNING, FINISHED, LOST = "running", "finished", "lost"
-DELETING = "deleting"  # `logship gc` is deleting the log (shipper/gc.py): readers treat it as gone
+DELETING = "deleting"  # `logship gc` is deleting the log (shipper/retention/gc.py): readers treat it as gone
 
 
 def segment_entry(seq: int, chunks: list[Chunk], stored_size: int, index_size: int, sha256: str,
                   compression: str, *, stored: dict[str, Any] | None = None,
                   index_sha256: str | None = None) -> dict[str, Any]:
     """What the manifest says of one segment, from its chunk index. `stored`: the digests of the stored
-    object (shipper.archive.StoredDigest.fields: `stored_sha256`, `blocks`); `index_sha256`: of the
+    object (shipper.format.archive.StoredDigest.fields: `stored_sha256`, `blocks`); `index_sha256`: of the
     stored index object. Readers check every byte they serve against them (docs/format.md)."""
     checks = {**(stored or {}), **({"index_sha256": index_sha256} if index_sha256 else {})}
     return {

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import lineset, manifest, names
-from .compact import Compactor, Deleter, Settings
-from .config import Config
-from .errors import ObjectNotFound
-from .store import ObjectInfo, Store
+from shipper.query import lineset
+from shipper.format import manifest, names
+from shipper.query.compact import Compactor, Deleter, Settings
+from shipper.config import Config
+from shipper.errors import ObjectNotFound
+from shipper.store import ObjectInfo, Store
 
 log = logging.getLogger("logship.gc")
 
@@ -278,8 +279,8 @@ def main(cfg: Config, args: Any) -> int:
     """`logship gc --older-than DURATION [--status finished,lost] [--label k=v]... [--dry-run] [--lifecycle]`."""
     import sys
 
-    from .config import parse_duration
-    from .errors import LogshipError
+    from shipper.config import parse_duration
+    from shipper.errors import LogshipError
 
     older = cfg.retention.older_than
     if args.older_than is not None:
@@ -317,7 +318,7 @@ def main(cfg: Config, args: Any) -> int:
 
 
 async def _run(cfg: Config, policy: Policy, *, dry_run: bool, wait: bool) -> int:
-    from .store import open_store
+    from shipper.store import open_store
 
     store = open_store(cfg.store)
     try:

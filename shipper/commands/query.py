@@ -7,23 +7,23 @@ import sys
 import time
 from typing import Any
 
-from .config import Config, parse_duration
-from .errors import LogshipError
-from .query import Database, Search
+from shipper.config import Config, parse_duration
+from shipper.errors import LogshipError
+from shipper.query.engine import Database, Search
 
 
 def run_query(cfg: Config, sql: str, fmt: str) -> int:
-    from . import queryout
+    from shipper.query import formats
 
     db = Database(cfg)
     try:
         result = db.execute(sql)
         out = sys.stdout
         if fmt == "table":
-            for piece in queryout.table(result):
+            for piece in formats.table(result):
                 out.write(piece)
         else:
-            for data in queryout.encode(result, fmt):
+            for data in formats.encode(result, fmt):
                 out.buffer.write(data)
         out.flush()
         if result.truncated and fmt != "table":
@@ -39,7 +39,7 @@ def run_query(cfg: Config, sql: str, fmt: str) -> int:
 
 def run_grep(cfg: Config, args: Any) -> int:
     """Matches, oldest first, as `task/host:line_no: line`; exit 1 when nothing matched, like grep."""
-    from . import names
+    from shipper.format import names
 
     if args.limit < 1:
         raise LogshipError(f"--limit {args.limit} is not allowed", "show at least 1 match, e.g. --limit 100")

@@ -14,10 +14,10 @@ from typing import IO, Any, BinaryIO
 
 import aiohttp
 
-from . import names
-from .config import Config
-from .errors import LogshipError
-from .retry import Backoff
+from shipper.format import names
+from shipper.config import Config
+from shipper.errors import LogshipError
+from shipper.retry import Backoff
 
 API_PREFIX = "/api/v1"
 TOKEN_ENV = "LOGSHIP_TOKEN"
@@ -503,7 +503,7 @@ async def _discard(path: Path, sidecar: Path) -> None:
 
 def main(cfg: Config, args: Any) -> int:
     """`logship tail` and `logship download`."""
-    from .agent import default_host
+    from shipper.agent import default_host
 
     task = names.check_id("task", args.task)
     host = names.check_id("host", args.host or default_host())

@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from . import names
-from .config import Config, parse_duration
-from .errors import LogshipError
+from shipper.format import names
+from shipper.config import Config, parse_duration
+from shipper.errors import LogshipError
 
 EXIT_UNHEALTHY = 1
 SERVE_TIMEOUT = 5.0  # seconds for the API's answer (/readyz gives its store 2 s)
@@ -104,7 +104,7 @@ def _ago(seconds: float | None, ago: bool = True) -> str:
 
 def check_serve(cfg: Config, timeout: float = SERVE_TIMEOUT) -> tuple[bool, str]:
     """(healthy, why) of the API at api.listen: GET /readyz answers 200 only when its store answers too."""
-    from .client import base_url
+    from shipper.commands.client import base_url
 
     url = base_url(cfg, None)
     t0 = time.monotonic()

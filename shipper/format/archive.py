@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import zstandard
 
-from . import index, manifest, names
-from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
-from .store import Store
+from shipper.format import index, manifest, names
+from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from shipper.store import Store
 
 # The watcher records a digest per BLOCK bytes of each stored object (the manifest entry's `blocks`),
 # so that a reader checks a block before any of its bytes go out, and a Range reads from the block

@@ -16,12 +16,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from .compact import Compactor, Settings
-from .config import Config
-from .errors import LogshipError
-from .gc import Collector, Policy
-from .retry import QuietLog
-from .store import Store
+from shipper.query.compact import Compactor, Settings
+from shipper.config import Config
+from shipper.errors import LogshipError
+from shipper.retention.gc import Collector, Policy
+from shipper.retry import QuietLog
+from shipper.store import Store
 
 log = logging.getLogger("logship.maintenance")
 

@@ -1,8 +1,8 @@
 """Which query-copy objects make up the `lines` view: one rule for every reader and writer (docs/query.md).
 
 The watcher writes one object per sealed segment under `lines/` (an "original"); compaction merges small
-ones into parts under `compact/` (shipper/compact.py); `logship gc` marks the logs it deletes under
-`deleting/` (shipper/gc.py). A part names in its Parquet footer the objects it replaces. From one
+ones into parts under `compact/` (shipper/query/compact.py); `logship gc` marks the logs it deletes under
+`deleting/` (shipper/retention/gc.py). A part names in its Parquet footer the objects it replaces. From one
 listing of `compact/` and `deleting/`, `resolve` says which parts count, which originals they replace,
 and which logs are gone. Readers filter by exactly these lists, so a line is never read twice or missed;
 writers delete a replaced object only `query.grace_seconds` after no reader can still be using it.
@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import names
+from shipper.format import names
 
 META_KEY = "logship.compact"  # the footer key-value entry of a part
 

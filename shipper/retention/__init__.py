@@ -1,0 +1,1 @@
+"""Deleting old logs (gc) and the schedule that runs retention and compaction."""
