@@ -117,7 +117,8 @@ async def archive_of_logs(make_config: MakeConfig) -> Any:
                           stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30  # a loaded machine may take a while to start the agent and its task
-        while b"lost" not in _spooled(cfg.spool_dir, "old-lost") and time.monotonic() < deadline:
+        while ((b"lost" not in _spooled(cfg.spool_dir, "old-lost") or not _spooled(cfg.spool_dir, "running"))
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         kill_task(cfg.spool_dir, "old-lost")
         lost.send_signal(signal.SIGKILL)
