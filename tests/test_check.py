@@ -21,8 +21,7 @@ from shipper.format import names
 from shipper.commands import s3local
 from shipper.commands.cli import build_parser
 
-from .support import LOGSHIP, ROOT, env_for, start_agent, start_watcher, stop_agent
-from .test_cli_client import Api
+from .support import LOGSHIP, ROOT, Api, env_for, start_agent, start_watcher, stop_agent
 
 Result = subprocess.CompletedProcess[bytes]
 TICKER = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.1)\n"

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import create_app
 from shipper.format import index, names
 from shipper.query import copies
 from shipper.config import Config
@@ -25,7 +23,7 @@ from shipper.store import open_store
 from shipper.watcher import watch
 
 from . import support
-from .support import LOGSHIP, MakeConfig, agent_env, run_agent
+from .support import LOGSHIP, MakeConfig, agent_env, client_for, rows, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,11 +67,6 @@ def make_config(make_config: MakeConfig) -> MakeConfig:
     return lambda **env: make_config(**{**SMALL_SEGMENTS, **env})
 
 
-def rows(db: Database, sql: str) -> list[dict[str, Any]]:
-    result = db.execute(sql)
-    return [json.loads(o) for batch in result.fetch_json() for o in batch]
-
-
 def spool_log(cfg: Config, task: str, host: str = "h1") -> tuple[bytes, list[index.Chunk], list[int]]:
     """The log's bytes, its chunks, and where each segment ends, from the spool."""
     d = cfg.spool_dir / task / host
@@ -81,12 +74,6 @@ def spool_log(cfg: Config, task: str, host: str = "h1") -> tuple[bytes, list[ind
     chunks = [c for s in seqs for c in index.read(str(names.spool_index(d, s)))]
     ends = [index.read(str(names.spool_index(d, s)))[-1].end for s in seqs]
     return b"".join(names.spool_segment(d, s).read_bytes() for s in seqs), chunks, ends
-
-
-async def client_for(cfg: Config) -> TestClient:
-    client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
-    await client.start_server()
-    return client
 
 
 # --- the query copy ------------------------------------------------------------------------------

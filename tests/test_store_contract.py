@@ -27,7 +27,7 @@ from shipper.store.fs import FileStore
 from shipper.store import s3read
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
-from .support import Proxy
+from .support import Proxy, free_port
 
 # The store fixture's loop is the session's; the tests must run in the same one.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -447,9 +447,7 @@ async def test_crashed_or_frozen_server_is_unavailable_then_recovers(tmp_path: P
 
 
 async def test_unreachable_endpoint_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+    port = free_port()  # free once closed: nothing listens there
     store = open_store(StoreConfig(url="s3://logship/", endpoint=f"http://127.0.0.1:{port}",
                                    access_key="a", secret_key="b"))
     try:

@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
+from .browser import MAX_ROWS, Page, Stack, edge_n, wait_for
 from .support import spooled, watch_once
-from . import test_web
-from .test_web import MAX_ROWS, Page, Stack, edge_n, wait_for
-
-browser, page, stack = test_web.browser, test_web.page, test_web.stack  # the fixtures, as test_web.py makes them
 
 pytestmark = pytest.mark.timeout(120)
 
