@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -224,9 +225,8 @@ class Api:
 
     def start(self) -> None:
         for _ in range(5):
-            log = open(self.tmp_path / "serve.log", "ab")
-            self.proc = subprocess.Popen([*LOGSHIP, "serve"], env=self.env, stdout=log, stderr=log)
-            log.close()
+            with open(self.tmp_path / "serve.log", "ab") as log:
+                self.proc = subprocess.Popen([*LOGSHIP, "serve"], env=self.env, stdout=log, stderr=log)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:

@@ -218,7 +218,8 @@ async def test_listing_filters_and_pages(setup: Setup) -> None:
         assert {r["task"] for r in hosts} == {"job1", "job3"}
         seen, cursor = [], None
         while True:
-            page = await (await client.get("/api/v1/tasks", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = await (await client.get("/api/v1/tasks", params=params)).json()
             seen += [r["task"] for r in page["logs"]]
             if not (cursor := page["next_cursor"]):
                 break
@@ -482,7 +483,8 @@ async def _agen(pieces: list[bytes]) -> AsyncIterator[bytes]:
 async def test_decompress_pieces_stay_small_and_exact(kind: str) -> None:
     rnd = random.Random(kind)
     text = b"".join(b"%d %s\n" % (i, bytes(rnd.choices(b"abcdefgh ", k=rnd.randrange(80)))) for i in range(60000))
-    raw = {"text": text, "one byte repeated": b"y" * (64 << 20), "text and a run": text + b"\0" * (32 << 20) + text}[kind]
+    raw = {"text": text, "one byte repeated": b"y" * (64 << 20),
+           "text and a run": text + b"\0" * (32 << 20) + text}[kind]
     comp = zstandard.ZstdCompressor(level=1).compress(raw)
     for a, b in ((0, len(raw)), (12345, len(raw) - 999), (len(raw) - 1, len(raw))):
         got = [p async for p in source._decompress(_agen(_split(comp, rnd)), a, b)]

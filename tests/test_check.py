@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shipper.format import names
 from shipper.commands import s3local
 from shipper.commands.cli import build_parser
+from shipper.format import names
 
 from .support import LOGSHIP, ROOT, Api, env_for, start_agent, start_watcher, stop_agent
 

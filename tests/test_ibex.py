@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from shipper.commands import ibex, s3local
-from shipper.format import names
 from shipper.agent import default_host
+from shipper.commands import ibex, s3local
 from shipper.errors import LogshipError
+from shipper.format import names
 
 from .support import LOGSHIP, Api, env_for, watch_once
 

@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper.format import archive, manifest, names
 from shipper.config import Config
 from shipper.errors import DamagedObject
+from shipper.format import archive, manifest, names
 from shipper.store import open_store
 from shipper.watcher import watch
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from shipper.config import Config
 from shipper.format import index, names
 from shipper.query import copies
-from shipper.config import Config
 from shipper.query.engine import Database, QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
@@ -245,7 +245,8 @@ async def test_a_query_finds_exactly_the_lines_with_a_string(many: tuple[Config,
         logs = rows(db, "SELECT task, host, status, exit_code, lines, segments FROM logs ORDER BY task, host")
     finally:
         db.close()
-    want = {(t, h, i + 1, line) for (t, h), lines in written.items() for i, line in enumerate(lines) if "needle" in line}
+    want = {(t, h, i + 1, line)
+            for (t, h), lines in written.items() for i, line in enumerate(lines) if "needle" in line}
     assert {(r["task"], r["host"], r["line_no"], r["line"]) for r in got} == want and len(got) == len(want)
     assert len({(r["task"], r["host"]) for r in got}) == 6
     # the on-call query of DESIGN §1, as written there
@@ -343,7 +344,8 @@ async def test_query_formats_and_limits(tmp_path: Path) -> None:
         assert body["rows"][:2] == [{"line_no": 1, "line": "1"}, {"line_no": 2, "line": "2"}]
         assert body["columns"] == [{"name": "line_no", "type": "BIGINT"}, {"name": "line", "type": "VARCHAR"}]
         resp = await client.post("/api/v1/query?format=csv", json=sql)
-        assert resp.content_type == "text/csv" and (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
+        assert resp.content_type == "text/csv"
+        assert (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
         resp = await client.post("/api/v1/query?format=ndjson", json={"sql": "SELECT 'a\"b' AS s, [1, 2] AS l"})
         assert [json.loads(x) for x in (await resp.text()).splitlines()] == [{"s": 'a"b', "l": [1, 2]}]
         # Infinity and NaN are not JSON: they come as strings, and a strict parser takes the answer.

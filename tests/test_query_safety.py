@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shipper.format import names
 from shipper.commands import s3local
+from shipper.format import names
 from shipper.query.engine import MAX_SQL_BYTES, Database, Limits, QueryError, archive_root
 from shipper.store import open_store
 from shipper.watcher import watch

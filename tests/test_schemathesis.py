@@ -47,10 +47,9 @@ class Served:
     def start(self) -> None:
         for _ in range(5):
             self.port = free_port()
-            log = open(self.tmp / "serve.log", "ab")
-            self.proc = subprocess.Popen([*LOGSHIP, "serve"], stdout=log, stderr=log,
-                                         env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}"})
-            log.close()
+            with open(self.tmp / "serve.log", "ab") as log:
+                self.proc = subprocess.Popen([*LOGSHIP, "serve"], stdout=log, stderr=log,
+                                             env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}"})
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:

@@ -16,16 +16,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from shipper.format import archive, index, names
 from shipper.config import Config
+from shipper.format import archive, index, names
 from shipper.spool import read_json
 from shipper.store import open_store
 
-from .support import LOGSHIP, agent_env, config, run_agent, sha, spooled, start_agent, start_watcher, stop_agent, watch_once
+from .support import (
+    LOGSHIP,
+    agent_env,
+    config,
+    run_agent,
+    sha,
+    spooled,
+    start_agent,
+    start_watcher,
+    stop_agent,
+    watch_once,
+)
 
 SEG = 64 << 10
 GOOD_CMD = ["sh", "-c", "seq 1 30000"]  # 168,894 bytes: three segments
@@ -217,7 +229,7 @@ async def test_a_damaged_index_keeps_every_byte_at_its_offset(tmp_path: Path, ca
         chunks = [c for p in archive.parts(doc) for c in await archive.part_index(store, doc, p)]
     finally:
         await store.close()
-    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in zip(chunks, chunks[1:]))
+    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in pairwise(chunks))
     assert chunks[-1].end == len(bad)
 
 
@@ -404,7 +416,8 @@ async def test_a_restarted_watcher_takes_back_what_a_deleted_manifest_named(tmp_
             await w.run_once()
             await w.store.close()
             got = await stored(cfg, "live")
-            if got and got[0]["size"] == len(expected) and not list((cfg.spool_dir / "live/h1").glob("0000000[1-3].log")):
+            sealed = list((cfg.spool_dir / "live/h1").glob("0000000[1-3].log"))
+            if got and got[0]["size"] == len(expected) and not sealed:
                 break
             assert time.monotonic() < deadline, "never shipped and pruned"
             time.sleep(0.2)

@@ -22,9 +22,8 @@ import pytest
 from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.store import Store, open_store
+from shipper.store import Store, open_store, s3read
 from shipper.store.fs import FileStore
-from shipper.store import s3read
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
 from .support import Proxy, free_port

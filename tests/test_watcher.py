@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from shipper.format import archive, names
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
+from shipper.format import archive, names
 from shipper.spool import read_json
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
 
 from .support import NASTY, MakeConfig, agent_env, config, kill_task, run_agent, sha, spooled, start_agent, stop_agent
-
 
 # A store nobody answers for: a closed port on loopback.
 NOWHERE = {"LOGSHIP_STORE_URL": "s3://nowhere/x", "LOGSHIP_STORE_ENDPOINT": "http://127.0.0.1:9",
@@ -111,7 +110,8 @@ async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeCon
 
 async def test_agent_killed_9_is_archived_and_marked_lost(make_config: MakeConfig) -> None:
     cfg = make_config()
-    script = "import sys,time\nfor i in range(20): print('line', i, flush=True)\nsys.stdout.write('partial'); sys.stdout.flush(); time.sleep(60)"
+    script = ("import sys,time\nfor i in range(20): print('line', i, flush=True)\n"
+              "sys.stdout.write('partial'); sys.stdout.flush(); time.sleep(60)")
     p = start_agent(cfg.spool_dir, "victim", [sys.executable, "-c", script], env=agent_env(cfg),
                     stdout=subprocess.PIPE)
     assert p.stdout is not None

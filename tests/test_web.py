@@ -204,7 +204,7 @@ for i in range({burst} + 1, {n} + 1):
     for _ in range(2):
         first = edge_n(page, "first")
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; }")
-        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")
+        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")  # noqa: B023  (polled now)
     assert page.locator("#bottom-edge").is_visible()  # the window left the end: new lines are counted
     page.wait_for_selector("#new-lines:has-text('new line')")
     while not page.locator("#bottom-edge").is_hidden():  # scroll down until the window holds the end again
@@ -285,7 +285,7 @@ def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callabl
     first = last[0]["n"]
     for _ in range(4):
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
-        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")
+        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")  # noqa: B023  (polled now)
         got = rows(page)
         assert len(got) <= MAX_ROWS
         assert [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))  # contiguous
@@ -302,7 +302,7 @@ def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callabl
     for _ in range(3):  # scrolling down from there loads the next parts
         end = edge_n(page)
         page.eval_on_selector("#log", "e => { e.scrollTop = e.scrollHeight; }")
-        wait_for(lambda: edge_n(page) > end, 10, "scrolling down loaded nothing")
+        wait_for(lambda: edge_n(page) > end, 10, "scrolling down loaded nothing")  # noqa: B023  (polled now)
         got = rows(page)
         assert len(got) <= MAX_ROWS and [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))
         assert all(r["text"].startswith(f"line {r['n']:09d} ") for r in got)
@@ -376,7 +376,8 @@ def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: 
     page.click(f"#hits li a >> text=alpha/h2:{numbers['h2']}")
     page.wait_for_selector("#rows .r.hit")
     hit = page.locator("#rows .r.hit")
-    assert hit.get_attribute("data-n") == str(numbers["h2"]) and hit.locator(".x").inner_text() == "Disk Full on /dev/sda"
+    assert hit.get_attribute("data-n") == str(numbers["h2"])
+    assert hit.locator(".x").inner_text() == "Disk Full on /dev/sda"
     assert hit.is_visible()
     near = {r["text"]: r for r in rows(page)}
     assert near["step 770 ok"]["stream"] == "stderr" and near["step 771 ok"]["stream"] == "stdout"
@@ -442,15 +443,15 @@ def test_times_show_the_date_in_local_time_or_utc(stack: Callable[..., Stack], b
         row_t = page.locator("#rows .r[data-n='1'] .t")
         assert row_t.inner_text() == shown(ts, kolkata)
         page.select_option("#tz", "utc")  # every time shown changes at once, and the choice is kept
-        assert row_t.inner_text() == shown(ts, dt.timezone.utc)
+        assert row_t.inner_text() == shown(ts, dt.UTC)
         page.reload()
         page.wait_for_selector(FINISHED)
         assert page.locator("#tz").input_value() == "utc"
-        assert page.locator("#rows .r[data-n='1'] .t").inner_text() == shown(ts, dt.timezone.utc)
+        assert page.locator("#rows .r[data-n='1'] .t").inner_text() == shown(ts, dt.UTC)
         page.click("#crumbs a:text-is('tasks')")
         page.wait_for_selector("#tasks tbody tr[data-task=when]")
         assert page.inner_text("#tasks thead th:nth-child(4)") == "Started UTC"
-        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, dt.timezone.utc, ms=False)
+        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, dt.UTC, ms=False)
     finally:
         ctx.close()
 
