@@ -39,7 +39,7 @@ WORDS = ["the", "of", "connection", "request", "retry", "timeout", "chunk", "seg
 
 def log_text(r: random.Random, i: int, size: int) -> bytes:
     """About `size` bytes of log lines; one log in ten says NEEDLE once."""
-    lines = []
+    lines: list[str] = []
     n = 0
     while sum(map(len, lines)) < size - 100:
         words = " ".join(r.choice(WORDS) for _ in range(9))

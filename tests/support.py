@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
@@ -25,6 +26,7 @@ from shipper.query.engine import Database
 LOGSHIP = [sys.executable, "-m", "shipper.commands.cli"]
 ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
 MakeConfig = Callable[..., Config]
+Client = TestClient[web.Request, web.Application]  # an API in this process (aiohttp's test client)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -268,7 +270,7 @@ class Api:
 # --- the API in this process, and DuckDB -----------------------------------------------------------
 
 
-async def client_for(cfg: Config) -> TestClient:
+async def client_for(cfg: Config) -> Client:
     """An in-process API (no spool) for `cfg`, started; the caller closes it."""
     client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
     await client.start_server()

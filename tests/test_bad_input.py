@@ -24,7 +24,7 @@ from api.openapi import DOCUMENT
 from shipper.config import load_config
 from shipper.watcher import watch
 
-from .support import env_for, run_agent
+from .support import Client, env_for, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,7 +38,7 @@ SSE = {"Accept": "text/event-stream"}
 
 
 class Api:
-    def __init__(self, client: TestClient, tmp: Path) -> None:
+    def __init__(self, client: Client, tmp: Path) -> None:
         self.client = client
         self.tmp = tmp
 

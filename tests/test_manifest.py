@@ -32,7 +32,7 @@ GOOD: dict[str, Any] = {
                   "compression": "zstd", "first_ts": 1, "last_ts": 1, "lines": 1, "chunks": [s, s]} for s in (0, 1)],
 }
 
-Edit = Callable[[dict[str, Any]], None]
+Edit = Callable[[dict[str, Any]], object]
 BAD: dict[str, Edit] = {
     "version only": lambda d: [d.pop(k) for k in list(d) if k != "version"],
     "no task": lambda d: d.pop("task"),

@@ -181,7 +181,7 @@ async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
     run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=agent_env(cfg))
     log, chunks, _ = spool_log(cfg, "long")
     copy = copies.build(log, chunks, "long", "h1", 1, 1)
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     t = pq.read_table(io.BytesIO(copy.data)).to_pylist()
     assert [(r["line_no"], r["truncated"], len(r["line"]), r["byte_end"] - r["byte_offset"]) for r in t] == [

@@ -18,8 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
-from api.keys import METRICS, SOURCE
-from api.tail import HUB
+from api.keys import HUB, METRICS, SOURCE
 from shipper.commands import s3local
 from shipper.config import Config, load_config
 from shipper.format import names

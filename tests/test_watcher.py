@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ async def archived(cfg: Config, task: str, host: str = "h1", stream: str | None 
         await store.close()
 
 
-async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> dict:
+async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> dict[str, Any]:
     store = open_store(cfg.store)
     try:
         return await archive.load_manifest(store, task, host)

@@ -65,11 +65,11 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
     assert len(set(seen)) >= 5 and seen[0] < n // 2, seen
     page.wait_for_selector(FINISHED)
     assert proc.returncode == 0
-    got = rows(page)
-    assert [r["text"] for r in got] == ticks(n)
-    assert [r["n"] for r in got] == list(range(1, n + 1))
-    assert [r["stream"] for r in got] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
-    assert all(r["err"] == (r["stream"] == "stderr") for r in got)  # stderr rows are marked
+    shown = rows(page)
+    assert [r["text"] for r in shown] == ticks(n)
+    assert [r["n"] for r in shown] == list(range(1, n + 1))
+    assert [r["stream"] for r in shown] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
+    assert all(r["err"] == (r["stream"] == "stderr") for r in shown)  # stderr rows are marked
     # one badge says how it ended; a finished log has no Pause, Follow or connection state
     assert page.inner_text("#log-status") == "finished · exit 0"
     assert all(page.locator(sel).is_hidden() for sel in ("#conn", "#pause", "#follow")), page.inner_text("#log-tools")
