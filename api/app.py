@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from shipper.format import names
+from api import page
 from shipper.config import Config
 from shipper.errors import ConfigError, StoreError
+from shipper.format import names
 from shipper.store import open_store
 
 from . import ibex, logs, metrics, openapi, proxy, query, tail
-from api import page
 from .errors import Forbidden, Unauthorized, error_middleware, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics

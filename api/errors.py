@@ -8,8 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shipper.errors import (
+    ConfigError,
+    DamagedObject,
+    InvalidId,
+    LogshipError,
+    ObjectNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from shipper.format.archive import BytesMissing
-from shipper.errors import ConfigError, DamagedObject, InvalidId, LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 
 from .source import LogNotFound
 

@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from shipper.errors import ObjectNotFound, StoreError
 from shipper.format import archive, index, names
 from shipper.format.archive import IntegrityError
-from shipper.errors import ObjectNotFound, StoreError
 from shipper.format.index import RECORD_SIZE
 from shipper.retry import QuietLog
 from shipper.store import Store
@@ -78,8 +78,8 @@ def data_events(c: index.Chunk, start: int, data: bytes) -> list[Event]:
             while n > MESSAGE_BYTES - 4 and data[n] & 0xC0 == 0x80:  # don't cut a UTF-8 sequence
                 n -= 1
         piece, data = data[:n], data[n:]
-        text = '{"offset":%d,"ts":%d,"stream":"%s","data":%s}' % (
-            start, c.ts_ns, c.stream_name, _JSON.encode(piece.decode("utf-8", "replace")))
+        data_json = _JSON.encode(piece.decode("utf-8", "replace"))
+        text = f'{{"offset":{start},"ts":{c.ts_ns},"stream":"{c.stream_name}","data":{data_json}}}'
         out.append(Event(text, start + n, n))
         start += n
     return out

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper.format import manifest, names
 from shipper.errors import LogshipError, StoreError
+from shipper.format import manifest, names
 from shipper.spool import iter_logs
 
 from .errors import BadRequest

@@ -19,13 +19,13 @@ if TYPE_CHECKING:
     from .source import Source
     from .tail import Sink
 
-CONFIG: web.AppKey["Config"] = web.AppKey("config")
-STORE: web.AppKey["Store"] = web.AppKey("store")
-SOURCE: web.AppKey["Source"] = web.AppKey("source")
-METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SOURCE: web.AppKey[Source] = web.AppKey("source")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PROXY_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session")
-PROXY: web.AppKey["ProxyState"] = web.AppKey("proxy")  # api.proxy_allow, parsed; nodes that answered badly
+PROXY: web.AppKey[ProxyState] = web.AppKey("proxy")  # api.proxy_allow, parsed; nodes that answered badly
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown: followers end their responses
-QUERY_ENGINE: web.AppKey["Engine"] = web.AppKey("query_engine")  # DuckDB, opened on the first query
-HUB: web.AppKey["Hub"] = web.AppKey("tail_hub")  # one watch per followed log, shared by its followers
-SINKS: web.AppKey[set["Sink"]] = web.AppKey("tail_sinks")  # open tails, closed with GOING_AWAY at shutdown
+QUERY_ENGINE: web.AppKey[Engine] = web.AppKey("query_engine")  # DuckDB, opened on the first query
+HUB: web.AppKey[Hub] = web.AppKey("tail_hub")  # one watch per followed log, shared by its followers
+SINKS: web.AppKey[set[Sink]] = web.AppKey("tail_sinks")  # open tails, closed with GOING_AWAY at shutdown

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper.format import manifest, names
 from shipper.errors import LogshipError, ObjectNotFound
+from shipper.format import manifest, names
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log
 
@@ -307,7 +307,7 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
         try:
             await asyncio.wait_for(stopping.wait(), poll)
             return None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         fresh = await source.view(view.task, view.host)
         if fresh.size > pos or fresh.finished:

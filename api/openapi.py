@@ -404,9 +404,9 @@ def _schemas() -> dict[str, Any]:
             "elapsed_ms": {"type": "integer"}, "error": _ref("Error")}},
         "SearchHit": {"type": "object", "properties": {
             "task": _ID, "host": _ID, "line_no": {"type": "integer"},
-            "ts": _nullable("string", format="date-time"), "stream": {"type": "string", "enum": ["stdout", "stderr", "unknown"],
-                                                             "description": "`unknown`: bytes recovered after "
-                                                             "an agent died"},
+            "ts": _nullable("string", format="date-time"),
+            "stream": {"type": "string", "enum": ["stdout", "stderr", "unknown"],
+                       "description": "`unknown`: bytes recovered after an agent died"},
             "line": {"type": "string"}, "truncated": {"type": "boolean"}, "partial": {"type": "boolean"},
             "offset": {"type": "integer", "description": "byte offset of the line in the log"},
             "end": {"type": "integer"}, "url": {"type": "string", "description": "the log's /log route"},

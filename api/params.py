@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +24,8 @@ DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII: str.isdigit() also takes '²', whi
 # `since=` / `until=`: a duration back from now, Unix ns, a date or an RFC 3339 time (api/openapi.py: TIME_PATTERN)
 _DURATION = re.compile(r"([0-9]{1,12})(\.[0-9]{1,9})?(ms|s|m|h|d|w)?", re.I | re.A)
 _UNIX_NS = re.compile(r"[0-9]{13,19}")
-_DATE_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,32}))?)?"
+_DATE_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+                        r"(?:[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,32}))?)?"
                         r"([Zz]|[+-][0-9]{2}:[0-9]{2})?)?")
 _DURATION_S = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 TIME_HINT = ("use a duration back from now (90s, 30m, 12h, 7d, 2w), a date (2026-11-20), an RFC 3339 time "
@@ -112,13 +113,13 @@ def parse_time(value: str, now_ns: int | None = None) -> int | None:
     if m := _DATE_TIME.fullmatch(value):
         y, mo, d, hh, mm, ss, frac, tz = m.groups()
         try:
-            zone = timezone.utc if tz in (None, "Z", "z") else \
+            zone = UTC if tz in (None, "Z", "z") else \
                 timezone((-1 if tz[0] == "-" else 1) * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
             dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), min(int(ss or 0), 59),
                           tzinfo=zone)  # a leap second :60 counts as :59
         except ValueError:  # 2026-02-30, hour 25, year 0, an offset of 24 h or more
             return None
-        delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
         ns = (delta.days * 86400 + delta.seconds) * 10**9 + int((frac or "0")[:9].ljust(9, "0"))
         return min(max(ns, 0), INT64_MAX)
     return None

@@ -30,8 +30,18 @@ from yarl import URL
 from shipper.errors import LogshipError
 
 from .keys import CONFIG, METRICS, PROXY, PROXY_SESSION, SOURCE
-from .proxy_check import AllowList, BadAnswer, NotAllowed, SSECheck, TailCheck, check_index, check_json_head, \
-    check_log_head, check_meta, shown
+from .proxy_check import (
+    AllowList,
+    BadAnswer,
+    NotAllowed,
+    SSECheck,
+    TailCheck,
+    check_index,
+    check_json_head,
+    check_log_head,
+    check_meta,
+    shown,
+)
 from .source import LogView
 
 log = logging.getLogger("logship.api.proxy")
@@ -144,15 +154,15 @@ async def proxy_middleware(request: web.Request,
 
 def _unreachable(request: web.Request, t: _Target, exc: BaseException) -> None:
     request.app[METRICS].proxy_unreachable += 1
-    request.app[PROXY].log(t.base, "%s/%s: the API at %s is unreachable (%s): serving checkpoints", t.view.task, t.view.host,
-               t.base, exc or type(exc).__name__)
+    request.app[PROXY].log(t.base, "%s/%s: the API at %s is unreachable (%s): serving checkpoints", t.view.task,
+                           t.view.host, t.base, exc or type(exc).__name__)
 
 
 def _bad(request: web.Request, t: _Target, exc: BaseException, served: str = "serving checkpoints") -> None:
     request.app[METRICS].proxy_rejected += 1
     request.app[PROXY].mark(t.base, t.view.task, t.view.host)
-    request.app[PROXY].log(t.base, "%s/%s: the API at %s answered %s: %s (%s for %gs)", t.view.task, t.view.host, t.base,
-               request.path, exc, served, BAD_NODE_SECONDS)
+    request.app[PROXY].log(t.base, "%s/%s: the API at %s answered %s: %s (%s for %gs)", t.view.task, t.view.host,
+                           t.base, request.path, exc, served, BAD_NODE_SECONDS)
 
 
 def _request(request: web.Request, t: _Target) -> tuple[str, dict[str, str]]:
@@ -179,7 +189,7 @@ async def _open(request: web.Request, t: _Target, method: str) -> aiohttp.Client
     url, headers = _request(request, t)
     try:
         up = await request.app[PROXY_SESSION].request(method, url, headers=headers, allow_redirects=False)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         _unreachable(request, t, exc)
         raise _Fallback from None
     if up.status in REFUSALS:  # a bad parameter, a log it lost, a range past its end: the handler answers
@@ -233,7 +243,7 @@ async def _proxy_stream(request: web.Request, t: _Target) -> web.StreamResponse:
                     if length is not None and sent != length:
                         raise BadAnswer(f"{sent} bytes of a Content-Length of {length}") from None
                     break
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     raise BadAnswer(f"the answer was cut ({exc or type(exc).__name__})") from None
                 if cap is not None and sent + len(piece) > cap:
                     raise BadAnswer(f"more than the {cap} bytes its head announced")
@@ -272,7 +282,7 @@ async def _proxy_json(request: web.Request, t: _Target) -> web.StreamResponse:
                     body += piece
                     if len(body) > MAX_JSON:
                         raise BadAnswer(f"more than {MAX_JSON} bytes of JSON")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 _unreachable(request, t, exc)
                 raise _Fallback from None
         if t.route == "/index":
@@ -298,7 +308,7 @@ async def _proxy_ws(request: web.Request, t: _Target) -> web.StreamResponse:
         if exc.status not in REFUSALS:
             _bad(request, t, BadAnswer(f"HTTP {exc.status} to a WebSocket upgrade"))
         raise _Fallback from None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         _unreachable(request, t, exc)
         raise _Fallback from None
     check = TailCheck(_whole(request.query.get("from")), t.held)

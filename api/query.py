@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from shipper.format import names
 from shipper.config import Config
 from shipper.errors import LogshipError
+from shipper.format import names
 
 from . import params
 from .errors import BadRequest, json_error

@@ -25,9 +25,9 @@ from typing import IO, Any, cast
 
 import zstandard
 
+from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.format import archive, index, manifest, names
 from shipper.format.archive import BytesMissing, IntegrityError
-from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.retry import QuietLog
 from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._util import DEFAULT_WORKDIR, SETTLE, GiB, MiB, ROOT, Series, say, text_file, tool
+from ._util import DEFAULT_WORKDIR, ROOT, SETTLE, GiB, MiB, Series, say, text_file, tool
 
 SECTIONS = ("pipe", "task", "upload", "api", "query")
 COLUMNS = ("what", "baseline", "ours", "ratio", "must", "aim", "result")
@@ -80,7 +80,7 @@ class Row:
 
 def paired(name: str, ours: Series, base: Series, invert: bool = False) -> Series:
     """Per-round ratios ours/base (paired samples cancel drift in the machine's load better than medians)."""
-    return Series(name, "x", [(b / o if invert else o / b) for o, b in zip(ours.samples, base.samples)])
+    return Series(name, "x", [(b / o if invert else o / b) for o, b in zip(ours.samples, base.samples, strict=True)])
 
 
 def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
@@ -109,7 +109,7 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         t = results[key]
         w, c = t["wall"], t["cpu"]
         extra = Series("the agent's extra CPU", "CPU s",
-                       [a - b for a, b in zip(c["agent"].samples, c["alone"].samples)])
+                       [a - b for a, b in zip(c["agent"].samples, c["alone"].samples, strict=True)])
         if t["mode"] == "block":
             rows.append(Row(f"task wall time, {t['lines']:,} lines, 8 KiB writes (s)", w["alone"].spread(3),
                             w["agent"].spread(3), paired("wall", w["agent"], w["alone"]), 1.05, 1.02, higher=False))
@@ -163,7 +163,7 @@ def table(rows: list[Row]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
 
     def line(c: list[str]) -> str:
-        return "  ".join(s.ljust(w) for s, w in zip(c, widths)).rstrip()
+        return "  ".join(s.ljust(w) for s, w in zip(c, widths, strict=True)).rstrip()
 
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in cells[1:]])
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
            "quick": args.quick, "runs": runs, "settle_seconds": args.settle, "sizes": sizes.__dict__,
            "machine": machine(),
            "results": to_json(results),
-           "table": [dict(zip(COLUMNS, r.cells())) for r in rows]}
+           "table": [dict(zip(COLUMNS, r.cells(), strict=True)) for r in rows]}
     out = Path("bench/out")
     out.mkdir(parents=True, exist_ok=True)
     name = time.strftime("%Y%m%d-%H%M%S", time.gmtime(began)) + ("-quick" if args.quick else "") + ".json"

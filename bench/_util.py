@@ -61,8 +61,9 @@ _LEVELS = ["INFO"] * 70 + ["DEBUG"] * 18 + ["WARN"] * 8 + ["ERROR"] * 4
 _COMPONENTS = ["scheduler", "worker", "db.pool", "http.client", "cache", "uploader", "auth", "metrics",
                "backup.tar", "rsync", "k8s.watch", "queue.consumer"]
 _PATHS = ["/var/lib/app/data", "/srv/backup/daily", "/home/build/src/pkg", "/tmp/job-cache", "/etc/app/conf.d"]
-_WORDS = ("the of connection request retry timeout chunk segment table index user session token replica "
-          "shard batch commit rollback snapshot volume block file record cursor page lease heartbeat").split()
+_WORDS = ["the", "of", "connection", "request", "retry", "timeout", "chunk", "segment", "table", "index", "user",
+          "session", "token", "replica", "shard", "batch", "commit", "rollback", "snapshot", "volume", "block", "file",
+          "record", "cursor", "page", "lease", "heartbeat"]
 
 
 def _line(r: random.Random, ts: float, n: int) -> str:

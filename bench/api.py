@@ -383,7 +383,8 @@ def _presign(server: Server, key: str) -> str:
 
     s3 = botocore.session.get_session().create_client(
         "s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        aws_secret_access_key=server.secret_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
     url: str = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": f"{PREFIX}/{key}"},
                                          ExpiresIn=3600)
     return url
@@ -629,8 +630,8 @@ class _RssSampler:
 
 def rows_for(a: dict[str, Any]) -> tuple[list[Any], list[str]]:
     """Rows and notes for bench/__main__.py's table."""
-    from ._util import GiB
     from .__main__ import Row, paired
+    from ._util import GiB
 
     rows: list[Any] = []
     notes: list[str] = []
@@ -674,12 +675,13 @@ def rows_for(a: dict[str, Any]) -> tuple[list[Any], list[str]]:
                     a["load_broken"].spread(0), None, 0, 0, higher=False, value=max(a["load_broken"].samples)))
     notes.append(f"download baselines: curl (SigV4) GETs every segment object in order on one connection, to "
                  f"/dev/null; with zstd -d -o /dev/null reading its stdout. Ours: curl -o /dev/null of /log, without "
-                 f"and with '{ACCEPT_ZSTD}' (then the body is the stored objects; piped into zstd -d on the second row). "
+                 f"and with '{ACCEPT_ZSTD}' (then the body is the stored objects; piped into zstd -d on the second "
+                 "row). "
                  f"Speeds are log bytes / wall time; the objects hold {a['stored']['zstd'] / 1e6:.0f} MB (zstd), "
                  f"{a['stored']['none'] / 1e6:.0f} MB (none)")
     notes.append("first byte: a new connection per request, from connect to the first byte of the body, "
-                 f"median of {a['ttfb_requests']} after {a['ttfb_warm']} warm-up ones; the baseline is the same client's "
-                 "presigned GET of the segment object the API reads first (for a zstd Range: from its start)")
+                 f"median of {a['ttfb_requests']} after {a['ttfb_warm']} warm-up ones; the baseline is the same "
+                 "client's presigned GET of the segment object the API reads first (for a zstd Range: from its start)")
     notes.append("download CPU s: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["cpu"].items())
                  + "; the API's own: " + ", ".join(f"{k} {v.spread(2)}" for k, v in a["api_cpu"].items()))
     notes.append("live tail, each client: " + "; ".join(
@@ -744,7 +746,7 @@ def _percentile(s: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-async def client_tail(url: str, mode: str, warmup: float) -> dict[str, Any]:
+async def client_tail(url: str, mode: str, warmup: float) -> dict[str, Any]:  # noqa: C901  (WebSocket and SSE, one loop)
     """Follow the log until its end event; per line, receive time - the write time it carries."""
     import aiohttp
 

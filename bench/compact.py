@@ -32,13 +32,14 @@ NEEDLE = "rollback snapshot"
 HOST = "bench"
 PUT_CONCURRENCY = 32
 SEARCH = f"SELECT count(*) FROM lines WHERE contains(line, '{NEEDLE}')"
-WORDS = ("the of connection request retry timeout chunk segment table index user session token replica shard "
-         "batch commit rollback snapshot volume block file record cursor page lease heartbeat").split()
+WORDS = ["the", "of", "connection", "request", "retry", "timeout", "chunk", "segment", "table", "index", "user",
+         "session", "token", "replica", "shard", "batch", "commit", "rollback", "snapshot", "volume", "block", "file",
+         "record", "cursor", "page", "lease", "heartbeat"]
 
 
 def log_text(r: random.Random, i: int, size: int) -> bytes:
     """About `size` bytes of log lines; one log in ten says NEEDLE once."""
-    lines = []
+    lines: list[str] = []
     n = 0
     while sum(map(len, lines)) < size - 100:
         words = " ".join(r.choice(WORDS) for _ in range(9))
@@ -54,8 +55,8 @@ def log_text(r: random.Random, i: int, size: int) -> bytes:
 async def fill(store: Any, logs: int, size: int) -> tuple[int, int]:
     """Write `logs` finished logs of ~`size` bytes: their query copies and manifests. Returns (copies, bytes)."""
     from shipper.format import manifest, names
-    from shipper.query import copies
     from shipper.format.index import STDOUT, Chunk
+    from shipper.query import copies
 
     r = random.Random(7)
     t0 = time.time_ns() - 3600 * 10**9

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._util import DEFAULT_WORKDIR, MiB, ROOT, Series, check, clean_env, rmtree, run_timed, say, settle, text_file, tool
+from ._util import DEFAULT_WORKDIR, ROOT, MiB, Series, check, clean_env, rmtree, run_timed, say, settle, text_file, tool
 
 NEEDLE = "rollback snapshot"  # ≈ 1 line in 40 of the bench text
 NEEDLE_I = "ROLLBACK Snapshot"

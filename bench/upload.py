@@ -67,7 +67,8 @@ def _rounds(d: Path, log_dir: Path, raw: int, nseg: int, server: s3local.LocalS3
     for r in range(runs):
         settle()
         order = ["rclone", *VARIANTS]
-        order = order[r % len(order):] + order[:r % len(order)]  # rotate, so no side always runs on a warmer or fuller server
+        # rotate, so no side always runs on a warmer or fuller server
+        order = order[r % len(order):] + order[:r % len(order)]
         for side in order:
             prefix = f"r{r}-{side}"
             if side == "rclone":

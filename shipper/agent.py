@@ -7,6 +7,7 @@ The agent never stops reading because of the spool: a failing disk is counted, n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -16,9 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from shipper.format import index, names
+
 from .config import Config
 from .errors import LogExists, SpoolError
 from .spool import NOFOLLOW, SegmentWriter, SpoolDamaged, make_log_dir, pid_start_ticks, write_json_atomic
@@ -125,10 +127,8 @@ class Agent:
             os.close(self._reserve_fd)
             self._reserve_fd = -1
         if self.dir_fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(".exit.reserve", dir_fd=self.dir_fd)
-            except OSError:
-                pass
 
     def run(self) -> int:
         self.prepare()
@@ -235,14 +235,12 @@ class Agent:
 
     # --- the pump --------------------------------------------------------------------------
 
-    def _pump(self, streams: list[_Stream]) -> None:
+    def _pump(self, streams: list[_Stream]) -> None:  # noqa: C901  (one poll loop: reads, flushes, rotation, exit)
         by_fd = {s.fd: s for s in streams}
         poller = select.poll()
         for s in streams:
-            try:
+            with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
                 fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
             poller.register(s.fd, select.POLLIN)
         assert self._proc is not None
         exited_at: float | None = None

@@ -51,7 +51,7 @@ class Sample:
 
     def to_json(self) -> dict[str, Any]:
         return {"sampled_ns": self.sampled_ns, "cpu_seconds": round(self.cpu_seconds, 3),
-                "processes": [dict(zip(_PROCESS_KEYS, astuple(p))) for p in self.processes]}
+                "processes": [dict(zip(_PROCESS_KEYS, astuple(p), strict=True)) for p in self.processes]}
 
 
 _PROCESS_KEYS = tuple(f.name for f in fields(Process))
@@ -145,9 +145,9 @@ class Sampler:
                 pid = int(name)
                 stats[pid] = st
                 children.setdefault(st.ppid, []).append(pid)
-                if pid == self.root and st.start == self._root_start:  # not a stranger that got its pid
-                    seeds.append(pid)
-                elif self.pgid == st.pgid or self.sid == st.sid or self._carries_mark(pid, st):
+                # the root (its start time: not a stranger that got its pid), its group, session or a marked one
+                if (pid == self.root and st.start == self._root_start or self.pgid == st.pgid or self.sid == st.sid
+                        or self._carries_mark(pid, st)):
                     seeds.append(pid)
         if self._needle:
             self._marked = {pid: v for pid, v in self._marked.items() if pid in stats}

@@ -15,13 +15,23 @@ A log whose spool files are damaged (spool.SpoolDamaged) is counted but never dr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shipper.format import names
-from .spool import (QUOTA, SpoolDamaged, check_segment, iter_logs, read_file, read_json, read_log, segment_end,
-                    write_json_atomic)
 
+from .spool import (
+    QUOTA,
+    SpoolDamaged,
+    check_segment,
+    iter_logs,
+    read_file,
+    read_json,
+    read_log,
+    segment_end,
+    write_json_atomic,
+)
 
 
 def is_quota_drop(entry: dict[str, Any]) -> bool:
@@ -81,13 +91,13 @@ def enforce_quota(spool: Path, quota: int, is_uploaded: Callable[[Path, int], bo
     if used <= quota:
         return used, dropped
     sealed.sort(key=lambda s: s[0])
-    for mtime, d, seq, size, uploaded in sealed:  # 1: what the store already holds
+    for _mtime, d, seq, size, uploaded in sealed:  # 1: what the store already holds
         if used <= quota:
             break
         if uploaded:
             _remove(d, seq)
             used -= size
-    for mtime, d, seq, size, uploaded in sealed:  # 2: the oldest not yet uploaded, but never a first segment
+    for _mtime, d, seq, size, uploaded in sealed:  # 2: the oldest not yet uploaded, but never a first segment
         if used <= quota:
             break
         if not uploaded and seq != 1:

@@ -15,13 +15,15 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shipper.format import index, names
-from .errors import DamagedObject, SpoolError
 from shipper.format.index import RECORD_SIZE
+
+from .errors import DamagedObject, SpoolError
 
 # Every spool file is opened without following a symbolic link: the spool is group-writable, and a
 # link planted in it must not make the agent write, or the watcher ship or delete, a file elsewhere.
@@ -226,7 +228,8 @@ class SegmentWriter:
         """Monotonic time at which the open segment must be sealed by age, if one is open."""
         return self.seg_opened + self.segment_seconds if self.is_open else None
 
-    def append(self, stream: int, parts: list[bytes | bytearray | memoryview], length: int, lines: int, partial: bool) -> None:
+    def append(self, stream: int, parts: list[bytes | bytearray | memoryview], length: int, lines: int,
+               partial: bool) -> None:
         """Append one chunk (the concatenation of `parts`) to the open segment."""
         if not self.is_open:
             self._open()
@@ -537,7 +540,8 @@ def _record_problem(r: index.Chunk, pos: int, want_seq: int | None, first: bool 
 MAX_GAP = 1 << 40  # a range lost between two segments larger than this says the index is not the agent's
 
 
-def check_segment(raw_idx: bytes, size: int, start: int | None, next_chunk: int | None,
+# C901: one walk over the index records, each case of damage beside the others
+def check_segment(raw_idx: bytes, size: int, start: int | None, next_chunk: int | None,  # noqa: C901
                   read: Callable[[int, int], bytes], name: str, ts_ns: int) -> SegmentCheck:
     """Check a segment's index against its bytes and say how to keep every good byte at its offset.
 

@@ -1,4 +1,5 @@
-"""Fixtures for every test: one local SeaweedFS per session, and a store per backend under a fresh prefix."""
+"""Fixtures for every test: one local SeaweedFS per session, and a store per backend under a fresh prefix;
+the browser tests' fixtures are in tests/browser.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.store import Store, open_store
 
+from .browser import browser, page, stack  # noqa: F401  (the browser tests' fixtures)
 from .support import MakeConfig, config
 
 

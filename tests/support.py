@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from api.app import create_app
 from shipper.config import Config, load_config
+from shipper.query.engine import Database
 
 LOGSHIP = [sys.executable, "-m", "shipper.commands.cli"]
 ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
 MakeConfig = Callable[..., Config]
+Client = TestClient[web.Request, web.Application]  # an API in this process (aiohttp's test client)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,6 +79,13 @@ def spooled(spool: Path, task: str, host: str = "h1") -> bytes:
     return b"".join(p.read_bytes() for p in segs)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (another process may take it meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -94,9 +113,6 @@ w(out, b"no final newline")
 
 def kill_task(spool: Path, task: str, host: str = "h1") -> None:
     """Kill a task's whole process group: it runs in its own, so killing its agent leaves it running."""
-    import json
-    import signal
-
     try:
         run = json.loads((spool / task / host / "run.json").read_bytes())
         os.killpg(run["child_pid"], signal.SIGKILL)
@@ -191,3 +207,77 @@ class Proxy:
             await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
         finally:
             self._open.discard(writer)
+
+
+class Api:
+    """A `logship serve` subprocess over a file store and a spool in `tmp_path`, and the CLI against it."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.tmp_path = tmp_path
+        self.spool = tmp_path / "spool"
+        self.port = free_port()
+        self.env = env_for(self.spool, {"LOGSHIP_STORE_URL": f"file://{tmp_path / 'archive'}",
+                                        "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}",
+                                        "LOGSHIP_SPOOL_SEGMENT_BYTES": "8MiB", **env})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        for _ in range(5):
+            with open(self.tmp_path / "serve.log", "ab") as log:
+                self.proc = subprocess.Popen([*LOGSHIP, "serve"], env=self.env, stdout=log, stderr=log)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+            self.port = free_port()  # taken meanwhile by someone else: try another
+            self.env["LOGSHIP_API_LISTEN"] = f"127.0.0.1:{self.port}"
+        raise RuntimeError((self.tmp_path / "serve.log").read_text())
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+        self.proc = None
+
+    def run(self, task: str, script: str, host: str = "h1") -> bytes:
+        """Run a task to its end under a real agent; the log's bytes as the spool holds them."""
+        res = run_agent(self.spool, task, [sys.executable, "-c", script], env=self.env, host=host)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return spooled(self.spool, task, host)
+
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*LOGSHIP, *args], env={**self.env, **env}, capture_output=True, timeout=timeout,
+                              cwd=self.tmp_path)
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*LOGSHIP, *args], env={**self.env, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=self.tmp_path)
+
+    def etag(self, task: str, host: str = "h1") -> str:
+        req = urllib.request.Request(f"{self.url}/api/v1/tasks/{task}/hosts/{host}/log", method="HEAD")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return str(r.headers["ETag"])
+
+
+# --- the API in this process, and DuckDB -----------------------------------------------------------
+
+
+async def client_for(cfg: Config) -> Client:
+    """An in-process API (no spool) for `cfg`, started; the caller closes it."""
+    client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
+    await client.start_server()
+    return client
+
+
+def rows(db: Database, sql: str) -> list[dict[str, Any]]:
+    """The rows of `sql` as JSON objects."""
+    result = db.execute(sql)
+    return [json.loads(o) for batch in result.fetch_json() for o in batch]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 from shipper.format import index, names
@@ -40,8 +41,8 @@ def test_chunks_are_line_aligned_and_partials_marked(tmp_path: Path) -> None:
     data = spooled(spool, "nasty")
     chunks = chunks_of(spool, "nasty")
     assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
-    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in zip(chunks, chunks[1:]))
-    assert all(a.ts_ns <= b.ts_ns for a, b in zip(chunks, chunks[1:]))
+    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in pairwise(chunks))
+    assert all(a.ts_ns <= b.ts_ns for a, b in pairwise(chunks))
     for c in chunks:
         body = data[c.offset:c.end]
         assert c.lines == body.count(b"\n")
@@ -56,7 +57,8 @@ def test_chunks_are_line_aligned_and_partials_marked(tmp_path: Path) -> None:
 def test_rotation_by_size_and_age(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     env = env_for(spool, LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB", LOGSHIP_SPOOL_SEGMENT_SECONDS="1")
-    script = "import sys,time\nfor i in range(3000): print('line %05d ' % i + 'x'*60)\nsys.stdout.flush(); time.sleep(2.5); print('late')"
+    script = ("import sys,time\nfor i in range(3000): print('line %05d ' % i + 'x'*60)\n"
+              "sys.stdout.flush(); time.sleep(2.5); print('late')")
     res = run_agent(spool, "rot", [sys.executable, "-c", script], env=env)
     assert res.returncode == 0
     d = spool / "rot" / "h1"

@@ -22,13 +22,17 @@ from api import source
 from api.app import create_app
 from api.keys import METRICS
 from shipper.config import Config, load_config
+from shipper.errors import StoreError
+from shipper.format.archive import IntegrityError
 from shipper.watcher import watch
 
-from .support import NASTY, env_for, run_agent, spooled, start_agent, stop_agent
+from .support import NASTY, Client, env_for, run_agent, spooled, start_agent, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 BIG = "import sys\nfor i in range(60000): sys.stdout.write('line %06d %s\\n' % (i, 'abcdefghij' * (i % 7)))\n"
+
+Shipped = tuple[Client, bytes]  # a test client and the log's bytes
 
 
 class Setup:
@@ -58,14 +62,14 @@ def setup(tmp_path: Path) -> Setup:
     return Setup(tmp_path, {})
 
 
-async def client_for(cfg: Config, serve_spool: bool = True) -> TestClient:
+async def client_for(cfg: Config, serve_spool: bool = True) -> Client:
     client = TestClient(TestServer(create_app(cfg, serve_spool=serve_spool)))
     await client.start_server()
     return client
 
 
 @pytest.fixture(params=["spool", "store-zstd", "store-none"])
-async def shipped(request: pytest.FixtureRequest, setup: Setup) -> AsyncIterator[tuple[TestClient, bytes]]:
+async def shipped(request: pytest.FixtureRequest, setup: Setup) -> AsyncIterator[Shipped]:
     """A finished multi-segment log served from the spool only, or from the store only (spool pruned)."""
     if request.param == "store-none":
         setup.env["LOGSHIP_STORE_COMPRESSION"] = "none"
@@ -78,7 +82,7 @@ async def shipped(request: pytest.FixtureRequest, setup: Setup) -> AsyncIterator
     await client.close()
 
 
-async def test_whole_log_is_byte_identical(shipped: tuple[TestClient, bytes]) -> None:
+async def test_whole_log_is_byte_identical(shipped: Shipped) -> None:
     client, data = shipped
     r = await client.get("/api/v1/tasks/big/hosts/h1/log")
     assert r.status == 200 and r.headers["Content-Length"] == str(len(data))
@@ -86,7 +90,7 @@ async def test_whole_log_is_byte_identical(shipped: tuple[TestClient, bytes]) ->
     assert r.headers["ETag"].startswith('"') and r.headers["Accept-Ranges"] == "bytes"
 
 
-async def test_ranges(shipped: tuple[TestClient, bytes]) -> None:
+async def test_ranges(shipped: Shipped) -> None:
     client, data = shipped
     n = len(data)
     for header, want in [("bytes=0-0", data[:1]), (f"bytes={n - 1}-", data[-1:]), ("bytes=-1", data[-1:]),
@@ -105,7 +109,7 @@ async def test_ranges(shipped: tuple[TestClient, bytes]) -> None:
         assert (await r.json())["error"] == "bad_range"
 
 
-async def test_if_range(shipped: tuple[TestClient, bytes]) -> None:
+async def test_if_range(shipped: Shipped) -> None:
     client, data = shipped
     etag = (await client.head("/api/v1/tasks/big/hosts/h1/log")).headers["ETag"]
     r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"Range": "bytes=10-19", "If-Range": etag})
@@ -114,7 +118,7 @@ async def test_if_range(shipped: tuple[TestClient, bytes]) -> None:
     assert r.status == 200 and await r.read() == data
 
 
-async def test_progressive_start(shipped: tuple[TestClient, bytes]) -> None:
+async def test_progressive_start(shipped: Shipped) -> None:
     client, data = shipped
     r = await client.get("/api/v1/tasks/big/hosts/h1/log?start=1000")
     assert await r.read() == data[1000:]
@@ -218,7 +222,8 @@ async def test_listing_filters_and_pages(setup: Setup) -> None:
         assert {r["task"] for r in hosts} == {"job1", "job3"}
         seen, cursor = [], None
         while True:
-            page = await (await client.get("/api/v1/tasks", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = await (await client.get("/api/v1/tasks", params=params)).json()
             seen += [r["task"] for r in page["logs"]]
             if not (cursor := page["next_cursor"]):
                 break
@@ -361,7 +366,7 @@ def unzstd(body: bytes) -> bytes:
     return out
 
 
-async def test_zstd_encoding_sends_the_stored_frames(shipped: tuple[TestClient, bytes]) -> None:
+async def test_zstd_encoding_sends_the_stored_frames(shipped: Shipped) -> None:
     client, data = shipped
     url = "/api/v1/tasks/big/hosts/h1/log"
     plain = await client.get(url)
@@ -482,13 +487,14 @@ async def _agen(pieces: list[bytes]) -> AsyncIterator[bytes]:
 async def test_decompress_pieces_stay_small_and_exact(kind: str) -> None:
     rnd = random.Random(kind)
     text = b"".join(b"%d %s\n" % (i, bytes(rnd.choices(b"abcdefgh ", k=rnd.randrange(80)))) for i in range(60000))
-    raw = {"text": text, "one byte repeated": b"y" * (64 << 20), "text and a run": text + b"\0" * (32 << 20) + text}[kind]
+    raw = {"text": text, "one byte repeated": b"y" * (64 << 20),
+           "text and a run": text + b"\0" * (32 << 20) + text}[kind]
     comp = zstandard.ZstdCompressor(level=1).compress(raw)
     for a, b in ((0, len(raw)), (12345, len(raw) - 999), (len(raw) - 1, len(raw))):
         got = [p async for p in source._decompress(_agen(_split(comp, rnd)), a, b)]
         assert b"".join(got) == raw[a:b]
         assert max(map(len, got)) <= source.ZSTD_OUT  # a 2,000-byte frame of 64 MiB comes out in small pieces
-    with pytest.raises(source.IntegrityError, match="ended"):
+    with pytest.raises(IntegrityError, match="ended"):
         [p async for p in source._decompress(_agen([comp[:len(comp) // 2]]), 0, len(raw))]
 
 
@@ -499,5 +505,5 @@ async def test_raw_frame_decodes_to_its_bytes(n: int) -> None:
     frame = b"".join([p async for p in source._raw_frame(_agen(_split(raw, rnd)), n)])
     assert len(frame) == source._raw_frame_size(n)
     assert unzstd(frame + zstandard.ZstdCompressor().compress(b"next")) == raw + b"next"
-    with pytest.raises(source.StoreError):
+    with pytest.raises(StoreError):
         [p async for p in source._raw_frame(_agen([raw, b"x"]), n)]

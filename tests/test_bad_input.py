@@ -24,7 +24,7 @@ from api.openapi import DOCUMENT
 from shipper.config import load_config
 from shipper.watcher import watch
 
-from .support import env_for, run_agent
+from .support import Client, env_for, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,7 +38,7 @@ SSE = {"Accept": "text/event-stream"}
 
 
 class Api:
-    def __init__(self, client: TestClient, tmp: Path) -> None:
+    def __init__(self, client: Client, tmp: Path) -> None:
         self.client = client
         self.tmp = tmp
 
@@ -274,7 +274,8 @@ async def test_no_parameter_of_any_route_gives_a_5xx(api: Api) -> None:
 
 @pytest.mark.parametrize("body", [
     "[" * 100_000, "{" * 50_000, '{"sql": ' * 10_000, '{"sql": "' + "9" * 5000 + '"}', '{"sql": 1e999}',
-    '{"sql": NaN}', '{"sql": null}', '{"sql": ""}', '{"sql": "   "}', '{"sql": "\\u0000"}', '{"sql": "SELECT 1", "x": 1}',
+    '{"sql": NaN}', '{"sql": null}', '{"sql": ""}', '{"sql": "   "}', '{"sql": "\\u0000"}',
+    '{"sql": "SELECT 1", "x": 1}',
     '{"sql": "' + "x" * 900_000 + '"}', "x" * (2 << 20), "\udcff", '"just a string"', "[]", "",
 ])
 async def test_hostile_query_bodies_are_4xx(api: Api, body: str) -> None:

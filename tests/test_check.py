@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shipper.format import names
 from shipper.commands import s3local
 from shipper.commands.cli import build_parser
+from shipper.format import names
 
-from .support import LOGSHIP, ROOT, env_for, start_agent, start_watcher, stop_agent
-from .test_cli_client import Api
+from .support import LOGSHIP, ROOT, Api, env_for, start_agent, start_watcher, stop_agent
 
 Result = subprocess.CompletedProcess[bytes]
 TICKER = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.1)\n"
@@ -177,7 +176,8 @@ def test_systemd_units_run_real_commands_and_verify(tmp_path: Path) -> None:
             argv = line.split("=", 1)[1].split()
             assert argv[0] == "/opt/logship/bin/logship" and argv[-2:] == ["--config", "/etc/logship/logship.yaml"]
             for cmd in (["watch", "serve"] if "%i" in argv else [None]):
-                args = parser.parse_args([cmd if a == "%i" else a for a in argv[1:]])  # exits on a bad flag
+                # exits on a bad flag
+                args = parser.parse_args([cmd if cmd is not None and a == "%i" else a for a in argv[1:]])
                 assert args.cmd in ("watch", "serve")
         if unit.suffix == ".service" and "@" not in unit.name:
             assert {"User=logship", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes"} <= set(

@@ -8,12 +8,10 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -24,76 +22,11 @@ from shipper.agent import default_host
 from shipper.commands.client import ETAG_SUFFIX, Progress, base_url, lines_start
 from shipper.config import Config, load_config
 
-from .support import LOGSHIP, NASTY, Proxy, env_for, run_agent, sha, spooled, start_agent, stop_agent, watch_once
+from .support import LOGSHIP, NASTY, Api, Proxy, free_port, sha, spooled, start_agent, stop_agent, watch_once
 
 # 50 MB of log lines, written fast
 BIG = ("import sys\nw = sys.stdout.buffer.write\nrow = b'%07d ' + b'x' * 91 + b'\\n'\n"
        "for i in range(0, 500000, 1000): w(b''.join(row % j for j in range(i, i + 1000)))\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Api:
-    """A `logship serve` subprocess over a file store and a spool in `tmp_path`, and the CLI against it."""
-
-    def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.tmp_path = tmp_path
-        self.spool = tmp_path / "spool"
-        self.port = free_port()
-        self.env = env_for(self.spool, {"LOGSHIP_STORE_URL": f"file://{tmp_path / 'archive'}",
-                                        "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}",
-                                        "LOGSHIP_SPOOL_SEGMENT_BYTES": "8MiB", **env})
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        for _ in range(5):
-            log = open(self.tmp_path / "serve.log", "ab")
-            self.proc = subprocess.Popen([*LOGSHIP, "serve"], env=self.env, stdout=log, stderr=log)
-            log.close()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            self.stop()
-            self.port = free_port()  # taken meanwhile by someone else: try another
-            self.env["LOGSHIP_API_LISTEN"] = f"127.0.0.1:{self.port}"
-        raise RuntimeError((self.tmp_path / "serve.log").read_text())
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(15)
-        self.proc = None
-
-    def run(self, task: str, script: str, host: str = "h1") -> bytes:
-        """Run a task to its end under a real agent; the log's bytes as the spool holds them."""
-        res = run_agent(self.spool, task, [sys.executable, "-c", script], env=self.env, host=host)
-        assert res.returncode == 0, res.stderr[-2000:]
-        return spooled(self.spool, task, host)
-
-    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([*LOGSHIP, *args], env={**self.env, **env}, capture_output=True, timeout=timeout,
-                              cwd=self.tmp_path)
-
-    def popen(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*LOGSHIP, *args], env={**self.env, **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=self.tmp_path)
-
-    def etag(self, task: str, host: str = "h1") -> str:
-        req = urllib.request.Request(f"{self.url}/api/v1/tasks/{task}/hosts/{host}/log", method="HEAD")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return str(r.headers["ETag"])
 
 
 @pytest.fixture

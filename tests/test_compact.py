@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from shipper.config import Config
 from shipper.format import manifest, names
 from shipper.query.compact import Compactor, Settings
-from shipper.config import Config
 from shipper.query.engine import Database
 from shipper.store import ObjectInfo, open_store
 from shipper.watcher import watch

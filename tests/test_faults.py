@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
+from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-from shipper.format import archive
 from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import ObjectNotFound
+from shipper.format import archive
 from shipper.store import Store, open_store
 
 from .support import env_for, run_agent, sha, spooled, start_agent, start_watcher, watch_once
@@ -131,7 +131,8 @@ async def test_watcher_killed_9_mid_upload_resumes_without_duplicates(
 
             for kill_after in (1, 5):  # twice: early, and once some segments are done
                 log = tmp_path / f"watcher-{kill_after}.log"
-                watcher = start_watcher(env, stderr=open(log, "wb"))
+                with open(log, "wb") as err:
+                    watcher = start_watcher(env, stderr=err)
                 deadline = time.monotonic() + 60
                 # kill only while a multipart upload is under way, after `kill_after` segments made it
                 while (len([o for o in await store.list("logs/k9/") if o.key.endswith(".log")]) < kill_after

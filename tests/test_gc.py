@@ -18,14 +18,23 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper.format import archive, names
 from shipper.config import Config
+from shipper.format import archive, names
 from shipper.query.engine import Database
 from shipper.store import open_store
 from shipper.watcher import watch
 
-from .support import (LOGSHIP, MakeConfig, agent_env, kill_task, run_agent, spooled, start_agent, start_watcher,
-                      stop_agent)
+from .support import (
+    LOGSHIP,
+    MakeConfig,
+    agent_env,
+    kill_task,
+    run_agent,
+    spooled,
+    start_agent,
+    start_watcher,
+    stop_agent,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -230,7 +239,8 @@ async def test_gc_hides_a_log_at_once_and_deletes_it_after_the_grace_period(make
     now = await keys(cfg)
     # nothing is deleted yet: a query or download that started before may still read it for 600 s
     assert {k for k in objects if k not in now} == set()
-    assert sorted(k for k in now if k.startswith("deleting/")) == ["deleting/soon-gone/h1.json", "deleting/stays/h1.json"]
+    assert sorted(k for k in now if k.startswith("deleting/")) == ["deleting/soon-gone/h1.json",
+                                                                    "deleting/stays/h1.json"]
     res = gc(cfg, "--older-than", "0s", LOGSHIP_QUERY_GRACE_SECONDS="0")
     assert res.returncode == 0 and "deleted 2 logs" in res.stdout
     assert not [k for k in await keys(cfg) if not k.startswith("lines/date=1970")]

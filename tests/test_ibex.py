@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from shipper.commands import ibex, s3local
-from shipper.format import names
 from shipper.agent import default_host
+from shipper.commands import ibex, s3local
 from shipper.errors import LogshipError
+from shipper.format import names
 
-from .support import LOGSHIP, env_for, watch_once
-from .test_cli_client import Api
+from .support import LOGSHIP, Api, env_for, watch_once
 
 # The operator's change to a script: its first line. The body is plain sh; Categraf passes the args.
 SCRIPT = r"""#!/usr/bin/env -S logship run --ibex -- /bin/sh

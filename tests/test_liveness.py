@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_cumulative_cpu_does_not_drop_when_children_exit(start: Start, tmp_path:
         return two.exists() and len(spun) == 2 and not set(spun) & {p.pid for p in s.processes}
 
     wait_for(both_done, 30)
-    assert all(a.cpu_seconds <= b.cpu_seconds for a, b in zip(seen, seen[1:]))  # it never drops
+    assert all(a.cpu_seconds <= b.cpu_seconds for a, b in pairwise(seen))  # it never drops
     assert sum(p.cpu_seconds for p in seen[-1].processes) < 0.2  # though the live processes' sum does
     burnt = sum(spun.values())
     assert burnt > 0.6

@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper.format import archive, manifest, names
 from shipper.config import Config
 from shipper.errors import DamagedObject
+from shipper.format import archive, manifest, names
 from shipper.store import open_store
 from shipper.watcher import watch
 
@@ -32,7 +32,7 @@ GOOD: dict[str, Any] = {
                   "compression": "zstd", "first_ts": 1, "last_ts": 1, "lines": 1, "chunks": [s, s]} for s in (0, 1)],
 }
 
-Edit = Callable[[dict[str, Any]], None]
+Edit = Callable[[dict[str, Any]], object]
 BAD: dict[str, Edit] = {
     "version only": lambda d: [d.pop(k) for k in list(d) if k != "version"],
     "no task": lambda d: d.pop("task"),

@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from shipper.format import names
 from shipper.config import Config
+from shipper.format import names
 from shipper.watcher import watch
 
 from .support import agent_env, run_agent
@@ -30,7 +30,8 @@ async def test_metrics_count_store_requests_and_survive_a_garbage_state_file(
     try:
         assert (await client.get("/api/v1/tasks/counted/hosts/h1/log")).status == 200
         text = await (await client.get("/metrics")).text()
-        puts = [ln for ln in text.splitlines() if ln.startswith('logship_store_requests_total{op="put_object",by="watcher"}')]
+        puts = [ln for ln in text.splitlines()
+                if ln.startswith('logship_store_requests_total{op="put_object",by="watcher"}')]
         assert puts and int(puts[0].split()[-1]) >= 3  # segment, index, manifest
         sent = [ln for ln in text.splitlines() if ln.startswith('logship_store_bytes_sent_total{by="watcher"}')]
         assert sent and int(sent[0].split()[-1]) > 0

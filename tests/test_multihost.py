@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ import pytest
 
 from shipper.commands import s3local
 
-from .support import LOGSHIP, env_for, spooled, start_agent, start_watcher, stop_agent
+from .support import LOGSHIP, env_for, free_port, spooled, start_agent, start_watcher, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -26,8 +26,8 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import METRICS
-from shipper.format import archive, manifest, names
 from shipper.config import load_config
+from shipper.format import archive, manifest, names
 from shipper.store import open_store
 
 from .support import env_for, spooled, start_agent, stop_agent, watch_once
@@ -75,7 +75,7 @@ async def honest(request: web.Request, node: Node) -> web.StreamResponse:
             await ws.close()
             return ws
         ids = [len(body), len(body)]
-        return web.Response(text="".join(f"id: {i}\ndata: {json.dumps(m)}\n\n" for i, m in zip(ids, msgs)),
+        return web.Response(text="".join(f"id: {i}\ndata: {json.dumps(m)}\n\n" for i, m in zip(ids, msgs, strict=True)),
                             content_type="text/event-stream")
     if request.path.endswith("/index"):
         return web.json_response({"size": len(body), "status": "running", "line": 0,
@@ -172,8 +172,8 @@ async def test_the_node_gets_the_proxy_token_never_the_users(setup: Setup) -> No
     central = await setup.central()
     node = setup.node
     try:
-        cookie = {"Cookie": f"session={USER}", "Proxy-Authorization": f"Bearer {USER}", "Connection": "keep-alive, Range",
-                  "TE": "trailers", "X-Forwarded-For": "10.9.9.9"}
+        cookie = {"Cookie": f"session={USER}", "Proxy-Authorization": f"Bearer {USER}",
+                  "Connection": "keep-alive, Range", "TE": "trailers", "X-Forwarded-For": "10.9.9.9"}
         status, body, headers = await setup.get(central, params={"token": USER}, headers=cookie)
         assert status == 200 and body == node.body  # the newest bytes: the node's answer agrees with the manifest
         assert headers["Content-Type"].startswith("text/plain") and headers["ETag"] == f'"{node.run_id}-{len(body)}"'
@@ -359,7 +359,8 @@ async def test_sse_with_a_gap_is_cut(setup: Setup) -> None:
     async def sse(request: web.Request, node: Node) -> web.StreamResponse:
         good = {"offset": 3, "ts": 1, "stream": "stdout", "data": "ck"}
         bad = {"offset": 9, "ts": 1, "stream": "stdout", "data": "forged\n"}
-        return web.Response(text=f"retry: 1000\n\nid: 5\ndata: {json.dumps(good)}\n\nid: 16\ndata: {json.dumps(bad)}\n\n",
+        return web.Response(text=f"retry: 1000\n\nid: 5\ndata: {json.dumps(good)}\n\n"
+                                 f"id: 16\ndata: {json.dumps(bad)}\n\n",
                             content_type="text/event-stream")
 
     setup.node.answer = sse

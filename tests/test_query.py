@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import create_app
+from shipper.config import Config
 from shipper.format import index, names
 from shipper.query import copies
-from shipper.config import Config
 from shipper.query.engine import Database, QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
 
 from . import support
-from .support import LOGSHIP, MakeConfig, agent_env, run_agent
+from .support import LOGSHIP, MakeConfig, agent_env, client_for, rows, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,11 +67,6 @@ def make_config(make_config: MakeConfig) -> MakeConfig:
     return lambda **env: make_config(**{**SMALL_SEGMENTS, **env})
 
 
-def rows(db: Database, sql: str) -> list[dict[str, Any]]:
-    result = db.execute(sql)
-    return [json.loads(o) for batch in result.fetch_json() for o in batch]
-
-
 def spool_log(cfg: Config, task: str, host: str = "h1") -> tuple[bytes, list[index.Chunk], list[int]]:
     """The log's bytes, its chunks, and where each segment ends, from the spool."""
     d = cfg.spool_dir / task / host
@@ -81,12 +74,6 @@ def spool_log(cfg: Config, task: str, host: str = "h1") -> tuple[bytes, list[ind
     chunks = [c for s in seqs for c in index.read(str(names.spool_index(d, s)))]
     ends = [index.read(str(names.spool_index(d, s)))[-1].end for s in seqs]
     return b"".join(names.spool_segment(d, s).read_bytes() for s in seqs), chunks, ends
-
-
-async def client_for(cfg: Config) -> TestClient:
-    client = TestClient(TestServer(create_app(cfg, serve_spool=False)))
-    await client.start_server()
-    return client
 
 
 # --- the query copy ------------------------------------------------------------------------------
@@ -194,7 +181,7 @@ async def test_very_long_lines_are_cut_and_flagged(tmp_path: Path) -> None:
     run_agent(cfg.spool_dir, "long", [sys.executable, "-c", script], env=agent_env(cfg))
     log, chunks, _ = spool_log(cfg, "long")
     copy = copies.build(log, chunks, "long", "h1", 1, 1)
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     t = pq.read_table(io.BytesIO(copy.data)).to_pylist()
     assert [(r["line_no"], r["truncated"], len(r["line"]), r["byte_end"] - r["byte_offset"]) for r in t] == [
@@ -258,7 +245,8 @@ async def test_a_query_finds_exactly_the_lines_with_a_string(many: tuple[Config,
         logs = rows(db, "SELECT task, host, status, exit_code, lines, segments FROM logs ORDER BY task, host")
     finally:
         db.close()
-    want = {(t, h, i + 1, line) for (t, h), lines in written.items() for i, line in enumerate(lines) if "needle" in line}
+    want = {(t, h, i + 1, line)
+            for (t, h), lines in written.items() for i, line in enumerate(lines) if "needle" in line}
     assert {(r["task"], r["host"], r["line_no"], r["line"]) for r in got} == want and len(got) == len(want)
     assert len({(r["task"], r["host"]) for r in got}) == 6
     # the on-call query of DESIGN §1, as written there
@@ -356,7 +344,8 @@ async def test_query_formats_and_limits(tmp_path: Path) -> None:
         assert body["rows"][:2] == [{"line_no": 1, "line": "1"}, {"line_no": 2, "line": "2"}]
         assert body["columns"] == [{"name": "line_no", "type": "BIGINT"}, {"name": "line", "type": "VARCHAR"}]
         resp = await client.post("/api/v1/query?format=csv", json=sql)
-        assert resp.content_type == "text/csv" and (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
+        assert resp.content_type == "text/csv"
+        assert (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
         resp = await client.post("/api/v1/query?format=ndjson", json={"sql": "SELECT 'a\"b' AS s, [1, 2] AS l"})
         assert [json.loads(x) for x in (await resp.text()).splitlines()] == [{"s": 'a"b', "l": [1, 2]}]
         # Infinity and NaN are not JSON: they come as strings, and a strict parser takes the answer.

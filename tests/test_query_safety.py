@@ -17,15 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shipper.format import names
 from shipper.commands import s3local
+from shipper.format import names
 from shipper.query.engine import MAX_SQL_BYTES, Database, Limits, QueryError, archive_root
 from shipper.store import open_store
 from shipper.watcher import watch
 
 from . import support
-from .support import LOGSHIP, MakeConfig, agent_env, run_agent
-from .test_query import client_for, rows
+from .support import LOGSHIP, MakeConfig, agent_env, client_for, free_port, rows, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -108,16 +107,10 @@ async def test_no_credential_is_readable_through_sql(local_s3: s3local.LocalS3, 
 # --- memory: every format has the same bound -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`logship serve` in its own process (its memory is measured): its URL and pid."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*LOGSHIP, "serve"], env={**env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -282,7 +275,7 @@ async def test_answers_are_valid_json_at_any_depth_and_for_any_column_names(tmp_
 
 async def test_query_names_a_stopped_store_in_one_line(tmp_path: Path) -> None:
     """A store nobody answers on (connection refused), as `logship cat` reports it: one line, no traceback."""
-    port = _free_port()  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     env = support.env_for(tmp_path / "spool", {"LOGSHIP_STORE_URL": "s3://logship/q/",
                                                "LOGSHIP_STORE_ENDPOINT": f"http://127.0.0.1:{port}",
                                                "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE1", "AWS_SECRET_ACCESS_KEY": "x" * 20})

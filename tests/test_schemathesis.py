@@ -21,19 +21,11 @@ import pytest
 
 from api.openapi import DOCUMENT
 
-from .support import LOGSHIP, env_for, run_agent, start_agent, stop_agent, watch_once
+from .support import LOGSHIP, env_for, free_port, run_agent, start_agent, stop_agent, watch_once
 
 SEED = 20261204
 MAX_EXAMPLES = 20  # per operation and phase: ~20 operations in ~30 s here
 LIVE = "import time\nfor i in range(100000):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:
@@ -54,11 +46,10 @@ class Served:
 
     def start(self) -> None:
         for _ in range(5):
-            self.port = _free_port()
-            log = open(self.tmp / "serve.log", "ab")
-            self.proc = subprocess.Popen([*LOGSHIP, "serve"], stdout=log, stderr=log,
-                                         env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}"})
-            log.close()
+            self.port = free_port()
+            with open(self.tmp / "serve.log", "ab") as log:
+                self.proc = subprocess.Popen([*LOGSHIP, "serve"], stdout=log, stderr=log,
+                                             env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}"})
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:

@@ -16,16 +16,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shipper.format import archive, index, names
 from shipper.config import Config
+from shipper.format import archive, index, names
 from shipper.spool import read_json
 from shipper.store import open_store
 
-from .support import LOGSHIP, agent_env, config, run_agent, sha, spooled, start_agent, start_watcher, stop_agent, watch_once
+from .support import (
+    LOGSHIP,
+    agent_env,
+    config,
+    run_agent,
+    sha,
+    spooled,
+    start_agent,
+    start_watcher,
+    stop_agent,
+    watch_once,
+)
 
 SEG = 64 << 10
 GOOD_CMD = ["sh", "-c", "seq 1 30000"]  # 168,894 bytes: three segments
@@ -51,7 +64,7 @@ def two_logs(tmp_path: Path, **env: str) -> tuple[Config, bytes, bytes]:
     return cfg, good.stdout, spooled(cfg.spool_dir, "bad")
 
 
-async def stored(cfg: Config, task: str) -> tuple[dict, list[tuple[dict, bytes]]] | None:
+async def stored(cfg: Config, task: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]] | None:
     """The log's manifest and each part's bytes as the store holds them; None if it has no manifest."""
     store = open_store(cfg.store)
     try:
@@ -64,8 +77,9 @@ async def stored(cfg: Config, task: str) -> tuple[dict, list[tuple[dict, bytes]]
         await store.close()
 
 
-def state(cfg: Config) -> dict:
-    return read_json(cfg.spool_dir / names.WATCHER_STATE_FILE)
+def state(cfg: Config) -> dict[str, Any]:
+    doc: dict[str, Any] = read_json(cfg.spool_dir / names.WATCHER_STATE_FILE)
+    return doc
 
 
 def watch(cfg: Config) -> subprocess.CompletedProcess[bytes]:
@@ -83,7 +97,7 @@ async def assert_good_shipped(cfg: Config, good: bytes) -> None:
     assert sha(b"".join(data for _, data in parts)) == sha(good)
 
 
-def assert_at_offsets(parts: list[tuple[dict, bytes]], original: bytes) -> None:
+def assert_at_offsets(parts: list[tuple[dict[str, Any], bytes]], original: bytes) -> None:
     """Every byte the store holds is the task's byte at that offset."""
     for p, data in parts:
         assert len(data) == p["raw_size"]
@@ -97,11 +111,17 @@ def seg(cfg: Config, task: str, seq: int, what: str = "log") -> Path:
 
 # --- run.json, exit.json and the store's manifest: the log is set aside, the others ship -------------------
 
-def _run_doc(cfg: Config) -> dict:
-    return read_json(cfg.spool_dir / "bad" / "h1" / names.RUN_FILE)
+def _run_doc(cfg: Config) -> dict[str, Any]:
+    doc: dict[str, Any] = read_json(cfg.spool_dir / "bad" / "h1" / names.RUN_FILE)
+    return doc
 
 
-SET_ASIDE: dict[str, tuple[Callable[[Config], None], str]] = {
+def _link_segment(cfg: Config) -> None:
+    seg(cfg, "bad", 2).unlink()
+    seg(cfg, "bad", 2).symlink_to("/etc/hostname")
+
+
+SET_ASIDE: dict[str, tuple[Callable[[Config], object], str]] = {
     "run.json is {}": (lambda cfg: (cfg.spool_dir / "bad/h1/run.json").write_text("{}"), "task"),
     "run.json not JSON": (lambda cfg: (cfg.spool_dir / "bad/h1/run.json").write_bytes(b"\x00\xffnope"), "not JSON"),
     "run.json a list": (lambda cfg: (cfg.spool_dir / "bad/h1/run.json").write_text("[1, 2]"), "not a JSON object"),
@@ -110,8 +130,7 @@ SET_ASIDE: dict[str, tuple[Callable[[Config], None], str]] = {
     "another log's ids": (lambda cfg: (cfg.spool_dir / "bad/h1/run.json").write_text(
         json.dumps({**_run_doc(cfg), "task": "good"})), "names the log good/h1"),
     "exit.json damaged": (lambda cfg: (cfg.spool_dir / "bad/h1/exit.json").write_text('{"status": 3}'), "status"),
-    "segment is a link": (lambda cfg: (seg(cfg, "bad", 2).unlink(), seg(cfg, "bad", 2).symlink_to("/etc/hostname")),
-                          "symbolic link"),
+    "segment is a link": (_link_segment, "symbolic link"),
 }
 
 
@@ -177,7 +196,7 @@ def _bump(path: Path, i: int, **change: int) -> None:
     _write_records(path, recs)
 
 
-NO_LOSS: dict[str, Callable[[Config], None]] = {
+NO_LOSS: dict[str, Callable[[Config], object]] = {
     "index of random bytes": lambda cfg: seg(cfg, "bad", 2, "idx").write_bytes(
         os.urandom(seg(cfg, "bad", 2, "idx").stat().st_size)),
     "index truncated": lambda cfg: _write_records(seg(cfg, "bad", 2, "idx"), _records(seg(cfg, "bad", 2, "idx"))[:20]),
@@ -217,7 +236,7 @@ async def test_a_damaged_index_keeps_every_byte_at_its_offset(tmp_path: Path, ca
         chunks = [c for p in archive.parts(doc) for c in await archive.part_index(store, doc, p)]
     finally:
         await store.close()
-    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in zip(chunks, chunks[1:]))
+    assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in pairwise(chunks))
     assert chunks[-1].end == len(bad)
 
 
@@ -404,7 +423,8 @@ async def test_a_restarted_watcher_takes_back_what_a_deleted_manifest_named(tmp_
             await w.run_once()
             await w.store.close()
             got = await stored(cfg, "live")
-            if got and got[0]["size"] == len(expected) and not list((cfg.spool_dir / "live/h1").glob("0000000[1-3].log")):
+            sealed = list((cfg.spool_dir / "live/h1").glob("0000000[1-3].log"))
+            if got and got[0]["size"] == len(expected) and not sealed:
                 break
             assert time.monotonic() < deadline, "never shipped and pruned"
             time.sleep(0.2)

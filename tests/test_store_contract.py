@@ -13,21 +13,19 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.store import Store, open_store
+from shipper.store import Store, open_store, s3read
 from shipper.store.fs import FileStore
-from shipper.store import s3read
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
-from .support import Proxy
+from .support import Proxy, free_port
 
 # The store fixture's loop is the session's; the tests must run in the same one.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -96,7 +94,7 @@ async def test_open_stopped_early_releases_its_connection(store: Store) -> None:
     await store.put("big", os.urandom(4 * MiB))
     # More early stops than the S3 client's connection pool (32): a leak would hang here.
     for _ in range(40):
-        async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], store.open("big", chunk=64 << 10))) as it:
+        async with contextlib.aclosing(store.open("big", chunk=64 << 10)) as it:
             async for chunk in it:
                 assert chunk
                 break
@@ -447,9 +445,7 @@ async def test_crashed_or_frozen_server_is_unavailable_then_recovers(tmp_path: P
 
 
 async def test_unreachable_endpoint_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free once closed: nothing listens there
+    port = free_port()  # free once closed: nothing listens there
     store = open_store(StoreConfig(url="s3://logship/", endpoint=f"http://127.0.0.1:{port}",
                                    access_key="a", secret_key="b"))
     try:

@@ -18,11 +18,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
-from api.keys import METRICS, SOURCE
-from api.tail import HUB
-from shipper.format import names
+from api.keys import HUB, METRICS, SOURCE
 from shipper.commands import s3local
 from shipper.config import Config, load_config
+from shipper.format import names
 from shipper.watcher import Watcher
 
 from .support import env_for, run_agent, spooled, start_agent, start_watcher, stop_agent
@@ -261,7 +260,7 @@ async def resume(session: aiohttp.ClientSession, server: TestServer, kind: str, 
     """Follow from 0, disconnecting after each of `stops` bytes and reconnecting with the last offset."""
     pos, parts = 0, []
     for stop in [*stops, None]:
-        def until(msgs: list[Msg], stop: int | None = stop) -> bool:
+        def until(msgs: list[Msg], stop: int | None = stop, pos: int = pos) -> bool:
             return stop is not None and pos + received(msgs) >= stop
 
         if kind == "ws":

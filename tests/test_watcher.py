@@ -10,18 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shipper.format import archive, names
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
+from shipper.format import archive, names
 from shipper.spool import read_json
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
 
 from .support import NASTY, MakeConfig, agent_env, config, kill_task, run_agent, sha, spooled, start_agent, stop_agent
-
 
 # A store nobody answers for: a closed port on loopback.
 NOWHERE = {"LOGSHIP_STORE_URL": "s3://nowhere/x", "LOGSHIP_STORE_ENDPOINT": "http://127.0.0.1:9",
@@ -36,7 +36,7 @@ async def archived(cfg: Config, task: str, host: str = "h1", stream: str | None 
         await store.close()
 
 
-async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> dict:
+async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> dict[str, Any]:
     store = open_store(cfg.store)
     try:
         return await archive.load_manifest(store, task, host)
@@ -111,7 +111,8 @@ async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeCon
 
 async def test_agent_killed_9_is_archived_and_marked_lost(make_config: MakeConfig) -> None:
     cfg = make_config()
-    script = "import sys,time\nfor i in range(20): print('line', i, flush=True)\nsys.stdout.write('partial'); sys.stdout.flush(); time.sleep(60)"
+    script = ("import sys,time\nfor i in range(20): print('line', i, flush=True)\n"
+              "sys.stdout.write('partial'); sys.stdout.flush(); time.sleep(60)")
     p = start_agent(cfg.spool_dir, "victim", [sys.executable, "-c", script], env=agent_env(cfg),
                     stdout=subprocess.PIPE)
     assert p.stdout is not None

@@ -7,188 +7,30 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from shipper.format import index, names
-from shipper.commands import s3local
 
-from .support import LOGSHIP, NASTY, ROOT, agent_env, config, run_agent, spooled, start_agent, start_watcher, stop_agent, \
-    watch_once
+from shipper.format import index
+
+from .browser import MAX_ROWS, Browser, Page, Stack, conn_state, edge_n, rows, texts, wait_for
+from .support import NASTY, ROOT, free_port, run_agent, spooled, watch_once
 
 pytestmark = pytest.mark.timeout(300)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MAX_ROWS = 5000  # app.js keeps at most this many line elements
 FINISHED = "#log-status[data-status=finished]"  # the badge once the log's last rows are shown
 # The README's picture: rewritten by a run with LOGSHIP_UPDATE_SCREENSHOT=1, so that an ordinary test
 # run leaves the work tree clean (it still takes the screenshot, into its temporary directory).
 SCREENSHOT = ROOT / "docs" / "web.png"
 RED = "\x1b[31m"
 RESET = "\x1b[0m"
-
-Browser = Any  # playwright.sync_api.Browser (imported only when the browser tests run)
-Page = Any
-
-
-# --- the stack --------------------------------------------------------------------------------
-
-
-class Stack:
-    """A spool, a store under a fresh prefix of the session's SeaweedFS, and the processes around them."""
-
-    def __init__(self, tmp_path: Path, s3: s3local.LocalS3, **env: str) -> None:
-        self.tmp = tmp_path
-        self.cfg = config(tmp_path, **{"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
-                                       "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
-                                       "LOGSHIP_STORE_SECRET_KEY": s3.secret_key,
-                                       "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.5", **env})
-        self.env = agent_env(self.cfg)
-        self.spool = self.cfg.spool_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.agents: list[tuple[subprocess.Popen[bytes], str, str]] = []
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def run(self, task: str, script: str, host: str = "h1") -> subprocess.CompletedProcess[bytes]:
-        return run_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env)
-
-    def start(self, task: str, script: str, host: str = "h1") -> subprocess.Popen[bytes]:
-        p = start_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.agents.append((p, task, host))
-        wait_for(lambda: (self.spool / task / host / names.RUN_FILE).exists(), 20, "the agent did not start")
-        return p
-
-    def watcher(self, **env: str) -> None:
-        self.procs.append(start_watcher({**self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def serve(self, port: int | None = None, **env: str) -> subprocess.Popen[bytes]:
-        """`logship serve` on this stack's port (or `port`), once it answers."""
-        port = port or self.port
-        p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}", **env},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.procs.append(p)
-
-        def up() -> bool:
-            assert p.poll() is None, p.stderr.read().decode() if p.stderr else p.returncode
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(up, 30, "logship serve did not answer")
-        return p
-
-    def close(self) -> None:
-        for p, task, host in self.agents:
-            stop_agent(p, self.spool, task, host)
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-@pytest.fixture
-def stack(tmp_path: Path, local_s3: s3local.LocalS3) -> Iterator[Callable[..., Stack]]:
-    made: list[Stack] = []
-
-    def make(**env: str) -> Stack:
-        made.append(Stack(tmp_path, local_s3, **env))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for s in made:
-            s.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-# --- the browser ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing on CI: `infra/dev test` installs the Debian package (apt-get)")
-        pytest.skip("no chromium on PATH: install the Debian package `chromium` (infra/dev test does, with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
-    try:
-        yield pg
-    finally:
-        ctx.close()
-    assert not errors, errors  # no uncaught exception in the page's script
-
-
-def rows(page: Page) -> list[dict[str, Any]]:
-    """The log view's line rows as the page has them: number, stream, text (partial rows left out)."""
-    result: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r", """els => els.map(e => ({
-        n: e.dataset.n ? Number(e.dataset.n) : null, stream: e.dataset.stream,
-        err: e.classList.contains('e'), text: e.querySelector('.x').textContent}))""")
-    return result
-
-
-def edge_n(page: Page, which: str = "last") -> int:
-    """The line number of the first or last row, read cheaply (no walk over 5,000 rows); 0 without rows."""
-    n: int = page.evaluate(f"(document.querySelector('#rows').{which}ElementChild?.dataset.n ?? 0) * 1")
-    return n
-
-
-def texts(page: Page) -> list[str]:
-    return [r["text"] for r in rows(page)]
-
-
-def conn_state(page: Page) -> str:
-    state: str = page.get_attribute("#conn", "data-state")
-    return state
-
 
 # --- live --------------------------------------------------------------------------------------
 
@@ -223,11 +65,11 @@ def test_live_lines_appear_in_order_with_colours_and_streams(stack: Callable[...
     assert len(set(seen)) >= 5 and seen[0] < n // 2, seen
     page.wait_for_selector(FINISHED)
     assert proc.returncode == 0
-    got = rows(page)
-    assert [r["text"] for r in got] == ticks(n)
-    assert [r["n"] for r in got] == list(range(1, n + 1))
-    assert [r["stream"] for r in got] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
-    assert all(r["err"] == (r["stream"] == "stderr") for r in got)  # stderr rows are marked
+    shown = rows(page)
+    assert [r["text"] for r in shown] == ticks(n)
+    assert [r["n"] for r in shown] == list(range(1, n + 1))
+    assert [r["stream"] for r in shown] == ["stderr" if i % 5 == 0 else "stdout" for i in range(1, n + 1)]
+    assert all(r["err"] == (r["stream"] == "stderr") for r in shown)  # stderr rows are marked
     # one badge says how it ended; a finished log has no Pause, Follow or connection state
     assert page.inner_text("#log-status") == "finished · exit 0"
     assert all(page.locator(sel).is_hidden() for sel in ("#conn", "#pause", "#follow")), page.inner_text("#log-tools")
@@ -362,7 +204,7 @@ for i in range({burst} + 1, {n} + 1):
     for _ in range(2):
         first = edge_n(page, "first")
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; }")
-        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")
+        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")  # noqa: B023  (polled now)
     assert page.locator("#bottom-edge").is_visible()  # the window left the end: new lines are counted
     page.wait_for_selector("#new-lines:has-text('new line')")
     while not page.locator("#bottom-edge").is_hidden():  # scroll down until the window holds the end again
@@ -443,7 +285,7 @@ def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callabl
     first = last[0]["n"]
     for _ in range(4):
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
-        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")
+        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")  # noqa: B023  (polled now)
         got = rows(page)
         assert len(got) <= MAX_ROWS
         assert [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))  # contiguous
@@ -460,7 +302,7 @@ def test_a_200_mb_log_opens_at_the_end_and_scrolls_back_to_line_1(stack: Callabl
     for _ in range(3):  # scrolling down from there loads the next parts
         end = edge_n(page)
         page.eval_on_selector("#log", "e => { e.scrollTop = e.scrollHeight; }")
-        wait_for(lambda: edge_n(page) > end, 10, "scrolling down loaded nothing")
+        wait_for(lambda: edge_n(page) > end, 10, "scrolling down loaded nothing")  # noqa: B023  (polled now)
         got = rows(page)
         assert len(got) <= MAX_ROWS and [r["n"] for r in got] == list(range(got[0]["n"], got[0]["n"] + len(got)))
         assert all(r["text"].startswith(f"line {r['n']:09d} ") for r in got)
@@ -534,7 +376,8 @@ def test_tasks_search_downloads_with_a_token(stack: Callable[..., Stack], page: 
     page.click(f"#hits li a >> text=alpha/h2:{numbers['h2']}")
     page.wait_for_selector("#rows .r.hit")
     hit = page.locator("#rows .r.hit")
-    assert hit.get_attribute("data-n") == str(numbers["h2"]) and hit.locator(".x").inner_text() == "Disk Full on /dev/sda"
+    assert hit.get_attribute("data-n") == str(numbers["h2"])
+    assert hit.locator(".x").inner_text() == "Disk Full on /dev/sda"
     assert hit.is_visible()
     near = {r["text"]: r for r in rows(page)}
     assert near["step 770 ok"]["stream"] == "stderr" and near["step 771 ok"]["stream"] == "stdout"
@@ -600,15 +443,15 @@ def test_times_show_the_date_in_local_time_or_utc(stack: Callable[..., Stack], b
         row_t = page.locator("#rows .r[data-n='1'] .t")
         assert row_t.inner_text() == shown(ts, kolkata)
         page.select_option("#tz", "utc")  # every time shown changes at once, and the choice is kept
-        assert row_t.inner_text() == shown(ts, dt.timezone.utc)
+        assert row_t.inner_text() == shown(ts, dt.UTC)
         page.reload()
         page.wait_for_selector(FINISHED)
         assert page.locator("#tz").input_value() == "utc"
-        assert page.locator("#rows .r[data-n='1'] .t").inner_text() == shown(ts, dt.timezone.utc)
+        assert page.locator("#rows .r[data-n='1'] .t").inner_text() == shown(ts, dt.UTC)
         page.click("#crumbs a:text-is('tasks')")
         page.wait_for_selector("#tasks tbody tr[data-task=when]")
         assert page.inner_text("#tasks thead th:nth-child(4)") == "Started UTC"
-        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, dt.timezone.utc, ms=False)
+        assert page.inner_text("#tasks tbody tr td:nth-child(4)") == shown(started, dt.UTC, ms=False)
     finally:
         ctx.close()
 

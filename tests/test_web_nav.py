@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
+from .browser import MAX_ROWS, Page, Stack, edge_n, wait_for
 from .support import spooled, watch_once
-from . import test_web
-from .test_web import MAX_ROWS, Page, Stack, edge_n, wait_for
-
-browser, page, stack = test_web.browser, test_web.page, test_web.stack  # the fixtures, as test_web.py makes them
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,7 +183,7 @@ def test_a_log_then_a_missing_log(stack: Callable[..., Stack], page: Page) -> No
     for _ in range(3):  # scroll up: earlier parts load, one after another
         first = edge_n(page, "first")
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; }")
-        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")
+        wait_for(lambda: edge_n(page, "first") < first, 10, "scrolling up loaded nothing")  # noqa: B023  (polled now)
     page.eval_on_selector("#log", "e => { e.scrollTop = 0; }")  # and on, as the page is left
     for where in ("#/t/nothere/h1", "#/t/nothere"):
         open_hash(page, where)

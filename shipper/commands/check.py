@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from shipper.format import names
 from shipper.config import Config, parse_duration
 from shipper.errors import LogshipError
+from shipper.format import names
 
 EXIT_UNHEALTHY = 1
 SERVE_TIMEOUT = 5.0  # seconds for the API's answer (/readyz gives its store 2 s)

@@ -188,7 +188,6 @@ def _dispatch(args: Any) -> int:
         return query.run_query(cfg, args.sql, args.format) if args.cmd == "query" else query.run_grep(cfg, args)
     if args.cmd == "watch":
         from shipper import watcher
-
         from shipper.retention import maintenance
 
         # retention and compaction run beside the shipping, on their schedule, when configured
@@ -209,9 +208,9 @@ def _dispatch(args: Any) -> int:
 
 
 async def _cat(cfg: Any, args: Any) -> int:
-    from shipper.format import archive, names
     from shipper.agent import default_host
     from shipper.errors import ObjectNotFound
+    from shipper.format import archive, names
     from shipper.store import open_store
 
     task, host = names.check_id("task", args.task), names.check_id("host", args.host or default_host())

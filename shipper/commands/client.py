@@ -14,9 +14,9 @@ from typing import IO, Any, BinaryIO
 
 import aiohttp
 
-from shipper.format import names
 from shipper.config import Config
 from shipper.errors import LogshipError
+from shipper.format import names
 from shipper.retry import Backoff
 
 API_PREFIX = "/api/v1"
@@ -115,7 +115,7 @@ class Client:
         assert self._session is not None
         try:
             resp = await self._session.get(url, params=params, headers=headers)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             raise ApiUnreachable(f"cannot reach the API at {self.base}: {_reason(exc)}",
                                  f"is `logship serve` running at {self.base}? (api.listen in the config, "
                                  "or pass --url)") from exc
@@ -267,8 +267,7 @@ async def _follow(client: Client, url: str, pos: int, out: BinaryIO, *, once: bo
             if exc.status == 416:
                 raise ApiError(exc.detail, "give --from at most the log's size (or use --lines N)", 416) from None
             raise
-        except (ApiUnreachable, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, ApiUnreachable, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if isinstance(exc, ApiUnreachable) and not reached:
                 raise  # never reached the API: it is not there, say so now
             if once:
@@ -523,7 +522,7 @@ async def _with(client: Client, work: Callable[[Client], Awaitable[int]]) -> int
     try:
         async with client as c:
             return await work(c)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # a connection broke where no retry applies
+    except (TimeoutError, aiohttp.ClientError) as exc:  # a connection broke where no retry applies
         raise ApiUnreachable(f"the connection to {client.base} failed: {_reason(exc)}",
                              "check the API's log; run the command again") from exc
     except BrokenPipeError:

@@ -14,9 +14,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from shipper.format import names
 from shipper.config import DEFAULT_CONFIG_FILE
 from shipper.errors import LogExists, LogshipError
+from shipper.format import names
 
 # Set for the script: the task id of its log. A nested `logship run --ibex` (a script whose re-exec line
 # runs again under the agent) sees it and runs the script directly, so there is never a second agent.

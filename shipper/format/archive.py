@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import zstandard
 
-from shipper.format import index, manifest, names
 from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from shipper.format import index, manifest, names
 from shipper.store import Store
 
 # The watcher records a digest per BLOCK bytes of each stored object (the manifest entry's `blocks`),
@@ -168,7 +168,8 @@ def check_index(key: str, entry: dict[str, Any], data: bytes) -> list[index.Chun
     raise IntegrityError(key, "its records do not cover the segment its manifest describes")
 
 
-async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any], start: int = 0,
+# C901: one pass that checks each block, hashing one while the next is read; split, it would be slower
+async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any], start: int = 0,  # noqa: C901
                    end: int | None = None) -> AsyncGenerator[bytes, None]:
     """The bytes [start, end) of a stored object as `pieces` reads them, each let through only once the
     whole block it lies in matched its digest in the manifest (`start` on a block boundary, `end` on
@@ -211,7 +212,7 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
                     rest = b""
                 held.append(take)
                 pos += len(take)
-                if pos == stop and i == start // bs:  # the first block at once, on the loop: the first byte waits for it
+                if pos == stop and i == start // bs:  # the first block at once, on the loop: the first byte waits
                     for x in check((_done(loop, _digest(held)), held, i)):
                         yield cast(bytes, x)
                     held, i, stop = [], i + 1, min(stop + bs, size)

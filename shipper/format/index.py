@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 RECORD = struct.Struct("<QqQIIBB6x")
 RECORD_SIZE = RECORD.size  # 40
@@ -52,7 +52,7 @@ def unpack(data: bytes | memoryview) -> Iterator[Chunk]:
         yield Chunk(*fields)
 
 
-def read_raw(path: "str | os.PathLike[str]") -> bytes:
+def read_raw(path: str | os.PathLike[str]) -> bytes:
     """The whole records of an index file (a torn last record is left out)."""
     with open(path, "rb") as f:
         data = f.read()

@@ -104,7 +104,7 @@ def loads(data: bytes, task: str | None = None, host: str | None = None) -> dict
     return doc
 
 
-def _check(doc: dict[str, Any], task: str | None, host: str | None) -> None:
+def _check(doc: dict[str, Any], task: str | None, host: str | None) -> None:  # noqa: C901  (a flat list of checks)
     for kind, want in (("task", task), ("host", host)):
         value = doc.get(kind)
         if not isinstance(value, str) or not names.ID_RE.fullmatch(value):

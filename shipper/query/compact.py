@@ -26,10 +26,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from shipper.query import lineset, copies
-from shipper.format import manifest, names
 from shipper.config import Config
 from shipper.errors import ObjectNotFound
+from shipper.format import manifest, names
+from shipper.query import copies, lineset
 from shipper.query.lineset import Part, Snapshot
 from shipper.store import ObjectInfo, Store
 
@@ -368,7 +368,7 @@ def _build(blobs: list[bytes], drop: set[str], inputs: list[str], covers: set[st
     logs = set()
     if table.num_rows:
         pairs = table.select(["task", "host"]).group_by(["task", "host"]).aggregate([])
-        logs = {lineset.log_id(t, h) for t, h in zip(pairs["task"].to_pylist(), pairs["host"].to_pylist())}
+        logs = {lineset.log_id(t, h) for t, h in zip(pairs["task"].to_pylist(), pairs["host"].to_pylist(), strict=True)}
     meta = {lineset.META_KEY: lineset.meta_value(inputs, covers, logs)}
     table = table.replace_schema_metadata(meta)
     text = table["line"].nbytes if table.num_rows else 0

@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -164,7 +164,7 @@ def _group_table(view: memoryview, base: int, chunks: Sequence[Chunk], task: str
     # Newlines per chunk across streams, in log order, give each ended line its rank: line_no.
     newlines = [0] * len(chunks)
     for s, js in streams.items():
-        for j, n in zip(js, parts[s].newlines_per_chunk()):
+        for j, n in zip(js, parts[s].newlines_per_chunk(), strict=True):
             newlines[j] = n
     before = list(accumulate(newlines, initial=0))
     total = before[-1]
@@ -205,7 +205,7 @@ class _StreamLines:
         self.starts = pc.subtract(self.ends, span)
         # where each chunk starts in the stream's text, and the shift from there to the whole log's offsets
         self.pos = list(accumulate((c.length for c in chunks[:-1]), initial=0))
-        self.shift = [c.offset - p for c, p in zip(chunks, self.pos)]
+        self.shift = [c.offset - p for c, p in zip(chunks, self.pos, strict=True)]
         ends, starts = _view(self.ends)[:self.ended], _view(self.starts)
         # per chunk: this stream's newlines before it, and the rows starting before it
         self.nl_before = [*(bisect_right(ends, p) for p in self.pos), self.ended]
@@ -226,7 +226,7 @@ class _StreamLines:
         # in it (line_no, byte_end); each per-chunk value repeated that many times is a column.
         n_start, n_end = _diff(self.starts_before), self.newlines_per_chunk()
         # line i ends in chunk j: its number is chunk j's first number + (i - this stream's lines before j)
-        k = [no - f for no, f in zip(chunk_first_no, self.nl_before)]
+        k = [no - f for no, f in zip(chunk_first_no, self.nl_before, strict=False)]  # nl_before: one more, the total
         line_no = pc.add(_repeat(k, n_end), _arange(ended))
         byte_end = pc.add(_repeat(self.shift, n_end), self.ends[:ended])
         if self.has_tail:
@@ -274,7 +274,7 @@ def _valid_utf8(data: bytes) -> bool:
 
 def _repeat(values: Sequence[int], counts: Sequence[int]) -> pa.Array:
     """values[0] counts[0] times, then values[1] counts[1] times, ... as int64, decoded by Arrow."""
-    runs = [(v, c) for v, c in zip(values, counts) if c]
+    runs = [(v, c) for v, c in zip(values, counts, strict=True) if c]
     if not runs:
         return pa.array([], pa.int64())
     ends = pa.array(list(accumulate(c for _, c in runs)), pa.int64())
@@ -295,7 +295,7 @@ def _view(values: pa.Array) -> memoryview:
 
 
 def _diff(before: list[int]) -> list[int]:
-    return [b - a for a, b in zip(before, before[1:])]
+    return [b - a for a, b in pairwise(before)]
 
 
 def _ints(kind: pa.DataType, values: array[int]) -> pa.Array:

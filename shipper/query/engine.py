@@ -6,6 +6,7 @@ run queries through `Database`: one SELECT at a time, read-only, within time, ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,11 +20,11 @@ from pathlib import Path
 import duckdb
 from duckdb.sqltypes import DuckDBPyType
 
-from shipper.query import lineset
-from shipper.format import names
 from shipper.config import Config, QueryConfig, StoreConfig
 from shipper.errors import ConfigError, LogshipError, StoreUnavailable
+from shipper.format import names
 from shipper.format.manifest import DELETING, VERSION
+from shipper.query import lineset
 
 log = logging.getLogger("logship.query")
 FETCH_ROWS = 2048  # rows per fetch at most: one round trip to the DuckDB thread per this many rows
@@ -214,7 +215,8 @@ class Database:
             _PARTS: f"SELECT {_LINES_COLS}, date FROM read_parquet("
                     f"{_literal(self.root + 'compact/date=*/*.parquet')}, hive_partitioning = true, "
                     "hive_types = {'date': DATE}, filename = true) "
-                    f"WHERE list_contains(coalesce(getvariable('{_VAR_PARTS}'), []::VARCHAR[]), filename) AND {_NOT_GONE}",
+                    f"WHERE list_contains(coalesce(getvariable('{_VAR_PARTS}'), []::VARCHAR[]), filename) "
+                    f"AND {_NOT_GONE}",
             # the whole view, for queries that name it in a way the check does not see (query_table)
             "logs": f"SELECT {_LOGS_COLS} FROM ({_manifests_sql(self.root)}) WHERE problem IS NULL "
                     f"AND status IS DISTINCT FROM {_literal(DELETING)}",
@@ -474,7 +476,8 @@ class Result:
         # has already made them unique: a, a_1).
         text = "to_json([" + ", ".join(f"CAST(#{i} AS VARCHAR)" for i in range(1, n + 1)) + "])"
         values = [_json_value(f"#{i}", t) for i, t in enumerate(rel.types, 1)]
-        obj = "to_json(struct_pack(" + ", ".join(f"{_ident(c)} := {v}" for c, v in zip(self.columns, values)) + "))"
+        fields = ", ".join(f"{_ident(c)} := {v}" for c, v in zip(self.columns, values, strict=True))
+        obj = "to_json(struct_pack(" + fields + "))"
         self._text, self._json = (f"SELECT CAST({x} AS VARCHAR) FROM {source} LIMIT {limit}" for x in (text, obj))
 
     def _interrupt(self) -> None:
@@ -483,10 +486,8 @@ class Result:
 
     def interrupt(self) -> None:
         """Stop the running query (from any thread)."""
-        try:
+        with contextlib.suppress(duckdb.Error):  # already closed
             self.cursor.interrupt()
-        except duckdb.Error:
-            pass  # already closed
 
     def fetch_text(self) -> Iterator[list[list[str | None]]]:
         """Batches of rows, each value as text (None for NULL)."""
@@ -525,10 +526,8 @@ class Result:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        try:
+        with contextlib.suppress(duckdb.Error):
             self.cursor.close()
-        except duckdb.Error:
-            pass
 
 
 def _load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
@@ -566,7 +565,8 @@ def _secret_sql(store: StoreConfig, root: str) -> str:
         m = re.fullmatch(r"(https?)://([^/]+)/?", store.endpoint)
         if not m:
             raise ConfigError(f"store.endpoint = {store.endpoint!r} is not a URL", "write it like http://127.0.0.1:8333")
-        opts += [f"ENDPOINT {_literal(m.group(2))}", "URL_STYLE 'path'", f"USE_SSL {str(m.group(1) == 'https').lower()}"]
+        opts += [f"ENDPOINT {_literal(m.group(2))}", "URL_STYLE 'path'",
+                 f"USE_SSL {str(m.group(1) == 'https').lower()}"]
     return f"CREATE OR REPLACE SECRET logship_store (TYPE s3, {', '.join(opts)})"
 
 
@@ -623,7 +623,8 @@ def _translate(exc: duckdb.Error, limits: Limits, timed_out: bool = False, redac
     if isinstance(exc, (duckdb.HTTPException, duckdb.IOException)):
         # one line, like the store's own errors: what failed, where, and DuckDB's first line of why
         first = text.splitlines()[0].removeprefix("IO Error: ").removeprefix("HTTP Error: ")
-        return StoreUnavailable(f"the query could not read the archive{' at ' + root if root else ''}: {first}".replace("  ", " "),
+        where = " at " + root if root else ""
+        return StoreUnavailable(f"the query could not read the archive{where}: {first}".replace("  ", " "),
                                 "check that the store is reachable (store.url, store.endpoint) and its "
                                 "credentials; logship query reads it directly")
     return QueryError(text, _HINT_SELECT)

@@ -35,7 +35,7 @@ def encode(result: Result, fmt: str) -> Generator[bytes, None, None]:
         for objs in result.fetch_json():
             yield ("\n".join(objs) + "\n").encode()
     elif fmt == "json":
-        columns = [{"name": n, "type": t} for n, t in zip(result.columns, result.types)]
+        columns = [{"name": n, "type": t} for n, t in zip(result.columns, result.types, strict=True)]
         head = b'{"columns": ' + json.dumps(columns).encode() + b', "rows": ['
         sep = b"\n"
         for objs in result.fetch_json():
@@ -67,7 +67,7 @@ def table(result: Result) -> Iterator[str]:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() + "\n"
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() + "\n"
 
     yield line(head)
     yield line(tuple("-" * w for w in widths))

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipper.query import lineset
-from shipper.format import manifest, names
-from shipper.query.compact import Compactor, Deleter, Settings
 from shipper.config import Config
 from shipper.errors import ObjectNotFound
+from shipper.format import manifest, names
+from shipper.query import lineset
+from shipper.query.compact import Compactor, Deleter, Settings
 from shipper.store import ObjectInfo, Store
 
 log = logging.getLogger("logship.gc")
@@ -168,9 +168,10 @@ class Collector:
 
         manifests = [(t, h) for (t, h), objs in per_log.items()
                      if any(o.key == names.manifest_key(t, h) for o in objs)]
-        docs = dict(zip(manifests, await asyncio.gather(*(get_manifest(t, h) for t, h in manifests))))
+        docs = dict(zip(manifests, await asyncio.gather(*(get_manifest(t, h) for t, h in manifests)), strict=True))
         markers = [m for o in await self.store.list(names.DELETING_PREFIX) if (m := names.parse_deleting_key(o.key))]
-        marker_docs = dict(zip(markers, await asyncio.gather(*(get_json(names.deleting_key(*m)) for m in markers))))
+        marker_docs = dict(zip(markers, await asyncio.gather(*(get_json(names.deleting_key(*m)) for m in markers)),
+                               strict=True))
         now = self.clock()
         out = []
         for (t, h), doc in sorted(docs.items()):

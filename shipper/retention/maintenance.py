@@ -16,9 +16,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from shipper.query.compact import Compactor, Settings
 from shipper.config import Config
 from shipper.errors import LogshipError
+from shipper.query.compact import Compactor, Settings
 from shipper.retention.gc import Collector, Policy
 from shipper.retry import QuietLog
 from shipper.store import Store

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["ObjectInfo", "Store", "StoreStats", "open_store"]
 
 
-def open_store(cfg: "StoreConfig") -> Store:
+def open_store(cfg: StoreConfig) -> Store:
     """Build the store named by `cfg.url`. Call `await store.close()` when done."""
     if cfg.url.startswith("s3://"):
         from .s3 import S3Store  # imported lazily: the agent never loads botocore

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
 from collections import Counter
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,7 +51,8 @@ class Store(Protocol):
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of an object (end=None: to its end)."""
 
-    def open(self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+    def open(self, key: str, start: int = 0, end: int | None = None,
+             chunk: int = 1 << 20) -> AsyncGenerator[bytes, None]:
         """Stream bytes [start, end) of an object in chunks of about `chunk` bytes.
 
         Ranges behave like Python slices: `end` is clamped to the size, a start at or past it gives

@@ -48,7 +48,8 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     if key.startswith("/") or "\0" in key or any(p in ("", ".", "..") for p in parts):
         raise StoreError(
             f"object key {key!r} is not allowed",
-            "keys are relative, '/'-separated, with no empty, '.' or '..' segments (build them with shipper.format.names)",
+            "keys are relative, '/'-separated, with no empty, '.' or '..' segments "
+            "(build them with shipper.format.names)",
         )
     return key
 

@@ -110,8 +110,8 @@ class S3Store:
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
-        self._reader = PresignedReader(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout, attempts=attempts,
-                                       pool=READ_POOL, read_bufsize=READ_BUFSIZE)
+        self._reader = PresignedReader(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                                       attempts=attempts, pool=READ_POOL, read_bufsize=READ_BUFSIZE)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"

@@ -102,7 +102,7 @@ async def _client_error(resp: aiohttp.ClientResponse) -> ClientError:
     """The S3 error document (<Error><Code>…<Message>…) as botocore would have raised it."""
     try:
         body = await resp.content.read(_ERROR_BODY_MAX)
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         body = b""
     code, message = str(resp.status), resp.reason or ""
     try:

@@ -1,0 +1,171 @@
+"""Helpers for the browser tests (tests/test_web.py, tests/test_web_nav.py): a real stack (SeaweedFS, agents,
+a watcher, `logship serve`), Debian's chromium driven by Playwright, and ways to read the page's rows."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipper.commands import s3local
+from shipper.format import names
+
+from .support import LOGSHIP, agent_env, config, free_port, run_agent, start_agent, start_watcher, stop_agent
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_ROWS = 5000  # app.js keeps at most this many line elements
+
+Browser = Any  # playwright.sync_api.Browser (imported only when the browser tests run)
+Page = Any
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+class Stack:
+    """A spool, a store under a fresh prefix of the session's SeaweedFS, and the processes around them."""
+
+    def __init__(self, tmp_path: Path, s3: s3local.LocalS3, **env: str) -> None:
+        self.tmp = tmp_path
+        self.cfg = config(tmp_path, **{"LOGSHIP_STORE_URL": f"s3://{s3.bucket}/t-{secrets.token_hex(4)}/",
+                                       "LOGSHIP_STORE_ENDPOINT": s3.endpoint, "LOGSHIP_STORE_ACCESS_KEY": s3.access_key,
+                                       "LOGSHIP_STORE_SECRET_KEY": s3.secret_key,
+                                       "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.5", **env})
+        self.env = agent_env(self.cfg)
+        self.spool = self.cfg.spool_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.agents: list[tuple[subprocess.Popen[bytes], str, str]] = []
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def run(self, task: str, script: str, host: str = "h1") -> subprocess.CompletedProcess[bytes]:
+        return run_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env)
+
+    def start(self, task: str, script: str, host: str = "h1") -> subprocess.Popen[bytes]:
+        p = start_agent(self.spool, task, [sys.executable, "-c", script], host=host, env=self.env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.agents.append((p, task, host))
+        wait_for(lambda: (self.spool / task / host / names.RUN_FILE).exists(), 20, "the agent did not start")
+        return p
+
+    def watcher(self, **env: str) -> None:
+        self.procs.append(start_watcher({**self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def serve(self, port: int | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """`logship serve` on this stack's port (or `port`), once it answers."""
+        port = port or self.port
+        p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}", **env},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(p)
+
+        def up() -> bool:
+            assert p.poll() is None, p.stderr.read().decode() if p.stderr else p.returncode
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, 30, "logship serve did not answer")
+        return p
+
+    def close(self) -> None:
+        for p, task, host in self.agents:
+            stop_agent(p, self.spool, task, host)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, local_s3: s3local.LocalS3) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        made.append(Stack(tmp_path, local_s3, **env))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+# --- the browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: `infra/dev test` installs the Debian package (apt-get)")
+        pytest.skip("no chromium on PATH: install the Debian package `chromium` (infra/dev test does, with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+    assert not errors, errors  # no uncaught exception in the page's script
+
+
+def rows(page: Page) -> list[dict[str, Any]]:
+    """The log view's line rows as the page has them: number, stream, text (partial rows left out)."""
+    result: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r", """els => els.map(e => ({
+        n: e.dataset.n ? Number(e.dataset.n) : null, stream: e.dataset.stream,
+        err: e.classList.contains('e'), text: e.querySelector('.x').textContent}))""")
+    return result
+
+
+def edge_n(page: Page, which: str = "last") -> int:
+    """The line number of the first or last row, read cheaply (no walk over 5,000 rows); 0 without rows."""
+    n: int = page.evaluate(f"(document.querySelector('#rows').{which}ElementChild?.dataset.n ?? 0) * 1")
+    return n
+
+
+def texts(page: Page) -> list[str]:
+    return [r["text"] for r in rows(page)]
+
+
+def conn_state(page: Page) -> str:
+    state: str = page.get_attribute("#conn", "data-state")
+    return state
