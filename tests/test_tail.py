@@ -423,6 +423,7 @@ async def test_followers_wait_out_a_store_outage(tmp_path: Path, local_s3: s3loc
     n = 200
     want = expected(n, 100)
     watcher = start_watcher(env.agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    down = False
     proc = env.start("outage", lines_script(n, 0.01, width=100))
     local, remote = await serve(env.cfg()), await serve(env.cfg(), serve_spool=False)
     try:
@@ -438,6 +439,7 @@ async def test_followers_wait_out_a_store_outage(tmp_path: Path, local_s3: s3loc
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         await asyncio.to_thread(s3local.kill, local_s3)
+        down = True
         assert await asyncio.to_thread(proc.wait, 20) == 0  # the task ends while the store is down
         deadline = time.monotonic() + 20
         while received(beside) < len(want):  # beside the spool every byte still arrives ...
@@ -447,9 +449,12 @@ async def test_followers_wait_out_a_store_outage(tmp_path: Path, local_s3: s3loc
         # ... and beside the spool the end is known from it; away from it the follower waits, not fails
         assert not followers[1].done()
         await asyncio.to_thread(s3local.restart, local_s3)
+        down = False
         for msgs in await asyncio.wait_for(asyncio.gather(*followers), 90):
             assert stitch(msgs, 0)[0] == want and ended(msgs)
     finally:
+        if down:  # the session's server serves the other tests: never leave it down
+            await asyncio.to_thread(s3local.restart, local_s3)
         await local.close()
         await remote.close()
         stop_agent(proc, env.spool, "outage")
