@@ -127,6 +127,14 @@ async def get_log_meta(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+def _none_match(header: str | None, etag: str) -> bool:
+    """Whether If-None-Match names the current representation (weak comparison: W/ is ignored)."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
 async def _view(request: web.Request) -> LogView:
     return await request.app[SOURCE].view(request.match_info["task"], request.match_info["host"])
 
@@ -169,6 +177,11 @@ async def get_log(request: web.Request) -> web.StreamResponse:
             return await _send(request, resp, view, start_param, stop, False, None)
         return await _send(request, resp, view, start_param, None, True, None)
 
+    passthrough = view.finished and accepts_zstd(request) and Source.zstd_share(view) >= ZSTD_SHARE
+    current = f'W/"{view.etag.strip(chr(34))}-zstd"' if passthrough else view.etag
+    if _none_match(request.headers.get("If-None-Match"), current):  # RFC 9110 13.1.2, before Range
+        return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"}
+                            | {"ETag": current})
     rng_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
     if rng_header is not None and if_range is not None and not view.etag_matches(if_range):
@@ -188,7 +201,7 @@ async def get_log(request: web.Request) -> web.StreamResponse:
         resp.content_length = end - start
         return await _send(request, resp, view, start, end, False, None)
 
-    if view.finished and accepts_zstd(request) and Source.zstd_share(view) >= ZSTD_SHARE:
+    if passthrough:
         # The stored zstd frames as they are: no decompression, so the download runs at the store's speed.
         # Another representation of the log: its own (weak) validator, and its own length.
         headers.update({"Content-Encoding": "zstd", "ETag": f'W/"{view.etag.strip(chr(34))}-zstd"'})

@@ -109,6 +109,9 @@ _LOG_PARAMS = [
     {"name": "If-Range", "in": "header", "schema": {"type": "string"},
      "description": "an ETag: the Range is served only if it names this run at a size the log still has; "
                     "otherwise the whole log comes with 200"},
+    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"},
+     "description": "ETags (or `*`): when one is the current representation's (weak comparison), the answer is "
+                    "304 with no body — the log has not grown since"},
 ]
 
 _LOG_RESPONSES: dict[str, Any] = {
@@ -121,6 +124,8 @@ _LOG_RESPONSES: dict[str, Any] = {
                         "X-More-Data": _header("with `start=`: `true` while the task runs, so poll again",
                                                {"type": "string", "enum": ["true", "false"]})},
             "content": _TEXT},
+    "304": {"description": "Not modified: If-None-Match names the current representation.",
+            "headers": {"ETag": _LOG_HEADERS["ETag"]}},
     "206": {"description": "The requested range.",
             "headers": {**_LOG_HEADERS,
                         "Content-Range": _header("`bytes FIRST-LAST/SIZE`; SIZE is `*` while the task runs")},

@@ -507,3 +507,26 @@ async def test_raw_frame_decodes_to_its_bytes(n: int) -> None:
     assert unzstd(frame + zstandard.ZstdCompressor().compress(b"next")) == raw + b"next"
     with pytest.raises(StoreError):
         [p async for p in source._raw_frame(_agen([raw, b"x"]), n)]
+
+
+async def test_if_none_match_with_the_current_etag_is_304(shipped: tuple[Client, bytes]) -> None:
+    """A client that holds the log as it is gets 304 and no body; another run, or an older size, gets it all."""
+    client, data = shipped
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log")
+    etag = r.headers["ETag"]
+    assert await r.read() == data
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"If-None-Match": header})
+        assert r.status == 304, header
+        assert await r.read() == b"" and r.headers["ETag"] == etag
+    r = await client.head("/api/v1/tasks/big/hosts/h1/log", headers={"If-None-Match": etag})
+    assert r.status == 304
+    stale = etag.replace(f"-{len(data)}", f"-{len(data) - 1}")
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={"If-None-Match": stale})
+    assert r.status == 200 and await r.read() == data
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers=ZSTD, auto_decompress=False)
+    zetag = r.headers["ETag"]
+    await r.read()
+    r = await client.get("/api/v1/tasks/big/hosts/h1/log", headers={**ZSTD, "If-None-Match": zetag},
+                         auto_decompress=False)
+    assert r.status == 304 and r.headers["ETag"] == zetag
