@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,54 +19,20 @@ import pytest
 
 from api.openapi import DOCUMENT
 
-from .support import LOGSHIP, env_for, free_port, run_agent, start_agent, stop_agent, watch_once
+from .support import Api, run_agent, start_agent, stop_agent, watch_once
 
 SEED = 20261204
 MAX_EXAMPLES = 20  # per operation and phase: ~20 operations in ~30 s here
 LIVE = "import time\nfor i in range(100000):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
 
 
-class Served:
+class Served(Api):
     """`logship serve` (tokens on) over a file store holding two finished logs, beside a spool with a running one."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.spool = tmp / "spool"
         self.token = secrets.token_urlsafe(24)  # of the query scope: it reads logs and runs SQL
-        self.env = env_for(self.spool, {"LOGSHIP_STORE_URL": f"file://{tmp / 'archive'}",
-                                        "LOGSHIP_API_QUERY_TOKENS": self.token})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        for _ in range(5):
-            self.port = free_port()
-            with open(self.tmp / "serve.log", "ab") as log:
-                self.proc = subprocess.Popen([*LOGSHIP, "serve"], stdout=log, stderr=log,
-                                             env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{self.port}"})
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            self.stop()  # the port was taken meanwhile: try another
-        raise RuntimeError((self.tmp / "serve.log").read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        super().__init__(tmp, LOGSHIP_API_QUERY_TOKENS=self.token)
+        self.tmp = tmp
 
     def schemathesis(self, config: str, *args: str) -> subprocess.CompletedProcess[str]:
         (self.tmp / "schemathesis.toml").write_text(config)
