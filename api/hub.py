@@ -323,7 +323,7 @@ async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: 
     while True:
         try:
             doc = await archive.load_manifest(store, task, host)
-            sig = (doc["size"], doc["status"], doc.get("updated_ns", 0))
+            sig = (doc.size, doc.status, doc.updated_ns or 0)
         except ObjectNotFound:
             sig = None
         except IntegrityError as exc:  # a damaged manifest: followers look, and each gets the error

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
+from shipper.format.manifest import Manifest
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log
 
@@ -66,19 +67,19 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
             if (parsed := names.parse_log_prefix(o.key)) and o.key == names.manifest_key(*parsed)]
     sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)
 
-    async def fetch(key: str, log_id: tuple[str, str]) -> dict[str, Any] | None:
+    async def fetch(key: str, log_id: tuple[str, str]) -> Manifest | None:
         async with sem:
             try:
-                doc = manifest.loads(await store.get(key), *log_id)
+                doc = Manifest.load(await store.get(key), *log_id)
             except ObjectNotFound:
                 return None  # deleted meanwhile
             except manifest.ManifestError as exc:  # costs its own row, never the listing
                 app[METRICS].damaged_manifests += 1
                 _quiet.log(logging.WARNING, key, "listing leaves out %s: a damaged manifest (%s)", key, exc)
                 return None
-            return None if doc.get("status") == manifest.DELETING else doc  # logship gc is deleting it
+            return None if doc.status == manifest.DELETING else doc  # logship gc is deleting it
 
-    rows = {(d["task"], d["host"]): _summary(d) for d in await asyncio.gather(*(fetch(k, p) for k, p in keys)) if d}
+    rows = {(d.task, d.host): _summary(d) for d in await asyncio.gather(*(fetch(k, p) for k, p in keys)) if d}
     spool = app[CONFIG].spool_dir if app[SOURCE].spool else None
     if spool is not None:
         for row in await asyncio.to_thread(_spool_rows, spool, task):
@@ -88,10 +89,10 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
     return list(rows.values())
 
 
-def _summary(d: dict[str, Any]) -> dict[str, Any]:
-    keys = ("task", "host", "run_id", "status", "exit_code", "started_ns", "ended_ns", "size", "lines",
-            "labels", "command")
-    return {k: d.get(k) for k in keys}
+def _summary(d: Manifest) -> dict[str, Any]:
+    return {"task": d.task, "host": d.host, "run_id": d.run_id, "status": d.status, "exit_code": d.exit_code,
+            "started_ns": d.started_ns, "ended_ns": d.ended_ns, "size": d.size, "lines": d.lines,
+            "labels": d.labels, "command": list(d.command)}
 
 
 def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
@@ -120,8 +121,8 @@ def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
 @routes.get("/api/v1/tasks/{task}/hosts/{host}")
 async def get_log_meta(request: web.Request) -> web.Response:
     view = await _view(request)
-    doc = dict(view.doc) if view.doc is not None else manifest.build(
-        view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)
+    doc = (view.doc if view.doc is not None else Manifest.build(
+        view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)).to_json()
     doc.update(status=view.status, live_size=view.size, exit_code=(view.exit or {}).get("exit_code"),
                ended_ns=(view.exit or {}).get("ended_ns"))
     return web.json_response(doc)
@@ -372,18 +373,18 @@ async def get_log_index(request: web.Request) -> web.Response:
 
 async def _lines_before(source: Source, view: LogView, seq: int) -> int:
     """The lines of segments 1..seq-1: the manifest's counts (dropped segments too), else their index."""
-    known = {s["seq"]: s["lines"] for s in (view.doc or {}).get("segments", [])}
+    known = {s.seq: s.lines for s in view.doc.segments} if view.doc is not None else {}
     # A range dropped at the quota is a whole segment; one lost to damage lies inside a segment the manifest
     # names: its lines add to that segment's. The manifest and the spool may both list the same range.
-    for d in {(d["seq"], d["offset"]): d for d in view.dropped}.values():
-        known[d["seq"]] = known.get(d["seq"], 0) + d.get("lines", 0)
+    for d in {(d.seq, d.offset): d for d in view.dropped}.values():
+        known[d.seq] = known.get(d.seq, 0) + d.lines
     parts = {p.seq: p for p in view.parts}
     total = 0
     for s in range(1, seq):
         if s in known:
             total += known[s]
         elif (p := parts.get(s)) is not None:
-            total += p.entry["lines"] if p.entry is not None else sum(c.lines for c in await source.chunks(view, p))
+            total += p.entry.lines if p.entry is not None else sum(c.lines for c in await source.chunks(view, p))
     return total
 
 

@@ -126,7 +126,7 @@ async def proxy_middleware(request: web.Request,
         view = await request.app[SOURCE].view(m.group(1), m.group(2))
     except LogshipError:
         return await handler(request)  # bad ids, a missing log: the handler says so, after checking its params
-    url = (view.doc or {}).get("api_url")
+    url = view.doc.api_url if view.doc is not None else None
     if view.spool_dir is not None or view.finished or view.doc is None or not url:
         return await handler(request)
     metrics = request.app[METRICS]
@@ -140,7 +140,7 @@ async def proxy_middleware(request: web.Request,
         return await handler(request)
     if state.is_bad(base, view.task, view.host):
         return await handler(request)
-    target = _Target(base, m.group(3) or "", view, str(view.doc.get("run_id")), view.size)
+    target = _Target(base, m.group(3) or "", view, view.doc.run_id, view.size)
     try:
         metrics.proxy_forwarded += 1
         if target.route == "/tail" and request.headers.get("Upgrade", "").lower() == "websocket":

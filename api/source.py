@@ -28,6 +28,7 @@ import zstandard
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.format import archive, index, manifest, names
 from shipper.format.archive import BytesMissing, IntegrityError
+from shipper.format.manifest import Dropped, Manifest, ManifestError, Segment
 from shipper.retry import QuietLog
 from shipper.spool import SpoolLog, read_json, read_log
 from shipper.store import Store
@@ -74,7 +75,7 @@ class Part:
     offset: int
     size: int
     kind: str  # "spool" (sealed file), "open" (the growing one), "store" (segment), "checkpoint"
-    entry: dict[str, Any] | None = None  # the manifest's entry (store parts)
+    entry: Segment | None = None  # the manifest's entry (store parts)
 
     @property
     def end(self) -> int:
@@ -88,10 +89,10 @@ class LogView:
     run: dict[str, Any]  # run_id, command, labels, started_ns
     status: str  # running | finished | lost
     exit: dict[str, Any] | None
-    doc: dict[str, Any] | None  # the store's manifest
+    doc: Manifest | None  # the store's manifest
     spool_dir: Path | None
     parts: list[Part] = field(default_factory=list)
-    dropped: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -115,9 +116,7 @@ class LogView:
 
     def missing_error(self, missing: list[tuple[int, int]]) -> BytesMissing:
         a = missing[0][0]
-        why = next((f" (segment {d.get('seq')} was {d.get('reason') or 'dropped at the spool quota'})"
-                    for d in self.dropped if d.get("offset", -1) <= a < d.get("offset", -1) + d.get("raw_size", 0)),
-                   "")
+        why = archive.why_missing(next((d for d in self.dropped if d.offset <= a < d.end), None))
         return BytesMissing(self.task, self.host, missing, why)
 
     @property
@@ -141,7 +140,7 @@ class LogView:
 class _SpoolState:
     log: SpoolLog
     parts: list[Part]
-    dropped: list[dict[str, Any]]
+    dropped: list[Dropped]
 
 
 class Source:
@@ -186,7 +185,7 @@ class Source:
         local = asyncio.ensure_future(asyncio.to_thread(self._spool_state, task, host))
         gone = False
         try:
-            doc: dict[str, Any] | None = await archive.load_manifest(self.store, task, host)
+            doc: Manifest | None = await archive.load_manifest(self.store, task, host)
         except ObjectNotFound:
             doc, gone = None, True
         except IntegrityError as exc:  # a damaged manifest: not "the store is down"
@@ -198,13 +197,13 @@ class Source:
             doc = None  # the store is down, but this spool has the log: serve what it holds
         finally:
             state = await local
-        if state is not None and doc is not None and state.log.run["run_id"] != doc["run_id"]:
+        if state is not None and doc is not None and state.log.run["run_id"] != doc.run_id:
             state = None  # another run of this log is held in our spool; the store's is the one served
         if state is not None and gone and (state.log.dir / names.SHIPPED_FILE).exists():
             state = None  # shipped, then deleted from the store (logship gc): the spool's leftovers are not it
         if doc is None and state is None:
             raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
-        dropped = (doc or {}).get("dropped", [])
+        dropped = list(doc.dropped) if doc is not None else []
         if state is not None:
             sl = state.log
             parts, run, exit_ = state.parts, sl.run, sl.exit
@@ -212,7 +211,7 @@ class Source:
             dropped = dropped + state.dropped
         else:
             assert doc is not None
-            parts, run, exit_, status = [], doc, doc, doc["status"]
+            parts, run, exit_, status = [], _run_of(doc), _exit_of(doc), doc.status
         if doc is not None:
             parts = _merge(_store_parts(doc), parts)
         return LogView(task, host, run, status, exit_, doc, state.log.dir if state else None, parts, dropped)
@@ -224,7 +223,7 @@ class Source:
         sl = read_log(d) if d.is_dir() else None
         if sl is None:
             return None
-        return _SpoolState(sl, _spool_parts(sl), read_json(sl.dir / names.DROPPED_FILE) or [])
+        return _SpoolState(sl, _spool_parts(sl), _spool_dropped(read_json(sl.dir / names.DROPPED_FILE)))
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -293,7 +292,7 @@ class Source:
 
     def _key(self, view: LogView, part: Part) -> str:
         assert part.entry is not None
-        return archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")[0]
+        return part.entry.keys(view.task, view.host)[0]
 
     def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> _Early:
         """The object of a store part, requested now: stored bytes from its start (zstd), or those of
@@ -309,11 +308,11 @@ class Source:
             self.note(exc)
             raise
         if blocks is None:
-            return _Early(self.store.open(key, chunk=zstd_chunk if entry["compression"] == "zstd" else PIECE))
-        if entry["compression"] == "zstd":
+            return _Early(self.store.open(key, chunk=zstd_chunk if entry.compression == "zstd" else PIECE))
+        if entry.compression == "zstd":
             return _Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
         bs = blocks[0]
-        lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry["stored_size"])
+        lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry.stored_size)
         checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
         return _Early(_slice(checked, a - lo, b - a))
 
@@ -370,9 +369,9 @@ class Source:
         obj = opened if opened is not None else self._open_store(view, part, a, b)
         entry = part.entry
         assert entry is not None
-        zstd = entry["compression"] == "zstd"
+        zstd = entry.compression == "zstd"
         async with contextlib.aclosing(obj):
-            if entry.get("blocks") is not None:
+            if entry.blocks is not None:
                 async for piece in (_decompress(obj, a, b, self._key(view, part)) if zstd else obj):
                     yield piece
                 return
@@ -384,7 +383,7 @@ class Source:
                 if lo < hi:
                     yield piece if (lo, hi) == (0, len(piece)) else piece[lo:hi]
                 pos += len(piece)
-            if pos < part.size or h.hexdigest() != entry["sha256"]:
+            if pos < part.size or h.hexdigest() != entry.sha256:
                 raise IntegrityError(key, "its bytes do not match the sha256 its manifest recorded")
 
     # --- the zstd representation (Content-Encoding: zstd) --------------------------------------
@@ -449,7 +448,7 @@ class Source:
                 assert view.spool_dir is not None
                 return await asyncio.to_thread(_read_spool_index, view.spool_dir, part)
             assert part.entry is not None
-            key = archive.entry_keys(view.task, view.host, part.entry, part.kind == "checkpoint")[1]
+            key = part.entry.keys(view.task, view.host)[1]
             return archive.check_index(key, part.entry, await self.store.get(key))
         except IntegrityError as exc:
             self.note(exc)
@@ -464,7 +463,8 @@ class Source:
         if now is None:
             raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
         if now.kind == part.kind and now.kind in STORE_KINDS and now.entry == part.entry:
-            key = archive.entry_keys(view.task, view.host, part.entry or {}, part.kind == "checkpoint")[1]
+            assert now.entry is not None
+            key = now.entry.keys(view.task, view.host)[1]
             gone = IntegrityError(key, "missing from the store, though the manifest names it")
             self.note(gone)
             raise gone
@@ -475,19 +475,40 @@ def _unexplained_gap(view: LogView) -> bool:
     """True if the parts leave out a range that no record of dropped segments accounts for."""
     pos = 0
     for p in view.parts:
-        if p.offset > pos and not any(d["offset"] <= pos and p.offset <= d["offset"] + d["raw_size"]
-                                      for d in view.dropped):
+        if p.offset > pos and not any(d.offset <= pos and p.offset <= d.end for d in view.dropped):
             return True
         pos = p.end
     return False
 
 
-def _store_parts(doc: dict[str, Any]) -> list[Part]:
-    parts = [Part(s["seq"], s["offset"], s["raw_size"], "store", s) for s in doc["segments"]]
-    if doc.get("checkpoint"):
-        c = doc["checkpoint"]
-        parts.append(Part(c["seq"], c["offset"], c["raw_size"], "checkpoint", c))
+def _store_parts(doc: Manifest) -> list[Part]:
+    parts = [Part(s.seq, s.offset, s.raw_size, "store", s) for s in doc.segments]
+    if doc.checkpoint is not None:
+        c = doc.checkpoint
+        parts.append(Part(c.seq, c.offset, c.raw_size, "checkpoint", c))
     return parts
+
+
+def _run_of(doc: Manifest) -> dict[str, Any]:
+    """The run as the spool's run.json says it, from the manifest (a log this API holds no spool of)."""
+    return {"task": doc.task, "host": doc.host, "run_id": doc.run_id, "command": list(doc.command),
+            "labels": doc.labels, "started_ns": doc.started_ns}
+
+
+def _exit_of(doc: Manifest) -> dict[str, Any]:
+    """How the run ended as the spool's exit.json says it, from the manifest."""
+    return {"status": doc.status, "exit_code": doc.exit_code, "signal": doc.signal, "ended_ns": doc.ended_ns,
+            "dropped_bytes": doc.dropped_bytes}
+
+
+def _spool_dropped(doc: Any) -> list[Dropped]:
+    """The spool's dropped.json as ranges; one that is not a range (a damaged file, which the watcher sets
+    aside) explains no hole, and a hole it would have explained is served as one."""
+    out = []
+    for i, e in enumerate(doc if isinstance(doc, list) else []):
+        with contextlib.suppress(ManifestError):
+            out.append(Dropped.parse(e, f"dropped[{i}]"))
+    return out
 
 
 def _spool_parts(sl: SpoolLog) -> list[Part]:
@@ -589,14 +610,14 @@ def _ranges(chunks: list[index.Chunk], start: int, end: int) -> list[tuple[int, 
 
 
 def _zstd_part_size(part: Part) -> int:
-    return part.entry["stored_size"] if part.entry is not None and _stored_zstd(part) else _raw_frame_size(part.size)
+    return part.entry.stored_size if part.entry is not None and _stored_zstd(part) else _raw_frame_size(part.size)
 
 
 def _stored_zstd(part: Part) -> bool:
     """True for a zstd object of the store that can be sent as stored: one with block digests (a part
     of an older manifest is decompressed and checked whole, by read())."""
-    return (part.kind in STORE_KINDS and part.entry is not None and part.entry["compression"] == "zstd"
-            and part.entry.get("blocks") is not None)
+    return (part.kind in STORE_KINDS and part.entry is not None and part.entry.compression == "zstd"
+            and part.entry.blocks is not None)
 
 
 class _ShortFile(Exception):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -74,14 +75,14 @@ async def fill(store: Any, logs: int, size: int) -> tuple[int, int]:
         ts = t0 + i * 10**6
         chunks = [Chunk(1, ts, 0, len(data), data.count(b"\n"), STDOUT, 0)]
         copy = copies.build(data, chunks, task, HOST, 1, 1)
-        entry = {**manifest.segment_entry(1, chunks, len(data), 40, hashlib.sha256(data).hexdigest(), "none"),
-                 "query_copy": True}
+        entry = dataclasses.replace(manifest.Segment.build(1, chunks, len(data), 40, hashlib.sha256(data).hexdigest(),
+                                                           "none"), query_copy=True)
         run = {"task": task, "host": HOST, "run_id": f"bench-{i}", "started_ns": ts, "command": ["bench"]}
-        doc = manifest.build(run, {"exit_code": 0, "ended_ns": ts + 10**9}, manifest.FINISHED, [entry], None, [],
-                             "none")
+        doc = manifest.Manifest.build(run, {"exit_code": 0, "ended_ns": ts + 10**9}, manifest.FINISHED, [entry], None,
+                                      [], "none")
         total += len(copy.data)
         pending.append(asyncio.create_task(put(copy.key, copy.data)))
-        pending.append(asyncio.create_task(put(names.manifest_key(task, HOST), manifest.dumps(doc))))
+        pending.append(asyncio.create_task(put(names.manifest_key(task, HOST), doc.dump())))
         if len(pending) >= 4 * PUT_CONCURRENCY:
             await asyncio.gather(*pending)
             pending = []

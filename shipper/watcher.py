@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 import zstandard
 
 from shipper.format import archive, index, manifest, names
+from shipper.format.manifest import Checkpoint, Manifest, ManifestError, Segment
 from shipper.query import copies
 
 from .config import Config
@@ -70,9 +72,9 @@ class LogState:
     loaded: bool = False
     conflict: bool = False
     retired: bool = False  # `logship gc` is deleting it from the store: done with it
-    segments: dict[int, dict[str, Any]] = field(default_factory=dict)  # uploaded (maybe not yet committed)
+    segments: dict[int, Segment] = field(default_factory=dict)  # uploaded (maybe not yet committed)
     committed: set[int] = field(default_factory=set)  # named by the manifest in the store
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     stale_keys: list[str] = field(default_factory=list)  # checkpoints to delete once the manifest moved on
     last_checkpoint: float = 0.0
     manifest_status: str | None = None
@@ -244,39 +246,39 @@ class Watcher:
         """Learn what the store already holds of this log, and clear what a crash left behind."""
         prefix = names.log_prefix(sl.task, sl.host)
         key = names.manifest_key(sl.task, sl.host)
+        doc: Manifest | None = None
         try:
             raw = await self.store.get(key)
         except ObjectNotFound:
-            doc = None
+            pass
         else:
             try:
-                doc = manifest.loads(raw)
-                segments = {s["seq"]: s for s in doc["segments"]}
-            except (ValueError, KeyError, TypeError) as exc:
+                doc = Manifest.load(raw)
+            except ManifestError as exc:
                 # Not ours to overwrite (it may be another run's) nor to trust: this log waits, the others ship.
                 raise ManifestDamaged(f"the store's manifest {key} is not a valid manifest ({exc})",
                                       "the log is set aside and its spool kept: inspect the object, delete it if "
                                       "it is garbage, then restart `logship watch`") from None
-        if doc is not None and doc.get("status") == manifest.DELETING and doc.get("run_id") == sl.run["run_id"]:
+        if doc is not None and doc.status == manifest.DELETING and doc.run_id == sl.run["run_id"]:
             # `logship gc` is deleting this very log: shipping on would bring back a half-deleted log.
             st.retired = True
             st.loaded = True
             log.warning("%s/%s: logship gc is deleting this log from the store; not shipping it again",
                         sl.task, sl.host)
             return
-        if doc is not None and doc.get("run_id") != sl.run["run_id"]:
+        if doc is not None and doc.run_id != sl.run["run_id"]:
             st.conflict = True
             st.loaded = True
             self.stats["conflicts"] += 1
             log.error("%s/%s: the store holds another run of this log (run %s); not overwriting it — "
-                      "its spool stays in %s until you move it", sl.task, sl.host, doc.get("run_id"), sl.dir)
+                      "its spool stays in %s until you move it", sl.task, sl.host, doc.run_id, sl.dir)
             return
         if doc is not None:
-            st.segments = segments
+            st.segments = {s.seq: s for s in doc.segments}
             st.committed = set(st.segments)
-            st.copied = {s["seq"] for s in doc["segments"] if s.get("query_copy")}
-            st.checkpoint = doc.get("checkpoint")
-            st.manifest_status = doc["status"]
+            st.copied = {s.seq for s in doc.segments if s.query_copy}
+            st.checkpoint = doc.checkpoint
+            st.manifest_status = doc.status
         keep = set(_ckpt_keys(sl, st.checkpoint)) if st.checkpoint else set()
         listing = await self.store.list(prefix)
         if doc is None:
@@ -299,14 +301,14 @@ class Watcher:
             else:
                 await self.store.put(key, blob)
             await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
-            entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else stored.size,
-                                           len(idx_blob), sha, self.compression, stored=stored.fields(),
-                                           index_sha256=hashlib.sha256(idx_blob).hexdigest())
+            entry = Segment.build(seq, chunks, len(blob) if blob is not None else stored.size,
+                                  len(idx_blob), sha, self.compression, stored=stored.fields(),
+                                  index_sha256=hashlib.sha256(idx_blob).hexdigest())
             st.segments[seq] = entry
             st.dirty = True
             self.stats["segments_uploaded"] += 1
-            self.stats["raw_bytes_uploaded"] += entry["raw_size"]
-            self.stats["bytes_uploaded"] += entry["stored_size"] + entry["index_size"]
+            self.stats["raw_bytes_uploaded"] += entry.raw_size
+            self.stats["bytes_uploaded"] += entry.stored_size + entry.index_size
 
     def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
                  ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
@@ -362,7 +364,7 @@ class Watcher:
     async def _copy(self, sl: SpoolLog, st: LogState, seq: int) -> None:
         try:
             async with self._copy_sem:
-                lines = {s: e["lines"] for s, e in st.segments.items()}
+                lines = {s: e.lines for s, e in st.segments.items()}
                 inputs = await self._copy_inputs(sl, st, seq)
                 copy = await copies.build_for_spool(sl.dir, sl.task, sl.host, seq, lines, inputs)
                 if copy is not None:
@@ -379,7 +381,7 @@ class Watcher:
             return
         finally:
             st.copying.discard(seq)
-        st.segments[seq] = {**st.segments[seq], "query_copy": True}
+        st.segments[seq] = dataclasses.replace(st.segments[seq], query_copy=True)
         st.copied.add(seq)
         st.dirty = True
 
@@ -392,13 +394,13 @@ class Watcher:
         except FileNotFoundError:
             pass
         entry = st.segments[seq]
-        comp = entry["compression"]
+        comp = entry.compression
         raw_idx = await self.store.get(names.index_key(sl.task, sl.host, seq, comp))
         data = await self.store.get(names.segment_key(sl.task, sl.host, seq, comp))
         if comp == "zstd":
             dctx = zstandard.ZstdDecompressor()
             raw_idx = dctx.decompress(raw_idx)
-            data = dctx.decompress(data, max_output_size=entry["raw_size"])
+            data = dctx.decompress(data, max_output_size=entry.raw_size)
         return copies.Inputs(list(index.unpack(raw_idx)), None, data)
 
     async def drain_copies(self) -> bool:
@@ -428,7 +430,7 @@ class Watcher:
         if not chunks:
             return
         raw_size = chunks[-1].end - chunks[0].offset
-        if st.checkpoint and (st.checkpoint["seq"], st.checkpoint["raw_size"]) == (seq, raw_size):
+        if st.checkpoint and (st.checkpoint.seq, st.checkpoint.raw_size) == (seq, raw_size):
             return
         log_path = names.spool_segment(sl.dir, seq, open_=True)
         try:
@@ -444,8 +446,8 @@ class Watcher:
         await self.store.put(idx_key, idx_blob)
         if st.checkpoint:
             st.stale_keys += _ckpt_keys(sl, st.checkpoint)
-        st.checkpoint = manifest.segment_entry(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
-                                               stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
+        st.checkpoint = Checkpoint.build(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
+                                         stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
         st.dirty = True
         self.stats["checkpoints"] += 1
 
@@ -461,19 +463,20 @@ class Watcher:
     async def _commit(self, sl: SpoolLog, st: LogState, status: str, dropped: list[dict[str, Any]]) -> None:
         """Write the manifest (after every object it names), then delete what it no longer names."""
         segments = [st.segments[s] for s in sorted(st.segments)]
-        if st.checkpoint is not None and st.checkpoint["seq"] in st.segments:
+        if st.checkpoint is not None and st.checkpoint.seq in st.segments:
             st.stale_keys += _ckpt_keys(sl, st.checkpoint)
             st.checkpoint = None
         # A running log names the API beside this spool, so a central API can proxy live requests to it.
-        extra = {"api_url": self.cfg.watch.api_url} if self.cfg.watch.api_url and status == manifest.RUNNING else {}
-        doc = manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression, extra)
+        api_url = self.cfg.watch.api_url if self.cfg.watch.api_url and status == manifest.RUNNING else None
+        doc = Manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression,
+                             api_url=api_url)
         st.dirty = False  # before the PUT: a query copy that lands meanwhile sets it again
         try:
-            await self.store.put(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
+            await self.store.put(names.manifest_key(sl.task, sl.host), doc.dump())
         except BaseException:
             st.dirty = True
             raise
-        st.committed = {s["seq"] for s in segments}
+        st.committed = {s.seq for s in segments}
         st.manifest_status = status
         self.stats["manifests"] += 1
         if st.stale_keys:
@@ -593,7 +596,7 @@ class Watcher:
         nxt: int | None = None
         prev = st.segments.get(seq - 1)
         if prev is not None:
-            end, nxt = prev["offset"] + prev["raw_size"], prev["chunks"][1] + 1
+            end, nxt = prev.end, prev.chunks[1] + 1
         else:  # in the spool, checked already (segments are checked in order)
             try:
                 raw = read_file(names.spool_index(d, seq - 1), INDEX_MAX)
@@ -769,7 +772,7 @@ class Watcher:
         """The log offset of the first segment from `seq` on that we hold (store or spool)."""
         for s in range(seq, top + 1):
             if s in st.segments:
-                return int(st.segments[s]["offset"])
+                return st.segments[s].offset
             for open_ in (False, True):
                 try:
                     raw = read_file(names.spool_index(sl.dir, s, open_=open_), INDEX_MAX)
@@ -781,7 +784,7 @@ class Watcher:
         return None
 
     async def _adopt_one(self, sl: SpoolLog, st: LogState, seq: int, comp: str, keys: dict[str, int],
-                         dropped: list[dict[str, Any]]) -> dict[str, Any] | None:
+                         dropped: list[dict[str, Any]]) -> Segment | None:
         key, idx_key = names.segment_key(sl.task, sl.host, seq, comp), names.index_key(sl.task, sl.host, seq, comp)
         if idx_key not in keys or keys[key] > ADOPT_MAX or keys[idx_key] > INDEX_MAX:
             return None
@@ -809,7 +812,7 @@ class Watcher:
                 start, check.gap, 0, f"the {check.gap} bytes before {key} are in neither the spool nor the store",
                 MISSING)], key)
         sha = hashlib.sha256(raw).hexdigest()
-        return manifest.segment_entry(seq, check.chunks, len(blob), len(idx_blob), sha, comp)
+        return Segment.build(seq, check.chunks, len(blob), len(idx_blob), sha, comp)
 
     # --- state for --check and /metrics ----------------------------------------------------------
 
@@ -835,8 +838,8 @@ def _unzstd(data: bytes, limit: int) -> bytes:
     return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
 
 
-def _ckpt_keys(sl: SpoolLog, ckpt: dict[str, Any]) -> list[str]:
-    return list(names.checkpoint_keys(sl.task, sl.host, ckpt["seq"], ckpt["raw_size"], ckpt["compression"]))
+def _ckpt_keys(sl: SpoolLog, ckpt: Checkpoint) -> list[str]:
+    return list(ckpt.keys(sl.task, sl.host))
 
 
 # --- the daemon ------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ async def test_only_logs_whose_copies_are_all_written_are_compacted(make_config:
                 doc.update(change)
             else:
                 doc["segments"][0]["query_copy"] = False
-            await store.put(names.manifest_key(task, "h1"), manifest.dumps(doc))
+            await store.put(names.manifest_key(task, "h1"), json.dumps(doc, indent=1).encode())
     finally:
         await store.close()
     expected = table(cfg)

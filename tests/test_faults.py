@@ -22,6 +22,7 @@ from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import ObjectNotFound
 from shipper.format import archive
+from shipper.format.manifest import Manifest
 from shipper.store import Store, open_store
 
 from .support import env_for, run_agent, sha, spooled, start_agent, start_watcher, watch_once
@@ -58,12 +59,12 @@ async def archived_sha(store: Store, task: str, host: str = "h1") -> str:
     return h.hexdigest()
 
 
-async def wait_status(store: Store, task: str, status: str, timeout: float = 120) -> dict[str, Any]:
+async def wait_status(store: Store, task: str, status: str, timeout: float = 120) -> Manifest:
     deadline = time.monotonic() + timeout
     while True:
         try:
             doc = await archive.load_manifest(store, task, "h1")
-            if doc["status"] == status:
+            if doc.status == status:
                 return doc
         except ObjectNotFound:
             pass
@@ -86,7 +87,7 @@ async def test_200_mb_over_many_segments_is_byte_identical(local_s3: s3local.Loc
             p = start_agent(tmp_path / "spool", "big", [sys.executable, "-c", GENERATOR, "200"], env=env, stdout=out)
             assert p.wait(120) == 0
         doc = await wait_status(store, "big", "finished")
-        assert len(doc["segments"]) >= 20 and doc["size"] == 200 * ((1 << 20) + 9)
+        assert len(doc.segments) >= 20 and doc.size == 200 * ((1 << 20) + 9)
         want = hashlib.sha256((tmp_path / "out").read_bytes()).hexdigest()
         assert await archived_sha(store, "big") == want
         assert stop_watcher(watcher) == 0
@@ -190,7 +191,7 @@ async def test_store_down_20s_neither_slows_the_task_nor_loses_data(tmp_path: Pa
         assert wall - elapsed < 3, (wall, elapsed)  # the agent added its start-up, not the 20 s outage
         doc = await wait_status(store, "outage", "finished", timeout=120)
         assert await archived_sha(store, "outage") == sha(spooled(tmp_path / "spool", "outage"))
-        assert doc["size"] == len(spooled(tmp_path / "spool", "outage"))
+        assert doc.size == len(spooled(tmp_path / "spool", "outage"))
         state = json.loads((tmp_path / "spool" / ".watcher.json").read_bytes())
         assert state["stats"]["retries"] >= 1 and state["healthy"]
         assert stop_watcher(watcher) == 0

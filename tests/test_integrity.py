@@ -31,6 +31,7 @@ from api.keys import METRICS, SOURCE
 from shipper.commands import s3local
 from shipper.config import Config, load_config
 from shipper.format import archive, index, names
+from shipper.format.manifest import Manifest
 from shipper.store import Store, open_store
 from shipper.watcher import watch
 
@@ -71,7 +72,7 @@ class Archive:
     store: Store
     server: TestServer
     truth: dict[str, bytes] = field(default_factory=dict)  # the log's bytes as the task wrote them
-    docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifests
+    docs: dict[str, Manifest] = field(default_factory=dict)  # manifests
 
     def url(self, task: str, what: str = "log", query: str = "") -> str:
         return str(self.server.make_url(f"/api/v1/tasks/{task}/hosts/h1/{what}")) + (f"?{query}" if query else "")
@@ -136,9 +137,10 @@ async def make_archive(tmp: Path, store_env: dict[str, str], compression: str, *
     arc = Archive(env, store, server, truth)
     for task in truth:
         arc.docs[task] = await archive.load_manifest(store, task, "h1")
-    assert len(arc.docs["a"]["segments"]) == 3 and len(arc.docs["b"]["segments"]) == 2
+    assert len(arc.docs["a"].segments) == 3 and len(arc.docs["b"].segments) == 2
     if running:
-        assert arc.docs["c"]["status"] == "running" and arc.docs["c"]["checkpoint"]["raw_size"] == len(truth["c"])
+        assert arc.docs["c"].status == "running" and arc.docs["c"].checkpoint is not None
+        assert arc.docs["c"].checkpoint.raw_size == len(truth["c"])
     return arc
 
 
@@ -265,11 +267,11 @@ def stdout_of(arc: Archive, task: str) -> bytes:
 
 def target_key(arc: Archive, target: str) -> str:
     if target.startswith("checkpoint"):
-        doc = arc.docs["c"]
-        keys = archive.entry_keys("c", "h1", doc["checkpoint"], True)
+        ckpt = arc.docs["c"].checkpoint
+        assert ckpt is not None
+        keys = ckpt.keys("c", "h1")
     else:
-        doc = arc.docs["a"]
-        keys = archive.entry_keys("a", "h1", doc["segments"][1], False)
+        keys = arc.docs["a"].segments[1].keys("a", "h1")
     return keys[1] if target.endswith("index") else keys[0]
 
 
@@ -286,8 +288,7 @@ async def corrupt(arc: Archive, key: str, kind: str) -> None:
         other = key.replace("logs/a/", "logs/b/").replace("logs/c/", "logs/b/")
         other = other.replace("00000002", "00000001")
         if ".ckpt-" in other:
-            entry = arc.docs["b"]["segments"][0]
-            other = archive.entry_keys("b", "h1", entry, False)[1 if ".idx" in other else 0]
+            other = arc.docs["b"].segments[0].keys("b", "h1")[1 if ".idx" in other else 0]
         await arc.store.put(key, await arc.store.get(other))
 
 
@@ -302,10 +303,11 @@ async def test_corruption_matrix(arc: Archive, session: aiohttp.ClientSession, c
                                  tmp_path: Path) -> None:
     caplog.set_level(logging.WARNING, logger="logship.api")
     a_doc, c_doc = arc.docs["a"], arc.docs["c"]
-    seg2 = a_doc["segments"][1]
-    mid = (seg2["offset"] + seg2["raw_size"] // 2, seg2["offset"] + seg2["raw_size"])  # a Range in segment 2
-    ck = c_doc["checkpoint"]
-    ck_mid = (ck["offset"] + ck["raw_size"] // 2, ck["offset"] + ck["raw_size"])
+    seg2 = a_doc.segments[1]
+    mid = (seg2.offset + seg2.raw_size // 2, seg2.end)  # a Range in segment 2
+    ck = c_doc.checkpoint
+    assert ck is not None
+    ck_mid = (ck.offset + ck.raw_size // 2, ck.end)
     zstd = {"Accept-Encoding": "zstd"}
     good_zstd = await http(session, arc.url("a"), zstd)  # the stored frames as they are, before any damage
     assert not good_zstd.failed
@@ -418,7 +420,7 @@ async def test_finding5_an_object_missing_mid_download_fails_the_transfer(finish
         assert rc != 0 and took < CLI_DEADLINE_S, (rc, took, err)
         assert key.rsplit("/", 1)[1] in err and "missing" in err, err
         kept = dest.read_bytes()
-        assert kept == arc.truth["a"][:arc.docs["a"]["segments"][1]["offset"]]  # the good bytes, no error body
+        assert kept == arc.truth["a"][:arc.docs["a"].segments[1].offset]  # the good bytes, no error body
     finally:
         await arc.store.put(key, saved)
     rc, _, err, _ = await arc.cli("download", "a", "--host", "h1", "-o", str(dest),
@@ -439,8 +441,8 @@ async def test_finding8_a_segment_replaced_by_other_valid_zstd_is_never_served(
         rc, out, err, _ = await arc.cli("cat", "a", "--host", "h1")
         assert rc != 0 and key.rsplit("/", 1)[1] in err, err
         assert arc.truth["a"].startswith(out)
-        seg2 = arc.docs["a"]["segments"][1]
-        for headers in ({}, {"Accept-Encoding": "zstd"}, {"Range": f"bytes={seg2['offset'] + 5}-{seg2['offset'] + 9}"}):
+        seg2 = arc.docs["a"].segments[1]
+        for headers in ({}, {"Accept-Encoding": "zstd"}, {"Range": f"bytes={seg2.offset + 5}-{seg2.offset + 9}"}):
             got = await http(session, arc.url("a"), headers)
             assert got.failed, headers
             if headers.get("Range"):  # the first byte is in the replaced object: a JSON error naming it
@@ -465,8 +467,8 @@ async def test_finding7_bytes_after_a_gap_keep_their_offsets(finished: Archive, 
     with fewer or moved bytes; bytes before and after it are served at their offsets."""
     arc = finished
     truth = arc.truth["a"]
-    seg2 = arc.docs["a"]["segments"][1]
-    a, b = seg2["offset"], seg2["offset"] + seg2["raw_size"]
+    seg2 = arc.docs["a"].segments[1]
+    a, b = seg2.offset, seg2.end
 
     def drop(doc: dict[str, Any]) -> None:
         gone = doc["segments"].pop(1)
@@ -556,15 +558,15 @@ async def test_a_damaged_manifest_is_an_error_naming_it(finished: Archive, sessi
 async def test_the_watcher_records_digests_that_fit_the_objects(finished: Archive) -> None:
     arc = finished
     for task in ("a", "b"):
-        for entry in arc.docs[task]["segments"]:
-            key, idx_key = archive.entry_keys(task, "h1", entry, False)
+        for entry in arc.docs[task].segments:
+            key, idx_key = entry.keys(task, "h1")
             data, idx = await arc.store.get(key), await arc.store.get(idx_key)
-            assert entry["stored_sha256"] == hashlib.sha256(data).hexdigest()
-            assert entry["index_sha256"] == hashlib.sha256(idx).hexdigest()
-            assert entry["blocks"]["size"] == archive.BLOCK
-            assert len(entry["blocks"]["sha256"]) == 32 * -(-len(data) // archive.BLOCK)
+            assert entry.stored_sha256 == hashlib.sha256(data).hexdigest()
+            assert entry.index_sha256 == hashlib.sha256(idx).hexdigest()
+            assert entry.blocks is not None and entry.blocks["size"] == archive.BLOCK
+            assert len(entry.blocks["sha256"]) == 32 * -(-len(data) // archive.BLOCK)
             archive.check_stored(key, entry, data)
-            assert len(archive.check_index(idx_key, entry, idx)) == entry["chunks"][1] - entry["chunks"][0] + 1
+            assert len(archive.check_index(idx_key, entry, idx)) == entry.chunks[1] - entry.chunks[0] + 1
 
 
 async def test_stored_digest_is_the_same_however_the_bytes_come() -> None:

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.keys import METRICS
 from shipper.config import load_config
-from shipper.format import archive, manifest, names
+from shipper.format import archive, names
 from shipper.store import open_store
 
 from .support import env_for, spooled, start_agent, stop_agent, watch_once
@@ -102,9 +102,9 @@ class Setup:
     def set_api_url(self, url: str) -> None:
         """Rewrite the manifest's api_url, as any host with the store's credentials can."""
         path = self.tmp / "archive" / names.manifest_key(TASK, HOST)
-        doc = manifest.loads(path.read_bytes())
+        doc = json.loads(path.read_bytes())  # as JSON: a url that is not a string must reach the reader
         doc["api_url"] = url
-        path.write_bytes(manifest.dumps(doc))
+        path.write_bytes(json.dumps(doc, indent=1).encode())
 
     async def central(self, **env: str) -> TestServer:
         cfg = load_config(env={**self.env, "LOGSHIP_API_TOKENS": USER, "LOGSHIP_API_PROXY_ALLOW": "127.0.0.1",
@@ -142,8 +142,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     store = open_store(load_config(env=env).store)
     doc = await archive.load_manifest(store, TASK, HOST)
     await store.close()
-    assert doc["status"] == "running" and doc["size"] == len(b"checkpointed\n")
-    node = Node(doc["run_id"], b"checkpointed\n")
+    assert doc.status == "running" and doc.size == len(b"checkpointed\n")
+    node = Node(doc.run_id, b"checkpointed\n")
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", node.handle)
     node_server = TestServer(app, host="127.0.0.1")

@@ -24,6 +24,7 @@ import pytest
 
 from shipper.config import Config
 from shipper.format import archive, index, names
+from shipper.format.manifest import Manifest, Segment
 from shipper.spool import read_json
 from shipper.store import open_store
 
@@ -64,7 +65,7 @@ def two_logs(tmp_path: Path, **env: str) -> tuple[Config, bytes, bytes]:
     return cfg, good.stdout, spooled(cfg.spool_dir, "bad")
 
 
-async def stored(cfg: Config, task: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]] | None:
+async def stored(cfg: Config, task: str) -> tuple[Manifest, list[tuple[Segment, bytes]]] | None:
     """The log's manifest and each part's bytes as the store holds them; None if it has no manifest."""
     store = open_store(cfg.store)
     try:
@@ -72,7 +73,9 @@ async def stored(cfg: Config, task: str) -> tuple[dict[str, Any], list[tuple[dic
             doc = await archive.load_manifest(store, task, "h1")
         except Exception:
             return None
-        return doc, [(p, await archive.part_bytes(store, doc, p)) for p in archive.parts(doc)]
+        raw = await store.get(names.manifest_key(task, "h1"))
+        assert Manifest.load(raw).dump() == raw  # typed and back, byte for byte as the watcher wrote it
+        return doc, [(p, await archive.part_bytes(store, doc, p)) for p in doc.parts]
     finally:
         await store.close()
 
@@ -93,15 +96,15 @@ async def assert_good_shipped(cfg: Config, good: bytes) -> None:
     got = await stored(cfg, "good")
     assert got is not None, "the good log was not shipped"
     doc, parts = got
-    assert doc["status"] == "finished" and doc["dropped"] == [] and doc["size"] == len(good)
+    assert doc.status == "finished" and not doc.dropped and doc.size == len(good)
     assert sha(b"".join(data for _, data in parts)) == sha(good)
 
 
-def assert_at_offsets(parts: list[tuple[dict[str, Any], bytes]], original: bytes) -> None:
+def assert_at_offsets(parts: list[tuple[Segment, bytes]], original: bytes) -> None:
     """Every byte the store holds is the task's byte at that offset."""
     for p, data in parts:
-        assert len(data) == p["raw_size"]
-        assert data == original[p["offset"]:p["offset"] + p["raw_size"]], p["seq"]
+        assert len(data) == p.raw_size
+        assert data == original[p.offset:p.offset + p.raw_size], p.seq
 
 
 def seg(cfg: Config, task: str, seq: int, what: str = "log") -> Path:
@@ -223,17 +226,17 @@ async def test_a_damaged_index_keeps_every_byte_at_its_offset(tmp_path: Path, ca
     doc, parts = got
     assert_at_offsets(parts, bad)
     if case == "last index longer than its segment":  # a finished log's last segment: what it claims is recorded
-        [lost] = doc["dropped"]
-        assert (lost["offset"], lost["raw_size"], lost["reason"]) == (len(bad), 5000, "damaged")
-        assert doc["size"] == len(bad) + 5000 and sha(b"".join(d for _, d in parts)) == sha(bad)
+        [lost] = doc.dropped
+        assert (lost.offset, lost.raw_size, lost.reason) == (len(bad), 5000, "damaged")
+        assert doc.size == len(bad) + 5000 and sha(b"".join(d for _, d in parts)) == sha(bad)
         return
-    assert doc["dropped"] == [] and doc["dropped_bytes"] == 0
-    assert sha(b"".join(d for _, d in parts)) == sha(bad) and doc["size"] == len(bad)
+    assert not doc.dropped and doc.dropped_bytes == 0
+    assert sha(b"".join(d for _, d in parts)) == sha(bad) and doc.size == len(bad)
     assert state(cfg)["stats"]["damaged_segments"] == 1
     # the repaired index describes the bytes: stdout and stderr views still add up to the whole
     store = open_store(cfg.store)
     try:
-        chunks = [c for p in archive.parts(doc) for c in await archive.part_index(store, doc, p)]
+        chunks = [c for p in doc.parts for c in await archive.part_index(store, doc, p)]
     finally:
         await store.close()
     assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in pairwise(chunks))
@@ -253,12 +256,12 @@ async def test_a_truncated_segment_records_the_lost_range(tmp_path: Path, which:
     assert got is not None
     doc, parts = got
     assert_at_offsets(parts, bad)  # later segments keep their offsets
-    [lost] = doc["dropped"]
-    assert (lost["seq"], lost["offset"], lost["raw_size"], lost["reason"]) == (which, start + 1000, full - 1000,
+    [lost] = doc.dropped
+    assert (lost.seq, lost.offset, lost.raw_size, lost.reason) == (which, start + 1000, full - 1000,
                                                                                "damaged")
-    assert doc["dropped_bytes"] == full - 1000 and doc["size"] == len(bad)
-    held = sum(p["raw_size"] for p, _ in parts)
-    assert held + lost["raw_size"] == len(bad)
+    assert doc.dropped_bytes == full - 1000 and doc.size == len(bad)
+    held = sum(p.raw_size for p, _ in parts)
+    assert held + lost.raw_size == len(bad)
     stats = state(cfg)["stats"]
     assert stats["damaged_segments"] == 1 and stats["damaged_bytes"] == full - 1000
 
@@ -400,7 +403,7 @@ async def test_a_full_disk_keeps_the_exit_code_and_records_the_loss(tmp_path: Pa
         got = await stored(cfg, "full")
         assert got is not None
         doc, parts = got
-        assert doc["exit_code"] == 7 and doc["dropped_bytes"] == done["dropped_bytes"]
+        assert doc.exit_code == 7 and doc.dropped_bytes == done["dropped_bytes"]
         assert b"".join(data for _, data in parts) == spooled(cfg.spool_dir, "full")
 
 
@@ -424,11 +427,11 @@ async def test_a_restarted_watcher_takes_back_what_a_deleted_manifest_named(tmp_
             await w.store.close()
             got = await stored(cfg, "live")
             sealed = list((cfg.spool_dir / "live/h1").glob("0000000[1-3].log"))
-            if got and got[0]["size"] == len(expected) and not sealed:
+            if got and got[0].size == len(expected) and not sealed:
                 break
             assert time.monotonic() < deadline, "never shipped and pruned"
             time.sleep(0.2)
-        assert got[0]["status"] == "running" and len(got[0]["segments"]) >= 5
+        assert got[0].status == "running" and len(got[0].segments) >= 5
         (tmp_path / "archive" / "logs" / "live" / "h1" / "manifest.json").unlink()
         w = Watcher(cfg, open_store(cfg.store))  # a restart: it knows only what the store and spool hold
         await w.run_once()
@@ -436,7 +439,7 @@ async def test_a_restarted_watcher_takes_back_what_a_deleted_manifest_named(tmp_
         got = await stored(cfg, "live")
         assert got is not None
         doc, parts = got
-        assert doc["size"] == len(expected) and doc["dropped"] == []
+        assert doc.size == len(expected) and not doc.dropped
         assert b"".join(data for _, data in parts) == expected
         assert w.stats["adopted_segments"] >= 3
     finally:
@@ -460,9 +463,9 @@ async def test_a_deleted_manifest_with_segments_gone_everywhere_claims_nothing(t
     assert got is not None
     doc, parts = got
     assert_at_offsets(parts, expected)
-    [lost] = doc["dropped"]
-    assert lost["seq"] == 2 and lost["reason"] == "missing"
-    assert sum(p["raw_size"] for p, _ in parts) + lost["raw_size"] == doc["size"] == len(expected)
+    [lost] = doc.dropped
+    assert lost.seq == 2 and lost.reason == "missing"
+    assert sum(p.raw_size for p, _ in parts) + lost.raw_size == doc.size == len(expected)
 
 
 def _ticks() -> int | None:

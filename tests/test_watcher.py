@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
 from shipper.format import archive, names
+from shipper.format.manifest import Manifest
 from shipper.spool import read_json
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
@@ -36,9 +36,11 @@ async def archived(cfg: Config, task: str, host: str = "h1", stream: str | None 
         await store.close()
 
 
-async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> dict[str, Any]:
+async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> Manifest:
     store = open_store(cfg.store)
     try:
+        raw = await store.get(names.manifest_key(task, host))
+        assert Manifest.load(raw).dump() == raw  # typed and back, byte for byte as the watcher wrote it
         return await archive.load_manifest(store, task, host)
     finally:
         await store.close()
@@ -54,10 +56,10 @@ async def test_ships_nasty_output_exactly(make_config: MakeConfig, compression: 
     assert await archived(cfg, "nasty", stream="stdout") == res.stdout
     assert await archived(cfg, "nasty", stream="stderr") == res.stderr
     doc = await stored_manifest(cfg, "nasty")
-    assert doc["status"] == "finished" and doc["exit_code"] == 0 and doc["checkpoint"] is None
-    assert doc["size"] == len(res.stdout) + len(res.stderr)
-    assert doc["command"][0] == sys.executable and doc["started_ns"] <= doc["ended_ns"]
-    assert [s["seq"] for s in doc["segments"]] == list(range(1, len(doc["segments"]) + 1))
+    assert doc.status == "finished" and doc.exit_code == 0 and doc.checkpoint is None
+    assert doc.size == len(res.stdout) + len(res.stderr)
+    assert doc.command[0] == sys.executable and doc.ended_ns is not None and doc.started_ns <= doc.ended_ns
+    assert [s.seq for s in doc.segments] == list(range(1, len(doc.segments) + 1))
     assert (cfg.spool_dir / "nasty" / "h1" / names.SHIPPED_FILE).exists()
 
 
@@ -66,8 +68,8 @@ async def test_empty_task_gives_an_empty_finished_log(make_config: MakeConfig) -
     run_agent(cfg.spool_dir, "quiet", ["true"], env=agent_env(cfg), args=["--label", "team=infra"])
     await watch(cfg, once=True)
     doc = await stored_manifest(cfg, "quiet")
-    assert doc["segments"] == [] and doc["size"] == 0 and doc["status"] == "finished"
-    assert doc["labels"] == {"team": "infra"}
+    assert not doc.segments and doc.size == 0 and doc.status == "finished"
+    assert doc.labels == {"team": "infra"}
     assert await archived(cfg, "quiet") == b""
 
 
@@ -93,16 +95,16 @@ async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeCon
             await w.run_once()
             with contextlib.suppress(ObjectNotFound):  # the agent may not have started yet
                 doc = await archive.load_manifest(store, "live", "h1")
-                if doc["checkpoint"] and doc["checkpoint"]["raw_size"] == 8:
+                if doc.checkpoint and doc.checkpoint.raw_size == 8:
                     break
             await asyncio.sleep(0.1)
-        assert doc["status"] == "running" and doc["segments"] == []
+        assert doc.status == "running" and not doc.segments
         assert b"".join([b async for b in archive.iter_bytes(store, doc)]) == b"one\ntwo\n"
         p.send_signal(signal.SIGTERM)
         p.wait(10)
         await w.run_once()
         doc = await archive.load_manifest(store, "live", "h1")
-        assert doc["checkpoint"] is None and doc["status"] == "finished"
+        assert doc.checkpoint is None and doc.status == "finished"
         assert not [o.key for o in await store.list("logs/live/") if ".ckpt-" in o.key]  # old checkpoints gone
         await store.close()
     finally:
@@ -126,7 +128,7 @@ async def test_agent_killed_9_is_archived_and_marked_lost(make_config: MakeConfi
     w = await watch(cfg, once=True)
     assert w.stats["lost_logs"] == 1
     doc = await stored_manifest(cfg, "victim")
-    assert doc["status"] == "lost" and doc["exit_code"] is None
+    assert doc.status == "lost" and doc.exit_code is None
     assert await archived(cfg, "victim") == got
 
 
@@ -160,9 +162,9 @@ async def test_quota_drops_oldest_unuploaded_but_keeps_first_segment(make_config
     cfg2 = make_config(LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB")
     await watch(cfg2, once=True)
     doc = await stored_manifest(cfg2, "big")
-    assert [e["seq"] for e in doc["dropped"]] == [e["seq"] for e in dropped]
-    assert doc["dropped_bytes"] == w.stats["dropped_bytes"]
-    assert [s["seq"] for s in doc["segments"]] == kept
+    assert [e.seq for e in doc.dropped] == [e["seq"] for e in dropped]
+    assert doc.dropped_bytes == w.stats["dropped_bytes"]
+    assert [s.seq for s in doc.segments] == kept
 
 
 async def test_prunes_uploaded_segments_after_keep_time(make_config: MakeConfig) -> None:

@@ -224,9 +224,7 @@ async def _cat(cfg: Any, args: Any) -> int:
                                "and that `logship watch` runs on the host") from None
         out = sys.stdout.buffer
         if args.manifest:
-            import json
-
-            out.write(json.dumps(doc, indent=1).encode() + b"\n")
+            out.write(doc.dump() + b"\n")
             return 0
         async for data in archive.iter_bytes(store, doc, args.stream):
             out.write(data)

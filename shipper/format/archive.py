@@ -15,7 +15,8 @@ from typing import Any, cast
 import zstandard
 
 from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
-from shipper.format import index, manifest, names
+from shipper.format import index, names
+from shipper.format.manifest import DELETING, Dropped, Manifest, ManifestError, Segment
 from shipper.store import Store
 
 # The watcher records a digest per BLOCK bytes of each stored object (the manifest entry's `blocks`),
@@ -80,7 +81,7 @@ class StoredDigest:
                 self._part, self._filled = hashlib.sha256(), 0
 
     def fields(self) -> dict[str, Any]:
-        """{"stored_sha256", "blocks"} for manifest.segment_entry."""
+        """{"stored_sha256", "blocks"} for manifest.Segment.build."""
         digests = self._digests + ([self._part.digest()[:BLOCK_DIGEST]] if self._filled or not self._digests else [])
         return {"stored_sha256": self._whole.hexdigest(),
                 "blocks": {"size": self.block, "sha256": b"".join(digests).hex()}}
@@ -95,15 +96,15 @@ def digest_fields(data: bytes | memoryview) -> dict[str, Any]:
 # --- checking what is read ---------------------------------------------------------------------------
 
 
-def block_digests(key: str, entry: dict[str, Any]) -> tuple[int, list[bytes]] | None:
+def block_digests(key: str, entry: Segment) -> tuple[int, list[bytes]] | None:
     """(block size, digests) of an entry that has `blocks`, else None (a manifest older than them)."""
-    blocks = entry.get("blocks")
+    blocks = entry.blocks
     if blocks is None:
         return None
     try:
         size, hexes = blocks["size"], blocks["sha256"]
         raw = bytes.fromhex(hexes)
-        n = max(1, -(-entry["stored_size"] // size))
+        n = max(1, -(-entry.stored_size // size))
         if not (isinstance(size, int) and size > 0 and len(raw) == n * BLOCK_DIGEST):
             raise ValueError
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
@@ -112,10 +113,10 @@ def block_digests(key: str, entry: dict[str, Any]) -> tuple[int, list[bytes]] | 
     return size, [raw[i:i + BLOCK_DIGEST] for i in range(0, len(raw), BLOCK_DIGEST)]
 
 
-def check_stored(key: str, entry: dict[str, Any], data: bytes) -> None:
+def check_stored(key: str, entry: Segment, data: bytes) -> None:
     """A whole stored object against its entry: size, then each block (or the whole sha256)."""
-    if len(data) != entry["stored_size"]:
-        raise IntegrityError(key, f"{len(data)} bytes, not the {entry['stored_size']} its manifest says")
+    if len(data) != entry.stored_size:
+        raise IntegrityError(key, f"{len(data)} bytes, not the {entry.stored_size} its manifest says")
     blocks = block_digests(key, entry)
     if blocks is not None:
         size, digests = blocks
@@ -123,13 +124,13 @@ def check_stored(key: str, entry: dict[str, Any], data: bytes) -> None:
             if hashlib.sha256(memoryview(data)[i * size:(i + 1) * size]).digest()[:BLOCK_DIGEST] != want:
                 raise IntegrityError(key, f"bytes {i * size}-{min(len(data), (i + 1) * size) - 1} do not match "
                                      "the digest its manifest recorded")
-    elif entry.get("stored_sha256") and hashlib.sha256(data).hexdigest() != entry["stored_sha256"]:
+    elif entry.stored_sha256 and hashlib.sha256(data).hexdigest() != entry.stored_sha256:
         raise IntegrityError(key, "its sha256 is not the one its manifest recorded")
 
 
-def check_raw(key: str, entry: dict[str, Any], raw: bytes) -> None:
-    if len(raw) != entry["raw_size"] or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-        raise IntegrityError(key, f"its {len(raw)} bytes of log are not the {entry['raw_size']} its manifest "
+def check_raw(key: str, entry: Segment, raw: bytes) -> None:
+    if len(raw) != entry.raw_size or hashlib.sha256(raw).hexdigest() != entry.sha256:
+        raise IntegrityError(key, f"its {len(raw)} bytes of log are not the {entry.raw_size} its manifest "
                              "recorded (size or sha256)")
 
 
@@ -145,31 +146,31 @@ def unzstd(key: str, data: bytes, limit: int) -> bytes:
     return out
 
 
-def check_index(key: str, entry: dict[str, Any], data: bytes) -> list[index.Chunk]:
+def check_index(key: str, entry: Segment, data: bytes) -> list[index.Chunk]:
     """An index object, checked (size, `index_sha256`), decompressed, and its records against the entry:
     they must cover [offset, offset + raw_size) with no hole, from chunk chunks[0] to chunks[1]."""
-    if len(data) != entry["index_size"]:
-        raise IntegrityError(key, f"{len(data)} bytes, not the {entry['index_size']} its manifest says")
-    if entry.get("index_sha256") and hashlib.sha256(data).hexdigest() != entry["index_sha256"]:
+    if len(data) != entry.index_size:
+        raise IntegrityError(key, f"{len(data)} bytes, not the {entry.index_size} its manifest says")
+    if entry.index_sha256 and hashlib.sha256(data).hexdigest() != entry.index_sha256:
         raise IntegrityError(key, "its sha256 is not the one its manifest recorded")
-    first, last = entry["chunks"]
+    first, last = entry.chunks
     want = (last - first + 1) * index.RECORD_SIZE
-    raw = unzstd(key, data, want) if entry["compression"] == "zstd" else data
+    raw = unzstd(key, data, want) if entry.compression == "zstd" else data
     chunks = list(index.unpack(raw))
-    pos = entry["offset"]
+    pos = entry.offset
     for c in chunks:
         if c.offset != pos:
             break
         pos = c.end
     else:
         if (len(raw) == want and chunks and chunks[0].seq == first and chunks[-1].seq == last
-                and pos == entry["offset"] + entry["raw_size"]):
+                and pos == entry.end):
             return chunks
     raise IntegrityError(key, "its records do not cover the segment its manifest describes")
 
 
 # C901: one pass that checks each block, hashing one while the next is read; split, it would be slower
-async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any], start: int = 0,  # noqa: C901
+async def verified(pieces: AsyncIterator[bytes], key: str, entry: Segment, start: int = 0,  # noqa: C901
                    end: int | None = None) -> AsyncGenerator[bytes, None]:
     """The bytes [start, end) of a stored object as `pieces` reads them, each let through only once the
     whole block it lies in matched its digest in the manifest (`start` on a block boundary, `end` on
@@ -183,7 +184,7 @@ async def verified(pieces: AsyncIterator[bytes], key: str, entry: dict[str, Any]
     blocks = block_digests(key, entry)
     assert blocks is not None
     bs, digests = blocks
-    size = entry["stored_size"]
+    size = entry.stored_size
     end = size if end is None else min(end, size)
     loop = asyncio.get_running_loop()
     i = start // bs
@@ -256,37 +257,19 @@ def _digest(pieces: list[bytes | memoryview]) -> bytes:
 # --- the manifest and whole parts --------------------------------------------------------------------
 
 
-async def load_manifest(store: Store, task: str, host: str) -> dict[str, Any]:
+async def load_manifest(store: Store, task: str, host: str) -> Manifest:
     """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it;
     IntegrityError if it is not a valid manifest."""
     key = names.manifest_key(task, host)
     data = await store.get(key)
     try:
-        doc = manifest.loads(data, task, host)
-    except manifest.ManifestError as exc:
+        doc = Manifest.load(data, task, host)
+    except ManifestError as exc:
         raise IntegrityError(key, f"not a valid manifest of {task}/{host} ({exc})", "the manifest was damaged or "
                              "written by something else; other logs are not affected") from None
-    if doc.get("status") == manifest.DELETING:
+    if doc.status == DELETING:
         raise ObjectNotFound(f"{task}/{host} is being deleted (logship gc)", "it is gone once gc finishes")
     return doc
-
-
-def parts(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Segments in order, then the checkpoint of the open segment if there is one."""
-    segments: list[dict[str, Any]] = doc["segments"]
-    return segments + ([doc["checkpoint"]] if doc.get("checkpoint") else [])
-
-
-def entry_keys(task: str, host: str, entry: dict[str, Any], checkpoint: bool) -> tuple[str, str]:
-    """(bytes key, index key) of a manifest's segment or checkpoint entry."""
-    if checkpoint:
-        return names.checkpoint_keys(task, host, entry["seq"], entry["raw_size"], entry["compression"])
-    return (names.segment_key(task, host, entry["seq"], entry["compression"]),
-            names.index_key(task, host, entry["seq"], entry["compression"]))
-
-
-def part_keys(doc: dict[str, Any], part: dict[str, Any]) -> tuple[str, str]:
-    return entry_keys(doc["task"], doc["host"], part, doc.get("checkpoint") is part)
 
 
 async def get_object(store: Store, key: str) -> bytes:
@@ -297,22 +280,22 @@ async def get_object(store: Store, key: str) -> bytes:
         raise IntegrityError(key, "missing from the store, though the manifest names it") from None
 
 
-async def part_bytes(store: Store, doc: dict[str, Any], part: dict[str, Any]) -> bytes:
+async def part_bytes(store: Store, doc: Manifest, part: Segment) -> bytes:
     """A part's log bytes, checked: the stored object against its digests, the log bytes against sha256."""
-    key, _ = part_keys(doc, part)
+    key, _ = part.keys(doc.task, doc.host)
     data = await get_object(store, key)
     check_stored(key, part, data)
-    raw = unzstd(key, data, part["raw_size"]) if part["compression"] == "zstd" else data
+    raw = unzstd(key, data, part.raw_size) if part.compression == "zstd" else data
     check_raw(key, part, raw)
     return raw
 
 
-async def part_index(store: Store, doc: dict[str, Any], part: dict[str, Any]) -> list[index.Chunk]:
-    _, key = part_keys(doc, part)
+async def part_index(store: Store, doc: Manifest, part: Segment) -> list[index.Chunk]:
+    _, key = part.keys(doc.task, doc.host)
     return check_index(key, part, await get_object(store, key))
 
 
-async def iter_bytes(store: Store, doc: dict[str, Any], stream: str | None = None) -> AsyncIterator[bytes]:
+async def iter_bytes(store: Store, doc: Manifest, stream: str | None = None) -> AsyncIterator[bytes]:
     """The log's bytes in order, segment by segment; with `stream`, only that stream's chunks.
 
     A checkpoint replaced meanwhile (the log runs on) is read on from a fresh manifest. Bytes the
@@ -321,40 +304,37 @@ async def iter_bytes(store: Store, doc: dict[str, Any], stream: str | None = Non
     code = index.STREAM_CODES[stream] if stream else None
     pos = 0
     for _ in range(1000):  # a fresh manifest per replaced checkpoint; a log runs on for that long at most
-        for part in parts(doc):
-            end = part["offset"] + part["raw_size"]
-            if end <= pos:
+        for part in doc.parts:
+            if part.end <= pos:
                 continue
-            if part["offset"] > pos:
-                raise BytesMissing(doc["task"], doc["host"], [(pos, part["offset"])], _why(doc, pos))
+            if part.offset > pos:
+                raise BytesMissing(doc.task, doc.host, [(pos, part.offset)], why_missing(doc.dropped_at(pos)))
             try:
                 data = await part_bytes(store, doc, part)
             except IntegrityError:
-                if part is not doc.get("checkpoint"):
+                if part is not doc.checkpoint:
                     raise
-                fresh = await load_manifest(store, doc["task"], doc["host"])
-                if fresh.get("checkpoint") == part or fresh["run_id"] != doc["run_id"]:
+                fresh = await load_manifest(store, doc.task, doc.host)
+                if fresh.checkpoint == part or fresh.run_id != doc.run_id:
                     raise
                 doc = fresh
                 break
-            view = memoryview(data)[pos - part["offset"]:]
+            view = memoryview(data)[pos - part.offset:]
             if code is None:
                 yield bytes(view)
             else:
                 yield b"".join(view[c.offset - pos:c.end - pos] for c in await part_index(store, doc, part)
                                if c.stream == code and c.offset >= pos)
-            pos = end
+            pos = part.end
         else:
             return
-    raise StoreError(f"the manifest of {doc['task']}/{doc['host']} kept changing while it was read",
+    raise StoreError(f"the manifest of {doc.task}/{doc.host} kept changing while it was read",
                      "run the command again")
 
 
-def _why(doc: dict[str, Any], pos: int) -> str:
-    for d in doc.get("dropped") or []:
-        if d.get("offset", -1) <= pos < d.get("offset", -1) + d.get("raw_size", 0):
-            return f" (segment {d.get('seq')} was {d.get('reason') or 'dropped at the spool quota'})"
-    return ""
+def why_missing(d: Dropped | None) -> str:
+    """What BytesMissing says of a hole: the dropped range it lies in, if the manifest records one."""
+    return f" (segment {d.seq} was {d.reason or 'dropped at the spool quota'})" if d is not None else ""
 
 
 async def read_all(store: Store, task: str, host: str, stream: str | None = None) -> bytes:

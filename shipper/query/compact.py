@@ -29,6 +29,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from shipper.config import Config
 from shipper.errors import ObjectNotFound
 from shipper.format import manifest, names
+from shipper.format.manifest import Manifest
 from shipper.query import copies, lineset
 from shipper.query.lineset import Part, Snapshot
 from shipper.store import ObjectInfo, Store
@@ -289,12 +290,12 @@ class Compactor:
             task, host = log_id.split("/")
             async with sem:
                 try:
-                    doc = manifest.loads(await self.store.get(names.manifest_key(task, host)), task, host)
+                    doc = Manifest.load(await self.store.get(names.manifest_key(task, host)), task, host)
                 except (ObjectNotFound, ValueError):
                     return None
-            if doc["status"] not in (manifest.FINISHED, manifest.LOST):
+            if doc.status not in (manifest.FINISHED, manifest.LOST):
                 return None
-            return log_id if all(s.get("query_copy") for s in doc["segments"]) else None
+            return log_id if all(s.query_copy for s in doc.segments) else None
 
         return {x for x in await asyncio.gather(*map(one, sorted(logs))) if x is not None}
 

@@ -22,6 +22,7 @@ from typing import Any
 from shipper.config import Config
 from shipper.errors import ObjectNotFound
 from shipper.format import manifest, names
+from shipper.format.manifest import Manifest
 from shipper.query import lineset
 from shipper.query.compact import Compactor, Deleter, Settings
 from shipper.store import ObjectInfo, Store
@@ -46,26 +47,25 @@ class Policy:
                    frozenset(r.status if statuses is None else statuses),
                    tuple(sorted((r.labels if labels is None else labels).items())))
 
-    def selects(self, doc: dict[str, Any], now_ns: int) -> bool:
+    def selects(self, doc: Manifest, now_ns: int) -> bool:
         """Whether the policy deletes this log: never a running one, nor one whose manifest changed lately."""
-        if doc.get("status") not in DELETABLE or doc["status"] not in self.statuses:
+        if doc.status not in DELETABLE or doc.status not in self.statuses:
             return False
-        labels = doc.get("labels") or {}
-        if any(labels.get(k) != v for k, v in self.labels):
+        if any(doc.labels.get(k) != v for k, v in self.labels):
             return False
         return now_ns - last_change_ns(doc) >= self.older_than_s * 1e9
 
 
-def last_change_ns(doc: dict[str, Any]) -> int:
+def last_change_ns(doc: Manifest) -> int:
     """When the log last changed: its end, or its manifest's last write if later (a watcher still at work)."""
-    return max(doc.get("ended_ns") or 0, doc.get("updated_ns") or 0, doc.get("started_ns") or 0)
+    return max(doc.ended_ns or 0, doc.updated_ns or 0, doc.started_ns)
 
 
 @dataclass
 class Victim:
     task: str
     host: str
-    doc: dict[str, Any] | None  # its manifest, if still there
+    doc: Manifest | None  # its manifest, if still there
     marker: dict[str, Any] | None  # its marker, once written
     objects: int = 0  # what the store holds of it (before this run)
     bytes: int = 0
@@ -107,7 +107,7 @@ class Collector:
         report.selected = victims
         for v in victims:
             state = "resumed" if v.marker else "deletes"
-            status = (v.doc or {}).get("status_before_deleting") or (v.doc or {}).get("status", "?")
+            status = (v.doc.status_before_deleting or v.doc.status) if v.doc else "?"
             when = f", ended {_age((self.clock() - last_change_ns(v.doc)) / 1e9)} ago" if v.doc else ""
             self.say(f"{state} {v.id}: {status}{when}, {v.objects} objects, {v.bytes} bytes")
         if dry_run or not victims:
@@ -155,11 +155,11 @@ class Collector:
                     return None
             return doc if isinstance(doc, dict) else None
 
-        async def get_manifest(task: str, host: str) -> dict[str, Any] | None:
+        async def get_manifest(task: str, host: str) -> Manifest | None:
             key = names.manifest_key(task, host)
             async with sem:
                 try:
-                    return manifest.loads(await self.store.get(key), task, host)
+                    return Manifest.load(await self.store.get(key), task, host)
                 except ObjectNotFound:
                     return None
                 except manifest.ManifestError as exc:
@@ -177,7 +177,7 @@ class Collector:
         for (t, h), doc in sorted(docs.items()):
             if doc is None or (t, h) in marker_docs:
                 continue
-            if doc.get("status") == manifest.DELETING or policy.selects(doc, now):
+            if doc.status == manifest.DELETING or policy.selects(doc, now):
                 out.append(Victim(t, h, doc, None))
         for m, mdoc in sorted(marker_docs.items()):
             out.append(Victim(m[0], m[1], docs.get(m), mdoc or {"marked_ns": 0, "dates": []}))
@@ -191,17 +191,15 @@ class Collector:
         is deleted yet."""
         if v.marker is None:
             assert v.doc is not None
-            segs = v.doc.get("segments", []) + ([v.doc["checkpoint"]] if v.doc.get("checkpoint") else [])
-            dates = sorted({names.lines_date(s["first_ts"]) for s in segs if s.get("first_ts")})
-            v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.get("run_id"), "marked_ns": self.clock(),
+            dates = sorted({names.lines_date(s.first_ts) for s in v.doc.parts if s.first_ts})
+            v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.run_id, "marked_ns": self.clock(),
                         "dates": dates}
             await self.store.put(names.deleting_key(v.task, v.host), json.dumps(v.marker).encode())
         v.hidden_ns = v.marker.get("marked_ns", 0)
-        if v.doc is not None and v.doc.get("status") != manifest.DELETING:
+        if v.doc is not None and v.doc.status != manifest.DELETING:
             v.hidden_ns = max(v.hidden_ns, self.clock())  # the API hides it from now: the grace starts now
-            doc = {**v.doc, "status": manifest.DELETING, "deleting_ns": v.hidden_ns,
-                   "status_before_deleting": v.doc.get("status")}
-            await self.store.put(names.manifest_key(v.task, v.host), manifest.dumps(doc))
+            doc = v.doc.replace(status=manifest.DELETING, deleting_ns=v.hidden_ns, status_before_deleting=v.doc.status)
+            await self.store.put(names.manifest_key(v.task, v.host), doc.dump())
 
     async def _delete_data(self, v: Victim) -> None:
         """Step 2: everything of the log but its manifest (and its marker)."""
