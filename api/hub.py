@@ -32,6 +32,7 @@ from shipper.errors import ObjectNotFound, StoreError
 from shipper.format import archive, index, names
 from shipper.format.archive import IntegrityError
 from shipper.format.index import RECORD_SIZE
+from shipper.format.parts import open_either, open_spool_file
 from shipper.retry import QuietLog
 from shipper.store import Store
 
@@ -283,7 +284,7 @@ class _SpoolProbe:
             if newest > self.seq + 1 or (gone and newest == self.seq):
                 self.seq = newest - 1
                 self.next = _next_index(self.dir, self.seq)
-        while (fd := _open_either(*self.next)) >= 0:
+        while (fd := open_either(*self.next)) >= 0:
             self.close()
             self.fd, self.seq = fd, self.seq + 1
             self.next = _next_index(self.dir, self.seq)
@@ -306,16 +307,6 @@ def _newest_seq(log_dir: Path) -> int:
 def _next_index(log_dir: Path, seq: int) -> tuple[str, str]:
     """The index paths of the segment after `seq`: open, and sealed."""
     return str(names.spool_index(log_dir, seq + 1, open_=True)), str(names.spool_index(log_dir, seq + 1))
-
-
-def _open_either(first: str | Path, second: str | Path) -> int:
-    """An fd of `first`, else of `second` (renamed meanwhile), else -1."""
-    for path in (first, second):
-        try:
-            return os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-    return -1
 
 
 async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: float) -> None:
@@ -353,13 +344,12 @@ class SegmentReader:
         """Open segment `seq` to read from log offset `pos` on; FileNotFoundError if it is not in the spool."""
         self.dir = log_dir
         self.seq = seq
-        self.idx_fd = _open_either(names.spool_index(log_dir, seq, open_=True), names.spool_index(log_dir, seq))
-        if self.idx_fd < 0:
-            raise FileNotFoundError(names.spool_index(log_dir, seq))
-        self.log_fd = _open_either(names.spool_segment(log_dir, seq, open_=True), names.spool_segment(log_dir, seq))
-        if self.log_fd < 0:
+        self.idx_fd = open_spool_file(log_dir, seq, "idx", True)
+        try:
+            self.log_fd = open_spool_file(log_dir, seq, "log", True)
+        except FileNotFoundError:
             os.close(self.idx_fd)
-            raise FileNotFoundError(names.spool_segment(log_dir, seq))
+            raise
         self.idx_pos = 0  # bytes of the index consumed
         self.ends = (*_next_index(log_dir, seq), str(log_dir / names.EXIT_FILE))  # any of them: no more appends
         self.scan_at = time.monotonic() + SCAN_S

@@ -23,6 +23,7 @@ from api.app import create_app
 from api.keys import METRICS
 from shipper.config import Config, load_config
 from shipper.errors import StoreError
+from shipper.format import zstdio
 from shipper.format.archive import IntegrityError
 from shipper.watcher import watch
 
@@ -491,22 +492,22 @@ async def test_decompress_pieces_stay_small_and_exact(kind: str) -> None:
            "text and a run": text + b"\0" * (32 << 20) + text}[kind]
     comp = zstandard.ZstdCompressor(level=1).compress(raw)
     for a, b in ((0, len(raw)), (12345, len(raw) - 999), (len(raw) - 1, len(raw))):
-        got = [p async for p in source._decompress(_agen(_split(comp, rnd)), a, b)]
+        got = [p async for p in zstdio.decompress(_agen(_split(comp, rnd)), a, b)]
         assert b"".join(got) == raw[a:b]
-        assert max(map(len, got)) <= source.ZSTD_OUT  # a 2,000-byte frame of 64 MiB comes out in small pieces
+        assert max(map(len, got)) <= zstdio.ZSTD_OUT  # a 2,000-byte frame of 64 MiB comes out in small pieces
     with pytest.raises(IntegrityError, match="ended"):
-        [p async for p in source._decompress(_agen([comp[:len(comp) // 2]]), 0, len(raw))]
+        [p async for p in zstdio.decompress(_agen([comp[:len(comp) // 2]]), 0, len(raw))]
 
 
-@pytest.mark.parametrize("n", [0, 1, source.RAW_BLOCK - 1, source.RAW_BLOCK, source.RAW_BLOCK + 1, 1_000_003])
+@pytest.mark.parametrize("n", [0, 1, zstdio.RAW_BLOCK - 1, zstdio.RAW_BLOCK, zstdio.RAW_BLOCK + 1, 1_000_003])
 async def test_raw_frame_decodes_to_its_bytes(n: int) -> None:
     rnd = random.Random(n)
     raw = rnd.randbytes(n)
-    frame = b"".join([p async for p in source._raw_frame(_agen(_split(raw, rnd)), n)])
-    assert len(frame) == source._raw_frame_size(n)
+    frame = b"".join([p async for p in zstdio.raw_frame(_agen(_split(raw, rnd)), n)])
+    assert len(frame) == zstdio.raw_frame_size(n)
     assert unzstd(frame + zstandard.ZstdCompressor().compress(b"next")) == raw + b"next"
     with pytest.raises(StoreError):
-        [p async for p in source._raw_frame(_agen([raw, b"x"]), n)]
+        [p async for p in zstdio.raw_frame(_agen([raw, b"x"]), n)]
 
 
 async def test_if_none_match_with_the_current_etag_is_304(shipped: tuple[Client, bytes]) -> None:

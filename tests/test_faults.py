@@ -23,6 +23,7 @@ from shipper.config import StoreConfig
 from shipper.errors import ObjectNotFound
 from shipper.format import archive
 from shipper.format.manifest import Manifest
+from shipper.format.reader import Reader
 from shipper.store import Store, open_store
 
 from .support import env_for, run_agent, sha, spooled, start_agent, start_watcher, watch_once
@@ -52,9 +53,10 @@ def store_cfg(env: dict[str, str]) -> StoreConfig:
 
 
 async def archived_sha(store: Store, task: str, host: str = "h1") -> str:
-    doc = await archive.load_manifest(store, task, host)
+    r = Reader(store)
+    view = await r.view(task, host)
     h = hashlib.sha256()
-    async for data in archive.iter_bytes(store, doc):
+    async for data in r.read_whole(view):
         h.update(data)
     return h.hexdigest()
 

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from shipper.config import Config
-from shipper.format import archive, names
+from shipper.format import names, reader
 from shipper.query.engine import Database
 from shipper.store import open_store
 from shipper.watcher import watch
@@ -101,7 +101,7 @@ async def visible(cfg: Config) -> dict[str, Any]:
             body = await log.read()
             routes[task] = (meta.status, log.status, hashlib.sha256(body).hexdigest() if log.status == 200 else "")
             if log.status == 200:
-                assert body == await archive.read_all(store, task, "h1")
+                assert body == await reader.read_all(store, task, "h1")
     finally:
         await store.close()
         await client.close()

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.app import create_app
 from shipper.config import Config
 from shipper.errors import DamagedObject
-from shipper.format import archive, manifest, names
+from shipper.format import archive, manifest, names, reader
 from shipper.format.manifest import Manifest, ManifestError
 from shipper.store import open_store
 from shipper.watcher import watch
@@ -183,7 +183,7 @@ async def test_one_damaged_manifest_costs_only_its_own_log(make_config: Callable
         good = await store.get(names.manifest_key("good", "h1"))
         assert Manifest.load(good).dump() == good  # as the current watcher wrote it, byte for byte
         await store.put(names.manifest_key("bad-copy", "h1"), good)  # another log's manifest, as is
-        assert await archive.read_all(store, "good", "h1") == b"good\n"
+        assert await reader.read_all(store, "good", "h1") == b"good\n"
         with pytest.raises(DamagedObject, match="bad-copy/h1"):
             await archive.load_manifest(store, "bad-copy", "h1")
     finally:

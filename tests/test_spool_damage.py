@@ -8,6 +8,7 @@ runs a real `logship watch --once` (or `logship watch`) process against a store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import pytest
 from shipper.config import Config
 from shipper.format import archive, index, names
 from shipper.format.manifest import Manifest, Segment
+from shipper.format.reader import Reader
 from shipper.spool import read_json
 from shipper.store import open_store
 
@@ -75,7 +77,15 @@ async def stored(cfg: Config, task: str) -> tuple[Manifest, list[tuple[Segment, 
             return None
         raw = await store.get(names.manifest_key(task, "h1"))
         assert Manifest.load(raw).dump() == raw  # typed and back, byte for byte as the watcher wrote it
-        return doc, [(p, await archive.part_bytes(store, doc, p)) for p in doc.parts]
+        reader = Reader(store)
+        view = await reader.view(task, "h1")
+        parts = []
+        for p in view.parts:
+            assert p.entry is not None
+            data = b"".join([bytes(x) async for x in reader.read(view, p.offset, p.end)])
+            assert hashlib.sha256(data).hexdigest() == p.entry.sha256
+            parts.append((p.entry, data))
+        return doc, parts
     finally:
         await store.close()
 
@@ -236,7 +246,9 @@ async def test_a_damaged_index_keeps_every_byte_at_its_offset(tmp_path: Path, ca
     # the repaired index describes the bytes: stdout and stderr views still add up to the whole
     store = open_store(cfg.store)
     try:
-        chunks = [c for p in doc.parts for c in await archive.part_index(store, doc, p)]
+        reader = Reader(store)
+        view = await reader.view("bad", "h1")
+        chunks = [c for p in view.parts for c in await reader.chunks(view, p)]
     finally:
         await store.close()
     assert chunks[0].offset == 0 and all(a.end == b.offset for a, b in pairwise(chunks))

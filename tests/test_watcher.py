@@ -15,7 +15,7 @@ import pytest
 
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
-from shipper.format import archive, names
+from shipper.format import archive, names, reader
 from shipper.format.manifest import Manifest
 from shipper.spool import read_json
 from shipper.store import open_store
@@ -31,7 +31,7 @@ NOWHERE = {"LOGSHIP_STORE_URL": "s3://nowhere/x", "LOGSHIP_STORE_ENDPOINT": "htt
 async def archived(cfg: Config, task: str, host: str = "h1", stream: str | None = None) -> bytes:
     store = open_store(cfg.store)
     try:
-        return await archive.read_all(store, task, host, stream)
+        return await reader.read_all(store, task, host, stream)
     finally:
         await store.close()
 
@@ -99,7 +99,7 @@ async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeCon
                     break
             await asyncio.sleep(0.1)
         assert doc.status == "running" and not doc.segments
-        assert b"".join([b async for b in archive.iter_bytes(store, doc)]) == b"one\ntwo\n"
+        assert await reader.read_all(store, "live", "h1") == b"one\ntwo\n"
         p.send_signal(signal.SIGTERM)
         p.wait(10)
         await w.run_once()

@@ -209,24 +209,26 @@ def _dispatch(args: Any) -> int:
 
 async def _cat(cfg: Any, args: Any) -> int:
     from shipper.agent import default_host
-    from shipper.errors import ObjectNotFound
-    from shipper.format import archive, names
+    from shipper.format import names
+    from shipper.format.reader import LogNotFound, Reader
     from shipper.store import open_store
 
     task, host = names.check_id("task", args.task), names.check_id("host", args.host or default_host())
     store = open_store(cfg.store)
     try:
+        reader = Reader(store, hold_unchecked=True)  # no byte of a part before it is checked
         try:
-            doc = await archive.load_manifest(store, task, host)
-        except ObjectNotFound:
+            view = await reader.view(task, host)
+        except LogNotFound:
             raise LogshipError(f"no log {task}/{host} in {cfg.store.url}",
                                "check the task id and --host (default: this machine's hostname), "
                                "and that `logship watch` runs on the host") from None
         out = sys.stdout.buffer
         if args.manifest:
-            out.write(doc.dump() + b"\n")
+            assert view.doc is not None  # a reader without a spool has a view only of a manifest
+            out.write(view.doc.dump() + b"\n")
             return 0
-        async for data in archive.iter_bytes(store, doc, args.stream):
+        async for data in reader.read_whole(view, args.stream):
             out.write(data)
         out.flush()
         return 0

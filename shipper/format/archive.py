@@ -1,7 +1,8 @@
-"""Reading a log back from the store: its manifest, segments (and checkpoint), and chunk index, each
-checked against what the manifest recorded when the object was uploaded (docs/format.md, "Integrity").
+"""Checking a log read back from the store: its manifest, segments (and checkpoint), and chunk index, each
+against what the manifest recorded when the object was uploaded (docs/format.md, "Integrity"); and the
+digests the watcher records at upload.
 
-The API streams through `verified`; tests and `logship cat` read parts whole.
+shipper/format/reader.py reads logs through these checks (the API and `logship cat`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, cast
 
 import zstandard
 
-from shipper.errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from shipper.errors import DamagedObject, LogshipError, ObjectNotFound
 from shipper.format import index, names
 from shipper.format.manifest import DELETING, Dropped, Manifest, ManifestError, Segment
 from shipper.store import Store
@@ -272,71 +273,6 @@ async def load_manifest(store: Store, task: str, host: str) -> Manifest:
     return doc
 
 
-async def get_object(store: Store, key: str) -> bytes:
-    """A whole object the manifest names: its absence is damage, not "no such log"."""
-    try:
-        return await store.get(key)
-    except ObjectNotFound:
-        raise IntegrityError(key, "missing from the store, though the manifest names it") from None
-
-
-async def part_bytes(store: Store, doc: Manifest, part: Segment) -> bytes:
-    """A part's log bytes, checked: the stored object against its digests, the log bytes against sha256."""
-    key, _ = part.keys(doc.task, doc.host)
-    data = await get_object(store, key)
-    check_stored(key, part, data)
-    raw = unzstd(key, data, part.raw_size) if part.compression == "zstd" else data
-    check_raw(key, part, raw)
-    return raw
-
-
-async def part_index(store: Store, doc: Manifest, part: Segment) -> list[index.Chunk]:
-    _, key = part.keys(doc.task, doc.host)
-    return check_index(key, part, await get_object(store, key))
-
-
-async def iter_bytes(store: Store, doc: Manifest, stream: str | None = None) -> AsyncIterator[bytes]:
-    """The log's bytes in order, segment by segment; with `stream`, only that stream's chunks.
-
-    A checkpoint replaced meanwhile (the log runs on) is read on from a fresh manifest. Bytes the
-    archive does not hold end the reading with BytesMissing: what comes after keeps its offsets only
-    in the API's Range answers, so it is not run together with what comes before."""
-    code = index.STREAM_CODES[stream] if stream else None
-    pos = 0
-    for _ in range(1000):  # a fresh manifest per replaced checkpoint; a log runs on for that long at most
-        for part in doc.parts:
-            if part.end <= pos:
-                continue
-            if part.offset > pos:
-                raise BytesMissing(doc.task, doc.host, [(pos, part.offset)], why_missing(doc.dropped_at(pos)))
-            try:
-                data = await part_bytes(store, doc, part)
-            except IntegrityError:
-                if part is not doc.checkpoint:
-                    raise
-                fresh = await load_manifest(store, doc.task, doc.host)
-                if fresh.checkpoint == part or fresh.run_id != doc.run_id:
-                    raise
-                doc = fresh
-                break
-            view = memoryview(data)[pos - part.offset:]
-            if code is None:
-                yield bytes(view)
-            else:
-                yield b"".join(view[c.offset - pos:c.end - pos] for c in await part_index(store, doc, part)
-                               if c.stream == code and c.offset >= pos)
-            pos = part.end
-        else:
-            return
-    raise StoreError(f"the manifest of {doc.task}/{doc.host} kept changing while it was read",
-                     "run the command again")
-
-
 def why_missing(d: Dropped | None) -> str:
     """What BytesMissing says of a hole: the dropped range it lies in, if the manifest records one."""
     return f" (segment {d.seq} was {d.reason or 'dropped at the spool quota'})" if d is not None else ""
-
-
-async def read_all(store: Store, task: str, host: str, stream: str | None = None) -> bytes:
-    doc = await load_manifest(store, task, host)
-    return b"".join([b async for b in iter_bytes(store, doc, stream)])

@@ -1,0 +1,427 @@
+"""Reading a stored log back, for `logship cat` and the API: a view of the log planned from its manifest and
+(when a spool is at hand) the spool's files (shipper/format/parts.py), and its bytes read from the store and the
+spool, checked against the manifest on the way: per-block digests before any byte of a block goes out, or a
+whole-object check for older manifests (shipper/format/archive.py). Bytes are always at their offsets: a range
+the view does not hold raises BytesMissing, never a shift. A spool file pruned or renamed under a reader, or a
+checkpoint replaced, is found again in a fresh view (under its sealed name, or in the store).
+
+Store objects are streamed (zstd passed through as stored, or decompressed in bounded pieces:
+shipper/format/zstdio.py), and the next part's object is requested before its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
+from shipper.format import archive, index, names
+from shipper.format.archive import IntegrityError
+from shipper.format.manifest import FINISHED, RUNNING, Manifest
+from shipper.format.parts import (
+    PIECE,
+    STORE_KINDS,
+    LogView,
+    Part,
+    ShortFile,
+    SpoolState,
+    merge,
+    read_spool_file,
+    spool_chunks,
+    store_parts,
+    unexplained_gap,
+)
+from shipper.format.zstdio import ZSTD_IN, Early, decompress, raw_frame, raw_frame_size, slice_pieces
+from shipper.store import Store
+
+VIEW_ATTEMPTS = 3
+
+
+class LogNotFound(LogshipError):
+    code = "not_found"
+
+
+class LogMoved(StoreUnavailable):
+    """What a view named went away under the reader again and again (pruned, replaced): try again."""
+
+    code = "log_changed"
+
+
+class Reader:
+    """Builds LogViews of logs and reads their bytes, from a store and (in a subclass that overrides
+    `spool_state`: api/source.py) a local spool."""
+
+    def __init__(self, store: Store, *, hold_unchecked: bool = False) -> None:
+        self.store = store
+        # A part of a manifest older than the block digests is checked only at its end. An answer over HTTP
+        # that fails there is cut, and its client knows; a file written by `logship cat` is not: cat holds
+        # such a part until it matched (in memory, as big as a segment).
+        self.hold_unchecked = hold_unchecked
+
+    def note(self, exc: IntegrityError) -> None:
+        """Called with each failed check before it is raised (the API counts and logs them)."""
+
+    def spool_state(self, task: str, host: str) -> SpoolState | None:
+        """What the local spool holds of the log (run in a thread); None: no spool, or not this log."""
+        return None
+
+    async def view(self, task: str, host: str, *, recent: bool = True) -> LogView:
+        """The log as it is now (`recent`: a subclass may hand out a view it made a moment ago)."""
+        names.check_id("task", task)
+        names.check_id("host", host)
+        for _ in range(VIEW_ATTEMPTS):
+            view = await self._view_once(task, host)
+            # A segment committed and pruned between our read of the manifest and our listing of the
+            # spool is in neither: look again rather than serve a hole that was never dropped.
+            if not unexplained_gap(view):
+                break
+        return view
+
+    async def _view_once(self, task: str, host: str) -> LogView:
+        # The spool and the store are read at once (the manifest's GET is most of a view's time).
+        local = asyncio.ensure_future(asyncio.to_thread(self.spool_state, task, host))
+        gone = False
+        try:
+            doc: Manifest | None = await archive.load_manifest(self.store, task, host)
+        except ObjectNotFound:
+            doc, gone = None, True
+        except IntegrityError as exc:  # a damaged manifest: not "the store is down"
+            self.note(exc)
+            raise
+        except StoreError:
+            if await local is None:
+                raise
+            doc = None  # the store is down, but this spool has the log: serve what it holds
+        finally:
+            state = await local
+        if state is not None and doc is not None and state.run["run_id"] != doc.run_id:
+            state = None  # another run of this log is held in our spool; the store's is the one served
+        if state is not None and gone and (state.dir / names.SHIPPED_FILE).exists():
+            state = None  # shipped, then deleted from the store (logship gc): the spool's leftovers are not it
+        if doc is None and state is None:
+            raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
+        dropped = list(doc.dropped) if doc is not None else []
+        if state is not None:
+            parts, run, exit_ = state.parts, state.run, state.exit
+            status = (state.exit or {}).get("status", FINISHED) if state.finished else RUNNING
+            dropped = dropped + state.dropped
+        else:
+            assert doc is not None
+            parts, run, exit_, status = [], _run_of(doc), _exit_of(doc), doc.status
+        if doc is not None:
+            parts = merge(store_parts(doc), parts)
+        return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def read(self, view: LogView, start: int = 0, end: int | None = None,
+                   _depth: int = 0) -> AsyncGenerator[bytes, None]:
+        """The bytes [start, end) of the view, in pieces of at most PIECE bytes; BytesMissing where the view
+        holds no part (after the bytes before it: nothing after a hole is ever moved to its offset).
+
+        Once a part's first piece is here, the next part's object is requested, so that its GET
+        (SeaweedFS takes 2-6 ms to its first byte) overlaps the sending of this part. Requested when
+        three quarters of the part were sent instead, a zstd object passed through (4.6 MB, ≈ 3 ms)
+        left most of that latency uncovered: 0.72 of a plain GET's speed, 0.87 this way
+        (bench/README.md). The price is a second response's buffers (≤ 2 x READ_BUFSIZE) per reader.
+        """
+        end = view.size if end is None else min(end, view.size)
+        jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
+                if p.end > start and p.offset < end]
+        early: Early | None = None  # the next job's object, requested before its turn
+        pos = start
+        try:
+            for i, (part, a, b) in enumerate(jobs):
+                if part.offset + a > pos:
+                    raise view.missing_error(view.missing(pos, end))
+                pos = part.offset + b
+                opened, early = early, None
+                nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS else None
+                pieces = self._read_part(view, part, a, b, opened, _depth)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        yield piece
+                        if nxt is not None and early is None:
+                            early = self._open_store(view, *nxt)
+            if pos < end:
+                raise view.missing_error(view.missing(pos, end))
+        finally:
+            if early is not None:
+                await early.aclose()
+
+    async def read_stream(self, view: LogView, stream: str, start: int = 0,
+                          end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The bytes of one stream's chunks within [start, end), in order. Each part is read once and the
+        other stream's chunks are cut out of it (chunk by chunk, a zstd segment would be decompressed from
+        its start for every chunk)."""
+        end = view.size if end is None else min(end, view.size)
+        code = index.STREAM_CODES[stream]
+        if missing := view.missing(start, end):  # the stream's bytes around a hole would run together
+            raise view.missing_error(missing)
+        for part in view.parts:
+            if part.end <= start or part.offset >= end:
+                continue
+            ranges = _ranges([c for c in await self.chunks(view, part)
+                              if c.stream == code and c.end > start and c.offset < end], start, end)
+            if not ranges:
+                continue
+            pos, i = ranges[0][0], 0
+            async for piece in self.read(view, ranges[0][0], ranges[-1][1]):
+                stop = pos + len(piece)
+                while i < len(ranges) and ranges[i][0] < stop:
+                    a, b = max(ranges[i][0], pos), min(ranges[i][1], stop)
+                    if a < b:
+                        yield piece if (a, b) == (pos, stop) else piece[a - pos:b - pos]
+                    if ranges[i][1] > stop:
+                        break
+                    i += 1
+                pos = stop
+
+    def _key(self, view: LogView, part: Part) -> str:
+        assert part.entry is not None
+        return part.entry.keys(view.task, view.host)[0]
+
+    def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> Early:
+        """The object of a store part, requested now: stored bytes from its start (zstd), or those of
+        [a, b) (none). With the entry's block digests, each block is checked before its bytes come out,
+        and an uncompressed Range reads from the block that holds its start. Without them (an older
+        manifest), the whole object is read and _read_store checks it as a whole."""
+        assert part.entry is not None
+        key = self._key(view, part)
+        entry = part.entry
+        try:
+            blocks = archive.block_digests(key, entry)
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        if blocks is None:
+            return Early(self.store.open(key, chunk=zstd_chunk if entry.compression == "zstd" else PIECE))
+        if entry.compression == "zstd":
+            return Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
+        bs = blocks[0]
+        lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry.stored_size)
+        checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
+        return Early(slice_pieces(checked, a - lo, b - a))
+
+    async def _read_part(self, view: LogView, part: Part, a: int, b: int, opened: Early | None,
+                         depth: int = 0) -> AsyncGenerator[bytes, None]:
+        """Bytes [a, b) of one part (offsets within it). A spool file pruned or renamed, or a store object
+        gone (a checkpoint replaced), is read on from a fresh view; one the fresh view still names is
+        missing: IntegrityError."""
+        done = 0
+        try:
+            if part.kind in ("spool", "open"):
+                assert view.spool_dir is not None
+                try:
+                    async for piece in read_spool_file(view.spool_dir, part, a, b):
+                        yield piece
+                        done += len(piece)
+                    return
+                except ShortFile as exc:
+                    raise IntegrityError(f"spool:{view.task}/{view.host}/{part.seq:08d}", str(exc),
+                                         "the spool file was truncated or damaged on this host") from None
+            async for piece in self._read_store(view, part, a, b, opened):
+                yield piece
+                done += len(piece)
+            return
+        except (FileNotFoundError, ObjectNotFound):
+            pass  # read on below, outside the handler
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        async for piece in self._reread(view, part, a + done, b, depth):
+            yield piece
+
+    async def _reread(self, view: LogView, part: Part, a: int, b: int, depth: int) -> AsyncGenerator[bytes, None]:
+        """[a, b) of a part that went away under the reader, from a fresh view."""
+        lo, hi = part.offset + a, part.offset + b
+        if depth >= VIEW_ATTEMPTS:
+            raise LogMoved(f"segment {part.seq} of {view.task}/{view.host} moved away {depth} times while read",
+                           "try again")
+        fresh = await self.view(view.task, view.host, recent=False)
+        now = next((p for p in fresh.parts if p.offset <= lo < p.end), None)
+        if (now is not None and part.kind in STORE_KINDS and now.kind in STORE_KINDS
+                and self._key(fresh, now) == self._key(view, part)):
+            exc = IntegrityError(self._key(view, part), "missing from the store, though the manifest names it")
+            self.note(exc)
+            raise exc
+        async for piece in self.read(fresh, lo, hi, depth + 1):
+            yield piece
+
+    async def _read_store(self, view: LogView, part: Part, a: int, b: int,
+                          opened: Early | None) -> AsyncGenerator[bytes, None]:
+        """[a, b) of a store part, checked: by block (see _open_store), else whole, after the fact: an
+        older manifest has only the sha256 of the log bytes, so the whole part is read and hashed, and a
+        mismatch is raised at its end: the bytes before it may have gone out and the answer then fails, or,
+        with `hold_unchecked`, they are held until the whole part matched."""
+        obj = opened if opened is not None else self._open_store(view, part, a, b)
+        entry = part.entry
+        assert entry is not None
+        zstd = entry.compression == "zstd"
+        async with contextlib.aclosing(obj):
+            if entry.blocks is not None:
+                async for piece in (decompress(obj, a, b, self._key(view, part)) if zstd else obj):
+                    yield piece
+                return
+            key = self._key(view, part)
+            h, pos = hashlib.sha256(), 0
+            held: list[bytes] = []
+            async for piece in (decompress(obj, 0, part.size, key) if zstd else obj):
+                h.update(piece)
+                lo, hi = max(a - pos, 0), min(b - pos, len(piece))
+                if lo < hi:
+                    out = piece if (lo, hi) == (0, len(piece)) else piece[lo:hi]
+                    if self.hold_unchecked:
+                        held.append(out)
+                    else:
+                        yield out
+                pos += len(piece)
+            if pos < part.size or h.hexdigest() != entry.sha256:
+                raise IntegrityError(key, "its bytes do not match the sha256 its manifest recorded")
+            for out in held:
+                yield out
+
+    # --- the zstd representation (Content-Encoding: zstd) --------------------------------------
+
+    @staticmethod
+    def zstd_share(view: LogView) -> float:
+        """The share of the log's bytes the store holds as zstd: what a zstd-encoded answer sends as stored."""
+        return sum(p.size for p in view.parts if _stored_zstd(p)) / view.size if view.size else 0.0
+
+    @staticmethod
+    def zstd_size(view: LogView) -> int:
+        """Bytes of `read_zstd(view)`."""
+        return sum(map(_zstd_part_size, view.parts))
+
+    async def read_zstd(self, view: LogView) -> AsyncGenerator[bytes, None]:
+        """The whole log as one zstd stream (RFC 8878: concatenated frames are one stream): each zstd
+        object of the store as it is stored, every other part as a frame of raw (uncompressed) blocks.
+        Nothing is decompressed or compressed here, so this runs at the store's speed. The next object is
+        requested early, as in read()."""
+        early: Early | None = None
+        try:
+            for i, part in enumerate(view.parts):
+                opened, early = early, None
+                nxt = view.parts[i + 1] if i + 1 < len(view.parts) and view.parts[i + 1].kind in STORE_KINDS else None
+                pieces = self._zstd_part(view, part, opened)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        yield piece
+                        if nxt is not None and early is None:
+                            early = self._open_store(view, nxt, 0, nxt.size, PIECE)
+        finally:
+            if early is not None:
+                await early.aclose()
+
+    async def _zstd_part(self, view: LogView, part: Part, opened: Early | None) -> AsyncGenerator[bytes, None]:
+        """One part as zstd: a zstd object as it is stored (each block checked against the manifest, which
+        also gave the answer's Content-Length), else its bytes in a frame of raw blocks."""
+        if not _stored_zstd(part):
+            raw = self._read_part(view, part, 0, part.size, opened)
+            async with contextlib.aclosing(raw):
+                async for piece in raw_frame(raw, part.size):
+                    yield piece
+            return
+        obj = opened or self._open_store(view, part, 0, part.size, PIECE)
+        try:
+            async with contextlib.aclosing(obj):
+                async for piece in obj:
+                    yield piece
+        except ObjectNotFound:
+            exc = IntegrityError(self._key(view, part), "missing from the store, though the manifest names it")
+            self.note(exc)
+            raise exc from None
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+
+    async def read_whole(self, view: LogView, stream: str | None = None) -> AsyncGenerator[bytes, None]:
+        """The whole log (`logship cat`), or one stream's chunks of it, up to its first hole, then BytesMissing:
+        what comes after a hole keeps its offsets only in the API's Range answers, so it is not run together
+        with what comes before."""
+        holes: list[tuple[int, int]] = []
+        if stream is None:
+            pieces = self.read(view)
+        else:
+            holes = view.missing(0, view.size)
+            pieces = self.read_stream(view, stream, 0, holes[0][0] if holes else view.size)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                yield piece
+        if holes:
+            raise view.missing_error(holes)
+
+    async def chunks(self, view: LogView, part: Part, _depth: int = 0) -> list[index.Chunk]:
+        """The chunk index of one part (a store part's checked against the manifest: shipper/format/archive.py).
+        One that went away (pruned, replaced) is read from a fresh view, cut to the part's range."""
+        try:
+            if part.kind in ("spool", "open"):
+                assert view.spool_dir is not None
+                return await asyncio.to_thread(spool_chunks, view.spool_dir, part)
+            assert part.entry is not None
+            key = part.entry.keys(view.task, view.host)[1]
+            return archive.check_index(key, part.entry, await self.store.get(key))
+        except IntegrityError as exc:
+            self.note(exc)
+            raise
+        except (FileNotFoundError, ObjectNotFound):
+            pass
+        if _depth >= VIEW_ATTEMPTS:
+            raise LogMoved(f"the index of segment {part.seq} of {view.task}/{view.host} moved away while read",
+                           "try again")
+        fresh = await self.view(view.task, view.host, recent=False)
+        now = next((p for p in fresh.parts if p.offset <= part.offset and p.end >= part.end), None)
+        if now is None:
+            raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
+        if now.kind == part.kind and now.kind in STORE_KINDS and now.entry == part.entry:
+            assert now.entry is not None
+            key = now.entry.keys(view.task, view.host)[1]
+            gone = IntegrityError(key, "missing from the store, though the manifest names it")
+            self.note(gone)
+            raise gone
+        return [c for c in await self.chunks(fresh, now, _depth + 1) if c.offset >= part.offset and c.end <= part.end]
+
+
+def _ranges(chunks: list[index.Chunk], start: int, end: int) -> list[tuple[int, int]]:
+    """[offset, end) of the chunks within [start, end), adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for c in chunks:
+        a, b = max(c.offset, start), min(c.end, end)
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        elif a < b:
+            out.append((a, b))
+    return out
+
+
+def _zstd_part_size(part: Part) -> int:
+    return part.entry.stored_size if part.entry is not None and _stored_zstd(part) else raw_frame_size(part.size)
+
+
+def _stored_zstd(part: Part) -> bool:
+    """True for a zstd object of the store that can be sent as stored: one with block digests (a part
+    of an older manifest is decompressed and checked whole, by read())."""
+    return (part.kind in STORE_KINDS and part.entry is not None and part.entry.compression == "zstd"
+            and part.entry.blocks is not None)
+
+
+def _run_of(doc: Manifest) -> dict[str, Any]:
+    """The run as the spool's run.json says it, from the manifest (a log this reader holds no spool of)."""
+    return {"task": doc.task, "host": doc.host, "run_id": doc.run_id, "command": list(doc.command),
+            "labels": doc.labels, "started_ns": doc.started_ns}
+
+
+def _exit_of(doc: Manifest) -> dict[str, Any]:
+    """How the run ended as the spool's exit.json says it, from the manifest."""
+    return {"status": doc.status, "exit_code": doc.exit_code, "signal": doc.signal, "ended_ns": doc.ended_ns,
+            "dropped_bytes": doc.dropped_bytes}
+
+
+async def read_all(store: Store, task: str, host: str, stream: str | None = None) -> bytes:
+    """A whole log from the store, checked (tests and scripts)."""
+    reader = Reader(store, hold_unchecked=True)
+    view = await reader.view(task, host)
+    return b"".join([bytes(p) async for p in reader.read_whole(view, stream)])
