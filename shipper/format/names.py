@@ -50,6 +50,39 @@ def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: 
     return f"{base}.log{ext}", f"{base}.idx{ext}"
 
 
+# Delta objects (docs/checkpoints.md): the bytes [start, end) of the log (offsets in the whole log) that
+# open segment `seq` gained since the last checkpoint, with their chunk index. Both ends are in the name,
+# so a delta re-cut after a crash from the same start (later end) is another key: one key, one content.
+# `.d` sorts before `.frames`, `.idx` and `.log`: the deltas of one segment list together, in order.
+DELTA_DIGITS = 15  # offsets below 10^15 (a petabyte per log)
+_DELTA_NAME_RE = re.compile(r"(\d{8})\.d(\d{15})-(\d{15})\.(zst|raw)")
+
+
+def delta_prefix(task: str, host: str, seq: int) -> str:
+    """The prefix under which exactly the deltas of segment `seq` list."""
+    return f"{log_prefix(task, host)}{seq:08d}.d"
+
+
+def delta_key(task: str, host: str, seq: int, start: int, end: int, compression: str) -> str:
+    if not 0 <= start < end < 10 ** DELTA_DIGITS:
+        raise ValueError(f"delta [{start}, {end}) is empty or out of range")
+    ext = "zst" if compression == "zstd" else "raw"
+    return f"{delta_prefix(task, host, seq)}{start:015d}-{end:015d}.{ext}"
+
+
+def parse_delta_name(name: str) -> tuple[int, int, int, str] | None:
+    """`NNNNNNNN.d<start>-<end>.zst|raw` (the last part of a key) -> (seq, start, end, compression), or None."""
+    m = _DELTA_NAME_RE.fullmatch(name)
+    if not m or int(m.group(2)) >= int(m.group(3)):
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), "zstd" if m.group(4) == "zst" else "none"
+
+
+def frames_key(task: str, host: str, seq: int) -> str:
+    """The frame table of sealed segment `seq` stored as its deltas (docs/checkpoints.md §4)."""
+    return f"{log_prefix(task, host)}{seq:08d}.frames.zst"
+
+
 def lines_key(date: str, task: str, host: str, seq: int) -> str:
     return f"lines/date={date}/task={task}/host={host}/{seq:08d}.parquet"
 
