@@ -157,11 +157,11 @@ class S3Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
         full = self._key(key)
         view = memoryview(data).cast("B")
-        if len(view) <= SINGLE_PUT_MAX:
-            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes())
+        if len(view) <= SINGLE_PUT_MAX or checked:
+            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes(), checked)
             return
 
         async def read(offset: int, n: int) -> bytes:
@@ -195,13 +195,15 @@ class S3Store:
         finally:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
-    async def _put_object(self, full: str, data: bytes) -> None:
+    async def _put_object(self, full: str, data: bytes, checked: bool = False) -> None:
         s3 = await self._s3()
         # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
         # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
         # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
-        # their PUT returned, and hashing them would cost upload speed.
-        md5 = {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if len(data) <= MD5_MAX else {}
+        # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
+        # by listing, with no manifest before them: always.
+        md5 = ({"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+               if len(data) <= MD5_MAX or checked else {})
         with self._errors("put", full):
             await s3.put_object(Bucket=self.bucket, Key=full, Body=data, **md5)
 
