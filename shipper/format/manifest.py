@@ -14,6 +14,7 @@ from shipper.format import names
 from shipper.format.index import Chunk
 
 VERSION = 1
+FRAMES_VERSION = 2  # a manifest naming a segment stored as its deltas (`frames`, docs/checkpoints.md §5)
 RUNNING, FINISHED, LOST = "running", "finished", "lost"
 DELETING = "deleting"  # `logship gc` is deleting the log (shipper/retention/gc.py): readers treat it as gone
 
@@ -47,7 +48,7 @@ def build(run: dict[str, Any], exit: dict[str, Any] | None, status: str, segment
     parts = segments + ([checkpoint] if checkpoint else [])
     end = max((p["offset"] + p["raw_size"] for p in parts + dropped), default=0)  # a range lost at the end counts
     return {
-        "version": VERSION,
+        "version": FRAMES_VERSION if any("frames" in s for s in segments) else VERSION,
         "task": run["task"],
         "host": run["host"],
         "run_id": run["run_id"],
@@ -98,8 +99,8 @@ def loads(data: bytes, task: str | None = None, host: str | None = None) -> dict
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ManifestError(f"not JSON ({exc.__class__.__name__})") from None
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
-        raise ManifestError("not a logship manifest of version 1")
+    if not isinstance(doc, dict) or doc.get("version") not in (VERSION, FRAMES_VERSION):
+        raise ManifestError("not a logship manifest of version 1 or 2")
     _check(doc, task, host)
     return doc
 
@@ -170,6 +171,9 @@ def _entry(e: Any, where: str) -> None:
         digests = blocks.get("sha256")
         if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
             raise ManifestError(f"{where}.blocks.sha256 is not {n} digests of 32 hex digits")
+    if "frames" in e:  # stored as its deltas: the frame table's rows and its sha256 (shipper/format/frames.py)
+        _int(e, "frames", low=1, where=where)
+        _str(e, "frames_sha256", _HEX64, where)
     chunks = e.get("chunks")
     if (not isinstance(chunks, list) or len(chunks) != 2 or not all(_is_int(c) and 0 <= c <= MAX_INT for c in chunks)
             or chunks[0] > chunks[1]):
