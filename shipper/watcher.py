@@ -24,9 +24,10 @@ from typing import Any
 
 import zstandard
 
-from shipper.format import archive, index, manifest, names
+from shipper.format import frames, index, manifest, names
 from shipper.query import copies
 
+from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
@@ -53,9 +54,7 @@ from .store import ObjectInfo, Store, open_store
 
 log = logging.getLogger("logship.watcher")
 
-ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compression the bottleneck
 UPLOAD_CONCURRENCY = 3
-READ_PIECE = 1 << 20
 TOMBSTONE_SECONDS = 7 * 86400  # how long a shipped log's run.json stays, to refuse a second run
 STORE_PROBE_SECONDS = 60  # a watcher with nothing to ship still asks the store this often (one HEAD)
 SET_ASIDE_RETRY_SECONDS = 60  # a log set aside (damaged) is looked at again this often, in case it was fixed
@@ -72,7 +71,8 @@ class LogState:
     retired: bool = False  # `logship gc` is deleting it from the store: done with it
     segments: dict[int, dict[str, Any]] = field(default_factory=dict)  # uploaded (maybe not yet committed)
     committed: set[int] = field(default_factory=set)  # named by the manifest in the store
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None  # a prefix checkpoint the manifest names (shipper/checkpoint.py)
+    deltas: Deltas = field(default_factory=Deltas)  # delta checkpoints the store holds (shipper/checkpoint.py)
     stale_keys: list[str] = field(default_factory=list)  # checkpoints to delete once the manifest moved on
     last_checkpoint: float = 0.0
     manifest_status: str | None = None
@@ -115,6 +115,8 @@ class Watcher:
         self._copy_sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
         self.query_copy = cfg.query.copy
         self._quiet = QuietLog(log)
+        self.uploads = Uploads(store, self.compression, self.stats, deltas=cfg.watch.checkpoint_deltas,
+                               quiet=self._quiet)
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -219,12 +221,13 @@ class Watcher:
                     tg.create_task(self._upload_segment(sl, st, seq))
         if sl.finished:
             if st.checkpoint is not None:
-                st.stale_keys += _ckpt_keys(sl, st.checkpoint)
+                st.stale_keys += prefix_keys(sl, st.checkpoint)
                 st.checkpoint = None
                 st.dirty = True
         elif (sl.open is not None and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds
-              and await asyncio.to_thread(self._open_index_ok, sl, st, dropped)):
-            await self._checkpoint(sl, st)
+              and (self.uploads.continues(st, sl.open)
+                   or await asyncio.to_thread(self._open_index_ok, sl, st, dropped))):
+            await self.uploads.checkpoint(sl, st)
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is
@@ -277,10 +280,11 @@ class Watcher:
             st.copied = {s["seq"] for s in doc["segments"] if s.get("query_copy")}
             st.checkpoint = doc.get("checkpoint")
             st.manifest_status = doc["status"]
-        keep = set(_ckpt_keys(sl, st.checkpoint)) if st.checkpoint else set()
+        keep = set(prefix_keys(sl, st.checkpoint)) if st.checkpoint else set()
         listing = await self.store.list(prefix)
         if doc is None:
             await self._adopt(sl, st, listing)
+        self.uploads.learn(sl, st, listing)  # deltas: the chain to continue, or a segment to seal
         orphans = [o.key for o in listing if ".ckpt-" in o.key and o.key not in keep]
         await self.store.delete(orphans)
         await self.store.abort_uploads(prefix)
@@ -288,56 +292,7 @@ class Watcher:
 
     async def _upload_segment(self, sl: SpoolLog, st: LogState, seq: int) -> None:
         async with self._sem:
-            log_path = names.spool_segment(sl.dir, seq)
-            prepared = await asyncio.to_thread(self._prepare, log_path, names.spool_index(sl.dir, seq))
-            if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
-                return
-            chunks, sha, blob, idx_blob, stored = prepared
-            key = names.segment_key(sl.task, sl.host, seq, self.compression)
-            if blob is None:
-                await self.store.put_file(key, log_path)
-            else:
-                await self.store.put(key, blob)
-            await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
-            entry = manifest.segment_entry(seq, chunks, len(blob) if blob is not None else stored.size,
-                                           len(idx_blob), sha, self.compression, stored=stored.fields(),
-                                           index_sha256=hashlib.sha256(idx_blob).hexdigest())
-            st.segments[seq] = entry
-            st.dirty = True
-            self.stats["segments_uploaded"] += 1
-            self.stats["raw_bytes_uploaded"] += entry["raw_size"]
-            self.stats["bytes_uploaded"] += entry["stored_size"] + entry["index_size"]
-
-    def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
-                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
-        """Read a segment once: its chunks, sha256, (when compressing) its zstd bytes, and the digests of
-        the object the store will hold (what readers check it against)."""
-        raw_idx = index.read_raw(idx_path)
-        chunks = list(index.unpack(raw_idx))
-        if not chunks:
-            return None
-        size = chunks[-1].end - chunks[0].offset if size is None else size
-        sha = hashlib.sha256()
-        stored = archive.StoredDigest()
-        blob = None
-        with open(log_path, "rb") as f:
-            if self.compression == "zstd":
-                cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
-                out = []
-                left = size
-                while left > 0 and (piece := f.read(min(READ_PIECE, left))):
-                    sha.update(piece)
-                    out.append(cobj.compress(piece))
-                    left -= len(piece)
-                out.append(cobj.flush())
-                blob = b"".join(out)
-                stored.update(blob)
-            else:  # the file is the object (put_file): sealed, so it does not change before the upload
-                for piece in iter(lambda: f.read(READ_PIECE), b""):
-                    sha.update(piece)
-                    stored.update(piece)
-        idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
-        return chunks, sha.hexdigest(), blob, idx_blob, stored
+            await self.uploads.seal(sl, st, seq)
 
     # --- the query copy: after the manifest, in a queue of its own ----------------------------------
 
@@ -392,6 +347,9 @@ class Watcher:
         except FileNotFoundError:
             pass
         entry = st.segments[seq]
+        if "frames" in entry:  # stored as its deltas (shipper/checkpoint.py)
+            chunks, data = await frames.read_segment(self.store, sl.task, sl.host, entry)
+            return copies.Inputs(chunks, None, data)
         comp = entry["compression"]
         raw_idx = await self.store.get(names.index_key(sl.task, sl.host, seq, comp))
         data = await self.store.get(names.segment_key(sl.task, sl.host, seq, comp))
@@ -413,63 +371,18 @@ class Watcher:
             t.cancel()
         await asyncio.gather(*list(self._copies), return_exceptions=True)
 
-    # --- checkpoints -----------------------------------------------------------------------------
-
-    async def _checkpoint(self, sl: SpoolLog, st: LogState) -> None:
-        """Upload what the open segment holds now, so a dead host loses at most one interval."""
-        assert sl.open is not None
-        seq = sl.open
-        try:
-            raw_idx = await asyncio.to_thread(index.read_raw, names.spool_index(sl.dir, seq, open_=True))
-        except FileNotFoundError:
-            return  # sealed meanwhile: the next pass uploads it whole
-        st.last_checkpoint = time.monotonic()
-        chunks = list(index.unpack(raw_idx))
-        if not chunks:
-            return
-        raw_size = chunks[-1].end - chunks[0].offset
-        if st.checkpoint and (st.checkpoint["seq"], st.checkpoint["raw_size"]) == (seq, raw_size):
-            return
-        log_path = names.spool_segment(sl.dir, seq, open_=True)
-        try:
-            prepared = await asyncio.to_thread(self._prepare_checkpoint, log_path, chunks, raw_size)
-        except FileNotFoundError:
-            return
-        sha, blob, stored = prepared
-        idx_blob = raw_idx
-        if self.compression == "zstd":
-            idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx)
-        key, idx_key = names.checkpoint_keys(sl.task, sl.host, seq, raw_size, self.compression)
-        await self.store.put(key, blob)
-        await self.store.put(idx_key, idx_blob)
-        if st.checkpoint:
-            st.stale_keys += _ckpt_keys(sl, st.checkpoint)
-        st.checkpoint = manifest.segment_entry(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
-                                               stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
-        st.dirty = True
-        self.stats["checkpoints"] += 1
-
-    def _prepare_checkpoint(self, log_path: Path, chunks: list[index.Chunk], raw_size: int
-                            ) -> tuple[str, bytes, dict[str, Any]]:
-        with open(log_path, "rb") as f:
-            raw = f.read(raw_size)
-        if len(raw) < raw_size:
-            raise FileNotFoundError(log_path)  # cannot happen with an intact spool; skip this round
-        blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw) if self.compression == "zstd" else raw
-        return hashlib.sha256(raw).hexdigest(), blob, archive.digest_fields(blob)
-
     async def _commit(self, sl: SpoolLog, st: LogState, status: str, dropped: list[dict[str, Any]]) -> None:
         """Write the manifest (after every object it names), then delete what it no longer names."""
         segments = [st.segments[s] for s in sorted(st.segments)]
         if st.checkpoint is not None and st.checkpoint["seq"] in st.segments:
-            st.stale_keys += _ckpt_keys(sl, st.checkpoint)
+            st.stale_keys += prefix_keys(sl, st.checkpoint)
             st.checkpoint = None
         # A running log names the API beside this spool, so a central API can proxy live requests to it.
         extra = {"api_url": self.cfg.watch.api_url} if self.cfg.watch.api_url and status == manifest.RUNNING else {}
         doc = manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression, extra)
         st.dirty = False  # before the PUT: a query copy that lands meanwhile sets it again
         try:
-            await self.store.put(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
+            await self.uploads.put_manifest(names.manifest_key(sl.task, sl.host), manifest.dumps(doc))
         except BaseException:
             st.dirty = True
             raise
@@ -833,10 +746,6 @@ def _unzstd(data: bytes, limit: int) -> bytes:
     if size < 0 or size > limit:
         raise zstandard.ZstdError(f"frame size {size} unknown or above {limit}")
     return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-
-
-def _ckpt_keys(sl: SpoolLog, ckpt: dict[str, Any]) -> list[str]:
-    return list(names.checkpoint_keys(sl.task, sl.host, ckpt["seq"], ckpt["raw_size"], ckpt["compression"]))
 
 
 # --- the daemon ------------------------------------------------------------------------------
