@@ -562,9 +562,10 @@ class Watcher:
         if st.set_aside != reason:
             if st.set_aside is None:
                 self.stats["logs_set_aside"] += 1
-            self._quiet.log(logging.ERROR, f"aside {name} {reason}", "%s: log set aside, not shipped: %s (hint: %s)",
-                            name, reason, "inspect or move its spool directory, or the store object named; the "
-                            f"watcher looks again every {SET_ASIDE_RETRY_SECONDS}s")
+            self._quiet.event(logging.ERROR, f"aside {name} {reason}", "log_set_aside", "{task}/{host}: log set aside, "
+                              "not shipped: {reason} (hint: {hint})", task=d.parent.name, host=d.name, reason=reason,
+                              hint="inspect or move its spool directory, or the store object named; the watcher "
+                              f"looks again every {SET_ASIDE_RETRY_SECONDS}s")
         st.set_aside = reason
         st.set_aside_at = time.monotonic()
         st.loaded = False  # its manifest is read again when it is looked at again
