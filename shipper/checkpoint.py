@@ -26,6 +26,7 @@ import zstandard
 
 from shipper.format import archive, delta, frames, index, manifest, names
 
+from .logs import event
 from .retry import QuietLog
 from .spool import SpoolLog
 from .store import ObjectInfo, Store
@@ -137,11 +138,15 @@ class Uploads:
                             "checkpoint of it; it is checked and repaired when sealed", idx_path, problem)
             return
         path = names.spool_segment(sl.dir, seq, open_=True)
+        sent = self.stats["delta_bytes"]
         try:
             await self._put_deltas(sl, st, seq, chain, new, path)
         except FileNotFoundError:
             return
         self.stats["checkpoints"] += 1
+        event(log, "checkpoint", "{task}/{host}: checkpoint of open segment {seq} at {bytes} bytes ({stored_bytes} "
+              "stored)", level=logging.DEBUG, task=sl.task, host=sl.host, seq=seq, bytes=chain.pos - chain.start,
+              stored_bytes=self.stats["delta_bytes"] - sent)
 
     def _continue(self, st: LogState, seq: int, chunks: list[index.Chunk]) -> OpenChain:
         """Where the store's chain of segment `seq` ends, on chunk ends of our index (anything else the
@@ -218,6 +223,9 @@ class Uploads:
                                                stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
         st.dirty = True
         self.stats["checkpoints"] += 1
+        event(log, "checkpoint", "{task}/{host}: checkpoint of open segment {seq} at {bytes} bytes ({stored_bytes} "
+              "stored)", level=logging.DEBUG, task=sl.task, host=sl.host, seq=seq, bytes=raw_size,
+              stored_bytes=len(blob) + len(idx_blob))
 
     def _prepare_prefix(self, log_path: Path, raw_size: int) -> tuple[str, bytes, dict[str, Any]]:
         with open(log_path, "rb") as f:
@@ -232,11 +240,12 @@ class Uploads:
     async def seal(self, sl: SpoolLog, st: LogState, seq: int) -> None:
         """Upload sealed segment `seq`: as the rest of its deltas plus a frame table when the store holds
         deltas of it, else whole. Records its manifest entry in `st.segments` (committed later)."""
+        t0 = time.monotonic()
         log_path, idx_path = names.spool_segment(sl.dir, seq), names.spool_index(sl.dir, seq)
         if self.deltas and st.deltas.held.get(seq):
             entry = await self._seal_frames(sl, st, seq, log_path, idx_path)
             if entry is not None:
-                self._sealed(st, seq, entry)
+                self._sealed(sl, st, seq, entry, t0)
                 return
         prepared = await asyncio.to_thread(self._prepare, log_path, idx_path)
         if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
@@ -252,13 +261,18 @@ class Uploads:
                                        len(idx_blob), sha, self.compression, stored=stored.fields(),
                                        index_sha256=hashlib.sha256(idx_blob).hexdigest())
         self._sent("segment_bytes", entry["stored_size"] + entry["index_size"])
-        self._sealed(st, seq, entry)
+        self._sealed(sl, st, seq, entry, t0)
 
-    def _sealed(self, st: LogState, seq: int, entry: dict[str, Any]) -> None:
+    def _sealed(self, sl: SpoolLog, st: LogState, seq: int, entry: dict[str, Any], t0: float) -> None:
         st.segments[seq] = entry
         st.dirty = True
         self.stats["segments_uploaded"] += 1
         self.stats["raw_bytes_uploaded"] += entry["raw_size"]
+        # stored_bytes: for a segment stored as its deltas, most went up with its checkpoints (`frames` of them)
+        event(log, "segment_shipped", "{task}/{host}: segment {seq} shipped, {bytes} bytes ({stored_bytes} "
+              "stored) in {seconds:.3f} s", task=sl.task, host=sl.host, seq=seq, bytes=entry["raw_size"],
+              stored_bytes=entry["stored_size"] + entry["index_size"], seconds=round(time.monotonic() - t0, 3),
+              frames=entry.get("frames", 0))
         if st.deltas.chain is not None and st.deltas.chain.seq == seq:
             st.deltas.chain = None
 

@@ -212,6 +212,16 @@ def _label_map(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _log_level(v: Any) -> str:
+    """a level (debug, info, warning, error), optionally followed by LOGGER=LEVEL pairs: info,watchfiles=debug"""
+    from .logs import parse_level
+
+    if not isinstance(v, str):
+        raise ValueError
+    parse_level(v)
+    return v.strip()
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
@@ -287,6 +297,12 @@ class CompactConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"  # watchfiles' and aiohttp's access log stay quiet unless named: info,aiohttp.access=info
+    format: str = "text"  # or json: one object per line, for log collectors
+
+
+@dataclass(frozen=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -295,7 +311,9 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "defaults"  # where it came from, for `logship config`
+    origins: dict[str, str] = field(default_factory=dict, compare=False)  # "section.key": "file PATH" | "env VAR"
 
     @property
     def spool_dir(self) -> Path:
@@ -329,6 +347,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
                   "every": _duration(1, 7 * 86400)},
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
+    "logging": {"level": _log_level, "format": _choice("text", "json")},
 }
 # Keys whose values are never printed: not by `logship config`, not in an error about them.
 SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), ("store", "access_key"),
@@ -337,7 +356,7 @@ SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), (
 OTHER_ENV = ("LOGSHIP_CONFIG", "LOGSHIP_TOKEN", "LOGSHIP_IBEX_TASK", "LOGSHIP_VENV", "LOGSHIP_UPDATE_SCREENSHOT",
              "LOGSHIP_TEST_CRASH_AFTER_DELETES", "LOGSHIP_RUN_ID")
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
-            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig}
+            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig, "logging": LoggingConfig}
 
 
 def _check(section: str, key: str, value: Any, origin: str) -> Any:
@@ -365,6 +384,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         path = DEFAULT_CONFIG_FILE
     if path is not None:
         values, source = _read_yaml(Path(path)), str(path)
+    origins = {f"{s}.{k}": f"file {path}" for s, body in values.items() for k in body}
     for name, raw in env.items():
         if not name.startswith("LOGSHIP_"):
             continue
@@ -377,7 +397,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
                               f"(e.g. LOGSHIP_SPOOL_DIR); other variables: {', '.join(OTHER_ENV)}")
         values[section][key] = _check(section, key, raw, f"environment {name}")
         source += f" + ${name}"
-    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source)
+        origins[f"{section}.{key}"] = f"env {name}"
+    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source, origins=origins)
 
 
 def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:

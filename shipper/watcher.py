@@ -30,6 +30,7 @@ from shipper.query import copies
 from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from .logs import event
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
 from .retry import Backoff, QuietLog
 from .spool import (
@@ -238,6 +239,9 @@ class Watcher:
                 and all(s in st.committed or s in gone for s in sl.sealed) and self._all_copied(st)):
             await asyncio.to_thread(self._write_log_json, d, names.SHIPPED_FILE,
                                     {"run_id": sl.run["run_id"], "shipped_ns": time.time_ns()})
+            event(log, "log_finished", "{task}/{host}: log {status}, exit code {exit_code}; all shipped ({segments} "
+                  "segments)", task=sl.task, host=sl.host, status=status, exit_code=(sl.exit or {}).get("exit_code"),
+                  segments=len(st.committed))
             del self.logs[d]
         await asyncio.to_thread(self._prune, sl, st)
         if st.set_aside is not None:
@@ -288,6 +292,8 @@ class Watcher:
         orphans = [o.key for o in listing if ".ckpt-" in o.key and o.key not in keep]
         await self.store.delete(orphans)
         await self.store.abort_uploads(prefix)
+        event(log, "log_started", "{task}/{host}: shipping run {run_id} ({segments} segments in the store already)",
+              task=sl.task, host=sl.host, run_id=sl.run["run_id"], segments=len(st.segments))
         st.loaded = True
 
     async def _upload_segment(self, sl: SpoolLog, st: LogState, seq: int) -> None:
@@ -462,9 +468,10 @@ class Watcher:
         if st.set_aside != reason:
             if st.set_aside is None:
                 self.stats["logs_set_aside"] += 1
-            self._quiet.log(logging.ERROR, f"aside {name} {reason}", "%s: log set aside, not shipped: %s (hint: %s)",
-                            name, reason, "inspect or move its spool directory, or the store object named; the "
-                            f"watcher looks again every {SET_ASIDE_RETRY_SECONDS}s")
+            self._quiet.event(logging.ERROR, f"aside {name} {reason}", "log_set_aside", "{task}/{host}: log set aside, "
+                              "not shipped: {reason} (hint: {hint})", task=d.parent.name, host=d.name, reason=reason,
+                              hint="inspect or move its spool directory, or the store object named; the watcher "
+                              f"looks again every {SET_ASIDE_RETRY_SECONDS}s")
         st.set_aside = reason
         st.set_aside_at = time.monotonic()
         st.loaded = False  # its manifest is read again when it is looked at again
@@ -767,6 +774,8 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     stop = stop or asyncio.Event()
     store = open_store(cfg.store)
     w = Watcher(cfg, store)
+    event(log, "watcher_started", "watcher started: spool {spool}, store {store}, checkpoint every {interval:g} s",
+          spool=str(cfg.spool_dir), store=store.url, interval=cfg.watch.checkpoint_seconds, once=once)
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
     notifier = None if once else asyncio.create_task(_notify(cfg.spool_dir, wake, stop))
@@ -784,12 +793,11 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             if failure is not None:
                 w.stats["retries"] += 1
                 w.last_error = str(failure)
-                delay = backoff.next()
-                w._quiet.log(logging.WARNING, "store", "store unavailable, retrying in %.1fs: %s", delay, failure)
+                delay = backoff.failed(w._quiet, "the store", failure)
                 await asyncio.to_thread(w.write_state, False)
                 await _wait(stop, delay)
                 continue
-            backoff.reset()
+            backoff.succeeded(log, "the store")
             w.last_error = ""
             await asyncio.to_thread(w.write_state, True)
             if once:
@@ -841,15 +849,14 @@ async def _notify(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None
 
 
 def main(cfg: Config, *, once: bool = False, alongside: Alongside | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         w = await watch(cfg, once=once, stop=stop, alongside=alongside)
-        log.info("watcher stopped: %s", " ".join(f"{k}={v}" for k, v in w.stats.items()))
+        log.info("watcher stopped: %s", " ".join(f"{k}={v}" for k, v in w.stats.items()),
+                 extra={"event": "watcher_stopped", **w.stats})
         return 0 if not w.last_error else 1
 
     return asyncio.run(run())

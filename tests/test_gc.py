@@ -161,7 +161,7 @@ async def test_gc_deletes_exactly_the_logs_it_should(archive_of_logs: Config) ->
     res = gc(cfg, "--older-than", "7d", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert [line.split(":")[0] for line in res.stdout.splitlines()[:-1]] == [
-        "deletes old-a/h1", "deletes old-b/h1", "deletes old-lost/h1"]
+        "would delete old-a/h1", "would delete old-b/h1", "would delete old-lost/h1"]
     assert "would delete 3 logs" in res.stdout and await keys(cfg) == objects
 
     res = gc(cfg, "--older-than", "7d", "--label", "team=a", "--status", "finished")  # old-a only
