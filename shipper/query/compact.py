@@ -241,7 +241,7 @@ class Compactor:
             complete = await self._complete_logs({_log_of(o.key) for o in candidates})
             for o in candidates:
                 if _log_of(o.key) in complete:
-                    by_date.setdefault(o.key.split("/")[1].removeprefix("date="), []).append(o)
+                    by_date.setdefault(names.partition_date(o.key), []).append(o)
         purge_parts: dict[str, list[Part]] = {}
         for p in snap.shown:
             if p.logs & purge:

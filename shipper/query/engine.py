@@ -208,12 +208,12 @@ class Database:
         """(Re)create views; a view over objects the archive does not hold yet has no rows until it does."""
         sources = {
             _COPIES: f"SELECT {_LINES_COLS}, date FROM read_parquet("
-                     f"{_literal(self.root + 'lines/date=*/task=*/host=*/*.parquet')}, hive_partitioning = true, "
+                     f"{_literal(self.root + names.LINES_GLOB)}, hive_partitioning = true, "
                      "hive_types = {'date': DATE, 'task': VARCHAR, 'host': VARCHAR}, filename = true) "
                      f"WHERE NOT list_contains(coalesce(getvariable('{_VAR_HIDDEN}'), []::VARCHAR[]), filename) "
                      f"AND filename <> {_literal(self.root + names.LINES_PLACEHOLDER)} AND {_NOT_GONE}",
             _PARTS: f"SELECT {_LINES_COLS}, date FROM read_parquet("
-                    f"{_literal(self.root + 'compact/date=*/*.parquet')}, hive_partitioning = true, "
+                    f"{_literal(self.root + names.COMPACT_GLOB)}, hive_partitioning = true, "
                     "hive_types = {'date': DATE}, filename = true) "
                     f"WHERE list_contains(coalesce(getvariable('{_VAR_PARTS}'), []::VARCHAR[]), filename) "
                     f"AND {_NOT_GONE}",
@@ -243,8 +243,9 @@ class Database:
         One listing per query: a query reads the parts, originals and logs of one moment, and what
         compaction or gc replace later stays readable for query.grace_seconds (docs/query.md).
         """
-        listed = [r[0] for r in cur.execute("SELECT file FROM glob(?)", [self.root + "compact/date=*/*"]).fetchall()]
-        marks = [r[0] for r in cur.execute("SELECT file FROM glob(?)", [self.root + "deleting/*/*.json"]).fetchall()]
+        glob = "SELECT file FROM glob(?)"
+        listed = [r[0] for r in cur.execute(glob, [self.root + names.COMPACT_ALL_GLOB]).fetchall()]
+        marks = [r[0] for r in cur.execute(glob, [self.root + names.DELETING_GLOB]).fetchall()]
         keys = [f.removeprefix(self.root) for f in listed]
         new = [self.root + k for k in keys if names.parse_compact_key(k) and k not in self._parts]
         if new:
@@ -596,7 +597,7 @@ def _manifests_sql(root: str) -> str:
         f"FROM (SELECT filename, size, valid, doc, try(from_json(doc, {_literal(json.dumps(fields))})) AS m "
         f"FROM (SELECT filename, size, {valid} AS valid, CASE WHEN {valid} THEN "
         "CASE WHEN json_type(content) = 'OBJECT' THEN content END END AS doc "
-        f"FROM read_text({_literal(root + 'logs/*/*/manifest.json')})))"
+        f"FROM read_text({_literal(root + names.MANIFESTS_GLOB)})))"
     )
 
 
