@@ -61,7 +61,7 @@ def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
 async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, Any]]:
     """A summary row for every log in the store and in the local spool (the spool's are fresher)."""
     store = app[STORE]
-    objects = await store.list(names.log_prefix(task, "")[:-1] if task else "logs/")
+    objects = await store.list(names.task_prefix(task) if task else names.LOGS_PREFIX)
     keys = [(o.key, parsed) for o in objects
             if (parsed := names.parse_log_prefix(o.key)) and o.key == names.manifest_key(*parsed)]
     sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)

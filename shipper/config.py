@@ -354,7 +354,7 @@ SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), (
            ("store", "secret_key")}
 # LOGSHIP_ variables that are not config keys (LOGSHIP_<SECTION>_<KEY>); any other is a mistake.
 OTHER_ENV = ("LOGSHIP_CONFIG", "LOGSHIP_TOKEN", "LOGSHIP_IBEX_TASK", "LOGSHIP_VENV", "LOGSHIP_UPDATE_SCREENSHOT",
-             "LOGSHIP_TEST_CRASH_AFTER_DELETES", "LOGSHIP_RUN_ID")
+             "LOGSHIP_RUN_ID")
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
             "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig, "logging": LoggingConfig}
 

@@ -27,6 +27,7 @@ import zstandard
 from shipper.format import frames, index, manifest, names
 from shipper.query import copies
 
+from . import watcher_state
 from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
@@ -738,11 +739,10 @@ class Watcher:
         if healthy:
             self.last_ok_ns = now
         try:
-            write_json_atomic(self.spool / names.WATCHER_STATE_FILE, {
-                "pid": os.getpid(), "updated_ns": now, "healthy": healthy, "started_ns": self.started_ns,
-                "last_ok_ns": self.last_ok_ns, "last_error": self.last_error, "store": self.store.url,
-                "stats": self.stats, "set_aside": self.set_aside, "store_stats": self.store.stats.snapshot(),
-            }, durable=False)
+            watcher_state.write(self.spool, watcher_state.WatcherState(
+                pid=os.getpid(), updated_ns=now, healthy=healthy, started_ns=self.started_ns,
+                last_ok_ns=self.last_ok_ns, last_error=self.last_error, store=self.store.url,
+                stats=self.stats, set_aside=self.set_aside, store_stats=self.store.stats.snapshot()))
         except OSError as exc:  # a full spool disk: shipping (which frees it) matters more than our state file
             self._quiet.log(logging.WARNING, "state", "cannot write %s: %s", names.WATCHER_STATE_FILE, exc)
 

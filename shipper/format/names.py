@@ -22,8 +22,17 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+LOGS_PREFIX = "logs/"
+MANIFESTS_GLOB = "logs/*/*/manifest.json"  # every manifest, for DuckDB's readers (shipper/query/engine.py)
+
+
 def log_prefix(task: str, host: str) -> str:
     return f"logs/{task}/{host}/"
+
+
+def task_prefix(task: str) -> str:
+    """The prefix of every log of `task`, on all its hosts."""
+    return f"logs/{task}/"
 
 
 def manifest_key(task: str, host: str) -> str:
@@ -93,10 +102,16 @@ def lines_partition(date: str, task: str, host: str) -> str:
 
 
 LINES_PREFIX = "lines/"
+LINES_GLOB = "lines/date=*/task=*/host=*/*.parquet"  # every query copy, for DuckDB (hive partitions)
 # An object without rows that keeps lines/ from ever being empty again once something is deleted
 # there: DuckDB refuses a glob that matches nothing (shipper/query/compact.py writes it before deleting).
 LINES_PLACEHOLDER = "lines/date=1970-01-01/task=_/host=_/empty.parquet"
 _LINES_KEY_RE = re.compile(r"lines/date=(\d{4}-\d{2}-\d{2})/task=([^/]+)/host=([^/]+)/(\d{8})\.parquet")
+
+
+def partition_date(key: str) -> str:
+    """The date D of a query copy's or a part's key (`lines/date=D/...`, `compact/date=D/...`)."""
+    return key.split("/")[1].removeprefix("date=")
 
 
 def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
@@ -111,6 +126,8 @@ def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
 # one part, named by when it was made, so names sort by age; `.done` beside a part says the objects
 # it replaced are deleted.
 COMPACT_PREFIX = "compact/"
+COMPACT_GLOB = "compact/date=*/*.parquet"  # every part, for DuckDB
+COMPACT_ALL_GLOB = "compact/date=*/*"  # every part and `.done`
 DONE_SUFFIX = ".done"
 _COMPACT_KEY_RE = re.compile(r"compact/date=(\d{4}-\d{2}-\d{2})/(\d{19})-([0-9a-f]{8,32})\.parquet")
 
@@ -132,6 +149,7 @@ def done_key(part_key: str) -> str:
 # A log that `logship gc` is deleting has a marker here from before its first object is deleted
 # until after its last one is (shipper/retention/gc.py); readers leave such a log out.
 DELETING_PREFIX = "deleting/"
+DELETING_GLOB = "deleting/*/*.json"  # every marker, for DuckDB
 
 
 def deleting_key(task: str, host: str) -> str:

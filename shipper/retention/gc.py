@@ -144,7 +144,7 @@ class Collector:
 
     async def _select(self, policy: Policy) -> list[Victim]:
         """Logs the policy selects, and logs an earlier run began to delete (they have a marker)."""
-        objects = await self.store.list("logs/")
+        objects = await self.store.list(names.LOGS_PREFIX)
         per_log: dict[tuple[str, str], list[ObjectInfo]] = {}
         for o in objects:
             parsed = names.parse_log_prefix(o.key)
@@ -281,7 +281,7 @@ def lifecycle(prefix: str, older_than_s: float) -> dict[str, Any]:
         {"ID": f"logship-expire-{what.rstrip('/')}", "Status": "Enabled", "Filter": {"Prefix": prefix + what},
          "Expiration": {"Days": days}}
         # a finished log's manifest is its newest object (rewritten at the end), so it expires last
-        for what in ("logs/", "lines/", "compact/", "deleting/")
+        for what in (names.LOGS_PREFIX, names.LINES_PREFIX, names.COMPACT_PREFIX, names.DELETING_PREFIX)
     ]
     rules.append({"ID": "logship-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": prefix},
                   "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
