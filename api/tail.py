@@ -37,7 +37,7 @@ from shipper.format import index, names
 from shipper.format.archive import IntegrityError
 from shipper.retry import QuietLog
 
-from . import params
+from . import fanout, params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, STORE
@@ -57,17 +57,18 @@ SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your
 class Cursor:
     """One follower's position in a log and the reading that moves it: `step()` gives the next events."""
 
-    def __init__(self, source: Source, view: LogView, pos: int, feed: Feed) -> None:
+    def __init__(self, source: Source, feed: Feed, pos: int, view: LogView | None = None) -> None:
         self.source = source
         self.feed = feed
         self.memo = feed.memo
-        self.task, self.host = view.task, view.host
+        self.task, self.host = feed.key[0], feed.key[1]
         self.pos = pos
         self.done = False
-        self._view: LogView | None = view  # used by the next locate, then a fresh one is taken
+        self._view = view  # used by the next locate, then a fresh one is taken
         self._reader: SegmentReader | None = None
         self._store: AsyncGenerator[list[Event], None] | None = None
         self._gap_checked = False
+        self.batch = BATCH_BYTES  # log bytes per step at most (the fan-out's cursor takes smaller steps)
 
     async def step(self) -> list[Event]:
         """Events from the cursor on; [] when there is nothing new yet (wait for a wake-up)."""
@@ -95,19 +96,19 @@ class Cursor:
         r = self._reader
         assert r is not None
         size = 0
-        while size < BATCH_BYTES and (hit := self.memo.next(self.pos, r.seq)) is not None:
+        while size < self.batch and (hit := self.memo.next(self.pos, r.seq)) is not None:
             out += hit.events  # another follower read this chunk already
             size += hit.end - self.pos
             self.pos, r.idx_pos = hit.end, hit.idx_end
         if out:
             return True
         try:
-            chunks, data, start = await r.read(BATCH_BYTES)
+            chunks, data, start = await r.read(self.batch)
             if not chunks:
                 if not r.complete(self.feed.spool):
                     return False
                 # complete now, so a read from here on gets the rest of the segment, however late it was written
-                chunks, data, start = await r.read(BATCH_BYTES)
+                chunks, data, start = await r.read(self.batch)
         except IntegrityError as exc:
             self.source.note(exc)
             raise
@@ -163,7 +164,7 @@ class Cursor:
             # Followers of a store-only log wake together at each new checkpoint: one fetches and
             # decompresses it, the others take its chunks from the memo.
             size = 0
-            while (size < BATCH_BYTES and (hit := self.memo.items.get(self.pos)) is not None
+            while (size < self.batch and (hit := self.memo.items.get(self.pos)) is not None
                    and hit.end <= part.end):
                 out += hit.events
                 size += hit.end - self.pos
@@ -206,7 +207,7 @@ class Cursor:
                 batch += self.memo.events(c, a, lambda: bytes(buf[a - buf_at:c.end - buf_at]))  # noqa: B023
                 del buf[:c.end - buf_at]
                 buf_at = at = c.end
-                if at - self.pos >= BATCH_BYTES or c is chunks[-1]:
+                if at - self.pos >= self.batch or c is chunks[-1]:
                     self.pos = at
                     yield batch
                     batch = []
@@ -276,23 +277,55 @@ async def tail(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     sinks = request.app[SINKS]
     async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
-        cursor = Cursor(source, view, start, feed)
+        follower = _Follower(source, feed, sink, Cursor(source, feed, start, view))
         sinks.add(sink)
         metrics.followers += 1
         try:
-            return await sink.run(lambda: _pump(request.app, cursor, feed, sink))
+            return await sink.run(lambda: _pump(request.app, follower))
         finally:
             metrics.followers -= 1
             sinks.discard(sink)
+            await follower.drop_cursor()
+
+
+class _Follower:
+    """A follower's state across its two ways of being served: its own cursor, or the fan-out."""
+
+    def __init__(self, source: Source, feed: Feed, sink: Sink, cursor: Cursor) -> None:
+        self.source, self.feed, self.sink = source, feed, sink
+        self.cursor: Cursor | None = cursor
+
+    def own(self, pos: int) -> Cursor:
+        """Its cursor; a new one from `pos` (and a fresh view) after the fan-out."""
+        if self.cursor is None:
+            self.cursor = Cursor(self.source, self.feed, pos)
+        return self.cursor
+
+    async def be_live(self, live: fanout.Live) -> WSCloseCode | None:
+        """Served by the fan-out until it lets go: None to read on alone from `live.pos` (or the client
+        went), else the close code of the end."""
+        if live.fanout.cursor is self.cursor:
+            self.cursor = None  # handed over: the fan-out reads with it now
+        else:
+            await self.drop_cursor()  # its fds and buffers are not needed while live
+        return await fanout.wait_live(live, PING_S, self.sink.idle)
+
+    async def drop_cursor(self) -> None:
+        if self.cursor is not None:
+            cursor, self.cursor = self.cursor, None
             await cursor.close()
 
 
-async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: Sink) -> WSCloseCode:
-    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes.
+async def _pump(app: web.Application, follower: _Follower) -> WSCloseCode:
+    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes;
+    once caught up, be served by the fan-out (api/fanout.py) until it lets go.
     Returns the WebSocket close code: OK, or after an error event BAD_GATEWAY (the store's object failed
     its check, or is missing: shipper/format/archive.py) or INTERNAL_ERROR."""
     metrics = app[METRICS]
+    feed, sink = follower.feed, follower.sink
+    pos = 0
     while not sink.closing:
+        cursor = follower.own(pos)
         generation = feed.generation  # read before looking, so a change while we look is not missed
         try:
             events = await cursor.step()
@@ -316,16 +349,25 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: Sink) ->
             return WSCloseCode.OK
         if events:
             continue
-        while True:
+        live = fanout.join(feed, cursor, sink, metrics)  # no await since the step: its offset is still current
+        if live is not None:
+            code = await follower.be_live(live)
+            if code is not None:
+                return code
+            pos = live.pos
+            continue
+        while not feed.failed:  # (checked first too: a follower the fan-out let go may find it failed)
             await feed.wait(generation)
             if feed.failed:
-                await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
-                return WSCloseCode.INTERNAL_ERROR
+                break
             await sink.idle()
             # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
             # store only when its poller saw a new manifest, not one GET per follower per second.
             if sink.closing or feed.generation != generation or feed.local:
                 break
+        if feed.failed:
+            await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
+            return WSCloseCode.INTERNAL_ERROR
     return WSCloseCode.OK
 
 
@@ -346,15 +388,26 @@ class Sink:
     async def shutdown(self) -> None:
         raise NotImplementedError
 
+    def write_live(self, batch: fanout.Batch) -> bool:
+        """The fan-out's write (api/fanout.py LiveSink): now, whole, or not at all."""
+        raise NotImplementedError
+
+
+def _writable(transport: asyncio.Transport | None) -> bool:
+    return (transport is not None and not transport.is_closing()
+            and transport.get_write_buffer_size() <= fanout.LIVE_BUFFER)
+
 
 class _WebSocket(Sink):
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
         self.request = request
         self.finishing = False
+        self.transport: asyncio.Transport | None = None  # the socket's, once upgraded
 
     async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.ws.prepare(self.request)
+        self.transport = self.request.transport
         sender = asyncio.create_task(self._send_all(pump))
         try:
             async for msg in self.ws:  # reads pongs and the client's close; what clients send is ignored
@@ -389,6 +442,16 @@ class _WebSocket(Sink):
         self.closing = True
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
 
+    def write_live(self, batch: fanout.Batch) -> bool:
+        # Whole frames straight to the socket, as aiohttp's own writer does (synchronously), so they never
+        # interleave with its pings or its close frame; none after a close has begun.
+        transport = self.transport
+        if self.closing or self.finishing or self.ws.closed or not _writable(transport):
+            return False
+        assert transport is not None
+        transport.write(batch.ws)
+        return True
+
 
 class _SSE(Sink):
     def __init__(self, request: web.Request) -> None:
@@ -396,9 +459,11 @@ class _SSE(Sink):
         self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                 "X-Accel-Buffering": "no"})
         self.last_write = time.monotonic()
+        self.chunked = True  # known once the headers are out
 
     async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         await self.resp.prepare(self.request)
+        self.chunked = self.resp.headers.get("Transfer-Encoding") == "chunked"  # not to an HTTP/1.0 client
         try:
             await self._write("retry: 1000\n\n")
             await pump()
@@ -412,8 +477,7 @@ class _SSE(Sink):
         self.last_write = time.monotonic()
 
     async def send(self, events: list[Event]) -> None:
-        await self._write("".join(f"id: {e.after}\ndata: {e.text}\n\n" if e.after >= 0 else f"data: {e.text}\n\n"
-                                  for e in events))
+        await self._write(fanout.sse_text(events))
 
     async def idle(self) -> None:
         transport = self.request.transport
@@ -424,6 +488,14 @@ class _SSE(Sink):
 
     async def shutdown(self) -> None:
         self.closing = True
+
+    def write_live(self, batch: fanout.Batch) -> bool:
+        transport = self.request.transport
+        if self.closing or not _writable(transport):
+            return False
+        assert transport is not None
+        transport.write(batch.sse_chunk if self.chunked else batch.sse)  # as aiohttp frames a chunk
+        return True
 
 
 # --- app wiring ------------------------------------------------------------------------------------
