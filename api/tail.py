@@ -375,6 +375,7 @@ class Sink:
     """Where a follower's events go: a WebSocket or an SSE response."""
 
     closing = False
+    shut = False  # the API is stopping
 
     async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
         raise NotImplementedError
@@ -467,7 +468,12 @@ class _SSE(Sink):
         try:
             await self._write("retry: 1000\n\n")
             await pump()
-            await self.resp.write_eof()
+            if self.shut and self.request.transport is not None:
+                # a failed transfer (no last chunk), not the stream's end: the client reconnects with
+                # Last-Event-ID (EventSource does by itself); only the end event ends it cleanly
+                self.request.transport.close()
+            else:
+                await self.resp.write_eof()
         except ConnectionError:
             self.closing = True
         return self.resp
@@ -487,7 +493,7 @@ class _SSE(Sink):
             await self._write(": ping\n\n")
 
     async def shutdown(self) -> None:
-        self.closing = True
+        self.closing = self.shut = True
 
     def write_live(self, batch: fanout.Batch) -> bool:
         transport = self.request.transport
@@ -513,10 +519,11 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def on_shutdown(app: web.Application) -> None:
-    """Tell every follower to go: WebSockets close with GOING_AWAY, SSE streams end."""
+    """Tell every follower to go: WebSockets close with GOING_AWAY (1001), SSE streams end as a failed
+    transfer (no last chunk), as `…/log?follow=true` does (api/logs.py): not the log's end, so resume."""
     sinks = list(app.get(SINKS, ()))
     for sink in sinks:
-        sink.closing = True
+        sink.closing = sink.shut = True  # before any pump runs again: it ends as a failed transfer, not cleanly
     if HUB in app:
         app[HUB].wake_all()
     await asyncio.gather(*(s.shutdown() for s in sinks), return_exceptions=True)
