@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from shipper.errors import DamagedObject, LogshipError, StoreError, StoreUnavailable
 from shipper.format import index, names
@@ -41,6 +40,7 @@ from . import fanout, params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, STORE
+from .sinks import PING_S, SSE, Sink, WebSocket
 from .source import LogMoved, LogView, Part, Source
 
 routes = web.RouteTableDef()
@@ -49,8 +49,6 @@ _quiet = QuietLog(log)
 
 DEFAULT_LINES = 100  # a screenful and some context, as a log page opens
 MAX_LINES = 100_000
-PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
-SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
 
 
 
@@ -273,7 +271,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
         return json_error(416, "bad_range", f"from={start} is past the end of the finished log ({view.size} bytes)",
                           "resume from an offset this log's messages gave, or use lines=N",
                           headers={"Content-Range": f"bytes */{view.size}"})
-    sink: Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
+    sink: Sink = WebSocket(ws, request) if upgrade else SSE(request)
     metrics = request.app[METRICS]
     sinks = request.app[SINKS]
     async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
@@ -369,139 +367,6 @@ async def _pump(app: web.Application, follower: _Follower) -> WSCloseCode:
             await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
             return WSCloseCode.INTERNAL_ERROR
     return WSCloseCode.OK
-
-
-class Sink:
-    """Where a follower's events go: a WebSocket or an SSE response."""
-
-    closing = False
-    shut = False  # the API is stopping
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        raise NotImplementedError
-
-    async def send(self, events: list[Event]) -> None:
-        raise NotImplementedError
-
-    async def idle(self) -> None:
-        """Called after each wait: notice a gone client, keep proxies from timing out."""
-
-    async def shutdown(self) -> None:
-        raise NotImplementedError
-
-    def write_live(self, batch: fanout.Batch) -> bool:
-        """The fan-out's write (api/fanout.py LiveSink): now, whole, or not at all."""
-        raise NotImplementedError
-
-
-def _writable(transport: asyncio.Transport | None) -> bool:
-    return (transport is not None and not transport.is_closing()
-            and transport.get_write_buffer_size() <= fanout.LIVE_BUFFER)
-
-
-class _WebSocket(Sink):
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.ws = ws
-        self.request = request
-        self.finishing = False
-        self.transport: asyncio.Transport | None = None  # the socket's, once upgraded
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        await self.ws.prepare(self.request)
-        self.transport = self.request.transport
-        sender = asyncio.create_task(self._send_all(pump))
-        try:
-            async for msg in self.ws:  # reads pongs and the client's close; what clients send is ignored
-                if msg.type == WSMsgType.ERROR:
-                    break
-        finally:
-            self.closing = True
-            if not self.finishing:
-                sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await sender
-        return self.ws
-
-    async def _send_all(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> None:
-        try:
-            code = await pump()
-        except ConnectionError:
-            return  # the client is gone: the read loop sees it too
-        except Exception:
-            log.exception("tail %s failed", self.request.path)
-            code = WSCloseCode.INTERNAL_ERROR
-        if self.closing:
-            return  # the client went, or shutdown closes it with GOING_AWAY
-        self.finishing = True  # from here the close handshake runs: let it finish
-        await self.ws.close(code=code)
-
-    async def send(self, events: list[Event]) -> None:
-        for e in events:
-            await self.ws.send_str(e.text)
-
-    async def shutdown(self) -> None:
-        self.closing = True
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
-
-    def write_live(self, batch: fanout.Batch) -> bool:
-        # Whole frames straight to the socket, as aiohttp's own writer does (synchronously), so they never
-        # interleave with its pings or its close frame; none after a close has begun.
-        transport = self.transport
-        if self.closing or self.finishing or self.ws.closed or not _writable(transport):
-            return False
-        assert transport is not None
-        transport.write(batch.ws)
-        return True
-
-
-class _SSE(Sink):
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                "X-Accel-Buffering": "no"})
-        self.last_write = time.monotonic()
-        self.chunked = True  # known once the headers are out
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        await self.resp.prepare(self.request)
-        self.chunked = self.resp.headers.get("Transfer-Encoding") == "chunked"  # not to an HTTP/1.0 client
-        try:
-            await self._write("retry: 1000\n\n")
-            await pump()
-            if self.shut and self.request.transport is not None:
-                # a failed transfer (no last chunk), not the stream's end: the client reconnects with
-                # Last-Event-ID (EventSource does by itself); only the end event ends it cleanly
-                self.request.transport.close()
-            else:
-                await self.resp.write_eof()
-        except ConnectionError:
-            self.closing = True
-        return self.resp
-
-    async def _write(self, text: str) -> None:
-        await self.resp.write(text.encode())
-        self.last_write = time.monotonic()
-
-    async def send(self, events: list[Event]) -> None:
-        await self._write(fanout.sse_text(events))
-
-    async def idle(self) -> None:
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            self.closing = True
-        elif time.monotonic() - self.last_write >= PING_S:
-            await self._write(": ping\n\n")
-
-    async def shutdown(self) -> None:
-        self.closing = self.shut = True
-
-    def write_live(self, batch: fanout.Batch) -> bool:
-        transport = self.request.transport
-        if self.closing or not _writable(transport):
-            return False
-        assert transport is not None
-        transport.write(batch.sse_chunk if self.chunked else batch.sse)  # as aiohttp frames a chunk
-        return True
 
 
 # --- app wiring ------------------------------------------------------------------------------------
