@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from ._util import ROOT, OthersWindow, Series, check, clean_env, rmtree, run_timed, say, settle, tool
 
@@ -59,6 +59,12 @@ for i in range(n):
 """
 
 
+class HasEnv(Protocol):
+    """What an API needs of its store: the environment that points `logship serve` at it."""
+
+    def env(self, **extra: str) -> dict[str, str]: ...
+
+
 @dataclass
 class Server:
     """The local S3 server's endpoint and keys (what the API, the watcher and curl need)."""
@@ -69,7 +75,8 @@ class Server:
     pid: int
 
     def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
+        # PYTHONPATH: the API and the watcher run this checkout's code, not whatever an editable install points at
+        return clean_env(PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
                          LOGSHIP_STORE_URL=f"s3://{BUCKET}/{PREFIX}", LOGSHIP_STORE_ENDPOINT=self.endpoint, **extra)
 
 
@@ -90,8 +97,12 @@ def run(workdir: Path, text: Path, repeat: int, runs: int, tail_seconds: float, 
         out.update(downloads(d, server, logs, runs))
         out.update(tails(d, server, runs, tail_seconds))
         out.update(load(d, server, logs, runs, load_seconds))
+        from . import fanout  # many followers of one log (its own module: bench/fanout.py)
+
+        out.update(fanout.run(d / "fanout", server, runs, tail_seconds))
         out["noise"] = Series("share of the CPU other processes used during the timed runs", "%",
-                              out["noise_download"].samples + out["noise_tail"].samples + out["noise_load"].samples)
+                              out["noise_download"].samples + out["noise_tail"].samples + out["noise_load"].samples
+                              + out["noise_fanout"].samples)
         return out
     finally:
         s3local.stop(s3)
@@ -215,7 +226,7 @@ class Api:
 
 
 @contextlib.contextmanager
-def serve(d: Path, server: Server, spool: str, name: str) -> Iterator[Api]:
+def serve(d: Path, server: HasEnv, spool: str, name: str) -> Iterator[Api]:
     """An API beside `spool`, on the store's bench prefix; stopped (SIGTERM, then SIGKILL) on the way out."""
     api = _start_api(d, server, spool, name)
     try:
@@ -224,7 +235,7 @@ def serve(d: Path, server: Server, spool: str, name: str) -> Iterator[Api]:
         _stop(api.proc, API_STOP_GRACE_S)
 
 
-def _start_api(d: Path, server: Server, spool: str, name: str) -> Api:
+def _start_api(d: Path, server: HasEnv, spool: str, name: str) -> Api:
     log = d / f"api-{name}.log"
     last = ""
     for _ in range(API_START_ATTEMPTS):  # the port is free when picked, but another process may take it first
@@ -694,7 +705,11 @@ def rows_for(a: dict[str, Any]) -> tuple[list[Any], list[str]]:
                  f"{a['load_bytes'].spread(2)} GB at {a['load_rate'].spread(2)} GB/s together, the 100 tails "
                  f"{a['load_messages'].spread(0)} messages; clients in their own processes, sharing the 2 cores")
     notes.append("noise, api by measurement: " + ", ".join(
-        f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load")))
+        f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load", "fanout") if "noise_" + k in a))
+    if "fanout" in a:
+        from . import fanout
+
+        rows += fanout.rows_for(a)
     if a["load_errors"]:
         notes.append(f"a download that broke under load: {a['load_errors'][0].splitlines()[0]}")
     return rows, notes
