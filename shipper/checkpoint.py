@@ -329,7 +329,7 @@ class Uploads:
             return None
         size = chunks[-1].end - chunks[0].offset if size is None else size
         sha = hashlib.sha256()
-        stored = archive.StoredDigest()
+        stored = archive.StoredDigest(archive.block_for(size))  # size: the raw bytes, near enough for zstd
         blob = None
         with open(log_path, "rb") as f:
             if self.compression == "zstd":

@@ -82,6 +82,8 @@ COMPRESSIONS = ("zstd", "none")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]*")
 BLOCK_SIZES = frozenset(1 << n for n in range(16, 31))
+# `blocks` digests: XXH3-128 (written now), or the first 16 bytes of SHA-256 (older manifests; still read)
+BLOCK_HASHES = ("xxh3_128", "sha256")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # it goes into ETags and headers: no quotes, no spaces
 
 
@@ -163,14 +165,7 @@ def _entry(e: Any, where: str) -> None:
         if k in e:
             _str(e, k, _HEX64, where)
     if "blocks" in e:  # per-block digests of the stored object (docs/format.md, Integrity)
-        blocks = e["blocks"]
-        size = blocks.get("size") if isinstance(blocks, dict) else None
-        if not (_is_int(size) and size in BLOCK_SIZES):
-            raise ManifestError(f"{where}.blocks.size is not a power of two from 64 KiB to 1 GiB")
-        n = max(1, -(-e["stored_size"] // size))
-        digests = blocks.get("sha256")
-        if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
-            raise ManifestError(f"{where}.blocks.sha256 is not {n} digests of 32 hex digits")
+        _blocks(e["blocks"], e["stored_size"], f"{where}.blocks")
     if "frames" in e:  # stored as its deltas: the frame table's rows and its sha256 (shipper/format/frames.py)
         _int(e, "frames", low=1, where=where)
         _str(e, "frames_sha256", _HEX64, where)
@@ -180,6 +175,21 @@ def _entry(e: Any, where: str) -> None:
         raise ManifestError(f"{where}.chunks is not [first, last] chunk numbers")
     if e["offset"] + e["raw_size"] > MAX_INT:
         raise ManifestError(f"{where} ends past 2^63")
+
+
+def _blocks(blocks: Any, stored_size: int, where: str) -> None:
+    """{"size": bytes per block, ALGO: 32 hex digits per block}, with one ALGO of BLOCK_HASHES."""
+    size = blocks.get("size") if isinstance(blocks, dict) else None
+    if not (_is_int(size) and size in BLOCK_SIZES):
+        raise ManifestError(f"{where}.size is not a power of two from 64 KiB to 1 GiB")
+    algos = [k for k in BLOCK_HASHES if k in blocks]
+    if len(algos) != 1 or len(blocks) != 2:
+        raise ManifestError(f"{where} has not exactly one list of digests besides `size` "
+                            f"(one of {', '.join(BLOCK_HASHES)})")
+    n = max(1, -(-stored_size // size))
+    digests = blocks[algos[0]]
+    if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
+        raise ManifestError(f"{where}.{algos[0]} is not {n} digests of 32 hex digits")
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
