@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from api import page
 from shipper.config import Config
 from shipper.errors import ConfigError, StoreError
 from shipper.format import names
+from shipper.logs import event
 from shipper.store import open_store
 
 from . import ibex, logs, metrics, openapi, proxy, query, tail
@@ -55,6 +57,18 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app.router.add_get("/readyz", readyz)
     query.setup(app)  # POST /api/v1/query, GET /api/v1/search, and the DuckDB they share
     return app
+
+
+def say_listening(cfg: Config) -> Callable[[str], None]:
+    """run_app's `print`, which it calls once every socket listens: one event in place of its banner."""
+
+    def say(_banner: str) -> None:
+        event(logging.getLogger("logship.api"), "api_listening", "API listening on http://{address}, store {store}, "
+              "spool {spool}, {tokens} tokens and {query_tokens} of the query scope", address=cfg.api.listen,
+              store=cfg.store.url, spool=str(cfg.spool_dir), tokens=len(cfg.api.tokens),
+              query_tokens=len(cfg.api.query_tokens))
+
+    return say
 
 
 def _store_ctx(serve_spool: bool) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shipper.errors import ObjectNotFound, StoreError
 from shipper.format import archive, index, names
@@ -37,6 +37,9 @@ from shipper.retry import QuietLog
 from shipper.store import Store
 
 from .source import LogView
+
+if TYPE_CHECKING:
+    from .fanout import Fanout
 
 log = logging.getLogger("logship.api.tail")
 _quiet = QuietLog(log)
@@ -158,6 +161,7 @@ class Feed:
         self.memo = Memo()
         self.spool: tuple[int, int, bool] | None = None  # the spool poller's last look: (newest seq, size, ended)
         self.failed = False  # the poller died: followers end (with an error) and may reconnect
+        self.fanout: Fanout | None = None  # one reading for the caught-up followers (api/fanout.py)
         self._wake = asyncio.Event()
 
     @property
@@ -179,6 +183,12 @@ class Feed:
             log.error("tail poller of %s/%s failed", *self.key[:2], exc_info=task.exception())
             self.failed = True
             self.notify()
+
+    async def close(self) -> None:
+        """Stop the poller and the fan-out (when the last follower left, or at cleanup)."""
+        if self.fanout is not None:
+            await _cancel(self.fanout.task)
+        await _cancel(self.poller)
 
     async def wait(self, generation: int) -> None:
         """Return once the log changed after `generation` was read (at once if it already has), or at a tick."""
@@ -214,7 +224,7 @@ class Hub:
             if feed.followers == 0:
                 if self._feeds.get(key) is feed:
                     del self._feeds[key]
-                await _cancel(feed.poller)
+                await feed.close()
 
     def wake_all(self) -> None:
         for feed in self._feeds.values():
@@ -224,7 +234,7 @@ class Hub:
         """Cancel and await every poller (on app cleanup, after the followers were told to go)."""
         feeds, self._feeds = list(self._feeds.values()), {}
         for feed in feeds:
-            await _cancel(feed.poller)
+            await feed.close()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

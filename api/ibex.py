@@ -59,7 +59,7 @@ async def newest_runs(app: web.Application, ibex_id: int) -> list[tuple[str, str
     try:
         for obj in await app[STORE].list(names.ibex_list_prefix(ibex_id)):
             pair = names.parse_log_prefix(obj.key)
-            if pair is not None and obj.key.endswith("/manifest.json"):
+            if pair is not None and obj.key == names.manifest_key(*pair):
                 note(*pair)
     except StoreError as exc:
         if spool is None:

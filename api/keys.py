@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .proxy import ProxyState
     from .query import Engine
+    from .sinks import Sink
     from .source import Source
-    from .tail import Sink
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")

@@ -62,7 +62,7 @@ def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
 async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, Any]]:
     """A summary row for every log in the store and in the local spool (the spool's are fresher)."""
     store = app[STORE]
-    objects = await store.list(names.log_prefix(task, "")[:-1] if task else "logs/")
+    objects = await store.list(names.task_prefix(task) if task else names.LOGS_PREFIX)
     keys = [(o.key, parsed) for o in objects
             if (parsed := names.parse_log_prefix(o.key)) and o.key == names.manifest_key(*parsed)]
     sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)
@@ -280,6 +280,7 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
             async for piece in body:
                 await resp.write(piece)
                 metrics.bytes_out += len(piece)
+            await resp.write_eof()  # inside: a client gone before the last chunk is the same case
         except ConnectionError:
             # The client went away (curl stopped to resume later, a tab closed): routine, and there is no one
             # to answer. aiohttp would log it as an error with a traceback for every such download.
@@ -288,11 +289,20 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
         except LogshipError as exc:
             abort_transfer(request, exc)
             return resp
+        except ShuttingDown:
+            # Not the log's end: the answer ends as a failed transfer (no last chunk), so the client knows
+            # to resume (?start= or Range) from what it has, from this API once back or from another.
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         finally:
             if follow:
                 metrics.followers -= 1
-    await resp.write_eof()
     return resp
+
+
+class ShuttingDown(Exception):
+    """A followed answer is cut because the API is stopping."""
 
 
 async def _body(request: web.Request, view: LogView, start: int, end: int | None, follow: bool,
@@ -310,7 +320,7 @@ async def _body(request: web.Request, view: LogView, start: int, end: int | None
             return
         fresh = await _wait_growth(source, view, pos, request.app[STOPPING])
         if fresh is None:
-            return  # the server is shutting down: the client resumes from what it has (?start= or Range)
+            raise ShuttingDown
         view = fresh
 
 
@@ -411,16 +421,15 @@ async def get_task_log(request: web.Request) -> web.StreamResponse:
         for view in views:
             await resp.write(f"==> {task}/{view.host} ({view.status}, {view.size} bytes) <==\n".encode())
             last = b"\n"
-            async for piece in source.read(view, 0, view.size):
-                await resp.write(piece)
-                last = piece[-1:]
+            async with contextlib.aclosing(source.read(view, 0, view.size)) as pieces:  # closed when the client goes
+                async for piece in pieces:
+                    await resp.write(piece)
+                    last = piece[-1:]
             if last != b"\n":
                 await resp.write(b"\n")
-    except ConnectionError:
+        await resp.write_eof()  # the last chunk too: a client gone by then is the same routine case
+    except ConnectionError:  # the client stopped reading (`| head`, a closed tab): counted, not an error
         request.app[METRICS].client_gone += 1
-        return resp
     except LogshipError as exc:
         abort_transfer(request, exc)
-        return resp
-    await resp.write_eof()
     return resp

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from shipper.format import names
+from shipper import watcher_state
 
 from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
 
@@ -65,16 +63,19 @@ async def metrics(request: web.Request) -> web.Response:
     lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
     store_stats = {"api": request.app[STORE].stats.snapshot()}
     if request.app[SOURCE].spool is not None:
-        state = await asyncio.to_thread(_read_state, request.app[CONFIG].spool_dir / names.WATCHER_STATE_FILE)
-        if state:
+        try:
+            state = await asyncio.to_thread(watcher_state.read, request.app[CONFIG].spool_dir)
+        except (OSError, ValueError):
+            state = None  # no watcher beside this API, or a file it did not write
+        if state is not None:
             lines.append("# TYPE logship_watcher_healthy gauge")
-            lines.append(f"logship_watcher_healthy {int(bool(state.get('healthy')))}")
-            for k, v in sorted(_numbers(state.get("stats")).items()):
+            lines.append(f"logship_watcher_healthy {int(state.healthy)}")
+            for k, v in sorted(_numbers(state.stats).items()):
                 kind = "gauge" if k == "spool_bytes" else "counter"
                 name = f"logship_watcher_{k}" + ("" if kind == "gauge" else "_total")
                 lines += [f"# TYPE {name} {kind}", f"{name} {v}"]
-            if isinstance(state.get("store_stats"), dict):
-                store_stats["watcher"] = state["store_stats"]
+            if state.store_stats is not None:
+                store_stats["watcher"] = state.store_stats
     lines += _store_lines(store_stats)
     return web.Response(body=("\n".join(lines) + "\n").encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -101,10 +102,3 @@ def _store_lines(by_process: dict[str, Any]) -> list[str]:
         sent.append(f'logship_store_bytes_sent_total{{by="{by}"}} {_numbers(snap).get("bytes_sent", 0)}')
     return requests + sent
 
-
-def _read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        state = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return state if isinstance(state, dict) else None

@@ -25,7 +25,8 @@ from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, QUERY_ENGINE
 
 if TYPE_CHECKING:
-    from shipper.query.engine import Database, Result
+    from shipper.query.engine import Database
+    from shipper.query.result import Result
 
 log = logging.getLogger("logship.api.query")
 routes = web.RouteTableDef()
@@ -83,7 +84,7 @@ async def post_query(request: web.Request) -> web.StreamResponse:
     sql = await _sql_of(request)
     engine = request.app[QUERY_ENGINE]
     from shipper.query import formats
-    from shipper.query.engine import QueryError, check_text
+    from shipper.query.rules import QueryError, check_text
 
     try:
         check_text(sql)  # the cheap checks (size, NUL) before a query slot is taken
@@ -168,7 +169,8 @@ async def _fail_midway(request: web.Request, resp: web.StreamResponse, result: R
 
 @routes.get("/api/v1/search")
 async def search(request: web.Request) -> web.Response:
-    from shipper.query.engine import QueryError, Search
+    from shipper.query.rules import QueryError
+    from shipper.query.search import Search
 
     q = request.query.get("q", "")
     if not q:

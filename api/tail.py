@@ -27,20 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from shipper.errors import DamagedObject, LogshipError, StoreError, StoreUnavailable
 from shipper.format import index, names
 from shipper.format.archive import IntegrityError
 from shipper.retry import QuietLog
 
-from . import params
+from . import fanout, params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
 from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, STORE
+from .sinks import PING_S, SSE, Sink, WebSocket
 from .source import LogMoved, LogView, Part, Source
 
 routes = web.RouteTableDef()
@@ -49,25 +49,24 @@ _quiet = QuietLog(log)
 
 DEFAULT_LINES = 100  # a screenful and some context, as a log page opens
 MAX_LINES = 100_000
-PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
-SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
 
 
 
 class Cursor:
     """One follower's position in a log and the reading that moves it: `step()` gives the next events."""
 
-    def __init__(self, source: Source, view: LogView, pos: int, feed: Feed) -> None:
+    def __init__(self, source: Source, feed: Feed, pos: int, view: LogView | None = None) -> None:
         self.source = source
         self.feed = feed
         self.memo = feed.memo
-        self.task, self.host = view.task, view.host
+        self.task, self.host = feed.key[0], feed.key[1]
         self.pos = pos
         self.done = False
-        self._view: LogView | None = view  # used by the next locate, then a fresh one is taken
+        self._view = view  # used by the next locate, then a fresh one is taken
         self._reader: SegmentReader | None = None
         self._store: AsyncGenerator[list[Event], None] | None = None
         self._gap_checked = False
+        self.batch = BATCH_BYTES  # log bytes per step at most (the fan-out's cursor takes smaller steps)
 
     async def step(self) -> list[Event]:
         """Events from the cursor on; [] when there is nothing new yet (wait for a wake-up)."""
@@ -95,19 +94,19 @@ class Cursor:
         r = self._reader
         assert r is not None
         size = 0
-        while size < BATCH_BYTES and (hit := self.memo.next(self.pos, r.seq)) is not None:
+        while size < self.batch and (hit := self.memo.next(self.pos, r.seq)) is not None:
             out += hit.events  # another follower read this chunk already
             size += hit.end - self.pos
             self.pos, r.idx_pos = hit.end, hit.idx_end
         if out:
             return True
         try:
-            chunks, data, start = await r.read(BATCH_BYTES)
+            chunks, data, start = await r.read(self.batch)
             if not chunks:
                 if not r.complete(self.feed.spool):
                     return False
                 # complete now, so a read from here on gets the rest of the segment, however late it was written
-                chunks, data, start = await r.read(BATCH_BYTES)
+                chunks, data, start = await r.read(self.batch)
         except IntegrityError as exc:
             self.source.note(exc)
             raise
@@ -163,7 +162,7 @@ class Cursor:
             # Followers of a store-only log wake together at each new checkpoint: one fetches and
             # decompresses it, the others take its chunks from the memo.
             size = 0
-            while (size < BATCH_BYTES and (hit := self.memo.items.get(self.pos)) is not None
+            while (size < self.batch and (hit := self.memo.items.get(self.pos)) is not None
                    and hit.end <= part.end):
                 out += hit.events
                 size += hit.end - self.pos
@@ -206,7 +205,7 @@ class Cursor:
                 batch += self.memo.events(c, a, lambda: bytes(buf[a - buf_at:c.end - buf_at]))  # noqa: B023
                 del buf[:c.end - buf_at]
                 buf_at = at = c.end
-                if at - self.pos >= BATCH_BYTES or c is chunks[-1]:
+                if at - self.pos >= self.batch or c is chunks[-1]:
                     self.pos = at
                     yield batch
                     batch = []
@@ -272,27 +271,59 @@ async def tail(request: web.Request) -> web.StreamResponse:
         return json_error(416, "bad_range", f"from={start} is past the end of the finished log ({view.size} bytes)",
                           "resume from an offset this log's messages gave, or use lines=N",
                           headers={"Content-Range": f"bytes */{view.size}"})
-    sink: Sink = _WebSocket(ws, request) if upgrade else _SSE(request)
+    sink: Sink = WebSocket(ws, request) if upgrade else SSE(request)
     metrics = request.app[METRICS]
     sinks = request.app[SINKS]
     async with request.app[HUB].follow(task, host, view.spool_dir) as feed:
-        cursor = Cursor(source, view, start, feed)
+        follower = _Follower(source, feed, sink, Cursor(source, feed, start, view))
         sinks.add(sink)
         metrics.followers += 1
         try:
-            return await sink.run(lambda: _pump(request.app, cursor, feed, sink))
+            return await sink.run(lambda: _pump(request.app, follower))
         finally:
             metrics.followers -= 1
             sinks.discard(sink)
+            await follower.drop_cursor()
+
+
+class _Follower:
+    """A follower's state across its two ways of being served: its own cursor, or the fan-out."""
+
+    def __init__(self, source: Source, feed: Feed, sink: Sink, cursor: Cursor) -> None:
+        self.source, self.feed, self.sink = source, feed, sink
+        self.cursor: Cursor | None = cursor
+
+    def own(self, pos: int) -> Cursor:
+        """Its cursor; a new one from `pos` (and a fresh view) after the fan-out."""
+        if self.cursor is None:
+            self.cursor = Cursor(self.source, self.feed, pos)
+        return self.cursor
+
+    async def be_live(self, live: fanout.Live) -> WSCloseCode | None:
+        """Served by the fan-out until it lets go: None to read on alone from `live.pos` (or the client
+        went), else the close code of the end."""
+        if live.fanout.cursor is self.cursor:
+            self.cursor = None  # handed over: the fan-out reads with it now
+        else:
+            await self.drop_cursor()  # its fds and buffers are not needed while live
+        return await fanout.wait_live(live, PING_S, self.sink.idle)
+
+    async def drop_cursor(self) -> None:
+        if self.cursor is not None:
+            cursor, self.cursor = self.cursor, None
             await cursor.close()
 
 
-async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: Sink) -> WSCloseCode:
-    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes.
+async def _pump(app: web.Application, follower: _Follower) -> WSCloseCode:
+    """Send what the cursor reads, wait for the log to change, repeat, until the end or the client goes;
+    once caught up, be served by the fan-out (api/fanout.py) until it lets go.
     Returns the WebSocket close code: OK, or after an error event BAD_GATEWAY (the store's object failed
     its check, or is missing: shipper/format/archive.py) or INTERNAL_ERROR."""
     metrics = app[METRICS]
+    feed, sink = follower.feed, follower.sink
+    pos = 0
     while not sink.closing:
+        cursor = follower.own(pos)
         generation = feed.generation  # read before looking, so a change while we look is not missed
         try:
             events = await cursor.step()
@@ -316,114 +347,26 @@ async def _pump(app: web.Application, cursor: Cursor, feed: Feed, sink: Sink) ->
             return WSCloseCode.OK
         if events:
             continue
-        while True:
+        live = fanout.join(feed, cursor, sink, metrics)  # no await since the step: its offset is still current
+        if live is not None:
+            code = await follower.be_live(live)
+            if code is not None:
+                return code
+            pos = live.pos
+            continue
+        while not feed.failed:  # (checked first too: a follower the fan-out let go may find it failed)
             await feed.wait(generation)
             if feed.failed:
-                await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
-                return WSCloseCode.INTERNAL_ERROR
+                break
             await sink.idle()
             # Without a wake-up, look again beside the spool only (cheap, and a safety net); from the
             # store only when its poller saw a new manifest, not one GET per follower per second.
             if sink.closing or feed.generation != generation or feed.local:
                 break
+        if feed.failed:
+            await sink.send([error_event("internal", "the tail's watch of this log failed", "reconnect")])
+            return WSCloseCode.INTERNAL_ERROR
     return WSCloseCode.OK
-
-
-class Sink:
-    """Where a follower's events go: a WebSocket or an SSE response."""
-
-    closing = False
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        raise NotImplementedError
-
-    async def send(self, events: list[Event]) -> None:
-        raise NotImplementedError
-
-    async def idle(self) -> None:
-        """Called after each wait: notice a gone client, keep proxies from timing out."""
-
-    async def shutdown(self) -> None:
-        raise NotImplementedError
-
-
-class _WebSocket(Sink):
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.ws = ws
-        self.request = request
-        self.finishing = False
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        await self.ws.prepare(self.request)
-        sender = asyncio.create_task(self._send_all(pump))
-        try:
-            async for msg in self.ws:  # reads pongs and the client's close; what clients send is ignored
-                if msg.type == WSMsgType.ERROR:
-                    break
-        finally:
-            self.closing = True
-            if not self.finishing:
-                sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await sender
-        return self.ws
-
-    async def _send_all(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> None:
-        try:
-            code = await pump()
-        except ConnectionError:
-            return  # the client is gone: the read loop sees it too
-        except Exception:
-            log.exception("tail %s failed", self.request.path)
-            code = WSCloseCode.INTERNAL_ERROR
-        if self.closing:
-            return  # the client went, or shutdown closes it with GOING_AWAY
-        self.finishing = True  # from here the close handshake runs: let it finish
-        await self.ws.close(code=code)
-
-    async def send(self, events: list[Event]) -> None:
-        for e in events:
-            await self.ws.send_str(e.text)
-
-    async def shutdown(self) -> None:
-        self.closing = True
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
-
-
-class _SSE(Sink):
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                "X-Accel-Buffering": "no"})
-        self.last_write = time.monotonic()
-
-    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
-        await self.resp.prepare(self.request)
-        try:
-            await self._write("retry: 1000\n\n")
-            await pump()
-            await self.resp.write_eof()
-        except ConnectionError:
-            self.closing = True
-        return self.resp
-
-    async def _write(self, text: str) -> None:
-        await self.resp.write(text.encode())
-        self.last_write = time.monotonic()
-
-    async def send(self, events: list[Event]) -> None:
-        await self._write("".join(f"id: {e.after}\ndata: {e.text}\n\n" if e.after >= 0 else f"data: {e.text}\n\n"
-                                  for e in events))
-
-    async def idle(self) -> None:
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            self.closing = True
-        elif time.monotonic() - self.last_write >= PING_S:
-            await self._write(": ping\n\n")
-
-    async def shutdown(self) -> None:
-        self.closing = True
 
 
 # --- app wiring ------------------------------------------------------------------------------------
@@ -441,10 +384,11 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def on_shutdown(app: web.Application) -> None:
-    """Tell every follower to go: WebSockets close with GOING_AWAY, SSE streams end."""
+    """Tell every follower to go: WebSockets close with GOING_AWAY (1001), SSE streams end as a failed
+    transfer (no last chunk), as `…/log?follow=true` does (api/logs.py): not the log's end, so resume."""
     sinks = list(app.get(SINKS, ()))
     for sink in sinks:
-        sink.closing = True
+        sink.closing = sink.shut = True  # before any pump runs again: it ends as a failed transfer, not cleanly
     if HUB in app:
         app[HUB].wake_all()
     await asyncio.gather(*(s.shutdown() for s in sinks), return_exceptions=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._util import DEFAULT_WORKDIR, ROOT, SETTLE, GiB, MiB, Series, say, text_file, tool
 
-SECTIONS = ("pipe", "task", "upload", "api", "query")
+SECTIONS = ("pipe", "task", "upload", "api", "query", "checkpoint")
 COLUMNS = ("what", "baseline", "ours", "ratio", "must", "aim", "result")
 ALIASES = {"agent": ("pipe", "task")}  # "agent" = everything the agent is measured on (pipe + RSS, task)
 
@@ -154,6 +154,12 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         q_rows, q_notes = query.rows_for(results["query"])
         rows += q_rows
         notes += q_notes[:-1]  # its last note is the noise, given below with every part's
+    if "checkpoint" in results:
+        from . import checkpoint
+
+        c_rows, c_notes = checkpoint.rows_for(results["checkpoint"])
+        rows += c_rows
+        notes += c_notes
     return rows, notes
 
 
@@ -193,7 +199,8 @@ def to_json(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true",
-                    help="a small smoke run (256 MiB pipe, 128 MiB upload, 256 MiB API log, 2 runs)")
+                    help="a small smoke run (256 MiB pipe, 128 MiB upload, 256 MiB API log, 40 s checkpoint tasks, "
+                         "2 runs)")
     ap.add_argument("--only", default="", help=f"comma-separated: {', '.join(SECTIONS)}, or agent (= pipe,task)")
     ap.add_argument("--runs", type=int, help="rounds per measurement (default 5; 2 with --quick)")
     ap.add_argument("--settle", type=float, default=30.0, metavar="SECONDS",
@@ -248,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         qtext = text_file(workdir, query.QUICK_BYTES if args.quick else query.TEXT_BYTES)
         say(f"query: search over {qtext.stat().st_size // MiB} MiB of archived log-like text (file store)")
         results["query"] = query.run(workdir, qtext, runs)
+
+    if "checkpoint" in parts:
+        from . import checkpoint
+
+        seconds = checkpoint.QUICK_SECONDS if args.quick else checkpoint.FULL_SECONDS
+        say(f"checkpoint: steady tasks at 10, 30, 300 KB/s for {seconds:.0f} s, through a counting proxy")
+        results["checkpoint"] = checkpoint.run(workdir, text, seconds)
 
     rows, notes = rows_for(results)
     for part, r in results.items():

@@ -22,9 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from ._util import ROOT, OthersWindow, Series, check, clean_env, rmtree, run_timed, say, settle, tool
+
+if TYPE_CHECKING:
+    from shipper.format.manifest import Manifest, Segment
 
 BUCKET, PREFIX, HOST = "bench", "api", "bench"
 COMPRESSIONS = ("zstd", "none")
@@ -59,6 +62,12 @@ for i in range(n):
 """
 
 
+class HasEnv(Protocol):
+    """What an API needs of its store: the environment that points `logship serve` at it."""
+
+    def env(self, **extra: str) -> dict[str, str]: ...
+
+
 @dataclass
 class Server:
     """The local S3 server's endpoint and keys (what the API, the watcher and curl need)."""
@@ -69,7 +78,8 @@ class Server:
     pid: int
 
     def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
+        # PYTHONPATH: the API and the watcher run this checkout's code, not whatever an editable install points at
+        return clean_env(PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
                          LOGSHIP_STORE_URL=f"s3://{BUCKET}/{PREFIX}", LOGSHIP_STORE_ENDPOINT=self.endpoint, **extra)
 
 
@@ -90,8 +100,12 @@ def run(workdir: Path, text: Path, repeat: int, runs: int, tail_seconds: float, 
         out.update(downloads(d, server, logs, runs))
         out.update(tails(d, server, runs, tail_seconds))
         out.update(load(d, server, logs, runs, load_seconds))
+        from . import fanout  # many followers of one log (its own module: bench/fanout.py)
+
+        out.update(fanout.run(d / "fanout", server, runs, tail_seconds))
         out["noise"] = Series("share of the CPU other processes used during the timed runs", "%",
-                              out["noise_download"].samples + out["noise_tail"].samples + out["noise_load"].samples)
+                              out["noise_download"].samples + out["noise_tail"].samples + out["noise_load"].samples
+                              + out["noise_fanout"].samples)
         return out
     finally:
         s3local.stop(s3)
@@ -125,10 +139,10 @@ def prepare(d: Path, server: Server, text: Path, repeat: int) -> dict[str, Any]:
             f"{stats['segments_uploaded']} segments (+ query copy), spool pruned, in {ran.wall:.1f} s")
     check(run_timed([logship, "run", "--task", SPOOL_TASK, "--host", HOST, "--", *producer], cwd=d,
                     env=clean_env(LOGSHIP_SPOOL_DIR="spool")), f"logship run ({SPOOL_TASK})")
-    manifests = {c: _s3_json(server, f"logs/dl-{c}/{HOST}/manifest.json") for c in COMPRESSIONS}
+    manifests = {c: _s3_manifest(server, f"dl-{c}") for c in COMPRESSIONS}
     for c, doc in manifests.items():
-        if doc["size"] != size or doc["status"] != "finished":
-            raise SystemExit(f"bench: manifest of dl-{c} says {doc['size']} bytes, {doc['status']}")
+        if doc.size != size or doc.status != "finished":
+            raise SystemExit(f"bench: manifest of dl-{c} says {doc.size} bytes, {doc.status}")
     want = _sha256_cmd(" ".join(map(shlex.quote, producer)))
     with serve(d, server, "spool", "check") as api:
         for task in (*(f"dl-{c}" for c in COMPRESSIONS), SPOOL_TASK):
@@ -141,8 +155,8 @@ def prepare(d: Path, server: Server, text: Path, repeat: int) -> dict[str, Any]:
                              f"not {want}")
     say(f"  sha256 of each log through the API (and of dl-zstd as zstd, decoded) = sha256 of the task's output "
         f"({want[:16]}…)")
-    return {"size": size, "manifests": manifests, "segments": len(manifests["zstd"]["segments"]),
-            "stored": {c: sum(s["stored_size"] for s in doc["segments"]) for c, doc in manifests.items()}}
+    return {"size": size, "manifests": manifests, "segments": len(manifests["zstd"].segments),
+            "stored": {c: sum(s.stored_size for s in doc.segments) for c, doc in manifests.items()}}
 
 
 def _sha256_cmd(producer: str) -> str:
@@ -160,10 +174,14 @@ def _curl_auth(server: Server) -> list[str]:
     return [f'user = "{server.access_key}:{server.secret_key}"', 'aws-sigv4 = "aws:amz:us-east-1:s3"']
 
 
-def _s3_json(server: Server, key: str) -> Any:
+def _s3_manifest(server: Server, task: str) -> Manifest:
+    from shipper.format import names
+    from shipper.format.manifest import Manifest
+
+    key = names.manifest_key(task, HOST)
     conf = "\n".join([*_curl_auth(server), f'url = "{_s3_url(server, key)}"']) + "\n"
-    out = subprocess.run(["curl", "-sf", "-K", "-"], input=conf, capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    out = subprocess.run(["curl", "-sf", "-K", "-"], input=conf.encode(), capture_output=True, check=True).stdout
+    return Manifest.load(out, task, HOST)
 
 
 # --- the API process -----------------------------------------------------------------------------
@@ -215,7 +233,7 @@ class Api:
 
 
 @contextlib.contextmanager
-def serve(d: Path, server: Server, spool: str, name: str) -> Iterator[Api]:
+def serve(d: Path, server: HasEnv, spool: str, name: str) -> Iterator[Api]:
     """An API beside `spool`, on the store's bench prefix; stopped (SIGTERM, then SIGKILL) on the way out."""
     api = _start_api(d, server, spool, name)
     try:
@@ -224,7 +242,7 @@ def serve(d: Path, server: Server, spool: str, name: str) -> Iterator[Api]:
         _stop(api.proc, API_STOP_GRACE_S)
 
 
-def _start_api(d: Path, server: Server, spool: str, name: str) -> Api:
+def _start_api(d: Path, server: HasEnv, spool: str, name: str) -> Api:
     log = d / f"api-{name}.log"
     last = ""
     for _ in range(API_START_ATTEMPTS):  # the port is free when picked, but another process may take it first
@@ -295,7 +313,7 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
     size = logs["size"]
     confs: dict[str, Path] = {}
     for c, doc in logs["manifests"].items():
-        objects = [_s3_url(server, f"logs/dl-{c}/{HOST}/{_segment_name(s)}") for s in doc["segments"]]
+        objects = [_s3_url(server, f"logs/dl-{c}/{HOST}/{_segment_name(s)}") for s in doc.segments]
         # each object to /dev/null, its size written out; and (zstd) all of them to stdout, for zstd -d
         confs[f"{c} get"] = _write_conf(d / f"get-{c}.conf", _curl_auth(server) + ['write-out = "%{size_download}\\n"']
                                         + [f'url = "{u}"\noutput = "/dev/null"' for u in objects])
@@ -313,10 +331,10 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
                   for rng in ("whole", "range")}
     store_req: dict[str, list[str]] = {}
     for c, doc in logs["manifests"].items():
-        last = next(e for e in doc["segments"] if e["offset"] <= size - 1000 < e["offset"] + e["raw_size"])
-        for rng, entry in (("whole", doc["segments"][0]), ("range", last)):
+        last = next(e for e in doc.segments if e.offset <= size - 1000 < e.end)
+        for rng, entry in (("whole", doc.segments[0]), ("range", last)):
             url = _presign(server, f"logs/dl-{c}/{HOST}/{_segment_name(entry)}")
-            extra = ["--range-from", str(size - 1000 - entry["offset"])] if rng == "range" and c == "none" else []
+            extra = ["--range-from", str(size - 1000 - entry.offset)] if rng == "range" and c == "none" else []
             store_req[f"{c} {rng}"] = [url, *extra]
     with serve(d, server, "spool", "download") as api:
         urls = {"zstd": api.log_url("dl-zstd"), "none": api.log_url("dl-none"), "spool": api.log_url(SPOOL_TASK)}
@@ -370,10 +388,8 @@ def downloads(d: Path, server: Server, logs: dict[str, Any], runs: int) -> dict[
             "noise_download": noise}
 
 
-def _segment_name(entry: dict[str, Any]) -> str:
-    from shipper.format import names
-
-    return names.segment_key("t", HOST, entry["seq"], entry["compression"]).rsplit("/", 1)[1]
+def _segment_name(entry: Segment) -> str:
+    return entry.keys("t", HOST)[0].rsplit("/", 1)[1]
 
 
 def _presign(server: Server, key: str) -> str:
@@ -694,7 +710,11 @@ def rows_for(a: dict[str, Any]) -> tuple[list[Any], list[str]]:
                  f"{a['load_bytes'].spread(2)} GB at {a['load_rate'].spread(2)} GB/s together, the 100 tails "
                  f"{a['load_messages'].spread(0)} messages; clients in their own processes, sharing the 2 cores")
     notes.append("noise, api by measurement: " + ", ".join(
-        f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load")))
+        f"{k} {a['noise_' + k].spread(0)} %" for k in ("download", "tail", "load", "fanout") if "noise_" + k in a))
+    if "fanout" in a:
+        from . import fanout
+
+        rows += fanout.rows_for(a)
     if a["load_errors"]:
         notes.append(f"a download that broke under load: {a['load_errors'][0].splitlines()[0]}")
     return rows, notes

@@ -212,6 +212,16 @@ def _label_map(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _log_level(v: Any) -> str:
+    """a level (debug, info, warning, error), optionally followed by LOGGER=LEVEL pairs: info,watchfiles=debug"""
+    from .logs import parse_level
+
+    if not isinstance(v, str):
+        raise ValueError
+    parse_level(v)
+    return v.strip()
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
@@ -249,6 +259,7 @@ class StoreConfig:
 class WatchConfig:
     checkpoint_seconds: float = 5.0
     api_url: str = ""
+    checkpoint_deltas: bool = False  # issue 14, until every reader follows delta chains (docs/checkpoints.md)
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,12 @@ class CompactConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"  # watchfiles' and aiohttp's access log stay quiet unless named: info,aiohttp.access=info
+    format: str = "text"  # or json: one object per line, for log collectors
+
+
+@dataclass(frozen=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -294,7 +311,9 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "defaults"  # where it came from, for `logship config`
+    origins: dict[str, str] = field(default_factory=dict, compare=False)  # "section.key": "file PATH" | "env VAR"
 
     @property
     def spool_dir(self) -> Path:
@@ -318,7 +337,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_key": _opt_text,
         "secret_key": _opt_text,
     },
-    "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url},
+    "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url, "checkpoint_deltas": _bool},
     "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens, "proxy_allow": _proxy_allow,
             "proxy_token": _token},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
@@ -328,15 +347,16 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
                   "every": _duration(1, 7 * 86400)},
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
+    "logging": {"level": _log_level, "format": _choice("text", "json")},
 }
 # Keys whose values are never printed: not by `logship config`, not in an error about them.
 SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), ("store", "access_key"),
            ("store", "secret_key")}
 # LOGSHIP_ variables that are not config keys (LOGSHIP_<SECTION>_<KEY>); any other is a mistake.
 OTHER_ENV = ("LOGSHIP_CONFIG", "LOGSHIP_TOKEN", "LOGSHIP_IBEX_TASK", "LOGSHIP_VENV", "LOGSHIP_UPDATE_SCREENSHOT",
-             "LOGSHIP_TEST_CRASH_AFTER_DELETES", "LOGSHIP_RUN_ID")
+             "LOGSHIP_RUN_ID")
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
-            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig}
+            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig, "logging": LoggingConfig}
 
 
 def _check(section: str, key: str, value: Any, origin: str) -> Any:
@@ -364,6 +384,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         path = DEFAULT_CONFIG_FILE
     if path is not None:
         values, source = _read_yaml(Path(path)), str(path)
+    origins = {f"{s}.{k}": f"file {path}" for s, body in values.items() for k in body}
     for name, raw in env.items():
         if not name.startswith("LOGSHIP_"):
             continue
@@ -376,7 +397,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
                               f"(e.g. LOGSHIP_SPOOL_DIR); other variables: {', '.join(OTHER_ENV)}")
         values[section][key] = _check(section, key, raw, f"environment {name}")
         source += f" + ${name}"
-    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source)
+        origins[f"{section}.{key}"] = f"env {name}"
+    return Config(**{s: SECTIONS[s](**v) for s, v in values.items()}, source=source, origins=origins)
 
 
 def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:

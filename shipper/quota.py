@@ -7,7 +7,7 @@ Policy, in order, until the spool is under its quota:
 Open segments are never touched, so the agent is never stopped. Every dropped segment is
 recorded in its log's dropped.json (and from there in the manifest) and counted.
 
-dropped.json also records ranges lost to a damaged spool (`reason: damaged`, shipper/spool.py
+dropped.json also records ranges lost to a damaged spool (`reason: damaged`, shipper/spool/integrity.py
 check_segment) or missing from both spool and store (`reason: missing`); a quota drop says `quota`.
 A log whose spool files are damaged (spool.SpoolDamaged) is counted but never dropped from.
 """

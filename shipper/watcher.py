@@ -25,12 +25,15 @@ from typing import Any
 
 import zstandard
 
-from shipper.format import archive, index, manifest, names
+from shipper.format import frames, index, manifest, names
 from shipper.format.manifest import Checkpoint, Manifest, ManifestError, Segment
 from shipper.query import copies
 
+from . import watcher_state
+from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from .logs import event
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
 from .retry import Backoff, QuietLog
 from .spool import (
@@ -55,9 +58,7 @@ from .store import ObjectInfo, Store, open_store
 
 log = logging.getLogger("logship.watcher")
 
-ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compression the bottleneck
 UPLOAD_CONCURRENCY = 3
-READ_PIECE = 1 << 20
 TOMBSTONE_SECONDS = 7 * 86400  # how long a shipped log's run.json stays, to refuse a second run
 STORE_PROBE_SECONDS = 60  # a watcher with nothing to ship still asks the store this often (one HEAD)
 SET_ASIDE_RETRY_SECONDS = 60  # a log set aside (damaged) is looked at again this often, in case it was fixed
@@ -74,7 +75,8 @@ class LogState:
     retired: bool = False  # `logship gc` is deleting it from the store: done with it
     segments: dict[int, Segment] = field(default_factory=dict)  # uploaded (maybe not yet committed)
     committed: set[int] = field(default_factory=set)  # named by the manifest in the store
-    checkpoint: Checkpoint | None = None
+    checkpoint: Checkpoint | None = None  # a prefix checkpoint the manifest names (shipper/checkpoint.py)
+    deltas: Deltas = field(default_factory=Deltas)  # delta checkpoints the store holds (shipper/checkpoint.py)
     stale_keys: list[str] = field(default_factory=list)  # checkpoints to delete once the manifest moved on
     last_checkpoint: float = 0.0
     manifest_status: str | None = None
@@ -117,6 +119,8 @@ class Watcher:
         self._copy_sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
         self.query_copy = cfg.query.copy
         self._quiet = QuietLog(log)
+        self.uploads = Uploads(store, self.compression, self.stats, deltas=cfg.watch.checkpoint_deltas,
+                               quiet=self._quiet)
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -221,12 +225,13 @@ class Watcher:
                     tg.create_task(self._upload_segment(sl, st, seq))
         if sl.finished:
             if st.checkpoint is not None:
-                st.stale_keys += _ckpt_keys(sl, st.checkpoint)
+                st.stale_keys += prefix_keys(sl, st.checkpoint)
                 st.checkpoint = None
                 st.dirty = True
         elif (sl.open is not None and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds
-              and await asyncio.to_thread(self._open_index_ok, sl, st, dropped)):
-            await self._checkpoint(sl, st)
+              and (self.uploads.continues(st, sl.open)
+                   or await asyncio.to_thread(self._open_index_ok, sl, st, dropped))):
+            await self.uploads.checkpoint(sl, st)
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is
@@ -237,6 +242,9 @@ class Watcher:
                 and all(s in st.committed or s in gone for s in sl.sealed) and self._all_copied(st)):
             await asyncio.to_thread(self._write_log_json, d, names.SHIPPED_FILE,
                                     {"run_id": sl.run["run_id"], "shipped_ns": time.time_ns()})
+            event(log, "log_finished", "{task}/{host}: log {status}, exit code {exit_code}; all shipped ({segments} "
+                  "segments)", task=sl.task, host=sl.host, status=status, exit_code=(sl.exit or {}).get("exit_code"),
+                  segments=len(st.committed))
             del self.logs[d]
         await asyncio.to_thread(self._prune, sl, st)
         if st.set_aside is not None:
@@ -279,67 +287,21 @@ class Watcher:
             st.copied = {s.seq for s in doc.segments if s.query_copy}
             st.checkpoint = doc.checkpoint
             st.manifest_status = doc.status
-        keep = set(_ckpt_keys(sl, st.checkpoint)) if st.checkpoint else set()
+        keep = set(prefix_keys(sl, st.checkpoint)) if st.checkpoint else set()
         listing = await self.store.list(prefix)
         if doc is None:
             await self._adopt(sl, st, listing)
+        self.uploads.learn(sl, st, listing)  # deltas: the chain to continue, or a segment to seal
         orphans = [o.key for o in listing if ".ckpt-" in o.key and o.key not in keep]
         await self.store.delete(orphans)
         await self.store.abort_uploads(prefix)
+        event(log, "log_started", "{task}/{host}: shipping run {run_id} ({segments} segments in the store already)",
+              task=sl.task, host=sl.host, run_id=sl.run["run_id"], segments=len(st.segments))
         st.loaded = True
 
     async def _upload_segment(self, sl: SpoolLog, st: LogState, seq: int) -> None:
         async with self._sem:
-            log_path = names.spool_segment(sl.dir, seq)
-            prepared = await asyncio.to_thread(self._prepare, log_path, names.spool_index(sl.dir, seq))
-            if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
-                return
-            chunks, sha, blob, idx_blob, stored = prepared
-            key = names.segment_key(sl.task, sl.host, seq, self.compression)
-            if blob is None:
-                await self.store.put_file(key, log_path)
-            else:
-                await self.store.put(key, blob)
-            await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
-            entry = Segment.build(seq, chunks, len(blob) if blob is not None else stored.size,
-                                  len(idx_blob), sha, self.compression, stored=stored.fields(),
-                                  index_sha256=hashlib.sha256(idx_blob).hexdigest())
-            st.segments[seq] = entry
-            st.dirty = True
-            self.stats["segments_uploaded"] += 1
-            self.stats["raw_bytes_uploaded"] += entry.raw_size
-            self.stats["bytes_uploaded"] += entry.stored_size + entry.index_size
-
-    def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
-                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
-        """Read a segment once: its chunks, sha256, (when compressing) its zstd bytes, and the digests of
-        the object the store will hold (what readers check it against)."""
-        raw_idx = index.read_raw(idx_path)
-        chunks = list(index.unpack(raw_idx))
-        if not chunks:
-            return None
-        size = chunks[-1].end - chunks[0].offset if size is None else size
-        sha = hashlib.sha256()
-        stored = archive.StoredDigest()
-        blob = None
-        with open(log_path, "rb") as f:
-            if self.compression == "zstd":
-                cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
-                out = []
-                left = size
-                while left > 0 and (piece := f.read(min(READ_PIECE, left))):
-                    sha.update(piece)
-                    out.append(cobj.compress(piece))
-                    left -= len(piece)
-                out.append(cobj.flush())
-                blob = b"".join(out)
-                stored.update(blob)
-            else:  # the file is the object (put_file): sealed, so it does not change before the upload
-                for piece in iter(lambda: f.read(READ_PIECE), b""):
-                    sha.update(piece)
-                    stored.update(piece)
-        idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
-        return chunks, sha.hexdigest(), blob, idx_blob, stored
+            await self.uploads.seal(sl, st, seq)
 
     # --- the query copy: after the manifest, in a queue of its own ----------------------------------
 
@@ -394,6 +356,9 @@ class Watcher:
         except FileNotFoundError:
             pass
         entry = st.segments[seq]
+        if entry.frames is not None:  # stored as its deltas (shipper/checkpoint.py)
+            chunks, data = await frames.read_segment(self.store, sl.task, sl.host, entry)
+            return copies.Inputs(chunks, None, data)
         comp = entry.compression
         raw_idx = await self.store.get(names.index_key(sl.task, sl.host, seq, comp))
         data = await self.store.get(names.segment_key(sl.task, sl.host, seq, comp))
@@ -415,56 +380,11 @@ class Watcher:
             t.cancel()
         await asyncio.gather(*list(self._copies), return_exceptions=True)
 
-    # --- checkpoints -----------------------------------------------------------------------------
-
-    async def _checkpoint(self, sl: SpoolLog, st: LogState) -> None:
-        """Upload what the open segment holds now, so a dead host loses at most one interval."""
-        assert sl.open is not None
-        seq = sl.open
-        try:
-            raw_idx = await asyncio.to_thread(index.read_raw, names.spool_index(sl.dir, seq, open_=True))
-        except FileNotFoundError:
-            return  # sealed meanwhile: the next pass uploads it whole
-        st.last_checkpoint = time.monotonic()
-        chunks = list(index.unpack(raw_idx))
-        if not chunks:
-            return
-        raw_size = chunks[-1].end - chunks[0].offset
-        if st.checkpoint and (st.checkpoint.seq, st.checkpoint.raw_size) == (seq, raw_size):
-            return
-        log_path = names.spool_segment(sl.dir, seq, open_=True)
-        try:
-            prepared = await asyncio.to_thread(self._prepare_checkpoint, log_path, chunks, raw_size)
-        except FileNotFoundError:
-            return
-        sha, blob, stored = prepared
-        idx_blob = raw_idx
-        if self.compression == "zstd":
-            idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx)
-        key, idx_key = names.checkpoint_keys(sl.task, sl.host, seq, raw_size, self.compression)
-        await self.store.put(key, blob)
-        await self.store.put(idx_key, idx_blob)
-        if st.checkpoint:
-            st.stale_keys += _ckpt_keys(sl, st.checkpoint)
-        st.checkpoint = Checkpoint.build(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
-                                         stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
-        st.dirty = True
-        self.stats["checkpoints"] += 1
-
-    def _prepare_checkpoint(self, log_path: Path, chunks: list[index.Chunk], raw_size: int
-                            ) -> tuple[str, bytes, dict[str, Any]]:
-        with open(log_path, "rb") as f:
-            raw = f.read(raw_size)
-        if len(raw) < raw_size:
-            raise FileNotFoundError(log_path)  # cannot happen with an intact spool; skip this round
-        blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw) if self.compression == "zstd" else raw
-        return hashlib.sha256(raw).hexdigest(), blob, archive.digest_fields(blob)
-
     async def _commit(self, sl: SpoolLog, st: LogState, status: str, dropped: list[dict[str, Any]]) -> None:
         """Write the manifest (after every object it names), then delete what it no longer names."""
         segments = [st.segments[s] for s in sorted(st.segments)]
         if st.checkpoint is not None and st.checkpoint.seq in st.segments:
-            st.stale_keys += _ckpt_keys(sl, st.checkpoint)
+            st.stale_keys += prefix_keys(sl, st.checkpoint)
             st.checkpoint = None
         # A running log names the API beside this spool, so a central API can proxy live requests to it.
         api_url = self.cfg.watch.api_url if self.cfg.watch.api_url and status == manifest.RUNNING else None
@@ -472,7 +392,7 @@ class Watcher:
                              api_url=api_url)
         st.dirty = False  # before the PUT: a query copy that lands meanwhile sets it again
         try:
-            await self.store.put(names.manifest_key(sl.task, sl.host), doc.dump())
+            await self.uploads.put_manifest(names.manifest_key(sl.task, sl.host), doc.dump())
         except BaseException:
             st.dirty = True
             raise
@@ -552,9 +472,10 @@ class Watcher:
         if st.set_aside != reason:
             if st.set_aside is None:
                 self.stats["logs_set_aside"] += 1
-            self._quiet.log(logging.ERROR, f"aside {name} {reason}", "%s: log set aside, not shipped: %s (hint: %s)",
-                            name, reason, "inspect or move its spool directory, or the store object named; the "
-                            f"watcher looks again every {SET_ASIDE_RETRY_SECONDS}s")
+            self._quiet.event(logging.ERROR, f"aside {name} {reason}", "log_set_aside", "{task}/{host}: log set aside, "
+                              "not shipped: {reason} (hint: {hint})", task=d.parent.name, host=d.name, reason=reason,
+                              hint="inspect or move its spool directory, or the store object named; the watcher "
+                              f"looks again every {SET_ASIDE_RETRY_SECONDS}s")
         st.set_aside = reason
         st.set_aside_at = time.monotonic()
         st.loaded = False  # its manifest is read again when it is looked at again
@@ -821,11 +742,10 @@ class Watcher:
         if healthy:
             self.last_ok_ns = now
         try:
-            write_json_atomic(self.spool / names.WATCHER_STATE_FILE, {
-                "pid": os.getpid(), "updated_ns": now, "healthy": healthy, "started_ns": self.started_ns,
-                "last_ok_ns": self.last_ok_ns, "last_error": self.last_error, "store": self.store.url,
-                "stats": self.stats, "set_aside": self.set_aside, "store_stats": self.store.stats.snapshot(),
-            }, durable=False)
+            watcher_state.write(self.spool, watcher_state.WatcherState(
+                pid=os.getpid(), updated_ns=now, healthy=healthy, started_ns=self.started_ns,
+                last_ok_ns=self.last_ok_ns, last_error=self.last_error, store=self.store.url,
+                stats=self.stats, set_aside=self.set_aside, store_stats=self.store.stats.snapshot()))
         except OSError as exc:  # a full spool disk: shipping (which frees it) matters more than our state file
             self._quiet.log(logging.WARNING, "state", "cannot write %s: %s", names.WATCHER_STATE_FILE, exc)
 
@@ -836,10 +756,6 @@ def _unzstd(data: bytes, limit: int) -> bytes:
     if size < 0 or size > limit:
         raise zstandard.ZstdError(f"frame size {size} unknown or above {limit}")
     return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-
-
-def _ckpt_keys(sl: SpoolLog, ckpt: Checkpoint) -> list[str]:
-    return list(ckpt.keys(sl.task, sl.host))
 
 
 # --- the daemon ------------------------------------------------------------------------------
@@ -861,6 +777,8 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     stop = stop or asyncio.Event()
     store = open_store(cfg.store)
     w = Watcher(cfg, store)
+    event(log, "watcher_started", "watcher started: spool {spool}, store {store}, checkpoint every {interval:g} s",
+          spool=str(cfg.spool_dir), store=store.url, interval=cfg.watch.checkpoint_seconds, once=once)
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
     notifier = None if once else asyncio.create_task(_notify(cfg.spool_dir, wake, stop))
@@ -878,12 +796,11 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             if failure is not None:
                 w.stats["retries"] += 1
                 w.last_error = str(failure)
-                delay = backoff.next()
-                w._quiet.log(logging.WARNING, "store", "store unavailable, retrying in %.1fs: %s", delay, failure)
+                delay = backoff.failed(w._quiet, "the store", failure)
                 await asyncio.to_thread(w.write_state, False)
                 await _wait(stop, delay)
                 continue
-            backoff.reset()
+            backoff.succeeded(log, "the store")
             w.last_error = ""
             await asyncio.to_thread(w.write_state, True)
             if once:
@@ -935,15 +852,14 @@ async def _notify(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None
 
 
 def main(cfg: Config, *, once: bool = False, alongside: Alongside | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         w = await watch(cfg, once=once, stop=stop, alongside=alongside)
-        log.info("watcher stopped: %s", " ".join(f"{k}={v}" for k, v in w.stats.items()))
+        log.info("watcher stopped: %s", " ".join(f"{k}={v}" for k, v in w.stats.items()),
+                 extra={"event": "watcher_stopped", **w.stats})
         return 0 if not w.last_error else 1
 
     return asyncio.run(run())

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.app import create_app
 from shipper.config import Config, load_config
 from shipper.query.engine import Database
+from shipper.store import ObjectInfo, Store
 
 LOGSHIP = [sys.executable, "-m", "shipper.commands.cli"]
 ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
@@ -281,3 +282,68 @@ def rows(db: Database, sql: str) -> list[dict[str, Any]]:
     """The rows of `sql` as JSON objects."""
     result = db.execute(sql)
     return [json.loads(o) for batch in result.fetch_json() for o in batch]
+
+
+# --- a process killed half-way ---------------------------------------------------------------------
+
+
+class KillAfterDeletes:
+    """A Store that kills its own process (SIGKILL, as `kill -9`) when asked to delete key number n+1: what
+    a gc or a compaction killed half-way leaves behind. It deletes one key at a time, so that point is exact."""
+
+    def __init__(self, inner: Store, n: int) -> None:
+        self.inner, self.n, self.deleted = inner, n, 0
+        self.url, self.stats = inner.url, inner.stats
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if self.deleted >= self.n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            await self.inner.delete([key])
+            self.deleted += 1
+
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+        await self.inner.put(key, data, checked=checked)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await self.inner.put_file(key, path)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return await self.inner.get(key, start, end)
+
+    def open(self, key: str, start: int = 0, end: int | None = None,
+             chunk: int = 1 << 20) -> AsyncGenerator[bytes, None]:
+        return self.inner.open(key, start, end, chunk)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self.inner.head(key)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return await self.inner.list(prefix)
+
+    async def abort_uploads(self, prefix: str) -> int:
+        return await self.inner.abort_uploads(prefix)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def logship_killed_after_deletes(n: int) -> list[str]:
+    """The `logship` command line, run so that its store kills it when asked for the (n+1)th deletion."""
+    return [sys.executable, "-m", "tests.support", "kill-after-deletes", str(n)]
+
+
+def _kill_after_deletes(argv: list[str]) -> int:
+    """`python -m tests.support kill-after-deletes N ARGS...`: `logship ARGS...` whose store is wrapped in
+    KillAfterDeletes. The commands open their store through shipper.store.open_store when they run."""
+    import shipper.store
+    from shipper.commands import cli
+
+    n, real = int(argv[0]), shipper.store.open_store
+    shipper.store.open_store = lambda cfg: KillAfterDeletes(real(cfg), n)
+    return cli.main(argv[1:])
+
+
+if __name__ == "__main__":
+    assert sys.argv[1] == "kill-after-deletes", sys.argv
+    sys.exit(_kill_after_deletes(sys.argv[2:]))

@@ -19,7 +19,9 @@ from typing import IO
 import pytest
 
 from shipper.agent import default_host
-from shipper.commands.client import ETAG_SUFFIX, Progress, base_url, lines_start
+from shipper.commands.client import base_url
+from shipper.commands.download import ETAG_SUFFIX, Progress
+from shipper.commands.tail import lines_start
 from shipper.config import Config, load_config
 
 from .support import LOGSHIP, NASTY, Api, Proxy, free_port, sha, spooled, start_agent, stop_agent, watch_once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -19,7 +20,7 @@ from shipper.query.engine import Database
 from shipper.store import ObjectInfo, open_store
 from shipper.watcher import watch
 
-from .support import LOGSHIP, MakeConfig, agent_env, run_agent
+from .support import LOGSHIP, MakeConfig, agent_env, logship_killed_after_deletes, run_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,9 +71,9 @@ async def copies(cfg: Config) -> list[str]:
     return [o.key for o in await listing(cfg, "lines/") if names.parse_lines_key(o.key)]
 
 
-def compact_cli(cfg: Config, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LOGSHIP, "compact"], env={**agent_env(cfg), **env}, capture_output=True, text=True,
-                          timeout=120)
+def compact_cli(cfg: Config, kill_after_deletes: int | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = LOGSHIP if kill_after_deletes is None else logship_killed_after_deletes(kill_after_deletes)
+    return subprocess.run([*cmd, "compact"], env=agent_env(cfg), capture_output=True, text=True, timeout=120)
 
 
 async def test_compaction_keeps_every_line_and_queries_read_fewer_objects(make_config: MakeConfig) -> None:
@@ -159,8 +160,8 @@ async def test_a_compaction_killed_half_way_is_finished_by_the_next_run(make_con
     cfg = make_config(**NOW)
     await ship(cfg, [f"k{i}" for i in range(6)])
     expected = table(cfg)
-    res = compact_cli(cfg, LOGSHIP_TEST_CRASH_AFTER_DELETES="3")
-    assert res.returncode == 137, (res.stdout, res.stderr)
+    res = compact_cli(cfg, kill_after_deletes=3)
+    assert res.returncode == -signal.SIGKILL, (res.stdout, res.stderr)
     assert len(await copies(cfg)) == 3  # three of the six copies were deleted
     assert table(cfg) == expected
     res = compact_cli(cfg)

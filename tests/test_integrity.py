@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -24,14 +25,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+import xxhash
+import zstandard
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import METRICS, SOURCE
 from shipper.commands import s3local
 from shipper.config import Config, load_config
-from shipper.format import archive, index, names
-from shipper.format.manifest import Manifest
+from shipper.format import archive, index, manifest, names
+from shipper.format.manifest import Manifest, Segment
 from shipper.store import Store, open_store
 from shipper.watcher import watch
 
@@ -563,8 +566,10 @@ async def test_the_watcher_records_digests_that_fit_the_objects(finished: Archiv
             data, idx = await arc.store.get(key), await arc.store.get(idx_key)
             assert entry.stored_sha256 == hashlib.sha256(data).hexdigest()
             assert entry.index_sha256 == hashlib.sha256(idx).hexdigest()
-            assert entry.blocks is not None and entry.blocks["size"] == archive.BLOCK
-            assert len(entry.blocks["sha256"]) == 32 * -(-len(data) // archive.BLOCK)
+            assert entry.blocks is not None
+            assert set(entry.blocks) == {"size", "xxh3_128"} and entry.blocks["size"] == archive.BLOCK
+            assert entry.blocks["xxh3_128"] == "".join(
+                xxhash.xxh3_128_hexdigest(data[i:i + archive.BLOCK]) for i in range(0, len(data), archive.BLOCK))
             archive.check_stored(key, entry, data)
             assert len(archive.check_index(idx_key, entry, idx)) == entry.chunks[1] - entry.chunks[0] + 1
 
@@ -577,9 +582,131 @@ async def test_stored_digest_is_the_same_however_the_bytes_come() -> None:
         d.update(memoryview(data)[i:i + 77777])
     assert d.fields() == one and d.size == len(data)
     assert one["stored_sha256"] == hashlib.sha256(data).hexdigest()
-    assert [one["blocks"]["sha256"][i:i + 32] for i in range(0, 128, 32)] == [
-        hashlib.sha256(data[i:i + archive.BLOCK]).hexdigest()[:32] for i in range(0, len(data), archive.BLOCK)]
-    assert len(archive.digest_fields(b"")["blocks"]["sha256"]) == 32
+    assert [one["blocks"]["xxh3_128"][i:i + 32] for i in range(0, 128, 32)] == [
+        xxhash.xxh3_128_hexdigest(data[i:i + archive.BLOCK]) for i in range(0, len(data), archive.BLOCK)]
+    assert len(archive.digest_fields(b"")["blocks"]["xxh3_128"]) == 32
+
+
+async def test_block_sizes_keep_first_bytes_near_and_manifests_small() -> None:
+    """A 16 MiB segment (the default) is checked in 256 KiB blocks; larger objects get larger blocks, so
+    that up to 64 MiB an object has at most 64 digests, and no block is over 1 MiB (what a reader holds)."""
+    assert archive.block_for(1) == archive.block_for(16 << 20) == 256 << 10
+    for size in (1, 100_000, 16 << 20, (16 << 20) + 1, 40 << 20, 64 << 20, 1 << 30, 1 << 40):
+        bs = archive.block_for(size)
+        assert bs in manifest.BLOCK_SIZES and archive.BLOCK <= bs <= 1 << 20
+        assert -(-size // bs) <= 64 or bs == 1 << 20, size
+
+
+def _blocks_of(arc: Archive, task: str) -> list[tuple[str, Segment, int]]:
+    """(key, entry, number of blocks) of each segment of a log."""
+    out = []
+    for entry in arc.docs[task].segments:
+        assert entry.blocks is not None
+        out.append((entry.keys(task, "h1")[0], entry, -(-entry.stored_size // entry.blocks["size"])))
+    return out
+
+
+@pytest.mark.parametrize("piece", [1, 65536, 100_003, archive.BLOCK, 3 * archive.BLOCK + 7])
+async def test_verified_lets_out_exactly_the_blocks_before_a_bad_one(piece: int) -> None:
+    """However the store cuts an object into pieces, verified() lets out every byte of the good blocks
+    before a bad one and nothing of it; a good object comes out whole, a longer or shorter one fails."""
+    data = os.urandom(5 * archive.BLOCK + 4321)
+    entry = Segment(0, 0, len(data), len(data), 1, "0" * 64, "none", 0, 0, 1, (1, 1),
+                    **archive.digest_fields(data))
+
+    async def pieces(d: bytes, step: int = piece) -> AsyncIterator[bytes]:
+        for i in range(0, len(d), step):
+            yield d[i:i + step]
+
+    async def read(d: bytes, start: int = 0, end: int | None = None) -> tuple[bytes, str]:
+        got = bytearray()
+        try:
+            async for x in archive.verified(pieces(d[start:end]), "k", entry, start, end):
+                got += x
+        except archive.IntegrityError as exc:
+            return bytes(got), str(exc)
+        return bytes(got), ""
+
+    assert await read(data) == (data, "")
+    bs = archive.BLOCK
+    assert await read(data, 2 * bs, 4 * bs) == (data[2 * bs:4 * bs], "")
+    bad = data[:3 * bs + 100] + bytes([data[3 * bs + 100] ^ 1]) + data[3 * bs + 101:]
+    got, err = await read(bad)
+    assert got == data[:3 * bs] and f"bytes {3 * bs}-{4 * bs - 1} do not match" in err
+    got, err = await read(data[:-1])
+    assert data.startswith(got) and len(got) <= 5 * bs and "ended at byte" in err
+    got, err = await read(data + b"x")
+    assert data.startswith(got) and "longer than" in err
+
+
+async def test_a_bad_block_in_the_middle_cuts_the_transfer_before_it(
+        finished: Archive, session: aiohttp.ClientSession) -> None:
+    """One flipped byte in a middle block of segment 2: /log (decompressed), the zstd passthrough and cat
+    break off; the passthrough sends nothing of the bad block (nor after it), every byte before is right."""
+    arc = finished
+    (_, first, _), (key, entry, n), *_ = _blocks_of(arc, "a")
+    assert n >= 3, n
+    assert entry.blocks is not None
+    bs, k = entry.blocks["size"], n // 2
+    good_zstd = await http(session, arc.url("a"), {"Accept-Encoding": "zstd"})
+    assert not good_zstd.failed
+    saved = await arc.store.get(key)
+    at = k * bs + bs // 2
+    await arc.store.put(key, saved[:at] + bytes([saved[at] ^ 0x01]) + saved[at + 1:])
+    try:
+        got = await http(session, arc.url("a"), {"Accept-Encoding": "zstd"})
+        assert got.failed and got.cut and good_zstd.data.startswith(got.data)
+        assert len(got.data) <= first.stored_size + k * bs  # not a byte of the bad block
+        got = await http(session, arc.url("a"))
+        assert got.failed and got.cut and arc.truth["a"].startswith(got.data)
+        assert len(got.data) < entry.end
+        rc, out, err, _ = await arc.cli("cat", "a", "--host", "h1")
+        assert rc != 0 and key.rsplit("/", 1)[1] in err and f"bytes {k * bs}-{(k + 1) * bs - 1}" in err, err
+        assert arc.truth["a"].startswith(out)
+    finally:
+        await arc.store.put(key, saved)
+
+
+async def test_manifests_with_sha256_block_digests_still_read(finished: Archive,
+                                                              session: aiohttp.ClientSession) -> None:
+    """A manifest written before XXH3 (`blocks: {"size": 1 MiB, "sha256": …}`): /log, a Range, the zstd
+    passthrough and cat read it back, checked against those digests; a damaged object still fails them."""
+    arc = finished
+    olds: dict[int, dict[str, Any]] = {}
+    for key, entry, _ in _blocks_of(arc, "a"):
+        data, bs = await arc.store.get(key), 1 << 20
+        olds[entry.seq] = {"size": bs, "sha256": "".join(
+            hashlib.sha256(data[i:i + bs]).hexdigest()[:32] for i in range(0, len(data), bs))}
+
+    def old(doc: dict[str, Any]) -> None:
+        for e in doc["segments"]:
+            e["blocks"] = olds[e["seq"]]
+
+    await _edit_manifest(arc, "a", old)
+    assert (await archive.load_manifest(arc.store, "a", "h1")).segments[1].blocks == olds[2]
+    truth, seg2 = arc.truth["a"], arc.docs["a"].segments[1]
+    got = await http(session, arc.url("a"))
+    assert not got.failed and got.data == truth
+    a = seg2.offset + 123_457
+    got = await http(session, arc.url("a"), {"Range": f"bytes={a}-{a + 99_999}"})
+    assert not got.failed and got.data == truth[a:a + 100_000]
+    async with session.get(arc.url("a"), headers={"Accept-Encoding": "zstd"}) as r:
+        assert r.headers["Content-Encoding"] == "zstd"  # passed through as stored, not decompressed
+        body = await r.read()
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True).readall() == truth
+    rc, out, err, _ = await arc.cli("cat", "a", "--host", "h1")
+    assert rc == 0 and out == truth, err
+    key = target_key(arc, "segment")
+    saved = await arc.store.get(key)
+    await corrupt(arc, key, "flip")
+    try:
+        for headers in ({}, {"Accept-Encoding": "zstd"}):
+            got = await http(session, arc.url("a"), headers)
+            assert got.failed and got.cut and not got.data.endswith(truth[-1000:]), headers
+        rc, out, err, _ = await arc.cli("cat", "a", "--host", "h1")
+        assert rc != 0 and key.rsplit("/", 1)[1] in err and truth.startswith(out), err
+    finally:
+        await arc.store.put(key, saved)
 
 
 # --- many tails while the spool is pruned ------------------------------------------------------------

@@ -65,6 +65,17 @@ BAD: dict[str, Edit] = {
     "blocks of an odd size": lambda d: d["segments"][0].update(blocks={"size": 1000, "sha256": "a" * 32}),
     "blocks missing a digest": lambda d: d["segments"][0].update(blocks={"size": 65536, "sha256": ""}),
     "blocks not hex": lambda d: d["segments"][0].update(blocks={"size": 65536, "sha256": "z" * 32}),
+    "blocks of an unknown hash": lambda d: d["segments"][0].update(blocks={"size": 65536, "md5": "a" * 32}),
+    "blocks of two hashes": lambda d: d["segments"][0].update(
+        blocks={"size": 65536, "sha256": "a" * 32, "xxh3_128": "a" * 32}),
+    "frames in version 1": lambda d: d["segments"][0].update(frames=3, frames_sha256="a" * 64),
+    "version 2 without frames": lambda d: d.update(version=2),
+    "frames 0": lambda d: (d.update(version=2), d["segments"][0].update(frames=0, frames_sha256="a" * 64)),
+    "frames without their sha256": lambda d: (d.update(version=2), d["segments"][0].update(frames=3)),
+    "frames_sha256 without frames": lambda d: d["segments"][0].update(frames_sha256="a" * 64),
+    "frames null": lambda d: (d.update(version=2), d["segments"][0].update(frames=None, frames_sha256="a" * 64)),
+    "a checkpoint with frames": lambda d: (d.update(version=2), [e.update(frames=1, frames_sha256="a" * 64)
+                                                                 for e in (d["segments"][0], d["checkpoint"])]),
 }
 
 
@@ -91,6 +102,9 @@ def _doc(status: str, segments: list[dict[str, Any]], checkpoint: dict[str, Any]
 
 
 _DIGESTS = {"stored_sha256": "d" * 64, "blocks": {"size": 1 << 20, "sha256": "e" * 32}, "index_sha256": "f" * 64}
+_XXH3 = {"stored_sha256": "d" * 64, "blocks": {"size": 1 << 18, "xxh3_128": "e" * 32}, "index_sha256": "f" * 64}
+# A segment stored as its deltas (shipper/checkpoint.py): the frame table's rows and sha256 after the digests.
+_FRAMES = {"frames": 7, "frames_sha256": "9" * 64}
 # What watchers of each version wrote (shipper/format/manifest.py's history: fields were only ever added).
 WRITTEN: dict[str, dict[str, Any]] = {
     "first: no digests, drops without a reason": _doc(
@@ -104,6 +118,10 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "finished", [_entry(1, 0, 300, **_DIGESTS, query_copy=True), _entry(3, 600, 300, **_DIGESTS)],
         None, [{"seq": 2, "offset": 300, "raw_size": 300, "first_ts": 20, "last_ts": 25, "lines": 2, "reason": "quota"},
                {"seq": 3, "offset": 900, "raw_size": 10, "lines": 0, "reason": "damaged", "detail": "x: short"}]),
+    "xxh3 block digests": _doc("finished", [_entry(1, 0, 300_000, **_XXH3, query_copy=True)], None, []),
+    "version 2: segments stored as their deltas": {**_doc(
+        "finished", [_entry(1, 0, 300, **_XXH3, query_copy=True), _entry(2, 300, 300, **_FRAMES, query_copy=True),
+                     _entry(3, 600, 300, **_FRAMES)], None, []), "version": 2},
 }
 
 
@@ -113,6 +131,15 @@ def test_what_each_watcher_version_wrote_round_trips_byte_for_byte(case: str) ->
     m = Manifest.load(data, "job-1", "node-7")
     assert m.dump() == data
     assert Manifest.load(m.dump()) == m
+
+
+def test_a_segment_stored_as_its_deltas_makes_the_manifest_version_2() -> None:
+    """Version 2 exactly when a segment has `frames` (older builds refuse it); dropping the framed segments
+    brings it back to version 1."""
+    m = Manifest.load(json.dumps(WRITTEN["version 2: segments stored as their deltas"]).encode())
+    assert m.version == manifest.FRAMES_VERSION and [s.frames for s in m.segments] == [None, 7, 7]
+    assert m.to_json()["version"] == 2 and m.segments[1].to_json()["frames_sha256"] == "9" * 64
+    assert m.replace(segments=m.segments[:1]).to_json()["version"] == manifest.VERSION
 
 
 def test_fields_of_a_newer_writer_survive_a_round_trip() -> None:

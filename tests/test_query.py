@@ -18,7 +18,8 @@ import pytest
 from shipper.config import Config
 from shipper.format import index, names
 from shipper.query import copies
-from shipper.query.engine import Database, QueryError
+from shipper.query.engine import Database
+from shipper.query.rules import QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
 

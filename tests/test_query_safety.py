@@ -19,7 +19,8 @@ import pytest
 
 from shipper.commands import s3local
 from shipper.format import names
-from shipper.query.engine import MAX_SQL_BYTES, Database, Limits, QueryError, archive_root
+from shipper.query.engine import Database, archive_root
+from shipper.query.rules import MAX_SQL_BYTES, Limits, QueryError
 from shipper.store import open_store
 from shipper.watcher import watch
 

@@ -169,7 +169,7 @@ async def test_a_bad_task_id_is_not_a_store_fault(tmp_path: Path) -> None:
     cfg, good, _ = two_logs(tmp_path)
     SET_ASIDE["bad task id"][0](cfg)
     res = watch(cfg)
-    assert b"store unavailable" not in res.stderr
+    assert b"retrying" not in res.stderr  # the watcher says "the store failed, retrying in …"
     assert state(cfg)["healthy"] is True and state(cfg)["last_error"] == ""
     await assert_good_shipped(cfg, good)
 

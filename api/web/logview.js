@@ -19,6 +19,9 @@ import { Tail, showConn } from './tail.js';
 const CHUNK = 256 * 1024; // bytes per Range read
 export const MAX_ROWS = 5000; // line elements kept in the page
 const TAIL_LINES = 200; // lines per host the all-hosts view starts with
+// what a hole's marker says, by the `reason` of the manifest's `dropped` entry
+const WHY = { quota: 'dropped at the spool quota', damaged: 'lost to a damaged spool file',
+  missing: 'lost (missing from the spool)' };
 
 // Following: the view is kept at the end. Where it was put is noted, so a view found above that spot
 // was moved by the user (maybe an instant ago, its scroll event not yet handled): following stops
@@ -41,20 +44,55 @@ async function fetchBytes(path, a, b, signal) {
   return new Uint8Array(await r.arrayBuffer());
 }
 
-// The lines of `chunks` between offsets a and b, fed to `asm`.
-async function readLines(path, chunks, a, b, asm, signal) {
+// The lines of `chunks` between offsets a and b, fed to `asm`. Bytes the log does not hold (dropped at the
+// spool quota, lost to damage: no chunk covers them) are not asked for, since a Range across them is a
+// 416 `bytes_missing`: each run of adjacent chunks is read by its own Range, and each hole between a and b
+// shows as one marker row. `gaps` (the meta's `dropped`) names a hole's reason and adds its lines.
+async function readLines(path, chunks, a, b, asm, signal, gaps = []) {
   const out = [];
-  if (b <= a) return out;
-  const data = await fetchBytes(path, a, b, signal);
-  for (const [off, len, , stream, , ts] of chunks) {
-    const s = Math.max(off, a), e = Math.min(off + len, b);
-    if (s < e) asm.feed(s, data.subarray(s - a, e - a), stream, ts, out);
+  if (b <= a || !chunks.length) return out;
+  let pos = a, run = [];
+  const flush = async () => {
+    if (!run.length) return;
+    const s = Math.max(run[0][0], a), e = Math.min(run[run.length - 1][0] + run[run.length - 1][1], b);
+    const data = await fetchBytes(path, s, e, signal);
+    for (const [off, len, , stream, , ts] of run) {
+      const x = Math.max(off, s), y = Math.min(off + len, e);
+      if (x < y) asm.feed(x, data.subarray(x - s, y - s), stream, ts, out);
+    }
+    run = [];
+  };
+  for (const c of chunks) {
+    const s = Math.max(c[0], a);
+    if (s >= b || c[0] + c[1] <= a) continue;
+    if (s > pos) { await flush(); out.push(...holeRows(asm, pos, s, gaps)); }
+    run.push(c);
+    pos = Math.min(c[0] + c[1], b);
   }
+  await flush();
+  if (pos < b) out.push(...holeRows(asm, pos, b, gaps));
   return out;
 }
 
+// The rows for a hole [a, b): a line it cut short (ended by the hole), then one marker row. The lines of a
+// dropped range wholly inside the hole are counted, so the lines after it keep their numbers.
+function holeRows(asm, a, b, gaps) {
+  const rows = asm.partials().map((r) => ({ ...r, end: a, c: asm.line }));
+  asm.pending.clear();
+  const known = gaps.filter((g) => g.offset < b && g.offset + g.raw_size > a);
+  for (const g of known) if (g.offset >= a && g.offset + g.raw_size <= b) asm.line += g.lines || 0;
+  const why = known.map((g) => g.why).join(', ') || 'not in the archive';
+  rows.push({ ...skippedRow({ from: a, to: b, bytes: b - a }, asm.line), text: `… ${fmtBytes(b - a)} ${why} …`, hole: true });
+  return rows;
+}
+
+// The dropped range that holds byte `at`, if the meta lists one.
+function gapAt(gaps, at) {
+  return gaps.find((g) => g.offset <= at && at < g.offset + g.raw_size);
+}
+
 // The chunks overlapping [a, b), their lines, and the assembler that goes on after them.
-async function readWindow(path, a, b, signal) {
+async function readWindow(path, a, b, signal, gaps = []) {
   const idx = await fetchIndex(path, a, b, signal);
   const asm = new Assembler(idx.line ?? 0);
   let lo = a, hi = a, rows = [];
@@ -62,7 +100,7 @@ async function readWindow(path, a, b, signal) {
     const last = idx.chunks[idx.chunks.length - 1];
     lo = idx.chunks[0][0];
     hi = last[0] + last[1];
-    rows = await readLines(path, idx.chunks, lo, hi, asm, signal);
+    rows = await readLines(path, idx.chunks, lo, hi, asm, signal, gaps);
   }
   return { idx, asm, lo, hi, rows };
 }
@@ -209,6 +247,23 @@ export class LogView extends Pane {
     super.close();
   }
 
+  // The ranges the log does not hold, as its meta lists them (`dropped`: offset, raw_size, lines, reason),
+  // adjacent ones merged (a quota drops whole segments, one entry each): one hole, one marker.
+  gaps() {
+    if (this.merged && this.merged.from === this.meta) return this.merged.gaps;
+    const gaps = [];
+    for (const d of [...((this.meta && this.meta.dropped) || [])].sort((x, y) => x.offset - y.offset)) {
+      const last = gaps[gaps.length - 1], why = WHY[d.reason] || WHY.quota;
+      if (last && last.offset + last.raw_size === d.offset) {
+        last.raw_size += d.raw_size;
+        last.lines += d.lines || 0;
+        if (!last.why.includes(why)) last.why += `, ${why}`;
+      } else gaps.push({ offset: d.offset, raw_size: d.raw_size, lines: d.lines || 0, why });
+    }
+    this.merged = { from: this.meta, gaps };
+    return gaps;
+  }
+
   // One badge: running, or how it ended (shown once the rows are there).
   showMeta() {
     const m = this.meta;
@@ -223,7 +278,7 @@ export class LogView extends Pane {
   // A new window of the chunks overlapping [a, b); keep = which end to keep if it has too many lines.
   async loadWindow(a, b, keep) {
     const gen = ++this.gen;
-    const { idx, asm, lo, hi, rows } = await readWindow(this.path, a, b, this.signal);
+    const { idx, asm, lo, hi, rows } = await readWindow(this.path, a, b, this.signal, this.gaps());
     if (gen !== this.gen || this.closed) return false;
     this.clear();
     this.lo = lo;
@@ -283,9 +338,16 @@ export class LogView extends Pane {
     this.loading = (async () => {
       const idx = await fetchIndex(this.path, Math.max(0, lo - CHUNK), lo, this.signal);
       if (gen !== this.gen || this.lo !== lo) return; // the window changed meanwhile
-      if (!idx.chunks.length) { this.lo = 0; return; }
+      if (!idx.chunks.length) { // nothing held before lo in a read's reach: a hole, or the log's start
+        const g = gapAt(this.gaps(), lo - 1);
+        const a = g ? g.offset : 0;
+        if (a < lo) this.insert(holeRows(new Assembler(this.firstLine - (g?.lines || 0)), a, lo, this.gaps()), 'prepend', { keep: 'end', drop: 'bottom' });
+        this.lo = a;
+        this.firstLine -= g?.lines || 0;
+        return;
+      }
       const a = idx.chunks[0][0];
-      const rows = await readLines(this.path, idx.chunks, a, lo, new Assembler(idx.line ?? 0), this.signal);
+      const rows = await readLines(this.path, idx.chunks, a, lo, new Assembler(idx.line ?? 0), this.signal, this.gaps());
       if (gen !== this.gen || this.lo !== lo) return;
       this.lo = a;
       this.firstLine = idx.line ?? 0;
@@ -305,8 +367,12 @@ export class LogView extends Pane {
       if (idx.chunks.length) {
         const last = idx.chunks[idx.chunks.length - 1];
         end = last[0] + last[1];
-        rows = await readLines(this.path, idx.chunks, hi, end, asm, this.signal);
+        rows = await readLines(this.path, idx.chunks, hi, end, asm, this.signal, this.gaps());
         if (gen !== this.gen || this.hi !== hi || this.bottom !== asm) return;
+      } else if (gapAt(this.gaps(), hi)) { // a hole longer than a read: past it in one step
+        const g = gapAt(this.gaps(), hi);
+        end = g.offset + g.raw_size;
+        rows = holeRows(asm, hi, end, this.gaps());
       }
       this.hi = end;
       // Attached only if the window reaches what the tail gave by now; else the next read goes on.

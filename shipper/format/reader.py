@@ -201,7 +201,7 @@ class Reader:
             return Early(self.store.open(key, chunk=zstd_chunk if entry.compression == "zstd" else PIECE))
         if entry.compression == "zstd":
             return Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
-        bs = blocks[0]
+        bs = blocks.size
         lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry.stored_size)
         checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
         return Early(slice_pieces(checked, a - lo, b - a))

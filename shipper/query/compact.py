@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import secrets
 import struct
 import time
@@ -86,9 +85,6 @@ class State:
     sizes: dict[str, int] = field(default_factory=dict)  # key -> size, of everything listed
 
 
-CRASH_ENV = "LOGSHIP_TEST_CRASH_AFTER_DELETES"
-
-
 def placeholder() -> bytes:
     """The rowless copy at names.LINES_PLACEHOLDER (deterministic: the same bytes every time)."""
     sink = io.BytesIO()
@@ -97,13 +93,10 @@ def placeholder() -> bytes:
 
 
 class Deleter:
-    """Deletes objects and counts them. A test hook, the environment variable CRASH_ENV=N, ends the
-    process hard (exit 137, like kill -9) after N deletions: tests see what a kill half-way leaves."""
+    """Deletes objects and counts them (gc hands its own to its Compactor: one count covers both)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        crash = os.environ.get(CRASH_ENV)
-        self.crash_after = int(crash) if crash else None
         self._placed = False
         self.objects = 0
         self.bytes = 0
@@ -115,16 +108,7 @@ class Deleter:
         if not self._placed and any(k.startswith(names.LINES_PREFIX) for k in keys):
             await self.store.put(names.LINES_PLACEHOLDER, placeholder())  # lines/ never empties again
             self._placed = True
-        if self.crash_after is None:
-            await self.store.delete(keys)
-        else:
-            for key in keys:
-                if self.objects >= self.crash_after:
-                    os._exit(137)
-                await self.store.delete([key])
-                self.objects += 1
-                self.bytes += (sizes or {}).get(key, 0)
-            return
+        await self.store.delete(keys)
         self.objects += len(keys)
         self.bytes += sum((sizes or {}).get(k, 0) for k in keys)
 
@@ -258,7 +242,7 @@ class Compactor:
             complete = await self._complete_logs({_log_of(o.key) for o in candidates})
             for o in candidates:
                 if _log_of(o.key) in complete:
-                    by_date.setdefault(o.key.split("/")[1].removeprefix("date="), []).append(o)
+                    by_date.setdefault(names.partition_date(o.key), []).append(o)
         purge_parts: dict[str, list[Part]] = {}
         for p in snap.shown:
             if p.logs & purge:

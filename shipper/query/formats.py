@@ -9,7 +9,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shipper.query.engine import Result
+    from shipper.query.result import Result
 
 CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8",
                  "ndjson": "application/x-ndjson"}

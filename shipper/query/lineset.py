@@ -32,7 +32,7 @@ class Part:
 
     @property
     def date(self) -> str:
-        return self.key.split("/")[1].removeprefix("date=")
+        return names.partition_date(self.key)
 
 
 def meta_value(inputs: Iterable[str], covers: Iterable[str], logs: Iterable[str]) -> str:

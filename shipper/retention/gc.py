@@ -69,6 +69,7 @@ class Victim:
     marker: dict[str, Any] | None  # its marker, once written
     objects: int = 0  # what the store holds of it (before this run)
     bytes: int = 0
+    copies: int = 0  # of the objects, query copies (lines/date=…/task=…/host=…/)
     hidden_ns: int = 0  # since when every reader leaves it out
 
     @property
@@ -106,10 +107,14 @@ class Collector:
         victims = await self._select(policy)
         report.selected = victims
         for v in victims:
-            state = "resumed" if v.marker else "deletes"
+            if dry_run:
+                state = "would resume" if v.marker else "would delete"
+            else:
+                state = "resumed" if v.marker else "deletes"
             status = (v.doc.status_before_deleting or v.doc.status) if v.doc else "?"
             when = f", ended {_age((self.clock() - last_change_ns(v.doc)) / 1e9)} ago" if v.doc else ""
-            self.say(f"{state} {v.id}: {status}{when}, {v.objects} objects, {v.bytes} bytes")
+            self.say(f"{state} {v.id}: {status}{when}, {v.objects} objects, {v.bytes} bytes "
+                     f"({v.copies} of them query copies)")
         if dry_run or not victims:
             return report
         for v in victims:
@@ -139,7 +144,7 @@ class Collector:
 
     async def _select(self, policy: Policy) -> list[Victim]:
         """Logs the policy selects, and logs an earlier run began to delete (they have a marker)."""
-        objects = await self.store.list("logs/")
+        objects = await self.store.list(names.LOGS_PREFIX)
         per_log: dict[tuple[str, str], list[ObjectInfo]] = {}
         for o in objects:
             parsed = names.parse_log_prefix(o.key)
@@ -181,9 +186,14 @@ class Collector:
                 out.append(Victim(t, h, doc, None))
         for m, mdoc in sorted(marker_docs.items()):
             out.append(Victim(m[0], m[1], docs.get(m), mdoc or {"marked_ns": 0, "dates": []}))
-        for v in out:
-            objs = per_log.get((v.task, v.host), [])
-            v.objects, v.bytes = len(objs), sum(o.size for o in objs)
+        async def copies(v: Victim) -> list[ObjectInfo]:  # its query copies: what _delete_data deletes too
+            dates = (v.marker or {}).get("dates", []) if v.marker is not None else _dates(v.doc)
+            async with sem:
+                return [o for d in dates for o in await self.store.list(names.lines_partition(d, v.task, v.host))]
+
+        for v, extra in zip(out, await asyncio.gather(*(copies(v) for v in out)), strict=True):
+            objs = per_log.get((v.task, v.host), []) + extra
+            v.objects, v.bytes, v.copies = len(objs), sum(o.size for o in objs), len(extra)
         return out
 
     async def _mark(self, v: Victim) -> None:
@@ -191,7 +201,7 @@ class Collector:
         is deleted yet."""
         if v.marker is None:
             assert v.doc is not None
-            dates = sorted({names.lines_date(s.first_ts) for s in v.doc.parts if s.first_ts})
+            dates = _dates(v.doc)
             v.marker = {"task": v.task, "host": v.host, "run_id": v.doc.run_id, "marked_ns": self.clock(),
                         "dates": dates}
             await self.store.put(names.deleting_key(v.task, v.host), json.dumps(v.marker).encode())
@@ -242,6 +252,11 @@ class Collector:
             await asyncio.sleep(max(0.05, delay))
 
 
+def _dates(doc: Manifest | None) -> list[str]:
+    """The date partitions of a log's query copies (lines/date=…/task=…/host=…/), from its manifest."""
+    return sorted({names.lines_date(s.first_ts) for s in doc.parts if s.first_ts}) if doc is not None else []
+
+
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -264,7 +279,7 @@ def lifecycle(prefix: str, older_than_s: float) -> dict[str, Any]:
         {"ID": f"logship-expire-{what.rstrip('/')}", "Status": "Enabled", "Filter": {"Prefix": prefix + what},
          "Expiration": {"Days": days}}
         # a finished log's manifest is its newest object (rewritten at the end), so it expires last
-        for what in ("logs/", "lines/", "compact/", "deleting/")
+        for what in (names.LOGS_PREFIX, names.LINES_PREFIX, names.COMPACT_PREFIX, names.DELETING_PREFIX)
     ]
     rules.append({"ID": "logship-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": prefix},
                   "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
@@ -328,7 +343,8 @@ async def _run(cfg: Config, policy: Policy, *, dry_run: bool, wait: bool) -> int
     selected = len(r.selected)
     if dry_run:
         print(f"would delete {selected} logs: {sum(v.objects for v in r.selected)} objects, "
-              f"{sum(v.bytes for v in r.selected)} bytes (--dry-run: nothing deleted)")
+              f"{sum(v.bytes for v in r.selected)} bytes with their query copies; compacted parts that hold "
+              "their lines would be rewritten without them (--dry-run: nothing deleted)")
         return 0
     print(f"deleted {r.deleted_logs} logs: {r.objects} objects ({r.bytes} bytes), "
           f"{r.bytes - r.bytes_rewritten} bytes freed"

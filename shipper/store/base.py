@@ -42,8 +42,9 @@ class Store(Protocol):
     url: str
     stats: StoreStats
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
-        """Write an object atomically: readers see the old object, or the whole new one."""
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+        """Write an object atomically: readers see the old object, or the whole new one. `checked`: send
+        a checksum of the body whatever its size (S3: Content-MD5), for objects found by listing alone."""
 
     async def put_file(self, key: str, path: Path) -> None:
         """Write a local file as an object (multipart for large files; aborted on failure)."""

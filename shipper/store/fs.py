@@ -85,8 +85,8 @@ class FileStore:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
-        path = self._path(key)
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+        path = self._path(key)  # `checked` is moot: the file is renamed into place only once whole
         self.stats.count("put_object", memoryview(data).nbytes)
 
         def write(fd: int) -> None:

@@ -1,7 +1,7 @@
 """The S3 store (`s3://bucket/prefix`, any S3-compatible server) on aiobotocore.
 
 Reads of object bodies go through presigned URLs and a plain aiohttp pool (s3read.py); everything
-else through botocore. Errors of both become ObjectNotFound / StoreUnavailable / StoreError here.
+else through botocore. Errors of both become ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
 """
 
 from __future__ import annotations
@@ -19,17 +19,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import aiohttp
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    BotoCoreError,
-    ClientError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from ..errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
+from ..errors import ConfigError, ObjectNotFound, StoreError
+from . import s3errors
 from .base import ObjectInfo, StoreStats
 from .fs import check_key
 from .s3read import PresignedReader
@@ -58,14 +51,6 @@ READ_BUFSIZE = 256 << 10  # per response; aiohttp pauses the socket at twice thi
 # room for 64 concurrent downloads before a new one waits for a connection.
 READ_POOL = 128
 
-_CREDENTIALS_HINT = (
-    "check store.access_key and store.secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-)
-_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
-_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidSecurity",
-               "TokenRefreshRequired", "AccessDenied", "AllAccessDisabled", "Forbidden", "403"}
-_RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
-                "Throttling", "ThrottlingException", "TooManyRequests", "OperationAborted"}
 
 
 def _client_config(read_timeout: float, attempts: int) -> AioConfig:
@@ -157,11 +142,11 @@ class S3Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
         full = self._key(key)
         view = memoryview(data).cast("B")
-        if len(view) <= SINGLE_PUT_MAX:
-            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes())
+        if len(view) <= SINGLE_PUT_MAX or checked:
+            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes(), checked)
             return
 
         async def read(offset: int, n: int) -> bytes:
@@ -195,13 +180,15 @@ class S3Store:
         finally:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
-    async def _put_object(self, full: str, data: bytes) -> None:
+    async def _put_object(self, full: str, data: bytes, checked: bool = False) -> None:
         s3 = await self._s3()
         # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
         # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
         # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
-        # their PUT returned, and hashing them would cost upload speed.
-        md5 = {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if len(data) <= MD5_MAX else {}
+        # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
+        # by listing, with no manifest before them: always.
+        md5 = ({"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+               if len(data) <= MD5_MAX or checked else {})
         with self._errors("put", full):
             await s3.put_object(Bucket=self.bucket, Key=full, Body=data, **md5)
 
@@ -327,7 +314,7 @@ class S3Store:
                 url = await s3.generate_presigned_url(
                     "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=PRESIGN_SECONDS)
                 return await self._reader.get(url, _range(start, end))
-        except _RangeNotSatisfiable:
+        except s3errors.RangeNotSatisfiable:
             return None
 
     async def head(self, key: str) -> ObjectInfo:
@@ -365,8 +352,8 @@ class S3Store:
             errors = [e for e in resp.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
             if errors:
                 e = errors[0]
-                raise _translate(ClientError({"Error": e, "ResponseMetadata": {}}, "DeleteObjects"),
-                                 "delete", self._where(e.get("Key", "")), self)
+                raise s3errors.translate(ClientError({"Error": e, "ResponseMetadata": {}}, "DeleteObjects"),
+                                         "delete", self._where(e.get("Key", "")), self.endpoint, self.bucket)
 
     async def abort_uploads(self, prefix: str) -> int:
         full = self.root + check_key(prefix, prefix=True)
@@ -387,50 +374,11 @@ class S3Store:
         try:
             yield
         except ClientError as exc:
-            if _code(exc) == "InvalidRange" or _status(exc) == 416:
-                raise _RangeNotSatisfiable() from exc
-            raise _translate(exc, op, self._where(full_key), self) from exc
+            if s3errors.error_code(exc) == "InvalidRange" or s3errors.http_status(exc) == 416:
+                raise s3errors.RangeNotSatisfiable() from exc
+            raise s3errors.translate(exc, op, self._where(full_key), self.endpoint, self.bucket) from exc
         except (BotoCoreError, aiohttp.ClientError, OSError) as exc:  # OSError: TimeoutError, ConnectionError
-            raise _translate(exc, op, self._where(full_key), self) from exc
-
-
-class _RangeNotSatisfiable(Exception):
-    """The range starts at or past the object's end; get() and open() answer it with no bytes."""
-
-
-def _translate(exc: BaseException, op: str, where: str, store: S3Store) -> StoreError:
-    endpoint = store.endpoint or "the AWS default endpoint"
-    if isinstance(exc, ClientError):
-        code, status = _code(exc), _status(exc)
-        message = exc.response.get("Error", {}).get("Message") or code
-        if code in _NOT_FOUND_CODES or code == "NoSuchUpload" or (status == 404 and code != "NoSuchBucket"):
-            return ObjectNotFound(f"{where} not found", "list the prefix to see which keys exist")
-        if code == "NoSuchBucket":
-            return StoreError(f"bucket {store.bucket!r} does not exist at {endpoint}",
-                              "create the bucket, or fix the bucket in store.url (and store.endpoint)")
-        if code in _AUTH_CODES or status == 403:
-            return StoreError(f"{op} {where}: {code}: {message}",
-                              f"{_CREDENTIALS_HINT}; they must allow access to {store.bucket!r}")
-        if code in ("AuthorizationHeaderMalformed", "PermanentRedirect"):
-            return StoreError(f"{op} {where}: {code}: {message}", "check store.region and store.endpoint")
-        if code in _RETRY_CODES or status >= 500 or status == 429:
-            return StoreUnavailable(f"{op} {where}: {code}: {message}",
-                                    f"the store at {endpoint} is overloaded or failing; logship retries")
-        return StoreError(f"{op} {where}: {code}: {message}", "see the S3 documentation for this error code")
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
-        return StoreError(f"{op} {where}: no usable S3 credentials ({exc})", _CREDENTIALS_HINT)
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, aiohttp.ClientError, OSError)):
-        return StoreUnavailable(f"{op} {where}: cannot reach the store at {endpoint}: {exc or type(exc).__name__}",
-                                "is the S3 endpoint up? check store.endpoint")
-    return StoreError(f"{op} {where}: {exc}", "check the store.* settings (logship config prints them)")
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            raise s3errors.translate(exc, op, self._where(full_key), self.endpoint, self.bucket) from exc
 
 
 def _parse_url(url: str) -> tuple[str, str]:

@@ -1,0 +1,157 @@
+"""Where a follower's events go: a WebSocket or an SSE response (api/tail.py has the route and the reading).
+
+Each writes events one way for its own follower (`send`, with aiohttp's backpressure) and one way for the
+fan-out (`write_live`: bytes encoded once for all, written now or not at all). At the API's shutdown a
+WebSocket closes with GOING_AWAY (1001) and an SSE stream ends as a failed transfer: not the log's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import fanout
+from .hub import Event
+
+log = logging.getLogger("logship.api.tail")
+
+PING_S = 15.0  # SSE comment / WebSocket ping interval, for proxies and dead-peer detection
+SHUTDOWN_REASON = b"server shutting down; reconnect with from=<offset after your last message>"
+
+
+class Sink:
+    """Where a follower's events go: a WebSocket or an SSE response."""
+
+    closing = False
+    shut = False  # the API is stopping
+
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def send(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    async def idle(self) -> None:
+        """Called after each wait: notice a gone client, keep proxies from timing out."""
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def write_live(self, batch: fanout.Batch) -> bool:
+        """The fan-out's write (api/fanout.py LiveSink): now, whole, or not at all."""
+        raise NotImplementedError
+
+
+def _writable(transport: asyncio.Transport | None) -> bool:
+    return (transport is not None and not transport.is_closing()
+            and transport.get_write_buffer_size() <= fanout.LIVE_BUFFER)
+
+
+class WebSocket(Sink):
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.request = request
+        self.finishing = False
+        self.transport: asyncio.Transport | None = None  # the socket's, once upgraded
+
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
+        await self.ws.prepare(self.request)
+        self.transport = self.request.transport
+        sender = asyncio.create_task(self._send_all(pump))
+        try:
+            async for msg in self.ws:  # reads pongs and the client's close; what clients send is ignored
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.closing = True
+            if not self.finishing:
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
+        return self.ws
+
+    async def _send_all(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> None:
+        try:
+            code = await pump()
+        except ConnectionError:
+            return  # the client is gone: the read loop sees it too
+        except Exception:
+            log.exception("tail %s failed", self.request.path)
+            code = WSCloseCode.INTERNAL_ERROR
+        if self.closing:
+            return  # the client went, or shutdown closes it with GOING_AWAY
+        self.finishing = True  # from here the close handshake runs: let it finish
+        await self.ws.close(code=code)
+
+    async def send(self, events: list[Event]) -> None:
+        for e in events:
+            await self.ws.send_str(e.text)
+
+    async def shutdown(self) -> None:
+        self.closing = True
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_REASON)
+
+    def write_live(self, batch: fanout.Batch) -> bool:
+        # Whole frames straight to the socket, as aiohttp's own writer does (synchronously), so they never
+        # interleave with its pings or its close frame; none after a close has begun.
+        transport = self.transport
+        if self.closing or self.finishing or self.ws.closed or not _writable(transport):
+            return False
+        assert transport is not None
+        transport.write(batch.ws)
+        return True
+
+
+class SSE(Sink):
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+        self.last_write = time.monotonic()
+        self.chunked = True  # known once the headers are out
+
+    async def run(self, pump: Callable[[], Awaitable[WSCloseCode]]) -> web.StreamResponse:
+        await self.resp.prepare(self.request)
+        self.chunked = self.resp.headers.get("Transfer-Encoding") == "chunked"  # not to an HTTP/1.0 client
+        try:
+            await self._write("retry: 1000\n\n")
+            await pump()
+            if self.shut and self.request.transport is not None:
+                # a failed transfer (no last chunk), not the stream's end: the client reconnects with
+                # Last-Event-ID (EventSource does by itself); only the end event ends it cleanly
+                self.request.transport.close()
+            else:
+                await self.resp.write_eof()
+        except ConnectionError:
+            self.closing = True
+        return self.resp
+
+    async def _write(self, text: str) -> None:
+        await self.resp.write(text.encode())
+        self.last_write = time.monotonic()
+
+    async def send(self, events: list[Event]) -> None:
+        await self._write(fanout.sse_text(events))
+
+    async def idle(self) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            self.closing = True
+        elif time.monotonic() - self.last_write >= PING_S:
+            await self._write(": ping\n\n")
+
+    async def shutdown(self) -> None:
+        self.closing = self.shut = True
+
+    def write_live(self, batch: fanout.Batch) -> bool:
+        transport = self.request.transport
+        if self.closing or not _writable(transport):
+            return False
+        assert transport is not None
+        transport.write(batch.sse_chunk if self.chunked else batch.sse)  # as aiohttp frames a chunk
+        return True

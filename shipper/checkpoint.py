@@ -1,0 +1,384 @@
+"""What the watcher uploads of one segment: checkpoints while it is open, the segment when it is sealed.
+
+Two ways to checkpoint (`watch.checkpoint_deltas`):
+- **deltas** (issue 14, docs/checkpoints.md): a checkpoint is one PUT of the bytes new since the last one
+  (shipper/format/delta.py); no manifest names them, a restarted watcher finds the chain's end by LIST. A
+  sealed segment that has deltas is stored as them plus a frame table (shipper/format/frames.py): no byte
+  goes up twice.
+- **prefix** (before issue 14; the default until every reader follows delta chains): the whole open
+  segment each time, named by the manifest; the one before is deleted once the manifest moved on.
+A segment sealed before its first checkpoint goes up whole either way (`.log.zst` + `.idx.zst`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zstandard
+
+from shipper.format import archive, delta, frames, index, names
+from shipper.format.manifest import Checkpoint, Segment
+
+from .logs import event
+from .retry import QuietLog
+from .spool import SpoolLog
+from .store import ObjectInfo, Store
+
+if TYPE_CHECKING:
+    from .watcher import LogState
+
+log = logging.getLogger("logship.watcher")
+
+ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compression the bottleneck
+READ_PIECE = 1 << 20
+DELTA_PIECE = 16 << 20  # a checkpoint with more new bytes than this goes up as several deltas (memory bound)
+# The seam for issue 15 (liveness in the store while a task is silent): that is a small object of its
+# own, PUT at most every N intervals by the watcher beside the deltas, never inside them — a silent
+# task has no new bytes, so no delta, and a delta must stay "exactly these bytes" to be checked alone.
+
+
+@dataclass
+class OpenChain:
+    """The chain of deltas of the open segment `seq`, as far as this watcher knows it."""
+
+    seq: int
+    start: int  # the segment's first offset
+    pos: int  # where the chain ends: the next delta starts here
+    records: int  # index records the chain covers (the next one is at records * RECORD_SIZE)
+    last_chunk: int  # chunk number of the last record covered (0: none)
+    frames: list[frames.Frame] = field(default_factory=list)  # deltas this process PUT (or re-encoded)
+
+
+@dataclass
+class Deltas:
+    """Per log: deltas the store holds (from the listing at start and from our PUTs), and the open chain."""
+
+    held: dict[int, dict[tuple[int, int], int]] = field(default_factory=dict)  # seq -> {(start, end): size}
+    chain: OpenChain | None = None
+
+
+class Uploads:
+    """Checkpoints and seals of one watcher; counters go into the watcher's `stats`."""
+
+    def __init__(self, store: Store, compression: str, stats: dict[str, int], *, deltas: bool, quiet: QuietLog
+                 ) -> None:
+        self.store = store
+        self.compression = compression
+        self.stats = stats
+        self.deltas = deltas
+        self._quiet = quiet
+        for k in ("deltas", "delta_bytes", "checkpoint_bytes", "segment_bytes", "frames_bytes", "manifest_bytes",
+                  "off_chain_deltas", "deltas_repaired"):
+            stats.setdefault(k, 0)
+
+    def _sent(self, kind: str, n: int) -> None:
+        """Every body byte the watcher sends but query copies (query_copy_bytes) is in `bytes_uploaded`."""
+        self.stats[kind] += n
+        self.stats["bytes_uploaded"] += n
+
+    async def put_manifest(self, key: str, data: bytes) -> None:
+        await self.store.put(key, data)
+        self._sent("manifest_bytes", len(data))
+
+    # --- what the store holds, at start ------------------------------------------------------
+
+    def learn(self, sl: SpoolLog, st: LogState, listing: list[ObjectInfo]) -> None:
+        """Deltas of segments the manifest does not name yet: a chain to continue, or a segment to seal."""
+        prefix = names.log_prefix(sl.task, sl.host)
+        for o in listing:
+            parsed = names.parse_delta_name(o.key[len(prefix):]) if o.key.startswith(prefix) else None
+            if parsed is None or parsed[0] in st.segments or parsed[3] != self.compression:
+                continue
+            seq, start, end, _ = parsed
+            st.deltas.held.setdefault(seq, {})[(start, end)] = o.size
+
+    def continues(self, st: LogState, seq: int) -> bool:
+        """Whether the open segment's index was checked up to the chain's end already (only new records
+        need checking); otherwise the watcher checks it whole first (Watcher._open_index_ok)."""
+        return self.deltas and st.deltas.chain is not None and st.deltas.chain.seq == seq
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    async def checkpoint(self, sl: SpoolLog, st: LogState) -> None:
+        """Upload what the open segment gained, so a dead host loses at most one interval."""
+        if self.deltas:
+            await self._checkpoint_delta(sl, st)
+        else:
+            await self._checkpoint_prefix(sl, st)
+
+    async def _checkpoint_delta(self, sl: SpoolLog, st: LogState) -> None:
+        assert sl.open is not None
+        seq = sl.open
+        idx_path = names.spool_index(sl.dir, seq, open_=True)
+        st.last_checkpoint = time.monotonic()
+        chain = st.deltas.chain
+        try:
+            if chain is None or chain.seq != seq:
+                chunks = await asyncio.to_thread(lambda: list(index.unpack(index.read_raw(idx_path))))
+                if not chunks:
+                    return
+                chain = st.deltas.chain = self._continue(st, seq, chunks)
+                new = chunks[chain.records:]
+            else:
+                new = await asyncio.to_thread(_read_records, idx_path, chain.records)
+        except FileNotFoundError:
+            return  # sealed meanwhile: the seal takes it from here
+        if not new:
+            return
+        problem = _follows(new, chain)
+        if problem is not None:
+            self._quiet.log(logging.ERROR, f"open {idx_path}", "%s: damaged index of the open segment (%s): no "
+                            "checkpoint of it; it is checked and repaired when sealed", idx_path, problem)
+            return
+        path = names.spool_segment(sl.dir, seq, open_=True)
+        sent = self.stats["delta_bytes"]
+        try:
+            await self._put_deltas(sl, st, seq, chain, new, path)
+        except FileNotFoundError:
+            return
+        self.stats["checkpoints"] += 1
+        event(log, "checkpoint", "{task}/{host}: checkpoint of open segment {seq} at {bytes} bytes ({stored_bytes} "
+              "stored)", level=logging.DEBUG, task=sl.task, host=sl.host, seq=seq, bytes=chain.pos - chain.start,
+              stored_bytes=self.stats["delta_bytes"] - sent)
+
+    def _continue(self, st: LogState, seq: int, chunks: list[index.Chunk]) -> OpenChain:
+        """Where the store's chain of segment `seq` ends, on chunk ends of our index (anything else the
+        store holds under those names is not ours to continue)."""
+        start = chunks[0].offset
+        ends = [c.end for c in chunks]
+        offsets = {c.offset for c in chunks} | {ends[-1]}
+        spans = [s for s in st.deltas.held.get(seq, {}) if s[0] in offsets and s[1] in offsets]
+        links = frames.chain(spans, start)
+        pos = links[-1][1] if links else start
+        records = bisect.bisect_right(ends, pos) if links else 0
+        return OpenChain(seq, start, pos, records, chunks[records - 1].seq if records else 0)
+
+    async def _put_deltas(self, sl: SpoolLog, st: LogState, seq: int, chain: OpenChain, new: list[index.Chunk],
+                          path: Path) -> None:
+        """PUT the chunks `new` (from the chain's end) as deltas of at most DELTA_PIECE bytes each."""
+        i = 0
+        while i < len(new):
+            j = i + 1
+            while j < len(new) and new[j].end - new[i].offset <= DELTA_PIECE:
+                j += 1
+            piece = new[i:j]
+            blob, frame = await asyncio.to_thread(self._encode, path, chain.start, piece)
+            key = names.delta_key(sl.task, sl.host, seq, frame.start, frame.end, self.compression)
+            await self.store.put(key, blob, checked=True)  # found by LIST: never a cut body (docs/checkpoints.md §8)
+            st.deltas.held.setdefault(seq, {})[(frame.start, frame.end)] = len(blob)
+            chain.frames.append(frame)
+            chain.pos, chain.records, chain.last_chunk = frame.end, chain.records + len(piece), piece[-1].seq
+            self.stats["deltas"] += 1
+            self._sent("delta_bytes", len(blob))
+            i = j
+
+    def _encode(self, path: Path, seg_start: int, piece: list[index.Chunk]) -> tuple[bytes, frames.Frame]:
+        start, end = piece[0].offset, piece[-1].end
+        with open(path, "rb") as f:
+            data = os.pread(f.fileno(), end - start, start - seg_start)
+        if len(data) < end - start:
+            raise FileNotFoundError(path)  # cannot happen with an intact spool; skip this round
+        raw_index = b"".join(index.pack(c.seq, c.ts_ns, c.offset, c.length, c.lines, c.stream, c.flags) for c in piece)
+        blob = delta.encode(start, raw_index, data, self.compression)
+        head = delta.parse_header(path.name, blob)
+        return blob, frames.Frame(start, end, len(blob), head.data_offset, sum(c.lines for c in piece),
+                                  hashlib.sha256(blob).hexdigest())
+
+    async def _checkpoint_prefix(self, sl: SpoolLog, st: LogState) -> None:
+        assert sl.open is not None
+        seq = sl.open
+        try:
+            raw_idx = await asyncio.to_thread(index.read_raw, names.spool_index(sl.dir, seq, open_=True))
+        except FileNotFoundError:
+            return  # sealed meanwhile: the next pass uploads it whole
+        st.last_checkpoint = time.monotonic()
+        chunks = list(index.unpack(raw_idx))
+        if not chunks:
+            return
+        raw_size = chunks[-1].end - chunks[0].offset
+        if st.checkpoint and (st.checkpoint.seq, st.checkpoint.raw_size) == (seq, raw_size):
+            return
+        log_path = names.spool_segment(sl.dir, seq, open_=True)
+        try:
+            sha, blob, stored = await asyncio.to_thread(self._prepare_prefix, log_path, raw_size)
+        except FileNotFoundError:
+            return
+        idx_blob = raw_idx
+        if self.compression == "zstd":
+            idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx)
+        key, idx_key = names.checkpoint_keys(sl.task, sl.host, seq, raw_size, self.compression)
+        await self.store.put(key, blob)
+        await self.store.put(idx_key, idx_blob)
+        self._sent("checkpoint_bytes", len(blob) + len(idx_blob))
+        if st.checkpoint:
+            st.stale_keys += prefix_keys(sl, st.checkpoint)
+        st.checkpoint = Checkpoint.build(seq, chunks, len(blob), len(idx_blob), sha, self.compression,
+                                         stored=stored, index_sha256=hashlib.sha256(idx_blob).hexdigest())
+        st.dirty = True
+        self.stats["checkpoints"] += 1
+        event(log, "checkpoint", "{task}/{host}: checkpoint of open segment {seq} at {bytes} bytes ({stored_bytes} "
+              "stored)", level=logging.DEBUG, task=sl.task, host=sl.host, seq=seq, bytes=raw_size,
+              stored_bytes=len(blob) + len(idx_blob))
+
+    def _prepare_prefix(self, log_path: Path, raw_size: int) -> tuple[str, bytes, dict[str, Any]]:
+        with open(log_path, "rb") as f:
+            raw = f.read(raw_size)
+        if len(raw) < raw_size:
+            raise FileNotFoundError(log_path)  # cannot happen with an intact spool; skip this round
+        blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw) if self.compression == "zstd" else raw
+        return hashlib.sha256(raw).hexdigest(), blob, archive.digest_fields(blob)
+
+    # --- the seal -----------------------------------------------------------------------------
+
+    async def seal(self, sl: SpoolLog, st: LogState, seq: int) -> None:
+        """Upload sealed segment `seq`: as the rest of its deltas plus a frame table when the store holds
+        deltas of it, else whole. Records its manifest entry in `st.segments` (committed later)."""
+        t0 = time.monotonic()
+        log_path, idx_path = names.spool_segment(sl.dir, seq), names.spool_index(sl.dir, seq)
+        if self.deltas and st.deltas.held.get(seq):
+            entry = await self._seal_frames(sl, st, seq, log_path, idx_path)
+            if entry is not None:
+                self._sealed(sl, st, seq, entry, t0)
+                return
+        prepared = await asyncio.to_thread(self._prepare, log_path, idx_path)
+        if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
+            return
+        chunks, sha, blob, idx_blob, stored = prepared
+        key = names.segment_key(sl.task, sl.host, seq, self.compression)
+        if blob is None:
+            await self.store.put_file(key, log_path)
+        else:
+            await self.store.put(key, blob)
+        await self.store.put(names.index_key(sl.task, sl.host, seq, self.compression), idx_blob)
+        entry = Segment.build(seq, chunks, len(blob) if blob is not None else stored.size, len(idx_blob), sha,
+                              self.compression, stored=stored.fields(),
+                              index_sha256=hashlib.sha256(idx_blob).hexdigest())
+        self._sent("segment_bytes", entry.stored_size + entry.index_size)
+        self._sealed(sl, st, seq, entry, t0)
+
+    def _sealed(self, sl: SpoolLog, st: LogState, seq: int, entry: Segment, t0: float) -> None:
+        st.segments[seq] = entry
+        st.dirty = True
+        self.stats["segments_uploaded"] += 1
+        self.stats["raw_bytes_uploaded"] += entry.raw_size
+        # stored_bytes: for a segment stored as its deltas, most went up with its checkpoints (`frames` of them)
+        event(log, "segment_shipped", "{task}/{host}: segment {seq} shipped, {bytes} bytes ({stored_bytes} "
+              "stored) in {seconds:.3f} s", task=sl.task, host=sl.host, seq=seq, bytes=entry.raw_size,
+              stored_bytes=entry.stored_size + entry.index_size, seconds=round(time.monotonic() - t0, 3),
+              frames=entry.frames or 0)
+        if st.deltas.chain is not None and st.deltas.chain.seq == seq:
+            st.deltas.chain = None
+
+    async def _seal_frames(self, sl: SpoolLog, st: LogState, seq: int, log_path: Path, idx_path: Path
+                           ) -> Segment | None:
+        """The segment as its chain of deltas: the deltas after the chain's end, then the frame table.
+        Deltas this process did not PUT (a restart) are encoded again from the spool — deterministic, so
+        the same bytes as the store's; one whose size differs is damaged and PUT again. None: no chain."""
+        chunks = await asyncio.to_thread(lambda: list(index.unpack(index.read_raw(idx_path))))
+        if not chunks:
+            return None
+        held = st.deltas.held.get(seq, {})
+        chain = st.deltas.chain if st.deltas.chain is not None and st.deltas.chain.seq == seq else None
+        known = {(f.start, f.end): f for f in (chain.frames if chain else [])}
+        start, ends = chunks[0].offset, [c.end for c in chunks]
+        offsets = {c.offset for c in chunks} | {ends[-1]}
+        links = frames.chain([s for s in held if s[0] in offsets and s[1] in offsets], start)
+        if not links:
+            return None
+        out: list[frames.Frame] = []
+        for span in links:
+            f = known.get(span)
+            if f is None:
+                a, b = bisect.bisect_right(ends, span[0]), bisect.bisect_right(ends, span[1])
+                blob, again = await asyncio.to_thread(self._encode, log_path, start, chunks[a:b])
+                f = again
+                if len(blob) != held[span]:  # not what we would write: damaged, or cut by a crash
+                    await self.store.put(names.delta_key(sl.task, sl.host, seq, *span, self.compression), blob,
+                                         checked=True)
+                    self.stats["deltas_repaired"] += 1
+                    self._sent("delta_bytes", len(blob))
+            out.append(f)
+        rest = chunks[bisect.bisect_right(ends, links[-1][1]):]
+        if rest:
+            tail = OpenChain(seq, start, links[-1][1], 0, 0)
+            await self._put_deltas(sl, st, seq, tail, rest, log_path)
+            out += tail.frames
+        self.stats["off_chain_deltas"] += len(held) - len(out)  # deleted later (docs/checkpoints.md §7; not yet)
+        table = frames.dumps(seq, out)
+        await self.store.put(names.frames_key(sl.task, sl.host, seq), table, checked=True)
+        self._sent("frames_bytes", len(table))
+        sha = await asyncio.to_thread(_sha256_file, log_path, ends[-1] - start)
+        return Segment.build(seq, chunks, sum(f.stored_size for f in out),
+                             sum(f.data_offset - delta.HEADER_MIN for f in out), sha, self.compression,
+                             frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest())
+
+    def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
+                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
+        """Read a segment once: its chunks, sha256, (when compressing) its zstd bytes, and the digests of
+        the object the store will hold (what readers check it against)."""
+        raw_idx = index.read_raw(idx_path)
+        chunks = list(index.unpack(raw_idx))
+        if not chunks:
+            return None
+        size = chunks[-1].end - chunks[0].offset if size is None else size
+        sha = hashlib.sha256()
+        stored = archive.StoredDigest(archive.block_for(size))  # size: the raw bytes, near enough for zstd
+        blob = None
+        with open(log_path, "rb") as f:
+            if self.compression == "zstd":
+                cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
+                out = []
+                left = size
+                while left > 0 and (piece := f.read(min(READ_PIECE, left))):
+                    sha.update(piece)
+                    out.append(cobj.compress(piece))
+                    left -= len(piece)
+                out.append(cobj.flush())
+                blob = b"".join(out)
+                stored.update(blob)
+            else:  # the file is the object (put_file): sealed, so it does not change before the upload
+                for piece in iter(lambda: f.read(READ_PIECE), b""):
+                    sha.update(piece)
+                    stored.update(piece)
+        idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
+        return chunks, sha.hexdigest(), blob, idx_blob, stored
+
+
+def prefix_keys(sl: SpoolLog, ckpt: Checkpoint) -> list[str]:
+    """The objects of a prefix checkpoint named by a manifest entry."""
+    return list(ckpt.keys(sl.task, sl.host))
+
+
+def _read_records(path: Path, skip: int) -> list[index.Chunk]:
+    """The whole index records of `path` after the first `skip` (a torn last one is left out)."""
+    with open(path, "rb") as f:
+        f.seek(skip * index.RECORD_SIZE)
+        return list(index.unpack(f.read()))
+
+
+def _follows(new: list[index.Chunk], chain: OpenChain) -> str | None:
+    """Why the records after the chain's end are not ones to checkpoint (contiguous from its end, chunk
+    numbers rising, known streams), or None."""
+    pos, last = chain.pos, chain.last_chunk
+    for i, c in enumerate(new):
+        if c.offset != pos or c.seq <= last or c.stream not in index.STREAM_NAMES or c.length == 0:
+            return f"record {chain.records + i + 1} is not contiguous with what comes before it"
+        pos, last = c.end, c.seq
+    return None
+
+
+def _sha256_file(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while size > 0 and (piece := f.read(min(READ_PIECE, size))):
+            h.update(piece)
+            size -= len(piece)
+    return h.hexdigest()

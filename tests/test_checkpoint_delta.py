@@ -1,0 +1,121 @@
+"""The delta object alone (shipper/format/delta.py): what a watcher writes reads back; anything else is a
+DeltaDamaged naming the key, never another exception and never bytes."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from shipper.errors import DamagedObject
+from shipper.format import delta, index, names
+
+
+def sample(start: int = 1000, n: int = 50, seed: int = 1) -> tuple[bytes, bytes]:
+    """(index records, bytes) of `n` chunks of log lines from `start`."""
+    rnd = random.Random(seed)
+    data, recs, pos = b"", b"", start
+    for i in range(n):
+        line = b"line %d %s\n" % (i, bytes(rnd.choices(range(97, 123), k=rnd.randint(1, 80))))
+        recs += index.pack(10 + i, 1_700_000_000_000_000_000 + i, pos, len(line), 1, 1 + i % 2, 0)
+        data += line
+        pos += len(line)
+    return recs, data
+
+
+def key(start: int, end: int, compression: str = "zstd", seq: int = 3) -> str:
+    return names.delta_key("t", "h", seq, start, end, compression)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_round_trip(compression: str) -> None:
+    recs, data = sample()
+    blob = delta.encode(1000, recs, data, compression)
+    d = delta.parse(key(1000, 1000 + len(data), compression), blob)
+    assert (d.start, d.end, d.data, d.compression) == (1000, 1000 + len(data), data, compression)
+    assert d.chunks == list(index.unpack(recs)) and d.stored_size == len(blob)
+    assert blob[d.data_offset:] == (data if compression == "none" else blob[d.data_offset:])
+    assert delta.encode(1000, recs, data, compression) == blob  # deterministic: one key, one content
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="no zstd command")
+def test_zstdcat_prints_the_log_bytes_of_concatenated_deltas() -> None:
+    recs, data = sample(0, 20)
+    recs2, data2 = sample(len(data), 30, seed=2)
+    blob = delta.encode(0, recs, data, "zstd") + delta.encode(len(data), recs2, data2, "zstd")
+    out = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True, check=True).stdout
+    assert out == data + data2
+
+
+def test_names_round_trip_and_sort() -> None:
+    k = key(5, 17)
+    assert k == "logs/t/h/00000003.d000000000000005-000000000000017.zst"
+    assert names.parse_delta_name(k.rsplit("/", 1)[1]) == (3, 5, 17, "zstd")
+    assert names.parse_delta_name("00000003.d000000000000017-000000000000005.zst") is None  # empty range
+    assert names.parse_delta_name("00000003.d5-17.zst") is None
+    assert names.parse_delta_name("00000003.log.zst") is None
+    assert sorted([names.segment_key("t", "h", 3, "zstd"), names.index_key("t", "h", 3, "zstd"),
+                   names.frames_key("t", "h", 3), k])[0] == k  # deltas list before the rest of their segment
+    assert k.startswith(names.delta_prefix("t", "h", 3))
+    with pytest.raises(ValueError):
+        names.delta_key("t", "h", 3, 7, 7, "zstd")
+
+
+def damaged(k: str, blob: bytes | memoryview) -> str:
+    with pytest.raises(delta.DeltaDamaged) as info:
+        delta.parse(k, blob)
+    assert isinstance(info.value, DamagedObject) and info.value.key == k
+    return str(info.value)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_truncated_anywhere_is_damaged(compression: str) -> None:
+    recs, data = sample()
+    blob = delta.encode(1000, recs, data, compression)
+    k = key(1000, 1000 + len(data), compression)
+    for cut in sorted({0, 1, 8, 35, 36, 37, len(blob) // 2, len(blob) - 1, *range(0, len(blob), 97)}):
+        damaged(k, blob[:cut])
+
+
+def test_renamed_is_damaged() -> None:
+    recs, data = sample()
+    blob = delta.encode(1000, recs, data, "zstd")
+    end = 1000 + len(data)
+    assert "its name" in damaged(key(1000, end + 1), blob)
+    assert "its name" in damaged(key(999, end), blob)
+    damaged(key(1000, end, "none"), blob)  # a zstd delta under a .raw name
+    damaged("logs/t/h/00000003.log.zst", blob)
+
+
+def test_garbage_and_flipped_bytes_are_damaged() -> None:
+    recs, data = sample()
+    blob = bytearray(delta.encode(1000, recs, data, "zstd"))
+    k = key(1000, 1000 + len(data))
+    rnd = random.Random(5)
+    for _ in range(30):
+        damaged(k, bytes(rnd.randbytes(rnd.randint(0, 3000))))
+    for pos in [0, 4, 8, 12, 20, 28, 32, 40, len(blob) // 2, len(blob) - 2]:  # header, index, data, checksum
+        bad = bytearray(blob)
+        bad[pos] ^= 0x41
+        damaged(k, bytes(bad))
+    damaged(k, bytes(blob) + b"\0")  # bytes after the frame
+
+
+def test_header_bounds_and_index_cover() -> None:
+    recs, data = sample(0, 10)
+    end = len(data)
+    # an index that skips a byte, or covers less than the name says
+    holey = recs[:index.RECORD_SIZE] + index.pack(99, 0, 1 + list(index.unpack(recs))[0].end, 5, 0, 1, 0)
+    assert "does not follow" in damaged(key(0, end), delta.encode(0, holey + recs[2 * index.RECORD_SIZE:], data,
+                                                                  "zstd"))
+    short = recs[:-index.RECORD_SIZE]
+    assert "covers" in damaged(key(0, end), delta.encode(0, short, data, "zstd"))
+    # a header claiming a huge index or range is refused before anything is decompressed
+    frame = struct.pack("<II", delta.SKIPPABLE_MAGIC, 28 + (1 << 30))
+    head = struct.pack("<4sQQII", b"LSD1", 0, end, 10, 1 << 30)
+    assert "header length" in damaged(key(0, end), frame + head)
+    head = struct.pack("<4sQQII", b"LSD1", 0, 1 << 40, 10, 0)
+    damaged(names.delta_key("t", "h", 3, 0, 1 << 40, "zstd"), struct.pack("<II", delta.SKIPPABLE_MAGIC, 28) + head)
