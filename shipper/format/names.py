@@ -174,6 +174,7 @@ def parse_log_prefix(key: str) -> tuple[str, str] | None:
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
 SHIPPED_FILE = "shipped.json"
+LIVENESS_FILE = "liveness.json"  # <spool>/<task>/<host>/liveness.json: the agent's view of its task's processes
 DROPPED_FILE = "dropped.json"  # <spool>/<task>/<host>/dropped.json: ranges the store will never have (shipper/quota.py)
 WATCHER_STATE_FILE = ".watcher.json"  # <spool>/.watcher.json: the watcher's health and counters
 OPEN_SUFFIX = ".open"
