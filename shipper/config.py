@@ -71,6 +71,14 @@ def _duration(lo: float, hi: float) -> Callable[[Any], float]:
     return check
 
 
+def _off_or(check: Callable[[Any], float]) -> Callable[[Any], float]:
+    def off_or(v: Any) -> float:
+        return 0.0 if parse_duration(v) == 0 else check(v)
+
+    off_or.__doc__ = f"0 (off) or {check.__doc__}"
+    return off_or
+
+
 def _count(lo: int, hi: int) -> Callable[[Any], int]:
     def check(v: Any) -> int:
         if isinstance(v, bool) or not re.fullmatch(r"\d+", str(v).strip()) or not lo <= int(v) <= hi:
@@ -286,6 +294,14 @@ class CompactConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    sample_seconds: float = 5.0  # how often `logship run` samples its task's processes into liveness.json
+    silence_timeout: float = 0.0  # 0: off; else --silence-timeout's default (shipper/liveness.py)
+    on_silence: str = "warn"
+    silence_grace: float = 10.0  # from TERM to KILL when on_silence is kill
+
+
+@dataclass(frozen=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -294,6 +310,7 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     source: str = "defaults"  # where it came from, for `logship config`
 
     @property
@@ -328,6 +345,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
                   "every": _duration(1, 7 * 86400)},
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
+    "agent": {"sample_seconds": _duration(0.1, 3600), "silence_timeout": _off_or(_duration(1, 30 * 86400)),
+              "on_silence": _choice("warn", "kill"), "silence_grace": _duration(0, 3600)},
 }
 # Keys whose values are never printed: not by `logship config`, not in an error about them.
 SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), ("store", "access_key"),
@@ -336,7 +355,7 @@ SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), (
 OTHER_ENV = ("LOGSHIP_CONFIG", "LOGSHIP_TOKEN", "LOGSHIP_IBEX_TASK", "LOGSHIP_VENV", "LOGSHIP_UPDATE_SCREENSHOT",
              "LOGSHIP_TEST_CRASH_AFTER_DELETES", "LOGSHIP_RUN_ID")
 SECTIONS = {"spool": SpoolConfig, "store": StoreConfig, "watch": WatchConfig, "api": ApiConfig,
-            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig}
+            "query": QueryConfig, "retention": RetentionConfig, "compact": CompactConfig, "agent": AgentConfig}
 
 
 def _check(section: str, key: str, value: Any, origin: str) -> Any:
