@@ -33,6 +33,10 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _silence_flags(args: Any) -> tuple[str | None, str | None, str | None]:
+    return args.silence_timeout, args.on_silence, args.silence_grace
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command; SUPPRESS keeps a subcommand's parser
     # from resetting a value given before it.
@@ -52,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a Nightingale ibex script: the task id comes from its path (docs/ibex.md)")
     r.add_argument("--host", help="default: this machine's hostname")
     r.add_argument("--label", action="append", default=[], metavar="K=V")
+    r.add_argument("--silence-timeout", metavar="DURATION", help="no output for this long (e.g. 10m; 0: off) is a "
+                   "silence event (default: agent.silence_timeout)")
+    r.add_argument("--on-silence", metavar="warn|kill", help="warn: record it and say so on stderr; kill: TERM, "
+                   "then KILL after --silence-grace, exit 124 (default: agent.on_silence)")
+    r.add_argument("--silence-grace", metavar="DURATION", help="from TERM to KILL (default: agent.silence_grace)")
     r.add_argument("command", nargs=argparse.REMAINDER)
 
     w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
@@ -154,7 +163,7 @@ def _dispatch(args: Any) -> int:
         from shipper.commands import ibex
 
         return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
-                        _labels(args.label))
+                        _labels(args.label), silence=_silence_flags(args))
     cfg = load_config(args.config)
     if args.cmd == "config":
         import yaml
@@ -168,8 +177,10 @@ def _dispatch(args: Any) -> int:
         if not command:
             raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
         from shipper import agent
+        from shipper.liveness import policy_for
 
-        return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+        silence = policy_for(cfg.agent, *_silence_flags(args))
+        return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
     if args.cmd in ("watch", "serve") and args.check:
         from shipper.commands import check
 
