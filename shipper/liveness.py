@@ -1,5 +1,6 @@
 """Liveness of a running task: its process tree sampled from /proc, the time since its last output, and the
---silence-timeout policy (warn, or TERM then KILL). Linux /proc only, no dependency; the agent makes the calls.
+--silence-timeout policy (warn, or TERM then KILL). Linux /proc only, no dependency; the agent's liveness
+thread (shipper/monitor.py) makes the calls, and shipper/format/liveness.py is what it writes.
 """
 
 from __future__ import annotations
@@ -261,16 +262,12 @@ class Silence:
     def silent_seconds(self, now: float) -> float:
         return max(0.0, now - self.last_output)
 
-    def last_output_ns(self, now: float, now_ns: int) -> int:
-        """`last_output` as wall-clock ns, given the same instant on both clocks."""
-        return now_ns - int(self.silent_seconds(now) * 1e9)
-
     def next_due(self) -> float | None:
         """When `due` turns true if no output comes first (monotonic), or None: no policy, or fired already."""
-        p = self.policy
-        if p is None or self._fired_for == self.last_output:
+        p, last = self.policy, self.last_output
+        if p is None or self._fired_for == last:
             return None
-        return self.last_output + p.timeout
+        return last + p.timeout
 
     def due(self, now: float) -> bool:
         """True once per silent stretch, when it reaches the policy's timeout; any output re-arms it."""
@@ -279,14 +276,6 @@ class Silence:
             return False
         self._fired_for = last
         return True
-
-
-def document(sample: Sample | None, silence: Silence, now: float, now_ns: int) -> dict[str, Any]:
-    """The `liveness` object of the issue as of now (what the agent writes to the spool): the sample's
-    fields are null where there is no /proc. A reader recomputes silent_seconds from last_output_ns."""
-    tree = sample.to_json() if sample else {"sampled_ns": None, "cpu_seconds": None, "processes": []}
-    return {"last_output_ns": silence.last_output_ns(now, now_ns),
-            "silent_seconds": round(silence.silent_seconds(now), 3), **tree}
 
 
 def signal_tree(sig: int, pgid: int | None, pids: list[int]) -> int:
