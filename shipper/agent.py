@@ -20,13 +20,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from shipper.format import index, names
 
 from .config import Config
 from .errors import LogExists, SpoolError
-from .liveness import END_REASON, EXIT_SILENCE, MARK_ENV, SilencePolicy
-from .monitor import Monitor, say_on_stderr
 from .spool import (
     NOFOLLOW,
     SegmentWriter,
@@ -55,6 +54,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # Exit codes of the agent's own failures, as env(1) and timeout(1) use them.
 EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+if TYPE_CHECKING:  # imported once the task runs (Agent.run): the task does not wait for them to load
+    from .liveness import SilencePolicy
+    from .monitor import Monitor
 
 
 def default_host() -> str:
@@ -97,8 +100,8 @@ class Agent:
         self._proc: subprocess.Popen[bytes] | None = None
         self.silence = silence
         self.monitor: Monitor | None = None
-        # In run.json, and in the task's environment (MARK_ENV): a daemon that left the task's group and
-        # session is still found as the task's by it (shipper/liveness.py).
+        # In run.json, and in the task's environment (names.RUN_ID_ENV): a daemon that left the task's group
+        # and session is still found as the task's by it (shipper/liveness.py).
         self.run_id = os.urandom(16).hex()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -153,7 +156,7 @@ class Agent:
         try:
             proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     process_group=0 if self.own_group else None, bufsize=0,
-                                    env={**os.environ, MARK_ENV: self.run_id})
+                                    env={**os.environ, names.RUN_ID_ENV: self.run_id})
         except FileNotFoundError:
             code, why = EXIT_NOT_FOUND, f"command not found: {self.command[0]}"
         except PermissionError:
@@ -164,6 +167,8 @@ class Agent:
             self._proc = proc
             self._write_run(started, proc.pid)
             self._forward_signals()
+            from .monitor import Monitor, say_on_stderr  # ~6 ms of imports, now beside the task's own start
+
             self.monitor = Monitor(proc.pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds,
                                    policy=self.silence, label=f"{self.task}/{self.host}",
                                    write=self._write_liveness, say=say_on_stderr)
@@ -174,7 +179,9 @@ class Agent:
             rc = proc.wait()
             self.monitor.stop()  # before exit.json: a reader that sees the end finds the last liveness
             if self.monitor.killed:  # as timeout(1): 124, whatever the signal made of the task's status
-                self._finish(rc, end_reason=END_REASON)
+                from .liveness import END_REASON, EXIT_SILENCE
+
+                self._finish(rc, end_reason=END_REASON, exit_code=EXIT_SILENCE)
                 return EXIT_SILENCE
             self._finish(rc)
             return 128 - rc if rc < 0 else rc
@@ -212,7 +219,8 @@ class Agent:
         if self.dir_fd >= 0:
             write_atomic(self.log_dir / names.LIVENESS_FILE, data, durable=False, dir_fd=self.dir_fd)
 
-    def _finish(self, rc: int, error: str | None = None, end_reason: str | None = None) -> None:
+    def _finish(self, rc: int, error: str | None = None, end_reason: str | None = None,
+                exit_code: int | None = None) -> None:
         if self.dir_fd < 0:
             return
         self._guard(self.writer.close, 0)
@@ -222,7 +230,7 @@ class Agent:
         if error:
             doc["error"] = error[:1024]
         if end_reason:  # the silence policy ended it: the exit code is timeout(1)'s, `signal` what it took
-            doc["end_reason"], doc["exit_code"] = end_reason, EXIT_SILENCE
+            doc["end_reason"], doc["exit_code"] = end_reason, exit_code
         try:
             self._write_exit(doc)
         except OSError as exc:

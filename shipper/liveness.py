@@ -13,6 +13,7 @@ import time
 from dataclasses import astuple, dataclass, fields
 from typing import Any, NamedTuple
 
+from shipper.format import names
 from shipper.format.liveness import COMMAND_CHARS, Process
 
 from .config import AgentConfig, parse_duration
@@ -21,7 +22,7 @@ from .errors import ConfigError
 SAMPLE_INTERVAL_S = 5.0  # a sample reads ~20 us per process on the machine, ~40 us per tree member (bench)
 # Set in the task's environment: the one trace a setsid'd, double-forked daemon keeps of its task (no
 # parent, group or session links it any more). Checked once per new process, so it costs little.
-MARK_ENV = "LOGSHIP_RUN_ID"
+MARK_ENV = names.RUN_ID_ENV
 SILENCE_ACTIONS = ("warn", "kill")
 DEFAULT_ACTION = "warn"  # a flag that kills a long job must be asked for
 KILL_GRACE_S = 10.0  # between TERM and KILL, as `docker stop` gives

@@ -18,7 +18,7 @@ from .liveness import Killer, Sample, Sampler, Silence, SilencePolicy
 STOP_POLL_S = 0.1  # after the task ended, how often a pending kill looks whether the tree is gone
 SAY_CHARS = 1000  # a warning line is cut here: its bytes stay under PIPE_BUF (4096)
 WARN_PROCESSES = 5  # processes named in the one-line warning on stderr (liveness.json has them all)
-STEP_NS = 10_000_000  # a change of the wall clock against the monotonic one larger than this is a step
+STEP_NS = 1_000_000_000  # a change of the wall clock against the monotonic one larger than this is a step
 
 
 class Monitor:
@@ -62,7 +62,7 @@ class Monitor:
                     self.killer.poll(time.monotonic())
                     break
                 time.sleep(STOP_POLL_S)
-        self._store(time.monotonic(), time.time_ns())
+        self._store(time.time_ns())
 
     # --- the thread ----------------------------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ class Monitor:
                 now_ns = time.time_ns()
                 if fire:
                     self._fire(now, now_ns)
-                self._store(now, now_ns)
+                self._store(now_ns)
                 next_sample = now + self.interval
 
     def _fire(self, now: float, now_ns: int) -> None:
@@ -111,11 +111,11 @@ class Monitor:
         self._say(f"logship: {self.label} has written nothing for {silent:.0f}s (silence timeout "
                   f"{self.policy.timeout:g}s): {what}; processes: {shown or 'none seen'}{more}")
 
-    def _store(self, now: float, now_ns: int) -> None:
+    def _store(self, now_ns: int) -> None:
         s = self.last
         # The monotonic clock's offset to the wall clock, kept while it holds within STEP_NS: the same
         # last output is then the same last_output_ns in every write, and a clock step still shows.
-        offset = now_ns - int(now * 1e9)
+        offset = time.time_ns() - time.monotonic_ns()
         if abs(offset - self._offset) > STEP_NS:
             self._offset = offset
         doc = fmt.Liveness(

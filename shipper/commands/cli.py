@@ -177,9 +177,12 @@ def _dispatch(args: Any) -> int:
         if not command:
             raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
         from shipper import agent
-        from shipper.liveness import policy_for
 
-        silence = policy_for(cfg.agent, *_silence_flags(args))
+        silence = None
+        if any(_silence_flags(args)) or cfg.agent.silence_timeout:  # else the task does not wait for the import
+            from shipper.liveness import policy_for
+
+            silence = policy_for(cfg.agent, *_silence_flags(args))
         return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
     if args.cmd in ("watch", "serve") and args.check:
         from shipper.commands import check
