@@ -307,6 +307,7 @@ class Killer:
         self.tree = sampler.sample()  # the tree as it was at the moment of the kill, for the record
         self.killed = False
         self._send(signal.SIGTERM, self.tree)
+        self._send(signal.SIGCONT, self.tree)  # a stopped process acts on TERM only once continued (as timeout(1))
 
     def poll(self, now: float) -> bool:
         """Sends KILL once the grace is over; True on that call."""

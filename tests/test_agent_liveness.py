@@ -146,6 +146,17 @@ def test_silence_timeout_kill_exits_124_and_records_the_tree(tmp_path: Path, sta
     assert spooled(spool, "hung") == b"start\n"  # nothing of it in the log's bytes
 
 
+def test_a_stopped_task_shows_state_t_and_the_kill_continues_it(tmp_path: Path, start: Start) -> None:
+    spool = tmp_path / "spool"
+    agent = start("stopped", ["sh", "-c", "echo a; kill -STOP $$; echo never"],
+                  "--silence-timeout", "2s", "--on-silence", "kill", "--silence-grace", "30s")
+    doc = wait_for(lambda: (d := live(spool, "stopped")) and d.processes and d.processes[0].state == "T" and d)
+    assert doc.processes[0].command.startswith("sh -c echo a")
+    out, _ = agent.communicate(timeout=25)  # TERM then CONT, as timeout(1): no wait for the KILL 30 s later
+    assert agent.returncode == 124 and out == b"a\n"
+    assert exit_doc(spool, "stopped")["signal"] == signal.SIGTERM
+
+
 def test_output_resets_the_clock_and_warn_never_touches_the_log(tmp_path: Path, start: Start) -> None:
     spool = tmp_path / "spool"
     # output every 0.3 s never reaches the 1.5 s timeout; two quiet stretches of 2 s each do, once each
