@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
-                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... -- CMD [ARGS...]")
+                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... [--silence-timeout "
+                       "DURATION [--on-silence warn|kill] [--silence-grace DURATION]] -- CMD [ARGS...]")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--task")
     which.add_argument("--ibex", action="store_true",
