@@ -225,6 +225,8 @@ def parse_log_prefix(key: str) -> tuple[str, str] | None:
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
 SHIPPED_FILE = "shipped.json"
+RUN_ID_ENV = "LOGSHIP_RUN_ID"  # in a task's environment: its run.json's run_id (shipper/liveness.py finds it by it)
+LIVENESS_FILE = "liveness.json"  # <spool>/<task>/<host>/liveness.json: the agent's view of its task's processes
 DROPPED_FILE = "dropped.json"  # <spool>/<task>/<host>/dropped.json: ranges the store will never have (shipper/quota.py)
 WATCHER_STATE_FILE = ".watcher.json"  # <spool>/.watcher.json: the watcher's health and counters
 OPEN_SUFFIX = ".open"
