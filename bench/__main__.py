@@ -15,7 +15,7 @@ from typing import Any
 
 from ._util import DEFAULT_WORKDIR, ROOT, SETTLE, GiB, MiB, Series, say, text_file, tool
 
-SECTIONS = ("pipe", "task", "upload", "api", "query")
+SECTIONS = ("pipe", "task", "upload", "api", "query", "catalog")
 COLUMNS = ("what", "baseline", "ours", "ratio", "must", "aim", "result")
 ALIASES = {"agent": ("pipe", "task")}  # "agent" = everything the agent is measured on (pipe + RSS, task)
 
@@ -154,6 +154,12 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         q_rows, q_notes = query.rows_for(results["query"])
         rows += q_rows
         notes += q_notes[:-1]  # its last note is the noise, given below with every part's
+    if "catalog" in results:
+        from . import catalog
+
+        c_rows, c_notes = catalog.rows_for(results["catalog"])
+        rows += c_rows
+        notes += c_notes
     return rows, notes
 
 
@@ -248,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         qtext = text_file(workdir, query.QUICK_BYTES if args.quick else query.TEXT_BYTES)
         say(f"query: search over {qtext.stat().st_size // MiB} MiB of archived log-like text (file store)")
         results["query"] = query.run(workdir, qtext, runs)
+
+    if "catalog" in parts:
+        from . import catalog
+
+        say("catalog: 100,000 logs straight into a local SeaweedFS, rebuild, then each listing")
+        results["catalog"] = catalog.run(workdir, runs=max(runs, 5) * 4)
 
     rows, notes = rows_for(results)
     for part, r in results.items():

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the next run deletes it")
 
     sub.add_parser("config", parents=[common], help="print the effective config")
+    from shipper.commands import catalog
+
+    catalog.add_parsers(sub, common)  # ls, catalog rebuild|check|compact
 
     s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
     s.add_argument("action", choices=["start", "stop", "env"])
@@ -200,6 +203,10 @@ def _dispatch(args: Any) -> int:
         from shipper.query import compact
 
         return compact.main(cfg, args)
+    if args.cmd in ("ls", "catalog"):
+        from shipper.commands import catalog
+
+        return catalog.main(cfg, args)
     if args.cmd in ("tail", "download"):
         from shipper.commands import client
 
