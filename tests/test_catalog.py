@@ -361,3 +361,59 @@ async def test_requests_of_a_page_do_not_grow_with_the_archive(store_cfg: Any) -
             await store.close()
     assert costs[0] == costs[1], costs
     assert max(costs[0][0]) <= 3, costs  # a first page from a cold process: LIST head/, GET summary, GET part
+
+
+# --- plain DuckDB ----------------------------------------------------------------------------------
+
+# What docs/format.md gives outside engines: the newest summary names the parts in force; records not yet
+# compacted are JSON objects; of each run the highest (phase, version_ns) row counts; phase 3-4 are hidden.
+DUCKDB_RECIPE = """
+SET VARIABLE summary = (SELECT min(file) FROM glob(getvariable('root') || 'catalog/v1/head/s-*.parquet'));
+SET VARIABLE parts = (SELECT list(getvariable('root') || path) FROM read_parquet(getvariable('summary')));
+CREATE VIEW catalog_rows AS
+  SELECT task, host, run_id, status, phase, version_ns, exit_code, started_ns, ended_ns, size, lines, labels,
+         command FROM read_parquet(getvariable('parts'), hive_partitioning = true) {records};
+CREATE VIEW logs AS SELECT * EXCLUDE (rn) FROM (
+  SELECT *, row_number() OVER (PARTITION BY task, host, run_id ORDER BY phase DESC, version_ns DESC) AS rn
+  FROM catalog_rows) WHERE rn = 1 AND phase < 3;
+"""
+RECORDS = """UNION ALL BY NAME SELECT * REPLACE (CAST(labels AS MAP(VARCHAR, VARCHAR)) AS labels) FROM read_json(
+  getvariable('root') || 'catalog/v1/head/r-*', columns = {task: 'VARCHAR', host: 'VARCHAR', run_id: 'VARCHAR',
+  status: 'VARCHAR', phase: 'TINYINT', version_ns: 'BIGINT', exit_code: 'BIGINT', started_ns: 'BIGINT',
+  ended_ns: 'BIGINT', size: 'BIGINT', lines: 'BIGINT', labels: 'MAP(VARCHAR, VARCHAR)', command: 'VARCHAR[]'})"""
+
+
+async def test_plain_duckdb_reads_what_the_listing_shows(file_store_cfg: StoreConfig) -> None:
+    import duckdb
+
+    store = open_store(file_store_cfg)
+    try:
+        a = Archive(store)
+        for i in range(40):
+            await a.start(TASKS[i % 6] + f"-{i}", HOSTS[i % 4], BASE + i * 2 * HOUR, LABELS[i % 5],
+                          "running" if i % 5 == 0 else "finished", note=i % 2 == 0)
+        await catalog.rebuild(store, grace_s=0)
+        await a.end(next(k for k, d in a.docs.items() if d["status"] == "running"))
+        await a.delete(next(k for k, d in a.docs.items() if d["status"] == "finished"))
+        await a.start("late", "h", BASE + HOUR, {"team": "db"})  # records not compacted yet
+        root = file_store_cfg.url.removeprefix("file://").rstrip("/") + "/"
+        for compacted in (False, True):
+            if compacted:
+                for _ in range(2):
+                    await catalog.Compactor(store, Settings(grace_s=0)).run()
+            con = duckdb.connect()
+            con.execute("SET VARIABLE root = ?", [root])
+            has_records = bool((await catalog.Reader(store).head()).pairs)
+            for stmt in DUCKDB_RECIPE.format(records=RECORDS if has_records else "").split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            got = con.execute("SELECT task, host, run_id, status, exit_code, started_ns, ended_ns, size, lines, "
+                              "list_sort(list_transform(map_entries(labels), e -> e.key || '=' || e.value)), command "
+                              "FROM logs ORDER BY started_ns DESC, task, host").fetchall()
+            want = [(r["task"], r["host"], r["run_id"], r["status"], r["exit_code"], r["started_ns"], r["ended_ns"],
+                     r["size"], r["lines"], sorted(f"{k}={v}" for k, v in r["labels"].items()), r["command"])
+                    for r in a.expected(Filters())]
+            assert got == want, compacted
+            assert has_records != compacted
+    finally:
+        await store.close()

@@ -29,7 +29,7 @@ FORMAT = 1
 CODEC = "zstd"
 FOOTER_GUESS = 256 << 10  # one ranged GET of a part's last bytes holds its footer (the Bloom filter is in it)
 MAX_OBJECT = 256 << 20  # a part or summary larger than this is not one logship wrote
-TS = pa.timestamp("ns", tz="UTC")
+TS = pa.timestamp("us")  # UTC, as the `logs` view's TIMESTAMP columns (µs: DuckDB's TIMESTAMP)
 SCHEMA = pa.schema([
     ("task", pa.string()), ("host", pa.string()), ("run_id", pa.string()), ("status", pa.string()),
     ("phase", pa.int8()), ("version_ns", pa.int64()), ("exit_code", pa.int64()),
@@ -104,8 +104,8 @@ def table_of(rows: Sequence[Row]) -> pa.Table:
                   "lines", "command"):
             cols[f].append(getattr(r, f))
         cols["phase"].append(r.phase)
-        cols["started"].append(r.started_ns)
-        cols["ended"].append(r.ended_ns)
+        cols["started"].append(r.started_ns // 1000)
+        cols["ended"].append(None if r.ended_ns is None else r.ended_ns // 1000)
         cols["labels"].append(list(r.labels.items()))
     return pa.Table.from_pydict(cols, schema=SCHEMA)
 

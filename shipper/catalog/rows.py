@@ -79,7 +79,7 @@ class Row:
 
     def body(self) -> bytes:
         """The record's body: every field, deterministic (a re-upload writes the same bytes)."""
-        return json.dumps({**self.listing(), "version_ns": self.version_ns}, sort_keys=True,
+        return json.dumps({**self.listing(), "phase": self.phase, "version_ns": self.version_ns}, sort_keys=True,
                           separators=(",", ":")).encode()
 
 
