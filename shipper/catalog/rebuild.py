@@ -27,7 +27,7 @@ from .rows import Row
 from .writer import Writer
 
 BATCH = 20_000  # manifests per saved position (and per part of a day, at most)
-GET_CONCURRENCY = 48
+GET_CONCURRENCY = 16  # more is slower on a busy SeaweedFS here (bench/README.md)
 
 
 @dataclass
