@@ -34,6 +34,7 @@ _quiet = QuietLog(log)
 FETCH_CONCURRENCY = 16
 CACHE_BYTES = 64 << 20  # parts kept in memory by a long-lived reader
 CHUNK = 256  # rows turned into Python objects at a time, in listing order
+PARSED_KEYS = 20_000  # record and running keys whose rows a long-lived reader keeps (≈ 1,000 running in a fleet)
 Cursor = tuple[int, str, str]  # (started_ns, task, host): the API's cursor (api/params.py)
 
 
@@ -87,6 +88,7 @@ class Reader:
         self._parts: OrderedDict[str, pa.Table] = OrderedDict()
         self._summary: tuple[str, list[PartMeta]] | None = None
         self._bodies: OrderedDict[str, Row] = OrderedDict()
+        self._parsed: OrderedDict[str, Row] = OrderedDict()  # key -> its row: a warm LIST parses nothing again
         self.bad_objects = 0
 
     # --- objects ------------------------------------------------------------------------------------
@@ -101,12 +103,18 @@ class Reader:
         need: list[tuple[str, str, str]] = []
         for key in keys:
             name = key[len(prefix):]
-            try:
-                row = rows.parse_name(name, running=running)
-            except BadRow as exc:
-                bad.append(key)
-                self._bad(key, exc)
-                continue
+            row = self._parsed.get(key)
+            if row is None:
+                try:
+                    row = rows.parse_name(name, running=running)
+                except BadRow as exc:
+                    bad.append(key)
+                    self._bad(key, exc)
+                    continue
+                if row is not None:
+                    self._parsed[key] = row
+                    if len(self._parsed) > PARSED_KEYS:
+                        self._parsed.popitem(last=False)
             if row is not None:
                 out.append((key, row))
             elif key in self._bodies:
