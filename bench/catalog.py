@@ -179,8 +179,11 @@ def run(workdir: Path, logs: int = 100_000, runs: int = 20, segments: bool = Tru
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_measure, args=(env, runs, res["gc_until"], send))
         proc.start()
-        res["listings"] = recv.recv()
-        proc.join()
+        send.close()  # so a child that dies is an EOFError here, not a wait forever
+        try:
+            res["listings"] = recv.recv()
+        finally:
+            proc.join()
         res["noise"] = Series("others' CPU share", "%", [window.share() * 100])
         res["logs"] = logs
         return res

@@ -417,3 +417,16 @@ async def test_plain_duckdb_reads_what_the_listing_shows(file_store_cfg: StoreCo
             assert has_records != compacted
     finally:
         await store.close()
+
+
+async def test_store_list_page(store: Store) -> None:
+    """The one-page LIST the running listing uses, on every backend: after a key, at most N, in key order."""
+    keys = [f"catalog/v1/running/{i:03d}" for i in range(12)] + ["catalog/v1/runningx", "other/1"]
+    for k in keys:
+        await store.put(k, b"")
+    prefix = names.CATALOG_RUNNING
+    assert [o.key for o in await store.list_page(prefix, "", 5)] == keys[:5]
+    assert [o.key for o in await store.list_page(prefix, keys[4], 5)] == keys[5:10]
+    assert [o.key for o in await store.list_page(prefix, keys[9], 5)] == keys[10:12]
+    assert [o.key for o in await store.list_page(prefix, "catalog/v1/running/005x", 1000)] == keys[6:12]
+    assert await store.list_page(prefix, keys[11]) == []

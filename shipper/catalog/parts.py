@@ -37,6 +37,9 @@ SCHEMA = pa.schema([
     ("size", pa.int64()), ("lines", pa.int64()),
     ("labels", pa.map_(pa.string(), pa.string())), ("command", pa.list_(pa.string())),
 ])
+READ_COLUMNS = ["task", "host", "run_id", "status", "started_ns", "version_ns", "exit_code", "ended_ns", "size",
+                "lines", "labels", "command"]
+READ_SCHEMA = pa.schema([SCHEMA.field(c) for c in READ_COLUMNS])
 SUMMARY_SCHEMA = pa.schema([
     ("path", pa.string()), ("day", pa.string()), ("rows", pa.int64()), ("min_started_ns", pa.int64()),
     ("max_started_ns", pa.int64()), ("bloom", pa.binary()),
@@ -164,9 +167,11 @@ def decode_part(key: str, data: bytes) -> pa.Table:
         table = pq.read_table(io.BytesIO(data))
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise BadPart(f"{key}: unreadable Parquet ({exc.__class__.__name__})") from None
-    if not table.schema.remove_metadata().equals(SCHEMA):
-        raise BadPart(f"{key}: not the catalog's columns")
-    return table
+    # Readers need these columns with these types; a part may have more (a later format adds columns).
+    try:
+        return table.select(READ_COLUMNS).cast(READ_SCHEMA)
+    except (KeyError, ValueError, pa.ArrowException) as exc:
+        raise BadPart(f"{key}: not the catalog's columns ({exc.__class__.__name__})") from None
 
 
 # --- summaries --------------------------------------------------------------------------------------

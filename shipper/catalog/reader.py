@@ -196,8 +196,7 @@ class Reader:
                                                                                        Cursor | None]:
         head = await self.head()
         if filters.status == manifest.RUNNING:
-            found = _merge([iter(sorted(head.records + await self.running(head.bad), key=lambda r: r.order))],
-                           filters, cursor, limit + 1, None)
+            found = await self._running_page(head, filters, cursor, limit + 1)
         else:
             entries = sorted((p for p in await self.summary(head.summaries) if filters.may_hold(p, cursor)),
                              key=lambda p: -p.max_started_ns)
@@ -205,6 +204,25 @@ class Reader:
         page = found[:limit]
         more = len(found) > limit
         return [r.listing() for r in page], ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
+
+    async def _running_page(self, head: Head, filters: Filters, cursor: Cursor | None, want: int) -> list[Row]:
+        """`status=running`: running/ entries from the cursor on, a LIST page at a time (their keys are in
+        start order), with every record, until `want` rows are certain."""
+        prefix = names.CATALOG_RUNNING
+        after = f"{prefix}{rows.MAX64 - cursor[0]:016x}" if cursor else ""  # every entry started at or before it
+        got: list[Row] = []
+        size = min(1000, want + 16)
+        while True:
+            objs = await self.store.list_page(prefix, after, size)
+            got += [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
+            more = len(objs) >= size
+            # entries of one start time are adjacent: the last one's may go on in the next page
+            starts = [t for o in objs if (t := _start_of(o.key[len(prefix):])) is not None]
+            floor = (min(starts) if starts else rows.MAX64) if more else None
+            found = _merge([iter(sorted(head.records + got, key=lambda r: r.order))], filters, cursor, want, floor)
+            if len(found) >= want or not more:
+                return found
+            after, size = objs[-1].key, 1000
 
     async def _walk(self, records: list[Row], entries: list[PartMeta], filters: Filters, cursor: Cursor | None,
                     want: int) -> list[Row]:
@@ -230,6 +248,14 @@ class Reader:
             out += _merge(sources, filters, None, want - len(out), floor)
             if len(out) >= want or floor is None:
                 return out
+
+
+def _start_of(name: str) -> int | None:
+    """The start time a row key begins with (None for a key that does not)."""
+    try:
+        return rows.MAX64 - int(name[:16], 16) if len(name) > 16 and name[16] == "~" else None
+    except ValueError:
+        return None
 
 
 def _after(recs: list[Row], pos: Cursor | None) -> Iterator[Row]:
@@ -286,10 +312,8 @@ def iter_table(t: pa.Table, pos: Cursor | None) -> Iterator[Row]:
         later = pc.or_(pc.less(t["started_ns"], s), pc.and_(pc.equal(t["started_ns"], s), pc.or_(
             pc.greater(t["task"], task), pc.and_(pc.equal(t["task"], task), pc.greater(t["host"], host)))))
         t = t.filter(later)
-    cols = ("task", "host", "run_id", "status", "started_ns", "version_ns", "exit_code", "ended_ns", "size", "lines",
-            "labels", "command")
     for start in range(0, t.num_rows, CHUNK):
-        chunk = t.slice(start, CHUNK).select(list(cols)).to_pylist()
+        chunk = t.slice(start, CHUNK).to_pylist()
         for d in chunk:
             d["labels"] = dict(d["labels"] or ())
             d["command"] = d["command"] or []
