@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the next run deletes it")
 
     sub.add_parser("config", parents=[common], help="print the effective config")
+    from shipper.commands import catalog
+
+    catalog.add_parsers(sub, common)  # ls, catalog rebuild|check|compact
 
     s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
     s.add_argument("action", choices=["start", "stop", "env"])
@@ -188,17 +191,7 @@ def _dispatch(args: Any) -> int:
         sys.stdout.write(show_config.render(cfg, os.environ))
         return 0
     if args.cmd == "run":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
-        from shipper import agent
-
-        silence = None
-        if any(_silence_flags(args)) or cfg.agent.silence_timeout:  # else the task does not wait for the import
-            from shipper.liveness import policy_for
-
-            silence = policy_for(cfg.agent, *_silence_flags(args))
-        return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
+        return _run(cfg, args)
     if args.cmd in ("watch", "serve") and args.check:
         from shipper.commands import check
 
@@ -229,11 +222,29 @@ def _dispatch(args: Any) -> int:
         from shipper.query import compact
 
         return compact.main(cfg, args)
+    if args.cmd in ("ls", "catalog"):
+        from shipper.commands import catalog
+
+        return catalog.main(cfg, args)
     if args.cmd in ("tail", "download"):
         from shipper.commands import client
 
         return client.main(cfg, args)
     raise AssertionError(args.cmd)
+
+
+def _run(cfg: Any, args: Any) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
+    from shipper import agent
+
+    silence = None
+    if any(_silence_flags(args)) or cfg.agent.silence_timeout:  # else the task does not wait for the import
+        from shipper.liveness import policy_for
+
+        silence = policy_for(cfg.agent, *_silence_flags(args))
+    return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
 
 
 async def _cat(cfg: Any, args: Any) -> int:

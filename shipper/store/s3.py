@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import hashlib
 import os
@@ -335,6 +336,18 @@ class S3Store:
                     if not k.endswith("/"):  # directory markers some servers show are not objects
                         out.append(ObjectInfo(k[len(self.root):], int(obj["Size"])))
         out.sort(key=lambda o: o.key)  # S3 lists in UTF-8 order already; not every clone does
+        return out
+
+    async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
+        full = self.root + check_key(prefix, prefix=True)
+        s3 = await self._s3()
+        extra = {"StartAfter": self.root + start_after} if start_after else {}
+        with self._errors("list", full):
+            page = await s3.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=max(1, min(max_keys, 1000)),
+                                            **extra)
+        out = [ObjectInfo(o["Key"][len(self.root):], int(o["Size"])) for o in page.get("Contents", ())
+               if not o["Key"].endswith("/")]
+        out.sort(key=lambda o: o.key)
         return out
 
     # --- removing ----------------------------------------------------------------------
