@@ -16,7 +16,6 @@ LONG_MODULES = {
     "api/openapi.py": "data: the OpenAPI document, written out as plain dicts",
     "shipper/watcher.py": "being split in issue 12",
     "api/source.py": "being split in issue 12 (one reader of stored logs)",
-    "shipper/store/s3.py": "452 with list_page (issue 13): its multipart writer goes to s3write.py, as the read path went to s3read.py",
 }
 # The packages of the pipeline, query, retention, commands and API: what the shared format and the
 # store backends must never import.
