@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from shipper.config import proxy_allow_entry
+from shipper.config_values import proxy_allow_entry
 
 from . import params
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._util import DEFAULT_WORKDIR, ROOT, SETTLE, GiB, MiB, Series, say, text_file, tool
 
-SECTIONS = ("pipe", "task", "upload", "api", "query", "checkpoint")
+SECTIONS = ("pipe", "task", "upload", "api", "query", "checkpoint", "catalog")
 COLUMNS = ("what", "baseline", "ours", "ratio", "must", "aim", "result")
 ALIASES = {"agent": ("pipe", "task")}  # "agent" = everything the agent is measured on (pipe + RSS, task)
 
@@ -160,6 +160,12 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         c_rows, c_notes = checkpoint.rows_for(results["checkpoint"])
         rows += c_rows
         notes += c_notes
+    if "catalog" in results:
+        from . import catalog
+
+        c_rows, c_notes = catalog.rows_for(results["catalog"])
+        rows += c_rows
+        notes += c_notes
     return rows, notes
 
 
@@ -262,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         seconds = checkpoint.QUICK_SECONDS if args.quick else checkpoint.FULL_SECONDS
         say(f"checkpoint: steady tasks at 10, 30, 300 KB/s for {seconds:.0f} s, through a counting proxy")
         results["checkpoint"] = checkpoint.run(workdir, text, seconds)
+
+    if "catalog" in parts:
+        from . import catalog
+
+        say("catalog: 100,000 logs straight into a local SeaweedFS, rebuild, then each listing")
+        results["catalog"] = catalog.run(workdir, runs=max(runs, 5) * 4)
 
     rows, notes = rows_for(results)
     for part, r in results.items():

@@ -3,6 +3,8 @@
 One thread polls both pipes. Output is passed through at once; the spool gets line-aligned
 chunks per stream (a line's tail waits for its end, at most FLUSH_IDLE_S or FLUSH_CAP bytes).
 The agent never stops reading because of the spool: a failing disk is counted, not waited on.
+A second thread (shipper/monitor.py) samples the task's processes into liveness.json and applies
+--silence-timeout; the pump only stores the time of each read for it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from shipper.format import index, names
 
 from .config import Config
 from .errors import LogExists, SpoolError
-from .spool import NOFOLLOW, SegmentWriter, SpoolDamaged, make_log_dir, pid_start_ticks, write_json_atomic
+from .spool import (
+    NOFOLLOW,
+    SegmentWriter,
+    SpoolDamaged,
+    make_log_dir,
+    pid_start_ticks,
+    write_atomic,
+    write_json_atomic,
+)
 
 # Reads start small and grow while they come back full: a 1 MiB read costs a fresh mmap'd buffer
 # (~18 us) even when the pipe holds a few bytes, but moves bulk output with a sixteenth of the calls.
@@ -43,6 +54,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # Exit codes of the agent's own failures, as env(1) and timeout(1) use them.
 EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
+
+if TYPE_CHECKING:  # imported once the task runs (Agent.run): the task does not wait for them to load
+    from .liveness import SilencePolicy
+    from .monitor import Monitor
 
 
 def default_host() -> str:
@@ -66,7 +81,7 @@ class _Stream:
 
 class Agent:
     def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str],
-                 *, own_group: bool = True) -> None:
+                 *, own_group: bool = True, silence: SilencePolicy | None = None) -> None:
         self.cfg = cfg
         # The task runs in a process group of its own (so a terminal's Ctrl-C reaches it once, through
         # us) unless a supervisor kills whole groups: Categraf's kill(-pgid) must reach the task too.
@@ -83,6 +98,11 @@ class Agent:
         self._last_warning = 0.0
         self._spool_retry_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        self.silence = silence
+        self.monitor: Monitor | None = None
+        # In run.json, and in the task's environment (names.RUN_ID_ENV): a daemon that left the task's group
+        # and session is still found as the task's by it (shipper/liveness.py).
+        self.run_id = os.urandom(16).hex()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -135,7 +155,8 @@ class Agent:
         started = time.time_ns()
         try:
             proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    process_group=0 if self.own_group else None, bufsize=0)
+                                    process_group=0 if self.own_group else None, bufsize=0,
+                                    env={**os.environ, names.RUN_ID_ENV: self.run_id})
         except FileNotFoundError:
             code, why = EXIT_NOT_FOUND, f"command not found: {self.command[0]}"
         except PermissionError:
@@ -146,10 +167,22 @@ class Agent:
             self._proc = proc
             self._write_run(started, proc.pid)
             self._forward_signals()
+            from .monitor import Monitor, say_on_stderr  # ~6 ms of imports, now beside the task's own start
+
+            self.monitor = Monitor(proc.pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds,
+                                   policy=self.silence, label=f"{self.task}/{self.host}",
+                                   write=self._write_liveness, say=say_on_stderr)
+            self.monitor.start()
             assert proc.stdout is not None and proc.stderr is not None
             self._pump([_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno()),
                         _Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno())])
             rc = proc.wait()
+            self.monitor.stop()  # before exit.json: a reader that sees the end finds the last liveness
+            if self.monitor.killed:  # as timeout(1): 124, whatever the signal made of the task's status
+                from .liveness import END_REASON, EXIT_SILENCE
+
+                self._finish(rc, end_reason=END_REASON, exit_code=EXIT_SILENCE)
+                return EXIT_SILENCE
             self._finish(rc)
             return 128 - rc if rc < 0 else rc
         # the command never ran: still leave a finished, empty log that says why
@@ -163,7 +196,7 @@ class Agent:
             return
         try:
             write_json_atomic(self.log_dir / names.RUN_FILE, {
-                "task": self.task, "host": self.host, "run_id": os.urandom(16).hex(),
+                "task": self.task, "host": self.host, "run_id": self.run_id,
                 "command": self.command, "labels": self.labels, "started_ns": started_ns,
                 "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
                 "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
@@ -180,7 +213,14 @@ class Agent:
                 os.close(parent)
             self._no_spool(exc)
 
-    def _finish(self, rc: int, error: str | None = None) -> None:
+    def _write_liveness(self, data: bytes) -> None:
+        # Rewritten every few seconds and only a view of the moment: not worth an fsync (a torn file after a
+        # crash reads as no liveness).
+        if self.dir_fd >= 0:
+            write_atomic(self.log_dir / names.LIVENESS_FILE, data, durable=False, dir_fd=self.dir_fd)
+
+    def _finish(self, rc: int, error: str | None = None, end_reason: str | None = None,
+                exit_code: int | None = None) -> None:
         if self.dir_fd < 0:
             return
         self._guard(self.writer.close, 0)
@@ -189,6 +229,8 @@ class Agent:
                                   "dropped_bytes": self.dropped_bytes}
         if error:
             doc["error"] = error[:1024]
+        if end_reason:  # the silence policy ended it: the exit code is timeout(1)'s, `signal` what it took
+            doc["end_reason"], doc["exit_code"] = end_reason, exit_code
         try:
             self._write_exit(doc)
         except OSError as exc:
@@ -242,7 +284,8 @@ class Agent:
             with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
                 fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
             poller.register(s.fd, select.POLLIN)
-        assert self._proc is not None
+        assert self._proc is not None and self.monitor is not None
+        silence = self.monitor.silence  # its clock: one attribute store per read that brought bytes
         exited_at: float | None = None
         last_data = last_exit_check = time.monotonic()
         while by_fd:
@@ -255,11 +298,12 @@ class Agent:
             if rotate_at is not None:
                 deadline = min(deadline, rotate_at)
             events = poller.poll(max(0, int((deadline - now) * 1000) + 1))
-            dense = False
+            dense = got = False
             for fd, _ in events:
                 s = by_fd[fd]
                 data = os.read(fd, s.read_size)
                 if data:
+                    got = True
                     dense = dense or len(data) >= DENSE_BYTES
                     if len(data) == s.read_size:
                         s.read_size = BIG_READ
@@ -274,6 +318,8 @@ class Agent:
             now = time.monotonic()
             if events:
                 last_data = now
+            if got:
+                silence.last_output = now
             for s in by_fd.values():
                 if s.tail and now - s.tail_since >= FLUSH_IDLE_S:
                     self._flush_tail(s)
@@ -373,7 +419,7 @@ class Agent:
 
 
 def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str],
-        *, own_group: bool = True) -> int:
-    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group).run()
+        *, own_group: bool = True, silence: SilencePolicy | None = None) -> int:
+    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group, silence=silence).run()
 
 

@@ -1,5 +1,6 @@
 """Liveness of a running task: its process tree sampled from /proc, the time since its last output, and the
---silence-timeout policy (warn, or TERM then KILL). Linux /proc only, no dependency; the agent makes the calls.
+--silence-timeout policy (warn, or TERM then KILL). Linux /proc only, no dependency; the agent's liveness
+thread (shipper/monitor.py) makes the calls, and shipper/format/liveness.py is what it writes.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import time
 from dataclasses import astuple, dataclass, fields
 from typing import Any, NamedTuple
 
-from .config import parse_duration
+from shipper.format import names
+from shipper.format.liveness import COMMAND_CHARS, Process
+
+from .config import AgentConfig
+from .config_values import parse_duration
 from .errors import ConfigError
 
 SAMPLE_INTERVAL_S = 5.0  # a sample reads ~20 us per process on the machine, ~40 us per tree member (bench)
-COMMAND_CHARS = 200
 # Set in the task's environment: the one trace a setsid'd, double-forked daemon keeps of its task (no
 # parent, group or session links it any more). Checked once per new process, so it costs little.
-MARK_ENV = "LOGSHIP_RUN_ID"
+MARK_ENV = names.RUN_ID_ENV
 SILENCE_ACTIONS = ("warn", "kill")
 DEFAULT_ACTION = "warn"  # a flag that kills a long job must be asked for
 KILL_GRACE_S = 10.0  # between TERM and KILL, as `docker stop` gives
@@ -28,19 +32,6 @@ EXIT_SILENCE = 124  # what coreutils timeout(1) exits with
 END_REASON = "silence"
 
 _TICK, _PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass(frozen=True)
-class Process:
-    """One process as `ps -o pid,ppid,stat,time,rss,cmd,wchan` shows it; field order is the JSON's."""
-
-    pid: int
-    ppid: int
-    state: str  # the letter of /proc/PID/stat: R S D Z T t X I ...
-    cpu_seconds: float  # its own utime+stime, like ps's TIME
-    rss_bytes: int
-    command: str
-    wchan: str  # the kernel function it sleeps in, "" when running or unreadable
 
 
 @dataclass(frozen=True)
@@ -232,6 +223,21 @@ class SilencePolicy:
         return cls(seconds, str(action or DEFAULT_ACTION), wait)
 
 
+def policy_for(cfg: AgentConfig, timeout: str | None = None, action: str | None = None,
+               grace: str | None = None) -> SilencePolicy | None:
+    """The run's policy: each flag given (`logship run --silence-timeout/--on-silence/--silence-grace`) over
+    its config key (agent.*, already checked when loaded). Errors name the flag, or the key."""
+    if action is not None and timeout is None and not cfg.silence_timeout and action in SILENCE_ACTIONS:
+        raise ConfigError(f"--on-silence {action} needs a timeout", "give --silence-timeout DURATION (e.g. 10m) "
+                          "or set agent.silence_timeout")
+    return SilencePolicy.parse(
+        cfg.silence_timeout if timeout is None else timeout, cfg.on_silence if action is None else action,
+        cfg.silence_grace if grace is None else grace,
+        names=("agent.silence_timeout" if timeout is None else "--silence-timeout",
+               "agent.on_silence" if action is None else "--on-silence",
+               "agent.silence_grace" if grace is None else "--silence-grace"))
+
+
 def _duration(name: str, value: object, default: float) -> float:
     if value is None or value == "":
         return default
@@ -258,25 +264,20 @@ class Silence:
     def silent_seconds(self, now: float) -> float:
         return max(0.0, now - self.last_output)
 
-    def last_output_ns(self, now: float, now_ns: int) -> int:
-        """`last_output` as wall-clock ns, given the same instant on both clocks."""
-        return now_ns - int(self.silent_seconds(now) * 1e9)
+    def next_due(self) -> float | None:
+        """When `due` turns true if no output comes first (monotonic), or None: no policy, or fired already."""
+        p, last = self.policy, self.last_output
+        if p is None or self._fired_for == last:
+            return None
+        return last + p.timeout
 
     def due(self, now: float) -> bool:
         """True once per silent stretch, when it reaches the policy's timeout; any output re-arms it."""
-        p = self.policy
-        if p is None or now - self.last_output < p.timeout or self._fired_for == self.last_output:
+        p, last = self.policy, self.last_output  # read once: the pump thread may store a newer one meanwhile
+        if p is None or now - last < p.timeout or self._fired_for == last:
             return False
-        self._fired_for = self.last_output
+        self._fired_for = last
         return True
-
-
-def document(sample: Sample | None, silence: Silence, now: float, now_ns: int) -> dict[str, Any]:
-    """The `liveness` object of the issue as of now (what the agent writes to the spool): the sample's
-    fields are null where there is no /proc. A reader recomputes silent_seconds from last_output_ns."""
-    tree = sample.to_json() if sample else {"sampled_ns": None, "cpu_seconds": None, "processes": []}
-    return {"last_output_ns": silence.last_output_ns(now, now_ns),
-            "silent_seconds": round(silence.silent_seconds(now), 3), **tree}
 
 
 def signal_tree(sig: int, pgid: int | None, pids: list[int]) -> int:
@@ -307,6 +308,7 @@ class Killer:
         self.tree = sampler.sample()  # the tree as it was at the moment of the kill, for the record
         self.killed = False
         self._send(signal.SIGTERM, self.tree)
+        self._send(signal.SIGCONT, self.tree)  # a stopped process acts on TERM only once continued (as timeout(1))
 
     def poll(self, now: float) -> bool:
         """Sends KILL once the grace is over; True on that call."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import os
@@ -320,6 +321,9 @@ class KillAfterDeletes:
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return await self.inner.list(prefix)
+
+    async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
+        return await self.inner.list_page(prefix, start_after, max_keys)
 
     async def abort_uploads(self, prefix: str) -> int:
         return await self.inner.abort_uploads(prefix)

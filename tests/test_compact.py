@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from shipper.config import Config
 from shipper.format import manifest, names
+from shipper.format.manifest import Manifest
 from shipper.query.compact import Compactor, Settings
 from shipper.query.engine import Database
 from shipper.store import ObjectInfo, open_store
@@ -177,12 +179,12 @@ async def test_only_logs_whose_copies_are_all_written_are_compacted(make_config:
     store = open_store(cfg.store)
     try:
         for task, change in (("running", {"status": manifest.RUNNING}), ("pending", None)):
-            doc = json.loads(await store.get(names.manifest_key(task, "h1")))
+            doc = Manifest.load(await store.get(names.manifest_key(task, "h1")))
             if change:
-                doc.update(change)
+                doc = doc.replace(**change)
             else:
-                doc["segments"][0]["query_copy"] = False
-            await store.put(names.manifest_key(task, "h1"), json.dumps(doc, indent=1).encode())
+                doc = doc.replace(segments=(dataclasses.replace(doc.segments[0], query_copy=False), *doc.segments[1:]))
+            await store.put(names.manifest_key(task, "h1"), doc.dump())
     finally:
         await store.close()
     expected = table(cfg)

@@ -190,7 +190,8 @@ async def test_store_down_20s_neither_slows_the_task_nor_loses_data(tmp_path: Pa
             wall = time.monotonic() - t0
         assert time.monotonic() - down >= 20
         elapsed = float(out.read_bytes().rsplit(b"elapsed ", 1)[1])
-        assert wall - elapsed < 3, (wall, elapsed)  # the agent added its start-up, not the 20 s outage
+        # The agent added its start-up (seconds on a loaded CI machine: 4 s seen at load 12), not the 20 s outage
+        assert wall - elapsed < 10, (wall, elapsed)
         doc = await wait_status(store, "outage", "finished", timeout=120)
         assert await archived_sha(store, "outage") == sha(spooled(tmp_path / "spool", "outage"))
         assert doc.size == len(spooled(tmp_path / "spool", "outage"))

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.app import create_app
 from shipper.config import Config
 from shipper.format import names, reader
+from shipper.format.manifest import Manifest
 from shipper.query.engine import Database
 from shipper.store import open_store
 from shipper.watcher import watch
@@ -58,10 +59,10 @@ async def age(cfg: Config, task: str, days: float) -> None:
     store = open_store(cfg.store)
     try:
         key = names.manifest_key(task, "h1")
-        doc = json.loads(await store.get(key))
+        doc = Manifest.load(await store.get(key))
         then = time.time_ns() - int(days * DAY)
-        doc.update(started_ns=then - 60 * 10**9, updated_ns=then, **({"ended_ns": then} if doc["ended_ns"] else {}))
-        await store.put(key, json.dumps(doc).encode())
+        doc = doc.replace(started_ns=then - 60 * 10**9, updated_ns=then, ended_ns=then if doc.ended_ns else None)
+        await store.put(key, doc.dump())
     finally:
         await store.close()
 

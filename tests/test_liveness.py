@@ -18,6 +18,7 @@ import pytest
 
 from shipper import liveness
 from shipper.errors import ConfigError
+from shipper.format import liveness as fmt
 from shipper.liveness import Killer, Sample, Sampler, Silence, SilencePolicy
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
@@ -242,22 +243,21 @@ def test_good_option_values() -> None:
 def test_silence_fires_once_per_silent_stretch_and_output_resets_it() -> None:
     silence = Silence(100.0, SilencePolicy(60.0, "warn"))
     assert silence.silent_seconds(130.0) == 30.0 and not silence.due(130.0)
-    assert silence.last_output_ns(130.0, 10**12) == 10**12 - 30 * 10**9
     assert silence.due(160.0) and not silence.due(161.0) and not silence.due(500.0)  # once
     silence.last_output = 170.0  # the task printed
     assert silence.silent_seconds(171.0) == 1.0 and not silence.due(229.0) and silence.due(230.0)
     assert not Silence(0.0).due(1e9)  # no policy, never due
 
 
-def test_the_document_is_the_issues_liveness_object(start: Start) -> None:
+def test_a_sample_makes_the_issues_liveness_object(start: Start) -> None:
     proc = start(["sleep", "30"])
-    silence = Silence(50.0)
-    doc = liveness.document(Sampler(proc.pid).sample(), silence, 62.5, 10**18)
-    assert list(doc) == ["last_output_ns", "silent_seconds", "sampled_ns", "cpu_seconds", "processes"]
-    assert (doc["last_output_ns"], doc["silent_seconds"]) == (10**18 - 12_500_000_000, 12.5)
-    assert [p["pid"] for p in doc["processes"]] == [proc.pid]
-    assert liveness.document(None, silence, 50.0, 10**18) == {  # no /proc: the times only
-        "last_output_ns": 10**18, "silent_seconds": 0.0, "sampled_ns": None, "cpu_seconds": None, "processes": []}
+    s = Sampler(proc.pid).sample()
+    assert s is not None
+    doc = fmt.Liveness(10**18, 10**18 - 12_500_000_000, s.sampled_ns, s.cpu_seconds, fmt.cut(s.processes), 1)
+    out = doc.to_json()
+    assert list(out)[:5] == ["last_output_ns", "silent_seconds", "sampled_ns", "cpu_seconds", "processes"]
+    assert (out["last_output_ns"], out["silent_seconds"]) == (10**18 - 12_500_000_000, 12.5)
+    assert [p["pid"] for p in out["processes"]] == [proc.pid] and fmt.loads(fmt.dumps(doc)) == doc
 
 
 def test_kill_sends_term_then_kill_to_the_whole_tree(start: Start, tmp_path: Path) -> None:

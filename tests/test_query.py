@@ -17,6 +17,7 @@ import pytest
 
 from shipper.config import Config
 from shipper.format import index, names
+from shipper.format.manifest import Manifest
 from shipper.query import copies
 from shipper.query.engine import Database
 from shipper.query.rules import QueryError
@@ -128,17 +129,16 @@ async def test_copies_follow_the_manifest_and_a_crash_between_them_is_repaired(m
     await watch(cfg, once=True)
     store = open_store(cfg.store)
     try:
-        doc = json.loads(await store.get(names.manifest_key("late", "h1")))
-        assert len(doc["segments"]) >= 4 and all(s["query_copy"] for s in doc["segments"])
+        doc = Manifest.load(await store.get(names.manifest_key("late", "h1")))
+        assert len(doc.segments) >= 4 and all(s.query_copy for s in doc.segments)
         copies = sorted(o.key for o in await store.list("lines/") if "/task=late/" in o.key)
-        assert len(copies) == len(doc["segments"])
+        assert len(copies) == len(doc.segments)
         expected = _line_table(cfg, "late")
         # The crash: the copies and their marks gone, the spool's segments too, the log not yet shipped.
         before = {k: await store.get(k) for k in copies}
         await store.delete(copies)
-        for s in doc["segments"]:
-            del s["query_copy"]
-        await store.put(names.manifest_key("late", "h1"), json.dumps(doc).encode())
+        doc = doc.replace(segments=tuple(dataclasses.replace(s, query_copy=None) for s in doc.segments))
+        await store.put(names.manifest_key("late", "h1"), doc.dump())
         d = cfg.spool_dir / "late" / "h1"
         for p in [*d.glob("*.log"), *d.glob("*.idx"), d / names.SHIPPED_FILE]:
             p.unlink()
@@ -147,8 +147,8 @@ async def test_copies_follow_the_manifest_and_a_crash_between_them_is_repaired(m
         assert w.stats["query_copies"] == len(copies)
         assert _line_table(cfg, "late") == expected
         assert {k: await store.get(k) for k in copies} == before  # the same objects, rebuilt
-        doc = json.loads(await store.get(names.manifest_key("late", "h1")))
-        assert all(s["query_copy"] for s in doc["segments"]) and (d / names.SHIPPED_FILE).exists()
+        doc = Manifest.load(await store.get(names.manifest_key("late", "h1")))
+        assert all(s.query_copy for s in doc.segments) and (d / names.SHIPPED_FILE).exists()
     finally:
         await store.close()
 

@@ -18,7 +18,8 @@ import urllib.request
 from typing import Any
 
 from shipper import watcher_state
-from shipper.config import Config, parse_duration
+from shipper.config import Config
+from shipper.config_values import parse_duration
 from shipper.errors import LogshipError
 
 EXIT_UNHEALTHY = 1

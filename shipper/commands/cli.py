@@ -42,6 +42,10 @@ def _log_flags(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="text, or json lines for log collectors (default: logging.format)")
 
 
+def _silence_flags(args: Any) -> tuple[str | None, str | None, str | None]:
+    return args.silence_timeout, args.on_silence, args.silence_grace
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command; SUPPRESS keeps a subcommand's parser
     # from resetting a value given before it.
@@ -56,13 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
-                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... -- CMD [ARGS...]")
+                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... [--silence-timeout "
+                       "DURATION [--on-silence warn|kill] [--silence-grace DURATION]] -- CMD [ARGS...]")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--task")
     which.add_argument("--ibex", action="store_true",
                        help="a Nightingale ibex script: the task id comes from its path (docs/ibex.md)")
     r.add_argument("--host", help="default: this machine's hostname")
     r.add_argument("--label", action="append", default=[], metavar="K=V")
+    r.add_argument("--silence-timeout", metavar="DURATION", help="no output for this long (e.g. 10m; 0: off) is a "
+                   "silence event (default: agent.silence_timeout)")
+    r.add_argument("--on-silence", metavar="warn|kill", help="warn: record it and say so on stderr; kill: TERM, "
+                   "then KILL after --silence-grace, exit 124 (default: agent.on_silence)")
+    r.add_argument("--silence-grace", metavar="DURATION", help="from TERM to KILL (default: agent.silence_grace)")
     r.add_argument("command", nargs=argparse.REMAINDER)
 
     w = sub.add_parser("watch", parents=[common], help="upload the spool to the store (one per host)")
@@ -131,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the next run deletes it")
 
     sub.add_parser("config", parents=[common], help="print the effective config")
+    from shipper.commands import catalog
+
+    catalog.add_parsers(sub, common)  # ls, catalog rebuild|check|compact
 
     s = sub.add_parser("s3", parents=[common], help="the local SeaweedFS S3 server for development and tests")
     s.add_argument("action", choices=["start", "stop", "env"])
@@ -169,7 +182,7 @@ def _dispatch(args: Any) -> int:
         from shipper.commands import ibex
 
         return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
-                        _labels(args.label))
+                        _labels(args.label), silence=_silence_flags(args))
     cfg = load_config(args.config)
     logs.setup_from(args.log_level, args.log_format, cfg.logging)
     if args.cmd == "config":
@@ -178,12 +191,7 @@ def _dispatch(args: Any) -> int:
         sys.stdout.write(show_config.render(cfg, os.environ))
         return 0
     if args.cmd == "run":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
-        from shipper import agent
-
-        return agent.run(cfg, args.task, args.host, command, _labels(args.label))
+        return _run(cfg, args)
     if args.cmd in ("watch", "serve") and args.check:
         from shipper.commands import check
 
@@ -214,11 +222,29 @@ def _dispatch(args: Any) -> int:
         from shipper.query import compact
 
         return compact.main(cfg, args)
+    if args.cmd in ("ls", "catalog"):
+        from shipper.commands import catalog
+
+        return catalog.main(cfg, args)
     if args.cmd in ("tail", "download"):
         from shipper.commands import client
 
         return client.main(cfg, args)
     raise AssertionError(args.cmd)
+
+
+def _run(cfg: Any, args: Any) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LogshipError("no command to run", "usage: logship run --task T -- CMD [ARGS...]")
+    from shipper import agent
+
+    silence = None
+    if any(_silence_flags(args)) or cfg.agent.silence_timeout:  # else the task does not wait for the import
+        from shipper.liveness import policy_for
+
+        silence = policy_for(cfg.agent, *_silence_flags(args))
+    return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
 
 
 async def _cat(cfg: Any, args: Any) -> int:

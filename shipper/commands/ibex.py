@@ -73,8 +73,10 @@ def config_file(given: str | None) -> str | None:
     return given
 
 
-def run(config: str | None, host: str | None, command: list[str], labels: dict[str, str]) -> int:
-    """Run an ibex script under the agent as log `ibex-<id>/<host>` (a redo: `ibex-<id>.<n>`)."""
+def run(config: str | None, host: str | None, command: list[str], labels: dict[str, str],
+        silence: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+    """Run an ibex script under the agent as log `ibex-<id>/<host>` (a redo: `ibex-<id>.<n>`). `silence`:
+    the --silence-timeout, --on-silence and --silence-grace flags, over the config's agent.* keys."""
     if not command:
         raise LogshipError("no command to run", "usage: logship run --ibex -- CMD [ARGS...] (docs/ibex.md)")
     ibex_id, script = find_script(command)
@@ -85,8 +87,10 @@ def run(config: str | None, host: str | None, command: list[str], labels: dict[s
 
     from shipper import agent
     from shipper.config import load_config
+    from shipper.liveness import policy_for
 
     cfg = load_config(config_file(config))
+    policy = policy_for(cfg.agent, *silence)
     host = names.check_id("host", host or agent.default_host())
     labels = {**labels, "source": "ibex", "ibex_id": str(ibex_id)}
     for n in range(1, MAX_RUNS + 1):
@@ -96,7 +100,7 @@ def run(config: str | None, host: str | None, command: list[str], labels: dict[s
         os.environ[GUARD_ENV] = task  # the script inherits it
         try:
             # In Categraf's process group: its kill action, SIGKILL to the group, must stop the script.
-            return agent.run(cfg, task, host, command, labels, own_group=False)
+            return agent.run(cfg, task, host, command, labels, own_group=False, silence=policy)
         except LogExists:
             continue  # claimed by another run just now; the task has not started
     raise LogExists(f"ibex task {ibex_id} has {MAX_RUNS} runs on {host} in the spool {cfg.spool_dir}",

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import Any
 
-from shipper.config import Config, parse_duration
+from shipper.config import Config
+from shipper.config_values import parse_duration
 from shipper.errors import LogshipError
 from shipper.query.engine import Database
 from shipper.query.search import Search

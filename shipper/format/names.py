@@ -176,6 +176,53 @@ LINES_COLUMNS = [("task", "VARCHAR"), ("host", "VARCHAR"), ("seq", "INTEGER"), (
                  ("partial", "BOOLEAN"), ("truncated", "BOOLEAN"), ("line", "VARCHAR")]
 
 
+# The catalog of logs (shipper/catalog, docs/format.md "Catalog"): one row per run, derived from manifests.
+# head/ holds the small records (`r-<row>`) and the summaries (`s-<inverted listing ns>-<hex>.parquet`), so one
+# LIST finds both; running/ one entry per running run; parts/ the compacted rows, per UTC start day.
+CATALOG_PREFIX = "catalog/v1/"
+CATALOG_HEAD = CATALOG_PREFIX + "head/"
+CATALOG_RUNNING = CATALOG_PREFIX + "running/"
+CATALOG_PARTS = CATALOG_PREFIX + "parts/"
+CATALOG_REBUILD_STATE = CATALOG_PREFIX + "rebuild/state.json"
+_CATALOG_PART_RE = re.compile(r"catalog/v1/parts/day=(\d{4}-\d{2}-\d{2})/(\d{19})-([0-9a-f]{16})\.parquet")
+_CATALOG_SUMMARY_RE = re.compile(r"catalog/v1/head/s-([0-9a-f]{16})-([0-9a-f]{8})\.parquet")
+
+
+def catalog_record_key(row: str) -> str:
+    return f"{CATALOG_HEAD}r-{row}"
+
+
+def parse_catalog_record_key(key: str) -> str | None:
+    """`catalog/v1/head/r-<row>` -> <row> (parsed by shipper.catalog.rows), or None."""
+    row = key.removeprefix(CATALOG_HEAD + "r-")
+    return row if row != key and "/" not in row else None
+
+
+def catalog_running_key(row: str) -> str:
+    return f"{CATALOG_RUNNING}{row}"
+
+
+def catalog_part_key(day: str, created_ns: int, token: str) -> str:
+    return f"{CATALOG_PARTS}day={day}/{created_ns:019d}-{token}.parquet"
+
+
+def parse_catalog_part_key(key: str) -> tuple[str, int] | None:
+    """`catalog/v1/parts/day=D/<created_ns>-<hex16>.parquet` -> (D, created_ns), or None."""
+    m = _CATALOG_PART_RE.fullmatch(key)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def catalog_summary_key(listed_ns: int, token: str) -> str:
+    """Newest first: the key holds 2^64-1 minus the time the summary's listing began."""
+    return f"{CATALOG_HEAD}s-{(1 << 64) - 1 - listed_ns:016x}-{token}.parquet"
+
+
+def parse_catalog_summary_key(key: str) -> int | None:
+    """A summary key -> the time its listing began (ns), or None."""
+    m = _CATALOG_SUMMARY_RE.fullmatch(key)
+    return (1 << 64) - 1 - int(m.group(1), 16) if m else None
+
+
 # Keys nothing is stored under: GET /readyz lists the prefix, an idle watcher HEADs the key, to learn
 # whether the store answers.
 READY_PROBE_PREFIX = "readyz/"
@@ -225,6 +272,8 @@ def parse_log_prefix(key: str) -> tuple[str, str] | None:
 RUN_FILE = "run.json"
 EXIT_FILE = "exit.json"
 SHIPPED_FILE = "shipped.json"
+RUN_ID_ENV = "LOGSHIP_RUN_ID"  # in a task's environment: its run.json's run_id (shipper/liveness.py finds it by it)
+LIVENESS_FILE = "liveness.json"  # <spool>/<task>/<host>/liveness.json: the agent's view of its task's processes
 DROPPED_FILE = "dropped.json"  # <spool>/<task>/<host>/dropped.json: ranges the store will never have (shipper/quota.py)
 WATCHER_STATE_FILE = ".watcher.json"  # <spool>/.watcher.json: the watcher's health and counters
 OPEN_SUFFIX = ".open"

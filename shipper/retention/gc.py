@@ -293,7 +293,7 @@ def main(cfg: Config, args: Any) -> int:
     """`logship gc --older-than DURATION [--status finished,lost] [--label k=v]... [--dry-run] [--lifecycle]`."""
     import sys
 
-    from shipper.config import parse_duration
+    from shipper.config_values import parse_duration
     from shipper.errors import LogshipError
 
     older = cfg.retention.older_than

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class Store(Protocol):
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         """All objects whose key starts with `prefix`, sorted by key."""
+
+    async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
+        """One LIST request: at most `max_keys` (1-1000) objects under `prefix` whose key sorts after
+        `start_after`, sorted by key. Fewer than `max_keys` means there are no more."""
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; absent ones are not an error."""

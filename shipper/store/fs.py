@@ -221,6 +221,12 @@ class FileStore:
             self.stats.count("list_objects_v2")
         return out
 
+    async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
+        check_key(prefix, prefix=True)
+        out = await asyncio.to_thread(self._list, prefix, False)
+        self.stats.count("list_objects_v2")
+        return [o for o in out if o.key > start_after][:max(1, min(max_keys, LIST_PAGE))]
+
     def _list(self, prefix: str, tmp: bool) -> builtins.list[ObjectInfo]:
         """Objects (or, with tmp=True, temporary files) whose key starts with `prefix`."""
         # Walk only the deepest directory the prefix names, not the whole store.

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import hashlib
 import os
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,8 +22,8 @@ from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from ..errors import ConfigError, ObjectNotFound, StoreError
-from . import s3errors
+from ..errors import ConfigError, StoreError
+from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
 from .fs import check_key
 from .s3read import PresignedReader
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
 MD5_MAX = 1 * MiB  # PUTs up to this size carry Content-MD5 (see _put_object)
-PART_SIZE = 8 * MiB
-MAX_PARTS = 10_000  # S3's limit; larger objects get larger parts
-UPLOAD_CONCURRENCY = 4  # parts in flight per object: memory is at most this many parts
 DELETE_BATCH = 1000  # S3's limit for DeleteObjects
 CONNECT_TIMEOUT = 3.0
 # How long the server may stay silent once a request is sent (aiohttp starts this clock after the
@@ -152,7 +150,7 @@ class S3Store:
         async def read(offset: int, n: int) -> bytes:
             return view[offset:offset + n].tobytes()  # botocore takes bytes, not memoryviews
 
-        await self._put_multipart(full, len(view), read)
+        await s3write.put_multipart(self, full, len(view), read)
 
     async def put_file(self, key: str, path: Path) -> None:
         full = self._key(key)
@@ -176,7 +174,7 @@ class S3Store:
             if size <= SINGLE_PUT_MAX:
                 await self._put_object(full, await read(0, size))
             else:
-                await self._put_multipart(full, size, read)
+                await s3write.put_multipart(self, full, size, read)
         finally:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
@@ -191,69 +189,6 @@ class S3Store:
                if len(data) <= MD5_MAX or checked else {})
         with self._errors("put", full):
             await s3.put_object(Bucket=self.bucket, Key=full, Body=data, **md5)
-
-    async def _put_multipart(self, full: str, size: int, read: Callable[[int, int], Awaitable[bytes]]) -> None:
-        """Upload in parts, UPLOAD_CONCURRENCY at a time; abort the upload on any failure, cancellation included."""
-        s3 = await self._s3()
-        part_size = max(PART_SIZE, _ceil_div(_ceil_div(size, MAX_PARTS), MiB) * MiB)
-        jobs = iter(enumerate(range(0, size, part_size), start=1))  # shared by the workers
-        etags: dict[int, str] = {}
-        # Shielded, so that when we are cancelled while the server creates the upload, we still
-        # learn its id and can abort it.
-        create = asyncio.ensure_future(s3.create_multipart_upload(Bucket=self.bucket, Key=full))
-
-        async def worker() -> None:
-            # A part is read only when a worker is free to send it, so memory stays at
-            # UPLOAD_CONCURRENCY * part_size whatever the object's size.
-            for number, offset in jobs:
-                body = await read(offset, min(part_size, size - offset))
-                with self._errors(f"upload part {number} of", full):
-                    resp = await s3.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                PartNumber=number, Body=body)
-                etags[number] = resp["ETag"]
-
-        upload_id = ""
-        try:
-            with self._errors("start a multipart upload of", full):
-                upload_id = (await asyncio.shield(create))["UploadId"]
-            n_workers = min(UPLOAD_CONCURRENCY, _ceil_div(size, part_size))
-            workers = [asyncio.create_task(worker()) for _ in range(n_workers)]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            with self._errors("complete the multipart upload of", full):
-                await s3.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                   MultipartUpload={"Parts": parts})
-        except BaseException:
-            # Shielded: a second cancellation must not leave the upload (and its parts) behind.
-            # If the abort itself fails, abort_uploads() cleans up on the watcher's next start.
-            task = asyncio.create_task(self._abort_created(full, create))
-            self._aborts.add(task)
-            task.add_done_callback(self._aborts.discard)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-            raise
-
-    async def _abort_created(self, full: str, create: asyncio.Future[Any]) -> None:
-        """Abort the upload `create` made, if it made one."""
-        try:
-            upload_id: str = (await create)["UploadId"]
-        except Exception:
-            return  # nothing was created
-        with contextlib.suppress(StoreError):
-            await self._abort(full, upload_id)
-
-    async def _abort(self, full: str, upload_id: str) -> None:
-        s3 = await self._s3()
-        try:
-            with self._errors("abort the multipart upload of", full):
-                await s3.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-        except ObjectNotFound:
-            pass  # already aborted or completed (NoSuchUpload)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -337,6 +272,18 @@ class S3Store:
         out.sort(key=lambda o: o.key)  # S3 lists in UTF-8 order already; not every clone does
         return out
 
+    async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
+        full = self.root + check_key(prefix, prefix=True)
+        s3 = await self._s3()
+        extra = {"StartAfter": self.root + start_after} if start_after else {}
+        with self._errors("list", full):
+            page = await s3.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=max(1, min(max_keys, 1000)),
+                                            **extra)
+        out = [ObjectInfo(o["Key"][len(self.root):], int(o["Size"])) for o in page.get("Contents", ())
+               if not o["Key"].endswith("/")]
+        out.sort(key=lambda o: o.key)
+        return out
+
     # --- removing ----------------------------------------------------------------------
 
     async def delete(self, keys: Iterable[str]) -> None:
@@ -363,7 +310,7 @@ class S3Store:
             async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
                 uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
         for k, upload_id in uploads:
-            await self._abort(k, upload_id)
+            await s3write.abort(self, k, upload_id)
         return len(uploads)
 
     # --- errors ------------------------------------------------------------------------
@@ -410,10 +357,6 @@ def _range(start: int, end: int | None) -> dict[str, str]:
     if start == 0 and end is None:
         return {}
     return {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _pread_exact(fd: int, n: int, offset: int) -> bytes:

@@ -1,0 +1,340 @@
+"""Reading the catalog: one page of the listing, in requests that grow with the page, not the archive.
+
+A page is the union of the records under head/ (one LIST, which also names the newest summary), the
+summary's parts that may hold matching rows (newest start first, read only until the page is full), and
+for `status=running` the running/ entries instead of the parts. Of each run the highest (phase, version)
+row wins. Parts and summaries never change, so a long-lived reader (the API) keeps them: a warm page is
+one LIST. A bad object costs only its own rows (counted in `bad`, logged once), never the listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+from shipper.errors import ObjectNotFound
+from shipper.format import manifest, names
+from shipper.retry import QuietLog
+from shipper.store import Store
+
+from . import parts, rows
+from .parts import BadPart, PartMeta
+from .rows import BadRow, Row
+
+log = logging.getLogger("logship.catalog")
+_quiet = QuietLog(log)
+FETCH_CONCURRENCY = 16
+CACHE_BYTES = 64 << 20  # parts kept in memory by a long-lived reader
+CHUNK = 256  # rows turned into Python objects at a time, in listing order
+PARSED_KEYS = 20_000  # record and running keys whose rows a long-lived reader keeps (≈ 1,000 running in a fleet)
+Cursor = tuple[int, str, str]  # (started_ns, task, host): the API's cursor (api/params.py)
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: int | None = None  # started_ns >= since
+    until: int | None = None  # started_ns < until
+    status: str | None = None
+    host: str | None = None
+    task: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # all must match
+
+    def fixed(self, r: Row) -> bool:
+        """The filters on fields a run never changes (safe to apply to any of its rows)."""
+        return ((self.since is None or r.started_ns >= self.since) and (self.until is None or r.started_ns < self.until)
+                and (self.host is None or r.host == self.host) and (self.task is None or r.task == self.task)
+                and all(r.labels.get(k) == v for k, v in self.labels))
+
+    def final(self, r: Row) -> bool:
+        return r.visible and (self.status is None or r.status == self.status)
+
+    def may_hold(self, p: PartMeta, cursor: Cursor | None) -> bool:
+        if p.rows == 0 or (self.since is not None and p.max_started_ns < self.since):
+            return False
+        if (self.until is not None and p.min_started_ns >= self.until) or (cursor and p.min_started_ns > cursor[0]):
+            return False
+        want = [f"l:{k}={v}" for k, v in self.labels] + ([f"h:{self.host}"] if self.host else []) + (
+            [f"t:{self.task}"] if self.task else [])
+        return all(parts.may_hold(p.bloom, w) for w in want)
+
+
+@dataclass
+class Head:
+    """One LIST of head/: the records (rows parsed) and the newest summary."""
+
+    pairs: list[tuple[str, Row]]  # (record key, its row)
+    summaries: list[str]  # every summary key, newest first
+    bad: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[Row]:
+        return [r for _, r in self.pairs]
+
+
+class Reader:
+    """Reads pages of one store's catalog; keeps immutable objects (parts, summaries, record bodies)."""
+
+    def __init__(self, store: Store, cache_bytes: int = CACHE_BYTES) -> None:
+        self.store = store
+        self.cache_bytes = cache_bytes
+        self._parts: OrderedDict[str, pa.Table] = OrderedDict()
+        self._summary: tuple[str, list[PartMeta]] | None = None
+        self._bodies: OrderedDict[str, Row] = OrderedDict()
+        self._parsed: OrderedDict[str, Row] = OrderedDict()  # key -> its row: a warm LIST parses nothing again
+        self.bad_objects = 0
+
+    # --- objects ------------------------------------------------------------------------------------
+
+    def _bad(self, key: str, why: object) -> None:
+        self.bad_objects += 1
+        _quiet.log(logging.WARNING, key, "catalog: %s is left out (%s)", key, why)
+
+    async def _rows_of_keys(self, keys: Sequence[str], prefix: str, running: bool,
+                            bad: list[str]) -> list[tuple[str, Row]]:
+        out: list[tuple[str, Row]] = []
+        need: list[tuple[str, str, str]] = []
+        for key in keys:
+            name = key[len(prefix):]
+            row = self._parsed.get(key)
+            if row is None:
+                try:
+                    row = rows.parse_name(name, running=running)
+                except BadRow as exc:
+                    bad.append(key)
+                    self._bad(key, exc)
+                    continue
+                if row is not None:
+                    self._parsed[key] = row
+                    if len(self._parsed) > PARSED_KEYS:
+                        self._parsed.popitem(last=False)
+            if row is not None:
+                out.append((key, row))
+            elif key in self._bodies:
+                out.append((key, self._bodies[key]))
+            else:
+                _, task, host = name.split("~")[:3]
+                need.append((key, task, host))
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def body(key: str, task: str, host: str) -> tuple[str, Row] | None:
+            async with sem:
+                try:
+                    row = rows.from_body(await self.store.get(key), task, host)
+                except ObjectNotFound:
+                    return None  # compacted meanwhile: its row is in a part the next page reads
+                except BadRow as exc:
+                    bad.append(key)
+                    self._bad(key, exc)
+                    return None
+            self._bodies[key] = row
+            while len(self._bodies) > 10_000:
+                self._bodies.popitem(last=False)
+            return key, row
+
+        out += [r for r in await asyncio.gather(*(body(*n) for n in need)) if r is not None]
+        return out
+
+    async def head(self) -> Head:
+        objs = await self.store.list(names.CATALOG_HEAD)
+        rec_keys = [o.key for o in objs if names.parse_catalog_record_key(o.key) is not None]
+        summaries = sorted(o.key for o in objs if names.parse_catalog_summary_key(o.key) is not None)
+        known = set(rec_keys) | set(summaries)
+        bad = [o.key for o in objs if o.key not in known]
+        for k in bad:
+            self._bad(k, "not a catalog key")
+        recs = await self._rows_of_keys(rec_keys, names.CATALOG_HEAD + "r-", False, bad)
+        return Head(recs, summaries, bad)
+
+    async def running(self, bad: list[str]) -> list[Row]:
+        objs = await self.store.list(names.CATALOG_RUNNING)
+        return [r for _, r in await self._rows_of_keys([o.key for o in objs], names.CATALOG_RUNNING, True, bad)]
+
+    async def summary(self, keys: Sequence[str]) -> list[PartMeta]:
+        """The parts in force per the newest readable summary of `keys` (newest first)."""
+        for key in keys:
+            if self._summary is not None and self._summary[0] == key:
+                return self._summary[1]
+            try:
+                entries = parts.decode_summary(key, await self.store.get(key))
+            except ObjectNotFound:
+                continue  # deleted meanwhile (it was old): the next one is as good
+            except BadPart as exc:
+                self._bad(key, exc)
+                continue
+            self._summary = (key, entries)
+            return entries
+        return []
+
+    async def part(self, key: str) -> pa.Table | None:
+        if key in self._parts:
+            self._parts.move_to_end(key)
+            return self._parts[key]
+        try:
+            table = parts.decode_part(key, await self.store.get(key))
+        except ObjectNotFound:
+            self._bad(key, "named by the summary but gone: run `logship catalog rebuild`")
+            return None
+        except BadPart as exc:
+            self._bad(key, exc)
+            return None
+        self._parts[key] = table
+        while sum(t.nbytes for t in self._parts.values()) > self.cache_bytes and len(self._parts) > 1:
+            self._parts.popitem(last=False)
+        return table
+
+    # --- a page ------------------------------------------------------------------------------------
+
+    async def page(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[dict[str, Any]],
+                                                                                       Cursor | None]:
+        head = await self.head()
+        if filters.status == manifest.RUNNING:
+            found = await self._running_page(head, filters, cursor, limit + 1)
+        else:
+            entries = sorted((p for p in await self.summary(head.summaries) if filters.may_hold(p, cursor)),
+                             key=lambda p: -p.max_started_ns)
+            found = await self._walk(head.records, entries, filters, cursor, limit + 1)
+        page = found[:limit]
+        more = len(found) > limit
+        return [r.listing() for r in page], ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
+
+    async def _running_page(self, head: Head, filters: Filters, cursor: Cursor | None, want: int) -> list[Row]:
+        """`status=running`: running/ entries from the cursor on, a LIST page at a time (their keys are in
+        start order), with every record, until `want` rows are certain."""
+        prefix = names.CATALOG_RUNNING
+        after = f"{prefix}{rows.MAX64 - cursor[0]:016x}" if cursor else ""  # every entry started at or before it
+        got: list[Row] = []
+        size = min(1000, want + 16)
+        while True:
+            objs = await self.store.list_page(prefix, after, size)
+            got += [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
+            more = len(objs) >= size
+            # entries of one start time are adjacent: the last one's may go on in the next page
+            starts = [t for o in objs if (t := _start_of(o.key[len(prefix):])) is not None]
+            floor = (min(starts) if starts else rows.MAX64) if more else None
+            found = _merge([iter(sorted(head.records + got, key=lambda r: r.order))], filters, cursor, want, floor)
+            if len(found) >= want or not more:
+                return found
+            after, size = objs[-1].key, 1000
+
+    async def _walk(self, records: list[Row], entries: list[PartMeta], filters: Filters, cursor: Cursor | None,
+                    want: int) -> list[Row]:
+        """Read parts newest first until `want` rows are certain: a row is final once no unread part
+        can hold a row of the same run (all of a run's rows have its start time)."""
+        recs = sorted((r for r in records if filters.fixed(r)), key=lambda r: r.order)
+        tables: list[pa.Table] = []
+        out: list[Row] = []
+        i = 0
+        while True:
+            # read the next batch: every part whose newest start is as new as the first unread one
+            if i < len(entries):
+                top = entries[i].max_started_ns
+                batch = []
+                while i < len(entries) and entries[i].max_started_ns >= top:
+                    batch.append(entries[i].key)
+                    i += 1
+                got = await asyncio.gather(*(self.part(k) for k in batch))
+                tables += [_fixed_filter(t, filters) for t in got if t is not None]
+            floor = entries[i].max_started_ns if i < len(entries) else None
+            pos = cursor if not out else (out[-1].started_ns, out[-1].task, out[-1].host)
+            sources = [_after(recs, pos)] + [iter_table(t, pos) for t in tables]
+            out += _merge(sources, filters, None, want - len(out), floor)
+            if len(out) >= want or floor is None:
+                return out
+
+
+def _start_of(name: str) -> int | None:
+    """The start time a row key begins with (None for a key that does not)."""
+    try:
+        return rows.MAX64 - int(name[:16], 16) if len(name) > 16 and name[16] == "~" else None
+    except ValueError:
+        return None
+
+
+def _after(recs: list[Row], pos: Cursor | None) -> Iterator[Row]:
+    return (r for r in recs if rows.after(r, pos))
+
+
+def _merge(sources: list[Iterator[Row]], filters: Filters, cursor: Cursor | None, want: int,
+           floor: int | None) -> list[Row]:
+    """Rows of runs in listing order, the winner of each run, up to `want`, stopping before a run whose
+    start is at or below `floor` (an unread part may hold rows of it)."""
+    out: list[Row] = []
+    best: Row | None = None
+    for r in heapq.merge(*sources, key=lambda r: r.order):
+        if best is not None and r.run == best.run:
+            best = r if r.rank > best.rank else best
+            continue
+        if best is not None and filters.final(best):
+            out.append(best)
+            if len(out) >= want:
+                return out
+        if floor is not None and r.started_ns <= floor:
+            return out
+        best = r if filters.fixed(r) and rows.after(r, cursor) else None
+        if best is None:
+            continue
+    if best is not None and filters.final(best) and len(out) < want:
+        out.append(best)
+    return out
+
+
+def _fixed_filter(t: pa.Table, f: Filters) -> pa.Table:
+    mask = None
+
+    def both(m: Any) -> None:
+        nonlocal mask
+        mask = m if mask is None else pc.and_(mask, m)
+
+    if f.since is not None:
+        both(pc.greater_equal(t["started_ns"], f.since))
+    if f.until is not None:
+        both(pc.less(t["started_ns"], f.until))
+    if f.host is not None:
+        both(pc.equal(t["host"], f.host))
+    if f.task is not None:
+        both(pc.equal(t["task"], f.task))
+    for k, v in f.labels:
+        both(pc.fill_null(pc.equal(pc.map_lookup(t["labels"], pa.scalar(k), "first"), v), False))
+    return t if mask is None else t.filter(mask)
+
+
+def iter_table(t: pa.Table, pos: Cursor | None) -> Iterator[Row]:
+    if pos is not None:
+        s, task, host = pos
+        later = pc.or_(pc.less(t["started_ns"], s), pc.and_(pc.equal(t["started_ns"], s), pc.or_(
+            pc.greater(t["task"], task), pc.and_(pc.equal(t["task"], task), pc.greater(t["host"], host)))))
+        t = t.filter(later)
+    for start in range(0, t.num_rows, CHUNK):
+        chunk = t.slice(start, CHUNK).to_pylist()
+        for d in chunk:
+            d["labels"] = dict(d["labels"] or ())
+            d["command"] = d["command"] or []
+            yield Row(**d)
+
+
+_readers: dict[int, tuple[Store, Reader]] = {}
+
+
+def reader(store: Store) -> Reader:
+    """The process's reader of `store` (caches kept while the store object lives)."""
+    entry = _readers.get(id(store))
+    if entry is None or entry[0] is not store:
+        for k in [k for k, (s, _) in _readers.items() if s is store or len(_readers) > 16]:
+            del _readers[k]
+        entry = _readers[id(store)] = (store, Reader(store))
+    return entry[1]
+
+
+async def list_logs(store: Store, filters: Filters, cursor: Cursor | None = None,
+                    limit: int = 100) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of the listing: rows newest first (the fields GET /api/v1/tasks returns), and the cursor of
+    the next page (None: this is the last)."""
+    return await reader(store).page(filters, cursor, limit)
