@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import os
@@ -320,6 +321,9 @@ class KillAfterDeletes:
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         return await self.inner.list(prefix)
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        return await self.inner.list_dirs(prefix)
 
     async def abort_uploads(self, prefix: str) -> int:
         return await self.inner.abort_uploads(prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ class Store(Protocol):
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         """All objects whose key starts with `prefix`, sorted by key."""
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The names one level below `prefix` (empty or ending in "/") that hold at least one object,
+        sorted: a LIST with delimiter "/", so its cost grows with those names, not with the objects below.
+        Some servers (SeaweedFS) still show a name a while after its last object is deleted: check what
+        matters (a manifest, say) before trusting a name."""
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; absent ones are not an error."""

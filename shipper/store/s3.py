@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import hashlib
 import os
@@ -24,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from ..errors import ConfigError, ObjectNotFound, StoreError
 from . import s3errors
 from .base import ObjectInfo, StoreStats
-from .fs import check_key
+from .fs import check_dir_prefix, check_key
 from .s3read import PresignedReader
 
 if TYPE_CHECKING:
@@ -336,6 +337,16 @@ class S3Store:
                         out.append(ObjectInfo(k[len(self.root):], int(obj["Size"])))
         out.sort(key=lambda o: o.key)  # S3 lists in UTF-8 order already; not every clone does
         return out
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        full = self.root + check_dir_prefix(prefix)
+        s3 = await self._s3()
+        out: builtins.list[str] = []
+        with self._errors("list", full):
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                           Delimiter="/"):
+                out += [name for p in page.get("CommonPrefixes", ()) if (name := p["Prefix"][len(full):-1])]
+        return sorted(out)
 
     # --- removing ----------------------------------------------------------------------
 
