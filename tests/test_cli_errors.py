@@ -5,7 +5,9 @@ match" (grep's exit 1); `serve` on a port in use ends with one line; a watcher's
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from shipper.format.hosts import hosts_of
 from shipper.store import open_store
 from shipper.watcher import watch
 
-from .support import LOGSHIP, Api, MakeConfig, agent_env, client_for, run_agent, spooled
+from .support import LOGSHIP, Api, MakeConfig, agent_env, client_for, env_for, free_port, run_agent, spooled
 
 CMD = ["sh", "-c", "seq 1 200; echo needle-$0 >&2"]
 
@@ -187,3 +189,30 @@ def test_tail_and_download_pick_the_only_host_and_name_several(api: Api) -> None
         assert res.returncode == 2 and not res.stdout, args
         assert res.stderr.decode().startswith(f"logship: no log of task nope at {api.url} (hint: check the task id")
     assert not (api.tmp_path / "x.log").exists() and not (api.tmp_path / "m.log").exists()
+
+
+# --- serve on an address it cannot have --------------------------------------------------------
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = env_for(tmp_path / "spool", {"LOGSHIP_STORE_URL": f"file://{tmp_path / 'archive'}",
+                                           "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}"})
+        res = logship(env, "serve", cwd=tmp_path)
+        assert res.returncode == 2 and not res.stdout
+        assert res.stderr.startswith(f"logship: cannot listen on 127.0.0.1:{port}: address already in use (hint: "), \
+            res.stderr
+        assert "api.listen" in res.stderr and "LOGSHIP_API_LISTEN" in res.stderr
+        assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr
+        res = logship({**env, "LOGSHIP_LOGGING_FORMAT": "json"}, "serve", cwd=tmp_path)
+        line = json.loads(res.stderr)  # one JSON line for log collectors
+        assert res.returncode == 2 and line["event"] == "giving_up" and "address already in use" in line["detail"]
+    # TEST-NET-1: no address of this machine (the bind fails at once; nothing is sent)
+    env.update(LOGSHIP_API_LISTEN=f"192.0.2.1:{free_port()}", LOGSHIP_API_TOKENS="t" * 20)
+    res = logship(env, "serve", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith("logship: cannot listen on 192.0.2.1:") and "cannot assign requested address" in \
+        res.stderr and "Traceback" not in res.stderr
