@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -216,3 +217,21 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.startswith("logship: cannot listen on 192.0.2.1:") and "cannot assign requested address" in \
         res.stderr and "Traceback" not in res.stderr
+
+
+# --- the watcher's conflict, as an event -------------------------------------------------------
+
+
+def test_a_conflict_is_a_log_conflict_event(tmp_path: Path) -> None:
+    store = {"LOGSHIP_STORE_URL": f"file://{tmp_path / 'archive'}", "LOGSHIP_LOGGING_FORMAT": "json"}
+    for spool in ("a", "b"):  # two runs of twice/h1, on two spools: the second finds the first in the store
+        env = env_for(tmp_path / spool, store)
+        assert run_agent(tmp_path / spool, "twice", ["echo", spool], env=env).returncode == 0
+        res = logship(env, "watch", "--once")
+        assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stderr.splitlines()]
+    conflict = [e for e in events if e.get("event") == "log_conflict"]
+    assert len(conflict) == 1, events
+    assert conflict[0]["level"] == "error" and (conflict[0]["task"], conflict[0]["host"]) == ("twice", "h1")
+    assert "the store holds another run of this log" in conflict[0]["msg"]
+    assert os.path.exists(tmp_path / "b" / "twice" / "h1")  # kept in its spool
