@@ -277,7 +277,8 @@ class Watcher:
             st.loaded = True
             self.stats["conflicts"] += 1
             log.error("%s/%s: the store holds another run of this log (run %s); not overwriting it — "
-                      "its spool stays in %s until you move it", sl.task, sl.host, doc.get("run_id"), sl.dir)
+                      "its spool stays in %s until you move it", sl.task, sl.host, doc.get("run_id"), sl.dir,
+                      extra={"event": "log_conflict", "task": sl.task, "host": sl.host})
             return
         if doc is not None:
             st.segments = segments
