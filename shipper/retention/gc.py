@@ -121,9 +121,9 @@ class Collector:
             await self._mark(v)
         # Outside engines read the published set (shipper/query/published.py): it leaves these logs out from now,
         # and the grace starts once it says so.
-        if await self.compactor.publish() is not None:
-            for v in victims:
-                v.hidden_ns = max(v.hidden_ns, self.clock())
+        await self.compactor.publish()
+        for v in victims:
+            v.hidden_ns = max(v.hidden_ns, self.clock())
         while True:
             now = self.clock()
             ready = [v for v in victims if now - v.hidden_ns >= self.grace_s * 1e9]
