@@ -229,3 +229,31 @@ async def test_a_garbage_snapshot_is_an_error_that_names_it(make_config: MakeCon
             assert same_everywhere(cfg) == want
     finally:
         await store.close()
+
+
+async def test_nothing_a_snapshot_in_use_reads_is_deleted(make_config: MakeConfig) -> None:
+    """A part whose compaction died before publishing: its copies stay while the older snapshot (which reads them)
+    may be in use — until 1.5 grace periods after the listing of the snapshot that hides them."""
+    cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="0")
+    await ship(cfg, ["u1", "u2"])
+    grace = 2.0
+    offset = [0]
+
+    def clock() -> int:
+        return time.time_ns() + offset[0]
+
+    store = open_store(cfg.store)
+    try:
+        c = Compactor(store, Settings(16 << 10, 32 << 20, grace), clock=clock)
+        assert await c.publish() is not None  # S0: the copies
+        assert (await c.merge(await c.state(), set())).parts_written == 1  # the part, not published
+        want = same_everywhere(cfg)
+        offset[0] = int(3 * grace * 1e9)  # the part is due by its age...
+        assert (await c.finish(await c.state())).waiting == 1  # ...but S0, the newest, reads its copies
+        assert await c.publish() is not None  # S1 hides them
+        assert (await c.finish(await c.state())).waiting == 1  # a reader may have chosen S0 just before
+        offset[0] += int(1.6 * grace * 1e9)
+        assert (await c.finish(await c.state())).objects_deleted == 2
+        assert same_everywhere(cfg) == want
+    finally:
+        await store.close()
