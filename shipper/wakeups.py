@@ -162,6 +162,16 @@ class SpoolWatch:
     # --- events -----------------------------------------------------------------------------
 
     def _readable(self) -> None:
+        try:
+            self._read_events()
+        except Exception as exc:  # never the watcher's end: it still has its periodic pass
+            if not self.broken:
+                log.exception("reading the spool's inotify events failed; polling every second instead")
+            self.broken = f"reading events failed: {exc}"
+            asyncio.get_running_loop().remove_reader(self.fd)  # not called again and again
+            self.wake.set()
+
+    def _read_events(self) -> None:
         woke = rescan = False
         for _ in range(READS_AT_ONCE):
             try:

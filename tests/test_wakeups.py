@@ -106,6 +106,27 @@ async def test_a_seal_is_shipped_within_100_ms(tmp_path: Path) -> None:
     assert max(lat) < 1.0, lat
 
 
+async def test_a_log_that_starts_or_ends_is_shipped_at_once(tmp_path: Path) -> None:
+    cfg = config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_SECONDS="5", LOGSHIP_QUERY_COPY="false")
+    archive = tmp_path / "archive"
+    async with watching(cfg):
+        await asyncio.sleep(0.3)
+        t = time.monotonic()
+        w = start_log(cfg.spool_dir, "short")
+        await until(lambda: (archive / names.manifest_key("short", "h1")).exists())
+        started = time.monotonic() - t
+        append(w, b"the only line\n")
+        await asyncio.to_thread(w.close)
+        t = time.monotonic()
+        write_json_atomic(cfg.spool_dir / "short" / "h1" / names.EXIT_FILE, {
+            "status": "finished", "exit_code": 0, "signal": None, "ended_ns": time.time_ns(), "dropped_bytes": 0})
+        await until(lambda: (cfg.spool_dir / "short" / "h1" / names.SHIPPED_FILE).exists())
+        ended = time.monotonic() - t
+    doc = json.loads((archive / names.manifest_key("short", "h1")).read_bytes())
+    assert doc["status"] == "finished" and doc["size"] == len(b"the only line\n")
+    assert started < 1.0 and ended < 1.0, (started, ended)  # not the 5 s periodic pass
+
+
 async def test_appends_wake_nothing(tmp_path: Path) -> None:
     cfg = config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_SECONDS="5", LOGSHIP_QUERY_COPY="false")
     async with watching(cfg):
