@@ -247,7 +247,10 @@ class Watcher:
               and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds * (1 - DUE_EARLY)
               and (self.uploads.continues(st, sl.open)
                    or await asyncio.to_thread(self._open_index_ok, sl, st, dropped))):
+            last, taken = st.last_checkpoint, self.stats["checkpoints"]
             await self.uploads.checkpoint(sl, st)
+            if self.stats["checkpoints"] == taken:  # nothing new: new bytes go at the next pass, not an interval on
+                st.last_checkpoint = last
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is

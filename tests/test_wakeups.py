@@ -291,3 +291,24 @@ def test_news_is_a_start_a_seal_or_an_end() -> None:
     assert all(wakeups.news(*c) for c in yes)
     assert not any(wakeups.news(*c) for c in no)
 
+
+
+@pytest.mark.parametrize("deltas", ["true", "false"])
+async def test_the_first_bytes_are_checkpointed_by_the_next_pass_and_then_every_interval(tmp_path: Path,
+                                                                                       deltas: str) -> None:
+    cfg = config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_SECONDS="5", LOGSHIP_WATCH_CHECKPOINT_DELTAS=deltas,
+                 LOGSHIP_QUERY_COPY="false")
+    w = start_log(cfg.spool_dir, "first")
+    w._open()  # the open segment, before its first byte (as at a wake-up for run.json)
+    wat = Watcher(cfg, open_store(cfg.store))
+    try:
+        await wat.run_once()
+        assert wat.stats["checkpoints"] == 0
+        append(w, b"the first bytes\n")
+        await wat.run_once()  # not an interval later: a dead host would lose them
+        assert wat.stats["checkpoints"] == 1
+        append(w, b"more\n")
+        await wat.run_once()
+        assert wat.stats["checkpoints"] == 1  # the interval holds between checkpoints that sent something
+    finally:
+        await wat.store.close()
