@@ -8,8 +8,10 @@ calls a Python filter for each, ≈ 200 a second for one 10 KB/s log (docs/check
 event files written by the agent: the kernel already knows, every agent (old ones too) is covered, and
 nothing new lands in the spool to be cleaned up or planted.
 
-Linux only, through libc (ctypes). Where inotify is missing or its watch limit is reached, `start` and
-`broken` say so, and the watcher finds everything by its periodic pass, as before.
+Linux only, through libc (ctypes). Where the kernel has no inotify (another OS), `portable` watches with
+watchfiles instead (every append costs a filtered event there, but a seal still wakes the watcher at
+once); where inotify's watch limit is reached, `start` and `broken` say so, and the watcher finds
+everything by its periodic pass, as before.
 """
 
 from __future__ import annotations
@@ -208,3 +210,21 @@ class SpoolWatch:
         if woke:
             self.wakeups += 1
             self.wake.set()
+
+
+async def portable(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set `wake` on a log's start, a seal or an end where inotify cannot be had: watchfiles (FSEvents,
+    kqueue, …) sees appends too, and the filter drops them. If it fails, the periodic pass finds all."""
+    try:
+        import watchfiles
+
+        def interesting(_change: object, path: str) -> bool:
+            return (not path.endswith(names.OPEN_SUFFIX) and ".tmp-" not in path
+                    and not path.endswith(names.WATCHER_STATE_FILE))
+
+        # watchfiles' defaults (debounce 1600 ms, step 50 ms) would add up to a second and a half.
+        async for _ in watchfiles.awatch(spool, watch_filter=interesting, debounce=50, step=10,
+                                         stop_event=stop, recursive=True):
+            wake.set()
+    except Exception as exc:  # noqa: BLE001 — any failure here only costs the wake-ups
+        log.warning("cannot watch the spool with watchfiles either (%s): the watcher polls it every second", exc)

@@ -28,7 +28,7 @@ import zstandard
 from shipper.format import frames, index, manifest, names
 from shipper.query import copies
 
-from . import watcher_state
+from . import wakeups, watcher_state
 from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
@@ -821,6 +821,8 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
     notifier = None if once else SpoolWatch.start(cfg.spool_dir, wake)
+    fallback = (None if once or notifier is not None  # no inotify here: watchfiles, appends filtered out
+                else asyncio.create_task(wakeups.portable(cfg.spool_dir, wake, stop)))
     scheduled = None if once or alongside is None else alongside(store, stop)
     backoff = Backoff()
     periodic_at = 0.0  # monotonic time of the next periodic pass (a wake-up's pass does not move it)
@@ -861,6 +863,10 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
                 await scheduled
         if notifier is not None:
             notifier.close()
+        if fallback is not None:
+            fallback.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fallback
         await store.close()
     return w
 
