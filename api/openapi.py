@@ -303,7 +303,9 @@ def _paths() -> dict[str, Any]:
                 "type": "object", "required": ["hits", "more"], "properties": {
                     "hits": {"type": "array", "items": _ref("SearchHit")}, "more": {"type": "boolean"},
                     "elapsed_ms": {"type": "integer"}}}}}},
-                "400": {"$ref": "#/components/responses/BadRequest"}, **_COMMON_ERRORS},
+                "400": {"$ref": "#/components/responses/BadRequest"},
+                "404": _error("`task` (on `host`) has no log (`not_found`); a log without a match is a 200 with no "
+                              "hits"), **_COMMON_ERRORS},
         }},
         "/": {"get": {
             "operationId": "webPage", "summary": "The web page: tasks, a live log view, search, downloads",

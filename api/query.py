@@ -188,8 +188,34 @@ async def search(request: web.Request) -> web.Response:
             hits, elapsed = await asyncio.to_thread(_run_search, db, s)
         except QueryError as exc:
             return _refusal(exc)
+    if not hits and s.task:
+        await _check_task_has_log(request.app, s.task, s.host)  # a wrong id is a 404, never "no match"
     more = len(hits) > s.limit
     return web.json_response({"hits": [_hit(h) for h in hits[:s.limit]], "more": more, "elapsed_ms": elapsed})
+
+
+async def _check_task_has_log(app: web.Application, task: str, host: str | None) -> None:
+    """Raise LogNotFound (404) when `task` has no log (on `host`) in the store or the spool this API serves.
+    Called only when nothing matched; it costs a HEAD, or a delimited LIST of the task's prefix and a HEAD."""
+    from shipper.format.hosts import has_log, hosts_of
+    from shipper.spool.logs import iter_logs
+
+    from .keys import SOURCE, STORE
+    from .source import LogNotFound
+
+    spool = app[SOURCE].spool
+    logs = [] if spool is None else await asyncio.to_thread(iter_logs, spool)
+    spooled = {d.name for d in logs if d.parent.name == task}
+    if (spooled if host is None else host in spooled) or (host and await has_log(app[STORE], task, host)):
+        return
+    found = await hosts_of(app[STORE], task, want=1 if host is None else 10)
+    if host is None and found.hosts:
+        return
+    if hosts := sorted({*found.hosts, *spooled}):
+        raise LogNotFound(f"no log {task}/{host}", f"task {task} has logs on {', '.join(hosts)}"
+                          f"{' and more' if found.unchecked else ''}: search one of them, or leave out host=")
+    raise LogNotFound(f"no log of task {task}", "check the task id (ids are case-sensitive); "
+                      "GET /api/v1/tasks lists logs")
 
 
 def _run_search(db: Database, s: Any) -> tuple[list[dict[str, Any]], int]:

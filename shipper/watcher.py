@@ -29,13 +29,14 @@ from shipper.format import frames, index, manifest, names
 from shipper.format.manifest import Checkpoint, Manifest, ManifestError, Segment
 from shipper.query import copies
 
-from . import watcher_state
+from . import wakeups, watcher_state
 from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
 from .logs import event
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
 from .retry import Backoff, QuietLog
+from .settled import Look, Settled
 from .spool import (
     MISSING,
     NOFOLLOW,
@@ -55,6 +56,7 @@ from .spool import (
     write_json_atomic,
 )
 from .store import ObjectInfo, Store, open_store
+from .wakeups import SpoolWatch
 
 log = logging.getLogger("logship.watcher")
 
@@ -64,6 +66,9 @@ STORE_PROBE_SECONDS = 60  # a watcher with nothing to ship still asks the store 
 SET_ASIDE_RETRY_SECONDS = 60  # a log set aside (damaged) is looked at again this often, in case it was fixed
 INDEX_MAX = 64 << 20  # a spool index larger than this is not one the agent wrote
 ADOPT_MAX = 1 << 30  # a store segment a missing manifest no longer names is read back only up to this size
+# A checkpoint is due this share of the interval early: passes that a wake-up brings between the periodic
+# ones (watch()) would otherwise push a log off the periodic passes' phase, to up to two intervals.
+DUE_EARLY = 0.25
 
 
 @dataclass
@@ -121,6 +126,8 @@ class Watcher:
         self._quiet = QuietLog(log)
         self.uploads = Uploads(store, self.compression, self.stats, deltas=cfg.watch.checkpoint_deltas,
                                quiet=self._quiet)
+        self.settled = Settled()  # logs with nothing new: a pass looks at them with a stat (shipper/settled.py)
+        self._looks: dict[Path, Look] = {}
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -143,21 +150,28 @@ class Watcher:
     def local_pass(self) -> list[Path]:
         """Work that needs no store: seal dead agents' segments, keep the quota. Returns logs to ship."""
         self.spool.mkdir(parents=True, exist_ok=True)
+        full = self.settled.begin_pass()
         dirs = []
         refused: list[Path] = []
         for d in iter_logs(self.spool, refused):
             st = self.logs.get(d)
             if st is not None and st.set_aside and time.monotonic() - st.set_aside_at < SET_ASIDE_RETRY_SECONDS:
                 continue
+            if self.settled.unchanged(d):
+                continue
+            look = self.settled.look(d)
             try:
                 if (d / names.SHIPPED_FILE).exists():
                     self._prune_shipped(d)
+                    self.settled.settle(d, look, None)
                     continue
                 sl = read_log(d)
                 if sl is None:
                     continue
                 if (sl.sealing or sl.open is not None) and not agent_alive(sl.run):
                     self._recover(sl)
+                if look is not None:
+                    self._looks[d] = dataclasses.replace(look, open_seq=sl.open, run=None if sl.finished else sl.run)
                 dirs.append(d)
             except SpoolDamaged as exc:
                 self._set_aside(d, exc.detail)
@@ -165,6 +179,8 @@ class Watcher:
                 self._spool_error(d, exc)
         for link in refused:
             self._refuse_link(link)
+        if not dirs and not full:
+            return dirs  # nothing changed since the last quota check but time: the spool holds what it held
         used, dropped = enforce_quota(self.spool, self.cfg.spool.quota_bytes,
                                       lambda d, seq: seq in self.logs.get(d, LogState()).committed)
         self.stats["spool_bytes"] = used
@@ -228,10 +244,14 @@ class Watcher:
                 st.stale_keys += prefix_keys(sl, st.checkpoint)
                 st.checkpoint = None
                 st.dirty = True
-        elif (sl.open is not None and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds
+        elif (sl.open is not None
+              and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds * (1 - DUE_EARLY)
               and (self.uploads.continues(st, sl.open)
                    or await asyncio.to_thread(self._open_index_ok, sl, st, dropped))):
+            last, taken = st.last_checkpoint, self.stats["checkpoints"]
             await self.uploads.checkpoint(sl, st)
+            if self.stats["checkpoints"] == taken:  # nothing new: new bytes go at the next pass, not an interval on
+                st.last_checkpoint = last
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is
@@ -279,7 +299,8 @@ class Watcher:
             st.loaded = True
             self.stats["conflicts"] += 1
             log.error("%s/%s: the store holds another run of this log (run %s); not overwriting it — "
-                      "its spool stays in %s until you move it", sl.task, sl.host, doc.run_id, sl.dir)
+                      "its spool stays in %s until you move it", sl.task, sl.host, doc.run_id, sl.dir,
+                      extra={"event": "log_conflict", "task": sl.task, "host": sl.host})
             return
         if doc is not None:
             st.segments = {s.seq: s for s in doc.segments}
@@ -458,12 +479,30 @@ class Watcher:
 
     async def _ship_guarded(self, d: Path) -> None:
         """Ship one log; a damaged file sets that log aside, and only the store's faults stop the pass."""
+        look = self._looks.pop(d, None)
         try:
             await self._ship(d)
         except (SpoolDamaged, ManifestDamaged) as exc:
             self._set_aside(d, exc.detail)
         except OSError as exc:
             self._spool_error(d, exc)
+        else:
+            self._settle(d, look)
+
+    def _settle(self, d: Path, look: Look | None) -> None:
+        """After a pass shipped log `d`: if nothing is left pending, later passes look at it with a stat."""
+        st = self.logs.get(d)
+        if st is None or look is None or st.set_aside is not None:
+            return
+        if not st.conflict and (st.dirty or st.copying or st.stale_keys or not self._all_copied(st)):
+            return
+        chain, ckpt = st.deltas.chain, st.checkpoint
+        covered = None
+        if chain is not None and chain.seq == look.open_seq:
+            covered = chain.pos - chain.start
+        elif ckpt is not None and ckpt.seq == look.open_seq:
+            covered = ckpt.raw_size
+        self.settled.settle(d, look, covered)
 
     def _set_aside(self, d: Path, reason: str) -> None:
         """Stop shipping one log, say why once (and in the state file), and look at it again later."""
@@ -771,8 +810,10 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
                 alongside: Alongside | None = None) -> Watcher:
     """Run the watcher until `stop` is set (or one successful pass, with once=True).
 
-    Wakes on spool changes (watchfiles) and at least every checkpoint interval. Every failed
-    pass is retried with capped backoff, forever: the data waits in the spool meanwhile.
+    Wakes when a log starts or ends or a segment is sealed (shipper/wakeups.py; appends wake nothing),
+    and passes over the spool every checkpoint interval (every second where the kernel cannot tell it
+    what changed: no inotify, or its watch limit reached). Every failed pass is retried with capped
+    backoff, forever: the data waits in the spool meanwhile.
     """
     stop = stop or asyncio.Event()
     store = open_store(cfg.store)
@@ -781,12 +822,16 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
           spool=str(cfg.spool_dir), store=store.url, interval=cfg.watch.checkpoint_seconds, once=once)
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
     wake = asyncio.Event()
-    notifier = None if once else asyncio.create_task(_notify(cfg.spool_dir, wake, stop))
+    notifier = None if once else SpoolWatch.start(cfg.spool_dir, wake)
+    fallback = (None if once or notifier is not None  # no inotify here: watchfiles, appends filtered out
+                else asyncio.create_task(wakeups.portable(cfg.spool_dir, wake, stop)))
     scheduled = None if once or alongside is None else alongside(store, stop)
     backoff = Backoff()
+    periodic_at = 0.0  # monotonic time of the next periodic pass (a wake-up's pass does not move it)
     try:
         while not stop.is_set():
             wake.clear()
+            periodic = time.monotonic() >= periodic_at
             try:
                 await w.run_once()
             except* StoreError as group:
@@ -807,7 +852,11 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
                 if await w.drain_copies():
                     continue  # one more pass records the copies in the manifests
                 break
-            await _wait(stop, min(1.0, cfg.watch.checkpoint_seconds), wake)
+            if notifier is not None:
+                notifier.ensure()
+            if periodic:  # measured from the pass's end: a checkpoint taken in it is due again at the next one
+                periodic_at = time.monotonic() + _period(cfg, notifier)
+            await _wait(stop, max(0.0, periodic_at - time.monotonic()), wake)
     finally:
         await w.cancel_copies()  # a restart finds the segments the manifest does not mark copied
         if scheduled is not None:  # stopped anywhere, gc and compaction are finished by a later run
@@ -815,9 +864,11 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduled
         if notifier is not None:
-            notifier.cancel()
+            notifier.close()
+        if fallback is not None:
+            fallback.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await notifier
+                await fallback
         await store.close()
     return w
 
@@ -837,18 +888,12 @@ async def _wait(stop: asyncio.Event, timeout: float, wake: asyncio.Event | None 
             t.cancel()
 
 
-async def _notify(spool: Path, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """Set `wake` when a segment is sealed or a log starts or ends (appends to open segments don't count)."""
-    import watchfiles
-
-    def interesting(_change: object, path: str) -> bool:
-        return (not path.endswith(names.OPEN_SUFFIX) and ".tmp-" not in path
-                and not path.endswith(names.WATCHER_STATE_FILE))
-
-    # watchfiles' defaults (debounce 1600 ms, step 50 ms) would add up to a second and a half.
-    async for _ in watchfiles.awatch(spool, watch_filter=interesting, debounce=50, step=10,
-                                     stop_event=stop, recursive=True):
-        wake.set()
+def _period(cfg: Config, notifier: SpoolWatch | None) -> float:
+    """Seconds between periodic passes: the checkpoint interval, or at most a second when nothing wakes
+    the watcher for a sealed segment or a new log (no inotify, or not on every directory)."""
+    if notifier is None or notifier.broken:
+        return min(1.0, cfg.watch.checkpoint_seconds)
+    return cfg.watch.checkpoint_seconds
 
 
 def main(cfg: Config, *, once: bool = False, alongside: Alongside | None = None) -> int:

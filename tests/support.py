@@ -325,6 +325,9 @@ class KillAfterDeletes:
     async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
         return await self.inner.list_page(prefix, start_after, max_keys)
 
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        return await self.inner.list_dirs(prefix)
+
     async def abort_uploads(self, prefix: str) -> int:
         return await self.inner.abort_uploads(prefix)
 

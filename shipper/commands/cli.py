@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cat", parents=[common], help="print a log from the store")
     c.add_argument("task")
-    c.add_argument("--host", help="default: this machine's hostname")
+    c.add_argument("--host", help="default: this machine's hostname if the task ran there, else its only host")
     c.add_argument("--stream", choices=["stdout", "stderr"])
     c.add_argument("--manifest", action="store_true", help="print the log's manifest instead")
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "the token comes from $LOGSHIP_TOKEN, else the first of api.tokens")
     t = sub.add_parser("tail", parents=[common, api], help="print the newest output of a log (-f: follow it)")
     t.add_argument("task")
-    t.add_argument("--host", help="default: this machine's hostname")
+    t.add_argument("--host", help="default: this machine's hostname if the task ran there, else its only host")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing until the task ends")
     where = t.add_mutually_exclusive_group()
     where.add_argument("--from", dest="start", type=_count, metavar="OFFSET", help="start at this byte offset")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", parents=[common, api], help="download a whole log (progress bar, resumes)")
     d.add_argument("task")
-    d.add_argument("--host", help="default: this machine's hostname")
+    d.add_argument("--host", help="default: this machine's hostname if the task ran there, else its only host")
     d.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="resumed when FILE.logship-etag from an interrupted download is beside it")
 
@@ -259,10 +259,11 @@ async def _cat(cfg: Any, args: Any) -> int:
         reader = Reader(store, hold_unchecked=True)  # no byte of a part before it is checked
         try:
             view = await reader.view(task, host)
-        except LogNotFound:
-            raise LogshipError(f"no log {task}/{host} in {cfg.store.url}",
-                               "check the task id and --host (default: this machine's hostname), "
-                               "and that `logship watch` runs on the host") from None
+        except LogNotFound:  # no log there: the task's only host, or an error naming its hosts
+            from shipper.commands.hosts import store_host
+
+            host = await store_host(store, cfg.store.url, f"logship cat {task}", task, args.host, host)
+            view = await reader.view(task, host)
         out = sys.stdout.buffer
         if args.manifest:
             assert view.doc is not None  # a reader without a spool has a view only of a manifest

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -78,6 +79,7 @@ class Client:
         self.base = base
         self.token = token
         self._session: aiohttp.ClientSession | None = None
+        self.answered = False  # a request got an answer other than an error
 
     async def __aenter__(self) -> Client:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)
@@ -108,6 +110,7 @@ class Client:
         async with resp:
             if resp.status not in ok:
                 raise await self.error(resp)
+            self.answered = True
             yield resp
 
     async def error(self, resp: aiohttp.ClientResponse) -> ApiError:
@@ -151,17 +154,53 @@ def main(cfg: Config, args: Any) -> int:
     from .tail import DEFAULT_LINES, tail
 
     task = names.check_id("task", args.task)
-    host = names.check_id("host", args.host or default_host())
+    asked = names.check_id("host", args.host) if args.host else None
     client = Client(base_url(cfg, args.url), token_for(cfg))
-    if args.cmd == "tail":
-        lines = DEFAULT_LINES if args.lines is None else args.lines
-        return asyncio.run(_with(client, lambda c: tail(c, task, host, follow=args.follow, start=args.start,
-                                                          lines=lines, out=sys.stdout.buffer)))
-    path = Path(args.output)
-    if path.is_dir():
+    path = Path(args.output) if args.cmd == "download" else None
+    if path is not None and path.is_dir():
         raise LogshipError(f"-o {args.output} is a directory", "give a file name, e.g. -o ./task.log")
-    progress = Progress(f"{task}/{host}", sys.stderr, sys.stderr.isatty())
-    return asyncio.run(_with(client, lambda c: download(c, task, host, path, progress)))
+
+    async def work(c: Client, host: str) -> int:
+        if args.cmd == "tail":
+            return await tail(c, task, host, follow=args.follow, start=args.start,
+                              lines=DEFAULT_LINES if args.lines is None else args.lines, out=sys.stdout.buffer)
+        assert path is not None
+        return await download(c, task, host, path, Progress(f"{task}/{host}", sys.stderr, sys.stderr.isatty()))
+
+    command = (f"logship tail {'-f ' if args.follow else ''}{task}" if path is None
+               else f"logship download {task} -o {shlex.quote(args.output)}")
+    return asyncio.run(_with(client, lambda c: _on_host(c, command, task, asked, asked or default_host(), work)))
+
+
+async def _on_host(c: Client, command: str, task: str, asked: str | None, tried: str,
+                   work: Callable[[Client, str], Awaitable[int]]) -> int:
+    """`work` on the log of `tried` (--host, else this machine's name); when the API has no such log, on the
+    task's only host if --host was not given, else the error naming the hosts the task has logs on."""
+    from .hosts import pick
+
+    try:
+        return await work(c, tried)
+    except ApiError as exc:
+        if exc.status != 404 or c.answered:  # answered: the log went away while it was read (gc)
+            raise
+        try:
+            hosts = await task_hosts(c, task)
+        except ApiError:
+            raise exc from None  # not a logship API that lists tasks: its own answer says more
+    host = pick(command, task, asked, tried, hosts, 0, f" at {c.base}",
+                "check the task id (ids are case-sensitive), and that the API reads the store (or the spool) "
+                "the task's logs are in (--url)")
+    return await work(c, host)
+
+
+async def task_hosts(c: Client, task: str) -> list[str]:
+    """The hosts the API lists logs of `task` on (its store and its spool): GET /api/v1/tasks?task=."""
+    async with c.get(f"{c.base}{API_PREFIX}/tasks", params={"task": task, "limit": "1000"}, ok=(200,)) as resp:
+        try:
+            rows = (await resp.json(content_type=None))["logs"]
+            return sorted({r["host"] for r in rows if isinstance(r, dict) and names.ID_RE.fullmatch(r["host"])})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApiError("the API's task listing is not logship's", "is --url the logship API?") from exc
 
 
 async def _with(client: Client, work: Callable[[Client], Awaitable[int]]) -> int:

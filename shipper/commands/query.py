@@ -64,7 +64,44 @@ def run_grep(cfg: Config, args: Any) -> int:
     if more:
         print(f"logship: showing the newest {search.limit} matches; there are more (use --limit or narrow it)",
               file=sys.stderr)
+    if not hits and search.task:
+        _check_task_has_log(cfg, args.pattern, search.task, search.host)
     return 0 if hits else 1
+
+
+def _check_task_has_log(cfg: Config, pattern: str, task: str, host: str | None) -> None:
+    """Nothing matched in `task` (on `host`): an error when it has no log there at all, so that a wrong id
+    never reads as "no match" (exit 1). Only then does it cost anything: a HEAD, or a delimited LIST of the
+    task's prefix and a HEAD or two. Logs in the local spool count too (they reach the archive later)."""
+    import asyncio
+    import shlex
+
+    from shipper.format.hosts import has_log, hosts_of
+    from shipper.spool.logs import iter_logs
+    from shipper.store import open_store
+
+    from .hosts import MAX_NAMED, pick
+
+    spooled = {d.name for d in iter_logs(cfg.spool_dir) if d.parent.name == task}
+    if spooled if host is None else host in spooled:
+        return
+
+    async def find() -> tuple[list[str], int]:
+        store = open_store(cfg.store)
+        try:
+            if host is not None and await has_log(store, task, host):
+                return [host], 0
+            found = await hosts_of(store, task, want=1 if host is None else MAX_NAMED + 1)
+            return found.hosts, found.unchecked
+        finally:
+            await store.close()
+
+    hosts, more = asyncio.run(find())
+    if hosts if host is None else host in hosts:
+        return
+    pick(f"logship grep {shlex.quote(pattern)} --task {task}", task, host, host or "", sorted({*hosts, *spooled}),
+         more, f" in {cfg.store.url}", "check the task id (ids are case-sensitive); `logship grep` searches "
+         "the logs `logship watch` shipped to the store")
 
 
 def _since(text: str) -> int:

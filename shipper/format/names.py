@@ -164,6 +164,24 @@ def parse_deleting_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+# The published set of what `lines` reads, for engines without logship's code (shipper/query/published.py,
+# docs/query.md "Outside engines"): immutable snapshots named by 2^64-1 minus when their listing began, so the
+# first key of a listing (or the least name a glob finds) is the newest.
+LIVE_PREFIX = "live/lines/"
+LIVE_GLOB = "live/lines/s-*.json"
+_LIVE_KEY_RE = re.compile(r"live/lines/s-([0-9a-f]{16})-([0-9a-f]{8})\.json")
+
+
+def live_key(listed_ns: int, token: str) -> str:
+    return f"{LIVE_PREFIX}s-{(2 ** 64 - 1 - listed_ns):016x}-{token}.json"
+
+
+def parse_live_key(key: str) -> int | None:
+    """`live/lines/s-<inverted listed_ns>-<hex8>.json` -> listed_ns, or None for anything else."""
+    m = _LIVE_KEY_RE.fullmatch(key)
+    return 2 ** 64 - 1 - int(m.group(1), 16) if m else None
+
+
 def lines_date(ts_ns: int) -> str:
     """The date partition of a segment's query copy: the UTC date of its first chunk."""
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ns // 1_000_000_000))

@@ -5,7 +5,8 @@ what their parts replace once no query can still be reading it — then merges, 
 of finished logs and the small parts into new parts under `compact/`. Nothing is ever changed in place:
 a part is written whole, then counts for every reader at once (shipper/query/lineset.py); what it replaces is
 deleted `2 × query.grace_seconds` later. Several compactions may run at once (one per watcher): when two
-merge the same object, the newer part wins and the other is dropped whole.
+merge the same object, the newer part wins and the other is dropped whole. Each run ends by publishing what
+`lines` reads for outside engines (shipper/query/published.py), and deletes nothing such a reader may still use.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shipper.config import Config
 from shipper.errors import ObjectNotFound
 from shipper.format import manifest, names
 from shipper.format.manifest import Manifest
-from shipper.query import copies, lineset
+from shipper.query import copies, lineset, published
 from shipper.query.lineset import Part, Snapshot
 from shipper.store import ObjectInfo, Store
 
@@ -172,6 +173,7 @@ class Compactor:
         self.deleter = deleter or Deleter(store)
         self.clock = clock
         self.parts: dict[str, Part] = {}
+        self.publisher = published.Publisher(store, settings.grace_s)
 
     @property
     def due_after_ns(self) -> int:
@@ -191,7 +193,15 @@ class Compactor:
         if merge or purge:
             st = await self.state()
             stats.add(await self.merge(st, purge, small=merge))
+        await self.publish()
         return stats
+
+    async def publish(self) -> str | None:
+        """Publish what `lines` reads now, for outside engines (shipper/query/published.py); the key written, if
+        the newest snapshot did not already say the same."""
+        listed_ns = self.clock()
+        st = await self.state()
+        return await self.publisher.publish(st.snapshot, listed_ns, st.listed_at, self.clock())
 
     # --- finishing: delete what counting parts replace, once it is safe -----------------------------
 
@@ -201,10 +211,18 @@ class Compactor:
         before = (self.deleter.objects, self.deleter.bytes)
         sizes = dict(st.sizes)
         listed: set[str] = set()
+        in_use: list[published.Published] | None = None  # the published snapshots readers may still use
+
+        async def read_by_outside(keys: Iterable[str]) -> bool:
+            nonlocal in_use
+            if in_use is None:
+                in_use = await self.publisher.in_use(now)
+            return any(s.reads(k) for s in in_use for k in keys)
+
         for p in st.snapshot.shown:
             if p.key in st.done:
                 continue
-            if now - p.created_ns < self.due_after_ns:
+            if now - p.created_ns < self.due_after_ns or await read_by_outside(p.inputs | p.covers):
                 stats.waiting += 1
                 continue
             doomed = p.inputs | p.covers | {names.done_key(k) for k in p.inputs}
@@ -212,7 +230,8 @@ class Compactor:
             await self.deleter.delete(sorted(k for k in doomed if k in sizes), sizes)
             await self.store.put(names.done_key(p.key), b"")
         # Parts that lost to a competing one, once no query can still read them.
-        losers = [p.key for p in st.snapshot.losers if now - p.created_ns >= self.due_after_ns]
+        losers = [p.key for p in st.snapshot.losers
+                  if now - p.created_ns >= self.due_after_ns and not await read_by_outside([p.key])]
         await self.deleter.delete([k for p in losers for k in (p, names.done_key(p)) if k in sizes], sizes)
         await self.deleter.delete(st.orphans, sizes)
         stats.objects_deleted = self.deleter.objects - before[0]

@@ -119,6 +119,11 @@ class Collector:
             return report
         for v in victims:
             await self._mark(v)
+        # Outside engines read the published set (shipper/query/published.py): it leaves these logs out from now,
+        # and the grace starts once it says so.
+        await self.compactor.publish()
+        for v in victims:
+            v.hidden_ns = max(v.hidden_ns, self.clock())
         while True:
             now = self.clock()
             ready = [v for v in victims if now - v.hidden_ns >= self.grace_s * 1e9]
@@ -139,6 +144,7 @@ class Collector:
             await self.deleter.delete([names.deleting_key(v.task, v.host)])
             report.deleted_logs += 1
         report.pending = len(victims) - report.deleted_logs
+        await self.compactor.publish()  # the deleted logs' names leave the published set
         report.objects, report.bytes = self.deleter.objects - before[0], self.deleter.bytes - before[1]
         return report
 

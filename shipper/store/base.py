@@ -71,6 +71,12 @@ class Store(Protocol):
         """One LIST request: at most `max_keys` (1-1000) objects under `prefix` whose key sorts after
         `start_after`, sorted by key. Fewer than `max_keys` means there are no more."""
 
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The names one level below `prefix` (empty or ending in "/") that hold at least one object,
+        sorted: a LIST with delimiter "/", so its cost grows with those names, not with the objects below.
+        Some servers (SeaweedFS) still show a name a while after its last object is deleted: check what
+        matters (a manifest, say) before trusting a name."""
+
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; absent ones are not an error."""
 

@@ -32,6 +32,15 @@ _TRANSIENT = {errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, 
 _Filler = Callable[[int], None]  # writes an object's bytes to an open file descriptor
 
 
+def check_dir_prefix(prefix: str) -> str:
+    """`prefix` if it is a prefix list_dirs can take: a safe key prefix, empty or ending in "/"."""
+    check_key(prefix, prefix=True)
+    if prefix and not prefix.endswith("/"):
+        raise StoreError(f"list_dirs({prefix!r}): the prefix must end with '/'",
+                         "build it with shipper.format.names (e.g. task_prefix)")
+    return prefix
+
+
 def check_key(key: str, *, prefix: bool = False) -> str:
     """Return `key` if it is a safe relative key, else raise StoreError.
 
@@ -226,6 +235,42 @@ class FileStore:
         out = await asyncio.to_thread(self._list, prefix, False)
         self.stats.count("list_objects_v2")
         return [o for o in out if o.key > start_after][:max(1, min(max_keys, LIST_PAGE))]
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        check_dir_prefix(prefix)
+        out = await asyncio.to_thread(self._list_dirs, prefix)
+        for _ in range(max(1, -(-len(out) // LIST_PAGE))):
+            self.stats.count("list_objects_v2")
+        return out
+
+    def _list_dirs(self, prefix: str) -> builtins.list[str]:
+        # S3 shows a name only while an object is stored below it: an empty directory (a delete that
+        # lost a race with its pruning) or one holding only temporary files is not one.
+        try:
+            with os.scandir(self.root / prefix if prefix else self.root) as it:
+                dirs = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            _raise(exc, f"cannot list {prefix!r}")
+        return sorted(name for name in dirs if self._holds_an_object(f"{prefix}{name}/"))
+
+    def _holds_an_object(self, rel: str) -> bool:
+        stack = [rel]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(self.root / d) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(f"{d}{entry.name}/")
+                        elif TMP_MARK not in entry.name:
+                            return True
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                _raise(exc, f"cannot list {d!r}")
+        return False
 
     def _list(self, prefix: str, tmp: bool) -> builtins.list[ObjectInfo]:
         """Objects (or, with tmp=True, temporary files) whose key starts with `prefix`."""

@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from ..errors import ConfigError, StoreError
 from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
-from .fs import check_key
+from .fs import check_dir_prefix, check_key
 from .s3read import PresignedReader
 
 if TYPE_CHECKING:
@@ -283,6 +283,16 @@ class S3Store:
                if not o["Key"].endswith("/")]
         out.sort(key=lambda o: o.key)
         return out
+
+    async def list_dirs(self, prefix: str) -> builtins.list[str]:
+        full = self.root + check_dir_prefix(prefix)
+        s3 = await self._s3()
+        out: builtins.list[str] = []
+        with self._errors("list", full):
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                           Delimiter="/"):
+                out += [name for p in page.get("CommonPrefixes", ()) if (name := p["Prefix"][len(full):-1])]
+        return sorted(out)
 
     # --- removing ----------------------------------------------------------------------
 
