@@ -2,6 +2,8 @@
 
 One thread polls both pipes. Output is passed through at once; the spool gets line-aligned
 chunks per stream (a line's tail waits for its end, at most FLUSH_IDLE_S or FLUSH_CAP bytes).
+Two pipes have no order between them: what was written to both between two reads lands in read
+order (docs/format.md, "Stream order"). --merge-streams gives the task one pipe for both, as 2>&1.
 The agent never stops reading because of the spool: a failing disk is counted, not waited on.
 A second thread (shipper/monitor.py) samples the task's processes into liveness.json and applies
 --silence-timeout; the pump only stores the time of each read for it.
@@ -41,8 +43,10 @@ from .spool import (
 SMALL_READ, BIG_READ = 64 << 10, 1 << 20
 PIPE_SIZE = 1 << 20  # enlarged to match BIG_READ: a 1 MiB read on a 64 KiB pipe is 2.5x slower
 # While output is dense (a read brought at least DENSE_BYTES), wait this long before the next poll:
-# fewer, larger chunks cost the task fewer wake-ups. Sparse output (a live tail's case) never waits.
-DENSE_BYTES, DENSE_PAUSE_S = 8 << 10, 0.0005
+# fewer, larger chunks cost the task fewer wake-ups. Sparse output (a live tail's case) never waits,
+# nor does output on both streams (another stream brought bytes in the last MIXED_S): what both pipes
+# gather during a pause lands in read order, not write order, so the pause would widen the window.
+DENSE_BYTES, DENSE_PAUSE_S, MIXED_S = 8 << 10, 0.0005, 1.0
 SPOOL_RETRY_S = 1.0  # after a failed spool write (a full disk), the spool is not tried again for this long
 EXIT_RESERVE = 4096  # bytes set aside at start so that exit.json (and the count of lost bytes) fits on a full disk
 EXIT_CHECK_S = 0.1  # how often we look for the task's exit (a wait4 per wake-up costs)
@@ -77,12 +81,16 @@ class _Stream:
         self.tail = bytearray()
         self.tail_since = 0.0
         self.read_size = SMALL_READ
+        self.last_read = -MIXED_S  # monotonic time of its last read that brought bytes
 
 
 class Agent:
     def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str],
-                 *, own_group: bool = True, silence: SilencePolicy | None = None) -> None:
+                 *, own_group: bool = True, silence: SilencePolicy | None = None,
+                 merge_streams: bool = False) -> None:
         self.cfg = cfg
+        # One pipe for stdout and stderr (2>&1): exact order, no split; every chunk is marked stdout.
+        self.merge_streams = merge_streams
         # The task runs in a process group of its own (so a terminal's Ctrl-C reaches it once, through
         # us) unless a supervisor kills whole groups: Categraf's kill(-pgid) must reach the task too.
         self.own_group = own_group
@@ -154,7 +162,8 @@ class Agent:
         self.prepare()
         started = time.time_ns()
         try:
-            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if self.merge_streams else subprocess.PIPE,
                                     process_group=0 if self.own_group else None, bufsize=0,
                                     env={**os.environ, names.RUN_ID_ENV: self.run_id})
         except FileNotFoundError:
@@ -173,9 +182,11 @@ class Agent:
                                    policy=self.silence, label=f"{self.task}/{self.host}",
                                    write=self._write_liveness, say=say_on_stderr)
             self.monitor.start()
-            assert proc.stdout is not None and proc.stderr is not None
-            self._pump([_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno()),
-                        _Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno())])
+            assert proc.stdout is not None
+            streams = [_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno())]
+            if proc.stderr is not None:
+                streams.append(_Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno()))
+            self._pump(streams)
             rc = proc.wait()
             self.monitor.stop()  # before exit.json: a reader that sees the end finds the last liveness
             if self.monitor.killed:  # as timeout(1): 124, whatever the signal made of the task's status
@@ -200,6 +211,7 @@ class Agent:
                 "command": self.command, "labels": self.labels, "started_ns": started_ns,
                 "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
                 "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
+                "merge_streams": self.merge_streams,
             }, dir_fd=self.dir_fd)
         except OSError as exc:
             # Without run.json no watcher ships this log: leave no half-made log dir behind.
@@ -287,6 +299,7 @@ class Agent:
         assert self._proc is not None and self.monitor is not None
         silence = self.monitor.silence  # its clock: one attribute store per read that brought bytes
         exited_at: float | None = None
+        turn = 0
         last_data = last_exit_check = time.monotonic()
         while by_fd:
             now = time.monotonic()
@@ -298,12 +311,20 @@ class Agent:
             if rotate_at is not None:
                 deadline = min(deadline, rotate_at)
             events = poller.poll(max(0, int((deadline - now) * 1000) + 1))
-            dense = got = False
-            for fd, _ in events:
-                s = by_fd[fd]
+            ready = [by_fd[fd] for fd, _ in events]
+            if len(ready) > 1:
+                # Both pipes hold bytes and nothing says which were written first: take turns at going
+                # first, so that neither stream always lands after the other.
+                turn ^= 1
+                if turn:
+                    ready.reverse()
+            dense = False
+            fed: list[_Stream] = []  # the streams whose read brought bytes
+            for s in ready:
+                fd = s.fd
                 data = os.read(fd, s.read_size)
                 if data:
-                    got = True
+                    fed.append(s)
                     dense = dense or len(data) >= DENSE_BYTES
                     if len(data) == s.read_size:
                         s.read_size = BIG_READ
@@ -318,8 +339,10 @@ class Agent:
             now = time.monotonic()
             if events:
                 last_data = now
-            if got:
+            if fed:
                 silence.last_output = now
+                for s in fed:
+                    s.last_read = now
             for s in by_fd.values():
                 if s.tail and now - s.tail_since >= FLUSH_IDLE_S:
                     self._flush_tail(s)
@@ -332,7 +355,7 @@ class Agent:
             # The task is gone but something it started holds the pipes open: stop once quiet.
             if exited_at is not None and now - max(exited_at, last_data) >= DRAIN_IDLE_S:
                 break
-            if dense and exited_at is None:
+            if dense and exited_at is None and sum(now - s.last_read < MIXED_S for s in streams) < 2:
                 time.sleep(DENSE_PAUSE_S)
         for s in by_fd.values():
             self._flush_tail(s)
@@ -419,7 +442,10 @@ class Agent:
 
 
 def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str],
-        *, own_group: bool = True, silence: SilencePolicy | None = None) -> int:
-    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group, silence=silence).run()
+        *, own_group: bool = True, silence: SilencePolicy | None = None, merge_streams: bool | None = None) -> int:
+    """`merge_streams`: None takes the config's agent.merge_streams."""
+    merge = cfg.agent.merge_streams if merge_streams is None else merge_streams
+    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group, silence=silence,
+                 merge_streams=merge).run()
 
 
