@@ -20,6 +20,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -60,7 +61,7 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 if TYPE_CHECKING:  # imported once the task runs (Agent.run): the task does not wait for them to load
-    from .liveness import SilencePolicy
+    from .liveness import Silence, SilencePolicy
     from .monitor import Monitor
 
 
@@ -82,6 +83,15 @@ class _Stream:
         self.tail_since = 0.0
         self.read_size = SMALL_READ
         self.last_read = -MIXED_S  # monotonic time of its last read that brought bytes
+
+
+class _Clock:
+    """When the task last wrote, until the monitor's own clock (liveness.Silence) takes over."""
+
+    __slots__ = ("last_output",)
+
+    def __init__(self, now: float) -> None:
+        self.last_output = now
 
 
 class Agent:
@@ -107,7 +117,8 @@ class Agent:
         self._spool_retry_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self.silence = silence
-        self.monitor: Monitor | None = None
+        self.monitor: Monitor | None = None  # set by the thread that starts it (_start_monitor)
+        self._start_error: BaseException | None = None
         # In run.json, and in the task's environment (names.RUN_ID_ENV): a daemon that left the task's group
         # and session is still found as the task's by it (shipper/liveness.py).
         self.run_id = os.urandom(16).hex()
@@ -176,17 +187,19 @@ class Agent:
             self._proc = proc
             self._write_run(started, proc.pid)
             self._forward_signals()
-            from .monitor import Monitor, say_on_stderr  # ~6 ms of imports, now beside the task's own start
-
-            self.monitor = Monitor(proc.pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds,
-                                   policy=self.silence, label=f"{self.task}/{self.host}",
-                                   write=self._write_liveness, say=say_on_stderr)
-            self.monitor.start()
+            # The monitor's imports take 6-35 ms: done beside the pump, which reads the pipes from the start
+            # (bytes that wait in both pipes land in read order, not in the order they were written).
+            starter = threading.Thread(target=self._start_monitor, args=(proc.pid,), name="logship-start",
+                                       daemon=True)
+            starter.start()
             assert proc.stdout is not None
             streams = [_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno())]
             if proc.stderr is not None:
                 streams.append(_Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno()))
             self._pump(streams)
+            starter.join()
+            if self.monitor is None:
+                raise self._start_error or AssertionError("the monitor did not start")
             rc = proc.wait()
             self.monitor.stop()  # before exit.json: a reader that sees the end finds the last liveness
             if self.monitor.killed:  # as timeout(1): 124, whatever the signal made of the task's status
@@ -201,6 +214,17 @@ class Agent:
         self._write_run(started, None)
         self._finish(code, error=why)
         return code
+
+    def _start_monitor(self, pid: int) -> None:
+        try:
+            from .monitor import Monitor, say_on_stderr
+
+            monitor = Monitor(pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds, policy=self.silence,
+                              label=f"{self.task}/{self.host}", write=self._write_liveness, say=say_on_stderr)
+            monitor.start()
+            self.monitor = monitor
+        except BaseException as exc:  # raised again by run() once the pump is done
+            self._start_error = exc
 
     def _write_run(self, started_ns: int, child_pid: int | None) -> None:
         if self.dir_fd < 0:
@@ -296,8 +320,10 @@ class Agent:
             with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
                 fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
             poller.register(s.fd, select.POLLIN)
-        assert self._proc is not None and self.monitor is not None
-        silence = self.monitor.silence  # its clock: one attribute store per read that brought bytes
+        assert self._proc is not None
+        # The silence clock: one attribute store per read that brought bytes. The monitor's, once it is up
+        # (it starts beside the pump); till then our own, handed over.
+        silence: _Clock | Silence = _Clock(time.monotonic())
         exited_at: float | None = None
         turn = 0
         last_data = last_exit_check = time.monotonic()
@@ -340,6 +366,9 @@ class Agent:
             if events:
                 last_data = now
             if fed:
+                if type(silence) is _Clock and self.monitor is not None:
+                    self.monitor.silence.last_output = max(self.monitor.silence.last_output, silence.last_output)
+                    silence = self.monitor.silence
                 silence.last_output = now
                 for s in fed:
                     s.last_read = now
