@@ -93,7 +93,8 @@ def spooled(spool: Path) -> bytes:
     return b"".join(p.read_bytes() for p in segs)
 
 
-def measure(lines: int, gap_us: int, every: int, *, merge: bool = False, logship: list[str] | None = None) -> Order:
+def measure(lines: int, gap_us: int, every: int, wait_ms: int = 0, *, merge: bool = False,
+            logship: list[str] | None = None) -> Order:
     """Run the writer under `logship run` (in a spool of its own) and measure the stored order."""
     logship = logship or [sys.executable, "-m", "shipper.commands.cli"]
     with tempfile.TemporaryDirectory(prefix="logship-order-") as tmp:
@@ -101,17 +102,18 @@ def measure(lines: int, gap_us: int, every: int, *, merge: bool = False, logship
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOGSHIP_")}
         env["LOGSHIP_SPOOL_DIR"] = str(spool)
         cmd = [*logship, "run", "--task", "order", "--host", "h", *(["--merge-streams"] if merge else []), "--",
-               sys.executable, "-c", WRITER, str(lines), str(gap_us), str(every)]
+               sys.executable, "-c", WRITER, str(lines), str(gap_us), str(every), str(wait_ms)]
         done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         if done.returncode:
             raise RuntimeError(f"logship run exited {done.returncode}")
         return displacement(spooled(spool), every)
 
 
-# (lines, gap µs, every): paced alternation from 100 to 100,000 lines/s, then as fast as Python writes;
-# the last is mostly stdout with a stderr line every 1,000 (the issue's 2 M-line task, shorter).
-CASES = [(200, 10_000, 2), (2_000, 1_000, 2), (20_000, 100, 2), (20_000, 10, 2), (200_000, 0, 2),
-         (1_000_000, 0, 1000)]
+# (lines, gap µs, every, wait ms): paced alternation from 100 to 100,000 lines/s, then as fast as Python
+# writes; then mostly stdout with a stderr line every 1,000 (the issue's 2 M-line task, shorter). All but
+# the last start writing 300 ms after the agent (its start-up apart); the last writes from its first ms.
+CASES = [(200, 10_000, 2, 300), (2_000, 1_000, 2, 300), (20_000, 100, 2, 300), (20_000, 10, 2, 300),
+         (200_000, 0, 2, 300), (1_000_000, 0, 1000, 300), (40, 1_000, 2, 0)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply each case's line count")
     args = ap.parse_args(argv)
-    for lines, gap, every in CASES:
+    for lines, gap, every, wait in CASES:
         n = max(10, int(lines * args.scale))
         rate = f"{1e6 / gap:>9,.0f}/s" if gap else "  as fast"
         for r in range(args.runs):
-            got = measure(n, gap, every)
-            print(f"gap {gap:>6} µs ({rate}), 1 stderr in {every:>4}, run {r + 1}: {got.row()}", flush=True)
+            got = measure(n, gap, every, wait)
+            print(f"gap {gap:>6} µs ({rate}), 1 stderr in {every:>4}, from {wait:>3} ms, run {r + 1}: {got.row()}",
+                  flush=True)
     return 0
 
 
