@@ -92,3 +92,17 @@ def test_a_fast_writers_lines_move_only_within_the_window(tmp_path: Path) -> Non
         got = displacement(spooled(spool, task), every=every)
         assert got.lines == lines and got.streams_exact, got
         assert got.max_lines < MOVED_BOUND_LINES, got
+
+
+def test_a_held_partial_line_holds_back_nothing_of_the_other_stream(tmp_path: Path) -> None:
+    """stdout's unterminated line waits for its end (up to FLUSH_IDLE_S, 50 ms); stderr's complete lines written
+    meanwhile are stored at once, before it, and the stdout line stays whole."""
+    spool = tmp_path / "spool"
+    script = ("import os, time\nos.write(1, b'out starts ')\ntime.sleep(0.003)\n"
+              "for i in range(3):\n    os.write(2, b'err %d\\n' % i)\n    time.sleep(0.005)\n"
+              "os.write(1, b'and ends\\n')\n")
+    res = run_agent(spool, "held", [sys.executable, "-c", script])
+    assert res.returncode == 0, res.stderr[-500:]
+    assert spooled(spool, "held") == b"err 0\nerr 1\nerr 2\nout starts and ends\n"
+    streams = [c.stream for c in chunks(spool, "held")]
+    assert streams == sorted(streams, reverse=True) and streams[-1] == index.STDOUT, streams  # stderr's first
