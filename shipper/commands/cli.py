@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--merge-streams", action="store_true", default=None,
                    help="give the task one pipe for stdout and stderr, as 2>&1: lines keep the exact order they were "
                    "written in, but the split is lost (all stored and passed through as stdout). Without it, lines "
-                   "of the two streams written close together (~1 ms; more on a busy machine) may swap "
+                   "of the two streams written close together (within ms; more on a busy machine) may swap "
                    "(default: agent.merge_streams)")
     r.add_argument("--silence-timeout", metavar="DURATION", help="no output for this long (e.g. 10m; 0: off) is a "
                    "silence event (default: agent.silence_timeout)")
