@@ -12,8 +12,6 @@ A second thread (shipper/monitor.py) samples the task's processes into liveness.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import select
@@ -29,6 +27,7 @@ from shipper.format import index, names
 
 from .config import Config
 from .errors import LogExists, SpoolError
+from .pipes import BIG_READ, SMALL_READ, Clock, Stream
 from .spool import (
     NOFOLLOW,
     SegmentWriter,
@@ -39,10 +38,6 @@ from .spool import (
     write_json_atomic,
 )
 
-# Reads start small and grow while they come back full: a 1 MiB read costs a fresh mmap'd buffer
-# (~18 us) even when the pipe holds a few bytes, but moves bulk output with a sixteenth of the calls.
-SMALL_READ, BIG_READ = 64 << 10, 1 << 20
-PIPE_SIZE = 1 << 20  # enlarged to match BIG_READ: a 1 MiB read on a 64 KiB pipe is 2.5x slower
 # While output is dense (a read brought at least DENSE_BYTES), wait this long before the next poll:
 # fewer, larger chunks cost the task fewer wake-ups. Sparse output (a live tail's case) never waits,
 # nor does output on both streams (another stream brought bytes in the last MIXED_S): what both pipes
@@ -55,7 +50,6 @@ FLUSH_IDLE_S = 0.05  # an unterminated line reaches the spool after this much qu
 FLUSH_CAP = 256 << 10  # ... or once it is this long
 DRAIN_IDLE_S = 2.0  # after the task exits, stop waiting for its children's output after this quiet
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # Exit codes of the agent's own failures, as env(1) and timeout(1) use them.
 EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
@@ -70,28 +64,6 @@ def default_host() -> str:
 
     name = socket.gethostname().split(".")[0] or "localhost"
     return name if names.ID_RE.fullmatch(name) else "localhost"
-
-
-class _Stream:
-    """One of the task's pipes: where its bytes are teed to, and its unterminated tail."""
-
-    def __init__(self, code: int, fd: int, out_fd: int) -> None:
-        self.code = code
-        self.fd = fd
-        self.out_fd = out_fd  # -1 once our own output is gone (EPIPE): keep spooling regardless
-        self.tail = bytearray()
-        self.tail_since = 0.0
-        self.read_size = SMALL_READ
-        self.last_read = -MIXED_S  # monotonic time of its last read that brought bytes
-
-
-class _Clock:
-    """When the task last wrote, until the monitor's own clock (liveness.Silence) takes over."""
-
-    __slots__ = ("last_output",)
-
-    def __init__(self, now: float) -> None:
-        self.last_output = now
 
 
 class Agent:
@@ -193,9 +165,9 @@ class Agent:
                                        daemon=True)
             starter.start()
             assert proc.stdout is not None
-            streams = [_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno())]
+            streams = [Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno())]
             if proc.stderr is not None:
-                streams.append(_Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno()))
+                streams.append(Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno()))
             self._pump(streams)
             starter.join()
             if self.monitor is None:
@@ -313,17 +285,16 @@ class Agent:
 
     # --- the pump --------------------------------------------------------------------------
 
-    def _pump(self, streams: list[_Stream]) -> None:  # noqa: C901  (one poll loop: reads, flushes, rotation, exit)
+    def _pump(self, streams: list[Stream]) -> None:  # noqa: C901  (one poll loop: reads, flushes, rotation, exit)
         by_fd = {s.fd: s for s in streams}
         poller = select.poll()
         for s in streams:
-            with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
-                fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
+            s.enlarge()
             poller.register(s.fd, select.POLLIN)
         assert self._proc is not None
         # The silence clock: one attribute store per read that brought bytes. The monitor's, once it is up
         # (it starts beside the pump); till then our own, handed over.
-        silence: _Clock | Silence = _Clock(time.monotonic())
+        silence: Clock | Silence = Clock(time.monotonic())
         exited_at: float | None = None
         turn = 0
         last_data = last_exit_check = time.monotonic()
@@ -345,7 +316,7 @@ class Agent:
                 if turn:
                     ready.reverse()
             dense = False
-            fed: list[_Stream] = []  # the streams whose read brought bytes
+            fed: list[Stream] = []  # the streams whose read brought bytes
             for s in ready:
                 fd = s.fd
                 data = os.read(fd, s.read_size)
@@ -356,7 +327,7 @@ class Agent:
                         s.read_size = BIG_READ
                     elif len(data) < SMALL_READ:
                         s.read_size = SMALL_READ
-                    self._tee(s, data)
+                    s.tee(data)
                     self._spool(s, data)
                 else:  # EOF
                     poller.unregister(fd)
@@ -366,7 +337,7 @@ class Agent:
             if events:
                 last_data = now
             if fed:
-                if type(silence) is _Clock and self.monitor is not None:
+                if type(silence) is Clock and self.monitor is not None:
                     self.monitor.silence.last_output = max(self.monitor.silence.last_output, silence.last_output)
                     silence = self.monitor.silence
                 silence.last_output = now
@@ -389,24 +360,7 @@ class Agent:
         for s in by_fd.values():
             self._flush_tail(s)
 
-    def _tee(self, s: _Stream, data: bytes) -> None:
-        if s.out_fd < 0:
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(s.out_fd, view):]
-            except BlockingIOError:
-                select.select([], [s.out_fd], [])
-            except OSError as exc:  # our own output is closed (EPIPE) or broken: the spool still gets it
-                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                    return  # our output is a file on a full disk: this piece is lost there, not in the spool
-                if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
-                    raise
-                s.out_fd = -1
-                return
-
-    def _spool(self, s: _Stream, data: bytes) -> None:
+    def _spool(self, s: Stream, data: bytes) -> None:
         cut = data.rfind(b"\n") + 1
         if cut:
             # 4x faster than data.count(b"\n") (memchr-based), and all of data's newlines lie before cut
@@ -436,7 +390,7 @@ class Agent:
         if len(s.tail) >= FLUSH_CAP:
             self._flush_tail(s)
 
-    def _append_lines(self, s: _Stream, data: bytes, start: int, end: int, lines: int) -> None:
+    def _append_lines(self, s: Stream, data: bytes, start: int, end: int, lines: int) -> None:
         """Append data[start:end], whole lines, with the stream's waiting tail in front, as one chunk."""
         piece = data if (start, end) == (0, len(data)) else memoryview(data)[start:end]
         parts: list[bytes | bytearray | memoryview] = [s.tail, piece] if s.tail else [piece]
@@ -444,7 +398,7 @@ class Agent:
         s.tail = bytearray()
         self._guard(lambda: self.writer.append(s.code, parts, length, lines, partial=False), length)
 
-    def _flush_tail(self, s: _Stream) -> None:
+    def _flush_tail(self, s: Stream) -> None:
         if s.tail:
             tail, s.tail = s.tail, bytearray()
             self._guard(lambda: self.writer.append(s.code, [tail], len(tail), 0, partial=True), len(tail))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.stream_order import WRITER, displacement
-from shipper import agent
+from shipper import agent, pipes
 from shipper.format import index
 
 from .support import LOGSHIP, env_for, run_agent, spooled
@@ -20,7 +20,7 @@ RUNS = 5
 # docs/format.md ("Stream order"): a line never lands past more than one read (1 MiB) and one held partial
 # line (256 KiB) of the other stream's output, however long the agent waits for a CPU. The writer's lines
 # are ~100 bytes.
-MOVED_BOUND_LINES = (agent.BIG_READ + agent.FLUSH_CAP) // 96
+MOVED_BOUND_LINES = (pipes.BIG_READ + agent.FLUSH_CAP) // 96
 
 
 def chunks(spool: Path, task: str) -> list[index.Chunk]:
