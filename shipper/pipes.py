@@ -28,7 +28,6 @@ class Stream:
         self.tail = bytearray()
         self.tail_since = 0.0
         self.read_size = SMALL_READ
-        self.last_read = float("-inf")  # monotonic time of its last read that brought bytes
 
     def enlarge(self) -> None:
         with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
