@@ -1,6 +1,7 @@
 """How far lines of stdout and stderr move against each other in the stored log (the two-pipe window).
 
-A writer numbers its lines and stamps each with the monotonic time of its write, sending every EVERY-th
+A writer numbers its lines and stamps each with the time of its write (Unix ns,
+the chunk index's clock), sending every EVERY-th
 line to stderr and the rest to stdout, one write per line, GAP µs apart. The stored log (the spool's
 segments, in order) is then compared with the written order: how many lines moved, how far (in lines),
 and the window (µs): for each line, how much later than it the latest line stored before it was written.
@@ -33,12 +34,12 @@ pad = "x" * 72
 due = 0
 for i in range(n):
     if gap and i:
-        ahead = (due - time.monotonic_ns()) / 1e9 - 0.001
+        ahead = (due - time.time_ns()) / 1e9 - 0.001
         if ahead > 0:
             time.sleep(ahead)
-        while time.monotonic_ns() < due:
+        while time.time_ns() < due:
             pass
-    now = time.monotonic_ns()
+    now = time.time_ns()
     os.write(2 if i % every == every - 1 else 1, b"%d %d %s\\n" % (i, now, pad.encode()))
     due = now + gap
 """
