@@ -1,12 +1,12 @@
 """How far lines of stdout and stderr move against each other in the stored log (the two-pipe window).
 
-A writer numbers its lines and stamps each with the time of its write (Unix ns,
-the chunk index's clock), sending every EVERY-th
-line to stderr and the rest to stdout, one write per line, GAP µs apart. The stored log (the spool's
-segments, in order) is then compared with the written order: how many lines moved, how far (in lines),
-and the window (µs): for each line, how much later than it the latest line stored before it was written.
+A writer numbers its lines and stamps each with the time of its write (Unix ns, the chunk index's clock),
+sending every EVERY-th line to stderr and the rest to stdout, one write per line, GAP µs apart. The stored
+log (the spool's segments, in order) is then compared with the written order: how many lines moved, how far
+(in lines), and the window (µs): for each line, how much later than it the latest line stored before it was
+written.
 
-    PYTHONPATH=. python -m bench.stream_order [--lines N] [--runs R]
+    PYTHONPATH=. python -m bench.stream_order [--runs R] [--scale X]
 
 Two pipes have no order between them (docs/format.md, "Stream order"); --merge-streams has no window.
 """
