@@ -1,5 +1,5 @@
 """The API beside the spool serves a log's liveness (issue 15): a real `logship run` samples its task into
-liveness.json, the metadata route reads it; a hostile liveness.json costs only its own key."""
+liveness.json, the metadata route and /metrics read it; a hostile liveness.json costs only its own key."""
 
 from __future__ import annotations
 
@@ -66,14 +66,23 @@ async def test_a_sleeping_task_grows_silent_in_the_api_and_metrics(make_config: 
         assert later["sampled_ns"] > 0 and later["cpu_seconds"] >= 0
         assert set(sleep) == {"pid", "ppid", "state", "cpu_seconds", "rss_bytes", "command", "wchan"}
 
+        text = await (await client.get("/metrics")).text()
+        labels = '{task="sleepy",host="h1"}'
+        silent = [ln for ln in text.splitlines() if ln.startswith(f"logship_log_silent_seconds{labels} ")]
+        cpu = [ln for ln in text.splitlines() if ln.startswith(f"logship_log_cpu_seconds_total{labels} ")]
+        assert len(silent) == 1 and float(silent[0].split()[-1]) >= later["silent_seconds"]
+        assert len(cpu) == 1 and float(cpu[0].split()[-1]) >= 0
+        assert "# TYPE logship_log_silent_seconds gauge" in text
+        assert "# TYPE logship_log_cpu_seconds_total counter" in text
 
         out, _ = await asyncio.to_thread(agent.communicate, timeout=60)
         assert agent.returncode == 0 and out == b"started\n"
-        # a finished log keeps its last sample, its silence as of the end (not growing)
+        # a finished log keeps its last sample, its silence as of the end (not growing), and has no metrics
         done = await meta(client, "sleepy")
         assert done["status"] == "finished" and done["liveness"]["processes"]
         await asyncio.sleep(0.3)
         assert (await meta(client, "sleepy"))["liveness"]["silent_seconds"] == done["liveness"]["silent_seconds"]
+        assert 'task="sleepy"' not in await (await client.get("/metrics")).text()
     finally:
         if agent.poll() is None:
             agent.kill()
@@ -84,7 +93,7 @@ async def test_a_sleeping_task_grows_silent_in_the_api_and_metrics(make_config: 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_hostile_liveness_file_costs_only_its_key(make_config: Callable[..., Config], tmp_path: Path) -> None:
     """liveness.json is a spool file others can write: whatever is in its place, the metadata answers 200
-    without `liveness`."""
+    without `liveness` and /metrics answers without the log's lines."""
     cfg = make_config()
     res = run_agent(cfg.spool_dir, "hostile", [sys.executable, "-c", "print('x')"], env={**agent_env(cfg), **FAST})
     assert res.returncode == 0
@@ -113,5 +122,7 @@ async def test_a_hostile_liveness_file_costs_only_its_key(make_config: Callable[
         path.unlink()
         path.mkdir()  # a directory in its place
         assert "liveness" not in await meta(client, "hostile")
+        r = await client.get("/metrics")
+        assert r.status == 200 and 'task="hostile"' not in await r.text()
     finally:
         await client.close()
