@@ -19,6 +19,28 @@ from shipper.spool import SpoolDamaged, iter_logs, read_log
 _quiet = QuietLog(logging.getLogger("logship.api"))
 
 
+_NS = {"type": "integer", "description": "Unix time in nanoseconds"}
+_PROCESS = {"type": "object", "required": ["pid", "ppid", "state", "cpu_seconds", "rss_bytes", "command", "wchan"],
+            "properties": {"pid": {"type": "integer"}, "ppid": {"type": "integer"},
+                           "state": {"type": "string", "description": "the letter of /proc/PID/stat: R S D Z T ..."},
+                           "cpu_seconds": {"type": "number"}, "rss_bytes": {"type": "integer"},
+                           "command": {"type": "string", "description": "its command line, cut short"},
+                           "wchan": {"type": "string", "description": "the kernel function it sleeps in, or empty"}}}
+SCHEMA: dict[str, Any] = {  # the OpenAPI schema of `of_log`'s answer (api/openapi.py names it Liveness)
+    "type": "object", "description": "served beside the spool: the agent's last sample of the task's process tree; "
+    "a running log's silent_seconds is counted to the time of the answer, a finished log's to its end",
+    "required": ["last_output_ns", "silent_seconds", "sampled_ns", "cpu_seconds", "processes"],
+    "additionalProperties": True, "properties": {
+        "last_output_ns": _NS, "silent_seconds": {"type": "number"},
+        "sampled_ns": {"type": ["integer", "null"], "description": "null: no sample (no /proc)"},
+        "cpu_seconds": {"type": ["number", "null"], "description": "the whole tree's, exited members included"},
+        "processes": {"type": "array", "items": _PROCESS, "description": "the root first, then by pid"},
+        "processes_total": {"type": "integer",
+                            "description": f"members of the tree; processes holds at most {liveness.MAX_PROCESSES}"},
+        "silence": {"type": ["object", "null"], "description": "the run's --silence-timeout and action"},
+        "events": {"type": "array", "items": {"type": "object"}, "description": "silence events, newest last"}}}
+
+
 def of_log(spool_dir: Path | None, running: bool) -> dict[str, Any] | None:
     """The `liveness` object of a log held in this spool, or None. A running log's silence is counted to
     now (the agent writes every agent.sample_seconds); a finished log's last sample keeps its silence at

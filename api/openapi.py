@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import ibex
+from . import ibex, liveness
 from .params import CURSOR_PATTERN, OFFSET_MAX
 
 routes = web.RouteTableDef()
@@ -348,27 +348,6 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def _liveness_schema() -> dict[str, Any]:
-    """The agent's last look at a log's task (shipper/format/liveness.py to_json); absent when the API has none."""
-    proc = {"type": "object", "required": ["pid", "ppid", "state", "cpu_seconds", "rss_bytes", "command", "wchan"],
-            "properties": {"pid": {"type": "integer"}, "ppid": {"type": "integer"},
-                           "state": {"type": "string", "description": "the letter of /proc/PID/stat: R S D Z T ..."},
-                           "cpu_seconds": {"type": "number"}, "rss_bytes": {"type": "integer"},
-                           "command": {"type": "string", "description": "its command line, cut short"},
-                           "wchan": {"type": "string", "description": "the kernel function it sleeps in, or empty"}}}
-    return {"type": "object", "description": "served beside the spool: the agent's last sample of the task's process "
-            "tree; a running log's silent_seconds is counted to the time of the answer, a finished log's to its end",
-            "required": ["last_output_ns", "silent_seconds", "sampled_ns", "cpu_seconds", "processes"],
-            "additionalProperties": True, "properties": {
-                "last_output_ns": _NS, "silent_seconds": {"type": "number"},
-                "sampled_ns": _nullable("integer", description="null: no sample (no /proc)"),
-                "cpu_seconds": _nullable("number", description="the whole tree's, exited members included"),
-                "processes": {"type": "array", "items": proc, "description": "the root first, then by pid"},
-                "processes_total": {"type": "integer"},
-                "silence": {"type": ["object", "null"], "description": "the run's --silence-timeout and action"},
-                "events": {"type": "array", "items": {"type": "object"}, "description": "silence events"}}}
-
-
 def _schemas() -> dict[str, Any]:
     segment = {"type": "object", "description": "a sealed segment in the store", "properties": {
         "seq": {"type": "integer"}, "offset": {"type": "integer"}, "raw_size": {"type": "integer"},
@@ -411,7 +390,7 @@ def _schemas() -> dict[str, Any]:
                         "served from checkpoints)"},
             "live_size": {"type": "integer", "description": "bytes readable now, spool included"},
             "liveness": _ref("Liveness")}},
-        "Liveness": _liveness_schema(),
+        "Liveness": liveness.SCHEMA,
         "TailData": {"type": "object", "required": ["offset", "ts", "stream", "data"], "properties": {
             "offset": {"type": "integer", "description": "byte offset of the first byte in the combined log"},
             "ts": _NS, "stream": {"type": "string", "enum": ["stdout", "stderr"]},

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from api import liveness
 from api.app import create_app
 from shipper.config import Config
 from shipper.format import names
@@ -65,6 +66,9 @@ async def test_a_sleeping_task_grows_silent_in_the_api_and_metrics(make_config: 
         assert (sleep["state"], sleep["ppid"]) == ("S", root["pid"])
         assert later["sampled_ns"] > 0 and later["cpu_seconds"] >= 0
         assert set(sleep) == {"pid", "ppid", "state", "cpu_seconds", "rss_bytes", "command", "wchan"}
+        schema = liveness.SCHEMA  # what the OpenAPI document says: its keys, required ones present
+        assert set(later) == set(schema["properties"]) and set(schema["required"]) <= set(later)
+        assert set(sleep) == set(schema["properties"]["processes"]["items"]["required"])
 
         text = await (await client.get("/metrics")).text()
         labels = '{task="sleepy",host="h1"}'
