@@ -16,7 +16,7 @@ from shipper.format.manifest import Manifest
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log
 
-from . import params
+from . import liveness, params
 from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .source import LogNotFound, LogView, Source
@@ -125,6 +125,8 @@ async def get_log_meta(request: web.Request) -> web.Response:
         view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)).to_json()
     doc.update(status=view.status, live_size=view.size, exit_code=(view.exit or {}).get("exit_code"),
                ended_ns=(view.exit or {}).get("ended_ns"))
+    if (live := await asyncio.to_thread(liveness.of_log, view.spool_dir, not view.finished)) is not None:
+        doc["liveness"] = live  # api/liveness.py: the agent's last look at the task, from the spool
     return web.json_response(doc)
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shipper import watcher_state
 
+from . import liveness
 from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
 
 routes = web.RouteTableDef()
@@ -76,6 +77,7 @@ async def metrics(request: web.Request) -> web.Response:
                 lines += [f"# TYPE {name} {kind}", f"{name} {v}"]
             if state.store_stats is not None:
                 store_stats["watcher"] = state.store_stats
+        lines += await asyncio.to_thread(liveness.metric_lines, request.app[SOURCE].spool)
     lines += _store_lines(store_stats)
     return web.Response(body=("\n".join(lines) + "\n").encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import ibex
+from . import ibex, liveness
 from .params import CURSOR_PATTERN, OFFSET_MAX
 
 routes = web.RouteTableDef()
@@ -388,7 +388,9 @@ def _schemas() -> dict[str, Any]:
             "api_url": {"type": "string", "description": "while running: the API beside the spool (a central API "
                         "forwards live requests there only if its api.proxy_allow allows the host; ?stream= is always "
                         "served from checkpoints)"},
-            "live_size": {"type": "integer", "description": "bytes readable now, spool included"}}},
+            "live_size": {"type": "integer", "description": "bytes readable now, spool included"},
+            "liveness": _ref("Liveness")}},
+        "Liveness": liveness.SCHEMA,
         "TailData": {"type": "object", "required": ["offset", "ts", "stream", "data"], "properties": {
             "offset": {"type": "integer", "description": "byte offset of the first byte in the combined log"},
             "ts": _NS, "stream": {"type": "string", "enum": ["stdout", "stderr"]},

@@ -2,6 +2,8 @@
 
 One thread polls both pipes. Output is passed through at once; the spool gets line-aligned
 chunks per stream (a line's tail waits for its end, at most FLUSH_IDLE_S or FLUSH_CAP bytes).
+Two pipes have no order between them: what was written to both between two reads lands in read
+order (docs/format.md, "Stream order"). --merge-streams gives the task one pipe for both, as 2>&1.
 The agent never stops reading because of the spool: a failing disk is counted, not waited on.
 A second thread (shipper/monitor.py) samples the task's processes into liveness.json and applies
 --silence-timeout; the pump only stores the time of each read for it.
@@ -10,14 +12,13 @@ A second thread (shipper/monitor.py) samples the task's processes into liveness.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from shipper.format import index, names
 
 from .config import Config
 from .errors import LogExists, SpoolError
+from .pipes import BIG_READ, SMALL_READ, Clock, Stream
 from .spool import (
     NOFOLLOW,
     SegmentWriter,
@@ -36,12 +38,11 @@ from .spool import (
     write_json_atomic,
 )
 
-# Reads start small and grow while they come back full: a 1 MiB read costs a fresh mmap'd buffer
-# (~18 us) even when the pipe holds a few bytes, but moves bulk output with a sixteenth of the calls.
-SMALL_READ, BIG_READ = 64 << 10, 1 << 20
-PIPE_SIZE = 1 << 20  # enlarged to match BIG_READ: a 1 MiB read on a 64 KiB pipe is 2.5x slower
 # While output is dense (a read brought at least DENSE_BYTES), wait this long before the next poll:
 # fewer, larger chunks cost the task fewer wake-ups. Sparse output (a live tail's case) never waits.
+# (What both pipes gather during a pause lands in read order; skipping the pause while both streams
+# wrote did not shrink that window, measured: the agent, using ~20% more CPU, fell behind into 1 MiB
+# reads more often.)
 DENSE_BYTES, DENSE_PAUSE_S = 8 << 10, 0.0005
 SPOOL_RETRY_S = 1.0  # after a failed spool write (a full disk), the spool is not tried again for this long
 EXIT_RESERVE = 4096  # bytes set aside at start so that exit.json (and the count of lost bytes) fits on a full disk
@@ -50,13 +51,12 @@ FLUSH_IDLE_S = 0.05  # an unterminated line reaches the spool after this much qu
 FLUSH_CAP = 256 << 10  # ... or once it is this long
 DRAIN_IDLE_S = 2.0  # after the task exits, stop waiting for its children's output after this quiet
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # Exit codes of the agent's own failures, as env(1) and timeout(1) use them.
 EXIT_AGENT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 if TYPE_CHECKING:  # imported once the task runs (Agent.run): the task does not wait for them to load
-    from .liveness import SilencePolicy
+    from .liveness import Silence, SilencePolicy
     from .monitor import Monitor
 
 
@@ -67,22 +67,13 @@ def default_host() -> str:
     return name if names.ID_RE.fullmatch(name) else "localhost"
 
 
-class _Stream:
-    """One of the task's pipes: where its bytes are teed to, and its unterminated tail."""
-
-    def __init__(self, code: int, fd: int, out_fd: int) -> None:
-        self.code = code
-        self.fd = fd
-        self.out_fd = out_fd  # -1 once our own output is gone (EPIPE): keep spooling regardless
-        self.tail = bytearray()
-        self.tail_since = 0.0
-        self.read_size = SMALL_READ
-
-
 class Agent:
     def __init__(self, cfg: Config, task: str, host: str, command: list[str], labels: dict[str, str],
-                 *, own_group: bool = True, silence: SilencePolicy | None = None) -> None:
+                 *, own_group: bool = True, silence: SilencePolicy | None = None,
+                 merge_streams: bool = False) -> None:
         self.cfg = cfg
+        # One pipe for stdout and stderr (2>&1): exact order, no split; every chunk is marked stdout.
+        self.merge_streams = merge_streams
         # The task runs in a process group of its own (so a terminal's Ctrl-C reaches it once, through
         # us) unless a supervisor kills whole groups: Categraf's kill(-pgid) must reach the task too.
         self.own_group = own_group
@@ -99,7 +90,8 @@ class Agent:
         self._spool_retry_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self.silence = silence
-        self.monitor: Monitor | None = None
+        self.monitor: Monitor | None = None  # set by the thread that starts it (_start_monitor)
+        self._start_error: BaseException | None = None
         # In run.json, and in the task's environment (names.RUN_ID_ENV): a daemon that left the task's group
         # and session is still found as the task's by it (shipper/liveness.py).
         self.run_id = os.urandom(16).hex()
@@ -154,7 +146,8 @@ class Agent:
         self.prepare()
         started = time.time_ns()
         try:
-            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if self.merge_streams else subprocess.PIPE,
                                     process_group=0 if self.own_group else None, bufsize=0,
                                     env={**os.environ, names.RUN_ID_ENV: self.run_id})
         except FileNotFoundError:
@@ -167,15 +160,19 @@ class Agent:
             self._proc = proc
             self._write_run(started, proc.pid)
             self._forward_signals()
-            from .monitor import Monitor, say_on_stderr  # ~6 ms of imports, now beside the task's own start
-
-            self.monitor = Monitor(proc.pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds,
-                                   policy=self.silence, label=f"{self.task}/{self.host}",
-                                   write=self._write_liveness, say=say_on_stderr)
-            self.monitor.start()
-            assert proc.stdout is not None and proc.stderr is not None
-            self._pump([_Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno()),
-                        _Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno())])
+            # The monitor's imports take 6-35 ms: done beside the pump, which reads the pipes from the start
+            # (bytes that wait in both pipes land in read order, not in the order they were written).
+            starter = threading.Thread(target=self._start_monitor, args=(proc.pid,), name="logship-start",
+                                       daemon=True)
+            starter.start()
+            assert proc.stdout is not None
+            streams = [Stream(index.STDOUT, proc.stdout.fileno(), sys.stdout.fileno())]
+            if proc.stderr is not None:
+                streams.append(Stream(index.STDERR, proc.stderr.fileno(), sys.stderr.fileno()))
+            self._pump(streams)
+            starter.join()
+            if self.monitor is None:
+                raise self._start_error or AssertionError("the monitor did not start")
             rc = proc.wait()
             self.monitor.stop()  # before exit.json: a reader that sees the end finds the last liveness
             if self.monitor.killed:  # as timeout(1): 124, whatever the signal made of the task's status
@@ -191,6 +188,17 @@ class Agent:
         self._finish(code, error=why)
         return code
 
+    def _start_monitor(self, pid: int) -> None:
+        try:
+            from .monitor import Monitor, say_on_stderr
+
+            monitor = Monitor(pid, mark=self.run_id, interval=self.cfg.agent.sample_seconds, policy=self.silence,
+                              label=f"{self.task}/{self.host}", write=self._write_liveness, say=say_on_stderr)
+            monitor.start()
+            self.monitor = monitor
+        except BaseException as exc:  # raised again by run() once the pump is done
+            self._start_error = exc
+
     def _write_run(self, started_ns: int, child_pid: int | None) -> None:
         if self.dir_fd < 0:
             return
@@ -200,6 +208,7 @@ class Agent:
                 "command": self.command, "labels": self.labels, "started_ns": started_ns,
                 "agent_pid": os.getpid(), "agent_start_ticks": pid_start_ticks(os.getpid()),
                 "child_pid": child_pid, "segment_bytes": self.cfg.spool.segment_bytes,
+                "merge_streams": self.merge_streams,
             }, dir_fd=self.dir_fd)
         except OSError as exc:
             # Without run.json no watcher ships this log: leave no half-made log dir behind.
@@ -277,16 +286,19 @@ class Agent:
 
     # --- the pump --------------------------------------------------------------------------
 
-    def _pump(self, streams: list[_Stream]) -> None:  # noqa: C901  (one poll loop: reads, flushes, rotation, exit)
+    def _pump(self, streams: list[Stream]) -> None:  # noqa: C901  (one poll loop: reads, flushes, rotation, exit)
         by_fd = {s.fd: s for s in streams}
         poller = select.poll()
         for s in streams:
-            with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size: smaller reads still work
-                fcntl.fcntl(s.fd, F_SETPIPE_SZ, PIPE_SIZE)
+            s.enlarge()
             poller.register(s.fd, select.POLLIN)
-        assert self._proc is not None and self.monitor is not None
-        silence = self.monitor.silence  # its clock: one attribute store per read that brought bytes
+        assert self._proc is not None
+        # The silence clock: one attribute store per read that brought bytes. The monitor's, once it is up
+        # (it starts beside the pump); till then our own, handed over.
+        silence: Clock | Silence = Clock(time.monotonic())
+        handover = True
         exited_at: float | None = None
+        turn = 0
         last_data = last_exit_check = time.monotonic()
         while by_fd:
             now = time.monotonic()
@@ -298,6 +310,12 @@ class Agent:
             if rotate_at is not None:
                 deadline = min(deadline, rotate_at)
             events = poller.poll(max(0, int((deadline - now) * 1000) + 1))
+            if len(events) > 1:
+                # Both pipes hold bytes and nothing says which were written first: take turns at going
+                # first, so that neither stream always lands after the other.
+                turn ^= 1
+                if turn:
+                    events.reverse()
             dense = got = False
             for fd, _ in events:
                 s = by_fd[fd]
@@ -309,7 +327,7 @@ class Agent:
                         s.read_size = BIG_READ
                     elif len(data) < SMALL_READ:
                         s.read_size = SMALL_READ
-                    self._tee(s, data)
+                    s.tee(data)
                     self._spool(s, data)
                 else:  # EOF
                     poller.unregister(fd)
@@ -319,6 +337,9 @@ class Agent:
             if events:
                 last_data = now
             if got:
+                if handover and self.monitor is not None:
+                    self.monitor.silence.last_output = max(self.monitor.silence.last_output, silence.last_output)
+                    silence, handover = self.monitor.silence, False
                 silence.last_output = now
             for s in by_fd.values():
                 if s.tail and now - s.tail_since >= FLUSH_IDLE_S:
@@ -337,24 +358,7 @@ class Agent:
         for s in by_fd.values():
             self._flush_tail(s)
 
-    def _tee(self, s: _Stream, data: bytes) -> None:
-        if s.out_fd < 0:
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(s.out_fd, view):]
-            except BlockingIOError:
-                select.select([], [s.out_fd], [])
-            except OSError as exc:  # our own output is closed (EPIPE) or broken: the spool still gets it
-                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                    return  # our output is a file on a full disk: this piece is lost there, not in the spool
-                if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
-                    raise
-                s.out_fd = -1
-                return
-
-    def _spool(self, s: _Stream, data: bytes) -> None:
+    def _spool(self, s: Stream, data: bytes) -> None:
         cut = data.rfind(b"\n") + 1
         if cut:
             # 4x faster than data.count(b"\n") (memchr-based), and all of data's newlines lie before cut
@@ -384,7 +388,7 @@ class Agent:
         if len(s.tail) >= FLUSH_CAP:
             self._flush_tail(s)
 
-    def _append_lines(self, s: _Stream, data: bytes, start: int, end: int, lines: int) -> None:
+    def _append_lines(self, s: Stream, data: bytes, start: int, end: int, lines: int) -> None:
         """Append data[start:end], whole lines, with the stream's waiting tail in front, as one chunk."""
         piece = data if (start, end) == (0, len(data)) else memoryview(data)[start:end]
         parts: list[bytes | bytearray | memoryview] = [s.tail, piece] if s.tail else [piece]
@@ -392,7 +396,7 @@ class Agent:
         s.tail = bytearray()
         self._guard(lambda: self.writer.append(s.code, parts, length, lines, partial=False), length)
 
-    def _flush_tail(self, s: _Stream) -> None:
+    def _flush_tail(self, s: Stream) -> None:
         if s.tail:
             tail, s.tail = s.tail, bytearray()
             self._guard(lambda: self.writer.append(s.code, [tail], len(tail), 0, partial=True), len(tail))
@@ -419,7 +423,10 @@ class Agent:
 
 
 def run(cfg: Config, task: str, host: str | None, command: list[str], labels: dict[str, str],
-        *, own_group: bool = True, silence: SilencePolicy | None = None) -> int:
-    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group, silence=silence).run()
+        *, own_group: bool = True, silence: SilencePolicy | None = None, merge_streams: bool | None = None) -> int:
+    """`merge_streams`: None takes the config's agent.merge_streams."""
+    merge = cfg.agent.merge_streams if merge_streams is None else merge_streams
+    return Agent(cfg, task, host or default_host(), command, labels, own_group=own_group, silence=silence,
+                 merge_streams=merge).run()
 
 

@@ -111,6 +111,7 @@ class AgentConfig:
     silence_timeout: float = 0.0  # 0: off; else --silence-timeout's default (shipper/liveness.py)
     on_silence: str = "warn"
     silence_grace: float = 10.0  # from TERM to KILL when on_silence is kill
+    merge_streams: bool = False  # one pipe for stdout and stderr (2>&1): exact order, no split
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
     "logging": {"level": _log_level, "format": _choice("text", "json")},
     "agent": {"sample_seconds": _duration(0.1, 3600), "silence_timeout": _off_or(_duration(1, 30 * 86400)),
-              "on_silence": _choice("warn", "kill"), "silence_grace": _duration(0, 3600)},
+              "on_silence": _choice("warn", "kill"), "silence_grace": _duration(0, 3600),
+              "merge_streams": _bool},
 }
 # Keys whose values are never printed: not by `logship config`, not in an error about them.
 SECRETS = {("api", "tokens"), ("api", "query_tokens"), ("api", "proxy_token"), ("store", "access_key"),

@@ -60,14 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="run a task and ship its output",
-                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... [--silence-timeout "
-                       "DURATION [--on-silence warn|kill] [--silence-grace DURATION]] -- CMD [ARGS...]")
+                       usage="logship run (--task T | --ibex) [--host H] [--label k=v]... [--merge-streams] "
+                       "[--silence-timeout DURATION [--on-silence warn|kill] [--silence-grace DURATION]] "
+                       "-- CMD [ARGS...]")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--task")
     which.add_argument("--ibex", action="store_true",
                        help="a Nightingale ibex script: the task id comes from its path (docs/ibex.md)")
     r.add_argument("--host", help="default: this machine's hostname")
     r.add_argument("--label", action="append", default=[], metavar="K=V")
+    r.add_argument("--merge-streams", action="store_true", default=None,
+                   help="give the task one pipe for stdout and stderr, as 2>&1: lines keep the exact order they were "
+                   "written in, but the split is lost (all stored and passed through as stdout). Without it, lines "
+                   "of the two streams written close together (within ms; more on a busy machine) may swap "
+                   "(default: agent.merge_streams)")
     r.add_argument("--silence-timeout", metavar="DURATION", help="no output for this long (e.g. 10m; 0: off) is a "
                    "silence event (default: agent.silence_timeout)")
     r.add_argument("--on-silence", metavar="warn|kill", help="warn: record it and say so on stderr; kill: TERM, "
@@ -182,7 +188,7 @@ def _dispatch(args: Any) -> int:
         from shipper.commands import ibex
 
         return ibex.run(args.config, args.host, args.command[1:] if args.command[:1] == ["--"] else args.command,
-                        _labels(args.label), silence=_silence_flags(args))
+                        _labels(args.label), silence=_silence_flags(args), merge_streams=args.merge_streams)
     cfg = load_config(args.config)
     logs.setup_from(args.log_level, args.log_format, cfg.logging)
     if args.cmd == "config":
@@ -244,7 +250,8 @@ def _run(cfg: Any, args: Any) -> int:
         from shipper.liveness import policy_for
 
         silence = policy_for(cfg.agent, *_silence_flags(args))
-    return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence)
+    return agent.run(cfg, args.task, args.host, command, _labels(args.label), silence=silence,
+                     merge_streams=args.merge_streams)
 
 
 async def _cat(cfg: Any, args: Any) -> int:

@@ -74,9 +74,11 @@ def config_file(given: str | None) -> str | None:
 
 
 def run(config: str | None, host: str | None, command: list[str], labels: dict[str, str],
-        silence: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+        silence: tuple[str | None, str | None, str | None] = (None, None, None),
+        merge_streams: bool | None = None) -> int:
     """Run an ibex script under the agent as log `ibex-<id>/<host>` (a redo: `ibex-<id>.<n>`). `silence`:
-    the --silence-timeout, --on-silence and --silence-grace flags, over the config's agent.* keys."""
+    the --silence-timeout, --on-silence and --silence-grace flags, and `merge_streams` --merge-streams
+    (None: not given), over the config's agent.* keys."""
     if not command:
         raise LogshipError("no command to run", "usage: logship run --ibex -- CMD [ARGS...] (docs/ibex.md)")
     ibex_id, script = find_script(command)
@@ -100,7 +102,8 @@ def run(config: str | None, host: str | None, command: list[str], labels: dict[s
         os.environ[GUARD_ENV] = task  # the script inherits it
         try:
             # In Categraf's process group: its kill action, SIGKILL to the group, must stop the script.
-            return agent.run(cfg, task, host, command, labels, own_group=False, silence=policy)
+            return agent.run(cfg, task, host, command, labels, own_group=False, silence=policy,
+                             merge_streams=merge_streams)
         except LogExists:
             continue  # claimed by another run just now; the task has not started
     raise LogExists(f"ibex task {ibex_id} has {MAX_RUNS} runs on {host} in the spool {cfg.spool_dir}",
