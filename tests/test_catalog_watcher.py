@@ -9,10 +9,12 @@ import time
 
 from shipper import catalog
 from shipper.catalog import writer as catalog_writer
+from shipper.format import names
+from shipper.retention import maintenance
 from shipper.store import open_store
-from shipper.watcher import Watcher
+from shipper.watcher import Watcher, watch
 
-from .support import MakeConfig, agent_env, start_agent, stop_agent
+from .support import MakeConfig, agent_env, run_agent, start_agent, stop_agent
 
 
 async def test_started_and_finished_logs_show_in_the_listing(make_config: MakeConfig) -> None:
@@ -45,3 +47,28 @@ async def test_started_and_finished_logs_show_in_the_listing(make_config: MakeCo
     finally:
         await store.close()
         stop_agent(p, cfg.spool_dir, "live")
+
+
+async def test_logship_watch_compacts_the_catalog_on_its_schedule(make_config: MakeConfig) -> None:
+    cfg = make_config(LOGSHIP_COMPACT_EVERY="0.2")
+    for task in ("c1", "c2"):
+        assert run_agent(cfg.spool_dir, task, ["true"], env=agent_env(cfg)).returncode == 0
+    await watch(cfg, once=True)
+    store = open_store(cfg.store)
+    stop = asyncio.Event()
+    job = maintenance.start(cfg, store, stop)
+    assert job is not None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [o.key for o in await store.list(names.CATALOG_PREFIX) if names.parse_catalog_part_key(o.key)]
+            if found:
+                break
+            await asyncio.sleep(0.1)
+        assert found, "no catalog part written"
+        rows, _ = await catalog.list_logs(store, catalog.Filters())
+        assert sorted(r["task"] for r in rows) == ["c1", "c2"]
+    finally:
+        stop.set()
+        await job
+        await store.close()
