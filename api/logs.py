@@ -59,19 +59,13 @@ async def _with_spool(app: web.Application, f: catalog.Filters, position: catalo
         prev = merged.get((r["task"], r["host"]))
         k = _sort_key(r)
         if (prev is None or prev["run_id"] == r["run_id"]) and (after is None or k > after) and (
-                bound is None or k <= bound) and _fixed(f, r):
+                bound is None or k <= bound) and f.fixed(catalog.Row(**r, version_ns=0)):
             merged[(r["task"], r["host"])] = r
     page = sorted(merged.values(), key=_sort_key)
     if len(page) > limit:
         page, last = page[:limit], page[limit - 1]
         nxt = (last["started_ns"], last["task"], last["host"])
     return [r for r in page if f.status is None or r["status"] == f.status], nxt
-
-
-def _fixed(f: catalog.Filters, r: dict[str, Any]) -> bool:
-    return ((f.since is None or r["started_ns"] >= f.since) and (f.until is None or r["started_ns"] < f.until)
-            and (f.host is None or r["host"] == f.host) and (f.task is None or r["task"] == f.task)
-            and all((r.get("labels") or {}).get(k) == v for k, v in f.labels))
 
 
 def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:

@@ -118,3 +118,20 @@ async def test_garbage_catalog_objects_cost_only_their_rows(make_config: MakeCon
         assert (await client.get("/api/v1/tasks/j0/hosts/a/log")).status == 200  # the manifest is the truth
     finally:
         await client.close()
+
+
+async def test_an_api_beside_the_spool_lists_logs_the_catalog_has_not_noted_yet(make_config: MakeConfig) -> None:
+    cfg = await archive(make_config)
+    assert run_agent(cfg.spool_dir, "fresh", ["true"], env=agent_env(cfg), host="a",
+                     args=["--label", "team=infra"]).returncode == 0  # no watcher pass since: only in the spool
+    client = TestClient(TestServer(create_app(cfg, serve_spool=True)))
+    await client.start_server()
+    try:
+        assert await listing(client, "") == ["fresh", "j4", "j3", "j2", "j1", "j0"]
+        assert await listing(client, "label=team=infra&limit=2") == ["fresh", "j4"]
+        assert await listing(client, "host=b") == ["j3", "j1"]
+        page = await (await client.get("/api/v1/tasks?limit=1")).json()
+        assert [r["task"] for r in page["logs"]] == ["fresh"] and page["logs"][0]["size"] is None
+        assert await listing(client, f"cursor={page['next_cursor']}&limit=2") == ["j4", "j3"]
+    finally:
+        await client.close()
