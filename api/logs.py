@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shipper import catalog
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
 from shipper.retry import QuietLog
@@ -34,24 +35,37 @@ ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
-    host = params.task_host(request, "host")
-    task = params.task_host(request, "task")
-    since = params.since_ns(request)
+    filters = catalog.Filters(since=params.since_ns(request), until=params.since_ns(request, "until"),
+                              status=status, host=params.task_host(request, "host"),
+                              task=params.task_host(request, "task"), labels=params.labels(request))
     limit = params.integer(request, "limit", 100, 1, 1000)
     assert limit is not None
     position = params.cursor(request)
+    rows, nxt = await catalog.list_logs(request.app[STORE], filters, position, limit)  # bad records: own row only
+    page, nxt = await _with_spool(request.app, filters, position, limit, rows, nxt)
+    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(*nxt) if nxt else None})
+
+
+async def _with_spool(app: web.Application, f: catalog.Filters, position: catalog.Cursor | None, limit: int,
+                      rows: list[dict[str, Any]], nxt: catalog.Cursor | None
+                      ) -> tuple[list[dict[str, Any]], catalog.Cursor | None]:
+    """The catalog's page with the local spool's rows of the same window (fresher, or not noted yet)."""
+    if not app[SOURCE].spool:
+        return rows, nxt
     after = None if position is None else (-position[0], position[1], position[2])
-    rows = await _all_logs(request.app, task)
-    rows = [r for r in rows if (status is None or r["status"] == status) and (host is None or r["host"] == host)
-            and (since is None or r["started_ns"] >= since)]
-    rows.sort(key=_sort_key)
-    if after is not None:
-        rows = [r for r in rows if _sort_key(r) > after]
-    page = rows[:limit]
-    more = len(rows) > limit
-    last = page[-1] if more else None
-    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(last["started_ns"], last["task"],
-                                                                                last["host"]) if last else None})
+    bound = None if nxt is None else (-nxt[0], nxt[1], nxt[2])  # the catalog's page ends here
+    merged = {(r["task"], r["host"]): r for r in rows}
+    for r in await asyncio.to_thread(_spool_rows, app[CONFIG].spool_dir, f.task):
+        prev = merged.get((r["task"], r["host"]))
+        k = _sort_key(r)
+        if (prev is None or prev["run_id"] == r["run_id"]) and (after is None or k > after) and (
+                bound is None or k <= bound) and f.fixed(catalog.Row(**r, version_ns=0)):
+            merged[(r["task"], r["host"])] = r
+    page = sorted(merged.values(), key=_sort_key)
+    if len(page) > limit:
+        page, last = page[:limit], page[limit - 1]
+        nxt = (last["started_ns"], last["task"], last["host"])
+    return [r for r in page if f.status is None or r["status"] == f.status], nxt
 
 
 def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
