@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from shipper import catalog
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
-from shipper.format.manifest import Manifest
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, iter_logs, read_log
 
@@ -35,24 +35,37 @@ ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
-    host = params.task_host(request, "host")
-    task = params.task_host(request, "task")
-    since = params.since_ns(request)
+    filters = catalog.Filters(since=params.since_ns(request), until=params.since_ns(request, "until"),
+                              status=status, host=params.task_host(request, "host"),
+                              task=params.task_host(request, "task"), labels=params.labels(request))
     limit = params.integer(request, "limit", 100, 1, 1000)
     assert limit is not None
     position = params.cursor(request)
+    rows, nxt = await catalog.list_logs(request.app[STORE], filters, position, limit)  # bad records: own row only
+    page, nxt = await _with_spool(request.app, filters, position, limit, rows, nxt)
+    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(*nxt) if nxt else None})
+
+
+async def _with_spool(app: web.Application, f: catalog.Filters, position: catalog.Cursor | None, limit: int,
+                      rows: list[dict[str, Any]], nxt: catalog.Cursor | None
+                      ) -> tuple[list[dict[str, Any]], catalog.Cursor | None]:
+    """The catalog's page with the local spool's rows of the same window (fresher, or not noted yet)."""
+    if not app[SOURCE].spool:
+        return rows, nxt
     after = None if position is None else (-position[0], position[1], position[2])
-    rows = await _all_logs(request.app, task)
-    rows = [r for r in rows if (status is None or r["status"] == status) and (host is None or r["host"] == host)
-            and (since is None or r["started_ns"] >= since)]
-    rows.sort(key=_sort_key)
-    if after is not None:
-        rows = [r for r in rows if _sort_key(r) > after]
-    page = rows[:limit]
-    more = len(rows) > limit
-    last = page[-1] if more else None
-    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(last["started_ns"], last["task"],
-                                                                                last["host"]) if last else None})
+    bound = None if nxt is None else (-nxt[0], nxt[1], nxt[2])  # the catalog's page ends here
+    merged = {(r["task"], r["host"]): r for r in rows}
+    for r in await asyncio.to_thread(_spool_rows, app[CONFIG].spool_dir, f.task):
+        prev = merged.get((r["task"], r["host"]))
+        k = _sort_key(r)
+        if (prev is None or prev["run_id"] == r["run_id"]) and (after is None or k > after) and (
+                bound is None or k <= bound) and f.fixed(catalog.Row(**r, version_ns=0)):
+            merged[(r["task"], r["host"])] = r
+    page = sorted(merged.values(), key=_sort_key)
+    if len(page) > limit:
+        page, last = page[:limit], page[limit - 1]
+        nxt = (last["started_ns"], last["task"], last["host"])
+    return [r for r in page if f.status is None or r["status"] == f.status], nxt
 
 
 def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
@@ -67,10 +80,10 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
             if (parsed := names.parse_log_prefix(o.key)) and o.key == names.manifest_key(*parsed)]
     sem = asyncio.Semaphore(MANIFEST_FETCH_CONCURRENCY)
 
-    async def fetch(key: str, log_id: tuple[str, str]) -> Manifest | None:
+    async def fetch(key: str, log_id: tuple[str, str]) -> manifest.Manifest | None:
         async with sem:
             try:
-                doc = Manifest.load(await store.get(key), *log_id)
+                doc = manifest.Manifest.load(await store.get(key), *log_id)
             except ObjectNotFound:
                 return None  # deleted meanwhile
             except manifest.ManifestError as exc:  # costs its own row, never the listing
@@ -89,7 +102,7 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
     return list(rows.values())
 
 
-def _summary(d: Manifest) -> dict[str, Any]:
+def _summary(d: manifest.Manifest) -> dict[str, Any]:
     return {"task": d.task, "host": d.host, "run_id": d.run_id, "status": d.status, "exit_code": d.exit_code,
             "started_ns": d.started_ns, "ended_ns": d.ended_ns, "size": d.size, "lines": d.lines,
             "labels": d.labels, "command": list(d.command)}
@@ -121,7 +134,7 @@ def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
 @routes.get("/api/v1/tasks/{task}/hosts/{host}")
 async def get_log_meta(request: web.Request) -> web.Response:
     view = await _view(request)
-    doc = (view.doc if view.doc is not None else Manifest.build(
+    doc = (view.doc if view.doc is not None else manifest.Manifest.build(
         view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)).to_json()
     doc.update(status=view.status, live_size=view.size, exit_code=(view.exit or {}).get("exit_code"),
                ended_ns=(view.exit or {}).get("ended_ns"))

@@ -174,6 +174,13 @@ def _paths() -> dict[str, Any]:
                 {"name": "since", "in": "query", "schema": _TIME,
                  "description": "started since: a duration back from now, a date, an RFC 3339 time or Unix "
                                 "nanoseconds"},
+                {"name": "until", "in": "query", "schema": _TIME,
+                 "description": "started before (exclusive), in the forms of `since`"},
+                {"name": "label", "in": "query", "style": "form", "explode": True,
+                 "schema": {"type": "array", "maxItems": 16,
+                            "items": {"type": "string", "pattern": "^[^=]+=", "maxLength": 256}},
+                 "description": "`key=value`, repeatable: the log's labels must hold every one (a value may be "
+                                "empty or hold `=`)"},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                 {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN},
@@ -359,7 +366,8 @@ def _schemas() -> dict[str, Any]:
         "task": _ID, "host": _ID, "run_id": {"type": "string"},
         "status": {"type": "string", "enum": _STATUS_ENUM}, "exit_code": _nullable("integer"),
         "started_ns": _NS, "ended_ns": _nullable("integer"),
-        "size": _nullable("integer", description="bytes in the store (null: only in the spool yet)"),
+        "size": _nullable("integer", description="bytes in the store (null: only in the spool yet, or running: "
+                                                 "its live size is on the log's own route)"),
         "lines": _nullable("integer"),
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "command": {"type": "array", "items": {"type": "string"}},

@@ -133,6 +133,25 @@ CURSOR_PATTERN = r"^-?[0-9]{1,19}~[A-Za-z0-9][A-Za-z0-9._-]{0,127}~[A-Za-z0-9][A
 _CURSOR = re.compile(CURSOR_PATTERN[1:-1])
 
 
+LABELS_MAX = 16  # label= filters in one request
+LABEL_MAX = 256  # characters of one label=k=v
+LABEL_HINT = "give label=key=value (a label the task was started with), at most 16 of them; all must match"
+
+
+def labels(request: web.Request, name: str = "label") -> tuple[tuple[str, str], ...]:
+    """The repeatable `label=k=v` filters (all must match), bounded before any of them is looked at."""
+    given = request.query.getall(name, [])
+    if len(given) > LABELS_MAX:
+        raise BadRequest(f"{len(given)} {name}= filters is too many", LABEL_HINT)
+    out = []
+    for value in given:
+        key, sep, v = value.partition("=")
+        if not sep or not key or len(value) > LABEL_MAX:
+            raise BadRequest(f"{name}={_show(value)} is not key=value", LABEL_HINT)
+        out.append((key, v))
+    return tuple(out)
+
+
 def encode_cursor(started_ns: int, task: str, host: str) -> str:
     return f"{started_ns}~{task}~{host}"
 

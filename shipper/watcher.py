@@ -25,6 +25,7 @@ from typing import Any
 
 import zstandard
 
+from shipper import catalog
 from shipper.format import frames, index, manifest, names
 from shipper.format.manifest import Checkpoint, Manifest, ManifestError, Segment
 from shipper.query import copies
@@ -420,6 +421,12 @@ class Watcher:
         st.committed = {s.seq for s in segments}
         st.manifest_status = status
         self.stats["manifests"] += 1
+        try:  # the listing's row: a request only when the status changed (shipper/catalog/writer.py)
+            await catalog.note(self.store, doc)
+        except StoreError as exc:  # the manifest (the truth) is stored: the next pass commits and notes again
+            st.dirty = True
+            self._quiet.log(logging.WARNING, "catalog", "%s/%s: no catalog record yet, retrying next pass: %s",
+                            sl.task, sl.host, exc)
         if st.stale_keys:
             stale, st.stale_keys = st.stale_keys, []
             await self.store.delete(stale)

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
+from shipper import catalog
 from shipper.config import Config
 from shipper.format import names, reader
 from shipper.format.manifest import Manifest
@@ -63,6 +64,9 @@ async def age(cfg: Config, task: str, days: float) -> None:
         then = time.time_ns() - int(days * DAY)
         doc = doc.replace(started_ns=then - 60 * 10**9, updated_ns=then, ended_ns=then if doc.ended_ns else None)
         await store.put(key, doc.dump())
+        # A run's start never changes in life: its catalog rows are those of the aged manifest only.
+        await store.delete([o.key for o in await store.list(names.CATALOG_PREFIX) if f"~{task}~h1~" in o.key])
+        await catalog.Writer(store).note(doc)
     finally:
         await store.close()
 
@@ -171,8 +175,9 @@ async def test_gc_deletes_exactly_the_logs_it_should(archive_of_logs: Config) ->
     assert res.returncode == 0, res.stderr
     after = await keys(cfg)
     gone = {k for k in objects.keys() - after.keys() if not k.startswith("live/")}  # live/: snapshots replaced
-    assert {k for k in gone if not k.startswith("compact/")} == {k for k in objects if "old-a" in k}
-    assert not [k for k in after if "old-a" in k]
+    log_objects = {k for k in objects if "old-a" in k and not k.startswith(names.CATALOG_PREFIX)}
+    assert {k for k in gone if not k.startswith("compact/")} == log_objects  # catalog rows: its tombstone
+    assert not [k for k in after if "old-a" in k and not k.startswith(names.CATALOG_PREFIX)]
     # it counts what it removed: the log's objects, the part rewritten without it, and its marker
     assert f"deleted 1 logs: {len(gone) + 1} objects" in res.stdout, res.stdout
     assert "1 compacted parts rewritten" in res.stdout
@@ -191,7 +196,7 @@ async def test_gc_deletes_exactly_the_logs_it_should(archive_of_logs: Config) ->
     assert end["routes"]["running"] == before["routes"]["running"][:2] + (end["routes"]["running"][2],)
     assert {r[0] for r in end["lines"]} <= {"running"}
     left = await keys(cfg)
-    assert {k.split("/")[0] for k in left} <= {"logs", "lines", "compact", "live"}
+    assert {k.split("/")[0] for k in left} <= {"logs", "lines", "compact", "live", "catalog"}
     assert all("running" in k for k in left if k.startswith("logs/"))
     assert not [k for k in left if k.startswith("deleting/")]
 
@@ -213,7 +218,8 @@ async def test_a_gc_killed_half_way_is_finished_by_the_next_run(archive_of_logs:
     assert "deleted 2 logs" in res.stdout  # ...finishes what the killed ones began
     _nothing_half_visible(await visible(cfg), before, doomed=set(DOOMED))
     left = await keys(cfg)
-    assert not [k for k in left if any(t in k for t in DOOMED)] and not [k for k in left if k.startswith("deleting/")]
+    assert not [k for k in left if any(t in k for t in DOOMED) and not k.startswith(names.CATALOG_PREFIX)]
+    assert not [k for k in left if k.startswith("deleting/")]
 
 
 def _nothing_half_visible(now: dict[str, Any], before: dict[str, Any], doomed: set[str]) -> None:
@@ -246,7 +252,7 @@ async def test_gc_hides_a_log_at_once_and_deletes_it_after_the_grace_period(make
                                                                     "deleting/stays/h1.json"]
     res = gc(cfg, "--older-than", "0s", LOGSHIP_QUERY_GRACE_SECONDS="0")
     assert res.returncode == 0 and "deleted 2 logs" in res.stdout
-    assert not [k for k in await keys(cfg) if not k.startswith(("lines/date=1970", "live/"))]
+    assert not [k for k in await keys(cfg) if not k.startswith(("lines/date=1970", "live/", names.CATALOG_PREFIX))]
 
 
 async def test_a_watcher_does_not_bring_back_a_log_gc_is_deleting(make_config: MakeConfig) -> None:
@@ -329,7 +335,8 @@ async def test_logship_watch_applies_retention_and_compaction_on_its_schedule(ma
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             left = await keys(cfg)
-            if not [k for k in left if "expired" in k] and not [k for k in left if names.parse_lines_key(k)]:
+            stored = [k for k in left if not k.startswith(names.CATALOG_PREFIX)]  # catalog rows: tombstones
+            if not [k for k in stored if "expired" in k] and not [k for k in left if names.parse_lines_key(k)]:
                 break
             await asyncio.sleep(0.3)
         else:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipper import catalog
 from shipper.config import Config
 from shipper.errors import ObjectNotFound
 from shipper.format import manifest, names
@@ -140,6 +141,7 @@ class Collector:
             if v.id in left:
                 continue
             if v.doc is not None:
+                await catalog.forget(self.store, v.doc)  # a tombstone before the manifest goes: never a ghost row
                 await self.deleter.delete([names.manifest_key(v.task, v.host)])
             await self.deleter.delete([names.deleting_key(v.task, v.host)])
             report.deleted_logs += 1
@@ -216,6 +218,9 @@ class Collector:
             v.hidden_ns = max(v.hidden_ns, self.clock())  # the API hides it from now: the grace starts now
             doc = v.doc.replace(status=manifest.DELETING, deleting_ns=v.hidden_ns, status_before_deleting=v.doc.status)
             await self.store.put(names.manifest_key(v.task, v.host), doc.dump())
+            v.doc = doc
+        if v.doc is not None:  # also on a resumed run: a crash may have come between the manifest and this
+            await catalog.note(self.store, v.doc)  # the listing hides it from now, as the manifest says
 
     async def _delete_data(self, v: Victim) -> None:
         """Step 2: everything of the log but its manifest (and its marker)."""
