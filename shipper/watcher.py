@@ -422,7 +422,10 @@ class Watcher:
         st.manifest_status = status
         self.stats["manifests"] += 1
         try:  # the listing's row: a request only when the status changed (shipper/catalog/writer.py)
+            cw = catalog.writer.writer(self.store)  # the process's writer, whose note this is
+            sent = cw.bytes_sent
             await catalog.note(self.store, doc)
+            self.stats["bytes_uploaded"] += cw.bytes_sent - sent
         except StoreError as exc:  # the manifest (the truth) is stored: the next pass commits and notes again
             st.dirty = True
             self._quiet.log(logging.WARNING, "catalog", "%s/%s: no catalog record yet, retrying next pass: %s",

@@ -23,6 +23,7 @@ from shipper.commands.client import base_url
 from shipper.commands.download import ETAG_SUFFIX, Progress
 from shipper.commands.tail import lines_start
 from shipper.config import Config, load_config
+from shipper.format import names
 
 from .support import LOGSHIP, NASTY, Api, Proxy, free_port, sha, spooled, start_agent, stop_agent, watch_once
 
@@ -311,6 +312,12 @@ async def test_tail_follow_through_a_connection_that_keeps_dropping(api: Api) ->
     p = await asyncio.to_thread(start_agent, api.spool, "drops", [sys.executable, "-c", script], env=api.env,
                                 stdout=subprocess.DEVNULL)
     try:
+        # `tail` of a task with no log yet is an error (issue 13), so the log must exist first
+        run_file = api.spool / "drops" / "h1" / names.RUN_FILE
+        for _ in range(300):
+            if run_file.exists():
+                break
+            await asyncio.sleep(0.1)
         proxy = Proxy(api.port, cut_after=20_000)
         async with proxy as cutting:
             code, out, err = await run_cli(api, "tail", "-f", "--from", "0", "drops", "--host", "h1",

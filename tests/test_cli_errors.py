@@ -24,7 +24,7 @@ from shipper.watcher import watch
 
 from .support import LOGSHIP, Api, MakeConfig, agent_env, client_for, env_for, free_port, run_agent, spooled
 
-CMD = ["sh", "-c", "seq 1 200; echo needle-$0 >&2"]
+CMD = ["sh", "-c", "seq 1 200; echo needle-$0"]  # one stream: line 201 whatever the order of two pipes
 
 
 def logship(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

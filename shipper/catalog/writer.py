@@ -30,6 +30,7 @@ class Writer:
         self.store = store
         self._written: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self.records = 0  # records written by this process (for tests and /metrics)
+        self.bytes_sent = 0  # their bodies' bytes: the watcher counts them in what it sent (issue 14)
 
     async def note(self, doc: Manifest) -> None:
         """The manifest `doc` was just stored: record its status if the catalog does not have it yet."""
@@ -43,10 +44,13 @@ class Writer:
         if self._written.get(row.run) == row.phase:
             self._written.move_to_end(row.run)
             return
-        await self.store.put(names.catalog_record_key(rows.record_name(row)), row.body())
+        body = row.body()
+        await self.store.put(names.catalog_record_key(rows.record_name(row)), body)
+        self.bytes_sent += len(body)
         running = names.catalog_running_key(rows.running_name(row))
         if row.phase == 1:
-            await self.store.put(running, row.body())
+            await self.store.put(running, body)
+            self.bytes_sent += len(body)
         else:
             await self.store.delete([running])  # absent is fine; the compactor repeats this for a crash here
         self.records += 1
