@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -154,18 +155,11 @@ def rows_for(results: dict[str, Any]) -> tuple[list[Row], list[str]]:
         q_rows, q_notes = query.rows_for(results["query"])
         rows += q_rows
         notes += q_notes[:-1]  # its last note is the noise, given below with every part's
-    if "checkpoint" in results:
-        from . import checkpoint
-
-        c_rows, c_notes = checkpoint.rows_for(results["checkpoint"])
-        rows += c_rows
-        notes += c_notes
-    if "catalog" in results:
-        from . import catalog
-
-        c_rows, c_notes = catalog.rows_for(results["catalog"])
-        rows += c_rows
-        notes += c_notes
+    for part in ("checkpoint", "catalog"):  # parts whose rows and notes are taken as they come
+        if part in results:
+            p_rows, p_notes = importlib.import_module(f".{part}", __package__).rows_for(results[part])
+            rows += p_rows
+            notes += p_notes
     return rows, notes
 
 
