@@ -2,6 +2,7 @@
 
 import { apiJSON, logPath } from './api.js';
 import { $, clearError, el, fmtBytes, fmtDuration, fmtTime, setText, showError, timeEl } from './dom.js';
+import { fmtSilence, silentAfter } from './liveness.js';
 
 const REFRESH_MS = 3000; // how often the list refreshes itself
 
@@ -34,10 +35,13 @@ export class TasksView {
       if (this.closed) return;
       const ft = $('#f-task').value.trim().toLowerCase(), fh = $('#f-host').value.trim().toLowerCase();
       const rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
-      // a running log's size is in the spool: ask for the live size of the first 20
+      // a running log's size is in the spool: ask for the live size of the first 20, and its liveness (the
+      // row's silent_seconds where the listing has it)
       await Promise.all(rows.filter((l) => l.status === 'running').slice(0, 20).map(async (l) => {
         try {
-          l.size = (await apiJSON(logPath(l.task, l.host), { signal: this.ctl.signal })).live_size;
+          const meta = await apiJSON(logPath(l.task, l.host), { signal: this.ctl.signal });
+          l.size = meta.live_size;
+          l.liveness = meta.liveness;
         } catch (e) { /* gone meanwhile */ }
       }));
       if (this.closed) return;
@@ -64,6 +68,13 @@ export class TasksView {
       const href = `#/t/${encodeURIComponent(l.task)}/${encodeURIComponent(l.host)}`;
       const status = el('td');
       status.append(el('span', `badge ${l.status}`, l.status));
+      const silent = l.status === 'running' ? l.silent_seconds ?? (l.liveness && l.liveness.silent_seconds) : null;
+      if (silent != null && silent >= silentAfter(l.liveness)) { // a running log with no output for a while
+        const mark = el('span', 'badge silent', `silent ${fmtSilence(silent)}`);
+        mark.title = `no output for ${Math.floor(silent)} s`;
+        status.append(mark);
+        tr.dataset.silent = String(Math.floor(silent));
+      }
       const task = el('td');
       const a = el('a', null, l.task);
       a.href = href;
