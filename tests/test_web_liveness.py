@@ -132,6 +132,20 @@ def test_a_task_killed_for_its_silence_says_so(stack: Callable[..., Stack], page
     assert page.locator("#tasks tr[data-task=hung] .badge.silent").count() == 0
 
 
+def test_the_all_hosts_view_marks_the_silent_host(stack: Callable[..., Stack], page: Page) -> None:
+    st = stack(**FAST, LOGSHIP_AGENT_SILENCE_TIMEOUT="10", LOGSHIP_AGENT_ON_SILENCE="warn")  # marks from 5 s
+    st.serve()
+    st.start("pair", "import time\nprint('waiting', flush=True)\ntime.sleep(600)", host="h1")
+    st.start("pair", "import time\nwhile True: print('x', flush=True); time.sleep(0.2)", host="h2")
+    page.goto(f"{st.base}/#/t/pair")
+    mark = page.wait_for_selector("#host-filter .host[data-host=h1] .badge.silent", timeout=30_000)
+    assert re.fullmatch(r"silent \d+ s", mark.inner_text())
+    time.sleep(1.5)
+    assert page.locator("#host-filter .host[data-host=h2] .badge.silent").count() == 0
+    assert page.locator(MARK).count() == 0  # the one-log mark and panel are not the all-hosts view's
+    assert page.locator("#liveness").is_hidden()
+
+
 def test_the_page_formats_silence_and_trees_at_a_glance(stack: Callable[..., Stack], page: Page) -> None:
     """The helpers of liveness.js, in the browser: durations, the default threshold, and a hostile sample
     (a parent loop, a process its own parent) that still shows every process once."""

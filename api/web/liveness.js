@@ -3,7 +3,7 @@
 // sample of the task's processes and the time of its last output byte. A view polls it, counts the silence
 // on between answers, and hears from its tail at once when output resumes.
 
-import { apiJSON } from './api.js';
+import { apiJSON, logPath } from './api.js';
 import { $, el, fmtBytes, fmtTime, pad } from './dom.js';
 
 // Shown after this long without output: CI services stop a job after 10 min; a few seconds of quiet is
@@ -77,6 +77,7 @@ export function forest(processes) {
 }
 
 function psTable(processes, total) {
+  if (!processes.length) return el('p', 'muted', 'no process sample (the agent reads /proc, which this host lacks)');
   const table = el('table', 'ps');
   const head = el('tr');
   for (const [h, cls] of [['PID', 'num'], ['STAT', ''], ['TIME', 'num'], ['RSS', 'num'], ['WCHAN', ''], ['COMMAND', '']]) {
@@ -117,16 +118,48 @@ export function resetLiveness() {
   panel.replaceChildren();
 }
 
+// One running log's silence now: its last sample's count carried on since the answer, ended by output the
+// tail brought (the sample may be a few seconds older than that output).
+class Clock {
+  constructor() {
+    this.live = null; // the last `liveness` answered
+    this.at = 0; // performance.now() of that answer
+    this.outputAt = null; // performance.now() of the last output the tail brought
+  }
+
+  take(live) {
+    this.live = live || null;
+    this.at = performance.now();
+  }
+
+  heard() { this.outputAt = performance.now(); }
+
+  // Seconds without output now, or null when unknown (no sample: a central API, or no /proc).
+  seconds() {
+    const now = performance.now();
+    const fromSample = this.live ? this.live.silent_seconds + (now - this.at) / 1000 : null;
+    const fromTail = this.outputAt != null ? (now - this.outputAt) / 1000 : null;
+    if (fromSample == null) return fromTail != null && fromTail >= SILENT_AFTER_S ? fromTail : null;
+    return fromTail == null ? fromSample : Math.min(fromSample, fromTail);
+  }
+
+  // The seconds to show, or null while it is not silent for long enough to say so.
+  shown() {
+    const s = this.seconds();
+    return s != null && s >= silentAfter(this.live) ? s : null;
+  }
+}
+
 // One log view's liveness: `view` is its Pane (timers that stop at close, the abort signal, the log's path).
 export class Liveness {
   constructor(view) {
     this.view = view;
-    this.live = null; // the last `liveness` answered
-    this.at = 0; // performance.now() of that answer
-    this.outputAt = null; // performance.now() of the last output the tail brought
+    this.clock = new Clock();
     this.running = false;
     this.shown = null; // the processes' sample shown in the panel (re-rendered only when it changes)
   }
+
+  get live() { return this.clock.live; }
 
   // A running log: poll its metadata and count the silence on. A finished one: show why it ended.
   start(meta) {
@@ -138,10 +171,7 @@ export class Liveness {
     } else this.showEnd(meta);
   }
 
-  take(live) {
-    this.live = live || null;
-    this.at = performance.now();
-  }
+  take(live) { this.clock.take(live); }
 
   async refresh() {
     try {
@@ -164,23 +194,13 @@ export class Liveness {
 
   // The tail brought output: the silence ends now, whatever the last sample says.
   sawOutput() {
-    this.outputAt = performance.now();
+    this.clock.heard();
     if (this.running && !$('#silence').hidden) this.render();
-  }
-
-  // Seconds without output now, or null when unknown (no sample: a central API, or no /proc).
-  silent() {
-    const now = performance.now();
-    const fromSample = this.live ? this.live.silent_seconds + (now - this.at) / 1000 : null;
-    const fromTail = this.outputAt != null ? (now - this.outputAt) / 1000 : null;
-    if (fromSample == null) return fromTail != null && fromTail >= SILENT_AFTER_S ? fromTail : null;
-    return fromTail == null ? fromSample : Math.min(fromSample, fromTail);
   }
 
   render() {
     if (!this.running) return;
-    const s = this.silent();
-    const on = s != null && s >= silentAfter(this.live);
+    const s = this.clock.shown(), on = s != null;
     const mark = $('#silence');
     mark.hidden = !on;
     if (!on) {
@@ -240,6 +260,66 @@ export class Liveness {
     if (kill && kill.processes && kill.processes.length) {
       this.showTree(meta.liveness, `The processes when they were killed, ${fmtTime(kill.at_ns, false)}, `
         + `after ${fmtSilence(kill.silent_seconds)} without output`, kill.processes);
+    }
+  }
+}
+
+// The all-hosts view: a mark beside each running host that is silent (the host's own view has its processes).
+// Polls the metadata of at most MAX_HOSTS running hosts.
+const MAX_HOSTS = 20;
+
+export class HostSilence {
+  constructor(view) {
+    this.view = view; // the MultiView: its task, timers and abort signal
+    this.clocks = new Map(); // host -> Clock, for running hosts
+  }
+
+  start(metas) {
+    for (const [host, meta] of metas) {
+      if (meta.status !== 'running' || this.clocks.size >= MAX_HOSTS) continue;
+      const c = new Clock();
+      c.take(meta.liveness);
+      this.clocks.set(host, c);
+    }
+    if (!this.clocks.size) return;
+    this.view.later(() => this.refresh(), POLL_MS);
+    this.tick();
+  }
+
+  async refresh() {
+    await Promise.all([...this.clocks].map(async ([host, c]) => {
+      try {
+        const meta = await apiJSON(logPath(this.view.task, host), { signal: this.view.signal });
+        if (meta.status === 'running') c.take(meta.liveness); else this.ended(host);
+      } catch (e) { /* the next answer will do */ }
+    }));
+    if (!this.view.closed && this.clocks.size) this.view.later(() => this.refresh(), POLL_MS);
+  }
+
+  tick() {
+    this.render();
+    if (this.clocks.size) this.view.later(() => this.tick(), TICK_MS);
+  }
+
+  heard(host) {
+    const c = this.clocks.get(host);
+    if (c) { c.heard(); this.render(); }
+  }
+
+  ended(host) {
+    this.clocks.delete(host);
+    this.render();
+  }
+
+  render() {
+    if (this.view.closed) return; // the host filter is the next view's now
+    for (const item of document.querySelectorAll('#host-filter .host')) {
+      const c = this.clocks.get(item.dataset.host), s = c ? c.shown() : null;
+      let mark = item.querySelector('.badge.silent');
+      if (s == null) { if (mark) mark.remove(); continue; }
+      if (!mark) { mark = el('span', 'badge silent'); item.append(mark); }
+      mark.textContent = `silent ${fmtSilence(s)}`;
+      mark.title = `${item.dataset.host}: no output for ${Math.floor(s)} s (its own view shows its processes)`;
     }
   }
 }

@@ -14,7 +14,7 @@
 import { API, api, apiJSON, logPath } from './api.js';
 import { $, el, fmtBytes, setText, showError } from './dom.js';
 import { Assembler, countNewlines, rowElement, skippedRow } from './lines.js';
-import { Liveness, endReason, resetLiveness } from './liveness.js';
+import { HostSilence, Liveness, endReason, resetLiveness } from './liveness.js';
 import { Tail, showConn } from './tail.js';
 
 const CHUNK = 256 * 1024; // bytes per Range read
@@ -629,6 +629,8 @@ export class MultiView extends Pane {
     this.metas = new Map(this.hosts.map((h, i) => [h, metas[i]]).filter(([, m]) => m));
     this.ready = true;
     this.showMeta();
+    this.silence = new HostSilence(this); // a mark beside each silent host (liveness.js)
+    this.silence.start(this.metas);
     const running = this.tails.filter((t) => !t.ended);
     this.showLive(running.length > 0);
     if (!this.paused) for (const t of running) t.start();
@@ -649,6 +651,7 @@ export class MultiView extends Pane {
         asm.feed(off, bytes, stream, ts, out);
         for (const r of out) r.host = host;
         this.add(out);
+        if (this.silence) this.silence.heard(host);
       },
       skipped: (m) => this.add([{ ...skippedRow(m), host, ts: Date.now() * 1e6 }]),
       end: (m) => this.onEnd(host, m),
@@ -664,6 +667,7 @@ export class MultiView extends Pane {
     filter.hidden = false;
     filter.replaceChildren(...this.hosts.map((h) => {
       const item = el('span', 'host');
+      item.dataset.host = h;
       const box = el('input');
       box.type = 'checkbox';
       box.checked = true;
@@ -691,6 +695,7 @@ export class MultiView extends Pane {
   }
 
   onEnd(host, m) {
+    if (this.silence) this.silence.ended(host);
     this.metas.set(host, { ...this.metas.get(host), status: m.status, exit_code: m.exit_code });
     this.showMeta();
     if (this.tails.every((t) => t.ended)) this.showLive(false);
