@@ -132,6 +132,25 @@ def test_a_task_killed_for_its_silence_says_so(stack: Callable[..., Stack], page
     assert page.locator("#tasks tr[data-task=hung] .badge.silent").count() == 0
 
 
+def test_a_silent_task_that_computes_shows_it(stack: Callable[..., Stack], page: Page) -> None:
+    """Silent is not hung when it computes: the spinning process is R, its CPU time grows, the summary says
+    how busy the tree is now."""
+    st = stack(**FAST, LOGSHIP_AGENT_SILENCE_TIMEOUT="10", LOGSHIP_AGENT_ON_SILENCE="warn")  # marks from 5 s
+    st.serve()
+    st.start("spin", "print('thinking', flush=True)\nwhile True: pass")
+    page.goto(f"{st.base}/#/t/spin/h1")
+    page.wait_for_selector(MARK, timeout=30_000)
+    page.wait_for_selector("#liveness tbody tr[data-state=R]")
+    row = page.locator("#liveness tbody tr").first
+    assert row.locator("td.stat").inner_text() == "R running"
+    wait_for(lambda: "% now" in page.inner_text("#liveness summary"), 15, "no CPU rate")
+    busy = int(re.search(r"(\d+)% now", page.inner_text("#liveness summary")).group(1))  # type: ignore[union-attr]
+    assert busy >= 3, page.inner_text("#liveness summary")  # not idle (a shared, busy machine gives it little)
+    cpu = float(row.locator("td").nth(2).inner_text().removesuffix(" s"))
+    wait_for(lambda: float(page.locator("#liveness tbody tr").first.locator("td").nth(2).inner_text()
+                           .removesuffix(" s")) > cpu, 15, "its CPU time does not grow")
+
+
 def test_the_all_hosts_view_marks_the_silent_host(stack: Callable[..., Stack], page: Page) -> None:
     st = stack(**FAST, LOGSHIP_AGENT_SILENCE_TIMEOUT="10", LOGSHIP_AGENT_ON_SILENCE="warn")  # marks from 5 s
     st.serve()

@@ -125,11 +125,16 @@ class Clock {
     this.live = null; // the last `liveness` answered
     this.at = 0; // performance.now() of that answer
     this.outputAt = null; // performance.now() of the last output the tail brought
+    this.cpuRate = null; // CPU seconds per second between the last two samples: a quiet task computing, or idle
   }
 
   take(live) {
+    const prev = this.live;
     this.live = live || null;
     this.at = performance.now();
+    if (prev && live && prev.cpu_seconds != null && live.cpu_seconds != null && live.sampled_ns > prev.sampled_ns) {
+      this.cpuRate = Math.max(0, live.cpu_seconds - prev.cpu_seconds) / ((live.sampled_ns - prev.sampled_ns) / 1e9);
+    }
   }
 
   heard() { this.outputAt = performance.now(); }
@@ -216,7 +221,9 @@ export class Liveness {
 
   summary(live) {
     const n = live.processes_total || live.processes.length;
-    const parts = [`${n} process${n === 1 ? '' : 'es'}`, `CPU ${fmtCpu(live.cpu_seconds)} in all`];
+    const rate = this.clock.cpuRate; // "CPU 0%": silent and idle, the likeliest hang
+    const parts = [`${n} process${n === 1 ? '' : 'es'}`, `CPU ${fmtCpu(live.cpu_seconds)} in all`
+      + (rate != null ? `, ${Math.round(rate * 100)}% now` : '')];
     if (live.last_output_ns) parts.unshift(`last output ${fmtTime(live.last_output_ns, false)}`);
     if (live.sampled_ns) parts.push(`sampled ${fmtSilence(Math.max(0, (Date.now() * 1e6 - live.sampled_ns) / 1e9))} ago`);
     return `What the task is doing · ${parts.join(' · ')}`;
