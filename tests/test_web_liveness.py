@@ -36,6 +36,11 @@ def tree(page: Page) -> list[dict[str, Any]]:
     return got
 
 
+def listed(page: Page) -> list[str]:
+    got: list[str] = page.eval_on_selector_all("#tasks tbody tr", "trs => trs.map(tr => tr.dataset.task)")
+    return got
+
+
 def seconds(page: Page) -> int:
     return int(page.get_attribute("#silence", "data-seconds"))
 
@@ -58,6 +63,12 @@ def test_a_silent_task_shows_its_silence_and_processes_until_output_resumes(stac
     assert re.fullmatch(r"silent \d+ s", mark.inner_text()), mark.inner_text()
     assert page.locator("#tasks tr[data-task=loud] .badge.silent").count() == 0
     assert page.locator("#tasks tr[data-task=loud]").get_attribute("data-status") == "running"
+    page.select_option("#f-silent", "now")  # the "Output" filter: the silent ones only
+    wait_for(lambda: listed(page) == ["quiet"], 10, "the filter does not keep only the silent log")
+    page.select_option("#f-silent", "10m")  # none has been silent that long (the API's silent_since=, and the page)
+    wait_for(lambda: listed(page) == [], 10, "silent 10 min+ lists a log")
+    page.select_option("#f-silent", "")
+    wait_for(lambda: sorted(listed(page)) == ["loud", "quiet"], 10, "the filter does not go")
 
     # the log's view: "silent N s", counting on between samples, and the tree as ps shows it
     page.evaluate("() => { location.hash = '#/t/quiet/h1'; }")  # as a click in the list does
@@ -93,6 +104,8 @@ def test_a_silent_task_shows_its_silence_and_processes_until_output_resumes(stac
     page.wait_for_selector("#tasks tr[data-task=quiet]")
     time.sleep(3.5)  # one more refresh of the list
     assert page.locator("#tasks tr[data-task=quiet] .badge.silent").count() == 0
+    page.select_option("#f-silent", "now")
+    wait_for(lambda: listed(page) == [], 10, "a log printing again is still listed as silent")
     assert agent.poll() is None and loud.poll() is None
 
 
