@@ -112,13 +112,15 @@ def test_a_silent_task_shows_its_silence_and_processes_until_output_resumes(stac
 def test_a_task_killed_for_its_silence_says_so(stack: Callable[..., Stack], page: Page) -> None:
     st = stack(**FAST)
     st.serve()
+    # the task ignores TERM: KILL ends it after the grace (6 s), while the view shows a kill under way
     agent = subprocess.Popen([*LOGSHIP, "run", "--task", "hung", "--host", "h1", "--silence-timeout", "2",
-                              "--on-silence", "kill", "--silence-grace", "1", "--", "sh", "-c",
-                              "echo working; sleep 600"], env=st.env, stdout=subprocess.DEVNULL,
+                              "--on-silence", "kill", "--silence-grace", "6", "--", "sh", "-c",
+                              "trap '' TERM; echo working; sleep 600"], env=st.env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: (st.spool / "hung" / "h1" / names.RUN_FILE).exists(), 20, "the agent did not start")
         page.goto(f"{st.base}/#/t/hung/h1")  # open while it runs: the tail's end brings the reason
+        page.wait_for_selector("#liveness summary >> text=Being killed for its silence", timeout=20_000)
         page.wait_for_selector(FINISHED, timeout=30_000)
         assert agent.wait(30) == 124
     finally:

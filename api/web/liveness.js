@@ -226,7 +226,10 @@ export class Liveness {
       + (rate != null ? `, ${Math.round(rate * 100)}% now` : '')];
     if (live.last_output_ns) parts.unshift(`last output ${fmtTime(live.last_output_ns, false)}`);
     if (live.sampled_ns) parts.push(`sampled ${fmtSilence(Math.max(0, (Date.now() * 1e6 - live.sampled_ns) / 1e9))} ago`);
-    return `What the task is doing · ${parts.join(' · ')}`;
+    const kill = killEvent(live); // the policy sent TERM and waits out the grace before KILL
+    const what = kill && kill.at_ns >= live.last_output_ns ? `Being killed for its silence (TERM sent ${fmtTime(kill.at_ns, false)})`
+      : 'What the task is doing';
+    return `${what} · ${parts.join(' · ')}`;
   }
 
   // The panel: a summary line and the tree, in a <details> the user may fold (kept folded across samples).
