@@ -139,6 +139,9 @@ def test_a_task_killed_for_its_silence_says_so(stack: Callable[..., Stack], page
         assert page.locator("#silence").is_hidden()  # a finished log is not "silent"
         page.wait_for_selector("#liveness:not([hidden]) tbody tr")
         assert "when they were killed" in page.inner_text("#liveness summary")
+        page.select_option("#tz", "utc")  # its time follows the zone toggle
+        killed_at = page.locator("#liveness summary [data-ts]")
+        assert killed_at.inner_text() == killed_at.get_attribute("title").removesuffix(" UTC")[:19]
         assert "└ sleep 600" in [p["cells"][5] for p in tree(page)]  # the tree at the kill
         assert texts(page) == ["working"]
     # the list: finished, not marked silent

@@ -4,7 +4,7 @@
 // on between answers, and hears from its tail at once when output resumes.
 
 import { apiJSON, logPath } from './api.js';
-import { $, el, fmtBytes, fmtTime, pad } from './dom.js';
+import { $, el, fmtBytes, pad, timeEl } from './dom.js';
 
 // Shown after this long without output: CI services stop a job after 10 min; a few seconds of quiet is
 // normal for most tasks. A run with a shorter --silence-timeout shows it from half of that timeout.
@@ -41,6 +41,7 @@ export function fmtCpu(s) {
   return h ? `${h}:${pad(Math.floor(t / 60) % 60)}:${pad(t % 60)}` : `${Math.floor(t / 60)}:${pad(t % 60)}`;
 }
 
+const at = (ns) => timeEl('span', null, ns, false); // a time that follows the zone toggle
 const killEvent = (live) => live && (live.events || []).filter((e) => e.action === 'kill').pop();
 
 // How a finished log ended, when not by itself: "killed after 10 min of silence" (the manifest's or
@@ -219,20 +220,21 @@ export class Liveness {
     if (this.live) this.showTree(this.live, this.summary(this.live));
   }
 
+  // The summary line, as nodes: its times follow the page's zone toggle (dom.js retime).
   summary(live) {
     const n = live.processes_total || live.processes.length;
     const rate = this.clock.cpuRate; // "CPU 0%": silent and idle, the likeliest hang
-    const parts = [`${n} process${n === 1 ? '' : 'es'}`, `CPU ${fmtCpu(live.cpu_seconds)} in all`
-      + (rate != null ? `, ${Math.round(rate * 100)}% now` : '')];
-    if (live.last_output_ns) parts.unshift(`last output ${fmtTime(live.last_output_ns, false)}`);
-    if (live.sampled_ns) parts.push(`sampled ${fmtSilence(Math.max(0, (Date.now() * 1e6 - live.sampled_ns) / 1e9))} ago`);
     const kill = killEvent(live); // the policy sent TERM and waits out the grace before KILL
-    const what = kill && kill.at_ns >= live.last_output_ns ? `Being killed for its silence (TERM sent ${fmtTime(kill.at_ns, false)})`
-      : 'What the task is doing';
-    return `${what} · ${parts.join(' · ')}`;
+    const out = kill && kill.at_ns >= live.last_output_ns
+      ? ['Being killed for its silence (TERM sent ', at(kill.at_ns), ')'] : ['What the task is doing'];
+    if (live.last_output_ns) out.push(' · last output ', at(live.last_output_ns));
+    out.push(` · ${n} process${n === 1 ? '' : 'es'} · CPU ${fmtCpu(live.cpu_seconds)} in all`
+      + (rate != null ? `, ${Math.round(rate * 100)}% now` : ''));
+    if (live.sampled_ns) out.push(` · sampled ${fmtSilence(Math.max(0, (Date.now() * 1e6 - live.sampled_ns) / 1e9))} ago`);
+    return out;
   }
 
-  // The panel: a summary line and the tree, in a <details> the user may fold (kept folded across samples).
+  // The panel: a summary line (nodes) and the tree, in a <details> the user may fold (kept folded across samples).
   showTree(live, summary, processes = live.processes) {
     const panel = $('#liveness');
     let details = panel.querySelector('details');
@@ -242,7 +244,7 @@ export class Liveness {
       details.append(el('summary'));
       panel.replaceChildren(details);
     }
-    details.querySelector('summary').textContent = summary;
+    details.querySelector('summary').replaceChildren(...summary);
     if (this.shown !== processes) {
       this.shown = processes;
       details.querySelector('summary').after(psTable(processes, processes === live.processes ? live.processes_total || 0 : 0));
@@ -268,8 +270,8 @@ export class Liveness {
     $('#liveness').hidden = true;
     const kill = killEvent(meta.liveness);
     if (kill && kill.processes && kill.processes.length) {
-      this.showTree(meta.liveness, `The processes when they were killed, ${fmtTime(kill.at_ns, false)}, `
-        + `after ${fmtSilence(kill.silent_seconds)} without output`, kill.processes);
+      this.showTree(meta.liveness, ['The processes when they were killed, ', at(kill.at_ns),
+        `, after ${fmtSilence(kill.silent_seconds)} without output`], kill.processes);
     }
   }
 }
