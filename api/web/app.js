@@ -105,7 +105,7 @@ function setup() {
     if (view && view.task && $('#scope').checked && !$('#scope-label').hidden) p.set('task', view.task);
     location.hash = `#/search?${p}`;
   };
-  for (const id of ['f-status', 'f-since', 'f-task', 'f-host']) {
+  for (const id of ['f-status', 'f-since', 'f-silent', 'f-task', 'f-host']) {
     $(`#${id}`).addEventListener('input', () => view instanceof TasksView && view.refresh());
   }
   $('#filters').onsubmit = (e) => e.preventDefault();

@@ -14,6 +14,7 @@
 import { API, api, apiJSON, logPath } from './api.js';
 import { $, el, fmtBytes, setText, showError } from './dom.js';
 import { Assembler, countNewlines, rowElement, skippedRow } from './lines.js';
+import { HostSilence, Liveness, endReason, resetLiveness } from './liveness.js';
 import { Tail, showConn } from './tail.js';
 
 const CHUNK = 256 * 1024; // bytes per Range read
@@ -144,6 +145,7 @@ class Pane {
     const badge = $('#log-status');
     badge.textContent = '';
     delete badge.dataset.status;
+    delete badge.dataset.reason;
     const conn = $('#conn');
     conn.dataset.state = 'idle';
     conn.textContent = '';
@@ -153,6 +155,7 @@ class Pane {
     this.showLive(false);
     $('#host-filter').replaceChildren();
     $('#host-filter').hidden = true;
+    resetLiveness();
     setText('#log-size', '');
     $('#new-lines').hidden = true;
   }
@@ -227,6 +230,8 @@ export class LogView extends Pane {
     if (this.closed) return; // the user went elsewhere meanwhile
     this.ready = true;
     this.showMeta();
+    this.live = new Liveness(this); // silent for how long, and the task's processes (liveness.js)
+    this.live.start(meta);
     if (meta.status === 'running') {
       const tail = new Tail(this.task, this.host, { from: this.liveEnd }, {
         data: (off, bytes, stream, ts) => this.onData(off, bytes, stream, ts),
@@ -264,11 +269,14 @@ export class LogView extends Pane {
     return gaps;
   }
 
-  // One badge: running, or how it ended (shown once the rows are there).
+  // One badge: running, or how it ended (shown once the rows are there): "killed after 10 min of silence ·
+  // exit 124" for a log the silence policy ended.
   showMeta() {
     const m = this.meta;
     const badge = $('#log-status');
-    badge.textContent = m.status + (m.exit_code != null ? ` · exit ${m.exit_code}` : '');
+    const reason = m.status === 'running' ? null : endReason(m);
+    badge.textContent = (reason || m.status) + (m.exit_code != null ? ` · exit ${m.exit_code}` : '');
+    if (reason) badge.dataset.reason = m.end_reason || 'silence'; else delete badge.dataset.reason;
     badge.dataset.status = m.status;
     setText('#log-size', fmtBytes(Math.max(m.live_size, this.liveEnd)));
   }
@@ -508,6 +516,7 @@ export class LogView extends Pane {
     }
     this.liveEnd = Math.max(this.liveEnd, end);
     setText('#log-size', fmtBytes(this.liveEnd));
+    if (this.live) this.live.sawOutput();
   }
 
   onSkipped(m) {
@@ -523,6 +532,12 @@ export class LogView extends Pane {
     this.meta = { ...this.meta, status: m.status, exit_code: m.exit_code };
     this.showMeta();
     this.showLive(false);
+    if (!this.live) return;
+    this.live.ended().then((meta) => { // why it ended (end_reason) and its last sample
+      if (!meta || this.closed) return;
+      this.meta = { ...this.meta, end_reason: meta.end_reason, liveness: meta.liveness };
+      this.showMeta();
+    }).catch((e) => this.failed(e));
   }
 
   // Rows from the tail are added once a frame (16 ms), in one go: a line shows well within 50 ms.
@@ -614,6 +629,8 @@ export class MultiView extends Pane {
     this.metas = new Map(this.hosts.map((h, i) => [h, metas[i]]).filter(([, m]) => m));
     this.ready = true;
     this.showMeta();
+    this.silence = new HostSilence(this); // a mark beside each silent host (liveness.js)
+    this.silence.start(this.metas);
     const running = this.tails.filter((t) => !t.ended);
     this.showLive(running.length > 0);
     if (!this.paused) for (const t of running) t.start();
@@ -634,6 +651,7 @@ export class MultiView extends Pane {
         asm.feed(off, bytes, stream, ts, out);
         for (const r of out) r.host = host;
         this.add(out);
+        if (this.silence) this.silence.heard(host);
       },
       skipped: (m) => this.add([{ ...skippedRow(m), host, ts: Date.now() * 1e6 }]),
       end: (m) => this.onEnd(host, m),
@@ -649,6 +667,7 @@ export class MultiView extends Pane {
     filter.hidden = false;
     filter.replaceChildren(...this.hosts.map((h) => {
       const item = el('span', 'host');
+      item.dataset.host = h;
       const box = el('input');
       box.type = 'checkbox';
       box.checked = true;
@@ -676,6 +695,7 @@ export class MultiView extends Pane {
   }
 
   onEnd(host, m) {
+    if (this.silence) this.silence.ended(host);
     this.metas.set(host, { ...this.metas.get(host), status: m.status, exit_code: m.exit_code });
     this.showMeta();
     if (this.tails.every((t) => t.ended)) this.showLive(false);

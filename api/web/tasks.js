@@ -2,8 +2,13 @@
 
 import { apiJSON, logPath } from './api.js';
 import { $, clearError, el, fmtBytes, fmtDuration, fmtTime, setText, showError, timeEl } from './dom.js';
+import { fmtSilence, silentAfter } from './liveness.js';
 
 const REFRESH_MS = 3000; // how often the list refreshes itself
+const SINCE = { '10m': 600, '1h': 3600 }; // the "Output" filter's durations, in seconds
+
+// A running log's seconds without output: the listing's silent_seconds, else its metadata's liveness.
+const silence = (l) => (l.status === 'running' ? l.silent_seconds ?? (l.liveness && l.liveness.silent_seconds) ?? null : null);
 
 export class TasksView {
   constructor() {
@@ -30,17 +35,26 @@ export class TasksView {
       const q = new URLSearchParams({ limit: '1000' });
       if ($('#f-status').value) q.set('status', $('#f-status').value);
       if ($('#f-since').value) q.set('since', $('#f-since').value);
+      const silentOnly = $('#f-silent').value; // 'now': the rows marked silent; else a duration for the API
+      if (silentOnly && silentOnly !== 'now') q.set('silent_since', silentOnly);
       const { logs } = await apiJSON(`tasks?${q}`, { signal: this.ctl.signal });
       if (this.closed) return;
       const ft = $('#f-task').value.trim().toLowerCase(), fh = $('#f-host').value.trim().toLowerCase();
-      const rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
-      // a running log's size is in the spool: ask for the live size of the first 20
+      let rows = logs.filter((l) => l.task.toLowerCase().includes(ft) && l.host.toLowerCase().includes(fh));
+      if (silentOnly) rows = rows.filter((l) => l.status === 'running'); // only a running log is silent
+      // a running log's size is in the spool: ask for the live size of the first 20, and its liveness (the
+      // row's silent_seconds where the listing has it)
       await Promise.all(rows.filter((l) => l.status === 'running').slice(0, 20).map(async (l) => {
         try {
-          l.size = (await apiJSON(logPath(l.task, l.host), { signal: this.ctl.signal })).live_size;
+          const meta = await apiJSON(logPath(l.task, l.host), { signal: this.ctl.signal });
+          l.size = meta.live_size;
+          l.liveness = meta.liveness;
         } catch (e) { /* gone meanwhile */ }
       }));
       if (this.closed) return;
+      for (const l of rows) l.silent = silence(l);
+      // held to what the page knows too: an API without silent_since= answers every log
+      if (silentOnly) rows = rows.filter((l) => l.silent != null && l.silent >= (SINCE[silentOnly] ?? silentAfter(l.liveness)));
       const hosts = new Map();
       for (const l of logs) hosts.set(l.task, (hosts.get(l.task) || 0) + 1);
       this.render(rows, hosts);
@@ -64,6 +78,13 @@ export class TasksView {
       const href = `#/t/${encodeURIComponent(l.task)}/${encodeURIComponent(l.host)}`;
       const status = el('td');
       status.append(el('span', `badge ${l.status}`, l.status));
+      const silent = l.silent;
+      if (silent != null && silent >= silentAfter(l.liveness)) { // a running log with no output for a while
+        const mark = el('span', 'badge silent', `silent ${fmtSilence(silent)}`);
+        mark.title = `no output for ${Math.floor(silent)} s`;
+        status.append(mark);
+        tr.dataset.silent = String(Math.floor(silent));
+      }
       const task = el('td');
       const a = el('a', null, l.task);
       a.href = href;
