@@ -1,4 +1,4 @@
-"""The log routes: listing, one log's metadata, the whole log (Range, follow, progressive), all hosts."""
+"""The log routes: one log's metadata, the whole log (Range, follow, progressive), all hosts (listing: listing.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ central API (no spool) answers `liveness` and the listing's silence.
   every REFRESH_SECONDS, so the stored sample's age says the watcher still hears from the agent. A sleeping
   task costs 3,600 / REFRESH_SECONDS PUTs an hour (docs/operations.md, cost table).
 - A silence that starts or ends is noted in the catalog too (shipper/catalog/writer.py `silence`).
-The object is deleted once the log ended (its manifest holds the last sample); gc deletes what is left.
+The object is deleted once the log ended (its manifest holds the last sample) by the process that PUT it;
+one a restarted watcher does not know of stays until gc (a finished log's readers take the manifest's).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class LivenessShip:
         self.store = store
         self.stats = stats
         self._sent: OrderedDict[Path, tuple[Liveness, float]] = OrderedDict()  # the last one stored, and when
-        self._ended: OrderedDict[Path, None] = OrderedDict()
+        self._put: OrderedDict[Path, None] = OrderedDict()  # logs whose object this process PUT
         for k in ("liveness_puts", "liveness_bytes"):
             stats.setdefault(k, 0)
 
@@ -53,12 +54,10 @@ class LivenessShip:
     async def ship(self, sl: SpoolLog) -> None:
         """After the pass shipped the log: its sample when a reader needs the new one (StoreError raised)."""
         if sl.finished:
-            if sl.dir not in self._ended:  # the manifest holds the last sample now
-                self._sent.pop(sl.dir, None)
+            self._sent.pop(sl.dir, None)
+            if sl.dir in self._put:  # the manifest holds the last sample now
                 await self.store.delete([names.liveness_key(sl.task, sl.host)])
-                self._ended[sl.dir] = None
-                while len(self._ended) > REMEMBER:
-                    self._ended.popitem(last=False)
+                del self._put[sl.dir]
             return
         doc = await asyncio.to_thread(liveness.read, sl.dir / names.LIVENESS_FILE)
         if doc is None:
@@ -71,6 +70,9 @@ class LivenessShip:
             self.stats["liveness_bytes"] += len(body)
             self.stats["bytes_uploaded"] += len(body)
             self._remember(sl.dir, doc)
+            self._put[sl.dir] = None
+            while len(self._put) > REMEMBER:
+                self._put.popitem(last=False)
         await catalog.writer.writer(self.store).silence(sl.task, sl.host, sl.run["run_id"], doc)
 
     def _remember(self, d: Path, doc: Liveness) -> None:
