@@ -17,6 +17,7 @@ one a restarted watcher does not know of stays until gc (a finished log's reader
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -47,8 +48,12 @@ class LivenessShip:
         """The sample for the manifest being committed (noted as sent: a reader takes the newer of the
         manifest's and the object's)."""
         doc = await asyncio.to_thread(liveness.read, sl.dir / names.LIVENESS_FILE)
-        if doc is not None and not sl.finished:
-            self._remember(sl.dir, doc)
+        if doc is not None:
+            # what the manifest gains by it (`"liveness": …` at its depth): counted with the objects, so the
+            # bytes sent for liveness, per commit and not per byte of the log, are known apart (tests, bench)
+            self.stats["liveness_bytes"] += len(json.dumps({"liveness": liveness.stored_json(doc)}, indent=1)) - 2
+            if not sl.finished:
+                self._remember(sl.dir, doc)
         return doc
 
     async def ship(self, sl: SpoolLog) -> None:
