@@ -19,7 +19,7 @@ from shipper.format import names
 from shipper.logs import event
 from shipper.store import open_store
 
-from . import ibex, logs, metrics, openapi, proxy, query, tail
+from . import ibex, listing, logs, metrics, openapi, proxy, query, tail
 from .errors import Forbidden, Unauthorized, error_middleware, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .metrics import Metrics
@@ -49,6 +49,7 @@ def create_app(cfg: Config, *, serve_spool: bool = True) -> web.Application:
     app.on_shutdown.append(tail.on_shutdown)
     app.cleanup_ctx.append(proxy.session_ctx)
     app.add_routes(logs.routes)
+    app.add_routes(listing.routes)  # GET /api/v1/tasks
     app.add_routes(metrics.routes)
     app.add_routes(tail.routes)
     app.add_routes(openapi.routes)

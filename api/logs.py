@@ -1,4 +1,4 @@
-"""The log routes: listing, one log's metadata, the whole log (Range, follow, progressive), all hosts."""
+"""The log routes: one log's metadata, the whole log (Range, follow, progressive), all hosts (listing: listing.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import catalog
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
 from shipper.retry import QuietLog
-from shipper.spool import SpoolDamaged, iter_logs, read_log
 
 from . import liveness, params
 from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
+from .listing import spool_rows
 from .source import LogNotFound, LogView, Source
 
 routes = web.RouteTableDef()
@@ -29,47 +28,7 @@ MANIFEST_FETCH_CONCURRENCY = 16
 ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is stored as zstd
 
 
-# --- listing ---------------------------------------------------------------------------------
-
-
-@routes.get("/api/v1/tasks")
-async def list_tasks(request: web.Request) -> web.Response:
-    status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
-    filters = catalog.Filters(since=params.since_ns(request), until=params.since_ns(request, "until"),
-                              status=status, host=params.task_host(request, "host"),
-                              task=params.task_host(request, "task"), labels=params.labels(request))
-    limit = params.integer(request, "limit", 100, 1, 1000)
-    assert limit is not None
-    position = params.cursor(request)
-    rows, nxt = await catalog.list_logs(request.app[STORE], filters, position, limit)  # bad records: own row only
-    page, nxt = await _with_spool(request.app, filters, position, limit, rows, nxt)
-    return web.json_response({"logs": page, "next_cursor": params.encode_cursor(*nxt) if nxt else None})
-
-
-async def _with_spool(app: web.Application, f: catalog.Filters, position: catalog.Cursor | None, limit: int,
-                      rows: list[dict[str, Any]], nxt: catalog.Cursor | None
-                      ) -> tuple[list[dict[str, Any]], catalog.Cursor | None]:
-    """The catalog's page with the local spool's rows of the same window (fresher, or not noted yet)."""
-    if not app[SOURCE].spool:
-        return rows, nxt
-    after = None if position is None else (-position[0], position[1], position[2])
-    bound = None if nxt is None else (-nxt[0], nxt[1], nxt[2])  # the catalog's page ends here
-    merged = {(r["task"], r["host"]): r for r in rows}
-    for r in await asyncio.to_thread(_spool_rows, app[CONFIG].spool_dir, f.task):
-        prev = merged.get((r["task"], r["host"]))
-        k = _sort_key(r)
-        if (prev is None or prev["run_id"] == r["run_id"]) and (after is None or k > after) and (
-                bound is None or k <= bound) and f.fixed(catalog.Row(**r, version_ns=0)):
-            merged[(r["task"], r["host"])] = r
-    page = sorted(merged.values(), key=_sort_key)
-    if len(page) > limit:
-        page, last = page[:limit], page[limit - 1]
-        nxt = (last["started_ns"], last["task"], last["host"])
-    return [r for r in page if f.status is None or r["status"] == f.status], nxt
-
-
-def _sort_key(r: dict[str, Any]) -> tuple[int, str, str]:
-    return (-r["started_ns"], r["task"], r["host"])
+# --- every log of a task (the all-hosts log); the listing is api/listing.py -------------------
 
 
 async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, Any]]:
@@ -95,7 +54,7 @@ async def _all_logs(app: web.Application, task: str | None) -> list[dict[str, An
     rows = {(d.task, d.host): _summary(d) for d in await asyncio.gather(*(fetch(k, p) for k, p in keys)) if d}
     spool = app[CONFIG].spool_dir if app[SOURCE].spool else None
     if spool is not None:
-        for row in await asyncio.to_thread(_spool_rows, spool, task):
+        for row in await asyncio.to_thread(spool_rows, spool, task):
             prev = rows.get((row["task"], row["host"]))
             if prev is None or prev["run_id"] == row["run_id"]:
                 rows[(row["task"], row["host"])] = row
@@ -108,26 +67,6 @@ def _summary(d: manifest.Manifest) -> dict[str, Any]:
             "labels": d.labels, "command": list(d.command)}
 
 
-def _spool_rows(spool: Any, task: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for d in iter_logs(spool):
-        if task is not None and d.parent.name != task:
-            continue
-        try:
-            sl = read_log(d)
-        except SpoolDamaged as exc:  # the watcher sets it aside and says so; it costs only its own row here
-            _quiet.log(logging.WARNING, str(d), "listing leaves out a damaged spool log: %s", exc)
-            continue
-        if sl is None or (d / names.SHIPPED_FILE).exists():
-            continue
-        status = (sl.exit or {}).get("status", manifest.FINISHED) if sl.finished else manifest.RUNNING
-        rows.append({"task": sl.task, "host": sl.host, "run_id": sl.run["run_id"], "status": status,
-                     "exit_code": (sl.exit or {}).get("exit_code"), "started_ns": sl.run["started_ns"],
-                     "ended_ns": (sl.exit or {}).get("ended_ns"), "size": None, "lines": None,
-                     "labels": sl.run.get("labels", {}), "command": sl.run["command"]})
-    return rows
-
-
 # --- one log ---------------------------------------------------------------------------------
 
 
@@ -138,8 +77,9 @@ async def get_log_meta(request: web.Request) -> web.Response:
         view.run, view.exit, view.status, [], None, [], request.app[CONFIG].store.compression)).to_json()
     doc.update(status=view.status, live_size=view.size, exit_code=(view.exit or {}).get("exit_code"),
                ended_ns=(view.exit or {}).get("ended_ns"))
-    if (live := await asyncio.to_thread(liveness.of_log, view.spool_dir, not view.finished)) is not None:
-        doc["liveness"] = live  # api/liveness.py: the agent's last look at the task, from the spool
+    doc.pop("liveness", None)  # the manifest's stored form; the answer's is api/liveness.py's
+    if (live := await liveness.of_view(request.app[STORE], view)) is not None:
+        doc["liveness"] = live  # the agent's last look at the task: from the spool, else the store
     return web.json_response(doc)
 
 

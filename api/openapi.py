@@ -176,6 +176,10 @@ def _paths() -> dict[str, Any]:
                                 "nanoseconds"},
                 {"name": "until", "in": "query", "schema": _TIME,
                  "description": "started before (exclusive), in the forms of `since`"},
+                {"name": "silent_since", "in": "query", "schema": _TIME,
+                 "description": "running logs that have written nothing since then (`10m`: silent for 10 minutes "
+                                "or more), in the forms of `since`; a central listing knows a silence once it "
+                                "lasted 60 s (docs/format.md, Catalog)"},
                 {"name": "label", "in": "query", "style": "form", "explode": True,
                  "schema": {"type": "array", "maxItems": 16,
                             "items": {"type": "string", "pattern": "^[^=]+=", "maxLength": 256}},
@@ -366,9 +370,10 @@ def _schemas() -> dict[str, Any]:
         "task": _ID, "host": _ID, "run_id": {"type": "string"},
         "status": {"type": "string", "enum": _STATUS_ENUM}, "exit_code": _nullable("integer"),
         "started_ns": _NS, "ended_ns": _nullable("integer"),
-        "size": _nullable("integer", description="bytes in the store (null: only in the spool yet, or running: "
-                                                 "its live size is on the log's own route)"),
-        "lines": _nullable("integer"),
+        "size": _nullable("integer", description="bytes; of a running log: its sealed segments' as of the "
+                                                 "catalog's last note (beside its spool: the exact size; the live "
+                                                 "size is on the log's own route), null when not known"),
+        "lines": _nullable("integer", description="of a running log: its sealed segments' as of the last note"),
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "command": {"type": "array", "items": {"type": "string"}},
     }
@@ -378,7 +383,13 @@ def _schemas() -> dict[str, Any]:
                                                        "unauthorized, not_found, store_unavailable"},
             "detail": {"type": "string", "description": "what went wrong"},
             "hint": {"type": "string", "description": "what to do about it (may be empty)"}}},
-        "LogSummary": {"type": "object", "required": list(summary_props), "properties": summary_props},
+        "LogSummary": {"type": "object", "required": [*summary_props, "silent_seconds"], "properties": {
+            **summary_props,
+            "silent_seconds": _nullable("number", description="a running log's seconds without output at the "
+                                        "answer's time: beside its spool exact, else from the catalog, 0 until a "
+                                        "silence lasted 60 s; null when not running"),
+            "silent_since_ns": _nullable("integer", description="when a silent running log last wrote (null: not "
+                                         "known to be silent)")}},
         "Segment": segment,
         "LogManifest": {"type": "object", "description": "the log's manifest (DESIGN §3) and its live state",
                         "required": ["task", "host", "run_id", "status", "live_size"],
@@ -397,6 +408,8 @@ def _schemas() -> dict[str, Any]:
                         "forwards live requests there only if its api.proxy_allow allows the host; ?stream= is always "
                         "served from checkpoints)"},
             "live_size": {"type": "integer", "description": "bytes readable now, spool included"},
+            "end_reason": {"type": "string", "description": "why logship ended the run: `silence` (--on-silence "
+                           "kill, exit code 124); absent when the task ended by itself"},
             "liveness": _ref("Liveness")}},
         "Liveness": liveness.SCHEMA,
         "TailData": {"type": "object", "required": ["offset", "ts", "stream", "data"], "properties": {

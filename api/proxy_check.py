@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from shipper.config_values import proxy_allow_entry
+from shipper.format import liveness
 
 from . import params
 
@@ -207,6 +208,21 @@ def check_meta(body: bytes, *, task: str, host: str, run_id: str, held: int) -> 
         raise BadAnswer(f"live_size {str(live)[:20]} is below the {held} bytes the manifest holds")
     if doc.get("status") not in ("running", "finished", "lost"):
         raise BadAnswer(f"status {str(doc.get('status'))[:20]!r}")
+    if "liveness" in doc:
+        _check_liveness(doc["liveness"])
+
+
+def _check_liveness(live: Any) -> None:
+    """A node's `liveness` (api/liveness.py SCHEMA): what liveness.json may hold, and a silence in seconds."""
+    if not isinstance(live, dict):
+        raise BadAnswer("liveness is not an object")
+    try:  # the answer's form is the file's without its version and written_ns
+        liveness.parse({**live, "version": liveness.VERSION, "written_ns": 0})
+    except liveness.BadLiveness as exc:
+        raise BadAnswer(f"liveness: {str(exc)[:80]}") from None
+    silent = live.get("silent_seconds")
+    if isinstance(silent, bool) or not isinstance(silent, (int, float)) or not 0 <= silent <= 1e12:
+        raise BadAnswer("liveness.silent_seconds is not a number of seconds")
 
 
 def check_index(body: bytes, *, held: int, start: int) -> None:

@@ -40,9 +40,9 @@ log = logging.getLogger("logship.watcher")
 ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compression the bottleneck
 READ_PIECE = 1 << 20
 DELTA_PIECE = 16 << 20  # a checkpoint with more new bytes than this goes up as several deltas (memory bound)
-# The seam for issue 15 (liveness in the store while a task is silent): that is a small object of its
-# own, PUT at most every N intervals by the watcher beside the deltas, never inside them — a silent
-# task has no new bytes, so no delta, and a delta must stay "exactly these bytes" to be checked alone.
+# Liveness in the store while a task is silent (issue 15) is a small object of its own, PUT by
+# shipper/liveness_ship.py beside the deltas, never inside them — a silent task has no new bytes, so no
+# delta, and a delta must stay "exactly these bytes" to be checked alone.
 
 
 @dataclass

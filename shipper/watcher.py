@@ -34,6 +34,7 @@ from . import wakeups, watcher_state
 from .checkpoint import Deltas, Uploads, prefix_keys
 from .config import Config
 from .errors import DamagedObject, LogshipError, ObjectNotFound, StoreError
+from .liveness_ship import LivenessShip
 from .logs import event
 from .quota import enforce_quota, is_quota_drop, read_dropped, record_dropped
 from .retry import Backoff, QuietLog
@@ -127,6 +128,7 @@ class Watcher:
         self._quiet = QuietLog(log)
         self.uploads = Uploads(store, self.compression, self.stats, deltas=cfg.watch.checkpoint_deltas,
                                quiet=self._quiet)
+        self.liveness = LivenessShip(store, self.stats)  # issue 15: the agent's liveness.json to the store
         self.settled = Settled()  # logs with nothing new: a pass looks at them with a stat (shipper/settled.py)
         self._looks: dict[Path, Look] = {}
 
@@ -258,6 +260,7 @@ class Watcher:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is
             await self._commit(sl, st, status,
                                [e for e in dropped if not is_quota_drop(e) or e["seq"] not in st.segments])
+        await self.liveness.ship(sl)
         self._schedule_copies(sl, st)
         if (sl.finished and not sl.sealing and sl.open is None
                 and all(s in st.committed or s in gone for s in sl.sealed) and self._all_copied(st)):
@@ -411,7 +414,7 @@ class Watcher:
         # A running log names the API beside this spool, so a central API can proxy live requests to it.
         api_url = self.cfg.watch.api_url if self.cfg.watch.api_url and status == manifest.RUNNING else None
         doc = Manifest.build(sl.run, sl.exit, status, segments, st.checkpoint, dropped, self.compression,
-                             api_url=api_url)
+                             api_url=api_url, liveness=await self.liveness.latest(sl))
         st.dirty = False  # before the PUT: a query copy that lands meanwhile sets it again
         try:
             await self.uploads.put_manifest(names.manifest_key(sl.task, sl.host), doc.dump())

@@ -148,18 +148,18 @@ def test_fields_of_a_newer_writer_survive_a_round_trip() -> None:
     doc = copy.deepcopy(WRITTEN["digests, drops with reasons"])
     doc["segments"][0]["crc32"] = "00ff"
     doc["dropped"][0]["host_note"] = {"a": [1]}
-    doc["liveness"] = {"cpu_seconds": 1.5}
+    doc["annotations"] = {"cpu_seconds": 1.5}
     data = json.dumps(doc, indent=1).encode()
     m = Manifest.load(data)
-    assert m.extra == {"liveness": {"cpu_seconds": 1.5}} and m.segments[0].extra == {"crc32": "00ff"}
+    assert m.extra == {"annotations": {"cpu_seconds": 1.5}} and m.segments[0].extra == {"crc32": "00ff"}
     assert m.dump() == data
-    assert m.replace(status=manifest.DELETING).to_json()["liveness"] == {"cpu_seconds": 1.5}
+    assert m.replace(status=manifest.DELETING).to_json()["annotations"] == {"cpu_seconds": 1.5}
     m = Manifest.load(json.dumps({**doc, "api_url": 7}).encode())
     assert m.api_url is None and "api_url" not in m.to_json()
 
 
 def test_a_good_manifest_passes_and_keeps_unknown_fields() -> None:
-    doc = {**copy.deepcopy(GOOD), "liveness": {"cpu_seconds": 1.5}}
+    doc = {**copy.deepcopy(GOOD), "annotations": {"cpu_seconds": 1.5}}
     doc["segments"][0]["blocks"] = {"size": 1 << 20, "sha256": "c" * 32}
     assert Manifest.load(json.dumps(doc).encode(), "t", "h").to_json() == doc
 

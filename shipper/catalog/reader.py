@@ -14,7 +14,7 @@ import heapq
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -46,6 +46,7 @@ class Filters:
     host: str | None = None
     task: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # all must match
+    silent_since: int | None = None  # running logs noted silent at or before this time (issue 15)
 
     def fixed(self, r: Row) -> bool:
         """The filters on fields a run never changes (safe to apply to any of its rows)."""
@@ -54,7 +55,9 @@ class Filters:
                 and all(r.labels.get(k) == v for k, v in self.labels))
 
     def final(self, r: Row) -> bool:
-        return r.visible and (self.status is None or r.status == self.status)
+        return r.visible and (self.status is None or r.status == self.status) and (
+            self.silent_since is None or (r.status == manifest.RUNNING and r.silent_since_ns is not None
+                                          and r.silent_since_ns <= self.silent_since))
 
     def may_hold(self, p: PartMeta, cursor: Cursor | None) -> bool:
         if p.rows == 0 or (self.since is not None and p.max_started_ns < self.since):
@@ -195,7 +198,7 @@ class Reader:
     async def page(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[dict[str, Any]],
                                                                                        Cursor | None]:
         head = await self.head()
-        if filters.status == manifest.RUNNING:
+        if filters.status == manifest.RUNNING or filters.silent_since is not None:  # only running logs are silent
             found = await self._running_page(head, filters, cursor, limit + 1)
         else:
             entries = sorted((p for p in await self.summary(head.summaries) if filters.may_hold(p, cursor)),
@@ -214,7 +217,8 @@ class Reader:
         size = min(1000, want + 16)
         while True:
             objs = await self.store.list_page(prefix, after, size)
-            got += [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
+            new = [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
+            got += await self._overlay(new, after)
             more = len(objs) >= size
             # entries of one start time are adjacent: the last one's may go on in the next page
             starts = [t for o in objs if (t := _start_of(o.key[len(prefix):])) is not None]
@@ -223,6 +227,41 @@ class Reader:
             if len(found) >= want or not more:
                 return found
             after, size = objs[-1].key, 1000
+
+    async def _live(self, after: str, oldest: int) -> dict[tuple[str, str, str], tuple[int, int | None, int | None,
+                                                                                     int | None]]:
+        """live/ entries (rows.live_name) from `after` on, down to runs started at `oldest`, the newest per
+        run: (version_ns, size, lines, silent_since_ns)."""
+        prefix = names.CATALOG_LIVE
+        out: dict[tuple[str, str, str], tuple[int, int | None, int | None, int | None]] = {}
+        after = after.replace(names.CATALOG_RUNNING, prefix, 1) if after else ""
+        while True:
+            objs = await self.store.list_page(prefix, after, 1000)
+            for o in objs:
+                try:
+                    run, version, size, lines, silent = rows.parse_live(o.key[len(prefix):])
+                except BadRow as exc:
+                    self._bad(o.key, exc)
+                    continue
+                if run not in out or version > out[run][0]:
+                    out[run] = (version, size, lines, silent)
+            start = _start_of(objs[-1].key[len(prefix):]) if objs else None
+            if len(objs) < 1000 or start is None or start < oldest:
+                return out
+            after = objs[-1].key
+
+    async def _overlay(self, entries: list[Row], after: str) -> list[Row]:
+        """Running/ entries (fields fixed at the start) with what their newest live/ entry says; a run with
+        none has no sealed segment noted (size and lines 0)."""
+        if not entries:
+            return entries
+        live = await self._live(after, min(r.started_ns for r in entries))
+        out = []
+        for r in entries:
+            v = live.get(r.run)
+            out.append(replace(r, size=0, lines=0) if v is None else replace(
+                r, version_ns=v[0], size=v[1], lines=v[2], silent_since_ns=v[3]))
+        return out
 
     async def _walk(self, records: list[Row], entries: list[PartMeta], filters: Filters, cursor: Cursor | None,
                     want: int) -> list[Row]:

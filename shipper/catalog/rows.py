@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shipper.format import manifest, names
+from shipper.format.liveness import Liveness
 from shipper.format.manifest import Manifest
 
 MAX64 = (1 << 64) - 1
@@ -29,7 +30,10 @@ DELETED = "deleted"  # a tombstone: gc deleted the log (never shown)
 PHASES = {manifest.RUNNING: 1, manifest.FINISHED: 2, manifest.LOST: 2, manifest.DELETING: 3, DELETED: 4}
 STATUSES = tuple(PHASES)
 LISTING_FIELDS = ("task", "host", "run_id", "status", "exit_code", "started_ns", "ended_ns", "size", "lines",
-                  "labels", "command")
+                  "labels", "command", "silent_since_ns")
+# A running log is noted silent (`silent_since_ns`) once it has written nothing for this long, and noted
+# again when output resumes: a listing's silence is exact from here on, 0 below it (docs/format.md).
+SILENT_AFTER_NS = 60 * 10**9
 
 
 class BadRow(ValueError):
@@ -46,10 +50,11 @@ class Row:
     version_ns: int
     exit_code: int | None = None
     ended_ns: int | None = None
-    size: int | None = None  # None while running: the live size is on GET /api/v1/tasks/{task}/hosts/{host}
-    lines: int | None = None
+    size: int | None = None  # a running log's: of its sealed segments as of the last note (the live size is
+    lines: int | None = None  # on GET /api/v1/tasks/{task}/hosts/{host})
     labels: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    silent_since_ns: int | None = None  # a running log silent for SILENT_AFTER_NS or more: its last output
 
     @property
     def phase(self) -> int:
@@ -73,9 +78,20 @@ class Row:
     def visible(self) -> bool:
         return self.phase < 3
 
-    def listing(self) -> dict[str, Any]:
-        """The fields GET /api/v1/tasks returns for a log."""
-        return {k: getattr(self, k) for k in LISTING_FIELDS}
+    def listing(self, now_ns: int | None = None) -> dict[str, Any]:
+        """The fields GET /api/v1/tasks returns for a log; with `now_ns`, a running log's `silent_seconds`
+        as of then (0.0 unless noted silent), null for the others."""
+        out = {k: getattr(self, k) for k in LISTING_FIELDS}
+        if now_ns is not None:
+            out["silent_seconds"] = self.silent_seconds(now_ns)
+        return out
+
+    def silent_seconds(self, now_ns: int) -> float | None:
+        return silent_seconds(self.status, self.silent_since_ns, now_ns)
+
+    def live(self) -> tuple[Any, ...]:
+        """What a later row of the same run and phase may change: a note is written when it does."""
+        return self.status, self.exit_code, self.ended_ns, self.size, self.lines, self.silent_since_ns
 
     def body(self) -> bytes:
         """The record's body: every field, deterministic (a re-upload writes the same bytes)."""
@@ -92,13 +108,31 @@ def after(row: Row, cursor: tuple[int, str, str] | None) -> bool:
 
 
 def from_manifest(doc: Manifest) -> Row:
-    """The row of a manifest. Its `updated_ns` is the version."""
+    """The row of a manifest. Its `updated_ns` is the version. A running log's size and lines are those of
+    its sealed segments (they change at a seal, not at every checkpoint: a note per seal), its silence that
+    of the manifest's liveness."""
     final = doc.status != manifest.RUNNING
+    sealed = doc.segments[-1].end if doc.segments else 0
     return Row(task=doc.task, host=doc.host, run_id=doc.run_id, status=doc.status,
                started_ns=doc.started_ns, version_ns=doc.updated_ns or 0,
                exit_code=doc.exit_code, ended_ns=doc.ended_ns,
-               size=doc.size if final else None, lines=doc.lines if final else None,
-               labels=dict(doc.labels), command=list(doc.command))
+               size=doc.size if final else sealed, lines=doc.lines if final else sum(s.lines for s in doc.segments),
+               labels=dict(doc.labels), command=list(doc.command),
+               silent_since_ns=None if final else silent_since(doc.liveness))
+
+
+def silent_seconds(status: str, silent_since_ns: int | None, now_ns: int) -> float | None:
+    """The listing's `silent_seconds`: a running log's as of `now_ns` (0.0 unless noted silent), else None."""
+    if status != manifest.RUNNING:
+        return None
+    return 0.0 if silent_since_ns is None else round(max(0, now_ns - silent_since_ns) / 1e9, 3)
+
+
+def silent_since(live: Liveness | None) -> int | None:
+    """The last output of a log this sample shows silent for SILENT_AFTER_NS or more, else None."""
+    if live is None or live.written_ns - live.last_output_ns < SILENT_AFTER_NS:
+        return None
+    return live.last_output_ns
 
 
 def load_manifest(data: bytes, task: str | None = None, host: str | None = None) -> Row:
@@ -115,7 +149,8 @@ def tombstone(row: Row, now_ns: int | None = None) -> Row:
 
 
 def _payload(row: Row) -> list[Any]:
-    return [row.run_id, row.status, row.exit_code, row.ended_ns, row.size, row.lines, row.labels, row.command]
+    out = [row.run_id, row.status, row.exit_code, row.ended_ns, row.size, row.lines, row.labels, row.command]
+    return out + [row.silent_since_ns] if row.silent_since_ns is not None else out  # 8 fields before issue 15
 
 
 def _b64(value: Any) -> str:
@@ -133,10 +168,38 @@ def record_name(row: Row) -> str:
 def running_name(row: Row) -> str:
     """The running/ entry of a run: only fields fixed at its start, so any later row of the run (and the
     manifest) names it exactly, and a finished run's entry is deleted without a LIST."""
-    start = replace(row, status=manifest.RUNNING, exit_code=None, ended_ns=None, size=None, lines=None)
+    start = replace(row, status=manifest.RUNNING, exit_code=None, ended_ns=None, size=None, lines=None,
+                    silent_since_ns=None)
     head = f"{MAX64 - row.started_ns:016x}~{row.task}~{row.host}~"
     payload = _b64(_payload(start))
     return head + (payload if len(head) + len(payload) <= ROW_MAX else NO_PAYLOAD)
+
+
+def live_name(row: Row) -> str:
+    """The live/ entry of a running run: `<running name's head><inv_version:016x>~<[run_id, size, lines,
+    silent_since_ns]>`, read with the running/ entries (`status=running`, `silent_since=`) so their rows show
+    what later records say, whether or not compaction has folded those records into parts."""
+    head = f"{MAX64 - row.started_ns:016x}~{row.task}~{row.host}~{MAX64 - row.version_ns:016x}~"
+    return head + _b64([row.run_id, row.size, row.lines, row.silent_since_ns])
+
+
+def parse_live(name: str) -> tuple[tuple[str, str, str], int, int | None, int | None, int | None]:
+    """((task, host, run_id), version_ns, size, lines, silent_since_ns) of a live/ entry. Raises BadRow."""
+    parts = name.split("~")
+    if len(parts) != 5 or len(parts[0]) != 16 or len(parts[3]) != 16:
+        raise BadRow("not a live entry key")
+    try:
+        version = MAX64 - int(parts[3], 16)
+        fields = json.loads(base64.urlsafe_b64decode(parts[4] + "=" * (-len(parts[4]) % 4)))
+    except (ValueError, binascii.Error):
+        raise BadRow("bad version or payload in a live entry key") from None
+    if not isinstance(fields, list) or len(fields) != 4:
+        raise BadRow("the payload is not a live entry")
+    run_id, size, lines, silent = fields
+    if not (isinstance(run_id, str) and RUN_ID_RE.fullmatch(run_id) and _int(size) and _int(lines) and _int(silent)
+            and 0 <= version <= INT63):
+        raise BadRow("a field of a live entry is out of range")
+    return (parts[1], parts[2], run_id), version, size, lines, silent
 
 
 def parse_name(name: str, *, running: bool = False) -> Row | None:
@@ -164,11 +227,12 @@ def parse_name(name: str, *, running: bool = False) -> Row | None:
         fields = json.loads(base64.urlsafe_b64decode(parts[-1] + "=" * (-len(parts[-1]) % 4)))
     except (ValueError, binascii.Error):
         raise BadRow("the payload is not base64url JSON") from None
-    if not isinstance(fields, list) or len(fields) != 8:
+    if not isinstance(fields, list) or len(fields) not in (8, 9):
         raise BadRow("the payload is not a row")
-    run_id, status, exit_code, ended, size, lines, labels, command = fields
+    run_id, status, exit_code, ended, size, lines, labels, command, *silent = fields
     row = check(dict(task=task, host=host, run_id=run_id, status=status, started_ns=started, version_ns=version,
-                     exit_code=exit_code, ended_ns=ended, size=size, lines=lines, labels=labels, command=command))
+                     exit_code=exit_code, ended_ns=ended, size=size, lines=lines, labels=labels, command=command,
+                     silent_since_ns=silent[0] if silent else None))
     if row.phase != phase:
         raise BadRow("the key's phase is not its status's")
     return row
@@ -204,7 +268,8 @@ def check(d: dict[str, Any]) -> Row:
     if d.get("status") not in PHASES:
         raise BadRow("bad status")
     if not (_int(d.get("started_ns"), False) and _int(d.get("version_ns"), False) and _int(d.get("ended_ns"))
-            and _int(d.get("size")) and _int(d.get("lines")) and _int(d.get("exit_code"), low=-INT63)):
+            and _int(d.get("size")) and _int(d.get("lines")) and _int(d.get("exit_code"), low=-INT63)
+            and _int(d.get("silent_since_ns"))):
         raise BadRow("a number field is not an integer in range")
     labels, command = d.get("labels"), d.get("command")
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):

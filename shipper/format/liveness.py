@@ -7,6 +7,7 @@ size, and a bad file is no liveness (None), never an exception and never a wrong
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,9 @@ LIVENESS_MAX = 1 << 20  # bytes of the file: 2 x MAX_PROCESSES entries of at mos
 MAX_PROCESSES = 256  # entries of one tree kept (the root first, then by pid); processes_total counts them all
 MAX_EVENTS = 16  # the newest silence events kept; only the newest keeps its tree
 COMMAND_CHARS = 200
+STORED_PROCESSES = 64  # entries of a tree the store keeps (manifest, liveness object): they go up often
+SILENT_NS = 10 * 10**9  # a sample this long after the task's last output shows it silent (`silent`)
+STORED_MAX = 64 << 10  # bytes of a stored liveness document (STORED_PROCESSES entries and the events fit)
 WCHAN_CHARS = 64
 ACTIONS = ("warn", "kill")
 _MAX_NS = (1 << 63) - 1
@@ -110,6 +114,35 @@ def dumps(doc: Liveness) -> bytes:
                     tuple(SilenceEvent(e.action, e.at_ns, e.silent_seconds, cut(e.processes)) for e in events))
     out = {"version": VERSION, "written_ns": body.written_ns, **body.to_json()}
     return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
+
+
+def silent(doc: Liveness) -> bool:
+    """Whether the sample shows its task silent (SILENT_NS since its last output). The watcher sends a
+    change of this at once (shipper/liveness_ship.py), so a reader of the store counts a silent sample's
+    silence on to the time of its answer, and a busy one's only to when it was written."""
+    return doc.written_ns - doc.last_output_ns >= SILENT_NS
+
+
+def for_store(doc: Liveness) -> Liveness:
+    """The copy the store keeps (the manifest's `liveness`, the liveness object): the first STORED_PROCESSES
+    of the tree (processes_total still counts them all), the events' trees cut the same way."""
+    return dataclasses.replace(
+        doc, processes=cut(doc.processes[:STORED_PROCESSES]), events=tuple(
+            dataclasses.replace(e, processes=cut(e.processes[:STORED_PROCESSES])) for e in doc.events[-MAX_EVENTS:]))
+
+
+def stored_json(doc: Liveness) -> dict[str, Any]:
+    """The stored document's JSON: what `dumps` writes, so `parse_stored` reads it back to the same value."""
+    out: dict[str, Any] = json.loads(dumps(for_store(doc)))
+    return out
+
+
+def parse_stored(doc: Any) -> Liveness:
+    """A stored liveness document (BadLiveness): what `parse` checks, and at most STORED_PROCESSES per tree."""
+    got = parse(doc)
+    if len(got.processes) > STORED_PROCESSES or any(len(e.processes) > STORED_PROCESSES for e in got.events):
+        raise BadLiveness(f"more than the {STORED_PROCESSES} processes a stored liveness keeps")
+    return got
 
 
 def loads(data: bytes) -> Liveness | None:

@@ -20,8 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeGuard
 
+from shipper.format import liveness as live
 from shipper.format import names
 from shipper.format.index import Chunk
+from shipper.format.liveness import Liveness
 
 VERSION = 1
 FRAMES_VERSION = 2  # a manifest naming a segment stored as its deltas (`frames`, docs/checkpoints.md §5)
@@ -38,6 +40,7 @@ BLOCK_SIZES = frozenset(1 << n for n in range(16, 31))
 # `blocks` digests: XXH3-128 (written now), or the first 16 bytes of SHA-256 (older manifests; still read)
 BLOCK_HASHES = ("xxh3_128", "sha256")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # it goes into ETags and headers: no quotes, no spaces
+_END_REASON = re.compile(r"[a-z_]{1,32}")  # exit.json's end_reason: "silence" (the --on-silence kill)
 
 
 class ManifestError(ValueError):
@@ -236,13 +239,18 @@ class Manifest:
     api_url: str | None = None  # where live requests may go while it runs (api/proxy.py)
     deleting_ns: int | None = None  # set by `logship gc` with status deleting
     status_before_deleting: str | None = None
+    # The agent's last look at the task (issue 15; shipper/format/liveness.py, as the store keeps it) and why
+    # the run ended when logship ended it. Both advisory: a bad one is dropped at read, costing only itself.
+    liveness: Liveness | None = None
+    end_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields of a newer writer, kept
 
     # In the order the watcher writes them (after "version"); the OPTIONAL ones only when set.
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "task", "host", "run_id", "status", "exit_code", "signal", "started_ns", "ended_ns", "command", "labels",
         "compression", "size", "lines", "segments", "checkpoint", "dropped", "dropped_bytes", "updated_ns")
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("api_url", "deleting_ns", "status_before_deleting")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("api_url", "deleting_ns", "status_before_deleting", "liveness",
+                                           "end_reason")
 
     def __post_init__(self) -> None:  # noqa: C901  (a flat list of checks)
         for kind in ("task", "host"):
@@ -268,6 +276,11 @@ class Manifest:
             raise ManifestError("status_before_deleting is not a string")
         if self.api_url is not None and not isinstance(self.api_url, str):
             raise ManifestError("api_url is not a string")
+        if self.liveness is not None and not (isinstance(self.liveness, Liveness)
+                                              and len(self.liveness.processes) <= live.STORED_PROCESSES):
+            raise ManifestError(f"liveness is not a liveness of at most {live.STORED_PROCESSES} processes")
+        if self.end_reason is not None:
+            _str("end_reason", self.end_reason, _END_REASON)
         end, last_seq = 0, -1
         for i, e in enumerate(self.parts):
             where = f"segments[{i}]" if i < len(self.segments) else "checkpoint"
@@ -332,6 +345,9 @@ class Manifest:
         )
         if not isinstance(args["api_url"], str):
             args["api_url"] = None  # advisory: a bad one costs only the proxying (dropped, not refused)
+        args["liveness"] = _liveness(args["liveness"])
+        if not (isinstance(args["end_reason"], str) and _END_REASON.fullmatch(args["end_reason"])):
+            args["end_reason"] = None  # advisory too: a bad one costs only itself
         extra = {k: v for k, v in doc.items() if k not in args and k != "version"}
         m = cls(**args, extra=extra)
         if doc["version"] != m.version:  # what a watcher writes: 2 exactly when a segment has frames
@@ -351,6 +367,8 @@ class Manifest:
         for k in self.OPTIONAL:
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
+        if self.liveness is not None:
+            out["liveness"] = live.stored_json(self.liveness)
         return {**out, **self.extra}
 
     def dump(self) -> bytes:
@@ -363,9 +381,10 @@ class Manifest:
     @classmethod
     def build(cls, run: Mapping[str, Any], exit: Mapping[str, Any] | None, status: str, segments: Iterable[Segment],
               checkpoint: Checkpoint | None, dropped: Iterable[Mapping[str, Any]], compression: str, *,
-              api_url: str | None = None) -> Manifest:
+              api_url: str | None = None, liveness: Liveness | None = None) -> Manifest:
         """The manifest of a log from its spool's run.json and exit.json, its uploaded parts and the spool's
-        record of dropped ranges (ManifestError if one of those is not what the spool writes)."""
+        record of dropped ranges (ManifestError if one of those is not what the spool writes); `liveness`:
+        the agent's last liveness.json (kept as the store keeps it: live.for_store)."""
         segments = tuple(segments)
         drops = tuple(Dropped.parse(d, f"dropped[{i}]") for i, d in enumerate(dropped))
         parts = segments + ((checkpoint,) if checkpoint else ())
@@ -374,7 +393,10 @@ class Manifest:
         return cls(run["task"], run["host"], run["run_id"], status, ex.get("exit_code"), ex.get("signal"),
                    run["started_ns"], ex.get("ended_ns"), tuple(run["command"]), dict(run.get("labels", {})),
                    compression, end, sum(p.lines for p in parts), segments, checkpoint, drops,
-                   sum(d.raw_size for d in drops) + ex.get("dropped_bytes", 0), time.time_ns(), api_url)
+                   sum(d.raw_size for d in drops) + ex.get("dropped_bytes", 0), time.time_ns(), api_url,
+                   liveness=None if liveness is None else live.for_store(liveness),
+                   end_reason=reason if isinstance(reason := ex.get("end_reason"), str)
+                   and _END_REASON.fullmatch(reason) else None)
 
 
 # --- checks ------------------------------------------------------------------------------------------------
@@ -393,6 +415,16 @@ def _blocks(blocks: Any, stored_size: int, where: str) -> None:
     digests = blocks[algos[0]]
     if not isinstance(digests, str) or len(digests) != 32 * n or not _HEX.fullmatch(digests):
         raise ManifestError(f"{where}.{algos[0]} is not {n} digests of 32 hex digits")
+
+
+def _liveness(doc: Any) -> Liveness | None:
+    """A manifest's `liveness`, or None when absent or not one a watcher writes."""
+    if doc is None:
+        return None
+    try:
+        return live.parse_stored(doc)
+    except live.BadLiveness:
+        return None
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

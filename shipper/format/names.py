@@ -39,6 +39,12 @@ def manifest_key(task: str, host: str) -> str:
     return f"{log_prefix(task, host)}manifest.json"
 
 
+def liveness_key(task: str, host: str) -> str:
+    """The watcher's copy of a running log's liveness.json (shipper/liveness_ship.py): rewritten in place, like
+    the manifest; the manifest keeps the last one once the log ends."""
+    return f"{log_prefix(task, host)}liveness.json"
+
+
 def segment_key(task: str, host: str, seq: int, compression: str) -> str:
     ext = ".zst" if compression == "zstd" else ""
     return f"{log_prefix(task, host)}{seq:08d}.log{ext}"
@@ -201,6 +207,7 @@ CATALOG_PREFIX = "catalog/v1/"
 CATALOG_HEAD = CATALOG_PREFIX + "head/"
 CATALOG_RUNNING = CATALOG_PREFIX + "running/"
 CATALOG_PARTS = CATALOG_PREFIX + "parts/"
+CATALOG_LIVE = CATALOG_PREFIX + "live/"  # a running run's sealed size and silence (shipper/catalog/rows.py live_name)
 CATALOG_REBUILD_STATE = CATALOG_PREFIX + "rebuild/state.json"
 _CATALOG_PART_RE = re.compile(r"catalog/v1/parts/day=(\d{4}-\d{2}-\d{2})/(\d{19})-([0-9a-f]{16})\.parquet")
 _CATALOG_SUMMARY_RE = re.compile(r"catalog/v1/head/s-([0-9a-f]{16})-([0-9a-f]{8})\.parquet")
@@ -218,6 +225,10 @@ def parse_catalog_record_key(key: str) -> str | None:
 
 def catalog_running_key(row: str) -> str:
     return f"{CATALOG_RUNNING}{row}"
+
+
+def catalog_live_key(row: str) -> str:
+    return f"{CATALOG_LIVE}{row}"
 
 
 def catalog_part_key(day: str, created_ns: int, token: str) -> str:
