@@ -102,7 +102,7 @@ class Uploads:
 
     def continues(self, st: LogState, seq: int) -> bool:
         """Whether the open segment's index was checked up to the chain's end already (only new records
-        need checking); otherwise the watcher checks it whole first (Watcher._open_index_ok)."""
+        need checking); otherwise the watcher checks it whole first (shipper/watcher/damage.py, open_index_ok)."""
         return self.deltas and st.deltas.chain is not None and st.deltas.chain.seq == seq
 
     # --- checkpoints --------------------------------------------------------------------------

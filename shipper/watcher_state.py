@@ -1,5 +1,5 @@
 """The watcher's state file, `<spool>/.watcher.json`: its health and counters, rewritten after every pass by
-shipper/watcher.py and read by `logship watch --check` (shipper/commands/check.py) and `/metrics` (api/metrics.py).
+shipper/watcher/ and read by `logship watch --check` (shipper/commands/check.py) and `/metrics` (api/metrics.py).
 
 The file lies in the spool, which others can write: reading it trusts no field. A field that is absent or
 of the wrong type reads as its default, so each reader decides what it cannot do without.
