@@ -348,7 +348,7 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
             return None
         except TimeoutError:
             pass
-        fresh = await source.view(view.task, view.host)
+        fresh = await source.refresh(view)  # from the store alone: one LIST a second (docs/checkpoints.md §6)
         if fresh.size > pos or fresh.finished:
             return fresh
 
