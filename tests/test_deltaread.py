@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import random
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 import zstandard
+from aiohttp.test_utils import TestServer
 
+from api.app import create_app
+from api.keys import METRICS
 from shipper.config import Config
 from shipper.format import names
 from shipper.format.reader import Reader
@@ -212,3 +217,78 @@ async def test_refresh_lists_and_reads_the_manifest_only_when_it_changed(make_co
         stop_agent(p, cfg.spool_dir, "rf")
         await store.close()
         await rstore.close()
+
+
+async def test_a_central_api_falling_back_from_a_dead_node_serves_the_chain(make_config: MakeConfig) -> None:
+    """The node API the manifest names is dead: the central API serves /log (Range, follow) and the tail
+    from the store alone, and `logship cat` reads the same — each the task's output, byte for byte."""
+    cfg = make_config(**DELTAS, LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB", LOGSHIP_WATCH_API_URL="http://127.0.0.1:9",
+                      LOGSHIP_API_PROXY_ALLOW="127.0.0.1")
+    p = steady(cfg, "fb", "5000", "0.002")
+    store = open_store(cfg.store)
+    server = TestServer(create_app(cfg, serve_spool=False), host="127.0.0.1")
+    await server.start_server()
+    u = f"http://127.0.0.1:{server.port}/api/v1/tasks/fb/hosts/h1"
+    try:
+        async with watching(cfg, store), aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 30
+            while True:  # the log exists, with a chain of a few deltas
+                async with session.get(f"{u}/log", headers={"Range": "bytes=0-"}) as r:
+                    if r.status == 206 and len(await r.read()) > 4000:
+                        break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            follow = asyncio.ensure_future(_get(session, f"{u}/log?follow=true"))
+            tail = asyncio.ensure_future(sse_data(session, f"{u}/tail?from=0"))
+            for _ in range(10):  # Ranges while it runs: inside a delta or frame, and across them
+                async with session.get(f"{u}/log") as r:
+                    now = await r.read()
+                assert spooled(cfg.spool_dir, "fb").startswith(now) and r.status == 200
+                a = random.randrange(len(now))
+                b = random.randrange(a, len(now))
+                async with session.get(f"{u}/log", headers={"Range": f"bytes={a}-{b}"}) as r:
+                    assert r.status == 206 and await r.read() == now[a:b + 1]
+                await asyncio.sleep(0.3)
+            res = subprocess.run([sys.executable, "-m", "shipper.commands.cli", "cat", "fb", "--host", "h1"],
+                                 env={**agent_env(cfg), "LOGSHIP_SPOOL_DIR": str(cfg.spool_dir / "elsewhere")},
+                                 capture_output=True, timeout=60)
+            assert res.returncode == 0, res.stderr[-2000:]
+            assert len(res.stdout) > 4000 and spooled(cfg.spool_dir, "fb").startswith(res.stdout)
+            assert p.wait(60) == 0
+            want = spooled(cfg.spool_dir, "fb")
+            assert await asyncio.wait_for(follow, 60) == want
+            assert await asyncio.wait_for(tail, 60) == want
+        assert server.app[METRICS].proxy_unreachable > 0  # it did try the node
+    finally:
+        stop_agent(p, cfg.spool_dir, "fb")
+        await server.close()
+        await store.close()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with session.get(url) as r:
+        assert r.status == 200
+        return await r.read()
+
+
+async def sse_data(session: aiohttp.ClientSession, url: str) -> bytes:
+    """The data of an SSE tail to its end event, checked to be at consecutive offsets."""
+    out = b""
+    async with session.get(url, headers={"Accept": "text/event-stream"}) as r:
+        assert r.status == 200
+        buf = b""
+        while True:
+            piece = await r.content.readany()
+            assert piece, "the tail ended without its end event"
+            buf += piece
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
+                if "data" not in fields:
+                    continue
+                msg = json.loads(fields["data"])
+                if msg.get("event") == "end":
+                    assert msg["size"] == len(out)
+                    return out
+                assert "data" in msg and msg["offset"] == len(out), msg
+                out += msg["data"].encode()
