@@ -130,9 +130,9 @@ class Reader:
             assert doc is not None
             parts, run, exit_, status = [], run_of(doc), exit_of(doc), doc.status
         if doc is not None:
-            # a running log's open segment is in the store as a chain of deltas, found by listing; beside the
-            # spool, the spool holds it all
-            ours = (await self.chained.plan(doc))[0] if state is None and doc.status == RUNNING else store_parts(doc)
+            # an open segment is in the store as a chain of deltas, found by listing (of a running log, or one
+            # whose host was lost); beside the spool, the spool holds it all
+            ours = (await self.chained.plan(doc))[0] if state is None and doc.status != FINISHED else store_parts(doc)
             parts = merge(ours, parts)
         return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped, tag)
 
@@ -410,7 +410,9 @@ class Reader:
         if now is None:
             raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
         if now.kind == part.kind and now.kind in STORE_KINDS and self._key(fresh, now) == self._key(view, part):
-            gone = IntegrityError(self._key(view, part), "missing from the store, though the manifest names it")
+            key = part.entry.keys(view.task, view.host)[1] if part.kind in WHOLE_KINDS and part.entry else \
+                self._key(view, part)  # the index's key, of a whole part
+            gone = IntegrityError(key, "missing from the store, though the manifest names it")
             self.note(gone)
             raise gone
         return [c for c in await self.chunks(fresh, now, _depth + 1) if c.offset >= part.offset and c.end <= part.end]
