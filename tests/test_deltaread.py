@@ -248,6 +248,10 @@ async def test_a_central_api_falling_back_from_a_dead_node_serves_the_chain(make
                 b = random.randrange(a, len(now))
                 async with session.get(f"{u}/log", headers={"Range": f"bytes={a}-{b}"}) as r:
                     assert r.status == 206 and await r.read() == now[a:b + 1]
+                async with session.get(f"{u}/index", params={"start": str(a)}) as r:  # line numbers, per delta
+                    doc = await r.json()
+                first = doc["chunks"][0][0]
+                assert first <= a and doc["line"] == now[:first].count(b"\n")
                 await asyncio.sleep(0.3)
             res = subprocess.run([sys.executable, "-m", "shipper.commands.cli", "cat", "fb", "--host", "h1"],
                                  env={**agent_env(cfg), "LOGSHIP_SPOOL_DIR": str(cfg.spool_dir / "elsewhere")},
