@@ -11,8 +11,9 @@ How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write �
   ACTIVE_S without a change the period doubles up to POLL_IDLE_S (10 ms), so an idle followed log costs
   ~100 wake-ups a second, not 1,000. A 1 ms poller measured 0.8 / 1.5 ms here; watchfiles with
   debounce=1, step=1 ≈ 2 ms plus a thread per watch, and its defaults add 50–100 ms.
-- store only (the log runs on another host): the manifest every watch.checkpoint_seconds, as the watcher
-  commits no more often; a follower is at most one interval behind.
+- store only (the log runs on another host): every STORE_POLL_S one LIST after the log's last delta
+  (Reader.refresh: the manifest is read again only when the listing shows it changed); a follower is at
+  most a checkpoint interval and a poll behind.
 The poller runs only while its log has followers and is cancelled and awaited when the last one leaves.
 """
 
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shipper.errors import ObjectNotFound, StoreError
-from shipper.format import archive, index, names
+from shipper.format import index, names
 from shipper.format.archive import IntegrityError
 from shipper.format.index import RECORD_SIZE
 from shipper.format.parts import open_either, open_spool_file
+from shipper.format.reader import LogNotFound, Reader
 from shipper.retry import QuietLog
 from shipper.store import Store
 
@@ -52,6 +54,7 @@ MESSAGE_BYTES = 256 << 10  # data per message at most: bounded memory per send, 
 BATCH_BYTES = 1 << 20  # bytes read per step before they are sent (backpressure applies between steps)
 MEMO_BYTES = 4 << 20  # data of the recent chunks whose messages are shared (Memo)
 MEMO_CHUNK_BYTES = 64 << 10  # larger chunks are few messages: encoded per follower, not kept
+STORE_POLL_S = 1.0  # a log read from the store alone is listed this often while followed
 TICK_S = 1.0  # followers are woken at least this often (a safety net beside the spool; SSE pings)
 SCAN_S = 0.5  # how often the directory is listed for the rare jumps the cheap look misses
 
@@ -320,16 +323,18 @@ def _next_index(log_dir: Path, seq: int) -> tuple[str, str]:
 
 
 async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: float) -> None:
-    last: tuple[int, str, int] | None = None
+    last: tuple[int, str] | None = None
+    reader = Reader(store)
+    view: LogView | None = None
     while True:
         try:
-            doc = await archive.load_manifest(store, task, host)
-            sig = (doc.size, doc.status, doc.updated_ns or 0)
-        except ObjectNotFound:
-            sig = None
+            view = await (reader.view(task, host) if view is None else reader.refresh(view))
+            sig = (view.size, view.status)
+        except (ObjectNotFound, LogNotFound):
+            sig, view = None, None
         except IntegrityError as exc:  # a damaged manifest: followers look, and each gets the error
             _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: %s", task, host, exc)
-            sig = (-1, "damaged", 0)
+            sig, view = (-1, "damaged"), None
         except StoreError as exc:  # followers keep what they have; we look again next interval
             _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: cannot read the manifest: %s",
                        task, host, exc)
@@ -339,7 +344,7 @@ async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: 
             feed.notify()
         else:
             feed.tick()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval, STORE_POLL_S))
 
 
 class SegmentReader:

@@ -17,6 +17,7 @@ from shipper.retry import QuietLog
 from . import liveness, params
 from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
+from .lines import lines_before
 from .listing import spool_rows
 from .source import LogNotFound, LogView, Source
 
@@ -288,7 +289,7 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
             return None
         except TimeoutError:
             pass
-        fresh = await source.view(view.task, view.host)
+        fresh = await source.refresh(view)  # from the store alone: one LIST a second (docs/checkpoints.md §6)
         if fresh.size > pos or fresh.finished:
             return fresh
 
@@ -325,32 +326,16 @@ async def get_log_index(request: web.Request) -> web.Response:
             if c.end <= start or c.offset >= end:
                 continue
             if line is None:
-                line = await _lines_before(source, view, part.seq) + sum(x.lines for x in chunks if x.end <= c.offset)
+                line = await lines_before(source, view, part.seq, part.offset) + \
+                    sum(x.lines for x in chunks if x.end <= c.offset)
             if len(rows) == INDEX_MAX_CHUNKS:
                 more = True
                 break
             rows.append([c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns])
     if line is None and start == view.size:  # nothing after: every line of the log ends before `start`
-        line = await _lines_before(source, view, max((p.seq for p in view.parts), default=0) + 1)
+        line = await lines_before(source, view, max((p.seq for p in view.parts), default=0) + 1)
     return web.json_response({"size": view.size, "status": view.status, "line": line, "columns": INDEX_COLUMNS,
                               "chunks": rows, "more": more}, headers={"Cache-Control": "no-cache"})
-
-
-async def _lines_before(source: Source, view: LogView, seq: int) -> int:
-    """The lines of segments 1..seq-1: the manifest's counts (dropped segments too), else their index."""
-    known = {s.seq: s.lines for s in view.doc.segments} if view.doc is not None else {}
-    # A range dropped at the quota is a whole segment; one lost to damage lies inside a segment the manifest
-    # names: its lines add to that segment's. The manifest and the spool may both list the same range.
-    for d in {(d.seq, d.offset): d for d in view.dropped}.values():
-        known[d.seq] = known.get(d.seq, 0) + d.lines
-    parts = {p.seq: p for p in view.parts}
-    total = 0
-    for s in range(1, seq):
-        if s in known:
-            total += known[s]
-        elif (p := parts.get(s)) is not None:
-            total += p.entry.lines if p.entry is not None else sum(c.lines for c in await source.chunks(view, p))
-    return total
 
 
 # --- every host of a task --------------------------------------------------------------------

@@ -88,7 +88,7 @@ def run(workdir: Path, text: Path, seconds: float) -> dict[str, Any]:
 
 
 def _env(server: s3local.LocalS3, spool: Path, endpoint: str, prefix: str, mode: str) -> dict[str, str]:
-    extra = {"LOGSHIP_WATCH_CHECKPOINT_DELTAS": "true"} if mode == "deltas" else {}
+    extra = {"LOGSHIP_WATCH_CHECKPOINT_DELTAS": "true" if mode == "deltas" else "false"}
     return clean_env(PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key,
                      LOGSHIP_SPOOL_DIR=str(spool), LOGSHIP_STORE_URL=f"s3://{BUCKET}/{prefix}",
                      LOGSHIP_STORE_ENDPOINT=endpoint, LOGSHIP_QUERY_COPY="false",

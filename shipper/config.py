@@ -62,7 +62,9 @@ class StoreConfig:
 class WatchConfig:
     checkpoint_seconds: float = 5.0
     api_url: str = ""
-    checkpoint_deltas: bool = False  # issue 14, until every reader follows delta chains (docs/checkpoints.md)
+    # issue 14 (docs/checkpoints.md): each byte uploaded once. False: the prefix checkpoints of before, kept for
+    # one release (their objects stay readable for ever)
+    checkpoint_deltas: bool = True
 
 
 @dataclass(frozen=True)

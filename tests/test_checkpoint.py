@@ -22,8 +22,9 @@ from shipper import catalog
 from shipper.commands import s3local
 from shipper.config import Config
 from shipper.errors import ObjectNotFound, StoreUnavailable
-from shipper.format import archive, delta, frames, manifest, names
+from shipper.format import archive, delta, frames, manifest, names, reader
 from shipper.format.manifest import Manifest
+from shipper.format.reader import LogNotFound
 from shipper.store import Store, open_store
 from shipper.watcher import Watcher
 
@@ -331,7 +332,7 @@ async def test_watcher_killed_9_between_deltas_and_in_seals_loses_and_repeats_no
     store = open_store(StoreConfig(url=env["LOGSHIP_STORE_URL"], endpoint=local_s3.endpoint,
                                    access_key=local_s3.access_key, secret_key=local_s3.secret_key))
     rnd = random.Random(9)
-    kills = 0
+    kills = seen = 0
     try:
         while agent.poll() is None:  # kill -9 at random moments: between delta PUTs, inside them, in seals
             watcher = start_watcher(env, stderr=subprocess.DEVNULL)
@@ -340,7 +341,11 @@ async def test_watcher_killed_9_between_deltas_and_in_seals_loses_and_repeats_no
             watcher.send_signal(signal.SIGKILL)
             watcher.wait()
             kills += 1
-        assert agent.returncode == 0 and kills >= 3
+            with contextlib.suppress(ObjectNotFound, LogNotFound):  # a reader after each kill: a prefix, exact
+                got = await reader.read_all(store, "k9", "h1")
+                assert spooled(spool, "k9").startswith(got)
+                seen = max(seen, len(got))
+        assert agent.returncode == 0 and kills >= 3 and seen > 0
         res = subprocess.run([sys.executable, "-m", "shipper.commands.cli", "watch", "--once"], env=env,
                              capture_output=True, timeout=120)
         assert res.returncode == 0, res.stderr[-2000:]
@@ -348,6 +353,7 @@ async def test_watcher_killed_9_between_deltas_and_in_seals_loses_and_repeats_no
         keys = [o.key for o in await store.list("logs/k9/")]
         assert doc.status == "finished" and any(s.frames is not None for s in doc.segments), keys
         assert sha(await stored_bytes(store, "k9")) == sha(spooled(spool, "k9"))
+        assert sha(await reader.read_all(store, "k9", "h1")) == sha(spooled(spool, "k9"))
         etags = await _versions(local_s3, versioned, f"{tag}/")
         assert delta_keys(etags), "no delta was written: the test proved nothing"
         # every key but the manifest has one content: deltas, frame tables, segments (the catalog's records

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.keys import METRICS
 from shipper.config import load_config
-from shipper.format import archive, names
+from shipper.format import archive, names, reader
 from shipper.store import open_store
 
 from .support import env_for, spooled, start_agent, stop_agent, watch_once
@@ -141,8 +141,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         stop_agent(agent, spool, TASK)
     store = open_store(load_config(env=env).store)
     doc = await archive.load_manifest(store, TASK, HOST)
+    assert doc.status == "running" and await reader.read_all(store, TASK, HOST) == b"checkpointed\n"
     await store.close()
-    assert doc.status == "running" and doc.size == len(b"checkpointed\n")
     node = Node(doc.run_id, b"checkpointed\n")
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", node.handle)

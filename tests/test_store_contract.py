@@ -143,6 +143,25 @@ async def test_list_is_sorted_and_filtered_by_prefix(store: Store) -> None:
     assert await store.list("nothing/") == []
 
 
+async def test_list_page_starts_after_a_key_and_shows_when_an_object_was_written_again(store: Store) -> None:
+    """One LIST from a key on (a follower's poll of a log's new deltas, shipper/format/chained.py), each
+    object with an etag that changes when it is written again (how that poll sees a new manifest)."""
+    root = f"page-{os.urandom(4).hex()}/"
+    keys = [f"{root}00000001.d{i:015d}-{i + 1:015d}.zst" for i in range(5)] + [f"{root}manifest.json"]
+    for k in keys:
+        await store.put(k, b"one")
+    before = store.stats.snapshot()["requests"].get("list_objects_v2", 0)
+    page = await store.list_page(root, keys[2])
+    assert [o.key for o in page] == keys[3:] and all(o.etag for o in page)
+    assert store.stats.snapshot()["requests"]["list_objects_v2"] - before == 1
+    assert [o.key for o in await store.list_page(root, f"{root}00000001.~")] == keys[-1:]
+    assert [o.key for o in await store.list_page(root, "", 2)] == keys[:2]
+    tag = page[-1].etag
+    assert (await store.list_page(root, keys[4]))[0].etag == tag  # unchanged: the same etag
+    await store.put(keys[-1], b"two")  # the same size, other bytes
+    assert (await store.list_page(root, keys[4]))[0].etag != tag
+
+
 async def test_list_dirs_names_one_level_in_one_request(store: Store) -> None:
     """The hosts of a task, say: one LIST with a delimiter, however many objects lie below each name."""
     root = f"dirs-{os.urandom(4).hex()}/"

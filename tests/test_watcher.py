@@ -85,7 +85,8 @@ async def test_rerun_resumes_from_the_store_and_uploads_nothing_twice(make_confi
 
 
 async def test_checkpoints_a_running_log_then_replaces_them(make_config: MakeConfig) -> None:
-    cfg = make_config(LOGSHIP_WATCH_CHECKPOINT_SECONDS="0.1")
+    """The prefix checkpoints of before issue 14 (watch.checkpoint_deltas: false, for one release)."""
+    cfg = make_config(LOGSHIP_WATCH_CHECKPOINT_SECONDS="0.1", LOGSHIP_WATCH_CHECKPOINT_DELTAS="false")
     p = start_agent(cfg.spool_dir, "live", ["sh", "-c", "echo one; echo two; sleep 30"], env=agent_env(cfg))
     try:
         store = open_store(cfg.store)

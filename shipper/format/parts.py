@@ -9,6 +9,7 @@ reads views.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 from collections.abc import AsyncIterator
@@ -22,7 +23,8 @@ from shipper.format.manifest import RUNNING, Dropped, Manifest, Segment
 
 PIECE = 1 << 20  # bytes per read from disk or store, and at most about per write to a client
 SEALED_PARTS = 4096  # sealed spool segments whose extent is remembered (each view read every index before)
-STORE_KINDS = ("store", "checkpoint")
+STORE_KINDS = ("store", "checkpoint", "frames", "delta")
+WHOLE_KINDS = ("store", "checkpoint")  # one object per part (frames and deltas: shipper/format/chained.py)
 SPOOL_KINDS = ("spool", "open")
 
 
@@ -33,8 +35,13 @@ class Part:
     seq: int
     offset: int
     size: int
-    kind: str  # "spool" (sealed file), "open" (the growing one), "store" (segment), "checkpoint"
-    entry: Segment | None = None  # the manifest's entry (store parts)
+    # "spool" (sealed file), "open" (the growing one), "store" (segment), "checkpoint" (of prefix), "frames" (a
+    # segment stored as its deltas), "delta" (one of the open segment's chain, found by listing)
+    kind: str
+    entry: Segment | None = None  # the manifest's entry (store parts but deltas)
+    key: str = ""  # a delta's key
+    stored: int = 0  # a delta's size as listed
+    skip: int = 0  # a delta's bytes before `offset` (its start is held by a spool part: merge())
 
     @property
     def end(self) -> int:
@@ -52,6 +59,9 @@ class LogView:
     spool_dir: Path | None
     parts: list[Part] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+    # the manifest's etag as a LIST showed it before the manifest was read ("": unknown), so that a
+    # follower's next LIST tells whether the manifest changed (Reader.refresh)
+    manifest_tag: str = ""
 
     @property
     def size(self) -> int:
@@ -111,11 +121,23 @@ class SpoolState:
 
 
 def store_parts(doc: Manifest) -> list[Part]:
-    parts = [Part(s.seq, s.offset, s.raw_size, "store", s) for s in doc.segments]
+    parts = [Part(s.seq, s.offset, s.raw_size, "store" if s.frames is None else "frames", s) for s in doc.segments]
     if doc.checkpoint is not None:
         c = doc.checkpoint
         parts.append(Part(c.seq, c.offset, c.raw_size, "checkpoint", c))
     return parts
+
+
+def run_of(doc: Manifest) -> dict[str, Any]:
+    """The run as the spool's run.json says it, from the manifest (a log this reader holds no spool of)."""
+    return {"task": doc.task, "host": doc.host, "run_id": doc.run_id, "command": list(doc.command),
+            "labels": doc.labels, "started_ns": doc.started_ns}
+
+
+def exit_of(doc: Manifest) -> dict[str, Any]:
+    """How the run ended as the spool's exit.json says it, from the manifest."""
+    return {"status": doc.status, "exit_code": doc.exit_code, "signal": doc.signal, "ended_ns": doc.ended_ns,
+            "dropped_bytes": doc.dropped_bytes}
 
 
 def spool_parts(d: Path, run_id: str, sealed: list[int], growing: list[int]) -> list[Part]:
@@ -161,7 +183,10 @@ def merge(store: list[Part], spool: list[Part]) -> list[Part]:
             continue
         # A gap before p is a range dropped at the spool quota: offsets stay true, readers skip it.
         if out and p.offset < pos:
-            continue  # overlaps what we have: a checkpoint of a segment the spool holds whole
+            if p.kind != "delta":
+                continue  # overlaps what we have: a checkpoint of a segment the spool holds whole
+            # a delta the spool's part holds the start of (the spool was read before the listing): its rest
+            p = dataclasses.replace(p, offset=pos, size=p.end - pos, skip=p.skip + pos - p.offset)
         out.append(p)
         pos = p.end
     return out

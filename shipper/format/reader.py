@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.format import archive, index, names
+from shipper.format import archive, chained, index, names
 from shipper.format.archive import IntegrityError
 from shipper.format.manifest import FINISHED, RUNNING, Manifest
 from shipper.format.parts import (
     PIECE,
     STORE_KINDS,
+    WHOLE_KINDS,
     LogView,
     Part,
     ShortFile,
     SpoolState,
+    exit_of,
     merge,
     read_spool_file,
+    run_of,
     spool_chunks,
     store_parts,
     unexplained_gap,
@@ -60,6 +63,7 @@ class Reader:
         # that fails there is cut, and its client knows; a file written by `logship cat` is not: cat holds
         # such a part until it matched (in memory, as big as a segment).
         self.hold_unchecked = hold_unchecked
+        self.chained = chained.Chained(store, self.note)  # frames and chain deltas (issue 14)
 
     def note(self, exc: IntegrityError) -> None:
         """Called with each failed check before it is raised (the API counts and logs them)."""
@@ -72,15 +76,29 @@ class Reader:
         """The log as it is now (`recent`: a subclass may hand out a view it made a moment ago)."""
         names.check_id("task", task)
         names.check_id("host", host)
+        return await self._view(task, host, "")
+
+    async def refresh(self, view: LogView) -> LogView:
+        """The next look at a running log followed from the store alone: one LIST from its last delta for the
+        chain's new deltas; the manifest is read again (a whole new view) only when that LIST shows it changed
+        (a seal, the end). Other views are taken again."""
+        if view.spool_dir is not None or view.doc is None or view.finished:
+            return await self.view(view.task, view.host, recent=False)
+        new, tag = await self.chained.grown(view.task, view.host, view.doc, view.parts)
+        if not tag or tag != view.manifest_tag:
+            return await self._view(view.task, view.host, tag)  # `tag` was listed before this read of it
+        return dataclasses.replace(view, parts=view.parts + new) if new else view
+
+    async def _view(self, task: str, host: str, tag: str) -> LogView:
         for _ in range(VIEW_ATTEMPTS):
-            view = await self._view_once(task, host)
+            view = await self._view_once(task, host, tag)
             # A segment committed and pruned between our read of the manifest and our listing of the
             # spool is in neither: look again rather than serve a hole that was never dropped.
             if not unexplained_gap(view):
                 break
         return view
 
-    async def _view_once(self, task: str, host: str) -> LogView:
+    async def _view_once(self, task: str, host: str, tag: str) -> LogView:
         # The spool and the store are read at once (the manifest's GET is most of a view's time).
         local = asyncio.ensure_future(asyncio.to_thread(self.spool_state, task, host))
         gone = False
@@ -110,10 +128,13 @@ class Reader:
             dropped = dropped + state.dropped
         else:
             assert doc is not None
-            parts, run, exit_, status = [], _run_of(doc), _exit_of(doc), doc.status
+            parts, run, exit_, status = [], run_of(doc), exit_of(doc), doc.status
         if doc is not None:
-            parts = merge(store_parts(doc), parts)
-        return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped)
+            # an open segment is in the store as a chain of deltas, found by listing (of a running log, or one
+            # whose host was lost); beside the spool, the spool holds it all
+            ours = (await self.chained.plan(doc))[0] if state is None and doc.status != FINISHED else store_parts(doc)
+            parts = merge(ours, parts)
+        return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped, tag)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -139,7 +160,7 @@ class Reader:
                     raise view.missing_error(view.missing(pos, end))
                 pos = part.offset + b
                 opened, early = early, None
-                nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in STORE_KINDS else None
+                nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in WHOLE_KINDS else None
                 pieces = self._read_part(view, part, a, b, opened, _depth)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
@@ -181,6 +202,10 @@ class Reader:
                 pos = stop
 
     def _key(self, view: LogView, part: Part) -> str:
+        if part.kind == "delta":
+            return part.key
+        if part.kind == "frames":
+            return names.frames_key(view.task, view.host, part.seq)
         assert part.entry is not None
         return part.entry.keys(view.task, view.host)[0]
 
@@ -223,9 +248,14 @@ class Reader:
                 except ShortFile as exc:
                     raise IntegrityError(f"spool:{view.task}/{view.host}/{part.seq:08d}", str(exc),
                                          "the spool file was truncated or damaged on this host") from None
-            async for piece in self._read_store(view, part, a, b, opened):
-                yield piece
-                done += len(piece)
+            if part.kind in WHOLE_KINDS:
+                pieces = self._read_store(view, part, a, b, opened)
+            else:
+                pieces = self.chained.read(view.task, view.host, part, a, b)
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    yield piece
+                    done += len(piece)
             return
         except (FileNotFoundError, ObjectNotFound):
             pass  # read on below, outside the handler
@@ -305,7 +335,7 @@ class Reader:
         try:
             for i, part in enumerate(view.parts):
                 opened, early = early, None
-                nxt = view.parts[i + 1] if i + 1 < len(view.parts) and view.parts[i + 1].kind in STORE_KINDS else None
+                nxt = view.parts[i + 1] if i + 1 < len(view.parts) and view.parts[i + 1].kind in WHOLE_KINDS else None
                 pieces = self._zstd_part(view, part, opened)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
@@ -325,7 +355,8 @@ class Reader:
                 async for piece in raw_frame(raw, part.size):
                     yield piece
             return
-        obj = opened or self._open_store(view, part, 0, part.size, PIECE)
+        obj = opened or (self._open_store(view, part, 0, part.size, PIECE) if part.kind in WHOLE_KINDS
+                         else self.chained.zstd(view.task, view.host, part))
         try:
             async with contextlib.aclosing(obj):
                 async for piece in obj:
@@ -361,6 +392,8 @@ class Reader:
             if part.kind in ("spool", "open"):
                 assert view.spool_dir is not None
                 return await asyncio.to_thread(spool_chunks, view.spool_dir, part)
+            if part.kind not in WHOLE_KINDS:
+                return await self.chained.chunks(view.task, view.host, part)
             assert part.entry is not None
             key = part.entry.keys(view.task, view.host)[1]
             return archive.check_index(key, part.entry, await self.store.get(key))
@@ -376,9 +409,9 @@ class Reader:
         now = next((p for p in fresh.parts if p.offset <= part.offset and p.end >= part.end), None)
         if now is None:
             raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
-        if now.kind == part.kind and now.kind in STORE_KINDS and now.entry == part.entry:
-            assert now.entry is not None
-            key = now.entry.keys(view.task, view.host)[1]
+        if now.kind == part.kind and now.kind in STORE_KINDS and self._key(fresh, now) == self._key(view, part):
+            key = part.entry.keys(view.task, view.host)[1] if part.kind in WHOLE_KINDS and part.entry else \
+                self._key(view, part)  # the index's key, of a whole part
             gone = IntegrityError(key, "missing from the store, though the manifest names it")
             self.note(gone)
             raise gone
@@ -398,26 +431,16 @@ def _ranges(chunks: list[index.Chunk], start: int, end: int) -> list[tuple[int, 
 
 
 def _zstd_part_size(part: Part) -> int:
-    return part.entry.stored_size if part.entry is not None and _stored_zstd(part) else raw_frame_size(part.size)
+    if part.entry is None or not _stored_zstd(part):
+        return raw_frame_size(part.size)
+    return part.entry.stored_size if part.kind in WHOLE_KINDS else chained.zstd_size(part.entry)
 
 
 def _stored_zstd(part: Part) -> bool:
     """True for a zstd object of the store that can be sent as stored: one with block digests (a part
     of an older manifest is decompressed and checked whole, by read())."""
     return (part.kind in STORE_KINDS and part.entry is not None and part.entry.compression == "zstd"
-            and part.entry.blocks is not None)
-
-
-def _run_of(doc: Manifest) -> dict[str, Any]:
-    """The run as the spool's run.json says it, from the manifest (a log this reader holds no spool of)."""
-    return {"task": doc.task, "host": doc.host, "run_id": doc.run_id, "command": list(doc.command),
-            "labels": doc.labels, "started_ns": doc.started_ns}
-
-
-def _exit_of(doc: Manifest) -> dict[str, Any]:
-    """How the run ended as the spool's exit.json says it, from the manifest."""
-    return {"status": doc.status, "exit_code": doc.exit_code, "signal": doc.signal, "ended_ns": doc.ended_ns,
-            "dropped_bytes": doc.dropped_bytes}
+            and (part.entry.blocks is not None or part.kind == "frames"))
 
 
 async def read_all(store: Store, task: str, host: str, stream: str | None = None) -> bytes:

@@ -31,6 +31,9 @@ class StoreStats:
 class ObjectInfo:
     key: str  # relative to the store's prefix
     size: int
+    # Changes when the object is written again (S3: the ETag; the file store: inode, mtime and size), as
+    # listings show it: a follower sees a new manifest in the LIST it makes anyway. "" where unknown (head).
+    etag: str = field(default="", compare=False)
 
 
 class Store(Protocol):
@@ -68,8 +71,9 @@ class Store(Protocol):
         """All objects whose key starts with `prefix`, sorted by key."""
 
     async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
-        """One LIST request: at most `max_keys` (1-1000) objects under `prefix` whose key sorts after
-        `start_after`, sorted by key. Fewer than `max_keys` means there are no more."""
+        """One LIST request (S3 StartAfter): at most `max_keys` (1-1000) objects under `prefix` whose key
+        sorts after `start_after`, sorted by key, with their etag. Fewer than `max_keys` means there are no
+        more."""
 
     async def list_dirs(self, prefix: str) -> builtins.list[str]:
         """The names one level below `prefix` (empty or ending in "/") that hold at least one object,

@@ -289,7 +289,9 @@ class FileStore:
                                 stack.append(key + "/")
                         elif key.startswith(prefix) and (TMP_MARK in entry.name) == tmp:
                             with contextlib.suppress(FileNotFoundError):  # deleted or renamed meanwhile
-                                out.append(ObjectInfo(key, entry.stat().st_size))
+                                st = entry.stat()  # a PUT renames a new file in: a new inode
+                                tag = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+                                out.append(ObjectInfo(key, st.st_size, tag))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:

@@ -279,7 +279,8 @@ class S3Store:
         with self._errors("list", full):
             page = await s3.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=max(1, min(max_keys, 1000)),
                                             **extra)
-        out = [ObjectInfo(o["Key"][len(self.root):], int(o["Size"])) for o in page.get("Contents", ())
+        out = [ObjectInfo(o["Key"][len(self.root):], int(o["Size"]), str(o.get("ETag", "")))
+               for o in page.get("Contents", ())
                if not o["Key"].endswith("/")]
         out.sort(key=lambda o: o.key)
         return out
