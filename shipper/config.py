@@ -90,6 +90,7 @@ class RetentionConfig:
     status: list[str] = field(default_factory=lambda: ["finished", "lost"])
     labels: dict[str, str] = field(default_factory=dict)
     every: float = 3600.0
+    sweep_every: float = 7 * 86400.0  # 0: never read every manifest (shipper/retention/gc.py `sweep`)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
               "copy": _bool, "grace_seconds": _duration(0, 86400)},
     "retention": {"older_than": _duration(0, 100 * 365 * 86400), "status": _statuses, "labels": _label_map,
-                  "every": _duration(1, 7 * 86400)},
+                  "every": _duration(1, 7 * 86400), "sweep_every": _duration(0, 365 * 86400)},
     "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
     "logging": {"level": _log_level, "format": _choice("text", "json")},

@@ -46,12 +46,13 @@ class Filters:
     host: str | None = None
     task: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # all must match
+    tasks: tuple[str, ...] = ()  # any of them (the ibex routes: a task's runs `ibex-N`, `ibex-N.2`, …)
 
     def fixed(self, r: Row) -> bool:
         """The filters on fields a run never changes (safe to apply to any of its rows)."""
         return ((self.since is None or r.started_ns >= self.since) and (self.until is None or r.started_ns < self.until)
                 and (self.host is None or r.host == self.host) and (self.task is None or r.task == self.task)
-                and all(r.labels.get(k) == v for k, v in self.labels))
+                and (not self.tasks or r.task in self.tasks) and all(r.labels.get(k) == v for k, v in self.labels))
 
     def final(self, r: Row) -> bool:
         return r.visible and (self.status is None or r.status == self.status)
@@ -63,7 +64,8 @@ class Filters:
             return False
         want = [f"l:{k}={v}" for k, v in self.labels] + ([f"h:{self.host}"] if self.host else []) + (
             [f"t:{self.task}"] if self.task else [])
-        return all(parts.may_hold(p.bloom, w) for w in want)
+        return all(parts.may_hold(p.bloom, w) for w in want) and (
+            not self.tasks or any(parts.may_hold(p.bloom, f"t:{t}") for t in self.tasks))
 
 
 @dataclass
@@ -194,6 +196,11 @@ class Reader:
 
     async def page(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[dict[str, Any]],
                                                                                        Cursor | None]:
+        page, more = await self.rows(filters, cursor, limit)
+        return [r.listing() for r in page], more
+
+    async def rows(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[Row], Cursor | None]:
+        """One page as the winning rows themselves (gc needs their versions), and the next page's cursor."""
         head = await self.head()
         if filters.status == manifest.RUNNING:
             found = await self._running_page(head, filters, cursor, limit + 1)
@@ -203,7 +210,7 @@ class Reader:
             found = await self._walk(head.records, entries, filters, cursor, limit + 1)
         page = found[:limit]
         more = len(found) > limit
-        return [r.listing() for r in page], ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
+        return page, ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
 
     async def _running_page(self, head: Head, filters: Filters, cursor: Cursor | None, want: int) -> list[Row]:
         """`status=running`: running/ entries from the cursor on, a LIST page at a time (their keys are in
@@ -301,6 +308,8 @@ def _fixed_filter(t: pa.Table, f: Filters) -> pa.Table:
         both(pc.equal(t["host"], f.host))
     if f.task is not None:
         both(pc.equal(t["task"], f.task))
+    if f.tasks:
+        both(pc.is_in(t["task"], pa.array(f.tasks, pa.string())))
     for k, v in f.labels:
         both(pc.fill_null(pc.equal(pc.map_lookup(t["labels"], pa.scalar(k), "first"), v), False))
     return t if mask is None else t.filter(mask)
@@ -338,3 +347,9 @@ async def list_logs(store: Store, filters: Filters, cursor: Cursor | None = None
     """One page of the listing: rows newest first (the fields GET /api/v1/tasks returns), and the cursor of
     the next page (None: this is the last)."""
     return await reader(store).page(filters, cursor, limit)
+
+
+async def list_rows(store: Store, filters: Filters, cursor: Cursor | None = None,
+                    limit: int = 100) -> tuple[list[Row], Cursor | None]:
+    """list_logs's page as the winning rows themselves (with their versions: gc's selection)."""
+    return await reader(store).rows(filters, cursor, limit)

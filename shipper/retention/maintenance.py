@@ -38,8 +38,15 @@ def start(cfg: Config, store: Store, stop: asyncio.Event) -> asyncio.Task[None] 
         collector = Collector(store, cfg, say=lambda m: log.info("retention: %s", m))
         policy = Policy.of(cfg)
 
+        # A random phase, as the jobs' own: watchers restarted more often than sweep_every still sweep.
+        swept = time.monotonic() - random.uniform(0.0, 1.0) * cfg.retention.sweep_every
+
         async def retention() -> str:
-            r = await collector.run(policy)
+            nonlocal swept
+            sweep = cfg.retention.sweep_every > 0 and time.monotonic() - swept >= cfg.retention.sweep_every
+            r = await collector.run(policy, sweep=sweep)
+            if sweep:
+                swept = time.monotonic()
             return (f"deleted {r.deleted_logs} logs ({r.objects} objects, {r.bytes} bytes)"
                     + (f", {r.pending} left for the next run" if r.pending else ""))
 
