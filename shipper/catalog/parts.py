@@ -22,7 +22,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from shipper.format import names
 
-from .rows import Row
+from .rows import VIEW_FIELDS, Row
 
 META_KEY = "logship.catalog"
 FORMAT = 1
@@ -36,9 +36,10 @@ SCHEMA = pa.schema([
     ("started_ns", pa.int64()), ("ended_ns", pa.int64()), ("started", TS), ("ended", TS),
     ("size", pa.int64()), ("lines", pa.int64()),
     ("labels", pa.map_(pa.string(), pa.string())), ("command", pa.list_(pa.string())),
+    ("signal", pa.int64()), ("segments", pa.int64()), ("dropped_bytes", pa.int64()),  # rows.VIEW_FIELDS
 ])
 READ_COLUMNS = ["task", "host", "run_id", "status", "started_ns", "version_ns", "exit_code", "ended_ns", "size",
-                "lines", "labels", "command"]
+                "lines", "labels", "command", *VIEW_FIELDS]
 READ_SCHEMA = pa.schema([SCHEMA.field(c) for c in READ_COLUMNS])
 SUMMARY_SCHEMA = pa.schema([
     ("path", pa.string()), ("day", pa.string()), ("rows", pa.int64()), ("min_started_ns", pa.int64()),
@@ -104,7 +105,7 @@ def table_of(rows: Sequence[Row]) -> pa.Table:
     cols: dict[str, list[Any]] = {f: [] for f in SCHEMA.names}
     for r in ordered:
         for f in ("task", "host", "run_id", "status", "version_ns", "exit_code", "started_ns", "ended_ns", "size",
-                  "lines", "command"):
+                  "lines", "command", *VIEW_FIELDS):
             cols[f].append(getattr(r, f))
         cols["phase"].append(r.phase)
         cols["started"].append(r.started_ns // 1000)
@@ -168,6 +169,9 @@ def decode_part(key: str, data: bytes) -> pa.Table:
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise BadPart(f"{key}: unreadable Parquet ({exc.__class__.__name__})") from None
     # Readers need these columns with these types; a part may have more (a later format adds columns).
+    for name in VIEW_FIELDS:  # a part written before they were added: null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.int64()))
     try:
         return table.select(READ_COLUMNS).cast(READ_SCHEMA)
     except (KeyError, ValueError, pa.ArrowException) as exc:

@@ -21,8 +21,9 @@ from shipper.format.manifest import Manifest
 MAX64 = (1 << 64) - 1
 INT63 = (1 << 63) - 1
 # A row key stays within one file name (255 bytes on most file systems and on S3 clones that map keys to
-# files), with "r-" before it. A longer row keeps "-" as payload and its fields in the object's body.
-ROW_MAX = 240
+# files), with "r-" before it and the file store's temporary suffix (".tmp-" + 12 hex) after it while it is
+# written. A longer row keeps "-" as payload and its fields in the object's body.
+ROW_MAX = 236
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # as shipper.format.manifest checks it
 NO_PAYLOAD = "-"
 DELETED = "deleted"  # a tombstone: gc deleted the log (never shown)
@@ -30,6 +31,8 @@ PHASES = {manifest.RUNNING: 1, manifest.FINISHED: 2, manifest.LOST: 2, manifest.
 STATUSES = tuple(PHASES)
 LISTING_FIELDS = ("task", "host", "run_id", "status", "exit_code", "started_ns", "ended_ns", "size", "lines",
                   "labels", "command")
+# Fields of the SQL `logs` view beyond the listing's (null in rows written before they were added).
+VIEW_FIELDS = ("signal", "segments", "dropped_bytes")
 
 
 class BadRow(ValueError):
@@ -50,6 +53,9 @@ class Row:
     lines: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    signal: int | None = None  # VIEW_FIELDS: like size, None while running
+    segments: int | None = None
+    dropped_bytes: int | None = None
 
     @property
     def phase(self) -> int:
@@ -79,8 +85,9 @@ class Row:
 
     def body(self) -> bytes:
         """The record's body: every field, deterministic (a re-upload writes the same bytes)."""
-        return json.dumps({**self.listing(), "phase": self.phase, "version_ns": self.version_ns}, sort_keys=True,
-                          separators=(",", ":")).encode()
+        extra = {k: getattr(self, k) for k in VIEW_FIELDS}
+        return json.dumps({**self.listing(), **extra, "phase": self.phase, "version_ns": self.version_ns},
+                          sort_keys=True, separators=(",", ":")).encode()
 
 
 def after(row: Row, cursor: tuple[int, str, str] | None) -> bool:
@@ -98,7 +105,8 @@ def from_manifest(doc: Manifest) -> Row:
                started_ns=doc.started_ns, version_ns=doc.updated_ns or 0,
                exit_code=doc.exit_code, ended_ns=doc.ended_ns,
                size=doc.size if final else None, lines=doc.lines if final else None,
-               labels=dict(doc.labels), command=list(doc.command))
+               labels=dict(doc.labels), command=list(doc.command), signal=doc.signal if final else None,
+               segments=len(doc.segments) if final else None, dropped_bytes=doc.dropped_bytes if final else None)
 
 
 def load_manifest(data: bytes, task: str | None = None, host: str | None = None) -> Row:
@@ -115,7 +123,11 @@ def tombstone(row: Row, now_ns: int | None = None) -> Row:
 
 
 def _payload(row: Row) -> list[Any]:
-    return [row.run_id, row.status, row.exit_code, row.ended_ns, row.size, row.lines, row.labels, row.command]
+    extra = [getattr(row, k) for k in VIEW_FIELDS]
+    # all null (a running row): the first payload's 8 fields, so a running entry keeps the name it had
+    # before VIEW_FIELDS, and a finish written by a newer watcher still deletes it by name
+    return [row.run_id, row.status, row.exit_code, row.ended_ns, row.size, row.lines, row.labels, row.command,
+            *(extra if any(v is not None for v in extra) else [])]
 
 
 def _b64(value: Any) -> str:
@@ -133,7 +145,8 @@ def record_name(row: Row) -> str:
 def running_name(row: Row) -> str:
     """The running/ entry of a run: only fields fixed at its start, so any later row of the run (and the
     manifest) names it exactly, and a finished run's entry is deleted without a LIST."""
-    start = replace(row, status=manifest.RUNNING, exit_code=None, ended_ns=None, size=None, lines=None)
+    start = replace(row, status=manifest.RUNNING, exit_code=None, ended_ns=None, size=None, lines=None, signal=None,
+                    segments=None, dropped_bytes=None)
     head = f"{MAX64 - row.started_ns:016x}~{row.task}~{row.host}~"
     payload = _b64(_payload(start))
     return head + (payload if len(head) + len(payload) <= ROW_MAX else NO_PAYLOAD)
@@ -164,11 +177,12 @@ def parse_name(name: str, *, running: bool = False) -> Row | None:
         fields = json.loads(base64.urlsafe_b64decode(parts[-1] + "=" * (-len(parts[-1]) % 4)))
     except (ValueError, binascii.Error):
         raise BadRow("the payload is not base64url JSON") from None
-    if not isinstance(fields, list) or len(fields) != 8:
+    if not isinstance(fields, list) or len(fields) not in (8, 8 + len(VIEW_FIELDS)):  # 8: written before VIEW_FIELDS
         raise BadRow("the payload is not a row")
-    run_id, status, exit_code, ended, size, lines, labels, command = fields
+    run_id, status, exit_code, ended, size, lines, labels, command = fields[:8]
     row = check(dict(task=task, host=host, run_id=run_id, status=status, started_ns=started, version_ns=version,
-                     exit_code=exit_code, ended_ns=ended, size=size, lines=lines, labels=labels, command=command))
+                     exit_code=exit_code, ended_ns=ended, size=size, lines=lines, labels=labels, command=command,
+                     **dict(zip(VIEW_FIELDS, fields[8:], strict=False))))
     if row.phase != phase:
         raise BadRow("the key's phase is not its status's")
     return row
@@ -184,7 +198,7 @@ def from_body(data: bytes, task: str, host: str) -> Row:
         raise BadRow("the body is not JSON") from None
     if not isinstance(doc, dict):
         raise BadRow("the body is not an object")
-    row = check({k: doc.get(k) for k in (*LISTING_FIELDS, "version_ns")})
+    row = check({k: doc.get(k) for k in (*LISTING_FIELDS, *VIEW_FIELDS, "version_ns")})
     if (row.task, row.host) != (task, host):
         raise BadRow("the body names another log than its key")
     return row
@@ -204,7 +218,8 @@ def check(d: dict[str, Any]) -> Row:
     if d.get("status") not in PHASES:
         raise BadRow("bad status")
     if not (_int(d.get("started_ns"), False) and _int(d.get("version_ns"), False) and _int(d.get("ended_ns"))
-            and _int(d.get("size")) and _int(d.get("lines")) and _int(d.get("exit_code"), low=-INT63)):
+            and _int(d.get("size")) and _int(d.get("lines")) and _int(d.get("exit_code"), low=-INT63)
+            and all(_int(d.get(k)) for k in VIEW_FIELDS)):
         raise BadRow("a number field is not an integer in range")
     labels, command = d.get("labels"), d.get("command")
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
