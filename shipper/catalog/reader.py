@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,21 @@ class Reader:
         self._bodies: OrderedDict[str, Row] = OrderedDict()
         self._parsed: OrderedDict[str, Row] = OrderedDict()  # key -> its row: a warm LIST parses nothing again
         self.bad_objects = 0
+        # for /metrics (api/metrics.py): pages answered, their time, the store requests they cost, and the
+        # records the last head/ LIST found (pending compaction: each costs every listing a little)
+        self.pages = 0
+        self.page_seconds = 0.0
+        self.requests = 0
+        self.head_records = 0
+
+    def metrics(self) -> dict[str, float]:
+        parts_in_force = len(self._summary[1]) if self._summary is not None else 0
+        return {"listings": self.pages, "listing_seconds": self.page_seconds, "requests": self.requests,
+                "head_records": self.head_records, "parts_in_force": parts_in_force,
+                "cache_bytes": sum(t.nbytes for t in self._parts.values()), "bad_objects": self.bad_objects}
+
+    def _listed(self, objs: Sequence[Any]) -> None:
+        self.requests += max(1, -(-len(objs) // 1000))  # a LIST request per 1,000 keys
 
     # --- objects ------------------------------------------------------------------------------------
 
@@ -128,6 +144,7 @@ class Reader:
 
         async def body(key: str, task: str, host: str) -> tuple[str, Row] | None:
             async with sem:
+                self.requests += 1
                 try:
                     row = rows.from_body(await self.store.get(key), task, host)
                 except ObjectNotFound:
@@ -146,6 +163,7 @@ class Reader:
 
     async def head(self) -> Head:
         objs = await self.store.list(names.CATALOG_HEAD)
+        self._listed(objs)
         rec_keys = [o.key for o in objs if names.parse_catalog_record_key(o.key) is not None]
         summaries = sorted(o.key for o in objs if names.parse_catalog_summary_key(o.key) is not None)
         known = set(rec_keys) | set(summaries)
@@ -153,10 +171,12 @@ class Reader:
         for k in bad:
             self._bad(k, "not a catalog key")
         recs = await self._rows_of_keys(rec_keys, names.CATALOG_HEAD + "r-", False, bad)
+        self.head_records = len(recs)
         return Head(recs, summaries, bad)
 
     async def running(self, bad: list[str]) -> list[Row]:
         objs = await self.store.list(names.CATALOG_RUNNING)
+        self._listed(objs)
         return [r for _, r in await self._rows_of_keys([o.key for o in objs], names.CATALOG_RUNNING, True, bad)]
 
     async def summary(self, keys: Sequence[str]) -> list[PartMeta]:
@@ -164,6 +184,7 @@ class Reader:
         for key in keys:
             if self._summary is not None and self._summary[0] == key:
                 return self._summary[1]
+            self.requests += 1
             try:
                 entries = parts.decode_summary(key, await self.store.get(key))
             except ObjectNotFound:
@@ -179,6 +200,7 @@ class Reader:
         if key in self._parts:
             self._parts.move_to_end(key)
             return self._parts[key]
+        self.requests += 1
         try:
             table = parts.decode_part(key, await self.store.get(key))
         except ObjectNotFound:
@@ -201,6 +223,14 @@ class Reader:
 
     async def rows(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[Row], Cursor | None]:
         """One page as the winning rows themselves (gc needs their versions), and the next page's cursor."""
+        began = time.perf_counter()
+        try:
+            return await self._rows(filters, cursor, limit)
+        finally:
+            self.pages += 1
+            self.page_seconds += time.perf_counter() - began
+
+    async def _rows(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[Row], Cursor | None]:
         head = await self.head()
         if filters.status == manifest.RUNNING:
             found = await self._running_page(head, filters, cursor, limit + 1)
@@ -221,6 +251,7 @@ class Reader:
         size = min(1000, want + 16)
         while True:
             objs = await self.store.list_page(prefix, after, size)
+            self.requests += 1
             got += [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
             more = len(objs) >= size
             # entries of one start time are adjacent: the last one's may go on in the next page
@@ -340,6 +371,11 @@ def reader(store: Store) -> Reader:
             del _readers[k]
         entry = _readers[id(store)] = (store, Reader(store))
     return entry[1]
+
+
+def metrics(store: Store) -> dict[str, float]:
+    """The process's catalog reader's counters for `store` (api/metrics.py)."""
+    return reader(store).metrics()
 
 
 async def list_logs(store: Store, filters: Filters, cursor: Cursor | None = None,
