@@ -107,8 +107,13 @@ class S3Store:
             async with self._lock:
                 if self._client is None:
                     stack = contextlib.AsyncExitStack()
+                    session = get_session()
+                    # A LIST answer has a LastModified per key, which botocore parses with dateutil: most of the
+                    # CPU of a LIST of 1,000 keys (docs/catalog.md, rebuild). Nothing here reads a timestamp, so
+                    # they stay strings (as awscli's `cli_timestamp_format = none` does).
+                    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
                     with self._errors("connect to", ""):
-                        self._client = await stack.enter_async_context(get_session().create_client(
+                        self._client = await stack.enter_async_context(session.create_client(
                             "s3", region_name=self.region, endpoint_url=self.endpoint,
                             aws_access_key_id=self._access_key, aws_secret_access_key=self._secret_key,
                             config=self._config,

@@ -32,34 +32,40 @@ class Presigner:
     access_key: str
     secret_key: str
     token: str | None = None
-    _keys: dict[str, bytes] = field(default_factory=dict, compare=False)  # day -> signing key
+    _cache: dict[tuple[str, int], tuple[bytes, str, str, str]] = field(default_factory=dict, compare=False)
 
-    def _signing_key(self, day: str) -> bytes:
-        key = self._keys.get(day)
-        if key is None:
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.endpoint)
+        self._scheme, self._netloc, self._path = parts.scheme, parts.netloc, parts.path.rstrip("/")
+
+    def _fixed(self, day: str, expires: int) -> tuple[bytes, str, str, str]:
+        """What every URL of `day` shares: the signing key, the query before X-Amz-Date, and after it (as signed,
+        sorted; and as sent, in botocore's order)."""
+        got = self._cache.get((day, expires))
+        if got is None:
             k = hmac.new(f"AWS4{self.secret_key}".encode(), day.encode(), hashlib.sha256).digest()
             for part in (self.region, "s3", "aws4_request"):
                 k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys = {day: k}  # one day at a time
-            key = k
-        return key
+            before = (f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential="
+                      f"{_quote(f'{self.access_key}/{day}/{self.region}/s3/aws4_request')}")
+            token = f"&X-Amz-Security-Token={_quote(self.token)}" if self.token else ""
+            signed = f"&X-Amz-Expires={expires}{token}&X-Amz-SignedHeaders=host"
+            sent = f"&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host{token}"
+            got = self._cache[(day, expires)] = (k, before, signed, sent)
+            while len(self._cache) > 4:
+                del self._cache[next(iter(self._cache))]
+        return got
 
     def url(self, bucket: str, key: str, expires: int, now: float | None = None, amz_date: str | None = None) -> str:
         """The presigned URL of a GET of `key`, valid `expires` seconds from `now` (or from `amz_date`)."""
         amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         day = amz_date[:8]
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        parts = urllib.parse.urlsplit(self.endpoint)
-        path = f"{parts.path.rstrip('/')}/{_quote(bucket)}/{_quote(key, '-_.~/')}"
-        query = {"X-Amz-Algorithm": ALGORITHM, "X-Amz-Credential": f"{self.access_key}/{scope}",
-                 "X-Amz-Date": amz_date, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host"}
-        if self.token:
-            query["X-Amz-Security-Token"] = self.token
-        pairs = {k: f"{_quote(k)}={_quote(v)}" for k, v in query.items()}
-        canonical_query = "&".join(pairs[k] for k in sorted(pairs))
-        canonical = "\n".join(("GET", path, canonical_query, f"host:{parts.netloc}", "", "host", UNSIGNED))
-        to_sign = "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()))
-        signature = hmac.new(self._signing_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
-        # in botocore's order (as built), so that s3.py can compare the two URLs byte for byte
-        return f"{parts.scheme}://{parts.netloc}{path}?{'&'.join(pairs.values())}&X-Amz-Signature={signature}"
-
+        signing_key, before, signed, sent = self._fixed(day, expires)
+        path = f"{self._path}/{_quote(bucket)}/{_quote(key, '-_.~/')}"
+        query = f"{before}&X-Amz-Date={amz_date}"
+        canonical = f"GET\n{path}\n{query}{signed}\nhost:{self._netloc}\n\nhost\n{UNSIGNED}"
+        to_sign = (f"{ALGORITHM}\n{amz_date}\n{day}/{self.region}/s3/aws4_request\n"
+                   f"{hashlib.sha256(canonical.encode()).hexdigest()}")
+        signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        # in botocore's order, so that s3.py can compare the two URLs byte for byte
+        return f"{self._scheme}://{self._netloc}{path}?{query}{sent}&X-Amz-Signature={signature}"
