@@ -96,6 +96,7 @@ class RetentionConfig:
 @dataclass(frozen=True)
 class CompactConfig:
     every: float = 3600.0  # 0: `logship watch` does not compact
+    catalog_every: float = 600.0  # the catalog's records (shipper/catalog/compact.py); 0: never
     small_bytes: int = 4 * MiB
     part_bytes: int = 32 * MiB
 
@@ -159,7 +160,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "copy": _bool, "grace_seconds": _duration(0, 86400)},
     "retention": {"older_than": _duration(0, 100 * 365 * 86400), "status": _statuses, "labels": _label_map,
                   "every": _duration(1, 7 * 86400), "sweep_every": _duration(0, 365 * 86400)},
-    "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
+    "compact": {"every": _duration(0, 7 * 86400), "catalog_every": _duration(0, 86400),
+                "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
     "logging": {"level": _log_level, "format": _choice("text", "json")},
     "agent": {"sample_seconds": _duration(0.1, 3600), "silence_timeout": _off_or(_duration(1, 30 * 86400)),
