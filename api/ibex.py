@@ -19,9 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
+from shipper import catalog
 from shipper.errors import LogshipError, StoreError
 from shipper.format import manifest, names
 from shipper.spool import iter_logs
+from shipper.store import Store
 
 from .errors import BadRequest
 from .keys import METRICS, SOURCE, STORE
@@ -33,6 +35,8 @@ routes = web.RouteTableDef()
 STREAMS = ("stdout", "stderr")
 _ID_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 VIEW_CONCURRENCY = 16  # manifests fetched at once for a task of many hosts
+RUN_BATCH = 8  # runs of an ibex task (the first and Nightingale's redos) asked of the catalog at once
+MAX_RUNS = 1000  # as `logship run --ibex` numbers them (shipper/commands/ibex.py)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -57,10 +61,12 @@ async def newest_runs(app: web.Application, ibex_id: int) -> list[tuple[str, str
 
     spool = app[SOURCE].spool
     try:
-        for obj in await app[STORE].list(names.ibex_list_prefix(ibex_id)):
-            pair = names.parse_log_prefix(obj.key)
-            if pair is not None and obj.key == names.manifest_key(*pair):
-                note(*pair)
+        await _catalog_runs(app[STORE], ibex_id, note)
+        if not newest:  # not in the catalog: written before it (`logship catalog rebuild`), or a note not yet made
+            for obj in await app[STORE].list(names.ibex_list_prefix(ibex_id)):
+                pair = names.parse_log_prefix(obj.key)
+                if pair is not None and obj.key == names.manifest_key(*pair):
+                    note(*pair)
     except StoreError as exc:
         if spool is None:
             raise
@@ -72,6 +78,26 @@ async def newest_runs(app: web.Application, ibex_id: int) -> list[tuple[str, str
         raise LogNotFound(f"no log of ibex task {ibex_id}",
                           "ibex scripts are logged when they run under `logship run --ibex` (docs/ibex.md)")
     return [(newest[h][1], h) for h in sorted(newest)]
+
+
+async def _catalog_runs(store: Store, ibex_id: int, note: Callable[[str, str], None]) -> None:
+    """Note the catalog's logs of ibex task `ibex_id`, RUN_BATCH runs at a time (task names, so parts are
+    pruned by their Bloom filters): a host's runs are numbered 1, 2, 3… with no gap, so the next batch is
+    asked for only when some host reached the last run of this one."""
+    first = 1
+    while first <= MAX_RUNS:
+        tasks = tuple(names.ibex_task(ibex_id, n) for n in range(first, first + RUN_BATCH))
+        highest, cursor = 0, None
+        while True:
+            page, cursor = await catalog.list_logs(store, catalog.Filters(tasks=tasks), cursor, 1000)
+            for row in page:
+                note(row["task"], row["host"])
+                highest = max(highest, (names.parse_ibex_task(row["task"]) or (0, 0))[1])
+            if cursor is None:
+                break
+        if highest < first + RUN_BATCH - 1:
+            return
+        first += RUN_BATCH
 
 
 def _spool_logs(spool: Path, base: str) -> list[tuple[str, str]]:

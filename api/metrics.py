@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import watcher_state
+from shipper import catalog, watcher_state
 
 from . import liveness
 from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
@@ -61,7 +61,8 @@ async def metrics(request: web.Request) -> web.Response:
             f"# TYPE logship_api_proxy_{name}_total counter",
             f"logship_api_proxy_{name}_total {getattr(m, 'proxy_' + name)}")),
     ]
-    lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: manifests left out of the logs view
+    lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: catalog objects left out of the logs view
+    lines += _catalog_lines(catalog.metrics(request.app[STORE]))
     store_stats = {"api": request.app[STORE].stats.snapshot()}
     if request.app[SOURCE].spool is not None:
         try:
@@ -92,6 +93,21 @@ def _numbers(doc: Any) -> dict[str, int]:
         return {}
     return {k: int(v) for k, v in doc.items() if isinstance(k, str) and _METRIC_NAME.fullmatch(k)
             and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+CATALOG_METRICS = (  # catalog reader's counter -> (metric, type): the listings this API answered
+    ("listings", "logship_catalog_listings_total", "counter"),
+    ("listing_seconds", "logship_catalog_listing_seconds_total", "counter"),
+    ("requests", "logship_catalog_requests_total", "counter"),
+    ("head_records", "logship_catalog_head_records", "gauge"),  # pending compaction, at the last listing
+    ("parts_in_force", "logship_catalog_parts", "gauge"),
+    ("cache_bytes", "logship_catalog_cache_bytes", "gauge"),
+    ("bad_objects", "logship_catalog_bad_objects_total", "counter"),
+)
+
+
+def _catalog_lines(m: dict[str, float]) -> list[str]:
+    return [line for key, name, kind in CATALOG_METRICS for line in (f"# TYPE {name} {kind}", f"{name} {m[key]}")]
 
 
 def _store_lines(by_process: dict[str, Any]) -> list[str]:

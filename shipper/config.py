@@ -92,11 +92,13 @@ class RetentionConfig:
     status: list[str] = field(default_factory=lambda: ["finished", "lost"])
     labels: dict[str, str] = field(default_factory=dict)
     every: float = 3600.0
+    sweep_every: float = 7 * 86400.0  # 0: never read every manifest (shipper/retention/gc.py `sweep`)
 
 
 @dataclass(frozen=True)
 class CompactConfig:
     every: float = 3600.0  # 0: `logship watch` does not compact
+    catalog_every: float = 600.0  # the catalog's records (shipper/catalog/compact.py); 0: never
     small_bytes: int = 4 * MiB
     part_bytes: int = 32 * MiB
 
@@ -159,8 +161,9 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "memory_bytes": _size(64 * MiB, 1 << 40), "threads": _count(1, 256),
               "copy": _bool, "grace_seconds": _duration(0, 86400)},
     "retention": {"older_than": _duration(0, 100 * 365 * 86400), "status": _statuses, "labels": _label_map,
-                  "every": _duration(1, 7 * 86400)},
-    "compact": {"every": _duration(0, 7 * 86400), "small_bytes": _size(1 * KiB, 1 * GiB),
+                  "every": _duration(1, 7 * 86400), "sweep_every": _duration(0, 365 * 86400)},
+    "compact": {"every": _duration(0, 7 * 86400), "catalog_every": _duration(0, 86400),
+                "small_bytes": _size(1 * KiB, 1 * GiB),
                 "part_bytes": _size(1 * MiB, 4 * GiB)},
     "logging": {"level": _log_level, "format": _choice("text", "json")},
     "agent": {"sample_seconds": _duration(0.1, 3600), "silence_timeout": _off_or(_duration(1, 30 * 86400)),

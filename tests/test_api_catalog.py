@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
+from shipper import catalog
 from shipper.config import Config
 from shipper.format import names
 from shipper.store import open_store
@@ -70,8 +71,29 @@ async def test_filters_labels_until_and_pages(make_config: MakeConfig) -> None:
             if not (cursor := page["next_cursor"]):
                 break
         assert seen == ["j4", "j1", "j0"]
+        # /metrics: the listings this API answered, their requests, the records waiting for compaction
+        m = await catalog_metrics(client)
+        assert m["logship_catalog_listings_total"] == 15 and m["logship_catalog_listing_seconds_total"] > 0
+        assert m["logship_catalog_requests_total"] >= 15 and m["logship_catalog_head_records"] == len(LOGS)
+        assert m["logship_catalog_parts"] == 0 and m["logship_catalog_bad_objects_total"] == 0
+        store = open_store(cfg.store)
+        try:
+            for _ in range(2):  # fold the records into a part, then delete them (what it replaces goes later)
+                await catalog.Compactor(store, catalog.Settings(grace_s=0)).run()
+        finally:
+            await store.close()
+        assert await listing(client, "") == ["j4", "j3", "j2", "j1", "j0"]
+        m = await catalog_metrics(client)
+        assert m["logship_catalog_head_records"] == 0 and m["logship_catalog_parts"] == 1
+        assert m["logship_catalog_cache_bytes"] > 0
     finally:
         await client.close()
+
+
+async def catalog_metrics(client: TestClient[Any, Any]) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    return {k: float(v) for k, _, v in (line.partition(" ") for line in text.splitlines())
+            if k.startswith("logship_catalog_")}
 
 
 async def test_bad_label_filters_are_a_400_with_a_hint(make_config: MakeConfig) -> None:

@@ -106,6 +106,7 @@ filters_st = st.builds(
     status=st.sampled_from([None, "running", "finished", "lost"]),
     host=st.one_of(st.none(), st.sampled_from(HOSTS)),
     task=st.one_of(st.none(), st.sampled_from(TASKS)),
+    tasks=st.sampled_from([(), (TASKS[0],), (TASKS[1], TASKS[4])]),
     labels=st.sampled_from([(), (("team", "db"),), (("env", "prod"),), (("team", "db"), ("env", "prod")),
                             (("team", "none"),)]))
 

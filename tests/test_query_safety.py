@@ -288,39 +288,32 @@ async def test_query_names_a_stopped_store_in_one_line(tmp_path: Path) -> None:
         assert "s3://logship/q/" in err and "(hint: " in err and "x" * 20 not in err, (cmd, err)
 
 
-# --- manifests: a bad one costs its own row, and is reported ---------------------------------------------
+# --- the catalog: a bad object costs its own row, and is reported ----------------------------------------
 
-BAD_MANIFESTS = {
-    "notjson": (b"not json", "not JSON"),
-    "version": (b'{"version": 1}', "task and host"),
-    "array": (b"[1, 2]", "not a JSON object"),
-    "empty": (b"", "not JSON"),
-    "types": (None, "size"),  # a good manifest with "size": "big"
-    "foreign": (None, "task and host"),  # a good manifest of another log, under this key
-    "badcode": (None, "exit_code"),  # "exit_code": 1e30
+INV = f"{(1 << 64) - 1 - 10**18:016x}"
+BAD_OBJECTS = {  # under catalog/v1/head/, where the `logs` view reads: key -> (bytes, why)
+    f"r-{INV}~t~h~1{'0' * 16}~!!notbase64": (b"", "base64url"),
+    f"r-{INV}~t~h~1{'0' * 16}~W10": (b"", "not a row"),  # base64 of []
+    f"r-{INV}~t~h~2{'0' * 16}~-": (b"{not json", "not JSON"),  # a long row's body: bad
+    "r-nonsense": (b"x", "not a catalog row key"),
+    "s-0000000000000000-deadbeef.parquet": (b"PAR1 not a summary PAR1", "unreadable"),  # the newest summary
+    "zz": (b"", "not a catalog key"),
 }
 
 
-async def test_a_bad_manifest_costs_only_its_own_row_and_is_reported(
+async def test_a_bad_catalog_object_costs_only_its_own_row_and_is_reported(
         make_config: MakeConfig, caplog: pytest.LogCaptureFixture) -> None:
+    """`logs` reads the catalog, not the manifests: a bad manifest (never noted by a watcher) is not there at
+    all, and a bad catalog object costs only its own row, is reported per query and counted."""
     cfg = make_config()
     for task in ("good1", "good2"):
         assert run_agent(cfg.spool_dir, task, ["sh", "-c", f"echo {task}"], env=agent_env(cfg)).returncode == 0
     await watch(cfg, once=True)
     store = open_store(cfg.store)
     try:
-        good = json.loads(await store.get(names.manifest_key("good1", "h1")))
-        for task, (data, _) in BAD_MANIFESTS.items():
-            if data is None:
-                doc = dict(good, task=task)
-                if task == "types":
-                    doc["size"] = "big"
-                elif task == "foreign":
-                    doc["task"] = "good1"
-                else:
-                    doc["exit_code"] = 1e30
-                data = json.dumps(doc).encode()
-            await store.put(names.manifest_key(task, "h1"), data)
+        await store.put(names.manifest_key("notjson", "h1"), b"not json")
+        for name, (data, _) in BAD_OBJECTS.items():
+            await store.put(names.CATALOG_HEAD + name, data)
     finally:
         await store.close()
 
@@ -331,12 +324,12 @@ async def test_a_bad_manifest_costs_only_its_own_row_and_is_reported(
             got = [json.loads(o) for batch in result.fetch_json() for o in batch]
         assert got == [{"task": "good1", "status": "finished"}, {"task": "good2", "status": "finished"}]
         skipped = dict(result.skipped)
-        for task, (_, why) in BAD_MANIFESTS.items():
-            key = names.manifest_key(task, "h1")
+        for name, (_, why) in BAD_OBJECTS.items():
+            key = names.CATALOG_HEAD + name
             assert why in skipped[key], (key, skipped)
             assert any(key in r.getMessage() for r in caplog.records), key
-        assert len(skipped) == len(BAD_MANIFESTS) and db.bad_manifests == len(BAD_MANIFESTS)
-        assert rows(db, "SELECT count(*) AS n FROM lines") == [{"n": 2}]  # lines never read manifests
+        assert len(skipped) == len(BAD_OBJECTS) and db.bad_manifests == len(BAD_OBJECTS)
+        assert rows(db, "SELECT count(*) AS n FROM lines") == [{"n": 2}]  # lines never read the catalog
     finally:
         db.close()
 
@@ -345,10 +338,10 @@ async def test_a_bad_manifest_costs_only_its_own_row_and_is_reported(
         resp = await client.post("/api/v1/query", json={"sql": "SELECT count(*) AS n FROM logs"})
         assert resp.status == 200 and (await resp.json())["rows"] == [{"n": 2}]
         metrics = await (await client.get("/metrics")).text()
-        assert f"logship_query_bad_manifests_total {len(BAD_MANIFESTS)}" in metrics
+        assert f"logship_query_bad_manifests_total {len(BAD_OBJECTS)}" in metrics
     finally:
         await client.close()
     res = subprocess.run([*LOGSHIP, "query", "--format", "csv", "SELECT task FROM logs ORDER BY task"],
                          env=agent_env(cfg), capture_output=True, timeout=120)
     assert res.returncode == 0 and res.stdout == b"task\ngood1\ngood2\n", res.stderr
-    assert all(names.manifest_key(t, "h1").encode() in res.stderr for t in BAD_MANIFESTS), res.stderr
+    assert all((names.CATALOG_HEAD + n).encode() in res.stderr for n in BAD_OBJECTS), res.stderr

@@ -8,10 +8,10 @@ page in requests that grow with the page; compaction folds records into Parquet 
 from __future__ import annotations
 
 from .compact import Compactor, Settings
-from .reader import Cursor, Filters, Reader, list_logs
+from .reader import Cursor, Filters, Reader, list_logs, list_rows, metrics
 from .rebuild import check, rebuild
 from .rows import Row
 from .writer import Writer, forget, note
 
 __all__ = ["Compactor", "Cursor", "Filters", "Reader", "Row", "Settings", "Writer", "check", "forget",
-           "list_logs", "note", "rebuild"]
+           "list_logs", "list_rows", "metrics", "note", "rebuild"]

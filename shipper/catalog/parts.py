@@ -22,7 +22,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from shipper.format import names
 
-from .rows import Row
+from .rows import VIEW_FIELDS, Row
 
 META_KEY = "logship.catalog"
 FORMAT = 1
@@ -37,10 +37,11 @@ SCHEMA = pa.schema([
     ("size", pa.int64()), ("lines", pa.int64()),
     ("labels", pa.map_(pa.string(), pa.string())), ("command", pa.list_(pa.string())),
     ("silent_since_ns", pa.int64()),
+    ("signal", pa.int64()), ("segments", pa.int64()), ("dropped_bytes", pa.int64()),  # rows.VIEW_FIELDS
 ])
 READ_COLUMNS = ["task", "host", "run_id", "status", "started_ns", "version_ns", "exit_code", "ended_ns", "size",
-                "lines", "labels", "command", "silent_since_ns"]
-ADDED_COLUMNS = ("silent_since_ns",)  # null in parts written before them (issue 15)
+                "lines", "labels", "command", "silent_since_ns", *VIEW_FIELDS]
+ADDED_COLUMNS = ("silent_since_ns", *VIEW_FIELDS)  # null in parts written before them (issues 13, 15)
 READ_SCHEMA = pa.schema([SCHEMA.field(c) for c in READ_COLUMNS])
 SUMMARY_SCHEMA = pa.schema([
     ("path", pa.string()), ("day", pa.string()), ("rows", pa.int64()), ("min_started_ns", pa.int64()),
@@ -106,7 +107,7 @@ def table_of(rows: Sequence[Row]) -> pa.Table:
     cols: dict[str, list[Any]] = {f: [] for f in SCHEMA.names}
     for r in ordered:
         for f in ("task", "host", "run_id", "status", "version_ns", "exit_code", "started_ns", "ended_ns", "size",
-                  "lines", "command", "silent_since_ns"):
+                  "lines", "command", "silent_since_ns", *VIEW_FIELDS):
             cols[f].append(getattr(r, f))
         cols["phase"].append(r.phase)
         cols["started"].append(r.started_ns // 1000)

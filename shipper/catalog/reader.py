@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,12 +48,13 @@ class Filters:
     task: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # all must match
     silent_since: int | None = None  # running logs noted silent at or before this time (issue 15)
+    tasks: tuple[str, ...] = ()  # any of them (the ibex routes: a task's runs `ibex-N`, `ibex-N.2`, …)
 
     def fixed(self, r: Row) -> bool:
         """The filters on fields a run never changes (safe to apply to any of its rows)."""
         return ((self.since is None or r.started_ns >= self.since) and (self.until is None or r.started_ns < self.until)
                 and (self.host is None or r.host == self.host) and (self.task is None or r.task == self.task)
-                and all(r.labels.get(k) == v for k, v in self.labels))
+                and (not self.tasks or r.task in self.tasks) and all(r.labels.get(k) == v for k, v in self.labels))
 
     def final(self, r: Row) -> bool:
         return r.visible and (self.status is None or r.status == self.status) and (
@@ -66,7 +68,8 @@ class Filters:
             return False
         want = [f"l:{k}={v}" for k, v in self.labels] + ([f"h:{self.host}"] if self.host else []) + (
             [f"t:{self.task}"] if self.task else [])
-        return all(parts.may_hold(p.bloom, w) for w in want)
+        return all(parts.may_hold(p.bloom, w) for w in want) and (
+            not self.tasks or any(parts.may_hold(p.bloom, f"t:{t}") for t in self.tasks))
 
 
 @dataclass
@@ -93,6 +96,21 @@ class Reader:
         self._bodies: OrderedDict[str, Row] = OrderedDict()
         self._parsed: OrderedDict[str, Row] = OrderedDict()  # key -> its row: a warm LIST parses nothing again
         self.bad_objects = 0
+        # for /metrics (api/metrics.py): pages answered, their time, the store requests they cost, and the
+        # records the last head/ LIST found (pending compaction: each costs every listing a little)
+        self.pages = 0
+        self.page_seconds = 0.0
+        self.requests = 0
+        self.head_records = 0
+
+    def metrics(self) -> dict[str, float]:
+        parts_in_force = len(self._summary[1]) if self._summary is not None else 0
+        return {"listings": self.pages, "listing_seconds": self.page_seconds, "requests": self.requests,
+                "head_records": self.head_records, "parts_in_force": parts_in_force,
+                "cache_bytes": sum(t.nbytes for t in self._parts.values()), "bad_objects": self.bad_objects}
+
+    def _listed(self, objs: Sequence[Any]) -> None:
+        self.requests += max(1, -(-len(objs) // 1000))  # a LIST request per 1,000 keys
 
     # --- objects ------------------------------------------------------------------------------------
 
@@ -129,6 +147,7 @@ class Reader:
 
         async def body(key: str, task: str, host: str) -> tuple[str, Row] | None:
             async with sem:
+                self.requests += 1
                 try:
                     row = rows.from_body(await self.store.get(key), task, host)
                 except ObjectNotFound:
@@ -147,6 +166,7 @@ class Reader:
 
     async def head(self) -> Head:
         objs = await self.store.list(names.CATALOG_HEAD)
+        self._listed(objs)
         rec_keys = [o.key for o in objs if names.parse_catalog_record_key(o.key) is not None]
         summaries = sorted(o.key for o in objs if names.parse_catalog_summary_key(o.key) is not None)
         known = set(rec_keys) | set(summaries)
@@ -154,10 +174,12 @@ class Reader:
         for k in bad:
             self._bad(k, "not a catalog key")
         recs = await self._rows_of_keys(rec_keys, names.CATALOG_HEAD + "r-", False, bad)
+        self.head_records = len(recs)
         return Head(recs, summaries, bad)
 
     async def running(self, bad: list[str]) -> list[Row]:
         objs = await self.store.list(names.CATALOG_RUNNING)
+        self._listed(objs)
         return [r for _, r in await self._rows_of_keys([o.key for o in objs], names.CATALOG_RUNNING, True, bad)]
 
     async def summary(self, keys: Sequence[str]) -> list[PartMeta]:
@@ -165,6 +187,7 @@ class Reader:
         for key in keys:
             if self._summary is not None and self._summary[0] == key:
                 return self._summary[1]
+            self.requests += 1
             try:
                 entries = parts.decode_summary(key, await self.store.get(key))
             except ObjectNotFound:
@@ -180,6 +203,7 @@ class Reader:
         if key in self._parts:
             self._parts.move_to_end(key)
             return self._parts[key]
+        self.requests += 1
         try:
             table = parts.decode_part(key, await self.store.get(key))
         except ObjectNotFound:
@@ -197,6 +221,19 @@ class Reader:
 
     async def page(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[dict[str, Any]],
                                                                                        Cursor | None]:
+        page, more = await self.rows(filters, cursor, limit)
+        return [r.listing() for r in page], more
+
+    async def rows(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[Row], Cursor | None]:
+        """One page as the winning rows themselves (gc needs their versions), and the next page's cursor."""
+        began = time.perf_counter()
+        try:
+            return await self._rows(filters, cursor, limit)
+        finally:
+            self.pages += 1
+            self.page_seconds += time.perf_counter() - began
+
+    async def _rows(self, filters: Filters, cursor: Cursor | None, limit: int) -> tuple[list[Row], Cursor | None]:
         head = await self.head()
         if filters.status == manifest.RUNNING or filters.silent_since is not None:  # only running logs are silent
             found = await self._running_page(head, filters, cursor, limit + 1)
@@ -206,7 +243,7 @@ class Reader:
             found = await self._walk(head.records, entries, filters, cursor, limit + 1)
         page = found[:limit]
         more = len(found) > limit
-        return [r.listing() for r in page], ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
+        return page, ((page[-1].started_ns, page[-1].task, page[-1].host) if more else None)
 
     async def _running_page(self, head: Head, filters: Filters, cursor: Cursor | None, want: int) -> list[Row]:
         """`status=running`: running/ entries from the cursor on, a LIST page at a time (their keys are in
@@ -217,6 +254,7 @@ class Reader:
         size = min(1000, want + 16)
         while True:
             objs = await self.store.list_page(prefix, after, size)
+            self.requests += 1
             new = [r for _, r in await self._rows_of_keys([o.key for o in objs], prefix, True, head.bad)]
             got += await self._overlay(new, after)
             more = len(objs) >= size
@@ -340,6 +378,8 @@ def _fixed_filter(t: pa.Table, f: Filters) -> pa.Table:
         both(pc.equal(t["host"], f.host))
     if f.task is not None:
         both(pc.equal(t["task"], f.task))
+    if f.tasks:
+        both(pc.is_in(t["task"], pa.array(f.tasks, pa.string())))
     for k, v in f.labels:
         both(pc.fill_null(pc.equal(pc.map_lookup(t["labels"], pa.scalar(k), "first"), v), False))
     return t if mask is None else t.filter(mask)
@@ -372,8 +412,19 @@ def reader(store: Store) -> Reader:
     return entry[1]
 
 
+def metrics(store: Store) -> dict[str, float]:
+    """The process's catalog reader's counters for `store` (api/metrics.py)."""
+    return reader(store).metrics()
+
+
 async def list_logs(store: Store, filters: Filters, cursor: Cursor | None = None,
                     limit: int = 100) -> tuple[list[dict[str, Any]], Cursor | None]:
     """One page of the listing: rows newest first (the fields GET /api/v1/tasks returns), and the cursor of
     the next page (None: this is the last)."""
     return await reader(store).page(filters, cursor, limit)
+
+
+async def list_rows(store: Store, filters: Filters, cursor: Cursor | None = None,
+                    limit: int = 100) -> tuple[list[Row], Cursor | None]:
+    """list_logs's page as the winning rows themselves (with their versions: gc's selection)."""
+    return await reader(store).rows(filters, cursor, limit)

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shipper.errors import ObjectNotFound
 from shipper.format import manifest, names
@@ -170,6 +170,12 @@ async def everything(reader: Reader, bad: list[str]) -> tuple[dict[tuple[str, st
     return best, running
 
 
+def _same(got: Row, want: Row) -> bool:
+    """Equal rows; a row written before rows.VIEW_FIELDS (all null) is not stale for lacking them."""
+    return got == want or (all(getattr(got, k) is None for k in rows.VIEW_FIELDS)
+                           and got == replace(want, signal=None, segments=None, dropped_bytes=None))
+
+
 async def check(store: Store, *, repair: bool = False) -> Report:
     rep = Report()
     keys = await manifest_keys(store)
@@ -186,7 +192,7 @@ async def check(store: Store, *, repair: bool = False) -> Report:
             if m.visible:
                 rep.missing.append(f"{task}/{host} run {m.run_id}: {m.status}")
                 fix.append(m)
-        elif got.rank < m.rank or (got.rank == m.rank and got != m):
+        elif got.rank < m.rank or (got.rank == m.rank and not _same(got, m)):
             rep.stale.append(f"{task}/{host}: catalog {got.status} v{got.version_ns}, manifest {m.status} "
                              f"v{m.version_ns}")
             fix.append(m)

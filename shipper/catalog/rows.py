@@ -22,8 +22,9 @@ from shipper.format.manifest import Manifest
 MAX64 = (1 << 64) - 1
 INT63 = (1 << 63) - 1
 # A row key stays within one file name (255 bytes on most file systems and on S3 clones that map keys to
-# files), with "r-" before it. A longer row keeps "-" as payload and its fields in the object's body.
-ROW_MAX = 240
+# files), with "r-" before it and the file store's temporary suffix (".tmp-" + 12 hex) after it while it is
+# written. A longer row keeps "-" as payload and its fields in the object's body.
+ROW_MAX = 236
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # as shipper.format.manifest checks it
 NO_PAYLOAD = "-"
 DELETED = "deleted"  # a tombstone: gc deleted the log (never shown)
@@ -34,6 +35,8 @@ LISTING_FIELDS = ("task", "host", "run_id", "status", "exit_code", "started_ns",
 # A running log is noted silent (`silent_since_ns`) once it has written nothing for this long, and noted
 # again when output resumes: a listing's silence is exact from here on, 0 below it (docs/format.md).
 SILENT_AFTER_NS = 60 * 10**9
+# Fields of the SQL `logs` view beyond the listing's (null in rows written before they were added).
+VIEW_FIELDS = ("signal", "segments", "dropped_bytes")
 
 
 class BadRow(ValueError):
@@ -55,6 +58,9 @@ class Row:
     labels: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     silent_since_ns: int | None = None  # a running log silent for SILENT_AFTER_NS or more: its last output
+    signal: int | None = None  # VIEW_FIELDS: like size, None while running
+    segments: int | None = None
+    dropped_bytes: int | None = None
 
     @property
     def phase(self) -> int:
@@ -95,8 +101,9 @@ class Row:
 
     def body(self) -> bytes:
         """The record's body: every field, deterministic (a re-upload writes the same bytes)."""
-        return json.dumps({**self.listing(), "phase": self.phase, "version_ns": self.version_ns}, sort_keys=True,
-                          separators=(",", ":")).encode()
+        extra = {k: getattr(self, k) for k in VIEW_FIELDS}
+        return json.dumps({**self.listing(), **extra, "phase": self.phase, "version_ns": self.version_ns},
+                          sort_keys=True, separators=(",", ":")).encode()
 
 
 def after(row: Row, cursor: tuple[int, str, str] | None) -> bool:
@@ -118,7 +125,8 @@ def from_manifest(doc: Manifest) -> Row:
                exit_code=doc.exit_code, ended_ns=doc.ended_ns,
                size=doc.size if final else sealed, lines=doc.lines if final else sum(s.lines for s in doc.segments),
                labels=dict(doc.labels), command=list(doc.command),
-               silent_since_ns=None if final else silent_since(doc.liveness))
+               silent_since_ns=None if final else silent_since(doc.liveness), signal=doc.signal if final else None,
+               segments=len(doc.segments) if final else None, dropped_bytes=doc.dropped_bytes if final else None)
 
 
 def silent_seconds(status: str, silent_since_ns: int | None, now_ns: int) -> float | None:
@@ -150,7 +158,15 @@ def tombstone(row: Row, now_ns: int | None = None) -> Row:
 
 def _payload(row: Row) -> list[Any]:
     out = [row.run_id, row.status, row.exit_code, row.ended_ns, row.size, row.lines, row.labels, row.command]
-    return out + [row.silent_since_ns] if row.silent_since_ns is not None else out  # 8 fields before issue 15
+    extra = [getattr(row, k) for k in VIEW_FIELDS]
+    # 8 fields before issues 13/15; then VIEW_FIELDS only when one is set (a finished row), so a running entry
+    # keeps the name it had before them and a finish written by a newer watcher still deletes it by name; then
+    # silent_since_ns only when set (a running row): lengths 8, 9, 11 and 12 are unambiguous
+    if any(v is not None for v in extra):
+        out += extra
+    if row.silent_since_ns is not None:
+        out += ([None] * len(VIEW_FIELDS) if len(out) == 8 else []) + [row.silent_since_ns]
+    return out
 
 
 def _b64(value: Any) -> str:
@@ -169,7 +185,7 @@ def running_name(row: Row) -> str:
     """The running/ entry of a run: only fields fixed at its start, so any later row of the run (and the
     manifest) names it exactly, and a finished run's entry is deleted without a LIST."""
     start = replace(row, status=manifest.RUNNING, exit_code=None, ended_ns=None, size=None, lines=None,
-                    silent_since_ns=None)
+                    silent_since_ns=None, signal=None, segments=None, dropped_bytes=None)
     head = f"{MAX64 - row.started_ns:016x}~{row.task}~{row.host}~"
     payload = _b64(_payload(start))
     return head + (payload if len(head) + len(payload) <= ROW_MAX else NO_PAYLOAD)
@@ -227,12 +243,15 @@ def parse_name(name: str, *, running: bool = False) -> Row | None:
         fields = json.loads(base64.urlsafe_b64decode(parts[-1] + "=" * (-len(parts[-1]) % 4)))
     except (ValueError, binascii.Error):
         raise BadRow("the payload is not base64url JSON") from None
-    if not isinstance(fields, list) or len(fields) not in (8, 9):
+    n = len(VIEW_FIELDS)
+    if not isinstance(fields, list) or len(fields) not in (8, 9, 8 + n, 9 + n):  # see payload()
         raise BadRow("the payload is not a row")
-    run_id, status, exit_code, ended, size, lines, labels, command, *silent = fields
+    run_id, status, exit_code, ended, size, lines, labels, command = fields[:8]
+    view = fields[8:8 + n] if len(fields) >= 8 + n else [None] * n
+    silent = fields[-1] if len(fields) in (9, 9 + n) else None
     row = check(dict(task=task, host=host, run_id=run_id, status=status, started_ns=started, version_ns=version,
                      exit_code=exit_code, ended_ns=ended, size=size, lines=lines, labels=labels, command=command,
-                     silent_since_ns=silent[0] if silent else None))
+                     silent_since_ns=silent, **dict(zip(VIEW_FIELDS, view, strict=True))))
     if row.phase != phase:
         raise BadRow("the key's phase is not its status's")
     return row
@@ -248,7 +267,7 @@ def from_body(data: bytes, task: str, host: str) -> Row:
         raise BadRow("the body is not JSON") from None
     if not isinstance(doc, dict):
         raise BadRow("the body is not an object")
-    row = check({k: doc.get(k) for k in (*LISTING_FIELDS, "version_ns")})
+    row = check({k: doc.get(k) for k in (*LISTING_FIELDS, *VIEW_FIELDS, "version_ns")})
     if (row.task, row.host) != (task, host):
         raise BadRow("the body names another log than its key")
     return row
@@ -269,7 +288,7 @@ def check(d: dict[str, Any]) -> Row:
         raise BadRow("bad status")
     if not (_int(d.get("started_ns"), False) and _int(d.get("version_ns"), False) and _int(d.get("ended_ns"))
             and _int(d.get("size")) and _int(d.get("lines")) and _int(d.get("exit_code"), low=-INT63)
-            and _int(d.get("silent_since_ns"))):
+            and _int(d.get("silent_since_ns")) and all(_int(d.get(k)) for k in VIEW_FIELDS)):
         raise BadRow("a number field is not an integer in range")
     labels, command = d.get("labels"), d.get("command")
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):

@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     gc.add_argument("--no-wait", action="store_true", help="do not wait query.grace_seconds: the next run "
                     "finishes the logs hidden now")
+    gc.add_argument("--sweep", action="store_true", help="read every manifest, not only the catalog's rows: "
+                    "also finds logs the catalog does not know (slow; `logship catalog rebuild` repairs the catalog)")
     gc.add_argument("--lifecycle", action="store_true", help="print an S3 lifecycle configuration (JSON) that "
                     "expires objects by age instead")
     cp = sub.add_parser("compact", parents=[common], help="merge small query copies into larger Parquet parts")

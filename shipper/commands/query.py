@@ -32,8 +32,8 @@ def run_query(cfg: Config, sql: str, fmt: str) -> int:
             print(f"logship: the answer was cut at {result.rows} rows (query.max_rows); add LIMIT or raise it",
                   file=sys.stderr)
         for key, problem in result.skipped:
-            print(f"logship: {key} left out of the logs view: {problem} (hint: see `logship cat TASK --host HOST "
-                  "--manifest`; a manifest is rewritten by the log's watcher)", file=sys.stderr)
+            print(f"logship: {key} left out of the logs view: {problem} (hint: `logship catalog check` compares "
+                  "the catalog with the manifests; `logship catalog rebuild` repairs it)", file=sys.stderr)
         return 0
     finally:
         db.close()

@@ -22,7 +22,7 @@ import duckdb
 from shipper.config import Config, StoreConfig
 from shipper.errors import ConfigError, LogshipError, StoreUnavailable
 from shipper.format import names
-from shipper.query import lineset, views
+from shipper.query import lineset, logsview, views
 
 from .result import Result
 from .rules import DENIED_FUNCTIONS, HINT_SELECT, Limits, NotAllowed, QueryError, check_text, not_select, translate
@@ -32,7 +32,7 @@ log = logging.getLogger("logship.query")
 # Settings httpfs fills from AWS_* variables when it loads; DuckDB shows settings to any query.
 _CREDENTIAL_SETTINGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
 _VAR_SQL = "logship_sql_"  # the query's text, parsed by DuckDB's query() (off the GIL)
-REPORT_EVERY_S = 600.0  # a bad manifest is logged again after this long
+REPORT_EVERY_S = 600.0  # a bad catalog object is logged again after this long
 
 
 def archive_root(store: StoreConfig) -> str:
@@ -58,8 +58,11 @@ class Database:
         self._empty: set[str] = set()
         # Credentials this process knows: DuckDB must show none of them to a query, not even in an error.
         self._credentials = _credentials(cfg.store)
-        self.bad_manifests = 0  # manifests left out of `logs` as invalid, counted each time a query met one
-        self._reported: dict[str, float] = {}  # manifest key -> when it was last logged
+        # catalog objects left out of `logs` as invalid (once bad manifests: the metric keeps its name), counted
+        # each time a query met one
+        self.bad_manifests = 0
+        self._reported: dict[str, float] = {}  # object key -> when it was last logged
+        self._catalog = logsview.CatalogRows(self.root)
         try:
             self._setup(cfg.store)
         except BaseException:
@@ -252,7 +255,7 @@ class Database:
             parsed = self._parse(cur, sql)
             self._refresh(cur)
             if parsed.reads_logs:
-                result.skipped = self._read_manifests(cur)
+                result.skipped = self._read_catalog(cur)
             # DuckDB parses the text again inside query(), in its own thread: off the GIL, so a long
             # parse holds neither the event loop nor other threads (cur.sql(sql) would hold the GIL).
             cur.execute(f"SET VARIABLE {_VAR_SQL} = ?", [sql])
@@ -269,32 +272,22 @@ class Database:
             raise
         return result
 
-    def _read_manifests(self, cur: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-        """Read the manifests once for this query (into a temporary table that its `logs` view reads) and
-        report the ones left out: a log line per key (at most every REPORT_EVERY_S) and a count."""
-        try:
-            cur.execute(f"CREATE OR REPLACE TEMP TABLE {views.MANIFESTS_TABLE} AS {views.manifests_sql(self.root)}")
-        except duckdb.IOException as exc:
-            if "No files found" not in str(exc):
-                raise
-            cur.execute(f"CREATE OR REPLACE TEMP VIEW logs AS {views.EMPTY['logs']}")
-            return []
-        cur.execute(f"CREATE OR REPLACE TEMP VIEW logs AS {views.logs_over(views.MANIFESTS_TABLE)}")
-        bad = cur.execute(f"SELECT filename, problem FROM {views.MANIFESTS_TABLE} WHERE problem IS NOT NULL "
-                          "ORDER BY filename").fetchall()
+    def _read_catalog(self, cur: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+        """Read the catalog's rows once for this query (its `logs` view reads them) and report the objects
+        left out: a log line per key (at most every REPORT_EVERY_S) and a count."""
+        table, bad = self._catalog.table(cur)
+        cur.register(views.CATALOG_TABLE, table)
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW logs AS {views.logs_over_catalog(views.CATALOG_TABLE)}")
         now = time.monotonic()
-        skipped = []
-        for filename, problem in bad:
-            key = filename.removeprefix(self.root)
-            skipped.append((key, problem))
+        for key, problem in bad:
             with self._lock:
                 self.bad_manifests += 1
                 last = self._reported.get(key)
                 if last is not None and now - last < REPORT_EVERY_S:
                     continue
                 self._reported[key] = now
-            log.warning("manifest %s left out of the logs view: %s", key, problem)
-        return skipped
+            log.warning("catalog object %s left out of the logs view: %s", key, problem)
+        return bad
 
     def _translate(self, exc: duckdb.Error, limits: Limits, timed_out: bool = False) -> LogshipError:
         return translate(exc, limits, timed_out, self._credentials, self.root)

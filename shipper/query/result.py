@@ -37,7 +37,7 @@ class Result:
     rows: int = 0
     truncated: bool = False
     timed_out: bool = False
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # manifests left out of `logs`, and why
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # catalog objects left out of `logs`, and why
     started: float = field(default_factory=time.monotonic)
     _timer: threading.Timer | None = None
     _text: str = ""

@@ -31,6 +31,7 @@ from shipper.store import ObjectInfo, Store
 log = logging.getLogger("logship.gc")
 
 FETCH_CONCURRENCY = 16
+CATALOG_PAGE = 1000  # catalog rows per page while selecting
 DELETABLE = (manifest.FINISHED, manifest.LOST)
 
 
@@ -102,10 +103,11 @@ class Collector:
         self.say = say
         self.clock = clock
 
-    async def run(self, policy: Policy, *, dry_run: bool = False, wait: bool = True) -> Report:
+    async def run(self, policy: Policy, *, dry_run: bool = False, wait: bool = True, sweep: bool = False) -> Report:
+        """One gc pass. `sweep`: select from every manifest, not the catalog (see _select)."""
         report = Report()
         before = (self.deleter.objects, self.deleter.bytes)
-        victims = await self._select(policy)
+        victims = await self._select(policy, sweep)
         report.selected = victims
         for v in victims:
             if dry_run:
@@ -150,14 +152,27 @@ class Collector:
         report.objects, report.bytes = self.deleter.objects - before[0], self.deleter.bytes - before[1]
         return report
 
-    async def _select(self, policy: Policy) -> list[Victim]:
-        """Logs the policy selects, and logs an earlier run began to delete (they have a marker)."""
-        objects = await self.store.list(names.LOGS_PREFIX)
-        per_log: dict[tuple[str, str], list[ObjectInfo]] = {}
-        for o in objects:
-            parsed = names.parse_log_prefix(o.key)
-            if parsed:
-                per_log.setdefault(parsed, []).append(o)
+    async def _candidates(self, policy: Policy) -> set[tuple[str, str]]:
+        """(task, host) of the logs the catalog says the policy may select: its rows of runs that started
+        before the cutoff, paged oldest-last; their manifests (the truth) decide. Costs what those rows
+        cost, not the archive (a log the catalog does not know is the sweep's: `sweep`)."""
+        cutoff = self.clock() - int(policy.older_than_s * 1e9)
+        only = next(iter(policy.statuses)) if len(policy.statuses) == 1 else None
+        f = catalog.Filters(until=cutoff + 1, status=only, labels=policy.labels)
+        out: set[tuple[str, str]] = set()
+        cursor: catalog.Cursor | None = None
+        while True:
+            page, cursor = await catalog.list_rows(self.store, f, cursor, CATALOG_PAGE)
+            out.update((r.task, r.host) for r in page
+                       if r.status in policy.statuses and max(r.ended_ns or 0, r.version_ns, r.started_ns) <= cutoff)
+            if cursor is None:
+                return out
+
+    async def _select(self, policy: Policy, sweep: bool = False) -> list[Victim]:
+        """Logs the policy selects, and logs an earlier run began to delete (they have a marker). From the
+        catalog's rows; with `sweep`, from every manifest under logs/ (the slow path, for logs the catalog
+        does not know: written before it, or a note lost with its watcher)."""
+        per_log = await _per_log(self.store) if sweep else {}
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def get_json(key: str) -> dict[str, Any] | None:
@@ -179,10 +194,13 @@ class Collector:
                     log.warning("gc leaves %s alone: a damaged manifest (%s)", key, exc)
                     return None
 
-        manifests = [(t, h) for (t, h), objs in per_log.items()
-                     if any(o.key == names.manifest_key(t, h) for o in objs)]
-        docs = dict(zip(manifests, await asyncio.gather(*(get_manifest(t, h) for t, h in manifests)), strict=True))
         markers = [m for o in await self.store.list(names.DELETING_PREFIX) if (m := names.parse_deleting_key(o.key))]
+        if sweep:
+            manifests = [(t, h) for (t, h), objs in per_log.items()
+                         if any(o.key == names.manifest_key(t, h) for o in objs)]
+        else:  # a marked log's manifest too: the run that finishes its deletion deletes it
+            manifests = sorted(await self._candidates(policy) | set(markers))
+        docs = dict(zip(manifests, await asyncio.gather(*(get_manifest(t, h) for t, h in manifests)), strict=True))
         marker_docs = dict(zip(markers, await asyncio.gather(*(get_json(names.deleting_key(*m)) for m in markers)),
                                strict=True))
         now = self.clock()
@@ -194,13 +212,17 @@ class Collector:
                 out.append(Victim(t, h, doc, None))
         for m, mdoc in sorted(marker_docs.items()):
             out.append(Victim(m[0], m[1], docs.get(m), mdoc or {"marked_ns": 0, "dates": []}))
-        async def copies(v: Victim) -> list[ObjectInfo]:  # its query copies: what _delete_data deletes too
+        async def copies(v: Victim) -> tuple[list[ObjectInfo], list[ObjectInfo]]:
+            """What the store holds of the log, and its query copies (what _delete_data deletes too)."""
             dates = (v.marker or {}).get("dates", []) if v.marker is not None else _dates(v.doc)
             async with sem:
-                return [o for d in dates for o in await self.store.list(names.lines_partition(d, v.task, v.host))]
+                own = per_log.get((v.task, v.host))
+                if own is None:
+                    own = await self.store.list(names.log_prefix(v.task, v.host))
+                return own, [o for d in dates for o in await self.store.list(names.lines_partition(d, v.task, v.host))]
 
-        for v, extra in zip(out, await asyncio.gather(*(copies(v) for v in out)), strict=True):
-            objs = per_log.get((v.task, v.host), []) + extra
+        for v, (own, extra) in zip(out, await asyncio.gather(*(copies(v) for v in out)), strict=True):
+            objs = own + extra
             v.objects, v.bytes, v.copies = len(objs), sum(o.size for o in objs), len(extra)
         return out
 
@@ -261,6 +283,16 @@ class Collector:
                 self.say(f"waiting {delay:.0f} s (2 x query.grace_seconds) to delete {len(holding)} "
                          "compacted parts that held these logs' lines")
             await asyncio.sleep(max(0.05, delay))
+
+
+async def _per_log(store: Store) -> dict[tuple[str, str], list[ObjectInfo]]:
+    """Every object under logs/, per log (the sweep's one LIST of the whole archive)."""
+    per_log: dict[tuple[str, str], list[ObjectInfo]] = {}
+    for o in await store.list(names.LOGS_PREFIX):
+        parsed = names.parse_log_prefix(o.key)
+        if parsed:
+            per_log.setdefault(parsed, []).append(o)
+    return per_log
 
 
 def _dates(doc: Manifest | None) -> list[str]:
@@ -339,16 +371,16 @@ def main(cfg: Config, args: Any) -> int:
         print(json.dumps(lifecycle(prefix, older), indent=2))
         return 0
     policy = Policy.of(cfg, older, statuses, labels)
-    return asyncio.run(_run(cfg, policy, dry_run=args.dry_run, wait=not args.no_wait))
+    return asyncio.run(_run(cfg, policy, dry_run=args.dry_run, wait=not args.no_wait, sweep=args.sweep))
 
 
-async def _run(cfg: Config, policy: Policy, *, dry_run: bool, wait: bool) -> int:
+async def _run(cfg: Config, policy: Policy, *, dry_run: bool, wait: bool, sweep: bool) -> int:
     from shipper.store import open_store
 
     store = open_store(cfg.store)
     try:
         c = Collector(store, cfg, say=lambda m: print(m, flush=True))
-        r = await c.run(policy, dry_run=dry_run, wait=wait)
+        r = await c.run(policy, dry_run=dry_run, wait=wait, sweep=sweep)
     finally:
         await store.close()
     selected = len(r.selected)

@@ -1,10 +1,10 @@
 """Retention and compaction on a schedule, beside the watcher's own work (config: retention, compact).
 
 `logship watch` starts this once (`start`); it runs `logship gc` by the retention policy every
-`retention.every` (when `retention.older_than` is set) and a compaction every `compact.every` (of the
-catalog too, at least every CATALOG_EVERY_MAX), each first at a random point of its interval, so that
-the watchers sharing a store spread their runs. All
-are safe to run from several watchers at once. A failed run is logged and tried again next time; the
+`retention.every` (when `retention.older_than` is set), a compaction of the query copies every
+`compact.every` and of the catalog every `compact.catalog_every`, each first at a random point of its
+interval, so that the watchers sharing a store spread their runs. All are safe to run from several
+watchers at once. A failed run is logged and tried again next time; the
 watcher's shipping never waits for either.
 """
 
@@ -26,9 +26,6 @@ from shipper.retry import QuietLog
 from shipper.store import Store
 
 log = logging.getLogger("logship.maintenance")
-# Every listing LISTs the catalog's uncompacted records (shipper/catalog/reader.py): fold them at least this
-# often (seconds), however rarely the query copies are compacted.
-CATALOG_EVERY_MAX = 600.0
 
 
 def start(cfg: Config, store: Store, stop: asyncio.Event) -> asyncio.Task[None] | None:
@@ -38,8 +35,15 @@ def start(cfg: Config, store: Store, stop: asyncio.Event) -> asyncio.Task[None] 
         collector = Collector(store, cfg, say=lambda m: log.info("retention: %s", m))
         policy = Policy.of(cfg)
 
+        # A random phase, as the jobs' own: watchers restarted more often than sweep_every still sweep.
+        swept = time.monotonic() - random.uniform(0.0, 1.0) * cfg.retention.sweep_every
+
         async def retention() -> str:
-            r = await collector.run(policy)
+            nonlocal swept
+            sweep = cfg.retention.sweep_every > 0 and time.monotonic() - swept >= cfg.retention.sweep_every
+            r = await collector.run(policy, sweep=sweep)
+            if sweep:
+                swept = time.monotonic()
             return (f"deleted {r.deleted_logs} logs ({r.objects} objects, {r.bytes} bytes)"
                     + (f", {r.pending} left for the next run" if r.pending else ""))
 
@@ -53,6 +57,7 @@ def start(cfg: Config, store: Store, stop: asyncio.Event) -> asyncio.Task[None] 
                     f"objects ({s.bytes_deleted} bytes) that earlier parts replace")
 
         jobs.append(("compact", cfg.compact.every, compact))
+    if cfg.compact.catalog_every > 0:
         cat = catalog.Compactor(store, catalog.Settings(grace_s=cfg.query.grace_seconds))
 
         async def compact_catalog() -> str:
@@ -60,7 +65,7 @@ def start(cfg: Config, store: Store, stop: asyncio.Event) -> asyncio.Task[None] 
             return (f"folded {c.records} records into {c.parts_written} parts, deleted {c.deleted} objects"
                     + (f"; left out {len(c.bad)} bad objects" if c.bad else ""))
 
-        jobs.append(("catalog", min(cfg.compact.every, CATALOG_EVERY_MAX), compact_catalog))
+        jobs.append(("catalog", cfg.compact.catalog_every, compact_catalog))
     if not jobs:
         return None
     return asyncio.create_task(_loop(jobs, stop), name="logship-maintenance")
