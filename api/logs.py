@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from shipper import catalog
 from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
 from shipper.retry import QuietLog
@@ -20,6 +19,9 @@ from . import liveness, params
 from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .source import LogNotFound, LogView, Source
+
+if TYPE_CHECKING:  # imported by the listing when first asked: pyarrow is 40 MB of an idle API (bench/README.md)
+    from shipper import catalog
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api")
@@ -34,6 +36,8 @@ ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is
 
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
+    from shipper import catalog
+
     status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
     filters = catalog.Filters(since=params.since_ns(request), until=params.since_ns(request, "until"),
                               status=status, host=params.task_host(request, "host"),
@@ -50,6 +54,8 @@ async def _with_spool(app: web.Application, f: catalog.Filters, position: catalo
                       rows: list[dict[str, Any]], nxt: catalog.Cursor | None
                       ) -> tuple[list[dict[str, Any]], catalog.Cursor | None]:
     """The catalog's page with the local spool's rows of the same window (fresher, or not noted yet)."""
+    from shipper import catalog
+
     if not app[SOURCE].spool:
         return rows, nxt
     after = None if position is None else (-position[0], position[1], position[2])
