@@ -10,6 +10,11 @@ reset connection's buffers are held by reference cycles (its exception's traceba
 collector's next full pass, so a full collection comes first. Both take tens of ms at ~100 MB (the trim
 walks the heap holding its lock), so they run only after followers left and their count has settled,
 and not more than every TRIM_MIN_S.
+
+glibc gives each thread that allocates an arena of its own (up to 8 per core): the worker threads
+(asyncio.to_thread: spool reads, the store's) each kept a fragmented heap, and the peak RSS under 10
+downloads + 100 tails was 134–170 MB with them, 110–136 MB with MALLOC_ARENA_MAX=2 (bench/README.md, "The
+API's memory"). The re-exec sets it unless the operator did.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ from .keys import METRICS
 
 log = logging.getLogger("logship.api")
 
-CHECK_S = 1.0  # how often the follower count and the RSS are looked at (two cheap reads)
+# How often the follower count and the RSS are looked at (two cheap reads): followers gone are seen
+# settled, and the memory given back, within 2 x CHECK_S of the last one leaving.
+CHECK_S = 0.5
 TRIM_GROWTH = 8 << 20  # trim when the RSS is this much above what the last trim left ...
 TRIM_MIN_S = 10.0  # ... at most this often
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+ARENAS = "2"  # MALLOC_ARENA_MAX of the re-executed process (see above)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -48,10 +56,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def use_malloc() -> None:
     """Run this process again on glibc's malloc unless PYTHONMALLOC is already set (by the operator, or
-    by this): the allocator is chosen at interpreter start. Same pid, same arguments."""
+    by this): the allocator is chosen at interpreter start, glibc's arenas too. Same pid, same arguments."""
     if "PYTHONMALLOC" in os.environ or _malloc_trim() is None or not sys.orig_argv:
         return
     os.environ["PYTHONMALLOC"] = "malloc"
+    os.environ.setdefault("MALLOC_ARENA_MAX", ARENAS)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)

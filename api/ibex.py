@@ -19,7 +19,6 @@ from typing import Any
 
 from aiohttp import web
 
-from shipper import catalog
 from shipper.errors import LogshipError, StoreError
 from shipper.format import manifest, names
 from shipper.spool import iter_logs
@@ -84,6 +83,8 @@ async def _catalog_runs(store: Store, ibex_id: int, note: Callable[[str, str], N
     """Note the catalog's logs of ibex task `ibex_id`, RUN_BATCH runs at a time (task names, so parts are
     pruned by their Bloom filters): a host's runs are numbered 1, 2, 3… with no gap, so the next batch is
     asked for only when some host reached the last run of this one."""
+    from shipper import catalog  # when first asked: pyarrow is 40 MB of an idle API
+
     first = 1
     while first <= MAX_RUNS:
         tasks = tuple(names.ibex_task(ibex_id, n) for n in range(first, first + RUN_BATCH))

@@ -12,17 +12,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from shipper import catalog
 from shipper.format import index, liveness, manifest, names
 from shipper.retry import QuietLog
 from shipper.spool import SpoolDamaged, SpoolLog, iter_logs, read_log
 
 from . import params
 from .keys import CONFIG, SOURCE, STORE
+
+if TYPE_CHECKING:  # imported when first asked: pyarrow is 40 MB of an idle API (bench/README.md)
+    from shipper import catalog
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api")
@@ -31,6 +33,8 @@ _quiet = QuietLog(log)
 
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
+    from shipper import catalog
+
     status = params.choice(request, "status", (manifest.RUNNING, manifest.FINISHED, manifest.LOST))
     filters = catalog.Filters(since=params.since_ns(request), until=params.since_ns(request, "until"),
                               status=status, host=params.task_host(request, "host"),
@@ -48,6 +52,8 @@ async def _with_spool(app: web.Application, f: catalog.Filters, position: catalo
                       rows: list[dict[str, Any]], nxt: catalog.Cursor | None
                       ) -> tuple[list[dict[str, Any]], catalog.Cursor | None]:
     """The catalog's page with the local spool's rows of the same window (fresher, or not noted yet)."""
+    from shipper import catalog
+
     now = time.time_ns()
     for r in rows:  # counted to the answer's time
         r["silent_seconds"] = catalog.rows.silent_seconds(r["status"], r["silent_since_ns"], now)

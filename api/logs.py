@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +20,9 @@ from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .lines import lines_before
 from .listing import spool_rows
 from .source import LogNotFound, LogView, Source
+
+if TYPE_CHECKING:  # imported by the listing when first asked: pyarrow is 40 MB of an idle API (bench/README.md)
+    pass
 
 routes = web.RouteTableDef()
 log = logging.getLogger("logship.api")

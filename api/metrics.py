@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from shipper import catalog, watcher_state
+from shipper import watcher_state
 
 from . import liveness
 from .keys import CONFIG, METRICS, QUERY_ENGINE, SOURCE, STORE
@@ -62,7 +63,9 @@ async def metrics(request: web.Request) -> web.Response:
             f"logship_api_proxy_{name}_total {getattr(m, 'proxy_' + name)}")),
     ]
     lines += request.app[QUERY_ENGINE].metrics()  # api/query.py: catalog objects left out of the logs view
-    lines += _catalog_lines(catalog.metrics(request.app[STORE]))
+    # the catalog (and pyarrow) is imported by the first listing, not for /metrics: zero until then
+    cat = sys.modules.get("shipper.catalog")
+    lines += _catalog_lines(cat.metrics(request.app[STORE]) if cat else dict.fromkeys(CATALOG_KEYS, 0.0))
     store_stats = {"api": request.app[STORE].stats.snapshot()}
     if request.app[SOURCE].spool is not None:
         try:
@@ -104,6 +107,9 @@ CATALOG_METRICS = (  # catalog reader's counter -> (metric, type): the listings 
     ("cache_bytes", "logship_catalog_cache_bytes", "gauge"),
     ("bad_objects", "logship_catalog_bad_objects_total", "counter"),
 )
+
+
+CATALOG_KEYS = tuple(key for key, _, _ in CATALOG_METRICS)
 
 
 def _catalog_lines(m: dict[str, float]) -> list[str]:

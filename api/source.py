@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shipper.format import names
+from shipper.format import archive, names
 from shipper.format.archive import IntegrityError
 from shipper.format.manifest import Dropped, ManifestError
 from shipper.format.parts import LogView, Part, SpoolState, spool_parts
@@ -38,6 +38,7 @@ class Source(Reader):
 
     def __init__(self, store: Store, spool: Path | None) -> None:
         super().__init__(store)
+        self.manifests = archive.ManifestCache()  # requests for a log share its checked manifest
         self.spool = spool
         self._finished: dict[tuple[str, str], tuple[float, LogView]] = {}  # recent views of finished logs
         self.integrity_errors = 0  # objects (or spool files) that failed their check: /metrics

@@ -294,7 +294,7 @@ def _wait_log(api: Api, task: str, timeout: float = 30.0) -> None:
     """Until the API knows the log (the agent has created it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=2)
+        c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)  # the first asks the store: slow when busy
         c.request("GET", f"/api/v1/tasks/{task}/hosts/{HOST}")
         status = c.getresponse().status
         c.close()

@@ -50,7 +50,9 @@ def test_followers_that_reset_their_connections_leave_no_memory_behind(tmp_path:
         assert api.proc is not None
         pid = api.proc.pid
         with open(f"/proc/{pid}/environ", "rb") as f:
-            assert b"PYTHONMALLOC=malloc" in f.read().split(b"\0")  # logship serve chose glibc's malloc itself
+            environ = f.read().split(b"\0")
+        assert b"PYTHONMALLOC=malloc" in environ  # logship serve chose glibc's malloc itself
+        assert b"MALLOC_ARENA_MAX=2" in environ  # and few arenas (api/heap.py)
         deadline = time.monotonic() + 20
         while not (api.spool / "mem" / "h1" / names.RUN_FILE).exists():
             assert time.monotonic() < deadline

@@ -64,6 +64,7 @@ class Reader:
         # such a part until it matched (in memory, as big as a segment).
         self.hold_unchecked = hold_unchecked
         self.chained = chained.Chained(store, self.note)  # frames and chain deltas (issue 14)
+        self.manifests: archive.ManifestCache | None = None  # a long-lived reader keeps one (api/source.py)
 
     def note(self, exc: IntegrityError) -> None:
         """Called with each failed check before it is raised (the API counts and logs them)."""
@@ -103,7 +104,7 @@ class Reader:
         local = asyncio.ensure_future(asyncio.to_thread(self.spool_state, task, host))
         gone = False
         try:
-            doc: Manifest | None = await archive.load_manifest(self.store, task, host)
+            doc: Manifest | None = await archive.load_manifest(self.store, task, host, self.manifests)
         except ObjectNotFound:
             doc, gone = None, True
         except IntegrityError as exc:  # a damaged manifest: not "the store is down"
