@@ -298,3 +298,34 @@ async def test_curl_compressed_of_a_running_log_and_resume(tmp_path: Path) -> No
         gate.touch()
         stop_agent(p, api.spool, "run")
         api.stop()
+
+
+@pytest.mark.parametrize("coding", ["zstd", "gzip"])
+async def test_a_damaged_object_cuts_an_encoded_answer(tmp_path: Path, coding: str) -> None:
+    """Compressed on the fly or not, a block that fails its check is never encoded and sent: before the first
+    byte a JSON error, after it a cut transfer whose decodable bytes are a prefix of the log."""
+    logs = Logs(tmp_path, LOGSHIP_STORE_COMPRESSION="none")  # zstd: compressed on the fly from the store
+    data = logs.run("big")
+    await logs.ship()
+    objects = sorted((tmp_path / "archive").rglob("*.log"))
+    assert len(objects) > 6
+    client = await logs.client()
+    try:
+        for victim, cut in ((objects[4], True), (objects[0], False)):
+            saved = victim.read_bytes()
+            victim.write_bytes(saved[:1000] + bytes([saved[1000] ^ 1]) + saved[1001:])
+            r = await client.get(URL.format(task="big"), headers={"Accept-Encoding": coding}, auto_decompress=False)
+            if not cut:
+                assert r.status == 502 and (await r.json())["error"] == "integrity_error"
+            else:
+                assert r.status == 200
+                body = b""
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    async for piece in r.content.iter_any():
+                        body += piece
+                dec = zstandard.ZstdDecompressor().decompressobj() if coding == "zstd" else zlib.decompressobj(31)
+                got = dec.decompress(body)
+                assert data.startswith(got) and len(got) < len(data)
+            victim.write_bytes(saved)
+    finally:
+        await client.close()
