@@ -12,6 +12,7 @@ a strong validator could not promise, and If-Range (strong only) never resumes a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -33,6 +34,10 @@ GZIP_LEVEL = 1
 # A 1 MiB piece takes 4.3 ms (zstd) or 9.8 ms (gzip): too long on the loop that serves tails in 1–3 ms, so
 # pieces from this size are compressed in a thread (zlib and zstandard release the GIL).
 THREAD_MIN = 64 << 10
+# Threads of their own, so that downloads being compressed never queue the default executor's short jobs
+# (every view of a log reads the spool there); two, as many as the cores this runs on.
+COMPRESS_THREADS = 2
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
 UNLISTED_IDENTITY = 0.0001  # identity is acceptable unless excluded, but below any coding the client names
 
 
@@ -114,12 +119,19 @@ async def compress(pieces: AsyncGenerator[bytes, None], coding: str,
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
             if len(piece) >= THREAD_MIN:
-                out = await asyncio.to_thread(enc.step, piece, live)
+                out = await asyncio.get_running_loop().run_in_executor(_threads(), enc.step, piece, live)
             else:
                 out = enc.step(piece, live)
             if out:
                 yield out
     yield enc.end()
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="logship-compress")
+    return _pool
 
 
 def passthrough_size(view: LogView, coding: str) -> int | None:
