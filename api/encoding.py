@@ -114,16 +114,29 @@ async def compress(pieces: AsyncGenerator[bytes, None], coding: str,
                    live: bool = False) -> AsyncGenerator[bytes, None]:
     """`pieces` as one stream in `coding` (a gzip member, or a zstd frame with its checksum). `live` (a
     followed log): every piece is flushed at once, so a reader decodes each line as it comes, not at the end.
-    Memory is one compressor's (≈ 1.4 MB for zstd level 1, 256 KiB for gzip), whatever the log's size."""
+    Memory is one compressor's (≈ 1.4 MB for zstd level 1, 256 KiB for gzip) and a piece or two, whatever the
+    log's size.
+
+    Pieces of a log read to its end are pipelined: one is compressed in a thread while the one before is
+    written to the client and the next is read (one at a time: a compressor is not shared between threads).
+    A followed log's piece is compressed and sent at once."""
     enc = _Encoder(coding)
+    loop = asyncio.get_running_loop()
+    job: asyncio.Future[bytes] | None = None  # the piece being compressed
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
+            out = await job if job is not None else b""
             if len(piece) >= THREAD_MIN:
-                out = await asyncio.get_running_loop().run_in_executor(_threads(), enc.step, piece, live)
+                job = loop.run_in_executor(_threads(), enc.step, piece, live)
             else:
-                out = enc.step(piece, live)
+                job = loop.create_future()
+                job.set_result(enc.step(piece, live))
+            if live:
+                out, job = out + await job, None
             if out:
                 yield out
+    if job is not None and (out := await job):
+        yield out
     yield enc.end()
 
 
