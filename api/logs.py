@@ -14,7 +14,8 @@ from shipper.errors import LogshipError, ObjectNotFound
 from shipper.format import manifest, names
 from shipper.retry import QuietLog
 
-from . import liveness, params
+from . import encoding, liveness, params
+from .encoding import IDENTITY
 from .errors import BadRequest, json_error
 from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
 from .lines import lines_before
@@ -29,7 +30,6 @@ log = logging.getLogger("logship.api")
 _quiet = QuietLog(log)
 FOLLOW_POLL_SPOOL = 0.02  # seconds between looks at a growing spool file while following
 MANIFEST_FETCH_CONCURRENCY = 16
-ZSTD_SHARE = 0.5  # a zstd-encoded answer when at least this share of the log is stored as zstd
 
 
 # --- every log of a task (the all-hosts log); the listing is api/listing.py -------------------
@@ -87,14 +87,6 @@ async def get_log_meta(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
-def _none_match(header: str | None, etag: str) -> bool:
-    """Whether If-None-Match names the current representation (weak comparison: W/ is ignored)."""
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag.removeprefix("W/") in tags
-
-
 async def _view(request: web.Request) -> LogView:
     return await request.app[SOURCE].view(request.match_info["task"], request.match_info["host"])
 
@@ -105,6 +97,9 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     follow = params.flag(request, "follow")
     start_param = params.offset(request, "start")
     view = await _view(request)
+    # Ranges and ?start= are of the log's bytes: identity (api/encoding.py says why).
+    coding = IDENTITY if "Range" in request.headers or start_param is not None else encoding.choose(
+        request.headers.get("Accept-Encoding"))
 
     headers = {"Content-Type": "text/plain; charset=utf-8", "ETag": view.etag, "Accept-Ranges": "bytes",
                "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Vary": "Accept-Encoding"}
@@ -113,10 +108,10 @@ async def get_log(request: web.Request) -> web.StreamResponse:
             raise BadRequest("start= cannot be combined with stream=", "offsets are the whole log's: use one")
         if missing := view.missing(0, view.size):
             return missing_answer(view, missing)
-        resp = web.StreamResponse(headers=headers)
+        resp = web.StreamResponse(headers=headers | encoding.headers(coding))
         del resp.headers["Accept-Ranges"]  # byte offsets are the whole log's, not the stream's (Range is ignored)
         del resp.headers["ETag"]  # the whole log's validator does not describe one stream's bytes
-        return await _send(request, resp, view, 0, None, follow, stream)
+        return await _send(request, resp, view, 0, None, follow, stream, coding)
 
     if start_param is not None:  # progressive mode for pollers
         if start_param > view.size:
@@ -137,9 +132,8 @@ async def get_log(request: web.Request) -> web.StreamResponse:
             return await _send(request, resp, view, start_param, stop, False, None)
         return await _send(request, resp, view, start_param, None, True, None)
 
-    passthrough = view.finished and accepts_zstd(request) and Source.zstd_share(view) >= ZSTD_SHARE
-    current = f'W/"{view.etag.strip(chr(34))}-zstd"' if passthrough else view.etag
-    if _none_match(request.headers.get("If-None-Match"), current):  # RFC 9110 13.1.2, before Range
+    current = encoding.etag(view.etag, coding)
+    if encoding.none_match(request.headers.get("If-None-Match"), current):  # RFC 9110 13.1.2, before Range
         return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"}
                             | {"ETag": current})
     rng_header = request.headers.get("Range")
@@ -161,18 +155,12 @@ async def get_log(request: web.Request) -> web.StreamResponse:
         resp.content_length = end - start
         return await _send(request, resp, view, start, end, False, None)
 
-    if passthrough:
-        # The stored zstd frames as they are: no decompression, so the download runs at the store's speed.
-        # Another representation of the log: its own (weak) validator, and its own length.
-        headers.update({"Content-Encoding": "zstd", "ETag": f'W/"{view.etag.strip(chr(34))}-zstd"'})
-        resp = web.StreamResponse(headers=headers)
-        resp.content_length = Source.zstd_size(view)
-        return await _send(request, resp, view, 0, view.size, False, None, encoded=True)
-
-    resp = web.StreamResponse(headers=headers)
+    # Another representation per coding: its own (weak) validator, and a length only when known in advance
+    # (identity of a finished log; zstd of a finished log the store holds as zstd, its frames sent as stored).
+    resp = web.StreamResponse(headers=headers | encoding.headers(coding) | {"ETag": current})
     if view.finished:
-        resp.content_length = view.size
-    return await _send(request, resp, view, 0, None if follow else view.size, follow, None)
+        resp.content_length = view.size if coding == IDENTITY else encoding.passthrough_size(view, coding)
+    return await _send(request, resp, view, 0, None if follow else view.size, follow, None, coding)
 
 
 def missing_answer(view: LogView, missing: list[tuple[int, int]]) -> web.Response:
@@ -195,27 +183,10 @@ def abort_transfer(request: web.Request, exc: BaseException) -> None:
         request.transport.close()
 
 
-def accepts_zstd(request: web.Request) -> bool:
-    """True if Accept-Encoding names zstd with a q-value above 0 (RFC 9110 §12.5.3; `*` is not taken as zstd)."""
-    for item in request.headers.get("Accept-Encoding", "").split(","):
-        coding, *params = (x.strip() for x in item.split(";"))
-        if coding.lower() != "zstd":
-            continue
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    return float(value) > 0
-                except ValueError:
-                    return False
-        return True
-    return False
-
-
 async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, start: int, end: int | None,
-                follow: bool, stream: str | None, encoded: bool = False) -> web.StreamResponse:
-    """Write [start, end) of the log (end=None: to its end; with follow, until the task ends); `encoded`:
-    the whole log as zstd (Source.read_zstd).
+                follow: bool, stream: str | None, coding: str = IDENTITY) -> web.StreamResponse:
+    """Write [start, end) of the log (end=None: to its end; with follow, until the task ends), in `coding`
+    (api/encoding.py; a finished log's whole answer passes its stored zstd frames through).
 
     The first piece is read before the headers go out: an object that fails its check, or is missing,
     before any byte is sent gets a JSON error (4xx/5xx) rather than a 200 that breaks off. Once the answer
@@ -224,10 +195,14 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
     if request.method == "HEAD":
         await resp.prepare(request)
         return resp
-    body = request.app[SOURCE].read_zstd(view) if encoded else _body(request, view, start, end, follow, stream)
+    whole = coding != IDENTITY and view.finished and stream is None
+    body = (encoding.whole(request.app[SOURCE], view, coding) if whole
+            else _body(request, view, start, end, follow, stream))
+    if coding != IDENTITY and not whole:
+        body = encoding.compress(body, coding, live=follow)
     async with contextlib.aclosing(body):
         first = b""
-        if encoded or (start < view.size and not (follow and stream)):
+        if (coding != IDENTITY and not follow) or (start < view.size and not (follow and stream)):
             first = await anext(body, b"")
         await resp.prepare(request)
         if follow:
@@ -356,23 +331,34 @@ async def get_task_log(request: web.Request) -> web.StreamResponse:
     for view in views:
         if missing := view.missing(0, view.size):
             return missing_answer(view, missing)
-    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
+    coding = encoding.choose(request.headers.get("Accept-Encoding"))
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache",
+                                       "Vary": "Accept-Encoding"} | encoding.headers(coding))
     await resp.prepare(request)
     if request.method == "HEAD":  # the headers only: a body here would be read as the connection's next answer
         return resp
+    body = _hosts_body(source, task, views)
+    if coding != IDENTITY:
+        body = encoding.compress(body, coding)
     try:
-        for view in views:
-            await resp.write(f"==> {task}/{view.host} ({view.status}, {view.size} bytes) <==\n".encode())
-            last = b"\n"
-            async with contextlib.aclosing(source.read(view, 0, view.size)) as pieces:  # closed when the client goes
-                async for piece in pieces:
-                    await resp.write(piece)
-                    last = piece[-1:]
-            if last != b"\n":
-                await resp.write(b"\n")
+        async with contextlib.aclosing(body):  # closed when the client goes
+            async for piece in body:
+                await resp.write(piece)
         await resp.write_eof()  # the last chunk too: a client gone by then is the same routine case
     except ConnectionError:  # the client stopped reading (`| head`, a closed tab): counted, not an error
         request.app[METRICS].client_gone += 1
     except LogshipError as exc:
         abort_transfer(request, exc)
     return resp
+
+
+async def _hosts_body(source: Source, task: str, views: list[LogView]) -> AsyncGenerator[bytes, None]:
+    for view in views:
+        yield f"==> {task}/{view.host} ({view.status}, {view.size} bytes) <==\n".encode()
+        last = b"\n"
+        async with contextlib.aclosing(source.read(view, 0, view.size)) as pieces:
+            async for piece in pieces:
+                yield piece
+                last = piece[-1:]
+        if last != b"\n":
+            yield b"\n"

@@ -81,12 +81,13 @@ _CONTENT_RANGE_416 = {"Content-Range": _header("`bytes */SIZE`: the log's size i
 
 _LOG_HEADERS = {
     "ETag": _header('A strong validator `"<run_id>-<size>"`. It changes as a running log grows; If-Range '
-                    "with an earlier ETag of the same run still matches, because logs only grow. The zstd "
-                    'representation has the weak `W/"<run_id>-<size>-zstd"`.'),
-    "Content-Encoding": _header("`zstd` when the request's `Accept-Encoding` takes zstd, it asks for a whole "
-                                "finished log (no Range, `start=` or `stream=`) and the store holds at least "
-                                "half of it as zstd: the stored frames are sent as they are; Content-Length "
-                                "is then that representation's"),
+                    "with an earlier ETag of the same run still matches, because logs only grow. An encoded "
+                    'representation has a weak one of its own: `W/"<run_id>-<size>-zstd"`, `-gzip`.'),
+    "Content-Encoding": _header("`zstd` or `gzip` as the request's `Accept-Encoding` weighs them (q-values; "
+                                "zstd when alike), for whole answers only: a request with a Range or `start=` is "
+                                "answered in identity. A finished log's stored zstd frames are sent as they are "
+                                "(Content-Length is then that representation's, when all of it is); every other "
+                                "byte is compressed on the fly (no Content-Length)"),
     "Vary": _header("`Accept-Encoding`"),
     "Accept-Ranges": _header("`bytes` (absent with `stream=`: offsets are the whole log's)"),
     "Cache-Control": _header("`no-cache`"),
