@@ -73,6 +73,9 @@ class Records(NamedTuple):
                        self.lines[k:], self.stream[k:])
 
 
+Encoded = tuple[int, bytes, frames.Frame]  # (the record after the delta, its object, its frame-table row)
+
+
 @dataclass
 class OpenChain:
     """The chain of deltas of the open segment `seq`, as far as this watcher knows it."""
@@ -148,6 +151,8 @@ class Uploads:
         idx_path = names.spool_index(sl.dir, seq, open_=True)
         st.last_checkpoint = time.monotonic()
         chain = st.deltas.chain
+        path = names.spool_segment(sl.dir, seq, open_=True)
+        first: Encoded | None = None
         try:
             if chain is None or chain.seq != seq:
                 recs = await asyncio.to_thread(_read_records, idx_path, 0)
@@ -155,21 +160,20 @@ class Uploads:
                     return
                 chain = st.deltas.chain = self._continue(st, seq, recs)
                 new = recs.after(chain.records)
-            else:
-                new = await asyncio.to_thread(_read_records, idx_path, chain.records)
+                problem = _follows(new, chain) if new.seq else None
+            else:  # the usual checkpoint: one thread hop (≈ 0.1 ms of CPU each) reads, checks and encodes
+                new, problem, first = await asyncio.to_thread(self._next, idx_path, path, chain)
         except FileNotFoundError:
             return  # sealed meanwhile: the seal takes it from here
         if not new.seq:
             return
-        problem = _follows(new, chain)
         if problem is not None:
             self._quiet.log(logging.ERROR, f"open {idx_path}", "%s: damaged index of the open segment (%s): no "
                             "checkpoint of it; it is checked and repaired when sealed", idx_path, problem)
             return
-        path = names.spool_segment(sl.dir, seq, open_=True)
         sent = self.stats["delta_bytes"]
         try:
-            await self._put_deltas(sl, st, seq, chain, new, path)
+            await self._put_deltas(sl, st, seq, chain, new, path, first)
         except FileNotFoundError:
             return
         self.stats["checkpoints"] += 1
@@ -188,14 +192,27 @@ class Uploads:
         records = bisect.bisect_right(ends, pos) if links else 0
         return OpenChain(seq, start, pos, records, recs.seq[records - 1] if records else 0)
 
+    def _next(self, idx_path: Path, path: Path, chain: OpenChain) -> tuple[Records, str | None, Encoded | None]:
+        """The records after the chain's end, why they are not ones to checkpoint (or None), and their
+        first delta when they are."""
+        new = _read_records(idx_path, chain.records)
+        problem = _follows(new, chain) if new.seq else None
+        if not new.seq or problem is not None:
+            return new, problem, None
+        j = _cut(new, 0)
+        return new, None, (j, *self._encode(path, chain.start, new, 0, j))
+
     async def _put_deltas(self, sl: SpoolLog, st: LogState, seq: int, chain: OpenChain, new: Records,
-                          path: Path) -> None:
+                          path: Path, first: Encoded | None = None) -> None:
         """PUT the records `new` (from the chain's end) as deltas of at most DELTA_PIECE bytes each (one
-        record more when a single one is larger)."""
+        record more when a single one is larger); `first`: the first of them, encoded already."""
         i, n = 0, len(new.seq)
         while i < n:
-            j = bisect.bisect_right(new.end, new.offset[i] + DELTA_PIECE, i + 1)  # ends rise: checked by _follows
-            blob, frame = await asyncio.to_thread(self._encode, path, chain.start, new, i, j)
+            if i == 0 and first is not None:
+                j, blob, frame = first
+            else:
+                j = _cut(new, i)
+                blob, frame = await asyncio.to_thread(self._encode, path, chain.start, new, i, j)
             key = names.delta_key(sl.task, sl.host, seq, frame.start, frame.end, self.compression)
             await self.store.put(key, blob, checked=True)  # found by LIST: never a cut body (docs/checkpoints.md §8)
             st.deltas.held.setdefault(seq, {})[(frame.start, frame.end)] = len(blob)
@@ -389,6 +406,12 @@ def _read_records(path: Path, skip: int) -> Records:
     with open(path, "rb") as f:
         f.seek(skip * index.RECORD_SIZE)
         return Records.of(f.read())
+
+
+def _cut(new: Records, i: int) -> int:
+    """Where the delta of `new` from record i ends: at most DELTA_PIECE bytes, at least one record (the
+    ends rise: checked by _follows, or by the seal's check of a sealed index)."""
+    return bisect.bisect_right(new.end, new.offset[i] + DELTA_PIECE, i + 1)
 
 
 _STREAMS = frozenset(index.STREAM_NAMES)
