@@ -204,8 +204,8 @@ class Uploads:
 
     async def _put_deltas(self, sl: SpoolLog, st: LogState, seq: int, chain: OpenChain, new: Records,
                           path: Path, first: Encoded | None = None) -> None:
-        """PUT the records `new` (from the chain's end) as deltas of at most DELTA_PIECE bytes each (one
-        record more when a single one is larger); `first`: the first of them, encoded already."""
+        """PUT the records `new` (from the chain's end) as deltas of at most DELTA_PIECE bytes each (or of
+        one record, when it alone is larger); `first`: the first of them, encoded already."""
         i, n = 0, len(new.seq)
         while i < n:
             if i == 0 and first is not None:
