@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from shipper import checkpoint
 from shipper.errors import DamagedObject
 from shipper.format import delta, index, names
 
@@ -119,3 +120,28 @@ def test_header_bounds_and_index_cover() -> None:
     assert "header length" in damaged(key(0, end), frame + head)
     head = struct.pack("<4sQQII", b"LSD1", 0, 1 << 40, 10, 0)
     damaged(names.delta_key("t", "h", 3, 0, 1 << 40, "zstd"), struct.pack("<II", delta.SKIPPABLE_MAGIC, 28) + head)
+
+
+def test_new_records_are_checked_over_columns_and_the_record_at_fault_named() -> None:
+    """The watcher's check of the open index's new records (shipper/checkpoint.py `_follows`): contiguous from
+    the chain's end, chunk numbers rising past its last, known streams, no empty chunk; the index bytes read
+    are what goes into the delta, unpacked once into columns."""
+    recs, _ = sample(start=1000, n=6)
+    new = checkpoint.Records.of(recs + b"torn")  # a record cut by a crash mid-write is left out
+    assert new.raw == recs and new.seq == tuple(range(10, 16)) and new.offset[0] == 1000
+    assert checkpoint.Records.of(b"x" * 39).seq == () and new.after(4).raw == recs[4 * index.RECORD_SIZE:]
+    chain = checkpoint.OpenChain(seq=3, start=0, pos=1000, records=7, last_chunk=9)
+    assert checkpoint._follows(new, chain) is None
+    assert checkpoint._follows(new.after(2), chain) == "record 8 is not contiguous with what comes before it"
+
+    def with_record(i: int, **change: int) -> checkpoint.Records:
+        fields = dict(zip(("seq", "ts_ns", "offset", "length", "lines", "stream", "flags"),
+                          index.RECORD.unpack_from(recs, i * index.RECORD_SIZE), strict=True)) | change
+        at = i * index.RECORD_SIZE
+        return checkpoint.Records.of(recs[:at] + index.pack(**fields) + recs[at + index.RECORD_SIZE:])
+
+    second = index.RECORD.unpack_from(recs, index.RECORD_SIZE)
+    for i, change in [(0, {"seq": 9}), (1, {"seq": 10}), (3, {"offset": second[2] + 10_000}), (4, {"stream": 7}),
+                      (5, {"length": 0}), (2, {"offset": second[2]})]:
+        got = checkpoint._follows(with_record(i, **change), chain)
+        assert got == f"record {8 + i} is not contiguous with what comes before it", (i, change)
