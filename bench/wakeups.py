@@ -153,8 +153,12 @@ def main() -> None:
             return base / name
 
         lat = sorted(asyncio.run(seal_latency(fresh("lat"), args.seals)))
+        # The target: tests/test_wakeups.py asserted it until CI on a loaded machine missed it by 6 ms; the test
+        # now asserts that a wake-up ships each seal, and the speed is measured here.
+        met = lat[len(lat) // 2] < 0.1 and lat[-1] < 1.0
         print(f"seal -> segment in the store ({len(lat)} seals): p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
-              f"p90 {lat[int(len(lat) * 0.9)] * 1e3:.1f} ms, max {lat[-1] * 1e3:.1f} ms")
+              f"p90 {lat[int(len(lat) * 0.9)] * 1e3:.1f} ms, max {lat[-1] * 1e3:.1f} ms "
+              f"(target p50 < 100 ms, max < 1 s: {'met' if met else 'MISSED'})")
         interval = load_config(env={}).watch.checkpoint_seconds
         per_hour = 3600 / interval
         for n in (1, 100):

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,17 @@ import pytest
 from shipper.commands import s3local
 from shipper.format import names
 
-from .support import LOGSHIP, agent_env, config, free_port, run_agent, start_agent, start_watcher, stop_agent
+from .support import (
+    LOGSHIP,
+    agent_env,
+    config,
+    free_port,
+    run_agent,
+    start_agent,
+    start_watcher,
+    stop_agent,
+    wait_serving,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,16 +77,7 @@ class Stack:
         p = subprocess.Popen([*LOGSHIP, "serve"], env={**self.env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}", **env},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(p)
-
-        def up() -> bool:
-            assert p.poll() is None, p.stderr.read().decode() if p.stderr else p.returncode
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(up, 30, "logship serve did not answer")
+        assert wait_serving(p, f"http://127.0.0.1:{port}"), p.stderr.read().decode() if p.stderr else p.returncode
         return p
 
     def close(self) -> None:
@@ -108,8 +108,15 @@ def stack(tmp_path: Path, local_s3: s3local.LocalS3) -> Iterator[Callable[..., S
             s.close()
 
 
+# The least any wait_for waits: its `timeout` is what the condition takes on an idle machine; on a loaded CI
+# machine (a browser, SeaweedFS, agents and the API sharing two cores) it can take several times that. Waiting
+# longer costs nothing when the condition comes, and a condition that never comes still fails.
+MIN_WAIT_S = 60.0
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+    """Poll `cond` until it holds; AssertionError(`what`) after max(`timeout`, MIN_WAIT_S) seconds."""
+    deadline = time.monotonic() + max(timeout, MIN_WAIT_S)
     while not cond():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
@@ -140,7 +147,7 @@ def page(browser: Browser) -> Iterator[Page]:
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
+    pg.set_default_timeout(60_000)  # a condition's deadline on a loaded machine, not a speed: it fails only if never
     try:
         yield pg
     finally:

@@ -88,6 +88,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# How long a `logship serve` may take to answer /healthz: on a loaded CI machine, starting Python and importing
+# aiohttp, DuckDB and pyarrow alone can take tens of seconds. A process that exits fails at once, not at this.
+SERVE_DEADLINE_S = 60.0
+
+
+def wait_serving(proc: subprocess.Popen[bytes], url: str, timeout: float = SERVE_DEADLINE_S) -> bool:
+    """Wait until `logship serve` (`proc`, at `url`) answers /healthz: True; False as soon as it has exited
+    (a port taken meanwhile, a bad config: the caller says why). Still silent after `timeout`: AssertionError."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"logship serve did not answer {url}/healthz within {timeout:.0f} s"
+        time.sleep(0.05)
+    return False
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -231,13 +252,12 @@ class Api:
         for _ in range(5):
             with open(self.tmp_path / "serve.log", "ab") as log:
                 self.proc = subprocess.Popen([*LOGSHIP, "serve"], env=self.env, stdout=log, stderr=log)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+            try:
+                if wait_serving(self.proc, self.url):
                     return
-                except OSError:
-                    time.sleep(0.05)
+            except AssertionError as exc:
+                self.stop()
+                raise AssertionError(f"{exc}\n{(self.tmp_path / 'serve.log').read_text()[-5000:]}") from None
             self.stop()
             self.port = free_port()  # taken meanwhile by someone else: try another
             self.env["LOGSHIP_API_LISTEN"] = f"127.0.0.1:{self.port}"

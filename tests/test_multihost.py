@@ -14,7 +14,7 @@ import pytest
 
 from shipper.commands import s3local
 
-from .support import LOGSHIP, env_for, free_port, spooled, start_agent, start_watcher, stop_agent
+from .support import LOGSHIP, env_for, free_port, spooled, start_agent, start_watcher, stop_agent, wait_serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,15 +24,13 @@ async def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     p = subprocess.Popen([*LOGSHIP, "serve"], env={**env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}"},
                          stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http:
-        for _ in range(100):
-            try:
-                async with http.get(url + "/healthz") as r:
-                    if r.status == 200:
-                        return p, url
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("API did not start")
+    try:
+        assert await asyncio.to_thread(wait_serving, p, url), f"logship serve exited {p.returncode}"
+    except AssertionError:
+        p.kill()
+        p.wait()
+        raise
+    return p, url
 
 
 USER = secrets.token_urlsafe(24)  # the user's token: the central API's api.tokens
@@ -65,7 +63,7 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
     agent = start_agent(spool_a, "spread", [sys.executable, "-c", script], env=env_a)
     log_b = f"{url_b}/api/v1/tasks/spread/hosts/h1/log"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a watcher's start and first pass: tens of seconds on a loaded machine
         while True:  # B knows the log once A's watcher checkpointed it
             async with aiohttp.ClientSession() as http, \
                     http.get(log_b, headers={"Authorization": f"Bearer {USER}"}) as r:

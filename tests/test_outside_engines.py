@@ -154,7 +154,10 @@ async def test_outside_engines_read_what_logship_reads(make_config: MakeConfig) 
         await store.close()
 
 
-GRACE = 3.0
+# Real seconds: readers run all along, so the grace is waited out for real. A compaction drops a plan older than
+# half of it (shipper/query/compact.py, PLAN_AGE_SHARE): 1.5 s was less than a listing and a merge took on a
+# loaded CI machine, and one of the two racing compactions wrote nothing.
+GRACE = 10.0
 
 
 async def test_outside_engines_while_compaction_and_gc_run(make_config: MakeConfig) -> None:
@@ -236,7 +239,9 @@ async def test_nothing_a_snapshot_in_use_reads_is_deleted(make_config: MakeConfi
     may be in use — until 1.5 grace periods after the listing of the snapshot that hides them."""
     cfg = make_config(LOGSHIP_QUERY_GRACE_SECONDS="0")
     await ship(cfg, ["u1", "u2"])
-    grace = 2.0
+    # The clock below is moved by hand, so a long grace costs no time; and the real time a step may take (a
+    # listing older than half of it is not published, shipper/query/published.py) is ample on a loaded machine.
+    grace = 60.0
     offset = [0]
 
     def clock() -> int:

@@ -333,7 +333,9 @@ async def test_an_empty_archive_has_empty_views_until_it_fills(tmp_path: Path) -
 
 
 async def test_query_formats_and_limits(tmp_path: Path) -> None:
-    cfg = config(tmp_path, LOGSHIP_QUERY_MAX_ROWS="100", LOGSHIP_QUERY_TIMEOUT_SECONDS="1")
+    # A generous timeout for the queries that must answer (on a loaded machine, even these can take seconds);
+    # a 1 s one, below, for the query that must time out.
+    cfg = config(tmp_path, LOGSHIP_QUERY_MAX_ROWS="100", LOGSHIP_QUERY_TIMEOUT_SECONDS="120")
     run_agent(cfg.spool_dir, "f", ["sh", "-c", "seq 1 5000"], env=agent_env(cfg))
     await watch(cfg, once=True)
     client = await client_for(cfg)
@@ -345,7 +347,7 @@ async def test_query_formats_and_limits(tmp_path: Path) -> None:
         assert body["rows"][:2] == [{"line_no": 1, "line": "1"}, {"line_no": 2, "line": "2"}]
         assert body["columns"] == [{"name": "line_no", "type": "BIGINT"}, {"name": "line", "type": "VARCHAR"}]
         resp = await client.post("/api/v1/query?format=csv", json=sql)
-        assert resp.content_type == "text/csv"
+        assert resp.content_type == "text/csv", await resp.text()
         assert (await resp.text()).splitlines()[:3] == ["line_no,line", "1,1", "2,2"]
         resp = await client.post("/api/v1/query?format=ndjson", json={"sql": "SELECT 'a\"b' AS s, [1, 2] AS l"})
         assert [json.loads(x) for x in (await resp.text()).splitlines()] == [{"s": 'a"b', "l": [1, 2]}]
@@ -358,6 +360,10 @@ async def test_query_formats_and_limits(tmp_path: Path) -> None:
             row = json.loads(text.splitlines()[0] if fmt == "ndjson" else text, parse_constant=_not_json)
             row = row if fmt == "ndjson" else row["rows"][0]
             assert row == {"i": "inf", "m": "-inf", "n": "nan", "h": 0.5, "l": [1.5, "inf"]}
+    finally:
+        await client.close()
+    client = await client_for(config(tmp_path, LOGSHIP_QUERY_TIMEOUT_SECONDS="1"))
+    try:
         resp = await client.post("/api/v1/query", json={"sql": "SELECT count(*) FROM range(100000000000)"})
         assert resp.status == 400 and (await resp.json())["error"] == "query_timeout"
     finally:

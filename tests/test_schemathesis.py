@@ -22,7 +22,9 @@ from api.openapi import DOCUMENT
 from .support import Api, run_agent, start_agent, stop_agent, watch_once
 
 SEED = 20261204
-MAX_EXAMPLES = 20  # per operation and phase: ~20 operations in ~30 s here
+# Per operation and phase: ~20 operations in ~30 s on an idle machine. The run is bounded by this count (and
+# seeded), not by the clock: a loaded CI machine takes several times as long for the same run.
+MAX_EXAMPLES = 20
 LIVE = "import time\nfor i in range(100000):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
 
 
@@ -39,9 +41,9 @@ class Served(Api):
         cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(self.tmp / "schemathesis.toml"),
                "run", f"{self.url}/api/v1/openapi.json", "--url", self.url,
                "-H", f"Authorization: Bearer {self.token}", "--seed", str(SEED), "-n", str(MAX_EXAMPLES),
-               "--generation-database", "none", "--request-timeout", "10", "--workers", "1",
+               "--generation-database", "none", "--request-timeout", "60", "--workers", "1",
                "--continue-on-failure", "--no-color", "--output-truncate", "false", *args]
-        return subprocess.run(cmd, cwd=self.tmp, capture_output=True, text=True, timeout=240,
+        return subprocess.run(cmd, cwd=self.tmp, capture_output=True, text=True, timeout=900,  # a hang guard
                               env={**self.env, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"})
 
 
@@ -55,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert watch_once(s.env).returncode == 0  # into the store, the query copies too
     live = start_agent(s.spool, "live", [sys.executable, "-c", LIVE], env=s.env, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 90
         while not list((s.spool / "live" / "h1").glob("*.log*")) and time.monotonic() < deadline:
             time.sleep(0.05)
         s.start()
@@ -104,18 +106,17 @@ checks.positive_data_acceptance.enabled = false
 """
 
 
+@pytest.mark.timeout(1200)
 def test_every_operation_answers_within_the_document(served: Served) -> None:
-    t0 = time.monotonic()
     res = served.schemathesis(CONFIG, "--phases", "examples,coverage,fuzzing")
-    took = time.monotonic() - t0
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-20000:]
     selected = re.search(r"Selected: (\d+)/(\d+)", out)
     assert selected and selected[1] == selected[2] and f"Tested: {selected[1]}" in out, out[-5000:]  # every one
     assert int(selected[1]) >= len(DOCUMENT["paths"]) and "Missing test data" not in out, out[-5000:]  # real logs
-    assert took < 120, f"schemathesis ran {took:.0f} s: lower MAX_EXAMPLES"
 
 
+@pytest.mark.timeout(1200)
 def test_random_ids_are_fuzzed_too(served: Served) -> None:
     """The same without pointing the routes at real logs: ids of every shape, valid and not."""
     res = served.schemathesis(CHECKS, "--phases", "coverage,fuzzing", "--include-path-regex", "[{]", "-n", "10")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -64,7 +65,7 @@ def passes(cfg: Config) -> int:
     return int(json.loads((cfg.spool_dir / names.WATCHER_STATE_FILE).read_text())["stats"]["passes"])
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "timed out"
@@ -83,6 +84,20 @@ async def watching(cfg: Config) -> AsyncIterator[asyncio.Task[Watcher]]:
         await asyncio.wait_for(task, 30)
 
 
+def without_periodic_passes(cfg: Config) -> Config:
+    """`cfg` with its periodic pass once an hour (past what a config file may say): after the watcher's first
+    pass, every pass is one a wake-up brought."""
+    return dataclasses.replace(cfg, watch=dataclasses.replace(cfg.watch, checkpoint_seconds=3600.0))
+
+
+async def no_pass_for(cfg: Config, seconds: float) -> None:
+    """Nothing makes a pass for `seconds`: the notifier works and no periodic pass is due (the watcher's own
+    state file, written after each pass, wakes nothing)."""
+    before = passes(cfg)
+    await asyncio.sleep(seconds)
+    assert passes(cfg) == before, "a pass nothing woke: the periodic one (no working notifier?)"
+
+
 async def seal_latencies(cfg: Config, task: str, count: int) -> list[float]:
     """Seconds from each of `count` seals to the segment in the store (polled every ms, off the loop)."""
     w = start_log(cfg.spool_dir, task)
@@ -90,28 +105,28 @@ async def seal_latencies(cfg: Config, task: str, count: int) -> list[float]:
     for i in range(count):
         append(w, b"line %d\n" % i * 50)
         t = await asyncio.to_thread(seal_now, w)
-        await until(lambda i=i: stored(cfg, task, i + 1), 10)  # type: ignore[misc]
+        await until(lambda i=i: stored(cfg, task, i + 1))  # type: ignore[misc]
         out.append(time.monotonic() - t)
         await asyncio.sleep(0.2)
     return out
 
 
-async def test_a_seal_is_shipped_within_100_ms(tmp_path: Path) -> None:
-    # checkpoints (and so periodic passes) every 5 s: only the kernel's word explains a fast upload
-    cfg = config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_SECONDS="5", LOGSHIP_WATCH_CHECKPOINT_DELTAS="true",
-                 LOGSHIP_QUERY_COPY="false")
+async def test_a_seal_is_shipped_by_its_wake_up(tmp_path: Path) -> None:
+    """No periodic pass for an hour: only the kernel's word can bring each sealed segment to the store. How fast
+    (p50 under 100 ms) is a speed, measured by `python -m bench.wakeups`, not here: a loaded machine is slow."""
+    cfg = without_periodic_passes(config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_DELTAS="true", LOGSHIP_QUERY_COPY="false"))
     async with watching(cfg):
-        await asyncio.sleep(0.2)
+        await no_pass_for(cfg, 2.5)  # longer than the 1 s pass of a watcher that nothing wakes
         lat = await seal_latencies(cfg, "fast", 7)
-    assert statistics.median(lat) < 0.1, lat
-    assert max(lat) < 1.0, lat
+    assert len(lat) == 7, lat  # every seal: each woke a pass that shipped it
 
 
 async def test_a_log_that_starts_or_ends_is_shipped_at_once(tmp_path: Path) -> None:
-    cfg = config(tmp_path, LOGSHIP_WATCH_CHECKPOINT_SECONDS="5", LOGSHIP_QUERY_COPY="false")
+    """No periodic pass for an hour: a log's start and its end each wake a pass that ships it."""
+    cfg = without_periodic_passes(config(tmp_path, LOGSHIP_QUERY_COPY="false"))
     archive = tmp_path / "archive"
     async with watching(cfg):
-        await asyncio.sleep(0.3)
+        await no_pass_for(cfg, 2.5)  # longer than the 1 s pass of a watcher that nothing wakes
         t = time.monotonic()
         w = start_log(cfg.spool_dir, "short")
         await until(lambda: (archive / names.manifest_key("short", "h1")).exists())
@@ -125,7 +140,7 @@ async def test_a_log_that_starts_or_ends_is_shipped_at_once(tmp_path: Path) -> N
         ended = time.monotonic() - t
     doc = Manifest.load((archive / names.manifest_key("short", "h1")).read_bytes(), "short", "h1")
     assert doc.status == "finished" and doc.size == len(b"the only line\n")
-    assert started < 1.0 and ended < 1.0, (started, ended)  # not the 5 s periodic pass
+    assert started < 60 and ended < 60, (started, ended)  # not the hourly periodic pass (`until` says so too)
 
 
 async def test_appends_wake_nothing(tmp_path: Path) -> None:
