@@ -50,7 +50,7 @@ async def test_started_and_finished_logs_show_in_the_listing(make_config: MakeCo
 
 
 async def test_logship_watch_compacts_the_catalog_on_its_schedule(make_config: MakeConfig) -> None:
-    cfg = make_config(LOGSHIP_COMPACT_EVERY="0.2")
+    cfg = make_config(LOGSHIP_COMPACT_EVERY="0.2", LOGSHIP_COMPACT_CATALOG_EVERY="0.2")
     for task in ("c1", "c2"):
         assert run_agent(cfg.spool_dir, task, ["true"], env=agent_env(cfg)).returncode == 0
     await watch(cfg, once=True)

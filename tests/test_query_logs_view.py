@@ -74,9 +74,9 @@ async def test_the_logs_view_is_the_catalog_with_version_2_manifests(make_config
              "labels": {"team": "a"}, "segments": 2, "dropped_bytes": 0},
             {"task": "plain", "host": "h1", "status": "finished", "exit_code": 0, "signal": None, "size": 10,
              "lines": 1, "labels": {"team": "a"}, "segments": 1, "dropped_bytes": 0},
-            # as in the listing: a running log's size is on GET /api/v1/tasks/{task}/hosts/{host}
-            {"task": "running", "host": "h1", "status": "running", "exit_code": None, "signal": None, "size": None,
-             "lines": None, "labels": {"team": "a"}, "segments": None, "dropped_bytes": None},
+            # as in the listing: a running log's size and lines are those of its sealed segments
+            {"task": "running", "host": "h1", "status": "running", "exit_code": None, "signal": None, "size": 10,
+             "lines": 1, "labels": {"team": "a"}, "segments": None, "dropped_bytes": None},
         ]
         assert logs(cfg) == want  # from the records
         await catalog.Compactor(store, catalog.Settings(grace_s=0)).run()

@@ -54,8 +54,7 @@ class LogMoved(StoreUnavailable):
 
 
 class Reader:
-    """Builds LogViews of logs and reads their bytes, from a store and (in a subclass that overrides
-    `spool_state`: api/source.py) a local spool."""
+    """Builds LogViews of logs and reads their bytes, from a store and a local spool (api/source.py)."""
 
     def __init__(self, store: Store, *, hold_unchecked: bool = False) -> None:
         self.store = store
