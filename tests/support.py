@@ -66,6 +66,22 @@ def start_agent(spool: Path, task: str, cmd: list[str], *, host: str = "h1", env
                             env=env or env_for(spool), **kw)
 
 
+# Delta checkpoints every 0.1 s, no query copies (tests/test_checkpoint.py, tests/test_deltaread.py).
+DELTAS = {"LOGSHIP_WATCH_CHECKPOINT_DELTAS": "true", "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.1",
+          "LOGSHIP_QUERY_COPY": "false"}
+# A steady task: `n` numbered lines, one write each, `gap` seconds apart, then (optionally) silence.
+STEADY = ("import sys, time\nfor i in range(int(sys.argv[1])):\n"
+          "    sys.stdout.write('line %06d of a steady task\\n' % i); sys.stdout.flush()\n"
+          "    time.sleep(float(sys.argv[2]))\n"
+          "time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)\n")
+
+
+def steady(cfg: Config, task: str, *args: str) -> subprocess.Popen[bytes]:
+    """`logship run` of STEADY with args `n gap [silence]`."""
+    return start_agent(cfg.spool_dir, task, [sys.executable, "-c", STEADY, *args], env=agent_env(cfg),
+                       stdout=subprocess.DEVNULL)
+
+
 def watch_once(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*LOGSHIP, "watch", "--once"], env=env, capture_output=True, timeout=timeout)
 

@@ -28,23 +28,22 @@ from shipper.format.reader import LogNotFound
 from shipper.store import Store, open_store
 from shipper.watcher import Watcher
 
-from .support import MakeConfig, agent_env, env_for, run_agent, sha, spooled, start_agent, start_watcher, stop_agent
+from .support import (
+    DELTAS,
+    STEADY,
+    MakeConfig,
+    agent_env,
+    env_for,
+    run_agent,
+    sha,
+    spooled,
+    start_agent,
+    start_watcher,
+    steady,
+    stop_agent,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-DELTAS = {"LOGSHIP_WATCH_CHECKPOINT_DELTAS": "true", "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.1",
-          "LOGSHIP_QUERY_COPY": "false"}
-# A steady task: `n` numbered lines, one write each, `gap` seconds apart, then (optionally) silence.
-STEADY = ("import sys, time\nfor i in range(int(sys.argv[1])):\n"
-          "    sys.stdout.write('line %06d of a steady task\\n' % i); sys.stdout.flush()\n"
-          "    time.sleep(float(sys.argv[2]))\n"
-          "time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)\n")
-
-
-def steady(cfg: Config, task: str, *args: str) -> subprocess.Popen[bytes]:
-    return start_agent(cfg.spool_dir, task, [sys.executable, "-c", STEADY, *args], env=agent_env(cfg),
-                       stdout=subprocess.DEVNULL)
-
 
 async def stored_bytes(store: Store, task: str, host: str = "h1") -> bytes:
     """The log as the store holds it: sealed segments (whole or framed, each checked), then the chain of

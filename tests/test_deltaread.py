@@ -27,22 +27,9 @@ from shipper.format.reader import Reader
 from shipper.store import Store, open_store
 from shipper.watcher import Watcher
 
-from .support import MakeConfig, agent_env, spooled, start_agent, stop_agent
+from .support import DELTAS, MakeConfig, agent_env, spooled, steady, stop_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-DELTAS = {"LOGSHIP_WATCH_CHECKPOINT_DELTAS": "true", "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "0.1",
-          "LOGSHIP_QUERY_COPY": "false"}
-STEADY = ("import sys, time\nfor i in range(int(sys.argv[1])):\n"
-          "    sys.stdout.write('line %06d of a steady task\\n' % i); sys.stdout.flush()\n"
-          "    time.sleep(float(sys.argv[2]))\n"
-          "time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)\n")
-
-
-def steady(cfg: Config, task: str, *args: str) -> subprocess.Popen[bytes]:
-    return start_agent(cfg.spool_dir, task, [sys.executable, "-c", STEADY, *args], env=agent_env(cfg),
-                       stdout=subprocess.DEVNULL)
-
 
 async def read(reader: Reader, task: str, start: int = 0, end: int | None = None) -> tuple[int, bytes]:
     """(size of a fresh view, its bytes [start, end)) from the store alone."""
