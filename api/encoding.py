@@ -2,11 +2,12 @@
 each representation, and the encoded bytes: a finished log's stored zstd frames passed through as they are,
 every other byte compressed on the fly (zstd or gzip, cheap levels, bounded memory, big pieces off the loop).
 
-Only whole representations are encoded (the whole log, `follow=`, `stream=`, all hosts). A request with a
-Range (or `?start=`) is answered in identity: its offsets are the log's bytes, and a client resuming a
-download it decoded (`curl --compressed -C -`) counts decoded bytes. So each encoding has only a weak ETag
-(`W/"<run_id>-<size>-zstd"`, `-gzip`): its bytes depend on where the log's parts lie (spool or store), which
-a strong validator could not promise, and If-Range (strong only) never resumes an encoded answer.
+Only whole representations are encoded (the whole log, `follow=`, `stream=`, all hosts; and a running log's
+whole answer a central API forwards, api/proxy.py: asked of the node in identity, checked, encoded here).
+A request with a Range (or `?start=`) is answered in identity: its offsets are the log's bytes, and a client
+resuming a download it decoded (`curl --compressed -C -`) counts decoded bytes. So each encoding has only a
+weak ETag (`W/"<run_id>-<size>-zstd"`, `-gzip`): its bytes depend on where the log's parts lie (spool or
+store), which a strong validator could not promise, and If-Range (strong only) never resumes an encoded answer.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write �
   debounce=1, step=1 ≈ 2 ms plus a thread per watch, and its defaults add 50–100 ms.
 - store only (the log runs on another host): every STORE_POLL_S one LIST after the log's last delta
   (Reader.refresh: the manifest is read again only when the listing shows it changed); a follower is at
-  most a checkpoint interval and a poll behind.
+  most a checkpoint interval and a poll behind. The poller's view is the feed's (`Feed.view`): a woken
+  follower finds its next part in it, so the followers of a store-only log cost no request of their own
+  but the new deltas' GETs, shared through the API's reader (api/source.py), which the poller uses too.
 The poller runs only while its log has followers and is cancelled and awaited when the last one leaves.
 """
 
@@ -36,7 +38,6 @@ from shipper.format.index import RECORD_SIZE
 from shipper.format.parts import open_either, open_spool_file
 from shipper.format.reader import LogNotFound, Reader
 from shipper.retry import QuietLog
-from shipper.store import Store
 
 from .source import LogView
 
@@ -165,6 +166,8 @@ class Feed:
         self.spool: tuple[int, int, bool] | None = None  # the spool poller's last look: (newest seq, size, ended)
         self.failed = False  # the poller died: followers end (with an error) and may reconnect
         self.fanout: Fanout | None = None  # one reading for the caught-up followers (api/fanout.py)
+        self.view: LogView | None = None  # the store poller's newest view (store-only logs; None: none, or no log)
+        self.polled = False  # the store poller has looked once (before that, `view` None says nothing)
         self._wake = asyncio.Event()
 
     @property
@@ -202,8 +205,8 @@ class Feed:
 class Hub:
     """The feeds of every followed log in this API process."""
 
-    def __init__(self, store: Store, checkpoint_seconds: float) -> None:
-        self.store = store
+    def __init__(self, reader: Reader, checkpoint_seconds: float) -> None:
+        self.reader = reader  # the API's (api/source.py): its caches of checked deltas and manifests are shared
         self.checkpoint_seconds = checkpoint_seconds
         self._feeds: dict[Key, Feed] = {}
 
@@ -217,7 +220,7 @@ class Hub:
         feed.followers += 1
         if feed.poller is None:
             poll = _poll_spool(feed, spool_dir) if spool_dir is not None else \
-                _poll_store(feed, self.store, task, host, self.checkpoint_seconds)
+                _poll_store(feed, self.reader, task, host, self.checkpoint_seconds)
             feed.poller = asyncio.create_task(poll, name=f"tail-poll {task}/{host}")
             feed.poller.add_done_callback(feed.poller_done)
         try:
@@ -322,9 +325,8 @@ def _next_index(log_dir: Path, seq: int) -> tuple[str, str]:
     return str(names.spool_index(log_dir, seq + 1, open_=True)), str(names.spool_index(log_dir, seq + 1))
 
 
-async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: float) -> None:
+async def _poll_store(feed: Feed, reader: Reader, task: str, host: str, interval: float) -> None:
     last: tuple[int, str] | None = None
-    reader = Reader(store)
     view: LogView | None = None
     while True:
         try:
@@ -339,6 +341,7 @@ async def _poll_store(feed: Feed, store: Store, task: str, host: str, interval: 
             _quiet.log(logging.WARNING, f"{task}/{host}", "tail of %s/%s: cannot read the manifest: %s",
                        task, host, exc)
             sig = last
+        feed.view, feed.polled = view, True
         if sig != last:
             last = sig
             feed.notify()

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +29,8 @@ from yarl import URL
 
 from shipper.errors import LogshipError
 
+from . import encoding
+from .encoding import IDENTITY
 from .keys import CONFIG, METRICS, PROXY, PROXY_SESSION, SOURCE
 from .proxy_check import (
     AllowList,
@@ -52,6 +54,7 @@ FORWARD_REQUEST = ("Range", "If-Range", "Last-Event-ID")
 FORWARD_QUERY = {"/log": ("stream", "follow", "start"), "/tail": ("from", "lines"), "/index": ("start", "end"),
                  "": ()}  # never token=
 FORWARD_RESPONSE = ("Content-Range", "ETag", "X-Log-Size", "X-More-Data")
+NOT_IN_304 = ("Content-Type", "Content-Range", "Content-Encoding")
 CONNECT_TIMEOUT = 2.0
 PIECE = 1 << 20
 MAX_HEADER_FIELD = 4096  # bytes of one header line of a node's answer (aiohttp's default is 8190)
@@ -171,6 +174,7 @@ def _request(request: web.Request, t: _Target) -> tuple[str, dict[str, str]]:
     headers = {h: request.headers[h] for h in FORWARD_REQUEST if h in request.headers and h.lower() not in hop}
     if t.route == "/tail" and "Accept" in request.headers:
         headers["Accept"] = request.headers["Accept"]
+    # identity: the checks hold the node to the log's own bytes; a whole /log is encoded here (_proxy_stream)
     headers.update({PROXIED: "1", "Accept-Encoding": "identity"})
     token = request.app[CONFIG].api.proxy_token
     if token:
@@ -199,9 +203,16 @@ async def _open(request: web.Request, t: _Target, method: str) -> aiohttp.Client
 
 
 async def _proxy_stream(request: web.Request, t: _Target) -> web.StreamResponse:
-    """/log (and the tail as SSE): the head checked before anything is sent, the body as it comes."""
+    """/log (and the tail as SSE): the head checked before anything is sent, the body as it comes.
+
+    The node is asked for identity, so the checks (the byte cap of the head, a Content-Length) hold on the
+    log's own bytes; a whole /log is then encoded here as api/logs.py encodes a local one (api/encoding.py:
+    the same negotiation, a weak ETag per coding, Range and ?start= in identity, flushed per piece when
+    followed)."""
     up = await _open(request, t, request.method)
     sse: SSECheck | None = None
+    coding = IDENTITY
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     try:
         if t.route == "/tail":
             if up.status != 200 or not up.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -213,10 +224,18 @@ async def _proxy_stream(request: web.Request, t: _Target) -> web.StreamResponse:
         else:
             cap = check_log_head(up.status, up.headers, run_id=t.run_id, held=t.held,
                                  range_header=request.headers.get("Range"), start=_whole(request.query.get("start")),
-                                 follow=request.query.get("follow", "").lower() in ("1", "true", "yes"))
+                                 follow=follow)
             headers = {h: up.headers[h] for h in FORWARD_RESPONSE if h in up.headers}
             headers.update({"Content-Type": "text/plain; charset=utf-8", "Accept-Ranges": "bytes",
-                            "Cache-Control": "no-cache"})
+                            "Cache-Control": "no-cache", "Vary": "Accept-Encoding"})
+            if "Range" not in request.headers and "start" not in request.query:  # whole: any coding
+                coding = encoding.choose(request.headers.get("Accept-Encoding"))
+                headers["ETag"] = encoding.etag(headers["ETag"], coding)  # the node's, checked: "<run>-<size>"
+                headers.update(encoding.headers(coding))
+            if "start" not in request.query and encoding.none_match(request.headers.get("If-None-Match"),
+                                                                    headers["ETag"]):
+                up.close()  # the client has this representation (RFC 9110 13.1.2, before Range, as api/logs.py)
+                return web.Response(status=304, headers={k: v for k, v in headers.items() if k not in NOT_IN_304})
     except BadAnswer as exc:
         up.close()
         _bad(request, t, exc)
@@ -224,44 +243,58 @@ async def _proxy_stream(request: web.Request, t: _Target) -> web.StreamResponse:
     headers["X-Content-Type-Options"] = "nosniff"
     resp = web.StreamResponse(status=up.status, headers=headers)
     length = _whole(up.headers.get("Content-Length"))
-    if length is not None and t.route == "/log":
+    if length is not None and t.route == "/log" and coding == IDENTITY:
         resp.content_length = length
     metrics = request.app[METRICS]
     async with up:
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
-        sent = 0
-        pieces = up.content.iter_chunked(PIECE).__aiter__()
-        while True:
+        node = _Body(up, cap, length, sse)
+        body = node.pieces() if coding == IDENTITY else encoding.compress(node.pieces(), coding, live=follow)
+        async with contextlib.aclosing(body):
             try:
-                try:
-                    piece = await anext(pieces)
-                except StopAsyncIteration:
-                    if sse is not None:
-                        sse.close()
-                    if length is not None and sent != length:
-                        raise BadAnswer(f"{sent} bytes of a Content-Length of {length}") from None
-                    break
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise BadAnswer(f"the answer was cut ({exc or type(exc).__name__})") from None
-                if cap is not None and sent + len(piece) > cap:
-                    raise BadAnswer(f"more than the {cap} bytes its head announced")
-                sent += len(piece)
-                if sse is not None:
-                    piece = sse.feed(piece)
+                async for piece in body:
+                    try:
+                        await resp.write(piece)
+                    except ConnectionError:
+                        metrics.client_gone += 1
+                        return resp
+                    metrics.bytes_out += len(piece)
             except BadAnswer as exc:
-                _bad(request, t, exc, f"the response to the client was cut after {sent} bytes; checkpoints")
+                _bad(request, t, exc, f"the response to the client was cut after {node.sent} bytes; checkpoints")
                 _cut(request)
                 return resp
-            try:
-                await resp.write(piece)
-            except ConnectionError:
-                metrics.client_gone += 1
-                return resp
-            metrics.bytes_out += len(piece)
     await resp.write_eof()
     return resp
+
+
+class _Body:
+    """A node's body as it comes, held to its head: at most `cap` bytes, all of its Content-Length, and
+    (SSE) whole events that check out. BadAnswer from the piece that breaks a rule, before it is given."""
+
+    def __init__(self, up: aiohttp.ClientResponse, cap: int | None, length: int | None,
+                 sse: SSECheck | None) -> None:
+        self.up, self.cap, self.length, self.sse = up, cap, length, sse
+        self.sent = 0  # the node's bytes taken so far
+
+    async def pieces(self) -> AsyncGenerator[bytes, None]:
+        chunks = self.up.content.iter_chunked(PIECE).__aiter__()
+        while True:
+            try:
+                piece = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise BadAnswer(f"the answer was cut ({exc or type(exc).__name__})") from None
+            if self.cap is not None and self.sent + len(piece) > self.cap:
+                raise BadAnswer(f"more than the {self.cap} bytes its head announced")
+            self.sent += len(piece)
+            yield piece if self.sse is None else self.sse.feed(piece)
+        if self.sse is not None:
+            self.sse.close()
+        if self.length is not None and self.sent != self.length:
+            raise BadAnswer(f"{self.sent} bytes of a Content-Length of {self.length}")
 
 
 def _cut(request: web.Request) -> None:

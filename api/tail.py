@@ -39,7 +39,7 @@ from shipper.retry import QuietLog
 from . import fanout, params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
-from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, STORE
+from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE
 from .sinks import PING_S, SSE, Sink, WebSocket
 from .source import LogMoved, LogView, Part, Source
 
@@ -62,7 +62,9 @@ class Cursor:
         self.task, self.host = feed.key[0], feed.key[1]
         self.pos = pos
         self.done = False
-        self._view = view  # used by the next locate, then a fresh one is taken
+        self._view = view  # used by the next locate, then the next one is taken (_next_view)
+        self._last = view  # the newest view located in: a store-only log's next one follows on from it
+        self._whole = False  # the next locate takes a whole view (a hole to confirm, a part moved away)
         self._reader: SegmentReader | None = None
         self._store: AsyncGenerator[list[Event], None] | None = None
         self._gap_checked = False
@@ -79,7 +81,7 @@ class Cursor:
                     await self._drop_store()
                 except LogMoved:  # replaced again and again while read: read on from a fresh view
                     await self._drop_store()
-                    self._view = None
+                    self._view, self._whole = None, True
             elif self._reader is not None:
                 if not await self._step_reader(out):
                     return out  # nothing new in the segment yet
@@ -133,13 +135,13 @@ class Cursor:
 
     async def _locate(self, out: list[Event]) -> bool:
         """Find the part holding the cursor and start reading it; False if there is nothing to read yet."""
-        view = self._view or await self.source.view(self.task, self.host)
+        view = self._view or await self._next_view()
         self._view = None
         part = next((p for p in view.parts if p.end > self.pos), None)
         if part is not None and part.offset > self.pos and not self._gap_checked:
             # A view can show a hole that is not one: a segment committed and pruned between its
             # manifest GET and its look at the spool. Only a hole a fresh view still has was dropped.
-            self._gap_checked = True
+            self._gap_checked = self._whole = True
             return True
         self._gap_checked = False
         if part is None:
@@ -172,6 +174,26 @@ class Cursor:
             else:
                 self._view = view  # still good for finding the next part
         return True
+
+    async def _next_view(self) -> LogView:
+        """The view the next locate looks in. Beside the spool a whole one: the spool moves under any view.
+        From the store alone (issue 14) never a whole view per wake-up: the store poller's newest (api/hub.py:
+        it woke us, so it costs no request), else the last one followed on by Reader.refresh (one LIST; the
+        manifest only when the listing shows it changed, at a seal or the end). A whole view only after a
+        part moved away under a view, or to confirm a hole."""
+        last, seen = self._last, self.feed.view
+        if self.feed.local or self._whole or (last is None and seen is None):
+            self._whole = False
+            view = await self.source.view(self.task, self.host)
+        elif seen is None:
+            assert last is not None
+            # The poller has not looked yet (it wakes us when it has), or it failed to read the log: then
+            # follow on from ours, and meet the failure (a log deleted, a damaged manifest) ourselves.
+            view = await self.source.refresh(last) if self.feed.polled else last
+        else:  # the poller's, unless it saw nothing newer: then nothing past ours to find (it wakes us when it does)
+            view = seen if last is None or _newer(seen, last) else last
+        self._last = view
+        return view
 
     async def _drop_store(self) -> None:
         if self._store is not None:
@@ -215,6 +237,11 @@ class Cursor:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+
+def _newer(a: LogView, b: LogView) -> bool:
+    """Whether view `a` of a log is at least as far on as `b` (and not the same view)."""
+    return a is not b and a.size >= b.size and (a.finished or not b.finished)
 
 
 async def last_lines_offset(source: Source, view: LogView, n: int) -> int:
@@ -374,7 +401,7 @@ async def _pump(app: web.Application, follower: _Follower) -> WSCloseCode:
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """The hub lives as long as the app: its pollers are cancelled and awaited at cleanup."""
-    hub = Hub(app[STORE], app[CONFIG].watch.checkpoint_seconds)
+    hub = Hub(app[SOURCE], app[CONFIG].watch.checkpoint_seconds)
     app[HUB] = hub
     app[SINKS] = set()
     try:

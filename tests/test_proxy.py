@@ -9,11 +9,13 @@ manifest (status running) then names the node, as a watcher host can write any m
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import secrets
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import zstandard
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -29,6 +32,7 @@ from api.keys import METRICS
 from shipper.config import load_config
 from shipper.format import archive, names, reader
 from shipper.store import open_store
+from shipper.watcher import watch
 
 from .support import env_for, spooled, start_agent, stop_agent, watch_once
 
@@ -158,6 +162,14 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             await node_server.close()
 
 
+# What a client has decoded of an answer so far (a cut one too: no end of frame or member needed).
+DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "identity": lambda raw: raw,
+    "zstd": lambda raw: zstandard.ZstdDecompressor().decompressobj().decompress(raw),
+    "gzip": lambda raw: zlib.decompressobj(31).decompress(raw),
+}
+
+
 def leaked(node: Node) -> list[str]:
     """Everything the node was sent that holds the user's token or a cookie."""
     out = []
@@ -176,7 +188,8 @@ async def test_the_node_gets_the_proxy_token_never_the_users(setup: Setup) -> No
                   "Connection": "keep-alive, Range", "TE": "trailers", "X-Forwarded-For": "10.9.9.9"}
         status, body, headers = await setup.get(central, params={"token": USER}, headers=cookie)
         assert status == 200 and body == node.body  # the newest bytes: the node's answer agrees with the manifest
-        assert headers["Content-Type"].startswith("text/plain") and headers["ETag"] == f'"{node.run_id}-{len(body)}"'
+        assert headers["Content-Type"].startswith("text/plain") and headers["Content-Encoding"] == "gzip"
+        assert headers["ETag"] == f'W/"{node.run_id}-{len(body)}-gzip"'  # aiohttp asks for gzip: encoded here
         status, body, _ = await setup.get(central, headers={"Range": "bytes=2-20"})
         assert status == 206 and body == node.body[2:21]
         status, body, _ = await setup.get(central, "/index", params={"token": USER, "start": "0"})
@@ -287,11 +300,15 @@ async def test_an_answer_at_odds_with_the_manifest_is_not_served(setup: Setup, a
         await central.close()
 
 
-async def test_a_body_longer_than_its_head_ends_as_a_failed_transfer(setup: Setup) -> None:
+@pytest.mark.parametrize("coding", ["identity", "zstd", "gzip"])
+async def test_a_body_longer_than_its_head_ends_as_a_failed_transfer(setup: Setup, coding: str) -> None:
+    """The node's bytes are held to its head before they are encoded: a node that sends more than the size it
+    announced (and the manifest allows) is cut, whatever the client's coding, and nothing forged is decoded."""
     async def overlong(request: web.Request, node: Node) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"ETag": f'"{node.run_id}-{len(node.body)}"'})
         await resp.prepare(request)
         await resp.write(node.body)
+        await asyncio.sleep(0.2)  # the honest bytes go out (encoded) before the lie comes
         await resp.write(b"forged bytes after the announced size\n" * 1000)
         await resp.write_eof()
         return resp
@@ -299,8 +316,16 @@ async def test_a_body_longer_than_its_head_ends_as_a_failed_transfer(setup: Setu
     setup.node.answer = overlong
     central = await setup.central()
     try:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await setup.get(central)
+        raw = b""
+        async with setup.session.get(f"{base(central)}/api/v1/tasks/{TASK}/hosts/{HOST}/log",
+                                     headers={"Authorization": f"Bearer {USER}", "Accept-Encoding": coding},
+                                     auto_decompress=False) as r:
+            assert r.status == 200 and r.headers.get("Content-Encoding", "identity") == coding
+            with pytest.raises(aiohttp.ClientPayloadError):
+                while piece := await r.content.readany():
+                    raw += piece
+        got = DECODERS[coding](raw)
+        assert setup.node.body.startswith(got) and b"forged" not in got
         assert central.app[METRICS].proxy_rejected == 1
         status, body, _ = await setup.get(central)  # then: the checkpoints
         assert status == 200 and body == setup.node.held
@@ -371,6 +396,106 @@ async def test_sse_with_a_gap_is_cut(setup: Setup) -> None:
         assert central.app[METRICS].proxy_rejected == 1
     finally:
         await central.close()
+
+
+# --- a real node API: the proxied log in each coding --------------------------------------------------------
+
+GATED = ("import os, sys, time\n"
+         "def lines(a, b):\n"
+         "    for i in range(a, b): sys.stdout.write('line %06d %s\\n' % (i, 'xyz' * (i % 9)))\n"
+         "    sys.stdout.flush()\n"
+         "lines(0, 3000)\n"
+         "while not os.path.exists({gate1!r}): time.sleep(0.01)\n"
+         "lines(3000, 6000)\n"
+         "while not os.path.exists({gate2!r}): time.sleep(0.01)\n"
+         "print('bye')\n")
+
+
+def line(i: int) -> bytes:
+    return b"line %06d %s\n" % (i, b"xyz" * (i % 9))
+
+
+def unzstd(body: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True).readall()
+
+
+async def until(done: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_real_nodes_log_is_encoded_by_the_central_api(tmp_path: Path) -> None:
+    """A central API forwarding a running log to the real node API beside its spool answers zstd and gzip of
+    the node's newest bytes, each decoding to exactly its identity answer, with a weak ETag per coding; a
+    followed log as frames a reader decodes as they come; a Range in identity."""
+    spool = tmp_path / "spool"
+    env = {"LOGSHIP_SPOOL_DIR": str(spool), "LOGSHIP_STORE_URL": f"file://{tmp_path}/archive"}
+    node = TestServer(create_app(load_config(env={**env, "LOGSHIP_API_TOKENS": NODE})), host="127.0.0.1")
+    await node.start_server()
+    central = TestServer(create_app(load_config(env={**env, "LOGSHIP_API_TOKENS": USER, "LOGSHIP_API_PROXY_TOKEN": NODE,
+                                                     "LOGSHIP_API_PROXY_ALLOW": "127.0.0.1"}), serve_spool=False),
+                         host="127.0.0.1")
+    await central.start_server()
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    agent = start_agent(spool, TASK, [sys.executable, "-c", GATED.format(gate1=str(gate1), gate2=str(gate2))],
+                        host=HOST, env=env_for(spool, env), stdout=subprocess.DEVNULL)
+    url = f"{base(central)}/api/v1/tasks/{TASK}/hosts/{HOST}/log"
+    now: Callable[[], bytes] = lambda: spooled(spool, TASK, HOST)  # noqa: E731
+    try:
+        await until(lambda: (spool / TASK / HOST).is_dir() and now().endswith(line(2999)))
+        await watch(load_config(env={**env, "LOGSHIP_WATCH_API_URL": base(node)}), once=True)  # names the node
+        gate1.touch()  # then bytes only the node's spool has
+        await until(lambda: now().endswith(line(5999)))
+        plain = now()
+        async with aiohttp.ClientSession() as http:
+            async def get(**headers: str) -> tuple[int, bytes, Any]:
+                async with http.get(url, headers={"Authorization": f"Bearer {USER}", **headers},
+                                    auto_decompress=False) as r:
+                    return r.status, await r.read(), r.headers
+
+            status, body, h = await get(**{"Accept-Encoding": "identity"})
+            assert status == 200 and body == plain and "Content-Encoding" not in h  # the node's newest bytes
+            tag = h["ETag"]
+            for coding, decode in (("zstd", unzstd), ("gzip", lambda b: zlib.decompress(b, 31))):
+                status, body, h = await get(**{"Accept-Encoding": coding})
+                assert status == 200 and h["Content-Encoding"] == coding and h["Vary"] == "Accept-Encoding"
+                assert decode(body) == plain and len(body) < len(plain) / 2
+                assert h["ETag"] == f'W/{tag[:-1]}-{coding}"' and "Content-Length" not in h
+                status, body, _ = await get(**{"Accept-Encoding": coding, "If-None-Match": h["ETag"]})
+                assert status == 304 and body == b""
+            status, body, h = await get(**{"Accept-Encoding": "zstd, gzip", "Range": "bytes=1000-1999"})
+            assert status == 206 and body == plain[1000:2000] and "Content-Encoding" not in h  # Range: identity
+
+            gz = zlib.decompressobj(31)
+            async with http.get(url + "?follow=true", auto_decompress=False,
+                                headers={"Authorization": f"Bearer {USER}", "Accept-Encoding": "gzip"}) as r:
+                got = b""
+                while not got.endswith(line(5999)):
+                    got += gz.decompress(await r.content.readany())
+                assert got == plain
+            zs, raw, got = zstandard.ZstdDecompressor().decompressobj(), b"", b""
+            async with http.get(url + "?follow=true", auto_decompress=False,
+                                headers={"Authorization": f"Bearer {USER}", "Accept-Encoding": "zstd"}) as r:
+                assert r.status == 200 and r.headers["Content-Encoding"] == "zstd"
+                while not got.endswith(line(5999)):
+                    piece = await r.content.readany()
+                    assert piece, "the followed answer ended while the task runs"
+                    raw, got = raw + piece, got + zs.decompress(piece)
+                assert got == plain  # decoded as it came, while the task still runs
+                gate2.touch()
+                rest = await asyncio.wait_for(r.read(), 30)  # the task ends: so does the node's answer, and ours
+            assert agent.wait(30) == 0
+            assert got + zs.decompress(rest) == now() and zs.eof and now().endswith(b"bye\n")  # a whole frame
+            assert unzstd(raw + rest) == now()
+        assert central.app[METRICS].proxy_forwarded >= 8 and central.app[METRICS].proxy_rejected == 0
+    finally:
+        gate1.touch()
+        gate2.touch()
+        stop_agent(agent, spool, TASK, HOST)
+        await central.close()
+        await node.close()
 
 
 # --- ?token= only where no header can go ------------------------------------------------------------
