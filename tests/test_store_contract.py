@@ -718,6 +718,12 @@ async def test_a_refused_signature_falls_back_to_botocore_for_good(
             assert await store.list_dirs("") == ["f"]
         assert len([r for r in caplog.records if "refused a request signed by logship" in r.getMessage()]) == 1
         assert await store.get("f/b") == b"botocore's"
+        fresh = open_store(s3_store_cfg)  # its first request a HEAD, whose refusal is a bare 403
+        try:
+            assert (await fresh.head("f/b")).size == len(b"botocore's")
+            assert isinstance(fresh, S3Store) and not fresh._ops.ours
+        finally:
+            await fresh.close()
     finally:
         await store.close()
 

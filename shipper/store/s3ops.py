@@ -85,7 +85,8 @@ class S3Ops:
         try:
             return await ours(signer)
         except ClientError as exc:
-            if error_code(exc) not in SIGNATURE_CODES:
+            # A HEAD's answer has no error document: its bare 403 may be a refused signature too.
+            if error_code(exc) not in SIGNATURE_CODES and error_code(exc) != "403":
                 raise
             result = await botos(s3)  # refused too: the credentials are wrong, not our signing; raised
             if self.ours:
