@@ -10,9 +10,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import pytest
 from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.store import Store, open_store, s3read
+from shipper.store import Store, open_store, s3errors, s3http, s3ops, sigv4
 from shipper.store.fs import FileStore
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
@@ -415,7 +419,7 @@ async def test_a_put_cut_after_its_headers_leaves_the_old_object(s3_store_cfg: S
 
 async def test_reads_use_the_proxy_of_the_environment(s3_store_cfg: StoreConfig,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # HTTP_PROXY / NO_PROXY as botocore honours them for writes: reads must go the same way.
+    # HTTP_PROXY / NO_PROXY as botocore honours them (multipart): our requests must go the same way.
     data = os.urandom(1000)
     proxy = Proxy(_port(s3_store_cfg))  # an HTTP proxy forwards to the store
     async with proxy as through:
@@ -425,17 +429,17 @@ async def test_reads_use_the_proxy_of_the_environment(s3_store_cfg: StoreConfig,
                 monkeypatch.delenv(name, raising=False)
             for name, value in env.items():
                 monkeypatch.setenv(name, value)
-            s3read._proxy_for.cache_clear()
+            s3http._proxy_for.cache_clear()
             store = open_store(s3_store_cfg)
             try:
+                before = proxy.connections  # writes share the reads' pool (shipper/store/s3http.py)
                 await store.put("p", data)
-                before = proxy.connections  # botocore's, when it goes through the proxy too
                 assert await store.get("p") == data
                 assert await _read_all(store, "p") == data
             finally:
                 await store.close()
             assert (proxy.connections > before) == via_proxy
-    s3read._proxy_for.cache_clear()
+    s3http._proxy_for.cache_clear()
 
 
 async def test_a_body_cut_short_is_an_error_not_a_short_object(s3_store_cfg: StoreConfig) -> None:
@@ -546,3 +550,192 @@ async def test_local_s3_start_stop(tmp_path: Path, capsys: pytest.CaptureFixture
             await store.close()
     finally:
         await asyncio.to_thread(s3local.stop, back)
+
+
+# --- S3 requests of our own (shipper/store/s3ops.py), and a second S3 server ------------------
+
+
+RCLONE_KEY, RCLONE_SECRET = "AKIALOGSHIPTEST00001", "logship-test-secret-0123456789"  # it refuses short keys
+
+
+@pytest.fixture(scope="module")
+def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreConfig]:
+    """`rclone serve s3` over a directory: another S3 implementation (gofakes3) than SeaweedFS's."""
+    root = tmp_path_factory.mktemp("rclone")
+    (root / "bk").mkdir()
+    rclone = Path(sys.executable).parent / "rclone"
+    port = free_port()
+    proc = subprocess.Popen([str(rclone) if rclone.exists() else "rclone", "serve", "s3", "--addr",
+                             f"127.0.0.1:{port}", "--auth-key", f"{RCLONE_KEY},{RCLONE_SECRET}",
+                             str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "rclone serve s3 did not start"
+            time.sleep(0.1)
+        yield StoreConfig(url=f"s3://bk/t-{os.urandom(4).hex()}/", endpoint=f"http://127.0.0.1:{port}",
+                          access_key=RCLONE_KEY, secret_key=RCLONE_SECRET)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(params=["file", "s3", "rclone"])
+async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    cfg: StoreConfig = request.getfixturevalue({"rclone": "rclone_s3"}.get(request.param,
+                                                                            f"{request.param}_store_cfg"))
+    st = open_store(cfg)
+    try:
+        yield st
+    finally:
+        await st.close()
+
+
+ODD = ["a b/c d.log", "plus+sign/x+y", "pct%25/100%", "ünï/cödé ✓", "tilde~/~x~", "amp&lt/<a>&'\"=?#",
+       "semi;colon/a,b:c@d$e!f*g(h)", "star*/[x]{y}|z^`"]
+
+
+async def test_odd_keys_round_trip(any_store: Store) -> None:
+    """Keys that URL encoding, XML escaping or `encoding-type=url` could garble come back as written
+    from every request: put, get, head, list, list_page, list_dirs, delete."""
+    root = f"odd-{os.urandom(4).hex()}/"
+    keys = sorted(f"{root}{k}" for k in ODD)
+    for i, k in enumerate(keys):
+        await any_store.put(k, f"body {i}".encode())
+    for i, k in enumerate(keys):
+        assert await any_store.get(k) == f"body {i}".encode()
+        assert (await any_store.head(k)).size == len(f"body {i}")
+    assert [o.key for o in await any_store.list(root)] == keys
+    assert [o.key for o in await any_store.list_page(root)] == keys
+    assert [o.key for o in await any_store.list_page(root, keys[1], 2)] == keys[2:4]
+    assert [o.key for o in await any_store.list(f"{root}plus+")] == [f"{root}plus+sign/x+y"]
+    dirs = sorted({k.split("/")[0] for k in ODD if "/" in k})
+    assert await any_store.list_dirs(root) == dirs
+    assert await any_store.list_dirs(f"{root}a b/") == []
+    await any_store.delete(keys[:3])
+    assert [o.key for o in await any_store.list(root)] == keys[3:]
+    await any_store.delete(keys)
+    assert await any_store.list(root) == []
+
+
+async def test_listings_and_deletes_of_more_than_a_page(any_store: Store) -> None:
+    """Over 1,000 keys: a LIST is two pages (continuation token), a DeleteObjects two batches."""
+    root = f"paged-{os.urandom(4).hex()}/"
+    keys = [f"{root}d{i % 3}/k {i:05d}+" for i in range(1003)]
+    await asyncio.gather(*(any_store.put(k, b"x" * (i % 7)) for i, k in enumerate(keys)))
+    before = any_store.stats.snapshot()["requests"]
+    got = await any_store.list(root)
+    assert [o.key for o in got] == sorted(keys)
+    assert {o.key: o.size for o in got} == {k: i % 7 for i, k in enumerate(keys)}
+    assert await any_store.list_dirs(root) == ["d0", "d1", "d2"]
+    page = await any_store.list_page(root)
+    assert [o.key for o in page] == sorted(keys)[:1000]
+    assert [o.key for o in await any_store.list_page(root, page[-1].key)] == sorted(keys)[1000:]
+    await any_store.delete(keys)
+    assert await any_store.list(root) == []
+    after = any_store.stats.snapshot()["requests"]
+    if isinstance(any_store, S3Store):
+        assert after["list_objects_v2"] - before.get("list_objects_v2", 0) == 2 + 1 + 2 + 1
+        assert after["delete_objects"] - before.get("delete_objects", 0) == 2
+
+
+async def test_every_request_survives_one_slow_down(s3_store_cfg: StoreConfig) -> None:
+    """S3's 503 SlowDown is sent again once after a moment (counted twice, as billed); twice is an error.
+    (Not HEAD: the proxy's SlowDown has a body, which no answer to a HEAD may have; HEAD shares the retry.)"""
+    proxy = Proxy(_port(s3_store_cfg))
+    async with proxy as through:
+        store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
+        try:
+            calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("put_object", lambda: store.put("s/k", b"v" * 100)),
+                ("list_objects_v2", lambda: store.list("s/")),
+                ("list_objects_v2", lambda: store.list_dirs("")),
+                ("delete_objects", lambda: store.delete(["s/gone"])),
+            ]
+            for op, call in calls:
+                before = store.stats.requests[op]
+                proxy.slow_down = 1
+                await call()
+                assert store.stats.requests[op] - before == 2 and proxy.slow_down == 0
+            for _, call in calls:
+                proxy.slow_down = 2
+                with pytest.raises(StoreUnavailable) as info:
+                    await call()
+                assert "SlowDown" in str(info.value)
+                assert info.value.hint
+            proxy.slow_down = 0
+            assert (await store.head("s/k")).size == 100
+        finally:
+            await store.close()
+
+
+async def test_bad_credentials_on_every_request(local_s3: s3local.LocalS3) -> None:
+    """Wrong secret, unknown key: a StoreError naming the settings, never the secret."""
+    secret = "wrong-secret-Zq8x"
+    for access_key in (local_s3.access_key, "nobody"):
+        store = open_store(StoreConfig(url="s3://logship/t/", endpoint=local_s3.endpoint, access_key=access_key,
+                                       secret_key=secret))
+        try:
+            for op in (store.put("x", b"x"), store.head("x"), store.list(""), store.list_page(""),
+                       store.list_dirs(""), store.delete(["x"])):
+                with pytest.raises(StoreError) as info:
+                    await op
+                assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
+                assert "store.secret_key" in info.value.hint
+                assert secret not in f"{info.value} {info.value.hint} {info.value.__cause__!r}"
+            assert isinstance(store, S3Store) and store._ops.ours  # the credentials' fault, not our signing
+        finally:
+            await store.close()
+
+
+async def test_a_refused_signature_falls_back_to_botocore_for_good(
+        s3_store_cfg: StoreConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that refuses our signature (here: SeaweedFS, given a broken one) but takes botocore's:
+    the request succeeds through botocore, and so does every later one, with one WARNING."""
+    store = open_store(s3_store_cfg)
+    assert isinstance(store, S3Store)
+    try:
+        await store.put("f/a", b"ours")  # our own signature, accepted
+        assert store._ops.ours
+        signed = sigv4.Presigner.request
+
+        def broken(self: sigv4.Presigner, *args: Any, **kw: Any) -> tuple[str, dict[str, str]]:
+            url, headers = signed(self, *args, **kw)
+            headers["authorization"] = headers["authorization"][:-4] + "0000"
+            return url, headers
+
+        monkeypatch.setattr(sigv4.Presigner, "request", broken)
+        with caplog.at_level(logging.WARNING, logger="logship.store"):
+            await store.put("f/b", b"botocore's")
+            assert not store._ops.ours
+            assert [o.key for o in await store.list("f/")] == ["f/a", "f/b"]
+            assert (await store.head("f/b")).size == len(b"botocore's")
+            await store.delete(["f/a"])
+            assert await store.list_dirs("") == ["f"]
+        assert len([r for r in caplog.records if "refused a request signed by logship" in r.getMessage()]) == 1
+        assert await store.get("f/b") == b"botocore's"
+        fresh = open_store(s3_store_cfg)  # its first request a HEAD, whose refusal is a bare 403
+        try:
+            assert (await fresh.head("f/b")).size == len(b"botocore's")
+            assert isinstance(fresh, S3Store) and not fresh._ops.ours
+        finally:
+            await fresh.close()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("body", [
+    b"not xml", b"<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>",
+    b"<ListBucketResult><Contents><Key>k</Key><Size>x</Size></Contents></ListBucketResult>",
+    b"<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+    b"<ListBucketResult><CommonPrefixes></CommonPrefixes></ListBucketResult>",
+])
+async def test_a_malformed_listing_is_refused(body: bytes) -> None:
+    with pytest.raises(s3errors.BadAnswer):
+        s3ops.parse_list(body)
+    err = s3errors.translate(s3errors.BadAnswer("x"), "list", "s3://b/k", None, "b")
+    assert isinstance(err, StoreUnavailable) and "store.endpoint" in err.hint

@@ -1,7 +1,9 @@
-"""The S3 store (`s3://bucket/prefix`, any S3-compatible server) on aiobotocore.
+"""The S3 store (`s3://bucket/prefix`, any S3-compatible server).
 
-Reads of object bodies go through presigned URLs and a plain aiohttp pool (s3read.py); everything
-else through botocore. Errors of both become ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
+Requests are signed here (sigv4.py: GETs presigned, PUT/HEAD/LIST/DeleteObjects header-signed) and sent
+over one aiohttp pool (s3http.py, s3ops.py); botocore gives the credentials (its chain: AWS_* variables,
+profiles, ...), sends multipart uploads (s3write.py), and every request once a server refused our
+signature. Errors of both become ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from ..errors import ConfigError, StoreError
-from . import s3errors, s3write, sigv4
+from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
 from .fs import check_dir_prefix, check_key
-from .s3read import PresignedReader
+from .s3http import S3Http
+from .s3ops import Page, S3Ops
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -49,7 +52,6 @@ READ_BUFSIZE = 256 << 10  # per response; aiohttp pauses the socket at twice thi
 # GETs in flight: an API reader holds two (its part and the next one, requested early), so this is
 # room for 64 concurrent downloads before a new one waits for a connection.
 READ_POOL = 128
-
 
 
 def _client_config(read_timeout: float, attempts: int) -> AioConfig:
@@ -95,9 +97,9 @@ class S3Store:
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
         self._presigner: bool | None = None  # sigv4.py's URLs: None until checked against botocore's
-        self._signer: sigv4.Presigner | None = None
-        self._reader = PresignedReader(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
-                                       attempts=attempts, pool=READ_POOL, read_bufsize=READ_BUFSIZE)
+        self._reader = S3Http(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                              attempts=attempts, pool=READ_POOL, read_bufsize=READ_BUFSIZE)
+        self._ops = S3Ops(self._reader, self.bucket, self._s3, self.endpoint)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
@@ -187,16 +189,14 @@ class S3Store:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
     async def _put_object(self, full: str, data: bytes, checked: bool = False) -> None:
-        s3 = await self._s3()
         # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
         # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
         # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
         # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
         # by listing, with no manifest before them: always.
-        md5 = ({"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
-               if len(data) <= MD5_MAX or checked else {})
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode() if len(data) <= MD5_MAX or checked else None
         with self._errors("put", full):
-            await s3.put_object(Bucket=self.bucket, Key=full, Body=data, **md5)
+            await self._ops.put(full, data, md5)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -262,14 +262,8 @@ class S3Store:
     async def _presign(self, s3: Any, full: str) -> str:
         """A presigned GET: sigv4.py's (≈ 20 µs) once it gave botocore's URL byte for byte, else botocore's."""
         if self._presigner is not False:
-            creds = getattr(getattr(s3, "_request_signer", None), "_credentials", None)
-            frozen = await creds.get_frozen_credentials() if creds is not None else None
-            if frozen is not None and frozen.access_key and frozen.secret_key and s3.meta.region_name:
-                signer = sigv4.Presigner(s3.meta.endpoint_url, s3.meta.region_name, frozen.access_key,
-                                         frozen.secret_key, frozen.token)
-                if signer == self._signer:  # the same credentials (a refresh gives new ones): its keys kept
-                    signer = self._signer
-                self._signer = signer
+            signer = await self._ops.signer(s3)
+            if signer is not None:
                 if self._presigner is None:  # the first GET: check it against botocore
                     theirs: str = await s3.generate_presigned_url(
                         "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=PRESIGN_SECONDS)
@@ -283,60 +277,57 @@ class S3Store:
 
     async def head(self, key: str) -> ObjectInfo:
         full = self._key(key)
-        s3 = await self._s3()
         with self._errors("head", full):
-            resp = await s3.head_object(Bucket=self.bucket, Key=full)
-        return ObjectInfo(key, int(resp["ContentLength"]))
+            return ObjectInfo(key, await self._ops.head(full))
+
+    async def _pages(self, prefix: str, delimiter: str = "") -> AsyncGenerator[Page, None]:
+        """Every page of a listing, by continuation token."""
+        token = ""
+        while True:
+            page = await self._ops.list_page(prefix, token=token, delimiter=delimiter)
+            yield page
+            if not page.token:
+                return
+            if page.token == token:  # as botocore's paginator: a server that would loop forever
+                raise s3errors.BadAnswer("the same continuation token twice")
+            token = page.token
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         full = self.root + check_key(prefix, prefix=True)
-        s3 = await self._s3()
         out: list[ObjectInfo] = []
         with self._errors("list", full):
-            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", ()):
-                    k: str = obj["Key"]
-                    if not k.endswith("/"):  # directory markers some servers show are not objects
-                        out.append(ObjectInfo(k[len(self.root):], int(obj["Size"])))
+            async for page in self._pages(full):
+                # directory markers some servers show are not objects
+                out += [ObjectInfo(k[len(self.root):], size, etag) for k, size, etag in page.objects
+                        if not k.endswith("/")]
         out.sort(key=lambda o: o.key)  # S3 lists in UTF-8 order already; not every clone does
         return out
 
     async def list_page(self, prefix: str, start_after: str = "", max_keys: int = 1000) -> builtins.list[ObjectInfo]:
         full = self.root + check_key(prefix, prefix=True)
-        s3 = await self._s3()
-        extra = {"StartAfter": self.root + start_after} if start_after else {}
         with self._errors("list", full):
-            page = await s3.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=max(1, min(max_keys, 1000)),
-                                            **extra)
-        out = [ObjectInfo(o["Key"][len(self.root):], int(o["Size"]), str(o.get("ETag", "")))
-               for o in page.get("Contents", ())
-               if not o["Key"].endswith("/")]
+            page = await self._ops.list_page(full, start_after=self.root + start_after if start_after else "",
+                                             max_keys=max(1, min(max_keys, 1000)))
+        out = [ObjectInfo(k[len(self.root):], size, etag) for k, size, etag in page.objects if not k.endswith("/")]
         out.sort(key=lambda o: o.key)
         return out
 
     async def list_dirs(self, prefix: str) -> builtins.list[str]:
         full = self.root + check_dir_prefix(prefix)
-        s3 = await self._s3()
         out: builtins.list[str] = []
         with self._errors("list", full):
-            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
-                                                                           Delimiter="/"):
-                out += [name for p in page.get("CommonPrefixes", ()) if (name := p["Prefix"][len(full):-1])]
+            async for page in self._pages(full, "/"):
+                out += [name for p in page.prefixes if (name := p[len(full):-1])]
         return sorted(out)
 
     # --- removing ----------------------------------------------------------------------
 
     async def delete(self, keys: Iterable[str]) -> None:
         full = [self._key(k) for k in keys]
-        if not full:
-            return
-        s3 = await self._s3()
         for i in range(0, len(full), DELETE_BATCH):
             batch = full[i:i + DELETE_BATCH]
             with self._errors("delete", batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} more)"):
-                resp = await s3.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": k} for k in batch], "Quiet": True})
-            errors = [e for e in resp.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+                errors = [e for e in await self._ops.delete(batch) if e.get("Code") != "NoSuchKey"]
             if errors:
                 e = errors[0]
                 raise s3errors.translate(ClientError({"Error": e, "ResponseMetadata": {}}, "DeleteObjects"),
@@ -364,7 +355,8 @@ class S3Store:
             if s3errors.error_code(exc) == "InvalidRange" or s3errors.http_status(exc) == 416:
                 raise s3errors.RangeNotSatisfiable() from exc
             raise s3errors.translate(exc, op, self._where(full_key), self.endpoint, self.bucket) from exc
-        except (BotoCoreError, aiohttp.ClientError, OSError) as exc:  # OSError: TimeoutError, ConnectionError
+        # OSError: TimeoutError, ConnectionError
+        except (BotoCoreError, aiohttp.ClientError, OSError, s3errors.BadAnswer) as exc:
             raise s3errors.translate(exc, op, self._where(full_key), self.endpoint, self.bucket) from exc
 
 

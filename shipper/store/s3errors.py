@@ -1,4 +1,4 @@
-"""S3's errors as the project's own: botocore's, and aiohttp's from the read path (s3read.py), become
+"""S3's errors as the project's own: botocore's, and aiohttp's from our own requests (s3http.py), become
 ObjectNotFound / StoreUnavailable / StoreError with a hint the user can act on. Nothing above
 shipper/store sees either library's errors.
 """
@@ -27,6 +27,10 @@ _RETRY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeo
                 "Throttling", "ThrottlingException", "TooManyRequests", "OperationAborted"}
 
 
+class BadAnswer(Exception):
+    """An answer of the store that is not S3's (not XML, a field missing): s3ops.py parses them."""
+
+
 class RangeNotSatisfiable(Exception):
     """The range starts at or past the object's end; get() and open() answer it with no bytes."""
 
@@ -51,6 +55,10 @@ def translate(exc: BaseException, op: str, where: str, endpoint: str | None, buc
             return StoreUnavailable(f"{op} {where}: {code}: {message}",
                                     f"the store at {endpoint} is overloaded or failing; logship retries")
         return StoreError(f"{op} {where}: {code}: {message}", "see the S3 documentation for this error code")
+    if isinstance(exc, BadAnswer):
+        return StoreUnavailable(f"{op} {where}: the store at {endpoint} gave a malformed answer: {exc}",
+                                "check store.endpoint: it must be an S3-compatible server (or a proxy in front "
+                                "of one that passes its answers whole); logship retries")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
         return StoreError(f"{op} {where}: no usable S3 credentials ({exc})", CREDENTIALS_HINT)
     if isinstance(exc, (BotoConnectionError, HTTPClientError, aiohttp.ClientError, OSError)):

@@ -1,10 +1,12 @@
-"""GETs of presigned URLs over a plain aiohttp session: the S3 store's read path.
+"""The S3 store's one HTTP client: signed requests (sigv4.py) over a plain aiohttp pool, retried and
+counted in one place. GETs of object bodies, PUTs, HEADs, LISTs and DeleteObjects all go through it;
+botocore keeps only multipart uploads and the credential chain (s3.py).
 
-botocore spends ≈ 2 ms of event-loop CPU on every request (parameter validation, the event hooks,
-signing, response parsing) and then wraps the body in a reader of its own; a 2 GiB download through
-the API is ≈ 130 GETs of 16 MiB segments, and that work was half of the API's CPU (bench/README.md).
-Presigning is the only part of it a GET needs (≈ 0.2 ms, with botocore's credential chain and
-refresh), so s3.py presigns and this module sends the request and hands the body over as it arrives.
+botocore spends ≈ 2 ms of event-loop CPU on every request (parameter validation, the event hooks, the
+endpoint ruleset, the User-Agent, signing, response parsing) and then wraps a body in a reader of its
+own; a 2 GiB download through the API is ≈ 130 GETs of 16 MiB segments, a running log's checkpoint one
+PUT every 5 s, a catalog rebuild a LIST page per 1,000 logs: that work was most of their CPU
+(bench/README.md, docs/checkpoints.md §12).
 
 Errors stay raw here (aiohttp's, or botocore's ClientError built from the S3 error document) so that
 s3.py translates reads and writes in one place.
@@ -21,16 +23,24 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 import aiohttp
+import yarl
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from .base import StoreStats
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _ERROR_BODY_MAX = 64 << 10  # an S3 error document is a few hundred bytes
+# aiohttp sends a GET, HEAD, PUT or DELETE once more itself when the connection breaks before the answer
+# (a keep-alive connection the server had closed); a POST (DeleteObjects, which is idempotent) it does not.
+_RESEND_BROKEN = {"POST"}
+_WITH_BODY = {"PUT", "POST"}  # an empty body is still sent as one, with Content-Length: 0
+# The S3 operation of each metrics name, for the ClientError that s3errors.py reads.
+_OPERATION = {"get_object": "GetObject", "put_object": "PutObject", "head_object": "HeadObject",
+              "list_objects_v2": "ListObjectsV2", "delete_objects": "DeleteObjects"}
 
 
-class PresignedReader:
-    """One connection pool for the store's GETs, created on first use (it needs a running loop)."""
+class S3Http:
+    """One connection pool for the store's requests, created on first use (it needs a running loop)."""
 
     def __init__(self, *, stats: StoreStats, connect_timeout: float, read_timeout: float, attempts: int, pool: int,
                  read_bufsize: int) -> None:
@@ -57,21 +67,36 @@ class PresignedReader:
         return self._session
 
     async def get(self, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
-        """The response of a successful GET, its body unread; the caller releases or closes it.
+        """The response of a successful GET of a presigned URL, its body unread; the caller releases it."""
+        return await self.send("get_object", "GET", url, headers)
+
+    async def send(self, op: str, method: str, url: str, headers: Mapping[str, str],
+                   body: bytes = b"") -> aiohttp.ClientResponse:
+        """The response of a successful request (status < 300), its body unread; the caller releases it.
+        `url` is sent as it is (signed so); `op` names it in StoreStats, with the body's bytes.
 
         Raises ClientError for an S3 error answer, after `attempts` tries when it is a transient one
-        (5xx, 429), and aiohttp/OS errors for a failed connection. aiohttp itself sends a GET once
-        more when its connection breaks before the answer (a keep-alive connection the server had
-        closed), so that is not retried here again: an outage reaches the caller's own loop at once.
+        (5xx, 429), and aiohttp/OS errors for a failed connection. aiohttp itself sends an idempotent
+        request once more when its connection breaks before the answer, so that is not retried here again
+        (but for a POST): an outage reaches the caller's own loop at once.
         """
+        target = yarl.URL(url, encoded=True)
         proxy = _env_proxy(url)
         for attempt in range(1, self._attempts + 1):
-            self._stats.count("get_object")
-            resp = await self._http().get(url, headers=headers, proxy=proxy)
+            self._stats.count(op, len(body))
+            try:
+                # No Content-Type of aiohttp's own on a body: botocore sends none, and S3 keeps what it is given.
+                resp = await self._http().request(method, target, headers=headers, proxy=proxy,
+                                                  data=body if method in _WITH_BODY else None,
+                                                  skip_auto_headers=("Content-Type",))
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                if attempt == self._attempts or method not in _RESEND_BROKEN:
+                    raise
+                continue
             if resp.status < 300:
                 return resp
             try:
-                error = await _client_error(resp)
+                error = await _client_error(resp, _OPERATION.get(op, op))
             finally:
                 resp.release()
             if attempt == self._attempts or resp.status not in _RETRY_STATUS:
@@ -86,7 +111,7 @@ class PresignedReader:
 
 
 def _env_proxy(url: str) -> str | None:
-    """The proxy HTTP(S)_PROXY / NO_PROXY give for the store's host, as botocore uses it for the rest."""
+    """The proxy HTTP(S)_PROXY / NO_PROXY give for the store's host, as botocore uses it for multipart."""
     parts = urllib.parse.urlsplit(url)
     return _proxy_for(parts.scheme, parts.netloc)
 
@@ -98,7 +123,7 @@ def _proxy_for(scheme: str, netloc: str) -> str | None:
     return urllib.request.getproxies_environment().get(scheme)
 
 
-async def _client_error(resp: aiohttp.ClientResponse) -> ClientError:
+async def _client_error(resp: aiohttp.ClientResponse, operation: str) -> ClientError:
     """The S3 error document (<Error><Code>…<Message>…) as botocore would have raised it."""
     try:
         body = await resp.content.read(_ERROR_BODY_MAX)
@@ -113,4 +138,4 @@ async def _client_error(resp: aiohttp.ClientResponse) -> ClientError:
         code = root.findtext("Code") or code
         message = root.findtext("Message") or message
     return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": resp.status}}, "GetObject")
+                        "ResponseMetadata": {"HTTPStatusCode": resp.status}}, operation)
