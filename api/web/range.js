@@ -1,0 +1,95 @@
+// Reading a log by Range: the chunk index of a byte range (GET …/index: each chunk's stream, time and the
+// lines before it) and the bytes of its chunks, as numbered lines, with a marker row for each hole.
+
+import { api, apiJSON } from './api.js';
+import { fmtBytes } from './dom.js';
+import { Assembler, skippedRow } from './lines.js';
+
+export const CHUNK = 256 * 1024; // bytes per Range read
+// what a hole's marker says, by the `reason` of the manifest's `dropped` entry
+const WHY = { quota: 'dropped at the spool quota', damaged: 'lost to a damaged spool file',
+  missing: 'lost (missing from the spool)' };
+
+export const fetchIndex = (path, a, b, signal) => apiJSON(`${path}/index?start=${a}&end=${b}`, { signal });
+
+async function fetchBytes(path, a, b, signal) {
+  const r = await api(`${path}/log`, { headers: { Range: `bytes=${a}-${b - 1}` }, signal });
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// The lines of `chunks` between offsets a and b, fed to `asm`. Bytes the log does not hold (dropped at the
+// spool quota, lost to damage: no chunk covers them) are not asked for, since a Range across them is a
+// 416 `bytes_missing`: each run of adjacent chunks is read by its own Range, and each hole between a and b
+// shows as one marker row. `gaps` (the meta's `dropped`) names a hole's reason and adds its lines.
+export async function readLines(path, chunks, a, b, asm, signal, gaps = []) {
+  const out = [];
+  if (b <= a || !chunks.length) return out;
+  let pos = a, run = [];
+  const flush = async () => {
+    if (!run.length) return;
+    const s = Math.max(run[0][0], a), e = Math.min(run[run.length - 1][0] + run[run.length - 1][1], b);
+    const data = await fetchBytes(path, s, e, signal);
+    for (const [off, len, , stream, , ts] of run) {
+      const x = Math.max(off, s), y = Math.min(off + len, e);
+      if (x < y) asm.feed(x, data.subarray(x - s, y - s), stream, ts, out);
+    }
+    run = [];
+  };
+  for (const c of chunks) {
+    const s = Math.max(c[0], a);
+    if (s >= b || c[0] + c[1] <= a) continue;
+    if (s > pos) { await flush(); out.push(...holeRows(asm, pos, s, gaps)); }
+    run.push(c);
+    pos = Math.min(c[0] + c[1], b);
+  }
+  await flush();
+  if (pos < b) out.push(...holeRows(asm, pos, b, gaps));
+  return out;
+}
+
+// The rows for a hole [a, b): a line it cut short (ended by the hole), then one marker row. The lines of a
+// dropped range wholly inside the hole are counted, so the lines after it keep their numbers.
+export function holeRows(asm, a, b, gaps) {
+  const rows = asm.partials().map((r) => ({ ...r, end: a, c: asm.line }));
+  asm.pending.clear();
+  const known = gaps.filter((g) => g.offset < b && g.offset + g.raw_size > a);
+  for (const g of known) if (g.offset >= a && g.offset + g.raw_size <= b) asm.line += g.lines || 0;
+  const why = known.map((g) => g.why).join(', ') || 'not in the archive';
+  rows.push({ ...skippedRow({ from: a, to: b, bytes: b - a }, asm.line), text: `… ${fmtBytes(b - a)} ${why} …`, hole: true });
+  return rows;
+}
+
+// The dropped range that holds byte `at`, if the meta lists one.
+export function gapAt(gaps, at) {
+  return gaps.find((g) => g.offset <= at && at < g.offset + g.raw_size);
+}
+
+// The chunks overlapping [a, b), their lines, and the assembler that goes on after them.
+export async function readWindow(path, a, b, signal, gaps = []) {
+  const idx = await fetchIndex(path, a, b, signal);
+  const asm = new Assembler(idx.line ?? 0);
+  let lo = a, hi = a, rows = [];
+  if (idx.chunks.length) {
+    const last = idx.chunks[idx.chunks.length - 1];
+    lo = idx.chunks[0][0];
+    hi = last[0] + last[1];
+    rows = await readLines(path, idx.chunks, lo, hi, asm, signal, gaps);
+  }
+  return { idx, asm, lo, hi, rows };
+}
+
+// The ranges the log does not hold, as its meta lists them (`dropped`: offset, raw_size, lines, reason),
+// adjacent ones merged (a quota drops whole segments, one entry each): one hole, one marker.
+export function mergeGaps(dropped) {
+  const gaps = [];
+  for (const d of [...(dropped || [])].sort((x, y) => x.offset - y.offset)) {
+    const last = gaps[gaps.length - 1], why = WHY[d.reason] || WHY.quota;
+    if (last && last.offset + last.raw_size === d.offset) {
+      last.raw_size += d.raw_size;
+      last.lines += d.lines || 0;
+      if (!last.why.includes(why)) last.why += `, ${why}`;
+    } else gaps.push({ offset: d.offset, raw_size: d.raw_size, lines: d.lines || 0, why });
+  }
+  return gaps;
+}
+
