@@ -12,7 +12,7 @@ import { $, fmtBytes, setText, showError } from './dom.js';
 import { Assembler, countNewlines, skippedRow } from './lines.js';
 import { Liveness, endReason } from './liveness.js';
 import { MAX_ROWS, movedUp } from './pane.js';
-import { CHUNK, fetchIndex, gapAt, holeRows, mergeGaps, readLines, readWindow } from './range.js';
+import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, mergeGaps, readLines, readWindow } from './range.js';
 import { RowWindow } from './rowwindow.js';
 import { Tail, showConn } from './tail.js';
 
@@ -85,7 +85,12 @@ export class LogView extends RowWindow {
     const gen = ++this.gen;
     const { idx, asm, lo, hi, rows } = await readWindow(this.path, a, b, this.signal, this.gaps());
     if (gen !== this.gen || this.closed) return false;
+    // the rest of a line longer than the window: before it, and after it
+    await measureBefore(this.path, lo, asm, rows, this.signal);
+    const after = await measureAfter(this.path, hi, Math.max(this.liveEnd, hi), asm, this.signal);
+    if (gen !== this.gen || this.closed) return false;
     this.clear();
+    this.after = after;
     this.lo = lo;
     this.hi = hi;
     this.firstLine = idx.line ?? 0;
@@ -151,8 +156,9 @@ export class LogView extends RowWindow {
         this.firstLine -= g?.lines || 0;
         return;
       }
-      const a = idx.chunks[0][0];
-      const rows = await readLines(this.path, idx.chunks, a, lo, new Assembler(idx.line ?? 0), this.signal, this.gaps());
+      const a = idx.chunks[0][0], asm = new Assembler(idx.line ?? 0);
+      const rows = await readLines(this.path, idx.chunks, a, lo, asm, this.signal, this.gaps());
+      await measureBefore(this.path, a, asm, rows, this.signal); // a line begun before a
       if (gen !== this.gen || this.lo !== lo) return;
       this.lo = a;
       this.firstLine = idx.line ?? 0;
@@ -173,7 +179,9 @@ export class LogView extends RowWindow {
         const last = idx.chunks[idx.chunks.length - 1];
         end = last[0] + last[1];
         rows = await readLines(this.path, idx.chunks, hi, end, asm, this.signal, this.gaps());
+        const after = await measureAfter(this.path, end, Math.max(this.liveEnd, end), asm, this.signal);
         if (gen !== this.gen || this.hi !== hi || this.bottom !== asm) return;
+        this.after = after;
       } else if (gapAt(this.gaps(), hi)) { // a hole longer than a read: past it in one step
         const g = gapAt(this.gaps(), hi);
         end = g.offset + g.raw_size;

@@ -93,3 +93,64 @@ export function mergeGaps(dropped) {
   return gaps;
 }
 
+// --- the whole of a line a read holds only a part of ---------------------------------------------------
+
+const PARTIAL = 1; // an index chunk's flag: it holds only the part of a line not ended yet (docs/format.md)
+const WALK = 64; // index reads at most, walking one line's chunks one way (16 MiB of log)
+
+// For each of `streams`, the bytes of the line it has open at offset `at` (a chunk's start) that lie before
+// `at`: 0 when its next byte begins a line. A partial chunk holds only an unended line's part, so the line
+// goes back through the run of the stream's partial chunks before `at` (the other stream's chunks between
+// them, as when stderr lines were written while a stdout line was unended). A hole ends the walk.
+export async function bytesBefore(path, at, streams, signal) {
+  const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams);
+  for (let step = 0; open.size && at > 0 && step < WALK; step++) {
+    const idx = await fetchIndex(path, Math.max(0, at - CHUNK), at, signal);
+    const chunks = idx.chunks.filter((c) => c[0] < at);
+    if (!chunks.length || idx.more) break;
+    for (let i = chunks.length - 1; i >= 0 && open.size; i--) {
+      const [off, len, , stream, flags] = chunks[i];
+      if (off + len !== at) return out; // a hole: the line ends there
+      at = off;
+      if (!open.has(stream)) continue;
+      if (flags & PARTIAL) out[stream] += len; else open.delete(stream);
+    }
+  }
+  return out;
+}
+
+// The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
+// through the stream's partial chunks to its next chunk, whose first newline ends the line.
+export async function bytesAfter(path, at, end, stream, signal) {
+  let n = 0;
+  for (let step = 0; at < end && step < WALK; step++) {
+    const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
+    for (const [off, len, lines, s, flags] of idx.chunks) {
+      if (off !== at) return n; // a hole: the line ends there
+      at = off + len;
+      if (s !== stream) continue;
+      if (flags & PARTIAL || !lines) { n += len; continue; }
+      if (lines === 1) return n + len - 1; // a chunk ends at a line end: its only newline is its last byte
+      return n + (await fetchBytes(path, off, off + len, signal)).indexOf(10);
+    }
+    if (!idx.chunks.length) break;
+  }
+  return n;
+}
+
+// A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
+// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo.
+export async function measureBefore(path, lo, asm, rows, signal) {
+  const streams = [...asm.fed].filter((s) => s === 'stdout' || s === 'stderr');
+  if (lo <= 0 || !streams.length) return;
+  asm.before = await bytesBefore(path, lo, streams, signal);
+  for (const r of rows) if (r.head) r.before = asm.before[r.stream] || 0;
+}
+
+// The lines `asm` has open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
+// bytes of each lie after hi (stream -> bytes). No request when no line is open there.
+export async function measureAfter(path, hi, end, asm, signal) {
+  const after = {};
+  if (hi < end) for (const s of asm.pending.keys()) after[s] = await bytesAfter(path, hi, end, s, signal);
+  return after;
+}

@@ -16,6 +16,7 @@ export class RowWindow extends Pane {
     this.attached = false; // the window ends where the log does: the tail's bytes are appended
     this.newLines = 0;
     this.pending = [];
+    this.after = {}; // stream -> bytes after hi of the line it has open there, while not attached
   }
 
   showEdges() {
@@ -98,8 +99,11 @@ export class RowWindow extends Pane {
     this.partialEl.replaceChildren();
   }
 
+  // The lines still open at the window's end; one the window's end cuts (not the log's) says how much of it
+  // lies after (`after`: stream -> bytes, range.js measureAfter).
   renderPartials() {
-    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement(r)));
+    const after = (r) => (this.attached ? 0 : this.after[r.stream] || 0);
+    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, after: after(r) })));
   }
 
   showNewLines(n) {
