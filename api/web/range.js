@@ -97,6 +97,9 @@ export function mergeGaps(dropped) {
 
 const PARTIAL = 1; // an index chunk's flag: it holds only the part of a line not ended yet (docs/format.md)
 const WALK = 64; // index reads at most, walking one line's chunks one way (16 MiB of log)
+// reads in a row with no chunk of the stream walked: the walk stops there (a stream silent for 1 MiB of the
+// other's output costs 4 small requests, not 64); the count is then what was found, a lower bound
+const MISSES = 4;
 
 // For each of `streams`, the bytes of the line it has open at offset `at` (a chunk's start) that lie before
 // `at`: 0 when its next byte begins a line. A partial chunk holds only an unended line's part, so the line
@@ -104,16 +107,23 @@ const WALK = 64; // index reads at most, walking one line's chunks one way (16 M
 // them, as when stderr lines were written while a stdout line was unended). A hole ends the walk.
 export async function bytesBefore(path, at, streams, signal) {
   const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams);
+  const misses = Object.fromEntries(streams.map((s) => [s, 0]));
   for (let step = 0; open.size && at > 0 && step < WALK; step++) {
     const idx = await fetchIndex(path, Math.max(0, at - CHUNK), at, signal);
     const chunks = idx.chunks.filter((c) => c[0] < at);
     if (!chunks.length || idx.more) break;
+    const seen = new Set();
     for (let i = chunks.length - 1; i >= 0 && open.size; i--) {
       const [off, len, , stream, flags] = chunks[i];
       if (off + len !== at) return out; // a hole: the line ends there
       at = off;
       if (!open.has(stream)) continue;
+      seen.add(stream);
       if (flags & PARTIAL) out[stream] += len; else open.delete(stream);
+    }
+    for (const s of [...open]) {
+      if (seen.has(s)) misses[s] = 0;
+      else if (++misses[s] >= MISSES) open.delete(s);
     }
   }
   return out;
@@ -122,13 +132,15 @@ export async function bytesBefore(path, at, streams, signal) {
 // The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
 // through the stream's partial chunks to its next chunk, whose first newline ends the line.
 export async function bytesAfter(path, at, end, stream, signal) {
-  let n = 0;
-  for (let step = 0; at < end && step < WALK; step++) {
+  let n = 0, misses = 0;
+  for (let step = 0; at < end && step < WALK && misses < MISSES; step++) {
     const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
+    misses++;
     for (const [off, len, lines, s, flags] of idx.chunks) {
       if (off !== at) return n; // a hole: the line ends there
       at = off + len;
       if (s !== stream) continue;
+      misses = 0;
       if (flags & PARTIAL || !lines) { n += len; continue; }
       if (lines === 1) return n + len - 1; // a chunk ends at a line end: its only newline is its last byte
       return n + (await fetchBytes(path, off, off + len, signal)).indexOf(10);
