@@ -384,8 +384,11 @@ def _schemas() -> dict[str, Any]:
                                                        "unauthorized, not_found, store_unavailable"},
             "detail": {"type": "string", "description": "what went wrong"},
             "hint": {"type": "string", "description": "what to do about it (may be empty)"}}},
-        "LogSummary": {"type": "object", "required": [*summary_props, "silent_seconds"], "properties": {
+        "LogSummary": {"type": "object", "required": [*summary_props, "silent_seconds", "end_reason"], "properties": {
             **summary_props,
+            "end_reason": _nullable("string", description="how the run ended: `exit`, `signal`, `lost` (its agent "
+                                    "died), or why logship ended it (`silence`: the --on-silence kill); null while "
+                                    "running"),
             "silent_seconds": _nullable("number", description="a running log's seconds without output at the "
                                         "answer's time: beside its spool exact, else from the catalog, 0 until a "
                                         "silence lasted 60 s; null when not running"),

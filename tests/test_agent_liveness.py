@@ -124,22 +124,22 @@ def test_a_spinning_task_is_running_with_rising_cpu(tmp_path: Path, start: Start
 
 def test_silence_timeout_kill_exits_124_and_records_the_tree(tmp_path: Path, start: Start) -> None:
     spool = tmp_path / "spool"
-    # the task goes quiet; a background child ignores TERM, so only the KILL after the grace ends it
-    began = time.monotonic()
-    agent = start("hung", ["sh", "-c", "echo start; (trap '' TERM; sleep 61) & sleep 62"],
+    # the task goes quiet; a background child ignores TERM, so only the KILL after the grace ends it. Its
+    # sleeps outlast the wait for the agent: a run that ends within it was ended by the policy.
+    agent = start("hung", ["sh", "-c", "echo start; (trap '' TERM; sleep 601) & sleep 602"],
                   "--silence-timeout", "1s", "--on-silence", "kill", "--silence-grace", "1s")
-    out, err = agent.communicate(timeout=60)
+    out, err = agent.communicate(timeout=240)
     assert agent.returncode == liveness.EXIT_SILENCE == 124
-    assert out == b"start\n" and time.monotonic() - began < 20
-    assert b"hung/h1 has written nothing for 1s" in err and b"exits 124" in err and b"sleep 62" in err
+    assert out == b"start\n"
+    assert b"hung/h1 has written nothing for 1s" in err and b"exits 124" in err and b"sleep 602" in err
     ended = exit_doc(spool, "hung")
     assert (ended["end_reason"], ended["exit_code"], ended["status"]) == ("silence", 124, "finished")
     assert ended["signal"] == signal.SIGTERM  # the shell died of TERM; its TERM-deaf child needed the KILL
     doc = live(spool, "hung")
     assert doc is not None and (doc.silence_timeout, doc.on_silence) == (1.0, "kill")
     (kill,) = doc.events
-    assert kill.action == "kill" and 1.0 <= kill.silent_seconds < 5
-    assert {"sleep 61", "sleep 62"} <= {p.command for p in kill.processes}  # the tree at the moment of the kill
+    assert kill.action == "kill" and kill.silent_seconds >= 1.0  # however late a loaded machine ran the check
+    assert {"sleep 601", "sleep 602"} <= {p.command for p in kill.processes}  # the tree at the moment of the kill
     assert kill.at_ns - doc.last_output_ns >= 1_000_000_000
     run_id = json.loads((spool / "hung" / "h1" / names.RUN_FILE).read_bytes())["run_id"]
     assert marked(run_id) == []  # the TERM-deaf child is gone too
@@ -149,18 +149,19 @@ def test_silence_timeout_kill_exits_124_and_records_the_tree(tmp_path: Path, sta
 def test_a_stopped_task_shows_state_t_and_the_kill_continues_it(tmp_path: Path, start: Start) -> None:
     spool = tmp_path / "spool"
     agent = start("stopped", ["sh", "-c", "echo a; kill -STOP $$; echo never"],
-                  "--silence-timeout", "2s", "--on-silence", "kill", "--silence-grace", "30s")
+                  "--silence-timeout", "2s", "--on-silence", "kill", "--silence-grace", "600s")
     doc = wait_for(lambda: (d := live(spool, "stopped")) and d.processes and d.processes[0].state == "T" and d)
     assert doc.processes[0].command.startswith("sh -c echo a")
-    out, _ = agent.communicate(timeout=25)  # TERM then CONT, as timeout(1): no wait for the KILL 30 s later
+    out, _ = agent.communicate(timeout=240)  # TERM then CONT, as timeout(1): no wait for the KILL 600 s later
     assert agent.returncode == 124 and out == b"a\n"
     assert exit_doc(spool, "stopped")["signal"] == signal.SIGTERM
 
 
 def test_output_resets_the_clock_and_warn_never_touches_the_log(tmp_path: Path, start: Start) -> None:
     spool = tmp_path / "spool"
-    # output every 0.3 s never reaches the 1.5 s timeout; two quiet stretches of 2 s each do, once each
-    script = "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.3; done; sleep 2; echo half; sleep 2; echo done"
+    # output every 0.3 s never reaches the 1.5 s timeout; two quiet stretches of 4 s each do, once each (a
+    # check a loaded machine runs late still falls within them)
+    script = "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.3; done; sleep 4; echo half; sleep 4; echo done"
     agent = start("quiet", ["sh", "-c", script], "--silence-timeout", "1.5s", "--on-silence", "warn")
     out, err = agent.communicate(timeout=60)
     assert agent.returncode == 0 and out == b"1\n2\n3\n4\n5\n6\n7\n8\nhalf\ndone\n"
@@ -171,7 +172,7 @@ def test_output_resets_the_clock_and_warn_never_touches_the_log(tmp_path: Path, 
     run = json.loads((spool / "quiet" / "h1" / names.RUN_FILE).read_bytes())
     first, second = doc.events
     assert first.at_ns - run["started_ns"] >= 2.1e9 + 1.5e9  # after the last echo of the loop and 1.5 s of quiet
-    assert 1.5 <= first.silent_seconds < 3 and 1.5 <= second.silent_seconds < 3
+    assert first.silent_seconds >= 1.5 and second.silent_seconds >= 1.5
     assert second.processes and not first.processes  # only the newest event keeps its tree
     assert "end_reason" not in exit_doc(spool, "quiet")
 

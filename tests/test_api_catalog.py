@@ -48,7 +48,8 @@ async def test_filters_labels_until_and_pages(make_config: MakeConfig) -> None:
         assert [r["task"] for r in rows] == ["j4", "j3", "j2", "j1", "j0"]
         assert rows[0]["labels"] == {"team": "infra", "env": "prod"} and rows[0]["status"] == "finished"
         assert set(rows[0]) == {"task", "host", "run_id", "status", "exit_code", "started_ns", "ended_ns", "size",
-                                "lines", "labels", "command", "silent_since_ns", "silent_seconds"}  # today's shape
+                                "lines", "labels", "command", "silent_since_ns", "silent_seconds",
+                                "end_reason"}  # today's shape
         assert rows[0]["silent_seconds"] is None  # finished: not silent, ended
         assert rows[0]["size"] == 3 and rows[0]["exit_code"] == 0
         assert await listing(client, "label=team=infra") == ["j4", "j1", "j0"]

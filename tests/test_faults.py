@@ -178,20 +178,17 @@ async def test_store_down_20s_neither_slows_the_task_nor_loses_data(tmp_path: Pa
     try:
         out = tmp_path / "out"
         with open(out, "wb") as f:
-            t0 = time.monotonic()
             agent = start_agent(tmp_path / "spool", "outage", [sys.executable, "-c", task], env=env, stdout=f)
-            await asyncio.sleep(3)
+            deadline = time.monotonic() + 120  # the agent's start: seconds on a loaded machine
+            while b"tick 200\n" not in out.read_bytes():  # a burst or two shipped before the outage
+                assert agent.poll() is None and time.monotonic() < deadline, "the task did not get going"
+                await asyncio.sleep(0.05)
             s3local.stop(inst)
-            down = time.monotonic()
-            await asyncio.sleep(20)
-            assert agent.poll() is None
+            # The task goes on and ends while the store is still down: the store never holds it back (a task
+            # that waited for it would not end before the store is back: the wait would time out)
+            assert await asyncio.to_thread(agent.wait, 150) == 0
             s3local.restart(inst)
-            assert agent.wait(60) == 0
-            wall = time.monotonic() - t0
-        assert time.monotonic() - down >= 20
-        elapsed = float(out.read_bytes().rsplit(b"elapsed ", 1)[1])
-        # The agent added its start-up (seconds on a loaded CI machine: 4 s seen at load 12), not the 20 s outage
-        assert wall - elapsed < 10, (wall, elapsed)
+        assert b"tick 2599\n" in out.read_bytes()  # every line passed through, during the outage too
         doc = await wait_status(store, "outage", "finished", timeout=120)
         assert await archived_sha(store, "outage") == sha(spooled(tmp_path / "spool", "outage"))
         assert doc.size == len(spooled(tmp_path / "spool", "outage"))

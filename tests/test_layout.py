@@ -67,6 +67,14 @@ def test_no_product_module_passes_the_line_limit() -> None:
                       "or, for data, add it to LONG_MODULES with the reason")
 
 
+def test_no_web_file_passes_the_line_limit() -> None:
+    """The page's files (api/web/: plain JS, CSS and HTML) are held to the same rule as the Python modules."""
+    web = ROOT / "api" / "web"
+    over = {_rel(p): _lines(p) for p in sorted(web.iterdir()) if p.suffix in (".js", ".css", ".html")
+            and _lines(p) > MAX_LINES}
+    assert not over, f"web files over {MAX_LINES} lines: {over}; split each by what its parts do"
+
+
 def test_every_exception_is_still_needed() -> None:
     stale = [m for m in LONG_MODULES if not (ROOT / m).exists() or _lines(ROOT / m) <= MAX_LINES]
     assert not stale, f"{stale} no longer pass {MAX_LINES} lines: remove them from LONG_MODULES"

@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,17 +20,31 @@ from .support import LOGSHIP, env_for, free_port, spooled, start_agent, start_wa
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+Procs = list[subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """The processes a test starts (APIs, watchers): each is killed and reaped at the test's end, however far
+    it got (an API that failed to start leaves the one started before it stopped too)."""
+    started: Procs = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+        for p in started:
+            p.wait()
+
+
+async def start_api(env: dict[str, str], procs: Procs) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     p = subprocess.Popen([*LOGSHIP, "serve"], env={**env, "LOGSHIP_API_LISTEN": f"127.0.0.1:{port}"},
                          stderr=subprocess.DEVNULL)
+    procs.append(p)
     url = f"http://127.0.0.1:{port}"
-    try:
-        assert await asyncio.to_thread(wait_serving, p, url), f"logship serve exited {p.returncode}"
-    except AssertionError:
-        p.kill()
-        p.wait()
-        raise
+    assert await asyncio.to_thread(wait_serving, p, url), f"logship serve exited {p.returncode}"
     return p, url
 
 
@@ -44,7 +59,7 @@ async def get(url: str, token: str = USER) -> bytes:
 
 
 async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
-        local_s3: s3local.LocalS3, tmp_path: Path) -> None:
+        local_s3: s3local.LocalS3, tmp_path: Path, procs: Procs) -> None:
     store = {"LOGSHIP_STORE_URL": f"s3://{local_s3.bucket}/t-{secrets.token_hex(4)}/",
              "LOGSHIP_STORE_ENDPOINT": local_s3.endpoint, "AWS_ACCESS_KEY_ID": local_s3.access_key,
              "AWS_SECRET_ACCESS_KEY": local_s3.secret_key, "LOGSHIP_WATCH_CHECKPOINT_SECONDS": "5"}
@@ -52,9 +67,9 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
     env_a = env_for(spool_a, store, LOGSHIP_API_TOKENS=NODE)
     env_b = env_for(spool_b, store, LOGSHIP_API_TOKENS=USER, LOGSHIP_API_PROXY_ALLOW="127.0.0.1",
                     LOGSHIP_API_PROXY_TOKEN=NODE)
-    api_a, url_a = await start_api(env_a)
-    api_b, url_b = await start_api(env_b)
-    watcher = start_watcher({**env_a, "LOGSHIP_WATCH_API_URL": url_a}, stderr=subprocess.DEVNULL)
+    api_a, url_a = await start_api(env_a, procs)
+    _, url_b = await start_api(env_b, procs)
+    procs.append(start_watcher({**env_a, "LOGSHIP_WATCH_API_URL": url_a}, stderr=subprocess.DEVNULL))
     gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
     script = (f"import os, time\nprint('before the first checkpoint', flush=True)\n"
               f"while not os.path.exists({str(gate1)!r}): time.sleep(0.01)\n"
@@ -85,12 +100,9 @@ async def test_central_api_proxies_live_requests_and_falls_back_to_checkpoints(
         body = await get(log_b)  # A is gone: B serves the newest checkpoint
         assert spooled(spool_a, "spread").startswith(body) and body.startswith(b"before the first checkpoint\n")
         gate2.touch()
-        assert agent.wait(20) == 0
+        assert agent.wait(60) == 0
         async with aiohttp.ClientSession() as http, \
                 http.get(log_b + "?follow=true", headers={"Authorization": f"Bearer {USER}"}) as r:
             assert await asyncio.wait_for(r.read(), 30) == spooled(spool_a, "spread")
     finally:
         stop_agent(agent, spool_a, "spread")
-        for p in (watcher, api_a, api_b):
-            p.kill()
-            p.wait()

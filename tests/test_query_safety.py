@@ -184,26 +184,25 @@ async def test_long_sql_is_refused_at_once_and_parsing_never_holds_the_api(tmp_p
     client = await client_for(cfg)
     try:
         huge = "SELECT 1 WHERE 1" + " OR 1" * 160_000  # 800 KB: once 65-105 s of parsing, the API frozen
-        started = time.monotonic()
-        resp = await client.post("/api/v1/query", json={"sql": huge})
+        resp = await client.post("/api/v1/query", json={"sql": huge})  # refused by its size, never parsed
         body = await resp.json()
         assert resp.status == 413 and body["error"] == "sql_too_large" and body["hint"], body
-        assert str(MAX_SQL_BYTES) in body["detail"] and time.monotonic() - started < 5
+        assert str(MAX_SQL_BYTES) in body["detail"]
 
-        # Just under the limit, the slowest shape DuckDB parses: other requests go on meanwhile.
+        # Just under the limit, the slowest shape DuckDB parses: other requests are answered meanwhile (a parse
+        # that held the event loop or the GIL would let none through before the query's own answer).
         chain = "SELECT 1 AS one WHERE 1" + " OR 1" * ((MAX_SQL_BYTES - 30) // 5)
         assert len(chain) <= MAX_SQL_BYTES
         query = asyncio.ensure_future(client.post("/api/v1/query", json={"sql": chain}))
-        gaps = []
+        meanwhile = 0
         while not query.done():
-            t = time.monotonic()
             resp = await client.get("/healthz")
             assert resp.status == 200
-            gaps.append(time.monotonic() - t)
+            meanwhile += not query.done()
             await asyncio.sleep(0.01)
         resp = await query
         assert resp.status == 200 and (await resp.json())["rows"] == [{"one": 1}]
-        assert max(gaps) < 0.25, f"/healthz waited {max(gaps):.2f} s while a query was parsed"
+        assert meanwhile >= 3, f"/healthz answered {meanwhile} times while a query was parsed"
     finally:
         await client.close()
 

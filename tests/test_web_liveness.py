@@ -144,10 +144,17 @@ def test_a_task_killed_for_its_silence_says_so(stack: Callable[..., Stack], page
         assert killed_at.inner_text() == killed_at.get_attribute("title").removesuffix(" UTC")[:19]
         assert "└ sleep 600" in [p["cells"][5] for p in tree(page)]  # the tree at the kill
         assert texts(page) == ["working"]
-    # the list: finished, not marked silent
+    # the list: finished, not marked silent, one badge for what ended it (the listing's end_reason); none for a
+    # task that exited by itself
+    assert st.run("signalled", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)").returncode == 143
+    assert st.run("exits", "raise SystemExit(3)").returncode == 3
     page.goto(f"{st.base}/#/")
     page.wait_for_selector("#tasks tr[data-task=hung][data-status=finished]")
+    page.wait_for_selector("#tasks tr[data-task=exits]")
     assert page.locator("#tasks tr[data-task=hung] .badge.silent").count() == 0
+    ended = {t: page.locator(f"#tasks tr[data-task={t}] .badge.end").all_inner_texts()
+             for t in ("hung", "signalled", "exits")}
+    assert ended == {"hung": ["killed: silence"], "signalled": ["killed: signal"], "exits": []}, ended
 
 
 def test_a_silent_task_that_computes_shows_it(stack: Callable[..., Stack], page: Page) -> None:

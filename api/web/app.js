@@ -5,7 +5,8 @@
 
 import { aborted, auth } from './api.js';
 import { $, clearError, clock, el, retime, showError } from './dom.js';
-import { LogView, MultiView } from './logview.js';
+import { LogView } from './logview.js';
+import { MultiView } from './multiview.js';
 import { SearchView } from './search.js';
 import { TasksView } from './tasks.js';
 

@@ -10,6 +10,17 @@ const SINCE = { '10m': 600, '1h': 3600 }; // the "Output" filter's durations, in
 // A running log's seconds without output: the listing's silent_seconds, else its metadata's liveness.
 const silence = (l) => (l.status === 'running' ? l.silent_seconds ?? (l.liveness && l.liveness.silent_seconds) ?? null : null);
 
+// One short badge for a run something ended ("killed: silence", "killed: signal"); none for a task that
+// exited by itself, nor for a lost one (its status says so).
+function endedBadge(l) {
+  if (!l.end_reason || l.end_reason === 'exit' || l.end_reason === 'lost') return null;
+  const b = el('span', 'badge end', `killed: ${l.end_reason}`);
+  b.dataset.reason = l.end_reason;
+  b.title = l.end_reason === 'silence' ? 'logship ended it after a silence (--on-silence)'
+    : l.end_reason === 'signal' ? `a signal ended it (exit ${l.exit_code})` : `ended: ${l.end_reason}`;
+  return b;
+}
+
 export class TasksView {
   constructor() {
     this.ctl = new AbortController(); // close() aborts the refresh under way
@@ -78,6 +89,8 @@ export class TasksView {
       const href = `#/t/${encodeURIComponent(l.task)}/${encodeURIComponent(l.host)}`;
       const status = el('td');
       status.append(el('span', `badge ${l.status}`, l.status));
+      const ended = endedBadge(l);
+      if (ended) status.append(ended);
       const silent = l.silent;
       if (silent != null && silent >= silentAfter(l.liveness)) { // a running log with no output for a while
         const mark = el('span', 'badge silent', `silent ${fmtSilence(silent)}`);

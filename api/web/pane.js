@@ -1,0 +1,117 @@
+// What every log view has (one host's log, logview.js; every host's, multiview.js): a scroll box of its own,
+// the toolbar reset to nothing of the last view, following the end, and a complete close.
+//
+// Each navigation makes a new view object and closes the one before completely (Pane.close): its
+// fetches are aborted, its tails and timers stopped, its listeners removed and its rows emptied, and it
+// gets a scroll box of its own. Nothing the last view did or was still doing reaches the next one.
+
+import { $, el, setText, showError } from './dom.js';
+import { resetLiveness } from './liveness.js';
+
+export const MAX_ROWS = 5000; // line elements kept in the page
+
+
+// Following: the view is kept at the end. Where it was put is noted, so a view found above that spot
+// was moved by the user (maybe an instant ago, its scroll event not yet handled): following stops
+// then, before any new rows would pull the view back down.
+export function toEnd(view) {
+  view.log.scrollTop = view.log.scrollHeight;
+  view.autoTop = view.log.scrollTop;
+}
+
+export function movedUp(view) {
+  return view.autoTop != null && view.log.scrollTop < view.autoTop - 4;
+}
+
+function edge(id) {
+  const e = el('div', 'edge');
+  e.id = id;
+  e.hidden = true;
+  return e;
+}
+
+export class Pane {
+  constructor() {
+    this.ctl = new AbortController(); // aborts this view's fetches and removes its listeners
+    this.signal = this.ctl.signal;
+    this.closed = false;
+    this.ready = false; // the first window is in place: scrolling may load more
+    this.following = true;
+    this.paused = false;
+    this.tails = [];
+    this.timers = new Set();
+    // a scroll box of its own: the last view's rows, scroll position and pending scroll events stay with it
+    this.log = el('div');
+    this.log.id = 'log';
+    this.log.tabIndex = 0;
+    this.topEdge = edge('top-edge');
+    this.rowsEl = el('div');
+    this.rowsEl.id = 'rows';
+    this.partialEl = el('div');
+    this.partialEl.id = 'partial';
+    this.bottomEdge = edge('bottom-edge');
+    this.log.append(this.topEdge, this.rowsEl, this.partialEl, this.bottomEdge);
+    $('#log').replaceWith(this.log);
+    const on = (target, type, fn) => target.addEventListener(type, fn, { passive: true, signal: this.signal });
+    on(this.log, 'scroll', () => { if (this.ready && !this.closed) this.onScroll(); });
+    on(this.topEdge, 'click', () => this.loadEarlier && this.loadEarlier());
+    on(this.bottomEdge, 'click', () => this.loadLater && this.loadLater());
+    // the toolbar: nothing of the last view's state (the Pause, Follow and connection shown only while live)
+    const badge = $('#log-status');
+    badge.textContent = '';
+    delete badge.dataset.status;
+    delete badge.dataset.reason;
+    const conn = $('#conn');
+    conn.dataset.state = 'idle';
+    conn.textContent = '';
+    $('#pause').textContent = 'Pause';
+    $('#pause').setAttribute('aria-pressed', 'false');
+    $('#follow').setAttribute('aria-pressed', 'true');
+    this.showLive(false);
+    $('#host-filter').replaceChildren();
+    $('#host-filter').hidden = true;
+    resetLiveness();
+    setText('#log-size', '');
+    $('#new-lines').hidden = true;
+  }
+
+  close() {
+    this.closed = true;
+    this.ctl.abort();
+    for (const t of this.tails) t.stop('closed');
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.rowsEl.replaceChildren();
+    this.partialEl.replaceChildren();
+    this.rows = [];
+  }
+
+  failed(e) {
+    if (!this.closed) showError(e.message); // a closed view's aborted fetches are no one's concern
+  }
+
+  later(fn, ms) {
+    const t = setTimeout(() => { this.timers.delete(t); if (!this.closed) fn(); }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  cancel(t) {
+    clearTimeout(t);
+    this.timers.delete(t);
+  }
+
+  // Pause, Follow and the connection state are for a log still being written; a finished one has none.
+  showLive(on) {
+    $('#pause').hidden = $('#follow').hidden = $('#conn').hidden = !on;
+  }
+
+  setFollowing(on) {
+    this.following = on;
+    $('#follow').setAttribute('aria-pressed', String(on));
+  }
+
+  scrollBottom() {
+    toEnd(this);
+  }
+}

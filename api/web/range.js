@@ -1,0 +1,168 @@
+// Reading a log by Range: the chunk index of a byte range (GET …/index: each chunk's stream, time and the
+// lines before it) and the bytes of its chunks, as numbered lines, with a marker row for each hole.
+
+import { api, apiJSON } from './api.js';
+import { fmtBytes } from './dom.js';
+import { Assembler, skippedRow } from './lines.js';
+
+export const CHUNK = 256 * 1024; // bytes per Range read
+// what a hole's marker says, by the `reason` of the manifest's `dropped` entry
+const WHY = { quota: 'dropped at the spool quota', damaged: 'lost to a damaged spool file',
+  missing: 'lost (missing from the spool)' };
+
+export const fetchIndex = (path, a, b, signal) => apiJSON(`${path}/index?start=${a}&end=${b}`, { signal });
+
+async function fetchBytes(path, a, b, signal) {
+  const r = await api(`${path}/log`, { headers: { Range: `bytes=${a}-${b - 1}` }, signal });
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// The lines of `chunks` between offsets a and b, fed to `asm`. Bytes the log does not hold (dropped at the
+// spool quota, lost to damage: no chunk covers them) are not asked for, since a Range across them is a
+// 416 `bytes_missing`: each run of adjacent chunks is read by its own Range, and each hole between a and b
+// shows as one marker row. `gaps` (the meta's `dropped`) names a hole's reason and adds its lines.
+export async function readLines(path, chunks, a, b, asm, signal, gaps = []) {
+  const out = [];
+  if (b <= a || !chunks.length) return out;
+  let pos = a, run = [];
+  const flush = async () => {
+    if (!run.length) return;
+    const s = Math.max(run[0][0], a), e = Math.min(run[run.length - 1][0] + run[run.length - 1][1], b);
+    const data = await fetchBytes(path, s, e, signal);
+    for (const [off, len, , stream, , ts] of run) {
+      const x = Math.max(off, s), y = Math.min(off + len, e);
+      if (x < y) asm.feed(x, data.subarray(x - s, y - s), stream, ts, out);
+    }
+    run = [];
+  };
+  for (const c of chunks) {
+    const s = Math.max(c[0], a);
+    if (s >= b || c[0] + c[1] <= a) continue;
+    if (s > pos) { await flush(); out.push(...holeRows(asm, pos, s, gaps)); }
+    run.push(c);
+    pos = Math.min(c[0] + c[1], b);
+  }
+  await flush();
+  if (pos < b) out.push(...holeRows(asm, pos, b, gaps));
+  return out;
+}
+
+// The rows for a hole [a, b): a line it cut short (ended by the hole), then one marker row. The lines of a
+// dropped range wholly inside the hole are counted, so the lines after it keep their numbers.
+export function holeRows(asm, a, b, gaps) {
+  const rows = asm.partials().map((r) => ({ ...r, end: a, c: asm.line }));
+  asm.pending.clear();
+  const known = gaps.filter((g) => g.offset < b && g.offset + g.raw_size > a);
+  for (const g of known) if (g.offset >= a && g.offset + g.raw_size <= b) asm.line += g.lines || 0;
+  const why = known.map((g) => g.why).join(', ') || 'not in the archive';
+  rows.push({ ...skippedRow({ from: a, to: b, bytes: b - a }, asm.line), text: `… ${fmtBytes(b - a)} ${why} …`, hole: true });
+  return rows;
+}
+
+// The dropped range that holds byte `at`, if the meta lists one.
+export function gapAt(gaps, at) {
+  return gaps.find((g) => g.offset <= at && at < g.offset + g.raw_size);
+}
+
+// The chunks overlapping [a, b), their lines, and the assembler that goes on after them.
+export async function readWindow(path, a, b, signal, gaps = []) {
+  const idx = await fetchIndex(path, a, b, signal);
+  const asm = new Assembler(idx.line ?? 0);
+  let lo = a, hi = a, rows = [];
+  if (idx.chunks.length) {
+    const last = idx.chunks[idx.chunks.length - 1];
+    lo = idx.chunks[0][0];
+    hi = last[0] + last[1];
+    rows = await readLines(path, idx.chunks, lo, hi, asm, signal, gaps);
+  }
+  return { idx, asm, lo, hi, rows };
+}
+
+// The ranges the log does not hold, as its meta lists them (`dropped`: offset, raw_size, lines, reason),
+// adjacent ones merged (a quota drops whole segments, one entry each): one hole, one marker.
+export function mergeGaps(dropped) {
+  const gaps = [];
+  for (const d of [...(dropped || [])].sort((x, y) => x.offset - y.offset)) {
+    const last = gaps[gaps.length - 1], why = WHY[d.reason] || WHY.quota;
+    if (last && last.offset + last.raw_size === d.offset) {
+      last.raw_size += d.raw_size;
+      last.lines += d.lines || 0;
+      if (!last.why.includes(why)) last.why += `, ${why}`;
+    } else gaps.push({ offset: d.offset, raw_size: d.raw_size, lines: d.lines || 0, why });
+  }
+  return gaps;
+}
+
+// --- the whole of a line a read holds only a part of ---------------------------------------------------
+
+const PARTIAL = 1; // an index chunk's flag: it holds only the part of a line not ended yet (docs/format.md)
+const WALK = 64; // index reads at most, walking one line's chunks one way (16 MiB of log)
+// reads in a row with no chunk of the stream walked: the walk stops there (a stream silent for 1 MiB of the
+// other's output costs 4 small requests, not 64); the count is then what was found, a lower bound
+const MISSES = 4;
+
+// For each of `streams`, the bytes of the line it has open at offset `at` (a chunk's start) that lie before
+// `at`: 0 when its next byte begins a line. A partial chunk holds only an unended line's part, so the line
+// goes back through the run of the stream's partial chunks before `at` (the other stream's chunks between
+// them, as when stderr lines were written while a stdout line was unended). A hole ends the walk.
+export async function bytesBefore(path, at, streams, signal) {
+  const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams);
+  const misses = Object.fromEntries(streams.map((s) => [s, 0]));
+  for (let step = 0; open.size && at > 0 && step < WALK; step++) {
+    const idx = await fetchIndex(path, Math.max(0, at - CHUNK), at, signal);
+    const chunks = idx.chunks.filter((c) => c[0] < at);
+    if (!chunks.length || idx.more) break;
+    const seen = new Set();
+    for (let i = chunks.length - 1; i >= 0 && open.size; i--) {
+      const [off, len, , stream, flags] = chunks[i];
+      if (off + len !== at) return out; // a hole: the line ends there
+      at = off;
+      if (!open.has(stream)) continue;
+      seen.add(stream);
+      if (flags & PARTIAL) out[stream] += len; else open.delete(stream);
+    }
+    for (const s of [...open]) {
+      if (seen.has(s)) misses[s] = 0;
+      else if (++misses[s] >= MISSES) open.delete(s);
+    }
+  }
+  return out;
+}
+
+// The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
+// through the stream's partial chunks to its next chunk, whose first newline ends the line.
+export async function bytesAfter(path, at, end, stream, signal) {
+  let n = 0, misses = 0;
+  for (let step = 0; at < end && step < WALK && misses < MISSES; step++) {
+    const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
+    misses++;
+    for (const [off, len, lines, s, flags] of idx.chunks) {
+      if (off !== at) return n; // a hole: the line ends there
+      at = off + len;
+      if (s !== stream) continue;
+      misses = 0;
+      if (flags & PARTIAL || !lines) { n += len; continue; }
+      if (lines === 1) return n + len - 1; // a chunk ends at a line end: its only newline is its last byte
+      return n + (await fetchBytes(path, off, off + len, signal)).indexOf(10);
+    }
+    if (!idx.chunks.length) break;
+  }
+  return n;
+}
+
+// A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
+// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo.
+export async function measureBefore(path, lo, asm, rows, signal) {
+  const streams = [...asm.fed].filter((s) => s === 'stdout' || s === 'stderr');
+  if (lo <= 0 || !streams.length) return;
+  asm.before = await bytesBefore(path, lo, streams, signal);
+  for (const r of rows) if (r.head) r.before = asm.before[r.stream] || 0;
+}
+
+// The lines `asm` has open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
+// bytes of each lie after hi (stream -> bytes). No request when no line is open there.
+export async function measureAfter(path, hi, end, asm, signal) {
+  const after = {};
+  if (hi < end) for (const s of asm.pending.keys()) after[s] = await bytesAfter(path, hi, end, s, signal);
+  return after;
+}

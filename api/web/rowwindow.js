@@ -1,0 +1,115 @@
+// The rows of one host's log in the page: the window [lo, hi) of its bytes as line rows, at most MAX_ROWS,
+// rows added at either end and the far end dropped; the lines still open at the window's end (its
+// assembler, `bottom`) shown below the rows; the edges saying how much lies before and after.
+
+import { $, fmtBytes } from './dom.js';
+import { Assembler, rowElement } from './lines.js';
+import { MAX_ROWS, Pane } from './pane.js';
+
+export class RowWindow extends Pane {
+  constructor() {
+    super();
+    this.rows = []; // {off, end, n, stream, ts, text, el}, in line order
+    this.lo = this.hi = 0; // the window's bytes
+    this.bottom = new Assembler(0); // lines at the window's end, continued by later bytes
+    this.liveEnd = 0; // the offset after the last byte of the log known (from the meta, then the tail)
+    this.attached = false; // the window ends where the log does: the tail's bytes are appended
+    this.newLines = 0;
+    this.pending = [];
+    this.after = {}; // stream -> bytes after hi of the line it has open there, while not attached
+  }
+
+  showEdges() {
+    const top = this.topEdge, bottom = this.bottomEdge;
+    top.textContent = this.lo > 0 ? `⇡ ${fmtBytes(this.lo)} before — scroll up or press Home for the first line` : '';
+    top.hidden = this.lo <= 0;
+    bottom.textContent = this.attached ? '' : `⇣ ${fmtBytes(this.liveEnd - this.hi)} after — scroll down or press End`;
+    bottom.hidden = this.attached;
+  }
+
+  clear() {
+    this.pending = []; // queued tail rows belong to the old window
+    this.rows = [];
+    this.rowsEl.replaceChildren();
+    this.partialEl.replaceChildren();
+    this.showNewLines(0);
+  }
+
+  // Add a batch of rows at one end, keeping at most MAX_ROWS in the page. A batch over `limit` keeps its
+  // `keep` end (the one next to the rows shown, or the newest); older rows go from the `drop` end
+  // ('none': the batch is cut to the room left).
+  insert(rows, where, { keep, limit = MAX_ROWS, drop }) {
+    if (drop === 'none') limit = Math.min(limit, MAX_ROWS - this.rows.length);
+    if (rows.length > limit) { // leave out what would be dropped at once, before making elements
+      if (keep === 'end') {
+        if (where === 'append') this.dropTop(this.rows.length); // all of them are older than the batch
+        const gone = rows.splice(0, rows.length - limit);
+        this.lo = gone[gone.length - 1].end;
+        this.firstLine = gone[gone.length - 1].c;
+      } else {
+        if (where === 'prepend') this.dropBottom(this.rows.length);
+        rows.splice(limit);
+        this.cutBottomAt(rows[rows.length - 1] || this.rows[this.rows.length - 1]);
+      }
+    }
+    const frag = document.createDocumentFragment();
+    for (const r of rows) { r.el = rowElement(r); frag.append(r.el); }
+    if (where === 'prepend') {
+      const before = this.log.scrollHeight;
+      this.rowsEl.prepend(frag);
+      this.rows = rows.concat(this.rows);
+      this.log.scrollTop += this.log.scrollHeight - before;
+    } else {
+      this.rowsEl.append(frag);
+      this.rows = this.rows.concat(rows);
+    }
+    const extra = this.rows.length - MAX_ROWS;
+    if (extra > 0 && drop === 'top') this.dropTop(extra);
+    else if (extra > 0) this.dropBottom(extra);
+    this.renderPartials();
+    this.showEdges();
+  }
+
+  dropTop(n) {
+    if (n <= 0) return;
+    const keepFirst = this.rows[n];
+    // while following, the view goes to the end anyway: no layout to read (it is costly at 5,000 rows)
+    const shift = keepFirst && !this.following ? keepFirst.el.offsetTop - this.rows[0].el.offsetTop : 0;
+    const gone = this.rows.splice(0, n);
+    for (const r of gone) r.el.remove();
+    const last = gone[gone.length - 1];
+    this.lo = last.end;
+    this.firstLine = last.c;
+    if (!this.following) this.log.scrollTop -= shift;
+  }
+
+  dropBottom(n) {
+    if (n <= 0) return;
+    const gone = this.rows.splice(this.rows.length - n, n);
+    for (const r of gone) r.el.remove();
+    this.cutBottomAt(this.rows[this.rows.length - 1]);
+  }
+
+  // The window now ends after `row`: later bytes come again by Range when scrolled to.
+  cutBottomAt(row) {
+    this.hi = row ? row.end : this.lo;
+    this.bottom = new Assembler(row ? row.c : this.firstLine);
+    this.attached = false;
+    this.pending = []; // queued tail rows lie after the cut: they come again by Range
+    this.partialEl.replaceChildren();
+  }
+
+  // The lines still open at the window's end; one the window's end cuts (not the log's) says how much of it
+  // lies after (`after`: stream -> bytes, range.js measureAfter).
+  renderPartials() {
+    const after = (r) => (this.attached ? 0 : this.after[r.stream] || 0);
+    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, after: after(r) })));
+  }
+
+  showNewLines(n) {
+    this.newLines = n;
+    const b = $('#new-lines');
+    b.hidden = n === 0 && (this.attached || !this.rows.length);
+    b.textContent = n ? `↓ ${n} new line${n === 1 ? '' : 's'}` : '↓ the end';
+  }
+}
