@@ -76,6 +76,17 @@ class Records(NamedTuple):
 Encoded = tuple[int, bytes, frames.Frame]  # (the record after the delta, its object, its frame-table row)
 
 
+class Prepared(NamedTuple):
+    """A checkpoint read, checked and encoded ahead (Uploads.prepare, in the watcher's local pass), for the
+    chain as it was then: the records after its end, why they are not ones to send (or None), the first delta."""
+
+    chain: OpenChain
+    records: int
+    new: Records
+    problem: str | None
+    first: Encoded | None
+
+
 @dataclass
 class OpenChain:
     """The chain of deltas of the open segment `seq`, as far as this watcher knows it."""
@@ -138,14 +149,28 @@ class Uploads:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    async def checkpoint(self, sl: SpoolLog, st: LogState) -> None:
-        """Upload what the open segment gained, so a dead host loses at most one interval."""
+    async def checkpoint(self, sl: SpoolLog, st: LogState, prepared: Prepared | None = None) -> None:
+        """Upload what the open segment gained, so a dead host loses at most one interval; `prepared`: read
+        ahead by `prepare` in this pass (used if the chain has not moved since)."""
         if self.deltas:
-            await self._checkpoint_delta(sl, st)
+            await self._checkpoint_delta(sl, st, prepared)
         else:
             await self._checkpoint_prefix(sl, st)
 
-    async def _checkpoint_delta(self, sl: SpoolLog, st: LogState) -> None:
+    def prepare(self, sl: SpoolLog, st: LogState) -> Prepared | None:
+        """In a thread: the usual checkpoint's read, check and encode (a chain this process continues), so
+        that the watcher's pass over a running log is one thread hop (docs/checkpoints.md §12)."""
+        chain = st.deltas.chain
+        if not self.deltas or chain is None or sl.open != chain.seq:
+            return None
+        try:
+            new, problem, first = self._next(names.spool_index(sl.dir, chain.seq, open_=True),
+                                             names.spool_segment(sl.dir, chain.seq, open_=True), chain)
+        except FileNotFoundError:
+            return None  # sealed meanwhile: the checkpoint finds out again
+        return Prepared(chain, chain.records, new, problem, first)
+
+    async def _checkpoint_delta(self, sl: SpoolLog, st: LogState, prepared: Prepared | None) -> None:
         assert sl.open is not None
         seq = sl.open
         idx_path = names.spool_index(sl.dir, seq, open_=True)
@@ -161,6 +186,8 @@ class Uploads:
                 chain = st.deltas.chain = self._continue(st, seq, recs)
                 new = recs.after(chain.records)
                 problem = _follows(new, chain) if new.seq else None
+            elif prepared is not None and prepared.chain is chain and prepared.records == chain.records:
+                new, problem, first = prepared.new, prepared.problem, prepared.first  # read in the local pass
             else:  # the usual checkpoint: one thread hop (≈ 0.1 ms of CPU each) reads, checks and encodes
                 new, problem, first = await asyncio.to_thread(self._next, idx_path, path, chain)
         except FileNotFoundError:
