@@ -56,15 +56,17 @@ class LivenessShip:
                 self._remember(sl.dir, doc)
         return doc
 
-    async def ship(self, sl: SpoolLog) -> None:
-        """After the pass shipped the log: its sample when a reader needs the new one (StoreError raised)."""
+    async def ship(self, sl: SpoolLog, doc: Liveness | None = None, *, known: bool = False) -> None:
+        """After the pass shipped the log: its sample when a reader needs the new one (StoreError raised).
+        `known`: the caller read the sample already (`doc`), in its own thread hop."""
         if sl.finished:
             self._sent.pop(sl.dir, None)
             if sl.dir in self._put:  # the manifest holds the last sample now
                 await self.store.delete([names.liveness_key(sl.task, sl.host)])
                 del self._put[sl.dir]
             return
-        doc = await asyncio.to_thread(liveness.read, sl.dir / names.LIVENESS_FILE)
+        if not known:
+            doc = await asyncio.to_thread(liveness.read, sl.dir / names.LIVENESS_FILE)
         if doc is None:
             return
         last = self._sent.get(sl.dir)

@@ -23,6 +23,7 @@ from shipper.format import names
 
 from .spool import (
     QUOTA,
+    JsonCache,
     SpoolDamaged,
     check_segment,
     iter_logs,
@@ -39,15 +40,22 @@ def is_quota_drop(entry: dict[str, Any]) -> bool:
     return bool(entry.get("reason", QUOTA) == QUOTA)
 
 
-def read_dropped(d: Path) -> list[dict[str, Any]]:
-    """The log's record of what the store will never have (SpoolDamaged if it is not such a list)."""
+def read_dropped(d: Path, cache: JsonCache | None = None) -> list[dict[str, Any]]:
+    """The log's record of what the store will never have (SpoolDamaged if it is not such a list). With `cache`,
+    read and checked again only when the file changed (the watcher's passes)."""
+    if cache is not None:
+        return cache.read(d / names.DROPPED_FILE, check=lambda doc: _check_dropped(doc, d)) or []
     doc = read_json(d / names.DROPPED_FILE) or []
+    _check_dropped(doc, d)
+    return doc
+
+
+def _check_dropped(doc: Any, d: Path) -> None:
     if not isinstance(doc, list) or not all(
             isinstance(e, dict) and all(isinstance(e.get(k), int) and not isinstance(e.get(k), bool) and e[k] >= 0
                                         for k in ("seq", "offset", "raw_size")) for e in doc):
         raise SpoolDamaged(f"{d / names.DROPPED_FILE} is not a list of dropped ranges",
                            "the log is set aside: inspect or move its spool directory, then restart `logship watch`")
-    return doc
 
 
 def record_dropped(d: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

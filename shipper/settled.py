@@ -35,6 +35,7 @@ class Look:
     taken_ns: int
     open_seq: int | None = None  # the open segment the pass found
     run: dict[str, Any] | None = None  # run.json of a log still running (its agent is checked), else None
+    alive: bool | None = None  # its agent's check, when the pass made it already (/proc read once a pass)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Settled:
                 return
             if size and covered != size:  # bytes not yet checkpointed: the next checkpoint is due for them
                 return
-        if look.run is not None and not agent_alive(look.run):
+        if look.run is not None and not (look.alive if look.alive is not None else agent_alive(look.run)):
             return
         self._logs[d] = _Settled(look, path, size, int(look.run["agent_pid"]) if look.run is not None else None)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,10 @@ def path(spool: Path) -> Path:
 
 def write(spool: Path, state: WatcherState) -> None:
     """Replace the file atomically. Not fsynced: it is rewritten every pass, and a crash may lose it."""
-    write_json_atomic(path(spool), asdict(state), durable=False)
+    # A shallow copy of each dict, not asdict's deep copy (≈ 0.1 ms of the watcher's every pass): the values are
+    # numbers and strings, and the copies are what the JSON is made of while the loop counts on.
+    doc = {f.name: getattr(state, f.name) for f in fields(state)}
+    write_json_atomic(path(spool), {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}, durable=False)
 
 
 def read(spool: Path) -> WatcherState:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipper.format import names
 
 from .files import DAMAGE_HINT, SpoolDamaged, open_log_dir, read_json
+
+if TYPE_CHECKING:
+    from .cache import JsonCache
 
 RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -35,7 +39,7 @@ class SpoolLog:
         return self.exit is not None
 
 
-def read_log(log_dir: Path) -> SpoolLog | None:
+def read_log(log_dir: Path, cache: JsonCache | None = None) -> SpoolLog | None:
     """The spool state of one log directory, or None if the agent has not written run.json yet.
 
     Raises SpoolDamaged when run.json or exit.json is not what the agent writes (or names another
@@ -46,13 +50,10 @@ def read_log(log_dir: Path) -> SpoolLog | None:
     except FileNotFoundError:
         return None
     try:
-        run = read_json(log_dir / names.RUN_FILE, dir_fd=fd)
+        run = _read(cache, log_dir / names.RUN_FILE, fd, lambda doc: check_run(doc, log_dir))
         if run is None:
             return None
-        check_run(run, log_dir)
-        exit_ = read_json(log_dir / names.EXIT_FILE, dir_fd=fd)
-        if exit_ is not None:
-            check_exit(exit_, log_dir)
+        exit_ = _read(cache, log_dir / names.EXIT_FILE, fd, lambda doc: check_exit(doc, log_dir))
         log = SpoolLog(run["task"], run["host"], log_dir, run, exit_)
         with os.scandir(fd) as it:
             for entry in it:
@@ -74,6 +75,15 @@ def read_log(log_dir: Path) -> SpoolLog | None:
     if log.sealing:
         log.open = log.sealing.pop()
     return log
+
+
+def _read(cache: JsonCache | None, path: Path, fd: int, check: Callable[[Any], None]) -> Any:
+    if cache is not None:
+        return cache.read(path, dir_fd=fd, check=check)
+    doc = read_json(path, dir_fd=fd)
+    if doc is not None:
+        check(doc)
+    return doc
 
 
 def _bad(path: Path, what: str) -> SpoolDamaged:
@@ -163,10 +173,16 @@ def iter_logs(spool: Path, refused: list[Path] | None = None) -> list[Path]:
 
 def pid_start_ticks(pid: int) -> int | None:
     """The start time of process `pid` in clock ticks (/proc), to tell a live agent from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+    try:  # os.read, not pathlib's read_text: the watcher asks this of every running log each pass
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    try:
+        stat = os.read(fd, 4096).decode(errors="replace")
+    except ProcessLookupError:  # the process went between the open and the read
+        return None
+    finally:
+        os.close(fd)
     # the command name may hold spaces or ')': split after the last ')'
     return int(stat.rsplit(")", 1)[1].split()[19])
 

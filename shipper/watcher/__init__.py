@@ -10,6 +10,7 @@ objects it names, and prunes what the store holds. State comes from the store on
 - `adopt.py`: a store with no manifest of a log: the segments it holds taken back after a check;
 - `query_copies.py`: the query copy of each committed segment, in a queue of its own;
 - `prune.py`: what the store holds deleted from the spool;
+- `spool_total.py`: whether a pass needs the quota's scan of the whole spool (what it read bounds the total);
 - `daemon.py`: `logship watch` (watch, main): wake-ups, periodic passes, retries;
 - `state.py`: what the watcher knows of each log (LogState), and its limits.
 The checkpoints and seals are shipper/checkpoint.py; the state file shipper/watcher_state.py.

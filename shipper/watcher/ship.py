@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from shipper import catalog
-from shipper.format import manifest, names
+from shipper.format import liveness, manifest, names
 from shipper.format.manifest import Manifest, ManifestError
 
 from .. import watcher_state
-from ..checkpoint import Uploads, prefix_keys
+from ..checkpoint import Prepared, Uploads, prefix_keys
 from ..config import Config
 from ..errors import ObjectNotFound, StoreError
 from ..liveness_ship import LivenessShip
@@ -27,6 +27,7 @@ from ..quota import enforce_quota, is_quota_drop, read_dropped
 from ..retry import QuietLog
 from ..settled import Look, Settled
 from ..spool import (
+    JsonCache,
     SpoolDamaged,
     SpoolLog,
     agent_alive,
@@ -41,6 +42,7 @@ from .adopt import adopt
 from .damage import Damage, segment_start
 from .prune import Pruner
 from .query_copies import QueryCopies
+from .spool_total import SpoolTotal
 from .state import (
     DUE_EARLY,
     SET_ASIDE_RETRY_SECONDS,
@@ -51,6 +53,18 @@ from .state import (
 )
 
 log = logging.getLogger("logship.watcher")
+
+
+@dataclasses.dataclass
+class Found:
+    """What the local pass read of a log it hands to the ship, so that the ship reads none of it again: the
+    common pass (one running log that grew) is one thread hop, not one per file (docs/checkpoints.md §12)."""
+
+    sl: SpoolLog
+    dropped: list[dict[str, Any]] | SpoolDamaged  # raised where the ship reads it, as before
+    alive: bool | None = None  # its agent runs (None: not asked, the log has no open segment)
+    checkpoint: Prepared | None = None  # the due checkpoint read, checked and encoded (a continued chain)
+    sample: liveness.Liveness | None = None  # the agent's sample of a running log (shipper/liveness_ship.py)
 
 
 class Watcher:
@@ -84,6 +98,9 @@ class Watcher:
         self.pruner = Pruner(self.spool, cfg.spool.keep_uploaded_seconds, self.stats, cfg.query.copy)
         self.settled = Settled()  # logs with nothing new: a pass looks at them with a stat (shipper/settled.py)
         self._looks: dict[Path, Look] = {}
+        self._found: dict[Path, Found] = {}
+        self._json = JsonCache()  # run.json, exit.json, dropped.json: parsed again only when changed
+        self._total = SpoolTotal()  # whether the quota's scan of the spool is needed
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -105,13 +122,19 @@ class Watcher:
 
     def local_pass(self) -> list[Path]:
         """Work that needs no store: seal dead agents' segments, keep the quota. Returns logs to ship."""
-        self.spool.mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(self.spool):  # a stat a pass; mkdir's way (an error, then a stat) costs more
+            self.spool.mkdir(parents=True, exist_ok=True)
         full = self.settled.begin_pass()
+        if full:
+            self._json.clear()
+        self._total.begin_pass(full)
+        self._found.clear()
         dirs = []
         refused: list[Path] = []
         for d in iter_logs(self.spool, refused):
             st = self.logs.get(d)
             if st is not None and st.set_aside and time.monotonic() - st.set_aside_at < SET_ASIDE_RETRY_SECONDS:
+                self._total.unknown()
                 continue
             if self.settled.unchanged(d):
                 continue
@@ -121,24 +144,33 @@ class Watcher:
                     self.pruner.prune_shipped(d)
                     self.settled.settle(d, look, None)
                     continue
-                sl = read_log(d)
-                if sl is None:
+                found = self._read(d, st)
+                if found is None:
                     continue
-                if (sl.sealing or sl.open is not None) and not agent_alive(sl.run):
-                    self._recover(sl)
+                sl = found.sl
                 if look is not None:
-                    self._looks[d] = dataclasses.replace(look, open_seq=sl.open, run=None if sl.finished else sl.run)
+                    self._looks[d] = dataclasses.replace(look, open_seq=sl.open, run=None if sl.finished else sl.run,
+                                                         alive=found.alive)
+                self._found[d] = found
                 dirs.append(d)
             except SpoolDamaged as exc:
+                self._total.unknown()
                 self.damage.set_aside(d, exc.detail)
             except OSError as exc:
+                self._total.unknown()
                 self.damage.spool_error(d, exc)
         for link in refused:
             self.damage.refuse_link(link)
         if not dirs and not full:
             return dirs  # nothing changed since the last quota check but time: the spool holds what it held
-        used, dropped = enforce_quota(self.spool, self.cfg.spool.quota_bytes,
-                                      lambda d, seq: seq in self.logs.get(d, LogState()).committed)
+        quota = self.cfg.spool.quota_bytes
+        used = self._total.estimate(quota)
+        if used is not None:  # within the quota for sure: no scan of the whole spool
+            self.stats["spool_bytes"] = used
+            return dirs
+        used, dropped = enforce_quota(self.spool, quota, lambda d, seq: seq in self.logs.get(d, LogState()).committed)
+        self._total.scanned(used)
+        self._found.clear()  # the scan may have deleted segments: each ship reads its log again, as it did before
         self.stats["spool_bytes"] = used
         for d, entry in dropped:
             self.stats["dropped_segments"] += 1
@@ -147,6 +179,34 @@ class Watcher:
             log.warning("spool quota reached: dropped segment %s of %s/%s (%d bytes)",
                         entry["seq"], d.parent.name, d.name, entry["raw_size"])
         return dirs
+
+    def _read(self, d: Path, st: LogState | None) -> Found | None:
+        """A log's spool files for its ship (in the local pass's thread): a dead agent's segments sealed
+        first; a due checkpoint that continues the chain read, checked and encoded here too."""
+        sl = read_log(d, self._json)
+        if sl is None:
+            return None
+        alive = agent_alive(sl.run) if sl.sealing or sl.open is not None else None  # /proc read once a pass
+        if alive is False:
+            self._recover(sl)
+            sl = read_log(d, self._json)  # what the recovery left
+            if sl is None:
+                return None
+        self._total.count(sl)
+        try:
+            dropped: list[dict[str, Any]] | SpoolDamaged = read_dropped(d, self._json)
+        except SpoolDamaged as exc:
+            return Found(sl, exc, alive)
+        found = Found(sl, dropped, alive)
+        if not sl.finished:
+            found.sample = liveness.read(d / names.LIVENESS_FILE)
+        if (alive and st is not None and not st.conflict and not st.retired and not sl.finished
+                and sl.open is not None and self._due(st) and self.uploads.continues(st, sl.open)):
+            found.checkpoint = self.uploads.prepare(sl, st)
+        return found
+
+    def _due(self, st: LogState) -> bool:
+        return time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds * (1 - DUE_EARLY)
 
     def _recover(self, sl: SpoolLog) -> None:
         """Seal what a dead agent left open; mark its log lost unless it got to write exit.json."""
@@ -170,8 +230,8 @@ class Watcher:
 
     # --- shipping one log ----------------------------------------------------------------------
 
-    async def _ship(self, d: Path) -> None:
-        sl = await asyncio.to_thread(read_log, d)
+    async def _ship(self, d: Path, found: Found | None = None) -> None:
+        sl = found.sl if found is not None else await asyncio.to_thread(read_log, d, self._json)
         if sl is None:
             return
         st = self.logs.setdefault(d, LogState())
@@ -184,12 +244,12 @@ class Watcher:
             return
         if st.conflict:
             return
-        dropped = await asyncio.to_thread(read_dropped, d)
+        dropped = await self._dropped(d, found)
         gone = {e["seq"] for e in dropped if is_quota_drop(e)}  # whole segments dropped at the quota
         todo = [s for s in sl.sealed if s not in st.segments and s not in gone]
         if any(s not in st.verified for s in todo):  # each index against its bytes, before anything is sent
             todo = await asyncio.to_thread(self.damage.verify, sl, st, todo)
-            dropped = await asyncio.to_thread(read_dropped, d)
+            dropped = await asyncio.to_thread(read_dropped, d, self._json)
             sl.sealed = [s for s in sl.sealed if s in st.segments or s in gone or s in todo]
         if todo:
             async with asyncio.TaskGroup() as tg:
@@ -200,20 +260,14 @@ class Watcher:
                 st.stale_keys += prefix_keys(sl, st.checkpoint)
                 st.checkpoint = None
                 st.dirty = True
-        elif (sl.open is not None
-              and time.monotonic() - st.last_checkpoint >= self.cfg.watch.checkpoint_seconds * (1 - DUE_EARLY)
-              and (self.uploads.continues(st, sl.open)
-                   or await asyncio.to_thread(self.damage.open_index_ok, sl, st, dropped))):
-            last, taken = st.last_checkpoint, self.stats["checkpoints"]
-            await self.uploads.checkpoint(sl, st)
-            if self.stats["checkpoints"] == taken:  # nothing new: new bytes go at the next pass, not an interval on
-                st.last_checkpoint = last
+        else:
+            await self._checkpoint(sl, st, dropped, found)
         status = (sl.exit or {}).get("status", manifest.RUNNING) if sl.finished else manifest.RUNNING
         if st.dirty or status != st.manifest_status:
             # a quota drop of a segment that reached the store anyway is no loss; a range lost inside one is
             await self._commit(sl, st, status,
                                [e for e in dropped if not is_quota_drop(e) or e["seq"] not in st.segments])
-        await self.liveness.ship(sl)
+        await self.liveness.ship(sl, found.sample if found is not None else None, known=found is not None)
         self.copies.schedule(sl, st)
         if (sl.finished and not sl.sealing and sl.open is None
                 and all(s in st.committed or s in gone for s in sl.sealed) and self.copies.all_copied(st)):
@@ -223,9 +277,28 @@ class Watcher:
                   "segments)", task=sl.task, host=sl.host, status=status, exit_code=(sl.exit or {}).get("exit_code"),
                   segments=len(st.committed))
             del self.logs[d]
-        await asyncio.to_thread(self.pruner.prune, sl, st)
+        if sl.sealed:  # the only segments it deletes: no thread hop for a log with none
+            await asyncio.to_thread(self.pruner.prune, sl, st)
         if st.set_aside is not None:
             self.damage.restore(d, st)
+
+    async def _checkpoint(self, sl: SpoolLog, st: LogState, dropped: list[dict[str, Any]], found: Found | None
+                          ) -> None:
+        """A checkpoint of the running log's open segment, when one is due."""
+        if (sl.open is not None and self._due(st)
+                and (self.uploads.continues(st, sl.open)
+                     or await asyncio.to_thread(self.damage.open_index_ok, sl, st, dropped))):
+            last, taken = st.last_checkpoint, self.stats["checkpoints"]
+            await self.uploads.checkpoint(sl, st, found.checkpoint if found is not None else None)
+            if self.stats["checkpoints"] == taken:  # nothing new: new bytes go at the next pass, not an interval on
+                st.last_checkpoint = last
+
+    async def _dropped(self, d: Path, found: Found | None) -> list[dict[str, Any]]:
+        if found is None:
+            return await asyncio.to_thread(read_dropped, d, self._json)
+        if isinstance(found.dropped, SpoolDamaged):
+            raise found.dropped
+        return found.dropped
 
     async def _load(self, st: LogState, sl: SpoolLog) -> None:
         """Learn what the store already holds of this log, and clear what a crash left behind."""
@@ -319,7 +392,7 @@ class Watcher:
         """Ship one log; a damaged file sets that log aside, and only the store's faults stop the pass."""
         look = self._looks.pop(d, None)
         try:
-            await self._ship(d)
+            await self._ship(d, self._found.pop(d, None))
         except (SpoolDamaged, ManifestDamaged) as exc:
             self.damage.set_aside(d, exc.detail)
         except OSError as exc:

@@ -1,0 +1,76 @@
+"""The new records of an open segment's index, for its delta checkpoints (shipper/checkpoint.py): read as columns,
+checked to follow the chain's end, without a Python object per record."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from shipper.format import frames, index
+
+
+class Records(NamedTuple):
+    """Whole index records as read from the file (`raw`), and the columns checked and cut by. A delta's
+    index is a slice of `raw`: the bytes read are those records already, so nothing is packed again, and
+    the checks run over columns (C loops), not a Python object per record."""
+
+    raw: bytes
+    seq: tuple[int, ...]
+    offset: tuple[int, ...]
+    end: tuple[int, ...]
+    lines: tuple[int, ...]
+    stream: tuple[int, ...]
+
+    @classmethod
+    def of(cls, raw: bytes) -> Records:
+        """The whole records of `raw` (a torn last one is left out)."""
+        raw = raw[:len(raw) - len(raw) % index.RECORD_SIZE]
+        if not raw:
+            return cls(b"", (), (), (), (), ())
+        seq, _ts, offset, length, lines, stream, _flags = zip(*index.RECORD.iter_unpack(raw), strict=True)
+        return cls(raw, seq, offset, tuple(map(operator.add, offset, length)), lines, stream)
+
+    def after(self, k: int) -> Records:
+        """The records from the k-th on."""
+        return Records(self.raw[k * index.RECORD_SIZE:], self.seq[k:], self.offset[k:], self.end[k:],
+                       self.lines[k:], self.stream[k:])
+
+
+@dataclass
+class OpenChain:
+    """The chain of deltas of the open segment `seq`, as far as this watcher knows it."""
+
+    seq: int
+    start: int  # the segment's first offset
+    pos: int  # where the chain ends: the next delta starts here
+    records: int  # index records the chain covers (the next one is at records * RECORD_SIZE)
+    last_chunk: int  # chunk number of the last record covered (0: none)
+    frames: list[frames.Frame] = field(default_factory=list)  # deltas this process PUT (or re-encoded)
+
+
+def read_records(path: Path, skip: int) -> Records:
+    """The whole index records of `path` after the first `skip` (a torn last one is left out)."""
+    with open(path, "rb") as f:
+        f.seek(skip * index.RECORD_SIZE)
+        return Records.of(f.read())
+
+
+_STREAMS = frozenset(index.STREAM_NAMES)
+
+
+def follows(new: Records, chain: OpenChain) -> str | None:
+    """Why the records after the chain's end are not ones to checkpoint (contiguous from its end, chunk
+    numbers rising, known streams), or None. Checked over whole columns; the record at fault is looked
+    for only when one is."""
+    seq, offset, end = new.seq, new.offset, new.end
+    if (offset[:1] == (chain.pos,) and offset[1:] == end[:-1] and all(map(operator.lt, offset, end))
+            and all(map(operator.lt, (chain.last_chunk, *seq), seq)) and _STREAMS.issuperset(new.stream)):
+        return None
+    pos, last = chain.pos, chain.last_chunk
+    for i in range(len(seq)):
+        if offset[i] != pos or seq[i] <= last or new.stream[i] not in _STREAMS or end[i] == offset[i]:
+            return f"record {chain.records + i + 1} is not contiguous with what comes before it"
+        pos, last = end[i], seq[i]
+    return None
