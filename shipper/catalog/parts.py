@@ -185,6 +185,7 @@ class PartFile:
             present = set(self._file.schema_arrow.names)
             leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == "started_ns"), None)
             self.starts: list[tuple[int, int] | None] = []
+            self.sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             for g in range(md.num_row_groups):
                 stats = md.row_group(g).column(leaf).statistics if leaf is not None else None
                 if stats is not None and stats.has_min_max and isinstance(stats.min, int):
