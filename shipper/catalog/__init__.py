@@ -8,7 +8,8 @@ page in requests that grow with the page; compaction folds records into Parquet 
 from __future__ import annotations
 
 from .compact import Compactor, Settings
-from .reader import Cursor, Filters, Reader, list_logs, list_rows, metrics
+from .filters import Cursor, Filters
+from .reader import Reader, list_logs, list_rows, metrics
 from .rebuild import check, rebuild
 from .rows import Row
 from .writer import Writer, forget, note

@@ -50,7 +50,13 @@ class Stats:
     finished: int = 0  # parts whose inputs were deleted
     deleted: int = 0  # objects deleted (inputs, running entries, old summaries, orphan .done)
     summaries: int = 0
+    live_deleted: int = 0  # live/ entries deleted (also counted in `deleted`)
     bad: list[str] = field(default_factory=list)
+
+
+def _run_head(name: str) -> str:
+    """`<inv_started>~<task>~<host>` of a running or live entry's name: which run it belongs to."""
+    return "~".join(name.split("~", 3)[:3])
 
 
 def day_of(started_ns: int) -> str:
@@ -137,6 +143,7 @@ class Compactor:
         """Finish parts whose time has come, fold records into parts, publish a summary if the parts changed.
         `consolidate`: merge every day that has more than one part (after a rebuild)."""
         st = Stats()
+        live, running = await self._list_live()  # before head/: see _drop_live
         head = await self.reader.head()
         st.bad += head.bad
         state = await self.parts_state(st.bad)
@@ -144,6 +151,7 @@ class Compactor:
         if merge and await self._merge(head, state, st, consolidate):
             state = await self.parts_state()
         await self._publish(head, state, st)
+        await self._drop_live(live, running, head, st)
         return st
 
     async def _finish(self, head: Head, state: PartsState, st: Stats) -> None:
@@ -183,6 +191,53 @@ class Compactor:
                 gone.append(names.catalog_running_key(rows.running_name(row)))
         if gone:
             await self.store.delete(gone)
+
+    async def _list_live(self) -> tuple[list[ObjectInfo], set[str]]:
+        """live/, then running/ (as `<inv_started>~<task>~<host>`), listed before head/ (see _drop_live)."""
+        live = await self.store.list(names.CATALOG_LIVE)
+        if not live:
+            return [], set()
+        return live, {_run_head(o.key[len(names.CATALOG_RUNNING):])
+                      for o in await self.store.list(names.CATALOG_RUNNING)}
+
+    async def _drop_live(self, live: list[ObjectInfo], running: set[str], head: Head, st: Stats) -> None:
+        """Delete the live/ entries no reader uses or will use:
+        - of a run with no running/ entry (readers use a live entry only under one), once the run's final
+          record, if head/ still holds it, is older than grace: a reader that listed running/ just before
+          the watcher deleted the entry may still list live/ for its size, within its grace;
+        - of a run's several, all but the newest, once that one is older than grace (a watcher that
+          restarted did not know the entry before its own).
+        The LISTs are live/, running/, then head/ (the pass's): a live entry is PUT after its running entry,
+        so a run that starts meanwhile has its running entry listed; a running entry is deleted only after
+        a final record is PUT, so a run whose entry was missing has that record in the head/ LIST unless
+        compaction deleted it, ≥ 1.5 × grace after folding it; and a running entry never comes back once
+        a final row deleted it. Matched on `<inv_started>~<task>~<host>`, which both keys begin with (a
+        running entry's payload may be in its body): no GET. Run after the summary, never delaying it."""
+        ripe = self.clock() - int(self.settings.grace_s * 1e9)
+        ended: dict[tuple[str, str, str], int] = {}  # runs with a final record in head/: its newest version
+        for _, r in head.pairs:
+            if r.phase >= 2:
+                ended[r.run] = max(ended.get(r.run, 0), r.version_ns)
+        newest: dict[tuple[str, str, str], tuple[int, str]] = {}
+        parsed = []
+        for o in live:
+            name = o.key[len(names.CATALOG_LIVE):]
+            try:
+                run, version, *_ = rows.parse_live(name)
+            except rows.BadRow as exc:
+                log.warning("catalog: %s is not a live entry, left alone: %s", o.key, exc)
+                st.bad.append(o.key)
+                continue
+            parsed.append((o.key, run, _run_head(name)))
+            if run not in newest or version > newest[run][0]:
+                newest[run] = (version, o.key)
+        gone = [key for key, run, start in parsed
+                if (start not in running and ended.get(run, 0) <= ripe)
+                or (newest[run][1] != key and newest[run][0] <= ripe)]
+        if gone:
+            await self.store.delete(gone)
+            st.deleted += len(gone)
+            st.live_deleted += len(gone)
 
     async def _merge(self, head: Head, state: PartsState, st: Stats, consolidate: bool) -> bool:
         by_day: dict[str, list[tuple[str, Row]]] = defaultdict(list)

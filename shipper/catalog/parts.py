@@ -27,6 +27,9 @@ from .rows import VIEW_FIELDS, Row
 META_KEY = "logship.catalog"
 FORMAT = 1
 CODEC = "zstd"
+# Rows per row group: a page decodes the row groups that may hold its rows (PartFile), so a newest-first
+# page of 50 decodes ≈ 2,000 rows, not a whole day; smaller costs compression and footer size.
+ROW_GROUP = 2048
 FOOTER_GUESS = 256 << 10  # one ranged GET of a part's last bytes holds its footer (the Bloom filter is in it)
 MAX_OBJECT = 256 << 20  # a part or summary larger than this is not one logship wrote
 TS = pa.timestamp("us")  # UTC, as the `logs` view's TIMESTAMP columns (µs: DuckDB's TIMESTAMP)
@@ -125,7 +128,7 @@ def encode_part(key: str, rows: Sequence[Row], inputs: Iterable[str]) -> bytes:
             "bloom": base64.b64encode(bloom(t for r in rows for t in terms(r))).decode()}
     table = table_of(rows).replace_schema_metadata({META_KEY: json.dumps(meta)})
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression=CODEC, row_group_size=8192)
+    pq.write_table(table, sink, compression=CODEC, row_group_size=ROW_GROUP)
     return sink.getvalue()
 
 
@@ -166,18 +169,60 @@ def meta_of_footer(key: str, tail: bytes, size: int) -> PartMeta | int:
 
 def decode_part(key: str, data: bytes) -> pa.Table:
     """A part's rows, in listing order. Raises BadPart."""
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise BadPart(f"{key}: unreadable Parquet ({exc.__class__.__name__})") from None
-    # Readers need these columns with these types; a part may have more (a later format adds columns).
-    for c in ADDED_COLUMNS:
-        if c not in table.column_names:
-            table = table.append_column(SCHEMA.field(c), pa.nulls(table.num_rows, SCHEMA.field(c).type))
-    try:
-        return table.select(READ_COLUMNS).cast(READ_SCHEMA)
-    except (KeyError, ValueError, pa.ArrowException) as exc:
-        raise BadPart(f"{key}: not the catalog's columns ({exc.__class__.__name__})") from None
+    return open_part(key, data).read()
+
+
+class PartFile:
+    """A part as its Parquet bytes, which is what a long-lived reader keeps (≈ 1/6 of its decoded rows), with
+    each row group's start-time range (rows are in listing order, so a page's cursor and a since/until
+    window select row groups): a page decodes only the row groups and columns it needs, and drops them."""
+
+    def __init__(self, key: str, data: bytes) -> None:
+        self.key, self.nbytes = key, len(data)
+        try:
+            self._file = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)  # in memory already
+            md = self._file.metadata
+            present = set(self._file.schema_arrow.names)
+            leaf = next((i for i in range(md.num_columns) if md.schema.column(i).path == "started_ns"), None)
+            self.starts: list[tuple[int, int] | None] = []
+            self.sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+            for g in range(md.num_row_groups):
+                stats = md.row_group(g).column(leaf).statistics if leaf is not None else None
+                if stats is not None and stats.has_min_max and isinstance(stats.min, int):
+                    self.starts.append((stats.min, stats.max))
+                else:
+                    self.starts.append(None)  # no range: always read
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+            raise BadPart(f"{key}: unreadable Parquet ({exc.__class__.__name__})") from None
+        missing = set(READ_COLUMNS) - present - set(ADDED_COLUMNS)
+        if missing:
+            raise BadPart(f"{key}: not the catalog's columns (no {', '.join(sorted(missing))})")
+        self._added = [c for c in ADDED_COLUMNS if c not in present]
+
+    def groups(self, low: int | None, high: int | None) -> list[int]:
+        """Row groups that may hold rows started in [low, high] (None: unbounded)."""
+        return [g for g, r in enumerate(self.starts) if r is None or (
+            (low is None or r[1] >= low) and (high is None or r[0] <= high))]
+
+    def read(self, groups: Sequence[int] | None = None, columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
+        """The rows of `groups` (None: all), `columns` of READ_SCHEMA, with their types. Raises BadPart."""
+        try:
+            have = [c for c in columns if c not in self._added]
+            t = (self._file.read(columns=have, use_threads=False) if groups is None
+                 else self._file.read_row_groups(groups, columns=have, use_threads=False))
+            for c in columns:
+                if c in self._added:  # a part written before the column: null
+                    t = t.append_column(SCHEMA.field(c), pa.nulls(t.num_rows, SCHEMA.field(c).type))
+            return t.select(list(columns)).cast(pa.schema([READ_SCHEMA.field(c) for c in columns]))
+        except (KeyError, ValueError, OSError, pa.ArrowException) as exc:
+            raise BadPart(f"{self.key}: not the catalog's columns ({exc.__class__.__name__})") from None
+
+
+def open_part(key: str, data: bytes) -> PartFile:
+    """Raises BadPart."""
+    if len(data) > MAX_OBJECT:
+        raise BadPart(f"{key}: larger than a part logship writes")
+    return PartFile(key, data)
 
 
 # --- summaries --------------------------------------------------------------------------------------
@@ -196,7 +241,7 @@ def encode_summary(listed_ns: int, parts: Sequence[PartMeta]) -> bytes:
 
 def decode_summary(key: str, data: bytes) -> list[PartMeta]:
     try:
-        t = pq.read_table(io.BytesIO(data))
+        t = pq.read_table(pa.BufferReader(data), use_threads=False)
         if not t.schema.remove_metadata().equals(SUMMARY_SCHEMA):
             raise BadPart(f"{key}: not a summary's columns")
         out = []

@@ -27,49 +27,18 @@ from shipper.retry import QuietLog
 from shipper.store import Store
 
 from . import parts, rows
-from .parts import BadPart, PartMeta
+from .filters import Cursor, Filters, fixed_filter, later
+from .parts import BadPart, PartFile, PartMeta
 from .rows import BadRow, Row
 
 log = logging.getLogger("logship.catalog")
 _quiet = QuietLog(log)
 FETCH_CONCURRENCY = 16
-CACHE_BYTES = 64 << 20  # parts kept in memory by a long-lived reader
+# Parts' Parquet bytes kept by a long-lived reader (a fleet's day of 20,000 runs is ≈ 0.5 MB: a month of
+# days); a page decodes only the row groups and columns it needs (parts.PartFile) and keeps none of it.
+CACHE_BYTES = 16 << 20
 CHUNK = 256  # rows turned into Python objects at a time, in listing order
 PARSED_KEYS = 20_000  # record and running keys whose rows a long-lived reader keeps (≈ 1,000 running in a fleet)
-Cursor = tuple[int, str, str]  # (started_ns, task, host): the API's cursor (api/params.py)
-
-
-@dataclass(frozen=True)
-class Filters:
-    since: int | None = None  # started_ns >= since
-    until: int | None = None  # started_ns < until
-    status: str | None = None
-    host: str | None = None
-    task: str | None = None
-    labels: tuple[tuple[str, str], ...] = ()  # all must match
-    silent_since: int | None = None  # running logs noted silent at or before this time (issue 15)
-    tasks: tuple[str, ...] = ()  # any of them (the ibex routes: a task's runs `ibex-N`, `ibex-N.2`, …)
-
-    def fixed(self, r: Row) -> bool:
-        """The filters on fields a run never changes (safe to apply to any of its rows)."""
-        return ((self.since is None or r.started_ns >= self.since) and (self.until is None or r.started_ns < self.until)
-                and (self.host is None or r.host == self.host) and (self.task is None or r.task == self.task)
-                and (not self.tasks or r.task in self.tasks) and all(r.labels.get(k) == v for k, v in self.labels))
-
-    def final(self, r: Row) -> bool:
-        return r.visible and (self.status is None or r.status == self.status) and (
-            self.silent_since is None or (r.status == manifest.RUNNING and r.silent_since_ns is not None
-                                          and r.silent_since_ns <= self.silent_since))
-
-    def may_hold(self, p: PartMeta, cursor: Cursor | None) -> bool:
-        if p.rows == 0 or (self.since is not None and p.max_started_ns < self.since):
-            return False
-        if (self.until is not None and p.min_started_ns >= self.until) or (cursor and p.min_started_ns > cursor[0]):
-            return False
-        want = [f"l:{k}={v}" for k, v in self.labels] + ([f"h:{self.host}"] if self.host else []) + (
-            [f"t:{self.task}"] if self.task else [])
-        return all(parts.may_hold(p.bloom, w) for w in want) and (
-            not self.tasks or any(parts.may_hold(p.bloom, f"t:{t}") for t in self.tasks))
 
 
 @dataclass
@@ -91,7 +60,7 @@ class Reader:
     def __init__(self, store: Store, cache_bytes: int = CACHE_BYTES) -> None:
         self.store = store
         self.cache_bytes = cache_bytes
-        self._parts: OrderedDict[str, pa.Table] = OrderedDict()
+        self._parts: OrderedDict[str, PartFile] = OrderedDict()
         self._summary: tuple[str, list[PartMeta]] | None = None
         self._bodies: OrderedDict[str, Row] = OrderedDict()
         self._parsed: OrderedDict[str, Row] = OrderedDict()  # key -> its row: a warm LIST parses nothing again
@@ -107,7 +76,7 @@ class Reader:
         parts_in_force = len(self._summary[1]) if self._summary is not None else 0
         return {"listings": self.pages, "listing_seconds": self.page_seconds, "requests": self.requests,
                 "head_records": self.head_records, "parts_in_force": parts_in_force,
-                "cache_bytes": sum(t.nbytes for t in self._parts.values()), "bad_objects": self.bad_objects}
+                "cache_bytes": sum(p.nbytes for p in self._parts.values()), "bad_objects": self.bad_objects}
 
     def _listed(self, objs: Sequence[Any]) -> None:
         self.requests += max(1, -(-len(objs) // 1000))  # a LIST request per 1,000 keys
@@ -199,23 +168,58 @@ class Reader:
             return entries
         return []
 
-    async def part(self, key: str) -> pa.Table | None:
+    async def part_file(self, key: str) -> PartFile | None:
         if key in self._parts:
             self._parts.move_to_end(key)
             return self._parts[key]
         self.requests += 1
         try:
-            table = parts.decode_part(key, await self.store.get(key))
+            pf = parts.open_part(key, await self.store.get(key))
         except ObjectNotFound:
             self._bad(key, "named by the summary but gone: run `logship catalog rebuild`")
             return None
         except BadPart as exc:
             self._bad(key, exc)
             return None
-        self._parts[key] = table
-        while sum(t.nbytes for t in self._parts.values()) > self.cache_bytes and len(self._parts) > 1:
+        self._parts[key] = pf
+        while sum(p.nbytes for p in self._parts.values()) > self.cache_bytes and len(self._parts) > 1:
             self._parts.popitem(last=False)
-        return table
+        return pf
+
+    async def part(self, key: str) -> pa.Table | None:
+        """A part's rows, all of them (compaction, check); None if gone or unreadable (counted as bad)."""
+        pf = await self.part_file(key)
+        if pf is None:
+            return None
+        try:
+            return pf.read()
+        except BadPart as exc:
+            self._bad(key, exc)
+            return None
+
+    def _page_rows(self, pf: PartFile, filters: Filters, cursor: Cursor | None) -> pa.Table | None:
+        """The rows of a part that pass the fixed filters at or after `cursor`: the row groups whose start
+        range may hold some, their filter columns decoded first, then every column only of the row groups
+        with a match."""
+        high = cursor[0] if cursor else None
+        if filters.until is not None:
+            high = filters.until - 1 if high is None else min(high, filters.until - 1)
+        try:
+            groups = pf.groups(filters.since, high)
+            if not groups:
+                return None
+            # a task's or a label's rows may sit in few row groups (an ibex task: in one), a host's are
+            # spread over the day (≈ 20 a day in a fleet): there this first pass would only add work
+            if filters.task is not None or filters.tasks or filters.labels:
+                keys = ["started_ns"] + (["task"] if cursor or filters.task or filters.tasks else []) + (
+                    ["host"] if cursor or filters.host else []) + (["labels"] if filters.labels else [])
+                t = pf.read(groups, keys)  # one decode of the filter columns; then which groups matched
+                t = t.append_column("group", pa.array([g for g in groups for _ in range(pf.sizes[g])], pa.int32()))
+                groups = sorted(pc.unique(later(fixed_filter(t, filters), cursor)["group"]).to_pylist())
+            return later(fixed_filter(pf.read(groups), filters), cursor) if groups else None
+        except (BadPart, ValueError, pa.ArrowException) as exc:  # e.g. row counts that are not its rows'
+            self._bad(pf.key, exc)
+            return None
 
     # --- a page ------------------------------------------------------------------------------------
 
@@ -317,8 +321,8 @@ class Reader:
                 while i < len(entries) and entries[i].max_started_ns >= top:
                     batch.append(entries[i].key)
                     i += 1
-                got = await asyncio.gather(*(self.part(k) for k in batch))
-                tables += [_fixed_filter(t, filters) for t in got if t is not None]
+                got = await asyncio.gather(*(self.part_file(k) for k in batch))
+                tables += [t for pf in got if pf is not None and (t := self._page_rows(pf, filters, cursor))]
             floor = entries[i].max_started_ns if i < len(entries) else None
             pos = cursor if not out else (out[-1].started_ns, out[-1].task, out[-1].host)
             sources = [_after(recs, pos)] + [iter_table(t, pos) for t in tables]
@@ -363,34 +367,8 @@ def _merge(sources: list[Iterator[Row]], filters: Filters, cursor: Cursor | None
     return out
 
 
-def _fixed_filter(t: pa.Table, f: Filters) -> pa.Table:
-    mask = None
-
-    def both(m: Any) -> None:
-        nonlocal mask
-        mask = m if mask is None else pc.and_(mask, m)
-
-    if f.since is not None:
-        both(pc.greater_equal(t["started_ns"], f.since))
-    if f.until is not None:
-        both(pc.less(t["started_ns"], f.until))
-    if f.host is not None:
-        both(pc.equal(t["host"], f.host))
-    if f.task is not None:
-        both(pc.equal(t["task"], f.task))
-    if f.tasks:
-        both(pc.is_in(t["task"], pa.array(f.tasks, pa.string())))
-    for k, v in f.labels:
-        both(pc.fill_null(pc.equal(pc.map_lookup(t["labels"], pa.scalar(k), "first"), v), False))
-    return t if mask is None else t.filter(mask)
-
-
 def iter_table(t: pa.Table, pos: Cursor | None) -> Iterator[Row]:
-    if pos is not None:
-        s, task, host = pos
-        later = pc.or_(pc.less(t["started_ns"], s), pc.and_(pc.equal(t["started_ns"], s), pc.or_(
-            pc.greater(t["task"], task), pc.and_(pc.equal(t["task"], task), pc.greater(t["host"], host)))))
-        t = t.filter(later)
+    t = later(t, pos)
     for start in range(0, t.num_rows, CHUNK):
         chunk = t.slice(start, CHUNK).to_pylist()
         for d in chunk:

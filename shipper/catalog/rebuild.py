@@ -24,7 +24,7 @@ from . import parts, rows
 from .compact import Compactor, Settings, day_of
 from .reader import Reader, iter_table
 from .rows import Row
-from .writer import Writer
+from .writer import Writer, live_worth
 
 BATCH = 20_000  # manifests per saved position (and per part of a day, at most)
 GET_CONCURRENCY = 16  # more is slower on a busy SeaweedFS here (bench/README.md)
@@ -70,11 +70,17 @@ async def read_manifests(store: Store, keys: list[tuple[str, str, str]], bad: li
 
 
 async def _put_running(store: Store, running: list[Row]) -> None:
+    """Each running log's running/ entry, then its live/ entry (sealed size and lines, silence: what a
+    watcher's newest note would say; the same condition as writer.Writer's), in that order per log as the
+    watcher writes them, so the compactor never takes the live entry for a leftover. Keys come from the
+    manifest alone: a resumed or repeated rebuild writes the same ones."""
     sem = asyncio.Semaphore(GET_CONCURRENCY)
 
     async def put(r: Row) -> None:
         async with sem:
             await store.put(names.catalog_running_key(rows.running_name(r)), r.body())
+            if live_worth(r):
+                await store.put(names.catalog_live_key(rows.live_name(r)), b"")
 
     await asyncio.gather(*map(put, running))
 

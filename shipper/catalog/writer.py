@@ -29,6 +29,12 @@ NOTHING_LIVE = ((None, None, None), (0, 0, None))  # a run's start: its running/
 SIZE_NOTE_SECONDS = 60.0  # a running log's grown size is noted at most this often (a fast log seals often)
 
 
+def live_worth(row: Row) -> bool:
+    """Whether a running row needs a live/ entry: it says more than its running/ entry (a sealed segment, a
+    silence), and its name fits (a longer one is seen in the walk only)."""
+    return (row.size, row.lines, row.silent_since_ns) not in NOTHING_LIVE and len(rows.live_name(row)) <= rows.ROW_MAX
+
+
 class Writer:
     """Writes records for one store; remembers what it wrote so a manifest commit that changes no status
     (a checkpoint, a query copy flag) costs no request."""
@@ -75,9 +81,8 @@ class Writer:
             if last is None:  # its fields are fixed at the start: one PUT per process is enough
                 await self.store.put(running, body)
                 self.bytes_sent += len(body)
-            if (row.size, row.lines, row.silent_since_ns) not in NOTHING_LIVE and len(
-                    name := rows.live_name(row)) <= rows.ROW_MAX:  # a longer one: see it in the walk only
-                live = names.catalog_live_key(name)
+            if live_worth(row):
+                live = names.catalog_live_key(rows.live_name(row))
                 await self.store.put(live, b"")
             if old_live is not None and old_live != live:
                 await self.store.delete([old_live])
