@@ -15,6 +15,11 @@ glibc gives each thread that allocates an arena of its own (up to 8 per core): t
 (asyncio.to_thread: spool reads, the store's) each kept a fragmented heap, and the peak RSS under 10
 downloads + 100 tails was 134–170 MB with them, 110–136 MB with MALLOC_ARENA_MAX=2 (bench/README.md, "The
 API's memory"). The re-exec sets it unless the operator did.
+
+pyarrow (the catalog's listing) allocates through its own mimalloc pool by default, which keeps what a
+Parquet decode used: 14–21 MB of the API's peak RSS under the 100,000-log listings (docs/catalog.md §5).
+On the system pool its buffers go to glibc's heap, where the trim above gives them back; the re-exec sets
+ARROW_DEFAULT_MEMORY_POOL=system unless the operator chose a pool.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ def use_malloc() -> None:
         return
     os.environ["PYTHONMALLOC"] = "malloc"
     os.environ.setdefault("MALLOC_ARENA_MAX", ARENAS)
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow is first imported
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)

@@ -53,6 +53,11 @@ def test_followers_that_reset_their_connections_leave_no_memory_behind(tmp_path:
             environ = f.read().split(b"\0")
         assert b"PYTHONMALLOC=malloc" in environ  # logship serve chose glibc's malloc itself
         assert b"MALLOC_ARENA_MAX=2" in environ  # and few arenas (api/heap.py)
+        # and pyarrow (the listing's Parquet) allocates from that heap, not a mimalloc pool of its own
+        env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+        probe = "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+        pool = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert pool.stdout.strip() == "system"
         deadline = time.monotonic() + 20
         while not (api.spool / "mem" / "h1" / names.RUN_FILE).exists():
             assert time.monotonic() < deadline
