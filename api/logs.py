@@ -17,7 +17,7 @@ from shipper.retry import QuietLog
 from . import encoding, liveness, params
 from .encoding import IDENTITY
 from .errors import BadRequest, json_error
-from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
+from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE, VIEW
 from .lines import lines_before
 from .listing import spool_rows
 from .source import LogNotFound, LogView, Source
@@ -88,6 +88,9 @@ async def get_log_meta(request: web.Request) -> web.Response:
 
 
 async def _view(request: web.Request) -> LogView:
+    """The proxy middleware's view of the log if it took one (api/keys.py VIEW), else a view of our own."""
+    if VIEW in request:
+        return request[VIEW]
     return await request.app[SOURCE].view(request.match_info["task"], request.match_info["host"])
 
 
