@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,7 +19,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
+from api.hub import Feed
 from api.keys import STORE
+from api.logs import _wait_feed
+from api.source import LogMoved, Source
 from shipper.config import Config
 from shipper.format import names
 from shipper.format.reader import Reader
@@ -216,5 +220,36 @@ async def test_a_view_records_its_manifests_etag_only_when_listed_for_its_bytes(
         assert gets[manifest] == 1 and fresh.manifest_tag == (await rstore.list(manifest))[0].etag
     finally:
         stop_agent(p, cfg.spool_dir, "ft")
+        await store.close()
+        await rstore.close()
+
+
+async def test_a_follow_never_goes_on_into_another_run(make_config: MakeConfig) -> None:
+    """The log deleted and run again under its name while followed: the poller's next view is of the new run,
+    whose bytes are not this answer's continuation; the answer is cut (LogMoved), never served on from it."""
+    cfg = make_config(**DELTAS)
+    p = steady(cfg, "fr", "100000", "0.01")
+    store, rstore = open_store(cfg.store), open_store(cfg.store)
+    source = Source(rstore, None)
+    try:
+        async with watching(cfg, store):
+            deadline = time.monotonic() + 30
+            while not (await store.list(names.manifest_key("fr", "h1")) and (await source.view("fr", "h1")).size):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        view = await source.view("fr", "h1")
+        feed = Feed(("fr", "h1", None))
+        feed.polled = True
+        pos = view.size - 1  # the answer has sent less than the views hold
+        feed.view = dataclasses.replace(view)  # the poller's, of the same run: taken
+        assert await _wait_feed(source, feed, view, pos, asyncio.Event()) is feed.view
+        feed.view = dataclasses.replace(view, run={**view.run, "run_id": "another"})
+        with pytest.raises(LogMoved):
+            await _wait_feed(source, feed, view, pos, asyncio.Event())
+        stopping = asyncio.Event()
+        stopping.set()
+        assert await _wait_feed(source, feed, view, pos, stopping) is None  # shutdown first
+    finally:
+        stop_agent(p, cfg.spool_dir, "fr")
         await store.close()
         await rstore.close()
