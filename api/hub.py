@@ -16,6 +16,7 @@ How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write �
   most a checkpoint interval and a poll behind. The poller's view is the feed's (`Feed.view`): a woken
   follower finds its next part in it, so the followers of a store-only log cost no request of their own
   but the new deltas' GETs, shared through the API's reader (api/source.py), which the poller uses too.
+  `…/log?follow=true` of a store-only log (api/logs.py `_wait_feed`) is a follower of the same feed.
 The poller runs only while its log has followers and is cancelled and awaited when the last one leaves.
 """
 

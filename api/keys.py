@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .proxy import ProxyState
     from .query import Engine
     from .sinks import Sink
-    from .source import Source
+    from .source import LogView, Source
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -29,3 +29,6 @@ STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping")  # set at shutdown:
 QUERY_ENGINE: web.AppKey[Engine] = web.AppKey("query_engine")  # DuckDB, opened on the first query
 HUB: web.AppKey[Hub] = web.AppKey("tail_hub")  # one watch per followed log, shared by its followers
 SINKS: web.AppKey[set[Sink]] = web.AppKey("tail_sinks")  # open tails, closed with GOING_AWAY at shutdown
+# The view the proxy middleware took to decide local vs forward, handed to the route that serves the request
+# here, so a request takes one view (for a running log from the store: one manifest GET and one LIST), not two.
+VIEW: web.RequestKey[LogView] = web.RequestKey("view")

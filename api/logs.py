@@ -17,10 +17,11 @@ from shipper.retry import QuietLog
 from . import encoding, liveness, params
 from .encoding import IDENTITY
 from .errors import BadRequest, json_error
-from .keys import CONFIG, METRICS, SOURCE, STOPPING, STORE
+from .hub import Feed
+from .keys import CONFIG, HUB, METRICS, SOURCE, STOPPING, STORE, VIEW
 from .lines import lines_before
 from .listing import spool_rows
-from .source import LogNotFound, LogView, Source
+from .source import LogMoved, LogNotFound, LogView, Source
 
 if TYPE_CHECKING:  # imported by the listing when first asked: pyarrow is 40 MB of an idle API (bench/README.md)
     pass
@@ -88,6 +89,9 @@ async def get_log_meta(request: web.Request) -> web.Response:
 
 
 async def _view(request: web.Request) -> LogView:
+    """The proxy middleware's view of the log if it took one (api/keys.py VIEW), else a view of our own."""
+    if VIEW in request:
+        return request[VIEW]
     return await request.app[SOURCE].view(request.match_info["task"], request.match_info["host"])
 
 
@@ -243,19 +247,24 @@ async def _body(request: web.Request, view: LogView, start: int, end: int | None
                 stream: str | None) -> AsyncGenerator[bytes, None]:
     source = request.app[SOURCE]
     pos = start
-    while True:
-        stop = view.size if end is None else min(end, view.size)
-        pieces = source.read(view, pos, stop) if stream is None else source.read_stream(view, stream, pos, stop)
-        async with contextlib.aclosing(pieces):
-            async for piece in pieces:
-                yield piece
-        pos = stop
-        if not follow or view.finished or (end is not None and pos >= end):
-            return
-        fresh = await _wait_growth(source, view, pos, request.app[STOPPING])
-        if fresh is None:
-            raise ShuttingDown
-        view = fresh
+    async with contextlib.AsyncExitStack() as stack:
+        feed: Feed | None = None
+        while True:
+            stop = view.size if end is None else min(end, view.size)
+            pieces = source.read(view, pos, stop) if stream is None else source.read_stream(view, stream, pos, stop)
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    yield piece
+            pos = stop
+            if not follow or view.finished or (end is not None and pos >= end):
+                return
+            if view.spool_dir is None and feed is None:  # from the store alone: the tail's poller, shared (hub.py)
+                feed = await stack.enter_async_context(request.app[HUB].follow(view.task, view.host, None))
+            fresh = await (_wait_growth(source, view, pos, request.app[STOPPING]) if feed is None
+                           else _wait_feed(source, feed, view, pos, request.app[STOPPING]))
+            if fresh is None:
+                raise ShuttingDown
+            view = fresh
 
 
 async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:
@@ -270,6 +279,27 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
         fresh = await source.refresh(view)  # from the store alone: one LIST a second (docs/checkpoints.md §6)
         if fresh.size > pos or fresh.finished:
             return fresh
+
+
+async def _wait_feed(source: Source, feed: Feed, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:
+    """_wait_growth for a log read from the store alone, from the store poller's views (api/hub.py): N followers
+    of one log cost its one LIST a poll between them, not one each. The poller wakes us at each change and at
+    least every STORE_POLL_S, and at shutdown (api/tail.py on_shutdown, after STOPPING is set)."""
+    while not stopping.is_set():
+        if feed.failed:  # the poller died: look ourselves, as before it
+            return await _wait_growth(source, view, pos, stopping)
+        generation, seen = feed.generation, feed.view  # read before looking: a change meanwhile wakes us
+        if feed.polled and seen is None:
+            # It cannot read the log (deleted, its manifest damaged, none yet): look ourselves once per wake-up,
+            # and end with the error a look of our own meets, as a follower polling alone did.
+            seen = await source.refresh(view)
+        if seen is not None and seen is not view and (seen.size > pos or seen.finished):
+            if seen.run.get("run_id") != view.run.get("run_id"):  # deleted, and a new run under its name
+                raise LogMoved(f"{view.task}/{view.host} is another run now", "ask again (If-Range keeps a copy "
+                               "of this run from mixing with the new one's bytes)")
+            return seen
+        await feed.wait(generation)
+    return None
 
 
 # --- the chunk index of a byte range (the web page's line numbers, streams and timestamps) -----------

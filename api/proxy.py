@@ -31,7 +31,7 @@ from shipper.errors import LogshipError
 
 from . import encoding
 from .encoding import IDENTITY
-from .keys import CONFIG, METRICS, PROXY, PROXY_SESSION, SOURCE
+from .keys import CONFIG, METRICS, PROXY, PROXY_SESSION, SOURCE, VIEW
 from .proxy_check import (
     AllowList,
     BadAnswer,
@@ -129,6 +129,7 @@ async def proxy_middleware(request: web.Request,
         view = await request.app[SOURCE].view(m.group(1), m.group(2))
     except LogshipError:
         return await handler(request)  # bad ids, a missing log: the handler says so, after checking its params
+    request[VIEW] = view  # the route serves from it, unless a forward is tried first (below: then a fresh one)
     url = view.doc.api_url if view.doc is not None else None
     if view.spool_dir is not None or view.finished or view.doc is None or not url:
         return await handler(request)
@@ -143,6 +144,7 @@ async def proxy_middleware(request: web.Request,
         return await handler(request)
     if state.is_bad(base, view.task, view.host):
         return await handler(request)
+    del request[VIEW]  # a forward that falls back may have taken seconds: the route takes a view of its own
     target = _Target(base, m.group(3) or "", view, view.doc.run_id, view.size)
     try:
         metrics.proxy_forwarded += 1

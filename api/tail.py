@@ -39,7 +39,7 @@ from shipper.retry import QuietLog
 from . import fanout, params
 from .errors import BadRequest, json_error
 from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
-from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE
+from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, VIEW
 from .sinks import PING_S, SSE, Sink, WebSocket
 from .source import LogMoved, LogView, Part, Source
 
@@ -291,7 +291,7 @@ async def tail(request: web.Request) -> web.StreamResponse:
                              "send the id of the last event received (a whole number of up to 19 digits)")
         start = int(last_id)
     source = request.app[SOURCE]
-    view = await source.view(task, host)
+    view = request[VIEW] if VIEW in request else await source.view(task, host)  # the proxy middleware's, if any
     if start is None:
         start = await last_lines_offset(source, view, DEFAULT_LINES if lines is None else lines)
     elif view.finished and start > view.size:

@@ -291,6 +291,12 @@ class ManifestCache:
 async def load_manifest(store: Store, task: str, host: str, cache: ManifestCache | None = None) -> Manifest:
     """The log's manifest; ObjectNotFound if the store has no such log, or `logship gc` is deleting it;
     IntegrityError if it is not a valid manifest. With `cache`, bytes checked before are not parsed again."""
+    return (await fetch_manifest(store, task, host, cache))[0]
+
+
+async def fetch_manifest(store: Store, task: str, host: str, cache: ManifestCache | None = None
+                         ) -> tuple[Manifest, bytes]:
+    """load_manifest, and the bytes it was read from (for listed_tag)."""
     key = names.manifest_key(task, host)
     data = await store.get(key)
     doc = cache.get(key, data) if cache is not None else None
@@ -304,7 +310,15 @@ async def load_manifest(store: Store, task: str, host: str, cache: ManifestCache
             cache.put(key, data, doc)
     if doc.status == DELETING:
         raise ObjectNotFound(f"{task}/{host} is being deleted (logship gc)", "it is gone once gc finishes")
-    return doc
+    return doc, data
+
+
+def listed_tag(data: bytes, listed: str) -> str:
+    """A manifest's etag as listed after its GET, if it is of the bytes that GET gave (S3's etag of a plain PUT
+    is their MD5: SeaweedFS, rclone, AWS without KMS), else "". So a view's first refresh needs no second GET
+    of the manifest, and never takes a commit made between the GET and the LIST for the one it was built
+    from (Reader.refresh). The file store's etag is no MD5: "" (the refresh reads the manifest again)."""
+    return listed if listed and listed.strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest() else ""
 
 
 def why_missing(d: Dropped | None) -> str:

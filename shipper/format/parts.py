@@ -59,8 +59,8 @@ class LogView:
     spool_dir: Path | None
     parts: list[Part] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
-    # the manifest's etag as a LIST showed it before the manifest was read ("": unknown), so that a
-    # follower's next LIST tells whether the manifest changed (Reader.refresh)
+    # the manifest's etag as a LIST showed it before the manifest was read, or after it for the same bytes
+    # (archive.listed_tag; "": unknown), so that a follower's next LIST tells whether it changed (Reader.refresh)
     manifest_tag: str = ""
 
     @property

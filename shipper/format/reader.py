@@ -101,18 +101,18 @@ class Reader:
     async def _view_once(self, task: str, host: str, tag: str) -> LogView:
         # The spool and the store are read at once (the manifest's GET is most of a view's time).
         local = asyncio.ensure_future(asyncio.to_thread(self.spool_state, task, host))
-        gone = False
+        doc: Manifest | None = None
+        gone, data = False, b""
         try:
-            doc: Manifest | None = await archive.load_manifest(self.store, task, host, self.manifests)
+            doc, data = await archive.fetch_manifest(self.store, task, host, self.manifests)
         except ObjectNotFound:
-            doc, gone = None, True
+            gone = True
         except IntegrityError as exc:  # a damaged manifest: not "the store is down"
             self.note(exc)
             raise
         except StoreError:
             if await local is None:
-                raise
-            doc = None  # the store is down, but this spool has the log: serve what it holds
+                raise  # else the store is down, but this spool has the log: serve what it holds (doc None)
         finally:
             state = await local
         if state is not None and doc is not None and state.run["run_id"] != doc.run_id:
@@ -130,10 +130,10 @@ class Reader:
             assert doc is not None
             parts, run, exit_, status = [], run_of(doc), exit_of(doc), doc.status
         if doc is not None:
-            # an open segment is in the store as a chain of deltas, found by listing (of a running log, or one
-            # whose host was lost); beside the spool, the spool holds it all
-            ours = (await self.chained.plan(doc))[0] if state is None and doc.status != FINISHED else store_parts(doc)
-            parts = merge(ours, parts)
+            # an open segment is in the store as deltas, found by listing; beside the spool, the spool holds it all
+            ours, listed = await self.chained.plan(doc) if state is None and doc.status != FINISHED else \
+                (store_parts(doc), "")
+            parts, tag = merge(ours, parts), archive.listed_tag(data, listed) or tag
         return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped, tag)
 
     # --- reading -----------------------------------------------------------------------------
