@@ -51,6 +51,13 @@ async def test_round_trip(store: Store) -> None:
     assert (await store.head("logs/t/h/empty")).size == 0
 
 
+async def test_abort_uploads_with_none_to_abort(store: Store) -> None:
+    """Early in this file: rclone's gofakes3 answers NoSuchUpload to a listing of a bucket that never had an upload."""
+    await store.put("logs/t/h/00000000.log", b"small: no upload")
+    assert await store.abort_uploads("logs/") == 0
+    assert await store.abort_uploads("") == 0
+
+
 @pytest.mark.parametrize(("start", "end", "want"), [
     (0, 1, slice(0, 1)),                 # first byte
     (999, None, slice(999, None)),       # last byte
