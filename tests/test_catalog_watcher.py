@@ -7,6 +7,8 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from shipper import catalog
 from shipper.catalog import writer as catalog_writer
 from shipper.format import names
@@ -17,6 +19,7 @@ from shipper.watcher import Watcher, watch
 from .support import MakeConfig, agent_env, run_agent, start_agent, stop_agent
 
 
+@pytest.mark.parametrize("make_config", ["file", "s3", "rclone"], indirect=True)  # a second S3 server too
 async def test_started_and_finished_logs_show_in_the_listing(make_config: MakeConfig) -> None:
     cfg = make_config(LOGSHIP_WATCH_CHECKPOINT_SECONDS="0.5")
     p = start_agent(cfg.spool_dir, "live", ["sh", "-c", "echo one; sleep 30"], env=agent_env(cfg))

@@ -47,6 +47,7 @@ async def stored_manifest(cfg: Config, task: str, host: str = "h1") -> Manifest:
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("make_config", ["file", "s3", "rclone"], indirect=True)  # a second S3 server too
 async def test_ships_nasty_output_exactly(make_config: MakeConfig, compression: str) -> None:
     cfg = make_config(LOGSHIP_STORE_COMPRESSION=compression, LOGSHIP_SPOOL_SEGMENT_BYTES="1MiB")
     res = run_agent(cfg.spool_dir, "nasty", [sys.executable, "-c", NASTY], env=agent_env(cfg))

@@ -338,8 +338,13 @@ class S3Store:
         s3 = await self._s3()
         uploads: list[tuple[str, str]] = []
         with self._errors("list multipart uploads under", full):
-            async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
-                uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+            try:
+                async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
+                    uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+            except ClientError as exc:
+                # `rclone serve s3` (gofakes3) answers NoSuchUpload for a bucket that never had an upload: none.
+                if s3errors.error_code(exc) != "NoSuchUpload":
+                    raise
         for k, upload_id in uploads:
             await s3write.abort(self, k, upload_id)
         return len(uploads)
