@@ -49,6 +49,7 @@ class Chained:
         self.note = note
         self._cache: OrderedDict[tuple[str, int], tuple[Delta, str]] = OrderedDict()  # -> (delta, sha256)
         self._bytes = 0
+        self._fetching: dict[tuple[str, int], asyncio.Future[tuple[Delta, str]]] = {}
         self._verdicts: OrderedDict[tuple[str, int], bool] = OrderedDict()  # chain deltas: passed their checks?
         self._tables: OrderedDict[tuple[str, int, int, int], list[frames.Frame]] = OrderedDict()
 
@@ -139,26 +140,39 @@ class Chained:
     async def _delta(self, key: str, size: int, sha256: str | None) -> Delta:
         hit = self._cache.get((key, size))
         if hit is None:
-            blob = await self.store.get(key)
-            digest = hashlib.sha256(blob).hexdigest()
-            if len(blob) != size:
-                raise IntegrityError(key, f"{len(blob)} bytes, not the {size} it was listed or tabled with")
-            if sha256 is not None and digest != sha256:
-                raise IntegrityError(key, "not the object its segment's frame table names (sha256)")
-            try:
-                d = delta.parse(key, blob)
-            except delta.DeltaDamaged as exc:
-                raise IntegrityError(key, exc.detail.removeprefix(f"{key}: "), exc.hint) from None
-            hit = (d, digest)
-            self._bytes += len(d.data)
-            _remember(self._cache, (key, size), hit, None)
-            while self._bytes > CACHE_BYTES and len(self._cache) > 1:
-                self._bytes -= len(self._cache.popitem(last=False)[1][0].data)
-        elif sha256 is not None and hit[1] != sha256:
-            raise IntegrityError(key, "not the object its segment's frame table names (sha256)")
+            # One GET however many views and readers want it at once (followers that wake together), shielded so
+            # that a reader who goes away does not cancel it under the others.
+            fetch = self._fetching.get((key, size))
+            if fetch is None:
+                fetch = self._fetching[(key, size)] = asyncio.ensure_future(self._fetch(key, size))
+                fetch.add_done_callback(lambda f: self._fetched(key, size, f))
+            hit = await asyncio.shield(fetch)
         else:
             self._cache.move_to_end((key, size))
+        if sha256 is not None and hit[1] != sha256:
+            raise IntegrityError(key, "not the object its segment's frame table names (sha256)")
         return hit[0]
+
+    def _fetched(self, key: str, size: int, f: asyncio.Future[tuple[Delta, str]]) -> None:
+        self._fetching.pop((key, size), None)
+        if not f.cancelled():
+            f.exception()  # retrieved: its waiters (if any are left) raise it themselves
+
+    async def _fetch(self, key: str, size: int) -> tuple[Delta, str]:
+        """A delta from the store, checked alone and against its listed size, and cached."""
+        blob = await self.store.get(key)
+        if len(blob) != size:
+            raise IntegrityError(key, f"{len(blob)} bytes, not the {size} it was listed or tabled with")
+        try:
+            d = delta.parse(key, blob)
+        except delta.DeltaDamaged as exc:
+            raise IntegrityError(key, exc.detail.removeprefix(f"{key}: "), exc.hint) from None
+        hit = (d, hashlib.sha256(blob).hexdigest())
+        self._bytes += len(d.data)
+        _remember(self._cache, (key, size), hit, None)
+        while self._bytes > CACHE_BYTES and len(self._cache) > 1:
+            self._bytes -= len(self._cache.popitem(last=False)[1][0].data)
+        return hit
 
     async def table(self, task: str, host: str, entry: Segment) -> list[frames.Frame]:
         """The frame table of a segment stored as its deltas, checked against its manifest entry."""
