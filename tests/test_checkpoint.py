@@ -471,3 +471,43 @@ async def test_a_delta_put_cut_after_its_headers_stores_nothing(local_s3: s3loca
         finally:
             stop_agent(p, cfg.spool_dir, "cut")
             await store.close()
+
+
+async def test_a_deleted_manifest_takes_back_framed_segments_from_their_deltas(make_config: MakeConfig) -> None:
+    """docs/checkpoints.md §8: the store lost the manifest of a running log whose sealed segments are frames
+    only (the spool pruned them); a restarted watcher reads each segment's chain, checks it, writes the same
+    frame table and names it again: the log reads whole, nothing sent again."""
+    cfg = make_config(**DELTAS, LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB", LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0")
+    n = 6000
+    expected = b"".join(b"line %06d of a steady task\n" % i for i in range(n))
+    p = steady(cfg, "adf", str(n), "0.0005", "60")
+    log_dir = cfg.spool_dir / "adf" / "h1"
+    store = open_store(cfg.store)
+    try:
+        w = Watcher(cfg, store)
+
+        async def shipped_and_pruned() -> bool:
+            with contextlib.suppress(ObjectNotFound):
+                doc = await archive.load_manifest(store, "adf", "h1")
+                return (len([s for s in doc.segments if s.frames]) >= 2 and not list(log_dir.glob("*[0-9].log"))
+                        and await stored_bytes(store, "adf") == expected)
+            return False
+
+        await passes_until(w, shipped_and_pruned, timeout=60)
+        before = await archive.load_manifest(store, "adf", "h1")
+        tables = {s.seq: await store.get(names.frames_key("adf", "h1", s.seq)) for s in before.segments if s.frames}
+        await store.delete([names.manifest_key("adf", "h1")])
+        again = Watcher(cfg, store)  # a restart: it knows only what the store and spool hold
+        await again.run_once()
+        doc = await archive.load_manifest(store, "adf", "h1")
+        assert again.stats["adopted_segments"] == len(before.segments) and not doc.dropped
+        assert [(s.seq, s.frames, s.frames_sha256, s.sha256) for s in doc.segments] == [
+            (s.seq, s.frames, s.frames_sha256, s.sha256) for s in before.segments]
+        for seq, table in tables.items():
+            assert await store.get(names.frames_key("adf", "h1", seq)) == table  # one key, one content
+        assert await stored_bytes(store, "adf") == expected
+        assert await reader.read_all(store, "adf", "h1") == expected
+        assert again.stats["deltas"] == 0 and again.stats["deltas_repaired"] == 0
+    finally:
+        stop_agent(p, cfg.spool_dir, "adf")
+        await store.close()

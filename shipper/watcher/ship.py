@@ -342,7 +342,7 @@ class Watcher:
         keep = set(prefix_keys(sl, st.checkpoint)) if st.checkpoint else set()
         listing = await self.store.list(prefix)
         if doc is None:
-            await adopt(self.store, self.stats, self.damage, sl, st, listing)
+            await adopt(self.store, self.stats, self.damage, sl, st, listing, self.compression)
         self.uploads.learn(sl, st, listing)  # deltas: the chain to continue, or a segment to seal
         orphans = [o.key for o in listing if ".ckpt-" in o.key and o.key not in keep]
         # a watcher killed between a seal's commit and its delete of off-chain deltas (off_chain.py)
