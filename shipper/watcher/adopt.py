@@ -47,8 +47,7 @@ async def adopt(store: Store, stats: dict[str, int], damage: Damage, sl: SpoolLo
         comp = in_store.get(seq)
         entry = await _adopt_one(store, damage, sl, st, seq, comp, keys, dropped) if comp else None
         if entry is None and seq in framed:
-            entry = await adopt_frames.adopt_framed(store, damage, sl, st, seq, framed[seq], keys, compression,
-                                                    dropped)
+            entry = await adopt_frames.adopt_framed(store, damage, sl, st, seq, framed[seq], compression, dropped)
         if entry is None:
             missing.append(seq)
             continue

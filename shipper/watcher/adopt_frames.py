@@ -42,7 +42,7 @@ def framed(task: str, host: str, keys: dict[str, int]) -> dict[int, dict[tuple[i
 
 
 async def adopt_framed(store: Store, damage: Damage, sl: SpoolLog, st: LogState, seq: int,
-                       spans: dict[tuple[int, int], str], keys: dict[str, int], compression: str,
+                       spans: dict[tuple[int, int], str], compression: str,
                        dropped: list[dict[str, Any]]) -> Segment | None:
     """Segment `seq` from its chain of deltas, checked; its frame table written again. None: not taken back."""
     start, nxt = segment_start(sl.dir, st, seq, dropped)
@@ -51,7 +51,7 @@ async def adopt_framed(store: Store, damage: Damage, sl: SpoolLog, st: LogState,
         return None
     starts = {s[0] for s in ours}
     links = frames.chain(ours, start if start in starts else min(starts))  # later: a gap check_segment judges
-    if not links or sum(keys[ours[s]] for s in links) > ADOPT_MAX:
+    if not links or links[-1][1] - links[0][0] > ADOPT_MAX:  # the log bytes held in memory at once
         return None
     out: list[frames.Frame] = []
     data: list[bytes] = []
