@@ -70,6 +70,9 @@ class Deltas:
 
     held: dict[int, dict[tuple[int, int], int]] = field(default_factory=dict)  # seq -> {(start, end): size}
     chain: OpenChain | None = None
+    # Deltas of sealed segments that their seal's frame table does not name (or whole segments: all of
+    # them): deleted after the manifest naming the segment is PUT (docs/checkpoints.md §7).
+    off_chain: list[str] = field(default_factory=list)
 
 
 class Uploads:
@@ -83,7 +86,7 @@ class Uploads:
         self.deltas = deltas
         self._quiet = quiet
         for k in ("deltas", "delta_bytes", "checkpoint_bytes", "segment_bytes", "frames_bytes", "manifest_bytes",
-                  "off_chain_deltas", "deltas_repaired"):
+                  "off_chain_deltas", "off_chain_deltas_deleted", "deltas_repaired"):
             stats.setdefault(k, 0)
 
     def _sent(self, kind: str, n: int) -> None:
@@ -278,9 +281,13 @@ class Uploads:
         deltas of it, else whole. Records its manifest entry in `st.segments` (committed later)."""
         t0 = time.monotonic()
         log_path, idx_path = names.spool_segment(sl.dir, seq), names.spool_index(sl.dir, seq)
+        listed: list[tuple[tuple[int, int] | None, str]] = []
+        if self.deltas:
+            listed = await self._list_deltas(sl, st, seq)
         if self.deltas and st.deltas.held.get(seq):
-            entry = await self._seal_frames(sl, st, seq, log_path, idx_path)
+            entry, kept = await self._seal_frames(sl, st, seq, log_path, idx_path)
             if entry is not None:
+                self._off_chain(st, listed, kept)
                 self._sealed(sl, st, seq, entry, t0)
                 return
         prepared = await asyncio.to_thread(self._prepare, log_path, idx_path)
@@ -297,7 +304,34 @@ class Uploads:
                               self.compression, stored=stored.fields(),
                               index_sha256=hashlib.sha256(idx_blob).hexdigest())
         self._sent("segment_bytes", entry.stored_size + entry.index_size)
+        self._off_chain(st, listed, set())
         self._sealed(sl, st, seq, entry, t0)
+
+    async def _list_deltas(self, sl: SpoolLog, st: LogState, seq: int) -> list[tuple[tuple[int, int] | None, str]]:
+        """The deltas of segment `seq` the store holds now, by span (one LIST at its seal): those this
+        process never saw (a dead watcher's PUT that landed after our listing at start) join the chain's
+        candidates, and whatever the seal does not keep is deleted after its commit (§7)."""
+        listed: list[tuple[tuple[int, int] | None, str]] = []  # (span, key); None: never on our chain
+        held = st.deltas.held.setdefault(seq, {})
+        prefix = names.log_prefix(sl.task, sl.host)
+        for o in await self.store.list(names.delta_prefix(sl.task, sl.host, seq)):
+            parsed = names.parse_delta_name(o.key[len(prefix):]) if o.key.startswith(prefix) else None
+            if parsed is None or parsed[0] != seq:
+                continue
+            ours = parsed[3] == self.compression  # else a restart with another store.compression left it
+            listed.append(((parsed[1], parsed[2]) if ours else None, o.key))
+            if ours:
+                held.setdefault((parsed[1], parsed[2]), o.size)
+        if not held:
+            del st.deltas.held[seq]
+        return listed
+
+    def _off_chain(self, st: LogState, listed: list[tuple[tuple[int, int] | None, str]],
+                   kept: set[tuple[int, int]]) -> None:
+        """Note the listed deltas the sealed segment does not keep, for the commit to delete."""
+        gone = [k for span, k in listed if span not in kept]
+        self.stats["off_chain_deltas"] += len(gone)
+        st.deltas.off_chain += gone
 
     def _sealed(self, sl: SpoolLog, st: LogState, seq: int, entry: Segment, t0: float) -> None:
         st.segments[seq] = entry
@@ -313,14 +347,14 @@ class Uploads:
             st.deltas.chain = None
 
     async def _seal_frames(self, sl: SpoolLog, st: LogState, seq: int, log_path: Path, idx_path: Path
-                           ) -> Segment | None:
+                           ) -> tuple[Segment | None, set[tuple[int, int]]]:
         """The segment as its chain of deltas: the deltas after the chain's end, then the frame table.
         Deltas this process did not PUT (a restart) are encoded again from the spool — deterministic, so
         the same bytes as the store's; one whose size differs is damaged and PUT again. None: no chain."""
         raw = await asyncio.to_thread(index.read_raw, idx_path)
         chunks, recs = list(index.unpack(raw)), Records.of(raw)
         if not chunks:
-            return None
+            return None, set()
         held = st.deltas.held.get(seq, {})
         chain = st.deltas.chain if st.deltas.chain is not None and st.deltas.chain.seq == seq else None
         known = {(f.start, f.end): f for f in (chain.frames if chain else [])}
@@ -328,7 +362,7 @@ class Uploads:
         offsets = set(recs.offset) | {ends[-1]}
         links = frames.chain([s for s in held if s[0] in offsets and s[1] in offsets], start)
         if not links:
-            return None
+            return None, set()
         out: list[frames.Frame] = []
         for span in links:
             f = known.get(span)
@@ -347,14 +381,14 @@ class Uploads:
             tail = OpenChain(seq, start, links[-1][1], 0, 0)
             await self._put_deltas(sl, st, seq, tail, rest, log_path)
             out += tail.frames
-        self.stats["off_chain_deltas"] += len(held) - len(out)  # deleted later (docs/checkpoints.md §7; not yet)
         table = frames.dumps(seq, out)
         await self.store.put(names.frames_key(sl.task, sl.host, seq), table, checked=True)
         self._sent("frames_bytes", len(table))
         sha = await asyncio.to_thread(_sha256_file, log_path, ends[-1] - start)
         return Segment.build(seq, chunks, sum(f.stored_size for f in out),
                              sum(f.data_offset - delta.HEADER_MIN for f in out), sha, self.compression,
-                             frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest())
+                             frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest()
+                             ), {(f.start, f.end) for f in out}
 
     def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
                  ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:

@@ -177,11 +177,70 @@ async def test_a_new_watcher_continues_the_chain_and_a_late_delta_is_recut(make_
             await second.run_once()
         assert await stored_bytes(store, "cont") == spooled(cfg.spool_dir, "cont")
         doc = await archive.load_manifest(store, "cont", "h1")
+        # the late one, off the chain, went at the seal's commit (docs/checkpoints.md §7): every delta left
+        # is a frame of the sealed segment
         assert doc.status == "finished" and doc.segments[0].frames == len(delta_keys(
-            o.key for o in await store.list("logs/cont/"))) - 1  # all but the late one
-        assert second.stats["deltas_repaired"] == 0
+            o.key for o in await store.list("logs/cont/")))
+        assert second.stats["deltas_repaired"] == 0 and second.stats["off_chain_deltas_deleted"] == 1
+        assert second.stats["off_chain_deltas"] == 1
     finally:
         stop_agent(p, cfg.spool_dir, "cont")
+        await store.close()
+
+
+async def test_off_chain_deltas_go_after_the_seal_and_a_reader_holding_one_reads_right(
+        make_config: MakeConfig) -> None:
+    """A re-cut leaves a delta off the chain; a reader took a view naming it; the watcher is killed between
+    the seal's commit and the delete (docs/checkpoints.md §7, §8): the next watcher deletes it at start, and
+    the old view still reads the spool's bytes (a fresh view when it 404s), never other ones."""
+    cfg = make_config(**DELTAS)
+    p = steady(cfg, "offc", "3000", "0.002")
+    log_dir = cfg.spool_dir / "offc" / "h1"
+    store = open_store(cfg.store)
+    try:
+        first = Watcher(cfg, store)
+        await passes_until(first, lambda: _deltas_at_least(store, "offc", 3))
+        second = Watcher(cfg, store)
+        await second.run_once()
+        chain = second.logs[log_dir].deltas.chain
+        assert chain is not None
+        await asyncio.sleep(0.3)
+        late = await _put_late(store, cfg, "offc", chain.seq, chain.pos)
+        late_key = names.delta_key("offc", "h1", chain.seq, *late, cfg.store.compression)
+        old = await reader.Reader(store).view("offc", "h1")  # its chain ends with the late delta
+        assert old.size == late[1]
+        await second.run_once()  # cut again from the same start, to a later end
+        assert p.wait(60) == 0
+        # killed between the commit and the delete: every delete of a delta fails as a dead store would
+        real = second.store.delete
+
+        async def delete(keys: Iterable[str]) -> None:
+            keys = list(keys)
+            if delta_keys(keys):
+                raise StoreUnavailable("refused delete", "a test")
+            await real(keys)
+
+        second.store.delete = delete  # type: ignore[method-assign]
+        with contextlib.suppress(ExceptionGroup):
+            for _ in range(2):
+                await second.run_once()
+        second.store.delete = real  # type: ignore[method-assign]
+        doc = await archive.load_manifest(store, "offc", "h1")
+        assert doc.status == "finished" and doc.segments[0].frames is not None
+        assert late_key in {o.key for o in await store.list("logs/offc/")}  # left for the next pass
+        third = Watcher(cfg, store)
+        await third.run_once()
+        assert third.stats["off_chain_deltas_deleted"] == 1
+        assert late_key not in {o.key for o in await store.list("logs/offc/")}
+        assert await stored_bytes(store, "offc") == spooled(cfg.spool_dir, "offc")
+        assert await reader.read_all(store, "offc", "h1") == spooled(cfg.spool_dir, "offc")
+        # the old view, in a reader that holds nothing of it: the late delta 404s; the right bytes or a clean error
+        want = spooled(cfg.spool_dir, "offc")[late[0]:late[1]]
+        r = reader.Reader(store)
+        got = b"".join([piece async for piece in r.read(old, late[0], late[1])])
+        assert got == want
+    finally:
+        stop_agent(p, cfg.spool_dir, "offc")
         await store.close()
 
 
@@ -412,3 +471,43 @@ async def test_a_delta_put_cut_after_its_headers_stores_nothing(local_s3: s3loca
         finally:
             stop_agent(p, cfg.spool_dir, "cut")
             await store.close()
+
+
+async def test_a_deleted_manifest_takes_back_framed_segments_from_their_deltas(make_config: MakeConfig) -> None:
+    """docs/checkpoints.md §8: the store lost the manifest of a running log whose sealed segments are frames
+    only (the spool pruned them); a restarted watcher reads each segment's chain, checks it, writes the same
+    frame table and names it again: the log reads whole, nothing sent again."""
+    cfg = make_config(**DELTAS, LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB", LOGSHIP_SPOOL_KEEP_UPLOADED_SECONDS="0")
+    n = 6000
+    expected = b"".join(b"line %06d of a steady task\n" % i for i in range(n))
+    p = steady(cfg, "adf", str(n), "0.0005", "60")
+    log_dir = cfg.spool_dir / "adf" / "h1"
+    store = open_store(cfg.store)
+    try:
+        w = Watcher(cfg, store)
+
+        async def shipped_and_pruned() -> bool:
+            with contextlib.suppress(ObjectNotFound):
+                doc = await archive.load_manifest(store, "adf", "h1")
+                return (len([s for s in doc.segments if s.frames]) >= 2 and not list(log_dir.glob("*[0-9].log"))
+                        and await stored_bytes(store, "adf") == expected)
+            return False
+
+        await passes_until(w, shipped_and_pruned, timeout=60)
+        before = await archive.load_manifest(store, "adf", "h1")
+        tables = {s.seq: await store.get(names.frames_key("adf", "h1", s.seq)) for s in before.segments if s.frames}
+        await store.delete([names.manifest_key("adf", "h1")])
+        again = Watcher(cfg, store)  # a restart: it knows only what the store and spool hold
+        await again.run_once()
+        doc = await archive.load_manifest(store, "adf", "h1")
+        assert again.stats["adopted_segments"] == len(before.segments) and not doc.dropped
+        assert [(s.seq, s.frames, s.frames_sha256, s.sha256) for s in doc.segments] == [
+            (s.seq, s.frames, s.frames_sha256, s.sha256) for s in before.segments]
+        for seq, table in tables.items():
+            assert await store.get(names.frames_key("adf", "h1", seq)) == table  # one key, one content
+        assert await stored_bytes(store, "adf") == expected
+        assert await reader.read_all(store, "adf", "h1") == expected
+        assert again.stats["deltas"] == 0 and again.stats["deltas_repaired"] == 0
+    finally:
+        stop_agent(p, cfg.spool_dir, "adf")
+        await store.close()

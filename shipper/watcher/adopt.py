@@ -17,6 +17,7 @@ from ..errors import ObjectNotFound
 from ..quota import is_quota_drop, read_dropped
 from ..spool import MISSING, SpoolDamaged, SpoolLog, check_segment, lost_range, read_file
 from ..store import ObjectInfo, Store
+from . import adopt_frames
 from .damage import Damage, segment_start
 from .state import ADOPT_MAX, INDEX_MAX, LogState
 
@@ -24,7 +25,7 @@ log = logging.getLogger("logship.watcher")
 
 
 async def adopt(store: Store, stats: dict[str, int], damage: Damage, sl: SpoolLog, st: LogState,
-                listing: list[ObjectInfo]) -> None:
+                listing: list[ObjectInfo], compression: str) -> None:
     """The store has no manifest of this log, yet may hold segments of it the spool no longer has (a
     manifest deleted while the log ran): take those back after checking each against its own index,
     so the new manifest names them; a range neither holds is recorded as missing, never claimed."""
@@ -37,13 +38,16 @@ async def adopt(store: Store, stats: dict[str, int], damage: Damage, sl: SpoolLo
         seg = names.SEGMENT_RE.fullmatch(k.rsplit("/", 1)[-1].removesuffix(".zst"))
         if seg and k.startswith(names.log_prefix(sl.task, sl.host)):
             in_store[int(seg.group(1))] = "zstd" if k.endswith(".zst") else "none"
-    top = max(held | set(in_store), default=0)
+    framed = adopt_frames.framed(sl.task, sl.host, keys)  # stored as deltas and a frame table (§8)
+    top = max(held | set(in_store) | set(framed), default=0)
     missing: list[int] = []
     for seq in range(1, top + 1):
         if seq in held or seq in gone:
             continue
         comp = in_store.get(seq)
         entry = await _adopt_one(store, damage, sl, st, seq, comp, keys, dropped) if comp else None
+        if entry is None and seq in framed:
+            entry = await adopt_frames.adopt_framed(store, damage, sl, st, seq, framed[seq], compression, dropped)
         if entry is None:
             missing.append(seq)
             continue

@@ -38,6 +38,7 @@ from ..spool import (
     write_json_atomic,
 )
 from ..store import Store
+from . import off_chain
 from .adopt import adopt
 from .damage import Damage, segment_start
 from .prune import Pruner
@@ -341,9 +342,13 @@ class Watcher:
         keep = set(prefix_keys(sl, st.checkpoint)) if st.checkpoint else set()
         listing = await self.store.list(prefix)
         if doc is None:
-            await adopt(self.store, self.stats, self.damage, sl, st, listing)
+            await adopt(self.store, self.stats, self.damage, sl, st, listing, self.compression)
         self.uploads.learn(sl, st, listing)  # deltas: the chain to continue, or a segment to seal
         orphans = [o.key for o in listing if ".ckpt-" in o.key and o.key not in keep]
+        # a watcher killed between a seal's commit and its delete of off-chain deltas (off_chain.py)
+        st.deltas.off_chain += await off_chain.found(self.store, sl.task, sl.host, st.segments, listing)
+        if st.deltas.off_chain:
+            await off_chain.delete(self.store, self.stats, st)
         await self.store.delete(orphans)
         await self.store.abort_uploads(prefix)
         event(log, "log_started", "{task}/{host}: shipping run {run_id} ({segments} segments in the store already)",
@@ -385,6 +390,7 @@ class Watcher:
         if st.stale_keys:
             stale, st.stale_keys = st.stale_keys, []
             await self.store.delete(stale)
+        await off_chain.delete(self.store, self.stats, st)  # noted at seals this manifest now names
 
     # --- one log at a time: its bad files set it aside (damage.py), never stop the others ----------
 
@@ -405,7 +411,8 @@ class Watcher:
         st = self.logs.get(d)
         if st is None or look is None or st.set_aside is not None:
             return
-        if not st.conflict and (st.dirty or st.copying or st.stale_keys or not self.copies.all_copied(st)):
+        if not st.conflict and (st.dirty or st.copying or st.stale_keys or st.deltas.off_chain
+                                or not self.copies.all_copied(st)):
             return
         chain, ckpt = st.deltas.chain, st.checkpoint
         covered = None
