@@ -1,4 +1,5 @@
-"""No Arrow pool thread is left holding a Python buffer when the process exits (docs/catalog.md, "Parquet reads").
+"""No Arrow pool thread is left holding a Python buffer when the process exits (docs/catalog.md §5,
+"Parquet reads and process exit").
 
 `pq.read_table` reads through pyarrow's dataset scanner, which decodes on Arrow's thread pools even with
 use_threads=False; the last reference to the bytes it read (a Python object, wrapped zero-copy) could then be
