@@ -241,7 +241,10 @@ def encode_summary(listed_ns: int, parts: Sequence[PartMeta]) -> bytes:
 
 def decode_summary(key: str, data: bytes) -> list[PartMeta]:
     try:
-        t = pq.read_table(pa.BufferReader(data), use_threads=False)
+        # Decoded in this thread. Not pq.read_table: its dataset scanner decodes on Arrow's pools, and a pool
+        # thread that drops the last reference to `data` while the interpreter exits aborts the process
+        # (tests/test_arrow_exit.py).
+        t = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
         if not t.schema.remove_metadata().equals(SUMMARY_SCHEMA):
             raise BadPart(f"{key}: not a summary's columns")
         out = []

@@ -197,15 +197,20 @@ class Reader:
             self._bad(key, exc)
             return None
 
-    def _page_rows(self, pf: PartFile, filters: Filters, cursor: Cursor | None) -> pa.Table | None:
-        """The rows of a part that pass the fixed filters at or after `cursor`: the row groups whose start
-        range may hold some, their filter columns decoded first, then every column only of the row groups
-        with a match."""
+    @staticmethod
+    def _groups(pf: PartFile, filters: Filters, cursor: Cursor | None) -> list[int]:
+        """The row groups of a part whose start range may hold rows of the page (since/until, the cursor)."""
         high = cursor[0] if cursor else None
         if filters.until is not None:
             high = filters.until - 1 if high is None else min(high, filters.until - 1)
+        return pf.groups(filters.since, high)
+
+    def _page_rows(self, pf: PartFile, filters: Filters, cursor: Cursor | None,
+                   groups: list[int]) -> pa.Table | None:
+        """The rows of a part's `groups` that pass the fixed filters at or after `cursor`: with task=,
+        tasks= or label=, their filter columns decoded first, then every column only of the row groups
+        with a match."""
         try:
-            groups = pf.groups(filters.since, high)
             if not groups:
                 return None
             # a task's or a label's rows may sit in few row groups (an ibex task: in one), a host's are
@@ -307,28 +312,56 @@ class Reader:
 
     async def _walk(self, records: list[Row], entries: list[PartMeta], filters: Filters, cursor: Cursor | None,
                     want: int) -> list[Row]:
-        """Read parts newest first until `want` rows are certain: a row is final once no unread part
-        can hold a row of the same run (all of a run's rows have its start time)."""
+        """Read row groups newest start first until `want` rows are certain: a row is final once no unread
+        row group can hold a row of the same run (all of a run's rows have its start time). A part is
+        fetched once its newest start is the newest unread one; its row groups are then decoded in the
+        order of their own newest start (`started_ns` statistics, at most the part's), a few at a time, so
+        a page decodes the groups it needs, not whole parts (a host's rows are in every group:
+        docs/catalog.md §5)."""
         recs = sorted((r for r in records if filters.fixed(r)), key=lambda r: r.order)
-        tables: list[pa.Table] = []
+        tables: list[tuple[pa.Table, tuple[int, str, str]]] = []  # decoded, with their last row's order
         out: list[Row] = []
-        i = 0
+        # the unread, newest first: (-newest start, tie-break, a part not fetched | (its file, a row group))
+        unread: list[tuple[int, int, PartMeta | tuple[PartFile, int]]] = [
+            (-e.max_started_ns, n, e) for n, e in enumerate(entries)]
+        heapq.heapify(unread)
+        n = len(entries)
+        budget, decoded = 1, 0  # row groups to decode in the next step; decoded so far
         while True:
-            # read the next batch: every part whose newest start is as new as the first unread one
-            if i < len(entries):
-                top = entries[i].max_started_ns
-                batch = []
-                while i < len(entries) and entries[i].max_started_ns >= top:
-                    batch.append(entries[i].key)
-                    i += 1
-                got = await asyncio.gather(*(self.part_file(k) for k in batch))
-                tables += [t for pf in got if pf is not None and (t := self._page_rows(pf, filters, cursor))]
-            floor = entries[i].max_started_ns if i < len(entries) else None
+            decode: dict[str, tuple[PartFile, list[int]]] = {}
+            while unread and sum(len(gs) for _, gs in decode.values()) < budget:
+                if isinstance(item := unread[0][2], tuple):
+                    heapq.heappop(unread)
+                    decode.setdefault(item[0].key, (item[0], []))[1].append(item[1])
+                    continue
+                if decode:  # a part is fetched (a GET) only once the groups before it did not settle the page
+                    break
+                heapq.heappop(unread)
+                got = await self.part_file(item.key)  # its groups go in the queue by their own newest start
+                if got is None:
+                    continue
+                for g in self._groups(got, filters, cursor):
+                    r = got.starts[g]
+                    n += 1
+                    newest = min(r[1], item.max_started_ns) if r else item.max_started_ns
+                    heapq.heappush(unread, (-newest, n, (got, g)))
+            for pf, gs in decode.values():
+                decoded += len(gs)
+                if t := self._page_rows(pf, filters, cursor, sorted(gs)):
+                    last = t.slice(t.num_rows - 1).select(["started_ns", "task", "host"]).to_pylist()[0]
+                    tables.append((t, (-last["started_ns"], last["task"], last["host"])))
+            floor = -unread[0][0] if unread else None
             pos = cursor if not out else (out[-1].started_ns, out[-1].task, out[-1].host)
-            sources = [_after(recs, pos)] + [iter_table(t, pos) for t in tables]
+            sources = [_after(recs, pos)] + [iter_table(t, pos) for t, _ in tables]
             out += _merge(sources, filters, None, want - len(out), floor)
             if len(out) >= want or floor is None:
                 return out
+            # the next step decodes as many groups as the rows found so far per group say the page needs
+            # (one call per part, not per group: each costs ≈ 1 ms beyond its rows), else twice as many
+            budget = -(-(want - len(out)) * decoded // len(out)) if out else 2 * budget
+            if out:  # drop the tables whose rows are all listed: each step would filter them again
+                at = (-out[-1].started_ns, out[-1].task, out[-1].host)
+                tables = [(t, last) for t, last in tables if last > at]
 
 
 def _start_of(name: str) -> int | None:
