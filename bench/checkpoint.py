@@ -111,7 +111,7 @@ def _run(d: Path, text: Path, seconds: float, server: s3local.LocalS3) -> dict[s
                 w = subprocess.Popen([tool("logship"), "watch"], cwd=d, stderr=err,
                                      env=_env(server, spool, endpoint, f"{mode}-{rate}", mode))
                 sides.append(Side(mode, rate, spool, proxy, w))
-        time.sleep(2)  # the watchers' start-up is not the checkpoints' cost
+        _started([idle, *(s.watcher for s in sides)])  # the watchers' start-up is not the checkpoints' cost
         idle_cpu0 = _proc_cpu(idle.pid)
         cpu0 = {s.name: _proc_cpu(s.watcher.pid) for s in sides}
         t0 = time.monotonic()
@@ -146,6 +146,21 @@ def _run(d: Path, text: Path, seconds: float, server: s3local.LocalS3) -> dict[s
         r["idle_cpu"] = idle_cpu * r["seconds"] / idle_seconds
         r["work_cpu"] = max(0.0, r["watcher_cpu"] - r["idle_cpu"])
     return {"seconds": seconds, "sides": results}
+
+
+def _started(watchers: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    """Until every watcher has finished starting: its CPU still for a second. A watcher's start (imports, the S3
+    client) costs ≈ 0.65 s of CPU quiet and over 1 s on a busy machine, as much as three minutes of checkpoints
+    of a 10 KB/s log: counted in the window, its spread from one process to the next was the measurement."""
+    deadline = time.monotonic() + timeout
+    before = [_proc_cpu(w.pid) for w in watchers]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = [_proc_cpu(w.pid) for w in watchers]
+        if all(b - a < 0.02 for a, b in zip(before, now, strict=True)):
+            return
+        before = now
+    raise SystemExit("bench: the watchers did not settle after their start")
 
 
 def _wait_shipped(s: Side, d: Path) -> None:
