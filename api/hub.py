@@ -1,9 +1,9 @@
 """What the followers of a log share: the poller that wakes them, the memo of encoded messages, and the
 spool segment reader. The messages' wire shape is built here too; api/tail.py has the route and cursor.
 
-Followers get no bytes from the hub, only a wake-up: each reads the log itself from its own offset, so a
-slow follower holds back nobody but itself and the hub holds no per-client buffers. (The memo is a
-bounded cache of recent chunks' messages, shared by whoever is at the same place.)
+Followers get no bytes from the hub, only a wake-up: each reads the log itself from its own offset, so a slow
+follower holds back nobody but itself and the hub holds no per-client buffers. (The memo is a bounded cache of
+recent chunks' messages, shared by whoever is at the same place.) `…/log?follow=true` is a follower too (api/logs.py).
 
 How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write → client):
 - spool beside the API: every POLL_S (1 ms) one fstat of the open segment's index (an fd, so a seal's
@@ -16,7 +16,6 @@ How a change is noticed (DESIGN §7 asks for p50 ≤ 2 ms, p99 ≤ 5 ms write �
   most a checkpoint interval and a poll behind. The poller's view is the feed's (`Feed.view`): a woken
   follower finds its next part in it, so the followers of a store-only log cost no request of their own
   but the new deltas' GETs, shared through the API's reader (api/source.py), which the poller uses too.
-  `…/log?follow=true` of a store-only log (api/logs.py `_wait_feed`) is a follower of the same feed.
 The poller runs only while its log has followers and is cancelled and awaited when the last one leaves.
 """
 
@@ -28,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,7 +35,7 @@ from shipper.errors import ObjectNotFound, StoreError
 from shipper.format import index, names
 from shipper.format.archive import IntegrityError
 from shipper.format.index import RECORD_SIZE
-from shipper.format.parts import open_either, open_spool_file
+from shipper.format.parts import SpoolState, open_either, open_spool_file
 from shipper.format.reader import LogNotFound, Reader
 from shipper.retry import QuietLog
 
@@ -170,6 +169,7 @@ class Feed:
         self.view: LogView | None = None  # the store poller's newest view (store-only logs; None: none, or no log)
         self.polled = False  # the store poller has looked once (before that, `view` None says nothing)
         self._wake = asyncio.Event()
+        self._state: tuple[int, asyncio.Future[SpoolState | None]] | None = None  # (generation, its read)
 
     @property
     def local(self) -> bool:
@@ -196,6 +196,12 @@ class Feed:
         if self.fanout is not None:
             await _cancel(self.fanout.task)
         await _cancel(self.poller)
+
+    def spool_state(self, read: Callable[[], Awaitable[SpoolState | None]]) -> Awaitable[SpoolState | None]:
+        """The log's spool state read after this generation's change: one read for every follower it woke."""
+        if self._state is None or self._state[0] < self.generation:
+            self._state = (self.generation, asyncio.ensure_future(read()))
+        return asyncio.shield(self._state[1])  # a follower that leaves does not cancel the others' read
 
     async def wait(self, generation: int) -> None:
         """Return once the log changed after `generation` was read (at once if it already has), or at a tick."""

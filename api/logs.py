@@ -258,10 +258,11 @@ async def _body(request: web.Request, view: LogView, start: int, end: int | None
             pos = stop
             if not follow or view.finished or (end is not None and pos >= end):
                 return
-            if view.spool_dir is None and feed is None:  # from the store alone: the tail's poller, shared (hub.py)
-                feed = await stack.enter_async_context(request.app[HUB].follow(view.task, view.host, None))
-            fresh = await (_wait_growth(source, view, pos, request.app[STOPPING]) if feed is None
-                           else _wait_feed(source, feed, view, pos, request.app[STOPPING]))
+            if feed is None:  # the tail's poller of the log, shared by all its followers (hub.py)
+                feed = await stack.enter_async_context(request.app[HUB].follow(view.task, view.host, view.spool_dir))
+            stopping = request.app[STOPPING]
+            fresh = await (_wait_feed(source, feed, view, pos, stopping) if feed.key[2] is None and
+                           view.spool_dir is None else _wait_spool(source, feed, view, pos, stopping))
             if fresh is None:
                 raise ShuttingDown
             view = fresh
@@ -279,6 +280,28 @@ async def _wait_growth(source: Source, view: LogView, pos: int, stopping: asynci
         fresh = await source.refresh(view)  # from the store alone: one LIST a second (docs/checkpoints.md §6)
         if fresh.size > pos or fresh.finished:
             return fresh
+
+
+async def _wait_spool(source: Source, feed: Feed, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:
+    """_wait_growth for a log beside the spool, woken by the tail's spool poller (api/hub.py: a 1 ms look shared
+    by every follower of the log). A woken follower's next view is from the spool alone (Reader.refresh keeps
+    the view's manifest unless the spool shows what it cannot explain), and the spool is read once for all the
+    followers one change woke: N followers cost no store request per look, not N manifest GETs each 20 ms."""
+    task, host = view.task, view.host
+    while not stopping.is_set():
+        if feed.failed or view.spool_dir is None or view.spool_dir != feed.key[2]:  # not this feed's: look alone
+            return await _wait_growth(source, view, pos, stopping)
+        generation = feed.generation  # read before looking: a change meanwhile wakes us
+        fresh = await source.refresh(view, feed.spool_state(
+            lambda: asyncio.to_thread(source.spool_state, task, host)))
+        if fresh.run.get("run_id") != view.run.get("run_id"):  # deleted, and a new run under its name
+            raise LogMoved(f"{view.task}/{view.host} is another run now", "ask again (If-Range keeps a copy "
+                           "of this run from mixing with the new one's bytes)")
+        if fresh.size > pos or fresh.finished:
+            return fresh
+        view = fresh  # a whole view taken (after a prune) is the base of the next look: not one per wake-up
+        await feed.wait(generation)
+    return None
 
 
 async def _wait_feed(source: Source, feed: Feed, view: LogView, pos: int, stopping: asyncio.Event) -> LogView | None:

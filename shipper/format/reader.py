@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.format import archive, chained, index, names
+from shipper.format import archive, chained, index, names, spoolview
 from shipper.format.archive import IntegrityError
-from shipper.format.manifest import FINISHED, RUNNING, Manifest
+from shipper.format.manifest import FINISHED, Manifest
 from shipper.format.parts import (
     PIECE,
     STORE_KINDS,
@@ -78,10 +78,16 @@ class Reader:
         names.check_id("host", host)
         return await self._view(task, host, "")
 
-    async def refresh(self, view: LogView) -> LogView:
-        """The next look at a running log followed from the store alone: one LIST from its last delta for the
-        chain's new deltas; the manifest is read again (a whole new view) only when that LIST shows it changed
-        (a seal, the end). Other views are taken again."""
+    async def refresh(self, view: LogView, spool: Awaitable[SpoolState | None] | None = None) -> LogView:
+        """The next look at a running log. Beside the spool, from the spool alone (`spool`: its state, read
+        once for several followers; else read now), keeping the view's manifest unless the spool shows what
+        it cannot explain (shipper/format/spoolview.py). Followed from the store alone: one LIST from its
+        last delta for the chain's new deltas; the manifest is read again (a whole new view) only when that
+        LIST shows it changed (a seal, the end). Other views are taken again."""
+        if view.spool_dir is not None and not view.finished:
+            state = await (spool if spool is not None else asyncio.to_thread(self.spool_state, view.task, view.host))
+            if (fresh := spoolview.refreshed(view, state)) is not None:
+                return fresh
         if view.spool_dir is not None or view.doc is None or view.finished:
             return await self.view(view.task, view.host, recent=False)
         new, tag = await self.chained.grown(view.task, view.host, view.doc, view.parts)
@@ -115,26 +121,15 @@ class Reader:
                 raise  # else the store is down, but this spool has the log: serve what it holds (doc None)
         finally:
             state = await local
-        if state is not None and doc is not None and state.run["run_id"] != doc.run_id:
-            state = None  # another run of this log is held in our spool; the store's is the one served
-        if state is not None and gone and (state.dir / names.SHIPPED_FILE).exists():
-            state = None  # shipped, then deleted from the store (logship gc): the spool's leftovers are not it
-        if doc is None and state is None:
-            raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
-        dropped = list(doc.dropped) if doc is not None else []
+        state = spoolview.usable(doc, state, gone)
         if state is not None:
-            parts, run, exit_ = state.parts, state.run, state.exit
-            status = (state.exit or {}).get("status", FINISHED) if state.finished else RUNNING
-            dropped = dropped + state.dropped
-        else:
-            assert doc is not None
-            parts, run, exit_, status = [], run_of(doc), exit_of(doc), doc.status
-        if doc is not None:
-            # an open segment is in the store as deltas, found by listing; beside the spool, the spool holds it all
-            ours, listed = await self.chained.plan(doc) if state is None and doc.status != FINISHED else \
-                (store_parts(doc), "")
-            parts, tag = merge(ours, parts), archive.listed_tag(data, listed) or tag
-        return LogView(task, host, run, status, exit_, doc, state.dir if state else None, parts, dropped, tag)
+            return spoolview.of_state(task, host, doc, state, archive.listed_tag(data, "") or tag)
+        if doc is None:
+            raise LogNotFound(f"no log {task}/{host}", "list logs with GET /api/v1/tasks; ids are case-sensitive")
+        # an open segment is in the store as deltas, found by listing
+        ours, listed = await self.chained.plan(doc) if doc.status != FINISHED else (store_parts(doc), "")
+        return LogView(task, host, run_of(doc), doc.status, exit_of(doc), doc, None, merge(ours, []),
+                       list(doc.dropped), archive.listed_tag(data, listed) or tag)
 
     # --- reading -----------------------------------------------------------------------------
 
