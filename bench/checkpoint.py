@@ -35,9 +35,11 @@ from ._util import ROOT, OthersWindow, Series, _proc_cpu, clean_env, rmtree, say
 
 BUCKET = "bench"
 RATES = (10_000, 30_000, 300_000)  # bytes per second
+CHECKPOINT_SECONDS = 5.0  # the default interval the watchers run with
 HOST = "h"
 FULL_SECONDS, QUICK_SECONDS = 180.0, 40.0
 SHIP_TIMEOUT = 180.0  # after the task ends, for the watcher to seal and ship the rest
+STEADY_LEAD = 30.0  # seconds into the run the steady window starts; it ends a third of that before the end
 
 # The task: lines of the bench's log-like text, one write per line (the index's worst case), paced
 # every 10 ms to `rate` bytes per second; the text is read again from its start when it runs out.
@@ -121,6 +123,15 @@ def _run(d: Path, text: Path, seconds: float, server: s3local.LocalS3) -> dict[s
                  str(text.resolve()), str(s.rate), str(seconds)],
                 cwd=d, stdout=subprocess.DEVNULL, env=clean_env(PYTHONPATH=str(ROOT), LOGSHIP_SPOOL_DIR=str(s.spool)))
         say(f"  checkpoint: {len(sides)} tasks running for {seconds:.0f} s ({', '.join(s.name for s in sides)})")
+        # The steady window: checkpoints only, past each log's start (its first records, its catalog row, the S3
+        # client made on first use) and before its end (the seal, the last manifest).
+        lead = min(STEADY_LEAD, seconds / 4)
+        time.sleep(max(0.0, t0 + lead - time.monotonic()))
+        steady0 = {s.name: _proc_cpu(s.watcher.pid) for s in sides} | {"idle": _proc_cpu(idle.pid)}
+        ta = time.monotonic()
+        time.sleep(max(0.0, t0 + seconds - lead / 3 - time.monotonic()))
+        steady1 = {s.name: _proc_cpu(s.watcher.pid) for s in sides} | {"idle": _proc_cpu(idle.pid)}
+        steady_s = time.monotonic() - ta
         for s in sides:
             assert s.agent is not None
             if s.agent.wait(seconds + 60) != 0:
@@ -129,6 +140,9 @@ def _run(d: Path, text: Path, seconds: float, server: s3local.LocalS3) -> dict[s
         for s in sides:
             _wait_shipped(s, d)
             results[s.name] = _measure(s, server, cpu0[s.name], time.monotonic() - t0)
+            idle_steady = steady1["idle"] - steady0["idle"]
+            results[s.name]["steady"] = {"seconds": steady_s, "bytes": s.rate * steady_s,
+                                         "cpu": max(0.0, steady1[s.name] - steady0[s.name] - idle_steady)}
         idle_cpu = _proc_cpu(idle.pid) - idle_cpu0
         idle_seconds = time.monotonic() - t0
     finally:
@@ -225,6 +239,16 @@ def rows_for(res: dict[str, Any]) -> tuple[list[Any], list[str]]:
                         value=per_ckpt))
         rows.append(Row(f"{what} watcher CPU ÷ compressing once", f"{r['compress_once_cpu']:.3f} s",
                         f"{r['work_cpu']:.2f} s = {cpu_ratio:.0f}x", None, 2.0, None, higher=False, value=cpu_ratio))
+        st = r.get("steady")
+        if st:  # checkpoints alone: no log start or end, no client made on first use
+            once_per_mb = r["compress_once_cpu"] / max(mb, 1e-9)
+            steady_ratio = st["cpu"] / max(st["bytes"] / 1e6, 1e-9) / max(once_per_mb, 1e-9)
+            per_ckpt_ms = st["cpu"] / max(1.0, st["seconds"] / CHECKPOINT_SECONDS) * 1e3
+            rows.append(Row(f"{what} watcher CPU ÷ compressing once, steady ({st['seconds']:.0f} s of checkpoints)",
+                            f"{once_per_mb * st['bytes'] / 1e6:.3f} s", f"{st['cpu']:.2f} s = {steady_ratio:.0f}x",
+                            None, 2.0, None, higher=False, value=steady_ratio))
+            notes.append(f"{name} steady: {st['cpu']:.3f} s of CPU in {st['seconds']:.0f} s, ≈ {per_ckpt_ms:.1f} ms a "
+                         f"checkpoint ({CHECKPOINT_SECONDS:g} s apart)")
         notes.append(f"{name}: {mb:.1f} MB written, {r['stored_bytes'] / 1e6:.2f} MB stored, "
                      f"{r['store_bytes_sent'] / 1e6:.2f} MB sent (proxy: bodies {r['proxy_body_bytes'] / 1e6:.2f} MB, "
                      f"wire {r['proxy_bytes_up'] / 1e6:.2f} MB); {r['checkpoints']} checkpoints, "
