@@ -154,7 +154,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_key": _opt_text,
         "secret_key": _opt_text,
     },
-    "watch": {"checkpoint_seconds": _duration(0.1, 5), "api_url": _api_url, "checkpoint_deltas": _bool},
+    "watch": {"checkpoint_seconds": _duration(0.1, 60), "api_url": _api_url, "checkpoint_deltas": _bool},
     "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens, "proxy_allow": _proxy_allow,
             "proxy_token": _token},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),
