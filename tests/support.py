@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -13,10 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,6 +27,7 @@ from api.app import create_app
 from shipper.config import Config, load_config
 from shipper.query.engine import Database
 from shipper.store import ObjectInfo, Store
+from shipper.watcher import Watcher
 
 LOGSHIP = [sys.executable, "-m", "shipper.commands.cli"]
 ENVS: dict[int, dict[str, str]] = {}  # the environment each config() was built from, for agent_env()
@@ -390,3 +394,42 @@ def _kill_after_deletes(argv: list[str]) -> int:
 if __name__ == "__main__":
     assert sys.argv[1] == "kill-after-deletes", sys.argv
     sys.exit(_kill_after_deletes(sys.argv[2:]))
+
+
+def counted(store: Store, method: str) -> Counter[str]:
+    """The keys `store.<method>` is called with, counted; the real store still does the work."""
+    seen: Counter[str] = Counter()
+    real = getattr(store, method)
+
+    async def spy(key: str, *args: Any, **kw: Any) -> Any:
+        seen[key] += 1
+        return await real(key, *args, **kw)
+
+    setattr(store, method, spy)
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def watching(cfg: Config, store: Store) -> AsyncIterator[Watcher]:
+    """A watcher making a pass every 50 ms in this process (uploads, checkpoints, seals, prunes)."""
+    w = Watcher(cfg, store)
+
+    async def loop() -> None:
+        while True:
+            await w.run_once()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def body(session: aiohttp.ClientSession, url: str) -> bytes:
+    """A 200's whole body."""
+    async with session.get(url) as r:
+        assert r.status == 200
+        return await r.read()

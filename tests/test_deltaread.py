@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -21,13 +21,12 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import METRICS
-from shipper.config import Config
 from shipper.format import names
 from shipper.format.reader import Reader
-from shipper.store import Store, open_store
+from shipper.store import open_store
 from shipper.watcher import Watcher
 
-from .support import DELTAS, MakeConfig, agent_env, spooled, steady, stop_agent
+from .support import DELTAS, MakeConfig, agent_env, spooled, steady, stop_agent, watching
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -43,25 +42,6 @@ async def until(w: Watcher, done: Callable[[], Awaitable[bool]], timeout: float 
         assert time.monotonic() < deadline, "condition not reached"
         await w.run_once()
         await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def watching(cfg: Config, store: Store) -> AsyncIterator[Watcher]:
-    """A watcher making a pass every 50 ms in this process."""
-    w = Watcher(cfg, store)
-
-    async def loop() -> None:
-        while True:
-            await w.run_once()
-            await asyncio.sleep(0.05)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield w
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_running_log_reads_through_its_frames_and_chain_then_finished(make_config: MakeConfig) -> None:

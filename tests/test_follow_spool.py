@@ -9,10 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -23,13 +20,12 @@ from api.hub import Feed
 from api.keys import STORE
 from api.logs import _wait_spool
 from api.source import LogMoved, Source
-from shipper.config import Config
 from shipper.format import names
 from shipper.format.parts import SpoolState
-from shipper.store import Store, open_store
+from shipper.store import open_store
 from shipper.watcher import Watcher
 
-from .support import MakeConfig, steady, stop_agent
+from .support import MakeConfig, body, counted, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -42,38 +38,6 @@ def lines(n: int) -> bytes:
     return b"".join(b"line %06d of a steady task\n" % i for i in range(n))
 
 
-def counted(store: Store, method: str) -> Counter[str]:
-    """The keys `store.<method>` is called with, counted; the real store still does the work."""
-    seen: Counter[str] = Counter()
-    real = getattr(store, method)
-
-    async def spy(key: str, *args: Any, **kw: Any) -> Any:
-        seen[key] += 1
-        return await real(key, *args, **kw)
-
-    setattr(store, method, spy)
-    return seen
-
-
-@contextlib.asynccontextmanager
-async def watching(cfg: Config, store: Store) -> AsyncIterator[None]:
-    """A watcher making a pass every 50 ms in this process (uploads, seals, prunes)."""
-    w = Watcher(cfg, store)
-
-    async def loop() -> None:
-        while True:
-            await w.run_once()
-            await asyncio.sleep(0.05)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def started(session: aiohttp.ClientSession, url: str) -> None:
     """Until the API serves some of the log."""
     deadline = time.monotonic() + 30
@@ -83,12 +47,6 @@ async def started(session: aiohttp.ClientSession, url: str) -> None:
                 return
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-
-
-async def body(session: aiohttp.ClientSession, url: str) -> bytes:
-    async with session.get(url) as r:
-        assert r.status == 200
-        return await r.read()
 
 
 def sealed(spool: Path, task: str) -> int:

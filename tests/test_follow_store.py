@@ -7,11 +7,8 @@ records its manifest's etag when the listing shows it is of the bytes it was bui
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -23,50 +20,16 @@ from api.hub import Feed
 from api.keys import STORE
 from api.logs import _wait_feed
 from api.source import LogMoved, Source
-from shipper.config import Config
 from shipper.format import names
 from shipper.format.reader import Reader
 from shipper.store import Store, open_store
-from shipper.watcher import Watcher
 
-from .support import DELTAS, MakeConfig, spooled, steady, stop_agent
+from .support import DELTAS, MakeConfig, body, counted, spooled, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 API_POLL_S = 0.2  # the API's watch.checkpoint_seconds: its store poller lists this often at most
 FOLLOWERS = 20
-
-
-def counted(store: Store, method: str) -> Counter[str]:
-    """The keys `store.<method>` is called with, counted; the real store still does the work."""
-    seen: Counter[str] = Counter()
-    real = getattr(store, method)
-
-    async def spy(key: str, *args: Any, **kw: Any) -> Any:
-        seen[key] += 1
-        return await real(key, *args, **kw)
-
-    setattr(store, method, spy)
-    return seen
-
-
-@contextlib.asynccontextmanager
-async def watching(cfg: Config, store: Store) -> AsyncIterator[None]:
-    """A watcher making a pass every 50 ms in this process."""
-    w = Watcher(cfg, store)
-
-    async def loop() -> None:
-        while True:
-            await w.run_once()
-            await asyncio.sleep(0.05)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def stored(session: aiohttp.ClientSession, url: str) -> None:
@@ -78,12 +41,6 @@ async def stored(session: aiohttp.ClientSession, url: str) -> None:
                 return
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-
-
-async def body(session: aiohttp.ClientSession, url: str) -> bytes:
-    async with session.get(url) as r:
-        assert r.status == 200
-        return await r.read()
 
 
 def lists(store: Store) -> int:

@@ -5,12 +5,8 @@ GET while the manifest does not change — and still get every byte once, across
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,49 +14,15 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from api.keys import STORE
-from shipper.config import Config
 from shipper.format import names
-from shipper.store import Store, open_store
-from shipper.watcher import Watcher
+from shipper.store import open_store
 
-from .support import DELTAS, MakeConfig, spooled, steady, stop_agent
+from .support import DELTAS, MakeConfig, counted, spooled, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 API_POLL_S = 0.2  # the API's watch.checkpoint_seconds: its store poller lists this often at most
 FOLLOWERS = 3
-
-
-def counted(store: Store, method: str) -> Counter[str]:
-    """The keys `store.<method>` is called with, counted; the real store still does the work."""
-    seen: Counter[str] = Counter()
-    real = getattr(store, method)
-
-    async def spy(key: str, *args: Any, **kw: Any) -> Any:
-        seen[key] += 1
-        return await real(key, *args, **kw)
-
-    setattr(store, method, spy)
-    return seen
-
-
-@contextlib.asynccontextmanager
-async def watching(cfg: Config, store: Store) -> AsyncIterator[None]:
-    """A watcher making a pass every 50 ms in this process."""
-    w = Watcher(cfg, store)
-
-    async def loop() -> None:
-        while True:
-            await w.run_once()
-            await asyncio.sleep(0.05)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def sse_tail(session: aiohttp.ClientSession, url: str, start: int = 0, stop: int | None = None) -> bytes:
