@@ -433,3 +433,41 @@ async def body(session: aiohttp.ClientSession, url: str) -> bytes:
     async with session.get(url) as r:
         assert r.status == 200
         return await r.read()
+
+
+async def served(session: aiohttp.ClientSession, url: str) -> None:
+    """Until the API serves some of the log."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with session.get(url) as r:
+            if r.status == 200 and await r.read():
+                return
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def sse_tail(session: aiohttp.ClientSession, url: str, start: int = 0, stop: int | None = None) -> bytes:
+    """An SSE tail's data from `start` (Last-Event-ID) to its end event, or until it holds `stop` bytes; each
+    message where the one before ended (no gap, no duplicate)."""
+    out, buf = b"", b""
+    async with session.get(url, headers={"Accept": "text/event-stream", "Last-Event-ID": str(start)}) as r:
+        assert r.status == 200
+        while True:
+            piece = await r.content.readany()
+            assert piece, "the tail ended without its end event"
+            buf += piece
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                fields = dict(x.split(": ", 1) for x in block.decode().split("\n") if ": " in x)
+                if "data" not in fields:
+                    continue
+                msg = json.loads(fields["data"])
+                if msg.get("event") == "end":
+                    assert msg["size"] == start + len(out)
+                    return out
+                assert "data" in msg and msg["offset"] == start + len(out), msg
+                data: bytes = msg["data"].encode()
+                out += data
+                assert int(fields["id"]) == start + len(out)
+                if stop is not None and len(out) >= stop:
+                    return out

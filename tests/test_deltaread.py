@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import random
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from shipper.format.reader import Reader
 from shipper.store import open_store
 from shipper.watcher import Watcher
 
-from .support import DELTAS, MakeConfig, agent_env, spooled, steady, stop_agent, watching
+from .support import DELTAS, MakeConfig, agent_env, spooled, sse_tail, steady, stop_agent, watching
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -206,7 +205,7 @@ async def test_a_central_api_falling_back_from_a_dead_node_serves_the_chain(make
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             follow = asyncio.ensure_future(_get(session, f"{u}/log?follow=true"))
-            tail = asyncio.ensure_future(sse_data(session, f"{u}/tail?from=0"))
+            tail = asyncio.ensure_future(sse_tail(session, f"{u}/tail?from=0"))
             for _ in range(10):  # Ranges while it runs: inside a delta or frame, and across them
                 async with session.get(f"{u}/log") as r:
                     now = await r.read()
@@ -240,26 +239,3 @@ async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
     async with session.get(url) as r:
         assert r.status == 200
         return await r.read()
-
-
-async def sse_data(session: aiohttp.ClientSession, url: str) -> bytes:
-    """The data of an SSE tail to its end event, checked to be at consecutive offsets."""
-    out = b""
-    async with session.get(url, headers={"Accept": "text/event-stream"}) as r:
-        assert r.status == 200
-        buf = b""
-        while True:
-            piece = await r.content.readany()
-            assert piece, "the tail ended without its end event"
-            buf += piece
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
-                if "data" not in fields:
-                    continue
-                msg = json.loads(fields["data"])
-                if msg.get("event") == "end":
-                    assert msg["size"] == len(out)
-                    return out
-                assert "data" in msg and msg["offset"] == len(out), msg
-                out += msg["data"].encode()

@@ -25,7 +25,7 @@ from shipper.format.parts import SpoolState
 from shipper.store import open_store
 from shipper.watcher import Watcher
 
-from .support import MakeConfig, body, counted, steady, stop_agent, watching
+from .support import MakeConfig, body, counted, served, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -36,17 +36,6 @@ SEGMENT = {"LOGSHIP_SPOOL_SEGMENT_BYTES": "64KiB", "LOGSHIP_SPOOL_KEEP_UPLOADED_
 def lines(n: int) -> bytes:
     """What tests/support.py STEADY writes for `n` lines."""
     return b"".join(b"line %06d of a steady task\n" % i for i in range(n))
-
-
-async def started(session: aiohttp.ClientSession, url: str) -> None:
-    """Until the API serves some of the log."""
-    deadline = time.monotonic() + 30
-    while True:
-        async with session.get(url) as r:
-            if r.status == 200 and await r.read():
-                return
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
 
 
 def sealed(spool: Path, task: str) -> int:
@@ -72,7 +61,7 @@ async def test_spool_followers_cost_no_manifest_get_per_look(make_config: MakeCo
             if watched:
                 await stack.enter_async_context(watching(cfg, store))
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            await started(session, u)
+            await served(session, u)
             gets0, t0 = gets[manifest], time.monotonic()
             follows = await asyncio.wait_for(asyncio.gather(*(
                 body(session, f"{u}?follow=true") for _ in range(FOLLOWERS))), 120)

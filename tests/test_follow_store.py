@@ -24,23 +24,12 @@ from shipper.format import names
 from shipper.format.reader import Reader
 from shipper.store import Store, open_store
 
-from .support import DELTAS, MakeConfig, body, counted, spooled, steady, stop_agent, watching
+from .support import DELTAS, MakeConfig, body, counted, served, spooled, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 API_POLL_S = 0.2  # the API's watch.checkpoint_seconds: its store poller lists this often at most
 FOLLOWERS = 20
-
-
-async def stored(session: aiohttp.ClientSession, url: str) -> None:
-    """Until the store has some of the log."""
-    deadline = time.monotonic() + 30
-    while True:
-        async with session.get(url) as r:
-            if r.status == 200 and await r.read():
-                return
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
 
 
 def lists(store: Store) -> int:
@@ -61,7 +50,7 @@ async def test_store_only_followers_cost_the_pollers_lists_and_a_request_one_vie
     u = f"http://127.0.0.1:{server.port}/api/v1/tasks/fs/hosts/h1"
     try:
         async with watching(cfg, store), aiohttp.ClientSession() as session:
-            await stored(session, f"{u}/log")
+            await served(session, f"{u}/log")
             # A plain request of a running log read from the store: one view (a manifest GET, a LIST), not the
             # proxy middleware's and the route's.
             for route in ("/log", "/index", ""):
@@ -114,7 +103,7 @@ async def test_a_store_only_follow_ends_as_before_at_shutdown_and_at_deletion(ma
     try:
         async with aiohttp.ClientSession() as session:
             async with watching(cfg, store):
-                await stored(session, f"http://127.0.0.1:{servers[0].port}/api/v1/tasks/fe/hosts/h1/log")
+                await served(session, f"http://127.0.0.1:{servers[0].port}/api/v1/tasks/fe/hosts/h1/log")
                 rs = [await session.get(f"http://127.0.0.1:{s.port}/api/v1/tasks/fe/hosts/h1/log?follow=true")
                       for s in servers]
                 first = [await r.content.readany() for r in rs]

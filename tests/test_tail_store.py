@@ -5,7 +5,6 @@ GET while the manifest does not change — and still get every byte once, across
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import aiohttp
@@ -17,39 +16,12 @@ from api.keys import STORE
 from shipper.format import names
 from shipper.store import open_store
 
-from .support import DELTAS, MakeConfig, counted, spooled, steady, stop_agent, watching
+from .support import DELTAS, MakeConfig, counted, spooled, sse_tail, steady, stop_agent, watching
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
 API_POLL_S = 0.2  # the API's watch.checkpoint_seconds: its store poller lists this often at most
 FOLLOWERS = 3
-
-
-async def sse_tail(session: aiohttp.ClientSession, url: str, start: int = 0, stop: int | None = None) -> bytes:
-    """An SSE tail's data from `start` (Last-Event-ID) to its end event, or until it holds `stop` bytes; each
-    message where the one before ended (no gap, no duplicate)."""
-    out, buf = b"", b""
-    async with session.get(url, headers={"Accept": "text/event-stream", "Last-Event-ID": str(start)}) as r:
-        assert r.status == 200
-        while True:
-            piece = await r.content.readany()
-            assert piece, "the tail ended without its end event"
-            buf += piece
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                fields = dict(x.split(": ", 1) for x in block.decode().split("\n") if ": " in x)
-                if "data" not in fields:
-                    continue
-                msg = json.loads(fields["data"])
-                if msg.get("event") == "end":
-                    assert msg["size"] == start + len(out)
-                    return out
-                assert "data" in msg and msg["offset"] == start + len(out), msg
-                data: bytes = msg["data"].encode()
-                out += data
-                assert int(fields["id"]) == start + len(out)
-                if stop is not None and len(out) >= stop:
-                    return out
 
 
 async def resumed(session: aiohttp.ClientSession, url: str) -> bytes:
