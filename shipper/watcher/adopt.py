@@ -15,7 +15,7 @@ from shipper.format.manifest import Segment
 
 from ..errors import ObjectNotFound
 from ..quota import is_quota_drop, read_dropped
-from ..spool import MISSING, SpoolDamaged, SpoolLog, check_segment, lost_range, read_file
+from ..spool import MISSING, SpoolDamaged, SpoolLog, lost_range, read_file
 from ..store import ObjectInfo, Store
 from . import adopt_frames
 from .damage import Damage, segment_start
@@ -99,19 +99,11 @@ async def _adopt_one(store: Store, damage: Damage, sl: SpoolLog, st: LogState, s
         log.error("%s: not taken back: it does not decompress (%s)", key, exc)
         return None
     start, nxt = segment_start(sl.dir, st, seq, dropped)
-    try:
-        check = check_segment(raw_idx, len(raw), start, nxt, lambda a, b: raw[a:b], key, 0)
-    except SpoolDamaged:
+    chunks = await adopt_frames.checked(damage, sl, seq, raw_idx, raw, start, nxt, key, "its index")
+    if chunks is None:
         return None
-    if check.problem is not None or not check.chunks:
-        log.error("%s: not taken back: its index and bytes disagree (%s)", key, check.problem)
-        return None
-    if check.gap and start is not None:
-        await asyncio.to_thread(damage.record_lost, sl.dir, seq - 1, [lost_range(
-            start, check.gap, 0, f"the {check.gap} bytes before {key} are in neither the spool nor the store",
-            MISSING)], key)
     sha = hashlib.sha256(raw).hexdigest()
-    return Segment.build(seq, check.chunks, len(blob), len(idx_blob), sha, comp)
+    return Segment.build(seq, chunks, len(blob), len(idx_blob), sha, comp)
 
 
 def _unzstd(data: bytes, limit: int) -> bytes:

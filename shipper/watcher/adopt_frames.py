@@ -70,17 +70,9 @@ async def adopt_framed(store: Store, damage: Damage, sl: SpoolLog, st: LogState,
         raw_idx += [index.pack(c.seq, c.ts_ns, c.offset, c.length, c.lines, c.stream, c.flags) for c in d.chunks]
     raw = b"".join(data)
     key = names.frames_key(sl.task, sl.host, seq)
-    try:
-        check = check_segment(b"".join(raw_idx), len(raw), start, nxt, lambda a, b: raw[a:b], key, 0)
-    except SpoolDamaged:
+    chunks = await checked(damage, sl, seq, b"".join(raw_idx), raw, start, nxt, key, "its deltas' index")
+    if chunks is None:
         return None
-    if check.problem is not None or not check.chunks:
-        log.error("%s: not taken back: its deltas' index and bytes disagree (%s)", key, check.problem)
-        return None
-    if check.gap and start is not None:
-        await asyncio.to_thread(damage.record_lost, sl.dir, seq - 1, [lost_range(
-            start, check.gap, 0, f"the {check.gap} bytes before {key} are in neither the spool nor the store",
-            MISSING)], key)
     table = frames.dumps(seq, out)
     try:
         same = await store.get(key) == table
@@ -88,6 +80,24 @@ async def adopt_framed(store: Store, damage: Damage, sl: SpoolLog, st: LogState,
         same = False
     if not same:  # the one a seal of these deltas writes (deterministic): one key, one content
         await store.put(key, table, checked=True)
-    return Segment.build(seq, check.chunks, sum(f.stored_size for f in out),
+    return Segment.build(seq, chunks, sum(f.stored_size for f in out),
                          sum(f.data_offset - delta.HEADER_MIN for f in out), hashlib.sha256(raw).hexdigest(),
                          compression, frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest())
+
+
+async def checked(damage: Damage, sl: SpoolLog, seq: int, raw_idx: bytes, raw: bytes, start: int | None,
+                  nxt: int | None, key: str, what: str) -> list[index.Chunk] | None:
+    """The chunks of a segment taken back from the store, if its index and bytes agree (else logged, None); the
+    bytes before it that neither the spool nor the store holds are recorded as lost."""
+    try:
+        check = check_segment(raw_idx, len(raw), start, nxt, lambda a, b: raw[a:b], key, 0)
+    except SpoolDamaged:
+        return None
+    if check.problem is not None or not check.chunks:
+        log.error("%s: not taken back: %s and bytes disagree (%s)", key, what, check.problem)
+        return None
+    if check.gap and start is not None:
+        await asyncio.to_thread(damage.record_lost, sl.dir, seq - 1, [lost_range(
+            start, check.gap, 0, f"the {check.gap} bytes before {key} are in neither the spool nor the store",
+            MISSING)], key)
+    return check.chunks
