@@ -84,8 +84,7 @@ def enforce_quota(spool: Path, quota: int, is_uploaded: Callable[[Path, int], bo
         if sl is None:
             continue
         shipped = (d / names.SHIPPED_FILE).exists()
-        for seq in [*sl.sealing, *([sl.open] if sl.open is not None else [])]:
-            used += _size(names.spool_segment(d, seq, open_=True)) + _size(names.spool_index(d, seq, open_=True))
+        used += sl.unsealed_bytes()
         for seq in sl.sealed:
             path = names.spool_segment(d, seq)
             try:

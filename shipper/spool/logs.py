@@ -4,6 +4,7 @@ run.json and exit.json checked against what the agent writes, and whether its ag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -37,6 +38,18 @@ class SpoolLog:
     @property
     def finished(self) -> bool:
         return self.exit is not None
+
+    def unsealed_bytes(self) -> int:
+        """Bytes of the segments the agent has not sealed (sealing and open), logs and indexes.
+
+        The agent's sealer renames them while we read (index, then log): each file is looked for under its
+        open name, then its sealed one, the rename's order, so it counts once. Looked for under its open
+        name alone, a segment sealed since the listing counted 0 and the quota let the spool pass it."""
+        size = 0
+        for seq in (*self.sealing, *([self.open] if self.open is not None else [])):
+            for name in (names.spool_segment, names.spool_index):
+                size += _size_either(name(self.dir, seq, open_=True), name(self.dir, seq))
+        return size
 
 
 def read_log(log_dir: Path, cache: JsonCache | None = None) -> SpoolLog | None:
@@ -75,6 +88,13 @@ def read_log(log_dir: Path, cache: JsonCache | None = None) -> SpoolLog | None:
     if log.sealing:
         log.open = log.sealing.pop()
     return log
+
+
+def _size_either(first: Path, then: Path) -> int:
+    for path in (first, then):
+        with contextlib.suppress(FileNotFoundError):
+            return os.lstat(path).st_size
+    return 0
 
 
 def _read(cache: JsonCache | None, path: Path, fd: int, check: Callable[[Any], None]) -> Any:

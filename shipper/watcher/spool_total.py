@@ -12,11 +12,7 @@ append to it unseen).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
-
-from shipper.format import names
 
 from ..spool import SpoolLog
 
@@ -40,11 +36,7 @@ class SpoolTotal:
     def count(self, sl: SpoolLog) -> None:
         """A log the pass read (and will ship): what its open segment grew by since it was last counted."""
         shape: Shape = (tuple(sl.sealed), tuple(sl.sealing), sl.open)
-        size = 0
-        for seq in (*sl.sealing, *([sl.open] if sl.open is not None else [])):
-            for path in (names.spool_segment(sl.dir, seq, open_=True), names.spool_index(sl.dir, seq, open_=True)):
-                with contextlib.suppress(FileNotFoundError):
-                    size += os.lstat(path).st_size
+        size = sl.unsealed_bytes()
         self._pass[sl.dir] = (shape, size)
         last = self._seen.get(sl.dir)
         if last is None or last[0] != shape:
@@ -69,3 +61,4 @@ class SpoolTotal:
         if self._full:  # every log was read: those gone since the last full pass are forgotten
             self._seen = {}
         self._seen.update(self._pass)
+
