@@ -397,15 +397,17 @@ if __name__ == "__main__":
 
 
 def counted(store: Store, method: str) -> Counter[str]:
-    """The keys `store.<method>` is called with, counted; the real store still does the work."""
+    """The keys `store.<method>` is called with, counted; the real store still does the work. "get" counts the
+    file store's `get_tagged` too (how it reads a manifest: shipper/store/base.py TaggedGet)."""
     seen: Counter[str] = Counter()
-    real = getattr(store, method)
+    for name in [method, *(["get_tagged"] if method == "get" and hasattr(store, "get_tagged") else [])]:
+        real = getattr(store, name)
 
-    async def spy(key: str, *args: Any, **kw: Any) -> Any:
-        seen[key] += 1
-        return await real(key, *args, **kw)
+        async def spy(key: str, *args: Any, _real: Any = real, **kw: Any) -> Any:
+            seen[key] += 1
+            return await _real(key, *args, **kw)
 
-    setattr(store, method, spy)
+        setattr(store, name, spy)
     return seen
 
 

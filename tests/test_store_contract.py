@@ -24,6 +24,7 @@ import pytest
 from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
+from shipper.format import archive
 from shipper.store import Store, open_store, s3errors, s3http, s3ops, sigv4
 from shipper.store.fs import FileStore
 from shipper.store.s3 import READ_TIMEOUT, S3Store
@@ -170,6 +171,38 @@ async def test_list_page_starts_after_a_key_and_shows_when_an_object_was_written
     assert (await store.list_page(root, keys[4]))[0].etag == tag  # unchanged: the same etag
     await store.put(keys[-1], b"two")  # the same size, other bytes
     assert (await store.list_page(root, keys[4]))[0].etag != tag
+
+
+async def test_a_read_takes_the_listed_etag_only_of_the_bytes_it_read(store: Store) -> None:
+    """How a view of a running log records its manifest's etag (archive.listed_tag, so that its first refresh
+    reads no manifest): read, then list. The listed etag is taken when it is of the bytes read (the file store's
+    GET tells the inode, mtime and size it read from; S3's etag of a plain PUT is their MD5), never when the object
+    was replaced between the read and the LIST or between a LIST and the read, nor under concurrent PUTs."""
+    key = f"tag-{os.urandom(4).hex()}/manifest.json"
+    await store.put(key, b"one")
+
+    async def listed() -> str:
+        return (await store.list_page(key.split("/")[0] + "/"))[0].etag
+
+    read = await archive.get_tagged(store, key)
+    assert read == b"one" and archive.listed_tag(read, await listed()) == await listed() != ""
+    assert store.stats.requests["get_object"] == 1  # the read and its etag: one GET
+    await store.put(key, b"two")  # replaced after the read: the same size, other bytes
+    assert archive.listed_tag(read, await listed()) == ""
+    before = await listed()
+    await store.put(key, b"six")  # replaced between a LIST and the read
+    assert archive.listed_tag(await archive.get_tagged(store, key), before) == ""
+
+    versions = [bytes([i]) * (64 << 10) for i in range(8)]
+    got = await asyncio.gather(*(store.put(key, v) for v in versions),
+                               *(archive.get_tagged(store, key) for _ in range(8)))
+    last = await listed()
+    final = await store.get(key)
+    for data in got[len(versions):]:
+        assert isinstance(data, bytes)
+        assert archive.listed_tag(data, last) in ("", last)
+        assert archive.listed_tag(data, last) == "" or data == final, "an etag taken for bytes it is not of"
+    assert archive.listed_tag(await archive.get_tagged(store, key), last) == last
 
 
 async def test_list_dirs_names_one_level_in_one_request(store: Store) -> None:

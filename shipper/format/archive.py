@@ -20,6 +20,7 @@ from shipper.errors import DamagedObject, LogshipError, ObjectNotFound
 from shipper.format import index, names
 from shipper.format.manifest import BLOCK_HASHES, DELETING, Dropped, Manifest, ManifestError, Segment
 from shipper.store import Store
+from shipper.store.base import TaggedGet
 
 # The watcher records a digest per block of each stored object (the manifest entry's `blocks`), so
 # that a reader checks a block before any of its bytes go out, and a Range reads from the block that
@@ -298,7 +299,7 @@ async def fetch_manifest(store: Store, task: str, host: str, cache: ManifestCach
                          ) -> tuple[Manifest, bytes]:
     """load_manifest, and the bytes it was read from (for listed_tag)."""
     key = names.manifest_key(task, host)
-    data = await store.get(key)
+    data = await get_tagged(store, key)
     doc = cache.get(key, data) if cache is not None else None
     if doc is None:
         try:
@@ -313,12 +314,33 @@ async def fetch_manifest(store: Store, task: str, host: str, cache: ManifestCach
     return doc, data
 
 
+class ManifestBytes(bytes):
+    """A manifest's bytes as fetch_manifest read them, and the etag the store lists for exactly them, as its GET
+    told it (base.TaggedGet: the file store's inode, mtime and size)."""
+
+    etag: str
+
+    def __new__(cls, data: bytes, etag: str) -> ManifestBytes:
+        self = super().__new__(cls, data)
+        self.etag = etag
+        return self
+
+
+async def get_tagged(store: Store, key: str) -> bytes:
+    """A whole object, as ManifestBytes where the store's GET tells its etag (base.TaggedGet), for listed_tag."""
+    return ManifestBytes(*await store.get_tagged(key)) if isinstance(store, TaggedGet) else await store.get(key)
+
+
 def listed_tag(data: bytes, listed: str) -> str:
-    """A manifest's etag as listed after its GET, if it is of the bytes that GET gave (S3's etag of a plain PUT
-    is their MD5: SeaweedFS, rclone, AWS without KMS), else "". So a view's first refresh needs no second GET
-    of the manifest, and never takes a commit made between the GET and the LIST for the one it was built
-    from (Reader.refresh). The file store's etag is no MD5: "" (the refresh reads the manifest again)."""
-    return listed if listed and listed.strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest() else ""
+    """A manifest's etag as listed after its GET, if it is of the bytes that GET gave, else "": the etag its GET
+    told (ManifestBytes: the file store), or S3's etag of a plain PUT, the MD5 of the bytes (SeaweedFS, rclone, AWS
+    without KMS). So a view's first refresh needs no second GET of the manifest, and never takes a commit made
+    between the GET and the LIST for the one it was built from (Reader.refresh)."""
+    if not listed:
+        return ""
+    if isinstance(data, ManifestBytes) and data.etag:
+        return listed if listed == data.etag else ""
+    return listed if listed.strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest() else ""
 
 
 def why_missing(d: Dropped | None) -> str:

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -88,3 +88,13 @@ class Store(Protocol):
         """Abort incomplete multipart uploads under `prefix`; return how many."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TaggedGet(Protocol):
+    """A store whose GET can say which etag `list` shows for exactly the bytes it read (the file store: the
+    inode, mtime and size of the descriptor it read from). S3's needs no such call: its listed etag of a plain
+    PUT is the MD5 of the bytes (shipper.format.archive.listed_tag)."""
+
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its etag as listed; a PUT after the read gives another etag, never these bytes'."""

@@ -169,6 +169,24 @@ class FileStore:
         self.stats.bytes_received += len(data)
         return data
 
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The whole object and the etag `list` shows for exactly these bytes (base.TaggedGet): the fstat of the
+        descriptor read from, not a stat of the name, as a PUT renames a new file (a new inode) over it at any
+        time, and a file is never written again once it has its name."""
+        path = self._path(key)
+
+        def read() -> tuple[bytes, str]:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    return f.read(), _etag(os.fstat(f.fileno()))
+            except OSError as exc:
+                _raise(exc, f"cannot read {key}", key=key)
+
+        self.stats.count("get_object")
+        data, tag = await asyncio.to_thread(read)
+        self.stats.bytes_received += len(data)
+        return data, tag
+
     async def open(
         self, key: str, start: int = 0, end: int | None = None, chunk: int = 1 << 20
     ) -> AsyncGenerator[bytes, None]:
@@ -289,9 +307,8 @@ class FileStore:
                                 stack.append(key + "/")
                         elif key.startswith(prefix) and (TMP_MARK in entry.name) == tmp:
                             with contextlib.suppress(FileNotFoundError):  # deleted or renamed meanwhile
-                                st = entry.stat()  # a PUT renames a new file in: a new inode
-                                tag = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-                                out.append(ObjectInfo(key, st.st_size, tag))
+                                st = entry.stat()
+                                out.append(ObjectInfo(key, st.st_size, _etag(st)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
@@ -354,6 +371,11 @@ class FileStore:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _etag(st: os.stat_result) -> str:
+    """A file's etag as listed (ObjectInfo.etag): a PUT renames a new file in, a new inode."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 def _check_range(start: int, end: int | None) -> None:
