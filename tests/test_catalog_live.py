@@ -206,3 +206,36 @@ async def test_rebuild_writes_live_entries_of_running_logs(make_config: MakeConf
 def silent_liveness() -> Liveness:
     now = time.time_ns()
     return Liveness(written_ns=now, last_output_ns=now - 600 * 10**9, sampled_ns=None, cpu_seconds=None)
+
+
+async def test_a_log_finished_during_rebuild_keeps_no_running_entry(store: Store) -> None:
+    """rebuild reads a running log's manifest, then writes its running/ and live/ entries; a watcher that commits
+    the log's end in between (and whose final record a compaction folds, deleting the running/ entry it saw)
+    must not leave `status=running` showing it for good: rebuild reads the manifest again after its PUTs and takes
+    the entries back. Paused for real: the log is finished, and compacted, at rebuild's first running/ PUT."""
+    doc = await checkpoint(store, running(30, 0), 2)  # a sealed segment: a live/ entry too
+    other = await checkpoint(store, running(31, 0), 1)  # runs on: its entries stay
+    real = store.put
+    ended: list[Manifest] = []
+
+    async def put_after_the_end(key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+        if key.startswith(names.CATALOG_RUNNING) and f"~{doc.task}~" in key and not ended:
+            ended.append(await finish(store, doc))  # the watcher's commit, record, and DELETE of running/
+            for _ in range(2):  # folded into a part, and the record deleted (its running/ DELETE repeated)
+                await catalog.Compactor(store, Settings(grace_s=0)).run()
+        await real(key, data, checked=checked)
+
+    store.put = put_after_the_end  # type: ignore[method-assign]
+    try:
+        await catalog.rebuild(store, grace_s=0)
+    finally:
+        store.put = real  # type: ignore[method-assign]
+    assert ended, "the rebuild wrote no running/ entry of the log"
+    docs = {(d.task, d.host): d for d in (ended[0], other)}
+    for f in (Filters(), Filters(status="running")):
+        assert await everything(store, f) == expected(docs, f)
+    assert [o.key for o in await store.list(names.CATALOG_RUNNING)] == [
+        names.catalog_running_key(rows.running_name(rows.from_manifest(other)))]
+    await catalog.Compactor(store, Settings(grace_s=0)).run()
+    assert await live_keys(store) == [names.catalog_live_key(rows.live_name(rows.from_manifest(other)))]
+    assert (await catalog.check(store)).clean

@@ -3,7 +3,8 @@
 rebuild lists logs/ once, GETs manifests in batches and writes each batch's rows straight into parts (and
 running/ entries), then saves its position: a kill -9 resumes after the last saved batch, and rows written
 twice are one row to readers (a run's highest version wins). A rebuilt row's version is the manifest's
-`updated_ns`, so a watcher's newer record wins over it. A bad manifest costs its own row, reported.
+`updated_ns`, so a watcher's newer record wins over it; a running log's entries written after its watcher
+committed its end are taken back (_put_running). A bad manifest costs its own row, reported.
 """
 
 from __future__ import annotations
@@ -73,16 +74,38 @@ async def _put_running(store: Store, running: list[Row]) -> None:
     """Each running log's running/ entry, then its live/ entry (sealed size and lines, silence: what a
     watcher's newest note would say; the same condition as writer.Writer's), in that order per log as the
     watcher writes them, so the compactor never takes the live entry for a leftover. Keys come from the
-    manifest alone: a resumed or repeated rebuild writes the same ones."""
+    manifest alone: a resumed or repeated rebuild writes the same ones.
+
+    Then the manifest is read again (a GET per running log): a watcher that committed the log's end since the
+    batch read it has deleted the running/ entry before our PUT, and a compaction may have folded its final
+    record (whose fold deletes the entry again) too, so nothing else would ever delete ours: `status=running`
+    would show the log for good. Read after our PUTs, a manifest still running means the end comes later, and
+    its watcher deletes the entry then."""
     sem = asyncio.Semaphore(GET_CONCURRENCY)
 
     async def put(r: Row) -> None:
         async with sem:
-            await store.put(names.catalog_running_key(rows.running_name(r)), r.body())
+            keys = [names.catalog_running_key(rows.running_name(r))]
+            await store.put(keys[0], r.body())
             if live_worth(r):
-                await store.put(names.catalog_live_key(rows.live_name(r)), b"")
+                keys.append(names.catalog_live_key(rows.live_name(r)))
+                await store.put(keys[1], b"")
+            if not await _runs(store, r):
+                await store.delete(keys)
 
     await asyncio.gather(*map(put, running))
+
+
+async def _runs(store: Store, r: Row) -> bool:
+    """Whether the run of `r` is still running, as its manifest says now (one that became unreadable: left to
+    `catalog check`, which reports it)."""
+    try:
+        now = rows.load_manifest(await store.get(names.manifest_key(r.task, r.host)), r.task, r.host)
+    except ObjectNotFound:
+        return False  # deleted meanwhile (gc)
+    except manifest.ManifestError:
+        return True
+    return now.run_id == r.run_id and now.phase == 1
 
 
 async def _load_state(store: Store) -> dict[str, object]:
