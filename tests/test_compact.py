@@ -141,13 +141,18 @@ async def test_queries_during_compaction_see_every_line_once(make_config: MakeCo
     try:
         settings = Settings(16 << 10, 32 << 20, GRACE)
         a, b = Compactor(store, settings), Compactor(store, settings)
-        runs = await asyncio.gather(a.run(), b.run())
-        assert sum(r.parts_written for r in runs) == 2  # both merged the same copies: one part wins
+        written = 0
+        for _ in range(5):  # a compaction whose plan got older than GRACE / 2 writes nothing (a loaded machine)
+            runs = await asyncio.gather(a.run(), b.run())
+            written = sum(r.parts_written for r in runs)
+            if written:
+                break
+        assert written in (1, 2)  # both merged the same copies (one part wins), or one gave its stale plan up
         st = await a.state()
-        assert len(st.snapshot.shown) == 1 and len(st.snapshot.losers) == 1
+        assert len(st.snapshot.shown) == 1 and len(st.snapshot.losers) == written - 1
         await asyncio.sleep(2 * GRACE + 0.2)
         done = await a.run(merge=False)
-        assert done.objects_deleted == 10 + 1  # the copies, and the part that lost
+        assert done.objects_deleted == 10 + written - 1  # the copies, and the part that lost
     finally:
         await store.close()
         await asyncio.sleep(0.5)

@@ -148,9 +148,15 @@ def kill(inst: LocalS3) -> None:
     _mark_stopped(inst)
 
 
-def pause(inst: LocalS3) -> None:
-    """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered."""
+def pause(inst: LocalS3, timeout: float = 5.0) -> None:
+    """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered.
+
+    Returns once every thread of it is stopped: the signal is only queued when killpg returns, and on a
+    loaded machine a thread not yet stopped could still answer the next request."""
     weedproc.signal_group(inst.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not weedproc.stopped(inst.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def resume(inst: LocalS3) -> None:

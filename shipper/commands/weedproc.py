@@ -129,6 +129,23 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)  # started with start_new_session, so pgid == pid
 
 
+def stopped(pid: int) -> bool:
+    """Is every thread of `pid` stopped by a signal (state T in /proc), or the process gone?"""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
 def wait_dead(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while alive(pid):
