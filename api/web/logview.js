@@ -160,6 +160,7 @@ export class LogView extends RowWindow {
       const rows = await readLines(this.path, idx.chunks, a, lo, asm, this.signal, this.gaps());
       await measureBefore(this.path, a, asm, rows, this.signal); // a line begun before a
       if (gen !== this.gen || this.lo !== lo) return;
+      this.joinEarlier(asm, rows); // the lines open at lo go on in the rows here
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
