@@ -182,3 +182,44 @@ def test_a_count_the_walk_gave_up_on_says_at_least(stack: Callable[..., Stack], 
         len(lines), "C", " … ≥ 1000 more characters (in the download)", True), last
     scroll_to_top(page)
     assert all_rows(page) == expected(lines)
+
+
+def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable[..., Stack], page: Page) -> None:
+    """A stdout line begun, then 600 KB of stderr lines, then its end: a view opened in the stderr lines holds no
+    byte of it. Scrolled up, its first part is read: it shows as the line open at the window's end, with how
+    much of it lies after; scrolled down, its end joins it: one row, whole. Scrolled down first, its end shows
+    as a line begun before, counted; then up, its first part joins it."""
+    st = stack()
+    errs = [f"e {i:05d} {'.' * 992}" for i in range(600)]
+    assert st.run("across", put(st.spool / "across" / "h1") + """
+put(sys.stdout, 'first\\n')
+put(sys.stdout, 'A' * 1000)
+for k in range(0, 600, 100):
+    put(sys.stderr, ''.join('e %05d %s\\n' % (i, '.' * 992) for i in range(k, k + 100)))
+put(sys.stdout, 'B\\n')
+put(sys.stdout, 'last\\n')
+""").returncode == 0
+    data = spooled(st.spool, "across")
+    assert data == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs) + "B\nlast\n").encode()
+    lines = ["first", *errs, "A" * 1000 + "B", "last"]
+    st.serve()
+    page.goto(f"{st.base}/#/t/across/h1?at={data.index(errs[300].encode())}")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    page.wait_for_selector("#rows .r.hit")
+    assert {lines[r["n"] - 1][:1] for r in all_rows(page)} == {"e"}  # the window holds stderr lines only
+    scroll_to_top(page)
+    got = all_rows(page)
+    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False,
+                       "cut": " … 1 more characters (in the download)"}, got[-1]
+    scroll_to_end(page)
+    assert all_rows(page) == expected(lines)
+
+    # the other way: scrolled down first, the line's end shows, begun before (its first part counted); then up
+    page.goto(f"{st.base}/#/t/across/h1?at={data.index(errs[301].encode())}")
+    page.wait_for_selector("#rows .r.hit")
+    scroll_to_end(page)
+    row = next(r for r in all_rows(page) if r["n"] == len(lines) - 1)
+    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True,
+                   "cut": " … 1000 more characters (in the download)"}, row
+    scroll_to_top(page)
+    assert all_rows(page) == expected(lines)

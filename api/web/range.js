@@ -163,13 +163,27 @@ export async function measureBefore(path, lo, asm, rows, signal) {
   for (const r of rows) if (r.head) { r.before = asm.before[r.stream] || 0; r.low = asm.low.has(r.stream); }
 }
 
-// The lines `asm` has open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
+// The first line of each stream a window's assembler (`asm`) had not fed before a read that goes on from its end
+// (loadLater), in `rows` or still open: it may have begun before the bytes read, where the window held no byte
+// of it or its rows were dropped. Its `before`, as measureBefore (its first byte read is a chunk's start).
+export async function measureFresh(path, asm, fresh, rows, signal) {
+  for (const s of fresh) {
+    const p = asm.pending.get(s), first = rows.find((r) => r.head && r.stream === s) || (p && p.head ? p : null);
+    if (!first || first.off <= 0) continue;
+    const { bytes, low } = await bytesBefore(path, first.off, [s], signal);
+    asm.before[s] = bytes[s];
+    if (low.has(s)) asm.low.add(s); else asm.low.delete(s);
+    for (const r of rows) if (r.head && r.stream === s) { r.before = bytes[s]; r.low = low.has(s); }
+  }
+}
+
+// The lines of `streams` open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
 // bytes of each lie after hi ({bytes: stream -> bytes, low: the streams of a lower bound}). No request when no
 // line is open there.
-export async function measureAfter(path, hi, end, asm, signal) {
+export async function measureAfter(path, hi, end, streams, signal) {
   const after = { bytes: {}, low: new Set() };
   if (hi < end) {
-    for (const s of asm.pending.keys()) {
+    for (const s of streams) {
       const { n, low } = await bytesAfter(path, hi, end, s, signal);
       after.bytes[s] = n;
       if (low) after.low.add(s);

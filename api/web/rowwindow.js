@@ -108,17 +108,23 @@ export class RowWindow extends Pane {
     this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, ...cut(r) })));
   }
 
+  // Whether the window holds a byte of `stream`'s line open at its start (or a hole row, which would end it).
+  holds(stream) {
+    return this.bottom.pending.has(stream) || this.rows.some((r) => r.stream === stream || r.stream === 'skip');
+  }
+
   // An earlier read (`asm`, fed up to the window's start) that ends inside lines the window goes on with, and
   // its rows (`batch`, to go above): each such line's bytes before the window join the line's row here (its
   // stream's first row, or its line open at the window's end), which shows the line from its start and counts
   // what lies before that. No byte twice: a row that began before the window's start takes only the bytes
-  // before its own. A line a hole row cuts, or that has no byte here, is left as it was.
-  joinEarlier(asm, batch) {
+  // before its own. A line with no byte here goes on past the window's end: it is the one open there, with
+  // `after` (range.js measureAfter) bytes after it. A line a hole row cuts is left as it was.
+  joinEarlier(asm, batch, after) {
     for (const stream of asm.pending.keys()) {
       const i = this.rows.findIndex((r) => r.stream === stream || r.stream === 'skip');
       const row = this.rows[i], open = this.bottom.pending.get(stream);
       if (row && row.stream === 'skip') continue;
-      const part = asm.partBefore(stream, row ? row.off : open ? open.off : -1);
+      const part = asm.partBefore(stream, row ? row.off : open ? open.off : Infinity);
       if (!part) continue;
       if (row) {
         const joined = prependPart(row, part);
@@ -127,8 +133,14 @@ export class RowWindow extends Pane {
         row.el.replaceWith(joined.el);
         this.rows[i] = joined;
       } else { // the line goes on past the window's end
-        Object.assign(open, { off: part.off, parts: [...part.parts, ...open.parts], offs: [...part.offs, ...open.offs],
-          ts: part.ts, head: part.head });
+        const { off, parts, offs, ts, head } = part;
+        if (open) Object.assign(open, { off, parts: [...parts, ...open.parts], offs: [...offs, ...open.offs], ts, head });
+        else {
+          this.bottom.pending.set(stream, { off, parts, offs, ts, head });
+          this.bottom.fed.add(stream);
+          this.after.bytes[stream] = after.bytes[stream] || 0;
+          if (after.low.has(stream)) this.after.low.add(stream); else this.after.low.delete(stream);
+        }
         this.bottom.before[stream] = part.before;
         if (part.low) this.bottom.low.add(stream); else this.bottom.low.delete(stream);
       }
