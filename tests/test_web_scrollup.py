@@ -80,9 +80,10 @@ def expected(lines: list[str]) -> list[dict[str, Any]]:
             for i, s in enumerate(lines)]
 
 
-def scroll_to_top(page: Page) -> None:
-    """Scroll up until the window holds the log's first byte (its top edge gone)."""
+def scroll_to_top(page: Page, each: Callable[[], None] = lambda: None) -> None:
+    """Scroll up until the window holds the log's first byte (its top edge gone), calling `each` at each step."""
     for _ in range(80):
+        each()
         if page.locator("#top-edge").is_hidden():
             return
         page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
@@ -108,7 +109,12 @@ def test_scrolling_up_into_a_long_line_joins_its_rows(stack: Callable[..., Stack
     assert page.locator("#top-edge").is_visible(), "the window at the end holds the whole log"
     assert at_end[0]["cont"] and at_end[0]["text"] in lines[at_end[0]["n"] - 1], at_end[0]["text"][:40]
 
-    scroll_to_top(page)
+    def counted() -> None:  # at each step, a long line's row counts all of it but what it shows
+        for r in all_rows(page):
+            if r["n"] and len(lines[r["n"] - 1]) > SHOWN:
+                assert r["cut"] == expected(lines)[r["n"] - 1]["cut"], (r["n"], r["cut"])
+
+    scroll_to_top(page, counted)
     got = all_rows(page)
     want = expected(lines)
     assert [r["n"] for r in got] == [r["n"] for r in want]  # one row a line, in order, none partial

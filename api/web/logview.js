@@ -159,7 +159,7 @@ export class LogView extends RowWindow {
       }
       const a = idx.chunks[0][0], asm = new Assembler(idx.line ?? 0);
       const rows = await readLines(this.path, idx.chunks, a, lo, asm, this.signal, this.gaps());
-      await measureBefore(this.path, a, asm, rows, this.signal); // a line begun before a
+      await measureBefore(this.path, a, asm, rows, this.signal, this.knownBefore(asm)); // a line begun before a
       // a line open at lo with no byte in the window goes on past its end: how much lies after that
       const across = this.attached ? [] : [...asm.pending.keys()].filter((s) => !this.holds(s));
       const after = await measureAfter(this.path, this.hi, Math.max(this.liveEnd, this.hi), across, this.signal);

@@ -155,11 +155,16 @@ export async function bytesAfter(path, at, end, stream, signal) {
 }
 
 // A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
-// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo.
-export async function measureBefore(path, lo, asm, rows, signal) {
-  const streams = [...asm.fed].filter((s) => s === 'stdout' || s === 'stderr');
-  if (lo <= 0 || !streams.length) return;
-  ({ bytes: asm.before, low: asm.low } = await bytesBefore(path, lo, streams, signal));
+// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo; `known`: stream -> those
+// bytes where the caller knows them already (no walk).
+export async function measureBefore(path, lo, asm, rows, signal, known = {}) {
+  const streams = [...asm.fed].filter((s) => (s === 'stdout' || s === 'stderr') && !(s in known));
+  asm.before = { ...known };
+  if (lo > 0 && streams.length) {
+    const found = await bytesBefore(path, lo, streams, signal);
+    Object.assign(asm.before, found.bytes);
+    asm.low = found.low;
+  }
   for (const r of rows) if (r.head) { r.before = asm.before[r.stream] || 0; r.low = asm.low.has(r.stream); }
 }
 

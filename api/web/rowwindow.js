@@ -113,6 +113,30 @@ export class RowWindow extends Pane {
     return this.bottom.pending.has(stream) || this.rows.some((r) => r.stream === stream || r.stream === 'skip');
   }
 
+  // The row (or the line open at the window's end) that `stream`'s line open at the window's start goes on in:
+  // its stream's first; none if a hole row comes first.
+  joinTarget(stream) {
+    const row = this.rows.find((r) => r.stream === stream || r.stream === 'skip');
+    if (row) return row.stream === 'skip' ? null : row;
+    const open = this.bottom.pending.get(stream);
+    return open && { off: open.off, before: open.head ? this.bottom.before[stream] || 0 : 0,
+      low: open.head && this.bottom.low.has(stream) };
+  }
+
+  // For an earlier read (`asm`, fed up to the window's start) whose lines open there join the rows here: the
+  // bytes before its part of each, known without a walk back from the row's own count (a long line scrolled
+  // through read by read costs one walk, not one a read): stream -> bytes. Only for a line begun before the
+  // read (else it is 0 for the walk's first step) and an exact count.
+  knownBefore(asm) {
+    const known = {};
+    for (const [stream, p] of asm.pending) {
+      const to = p.head && this.joinTarget(stream), part = to && !to.low && asm.partBefore(stream, to.off);
+      const n = part ? part.parts.reduce((k, x) => k + x.length, 0) : 0;
+      if (part && to.before >= n) known[stream] = to.before - n;
+    }
+    return known;
+  }
+
   // An earlier read (`asm`, fed up to the window's start) that ends inside lines the window goes on with, and
   // its rows (`batch`, to go above): each such line's bytes before the window join the line's row here (its
   // stream's first row, or its line open at the window's end), which shows the line from its start and counts
