@@ -100,3 +100,14 @@ def test_a_view_inside_a_long_split_line_counts_the_whole_line(stack: Callable[.
     # at the end: its end, begun long before the window
     got = open_at("end", None)
     assert [r["n"] for r in got] == [long_n] and got[0]["cont"]
+
+    # then scrolled up to the top: the parts of the line read earlier join its row, which shows its first part
+    for _ in range(80):
+        if page.locator("#top-edge").is_hidden():
+            break
+        page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
+        page.wait_for_timeout(250)
+    numbered = page.eval_on_selector_all("#rows .r", "els => els.map(e => Number(e.dataset.n))")
+    assert numbered == list(range(1, len(lines) + 1)) and not page.eval_on_selector_all("#partial .r", "e => e.length")
+    got = check("scrolled up")
+    assert len(got) == 1 and got[0]["text"] == LONG[:SHOWN] and not got[0]["cont"], got[0]["text"][:5]

@@ -12,7 +12,8 @@ import { $, fmtBytes, setText, showError } from './dom.js';
 import { Assembler, countNewlines, skippedRow } from './lines.js';
 import { Liveness, endReason } from './liveness.js';
 import { MAX_ROWS, movedUp } from './pane.js';
-import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, mergeGaps, readLines, readWindow } from './range.js';
+import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, measureFresh, mergeGaps, readLines, readWindow }
+  from './range.js';
 import { RowWindow } from './rowwindow.js';
 import { Tail, showConn } from './tail.js';
 
@@ -87,7 +88,7 @@ export class LogView extends RowWindow {
     if (gen !== this.gen || this.closed) return false;
     // the rest of a line longer than the window: before it, and after it
     await measureBefore(this.path, lo, asm, rows, this.signal);
-    const after = await measureAfter(this.path, hi, Math.max(this.liveEnd, hi), asm, this.signal);
+    const after = await measureAfter(this.path, hi, Math.max(this.liveEnd, hi), asm.pending.keys(), this.signal);
     if (gen !== this.gen || this.closed) return false;
     this.clear();
     this.after = after;
@@ -158,8 +159,12 @@ export class LogView extends RowWindow {
       }
       const a = idx.chunks[0][0], asm = new Assembler(idx.line ?? 0);
       const rows = await readLines(this.path, idx.chunks, a, lo, asm, this.signal, this.gaps());
-      await measureBefore(this.path, a, asm, rows, this.signal); // a line begun before a
+      await measureBefore(this.path, a, asm, rows, this.signal, this.knownBefore(asm)); // a line begun before a
+      // a line open at lo with no byte in the window goes on past its end: how much lies after that
+      const across = this.attached ? [] : [...asm.pending.keys()].filter((s) => !this.holds(s));
+      const after = await measureAfter(this.path, this.hi, Math.max(this.liveEnd, this.hi), across, this.signal);
       if (gen !== this.gen || this.lo !== lo) return;
+      this.joinEarlier(asm, rows, after); // the lines open at lo go on in the rows here
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
@@ -178,8 +183,10 @@ export class LogView extends RowWindow {
       if (idx.chunks.length) {
         const last = idx.chunks[idx.chunks.length - 1];
         end = last[0] + last[1];
+        const fresh = ['stdout', 'stderr'].filter((s) => !asm.fed.has(s));
         rows = await readLines(this.path, idx.chunks, hi, end, asm, this.signal, this.gaps());
-        const after = await measureAfter(this.path, end, Math.max(this.liveEnd, end), asm, this.signal);
+        await measureFresh(this.path, asm, fresh, rows, this.signal); // a line begun before the window's end
+        const after = await measureAfter(this.path, end, Math.max(this.liveEnd, end), asm.pending.keys(), this.signal);
         if (gen !== this.gen || this.hi !== hi || this.bottom !== asm) return;
         this.after = after;
       } else if (gapAt(this.gaps(), hi)) { // a hole longer than a read: past it in one step

@@ -105,17 +105,20 @@ const MISSES = 4;
 // `at`: 0 when its next byte begins a line. A partial chunk holds only an unended line's part, so the line
 // goes back through the run of the stream's partial chunks before `at` (the other stream's chunks between
 // them, as when stderr lines were written while a stdout line was unended). A hole ends the walk.
+// {bytes: stream -> bytes, low: the streams whose walk gave up (WALK, MISSES): their count is a lower bound}.
 export async function bytesBefore(path, at, streams, signal) {
-  const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams);
+  const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams), low = new Set();
   const misses = Object.fromEntries(streams.map((s) => [s, 0]));
+  const done = (gaveUp) => ({ bytes: out, low: gaveUp ? new Set([...low, ...open]) : low });
   for (let step = 0; open.size && at > 0 && step < WALK; step++) {
     const idx = await fetchIndex(path, Math.max(0, at - CHUNK), at, signal);
     const chunks = idx.chunks.filter((c) => c[0] < at);
-    if (!chunks.length || idx.more) break;
+    if (!chunks.length) return done(false); // a hole before at: the lines end there
+    if (idx.more) return done(true); // more chunks than one answer holds: not walked
     const seen = new Set();
     for (let i = chunks.length - 1; i >= 0 && open.size; i--) {
       const [off, len, , stream, flags] = chunks[i];
-      if (off + len !== at) return out; // a hole: the line ends there
+      if (off + len !== at) return done(false); // a hole: the line ends there
       at = off;
       if (!open.has(stream)) continue;
       seen.add(stream);
@@ -123,46 +126,73 @@ export async function bytesBefore(path, at, streams, signal) {
     }
     for (const s of [...open]) {
       if (seen.has(s)) misses[s] = 0;
-      else if (++misses[s] >= MISSES) open.delete(s);
+      else if (++misses[s] >= MISSES) { open.delete(s); low.add(s); }
     }
   }
-  return out;
+  return done(at > 0); // still open at the log's start: exact; after WALK reads: a lower bound
 }
 
 // The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
-// through the stream's partial chunks to its next chunk, whose first newline ends the line.
+// through the stream's partial chunks to its next chunk, whose first newline ends the line. {n, low: the walk
+// gave up (WALK, MISSES): n is a lower bound}.
 export async function bytesAfter(path, at, end, stream, signal) {
   let n = 0, misses = 0;
   for (let step = 0; at < end && step < WALK && misses < MISSES; step++) {
     const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
     misses++;
     for (const [off, len, lines, s, flags] of idx.chunks) {
-      if (off !== at) return n; // a hole: the line ends there
+      if (off !== at) return { n, low: false }; // a hole: the line ends there
       at = off + len;
       if (s !== stream) continue;
       misses = 0;
       if (flags & PARTIAL || !lines) { n += len; continue; }
-      if (lines === 1) return n + len - 1; // a chunk ends at a line end: its only newline is its last byte
-      return n + (await fetchBytes(path, off, off + len, signal)).indexOf(10);
+      if (lines === 1) return { n: n + len - 1, low: false }; // a chunk ends at a line end: its last byte
+      return { n: n + (await fetchBytes(path, off, off + len, signal)).indexOf(10), low: false };
     }
-    if (!idx.chunks.length) break;
+    if (!idx.chunks.length) return { n, low: false }; // a hole after at: the line ends there
   }
-  return n;
+  return { n, low: at < end }; // open at the log's end: exact; else the walk gave up
 }
 
 // A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
-// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo.
-export async function measureBefore(path, lo, asm, rows, signal) {
-  const streams = [...asm.fed].filter((s) => s === 'stdout' || s === 'stderr');
-  if (lo <= 0 || !streams.length) return;
-  asm.before = await bytesBefore(path, lo, streams, signal);
-  for (const r of rows) if (r.head) r.before = asm.before[r.stream] || 0;
+// before lo. Its rows (and its unended line) get `before`, the bytes of it before lo; `known`: stream -> those
+// bytes where the caller knows them already (no walk).
+export async function measureBefore(path, lo, asm, rows, signal, known = {}) {
+  const streams = [...asm.fed].filter((s) => (s === 'stdout' || s === 'stderr') && !(s in known));
+  asm.before = { ...known };
+  if (lo > 0 && streams.length) {
+    const found = await bytesBefore(path, lo, streams, signal);
+    Object.assign(asm.before, found.bytes);
+    asm.low = found.low;
+  }
+  for (const r of rows) if (r.head) { r.before = asm.before[r.stream] || 0; r.low = asm.low.has(r.stream); }
 }
 
-// The lines `asm` has open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
-// bytes of each lie after hi (stream -> bytes). No request when no line is open there.
-export async function measureAfter(path, hi, end, asm, signal) {
-  const after = {};
-  if (hi < end) for (const s of asm.pending.keys()) after[s] = await bytesAfter(path, hi, end, s, signal);
+// The first line of each stream a window's assembler (`asm`) had not fed before a read that goes on from its end
+// (loadLater), in `rows` or still open: it may have begun before the bytes read, where the window held no byte
+// of it or its rows were dropped. Its `before`, as measureBefore (its first byte read is a chunk's start).
+export async function measureFresh(path, asm, fresh, rows, signal) {
+  for (const s of fresh) {
+    const p = asm.pending.get(s), first = rows.find((r) => r.head && r.stream === s) || (p && p.head ? p : null);
+    if (!first || first.off <= 0) continue;
+    const { bytes, low } = await bytesBefore(path, first.off, [s], signal);
+    asm.before[s] = bytes[s];
+    if (low.has(s)) asm.low.add(s); else asm.low.delete(s);
+    for (const r of rows) if (r.head && r.stream === s) { r.before = bytes[s]; r.low = low.has(s); }
+  }
+}
+
+// The lines of `streams` open at `hi` (a chunk's end), where the window ends before the log's `end`: how many
+// bytes of each lie after hi ({bytes: stream -> bytes, low: the streams of a lower bound}). No request when no
+// line is open there.
+export async function measureAfter(path, hi, end, streams, signal) {
+  const after = { bytes: {}, low: new Set() };
+  if (hi < end) {
+    for (const s of streams) {
+      const { n, low } = await bytesAfter(path, hi, end, s, signal);
+      after.bytes[s] = n;
+      if (low) after.low.add(s);
+    }
+  }
   return after;
 }

@@ -3,7 +3,7 @@
 // assembler, `bottom`) shown below the rows; the edges saying how much lies before and after.
 
 import { $, fmtBytes } from './dom.js';
-import { Assembler, rowElement } from './lines.js';
+import { Assembler, prependPart, rowElement } from './lines.js';
 import { MAX_ROWS, Pane } from './pane.js';
 
 export class RowWindow extends Pane {
@@ -16,7 +16,8 @@ export class RowWindow extends Pane {
     this.attached = false; // the window ends where the log does: the tail's bytes are appended
     this.newLines = 0;
     this.pending = [];
-    this.after = {}; // stream -> bytes after hi of the line it has open there, while not attached
+    // bytes after hi of the line each stream has open there, while not attached (range.js measureAfter)
+    this.after = { bytes: {}, low: new Set() };
   }
 
   showEdges() {
@@ -100,10 +101,79 @@ export class RowWindow extends Pane {
   }
 
   // The lines still open at the window's end; one the window's end cuts (not the log's) says how much of it
-  // lies after (`after`: stream -> bytes, range.js measureAfter).
+  // lies after (`after`, range.js measureAfter).
   renderPartials() {
-    const after = (r) => (this.attached ? 0 : this.after[r.stream] || 0);
-    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, after: after(r) })));
+    const cut = (r) => (this.attached ? {} : { after: this.after.bytes[r.stream] || 0,
+      low: r.low || this.after.low.has(r.stream) });
+    this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, ...cut(r) })));
+  }
+
+  // Whether the window holds a byte of `stream`'s line open at its start (or a hole row, which would end it).
+  holds(stream) {
+    return this.bottom.pending.has(stream) || this.rows.some((r) => r.stream === stream || r.stream === 'skip');
+  }
+
+  // The row (or the line open at the window's end) that `stream`'s line open at the window's start goes on in:
+  // its stream's first; none if a hole row comes first.
+  joinTarget(stream) {
+    const row = this.rows.find((r) => r.stream === stream || r.stream === 'skip');
+    if (row) return row.stream === 'skip' ? null : row;
+    const open = this.bottom.pending.get(stream);
+    return open && { off: open.off, before: open.head ? this.bottom.before[stream] || 0 : 0,
+      low: open.head && this.bottom.low.has(stream) };
+  }
+
+  // For an earlier read (`asm`, fed up to the window's start) whose lines open there join the rows here: the
+  // bytes before its part of each, known without a walk back from the row's own count (a long line scrolled
+  // through read by read costs one walk, not one a read): stream -> bytes. Only for a line begun before the
+  // read (else it is 0 for the walk's first step) and an exact count.
+  knownBefore(asm) {
+    const known = {};
+    for (const [stream, p] of asm.pending) {
+      const to = p.head && this.joinTarget(stream), part = to && !to.low && asm.partBefore(stream, to.off);
+      const n = part ? part.parts.reduce((k, x) => k + x.length, 0) : 0;
+      if (part && to.before >= n) known[stream] = to.before - n;
+    }
+    return known;
+  }
+
+  // An earlier read (`asm`, fed up to the window's start) that ends inside lines the window goes on with, and
+  // its rows (`batch`, to go above): each such line's bytes before the window join the line's row here (its
+  // stream's first row, or its line open at the window's end), which shows the line from its start and counts
+  // what lies before that. No byte twice: a row that began before the window's start takes only the bytes
+  // before its own. A line with no byte here goes on past the window's end: it is the one open there, with
+  // `after` (range.js measureAfter) bytes after it. A line a hole row cuts is left as it was.
+  joinEarlier(asm, batch, after) {
+    for (const stream of asm.pending.keys()) {
+      const i = this.rows.findIndex((r) => r.stream === stream || r.stream === 'skip');
+      const row = this.rows[i], open = this.bottom.pending.get(stream);
+      if (row && row.stream === 'skip') continue;
+      const part = asm.partBefore(stream, row ? row.off : open ? open.off : Infinity);
+      if (!part) continue;
+      if (row) {
+        const joined = prependPart(row, part);
+        joined.el = rowElement(joined);
+        if (row.el.classList.contains('hit')) joined.el.classList.add('hit'); // a search hit stays marked
+        row.el.replaceWith(joined.el);
+        this.rows[i] = joined;
+      } else { // the line goes on past the window's end
+        const { off, parts, offs, ts, head } = part;
+        if (open) Object.assign(open, { off, parts: [...parts, ...open.parts], offs: [...offs, ...open.offs], ts, head });
+        else {
+          this.bottom.pending.set(stream, { off, parts, offs, ts, head });
+          this.bottom.fed.add(stream);
+          this.after.bytes[stream] = after.bytes[stream] || 0;
+          if (after.low.has(stream)) this.after.low.add(stream); else this.after.low.delete(stream);
+        }
+        this.bottom.before[stream] = part.before;
+        if (part.low) this.bottom.low.add(stream); else this.bottom.low.delete(stream);
+      }
+    }
+    // a row's bytes are kept while an earlier line may join it: only while it is its stream's first
+    for (const stream of new Set(batch.map((r) => r.stream))) {
+      const first = this.rows.find((r) => r.stream === stream);
+      if (first) delete first.raw;
+    }
   }
 
   showNewLines(n) {

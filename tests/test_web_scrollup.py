@@ -1,0 +1,231 @@
+"""The page scrolled up into a line longer than a read: opened at the log's end, the window begins inside the long
+line (its row shows the part the window holds, "begun before"); scrolling up loads earlier reads, whose bytes of
+that line join its row. Once at the top, each line of the log is exactly one row, in order, numbered right: a
+long one shows its first part and counts the rest, no byte shown twice, none left out."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .browser import Page, Stack, wait_for
+from .support import spooled
+
+pytestmark = pytest.mark.timeout(180)
+
+SHOWN = 20_000  # lines.js MAX_LINE_CHARS: what a row shows of a longer line
+SHORT = 200  # short lines on each side: more rows than a screen, fewer than a read
+
+
+def long_line(tag: str, size: int) -> str:
+    """`size` characters, each 8 of them naming their place: a part shown twice or out of place shows."""
+    return "".join(f"{tag}{i:06d}." for i in range(size // 8))
+
+
+def shorts(first: int) -> list[str]:
+    return [f"short {i:05d} ............" for i in range(first, first + SHORT)]
+
+
+# the log's lines, by case, as the expressions the task evaluates: long ones (several hundred KB) longer than a
+# read (256 KiB)
+LOGS = {
+    "middle": '[*shorts(0), long_line("A", 600_000), *shorts(SHORT)]',
+    "first": '[long_line("A", 600_000), *shorts(0)]',
+    "two": '[*shorts(0), long_line("A", 400_000), long_line("B", 520_000), *shorts(SHORT)]',
+}
+
+
+def put(log_dir: Path) -> str:
+    """A task's `put(f, s)`: s written to f, and waited for until the spool holds it (a line's part without its
+    end goes there after 50 ms), so the log's chunks are known: a long line is several (partial) ones, not one
+    the agent read whole, and each stream's parts lie in the order written."""
+    return f"""
+import glob, os, sys, time
+written = 0
+def put(f, s):
+    global written
+    f.write(s); f.flush(); written += len(s.encode())
+    while sum(os.path.getsize(p) for p in glob.glob({str(log_dir)!r} + '/????????.log*')) < written:
+        time.sleep(0.01)
+"""
+
+
+# The log written 100 KB at a time.
+WRITE = """
+for k in range(0, len(out), 100_000):
+    put(sys.stdout, out[k:k + 100_000])
+"""
+
+
+def all_rows(page: Page) -> list[dict[str, Any]]:
+    """Every row (numbered and partial): number, text without its "… more" note, the note, and its classes."""
+    got: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r, #partial .r", """els => els.map(e => {
+        const x = e.querySelector('.x'), cut = [...x.querySelectorAll('.cut')].map((c) => c.textContent);
+        let text = '';
+        for (const n of x.childNodes) if (!(n.classList && n.classList.contains('cut'))) text += n.textContent;
+        return {n: e.dataset.n ? Number(e.dataset.n) : null, text, cut: cut.join(''),
+                partial: e.classList.contains('partial'), cont: e.classList.contains('cont')};
+    })""")
+    return got
+
+
+def expected(lines: list[str]) -> list[dict[str, Any]]:
+    """The rows of `lines`: a long one shows its first SHOWN characters and counts the others, exactly."""
+    return [{"n": i + 1, "text": s[:SHOWN], "partial": False, "cont": False,
+             "cut": f" … {len(s) - SHOWN} more characters (in the download)" if len(s) > SHOWN else ""}
+            for i, s in enumerate(lines)]
+
+
+def scroll_to_top(page: Page, each: Callable[[], None] = lambda: None) -> None:
+    """Scroll up until the window holds the log's first byte (its top edge gone), calling `each` at each step."""
+    for _ in range(80):
+        each()
+        if page.locator("#top-edge").is_hidden():
+            return
+        page.eval_on_selector("#log", "e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
+        page.wait_for_timeout(250)
+    raise AssertionError("scrolling up did not reach the log's start")
+
+
+@pytest.mark.parametrize("case", sorted(LOGS))
+def test_scrolling_up_into_a_long_line_joins_its_rows(stack: Callable[..., Stack], page: Page, case: str) -> None:
+    st = stack()
+    lines: list[str] = eval(LOGS[case])  # noqa: S307  (this file's own expressions)
+    script = "\n".join([put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
+                         inspect.getsource(shorts), f"out = ''.join(s + '\\n' for s in {LOGS[case]})", WRITE])
+    assert st.run("up", script).returncode == 0
+    assert spooled(st.spool, "up") == "".join(s + "\n" for s in lines).encode()
+    st.serve()
+    page.goto(f"{st.base}/#/t/up/h1")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
+    # at the end: the window begins inside the last long line, whose row says so
+    at_end = all_rows(page)
+    assert at_end[-1]["n"] == len(lines) and not at_end[-1]["partial"], at_end[-1]
+    assert page.locator("#top-edge").is_visible(), "the window at the end holds the whole log"
+    assert at_end[0]["cont"] and at_end[0]["text"] in lines[at_end[0]["n"] - 1], at_end[0]["text"][:40]
+
+    def counted() -> None:  # at each step, a long line's row counts all of it but what it shows
+        for r in all_rows(page):
+            if r["n"] and len(lines[r["n"] - 1]) > SHOWN:
+                assert r["cut"] == expected(lines)[r["n"] - 1]["cut"], (r["n"], r["cut"])
+
+    scroll_to_top(page, counted)
+    got = all_rows(page)
+    want = expected(lines)
+    assert [r["n"] for r in got] == [r["n"] for r in want]  # one row a line, in order, none partial
+    for g, w in zip(got, want, strict=True):
+        assert g == w, ({k: (v[:40] if isinstance(v, str) else v) for k, v in g.items()},
+                        {k: (v[:40] if isinstance(v, str) else v) for k, v in w.items()})
+
+
+def scroll_to_end(page: Page) -> None:
+    """Scroll down until the window holds the log's last byte (its bottom edge gone)."""
+    for _ in range(80):
+        if page.locator("#bottom-edge").is_hidden():
+            return
+        page.eval_on_selector("#log", "e => { e.scrollTop = e.scrollHeight; e.dispatchEvent(new Event('scroll')); }")
+        page.wait_for_timeout(250)
+    raise AssertionError("scrolling down did not reach the log's end")
+
+
+def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[..., Stack], page: Page) -> None:
+    """Opened in the middle of a long line, the window holds no line end: the line is the open one below the rows.
+    Scrolled up, its earlier bytes join it; scrolled down, its end does: one row, from its first byte."""
+    st = stack()
+    lines: list[str] = eval(LOGS["middle"])  # noqa: S307  (this file's own expressions)
+    script = "\n".join([put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
+                        inspect.getsource(shorts), f"out = ''.join(s + '\\n' for s in {LOGS['middle']})", WRITE])
+    assert st.run("up", script).returncode == 0
+    at = spooled(st.spool, "up").index(b"A037500.")  # the line's middle
+    st.serve()
+    page.goto(f"{st.base}/#/t/up/h1?at={at}")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    scroll_to_top(page)
+    scroll_to_end(page)
+    assert all_rows(page) == expected(lines)
+
+
+# A stdout line written in three parts, stderr lines between them: 6 MB between its first two parts, more than
+# the page walks back past without a byte of the line (range.js MISSES: 4 reads, each past at most 256 KiB and a
+# chunk, at most the agent's 1 MiB read), and 400 KB between its last two, more than one read.
+ERR_W, ERR_GAP, ERR_LINES = 5000, 1200, 1280
+
+
+def split_task(log_dir: Path) -> str:
+    return put(log_dir) + f"""
+def errs(a, b):
+    put(sys.stderr, ''.join('e %05d %s\\n' % (i, '.' * {ERR_W - 8}) for i in range(a, b)))
+put(sys.stdout, 'first\\n')
+put(sys.stdout, 'A' * 1000)
+errs(0, {ERR_GAP})
+put(sys.stdout, 'B' * 1000)
+errs({ERR_GAP}, {ERR_LINES})
+put(sys.stdout, 'C\\n')
+"""
+
+
+def test_a_count_the_walk_gave_up_on_says_at_least(stack: Callable[..., Stack], page: Page) -> None:
+    """Opened at the end, the line's row holds its last part; the walk back finds its middle part, then gives up
+    in the other stream's lines: the count is a lower bound, and says so. Scrolled to the top, the row holds the
+    whole line, exactly."""
+    st = stack()
+    assert st.run("split", split_task(st.spool / "split" / "h1")).returncode == 0
+    errs = [f"e {i:05d} {'.' * (ERR_W - 8)}" for i in range(ERR_LINES)]
+    assert spooled(st.spool, "split") == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs[:ERR_GAP])
+                                          + "B" * 1000 + "".join(e + "\n" for e in errs[ERR_GAP:]) + "C\n").encode()
+    lines = ["first", *errs, "A" * 1000 + "B" * 1000 + "C"]
+    st.serve()
+    page.goto(f"{st.base}/#/t/split/h1")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
+    last = all_rows(page)[-1]
+    assert (last["n"], last["text"], last["cut"], last["cont"]) == (
+        len(lines), "C", " … ≥ 1000 more characters (in the download)", True), last
+    scroll_to_top(page)
+    assert all_rows(page) == expected(lines)
+
+
+def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable[..., Stack], page: Page) -> None:
+    """A stdout line begun, then 600 KB of stderr lines, then its end: a view opened in the stderr lines holds no
+    byte of it. Scrolled up, its first part is read: it shows as the line open at the window's end, with how
+    much of it lies after; scrolled down, its end joins it: one row, whole. Scrolled down first, its end shows
+    as a line begun before, counted; then up, its first part joins it."""
+    st = stack()
+    errs = [f"e {i:05d} {'.' * 992}" for i in range(600)]
+    assert st.run("across", put(st.spool / "across" / "h1") + """
+put(sys.stdout, 'first\\n')
+put(sys.stdout, 'A' * 1000)
+for k in range(0, 600, 100):
+    put(sys.stderr, ''.join('e %05d %s\\n' % (i, '.' * 992) for i in range(k, k + 100)))
+put(sys.stdout, 'B\\n')
+put(sys.stdout, 'last\\n')
+""").returncode == 0
+    data = spooled(st.spool, "across")
+    assert data == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs) + "B\nlast\n").encode()
+    lines = ["first", *errs, "A" * 1000 + "B", "last"]
+    st.serve()
+    page.goto(f"{st.base}/#/t/across/h1?at={data.index(errs[300].encode())}")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    page.wait_for_selector("#rows .r.hit")
+    assert {lines[r["n"] - 1][:1] for r in all_rows(page)} == {"e"}  # the window holds stderr lines only
+    scroll_to_top(page)
+    got = all_rows(page)
+    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False,
+                       "cut": " … 1 more characters (in the download)"}, got[-1]
+    scroll_to_end(page)
+    assert all_rows(page) == expected(lines)
+
+    # the other way: scrolled down first, the line's end shows, begun before (its first part counted); then up
+    page.goto(f"{st.base}/#/t/across/h1?at={data.index(errs[301].encode())}")
+    page.wait_for_selector("#rows .r.hit")
+    scroll_to_end(page)
+    row = next(r for r in all_rows(page) if r["n"] == len(lines) - 1)
+    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True,
+                   "cut": " … 1000 more characters (in the download)"}, row
+    scroll_to_top(page)
+    assert all_rows(page) == expected(lines)
