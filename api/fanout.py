@@ -191,8 +191,8 @@ def join(feed: Feed, cursor: Cursor, sink: LiveSink, metrics: Metrics) -> Live |
     return live
 
 
-async def wait_live(live: Live, idle_every: float, idle: LiveIdle) -> WSCloseCode | None:
-    """Sleep while live; every `idle_every` seconds call `idle` (SSE pings, a gone client noticed).
+async def wait_live(live: Live, idle_every: float | None, idle: LiveIdle) -> WSCloseCode | None:
+    """Sleep while live; every `idle_every` seconds (None: never) call `idle` (SSE pings, a gone client noticed).
     Returns how it left (Live.left); a gone client returns None with the sink closing."""
     try:
         while not live.left.done():

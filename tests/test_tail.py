@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -393,6 +394,48 @@ async def test_caught_up_followers_share_one_reading(tmp_path: Path, session: ai
     finally:
         await server.close()
         stop_agent(proc, env.spool, "fan")
+
+
+async def test_a_live_websocket_follower_that_resets_leaves_at_once(tmp_path: Path,
+                                                                   session: aiohttp.ClientSession) -> None:
+    """A live WebSocket follower has no timer of its own (api/sinks.py WebSocket.idle_every): one whose client
+    resets its connection leaves the fan-out as soon as its read loop sees it, not at a ping; the rest read on."""
+    env = Env(tmp_path)
+    n = 400  # ~8 s
+    proc = env.start("rude", lines_script(n, 0.02))
+    server = await serve(env.cfg())
+    rude: list[asyncio.StreamWriter] = []
+    try:
+        stay = asyncio.create_task(ws_follow(session, url(server, "rude", "from=0")))
+        path = url(server, "rude", "lines=0").split("/", 3)[3]
+        for _ in range(20):  # raw clients that never read: what a vanished browser tab looks like
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            rude.append(writer)
+        hub = server.app[HUB]
+
+        def live() -> int:
+            feed = next(iter(hub._feeds.values()), None)
+            return 0 if feed is None or feed.fanout is None else len(feed.fanout.live)
+
+        deadline = time.monotonic() + 10
+        while live() < 21:
+            assert time.monotonic() < deadline, live()
+            await asyncio.sleep(0.01)
+        for writer in rude:  # reset, the rudest way to go
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        deadline = time.monotonic() + 2  # a ping (PING_S) is far later
+        while live() > 1:
+            assert time.monotonic() < deadline and not stay.done(), live()
+            await asyncio.sleep(0.01)
+        msgs = await asyncio.wait_for(stay, 60)
+        assert stitch(msgs, 0)[0] == expected(n) and ended(msgs)
+    finally:
+        await server.close()
+        stop_agent(proc, env.spool, "rude")
 
 
 # --- gaps, the store only, shutdown ---------------------------------------------------------------
