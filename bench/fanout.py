@@ -76,7 +76,8 @@ def run(d: Path, server: HasEnv, runs: int, seconds: float) -> dict[str, Any]:
                 say(f"  fan-out round {r + 1}/{runs}, {n} followers at {rate} lines/s: p50 {res['p50']:.1f} ms, "
                     f"p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms; API RSS {idle.samples[-1]:.1f} → "
                     f"{res['rss_peak']:.1f} → {res['rss_after']:.1f} MB; {res['missing']} missing, "
-                    f"{res['duplicates']} duplicated; the API used {res['api_cpu']:.1f} CPU s")
+                    f"{res['duplicates']} duplicated; the API used {res['api_cpu']:.1f} CPU s, the followers "
+                    f"{res['client_cpu']:.1f} (receiving)")
     rmtree(d / "fanout-spool")
     return {"fanout": stats, "fanout_idle": idle, "fanout_seconds": seconds, "noise_fanout": noise}
 
@@ -224,6 +225,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
     for f in followers:
         sel.register(f.sock, selectors.EVENT_READ, f)
     waiting = count
+    cpu0 = time.process_time()
     deadline = time.monotonic() + timeout
     last_line = b" %d fan-out probe" % (lines - 1)  # a follower is done when it has the last line
     done: set[int] = set()
@@ -246,6 +248,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
             if last_line in f.tail and id(f) not in done:
                 done.add(id(f))
                 waiting -= 1
+    receiving = time.process_time() - cpu0  # the receiving loop's CPU, parsing after it not counted
     lat: list[float] = []
     missing = dups = closed = 0
     for f in followers:
@@ -268,7 +271,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
             f.reset()
     lat.sort()
     return {"n": len(lat), "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": lat[-1] if lat else float("nan"),
-            "missing": missing, "duplicates": dups, "closed_early": closed}
+            "missing": missing, "duplicates": dups, "closed_early": closed, "client_cpu": receiving}
 
 
 def _pct(s: list[float], q: float) -> float:
