@@ -10,19 +10,23 @@ What the API adds is the fan-out's numbers minus these. Not in the table: a cont
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from ._util import ROOT, clean_env
 
 LINE = b"%d %d fan-out probe, a line of a typical length for a log\n"  # as bench/fanout.py's task writes
 
 
-def server(count: int, lines: int, rate: float, ready: int) -> None:
-    """Accept `count` WebSockets on the listening fd `ready`, then write `lines` lines to all at `rate`."""
+def server(count: int, lines: int, rate: float, ready: int, via: str) -> None:
+    """Accept `count` WebSockets on the listening fd `ready`, then write `lines` lines to all at `rate`, with
+    socket.send (`via` "send") or through asyncio transports ("transport": their write() as the API's fan-out
+    calls it; the loop is not running, a write that would wait fails)."""
     lsock = socket.socket(fileno=ready)
     socks: list[socket.socket] = []
     while len(socks) < count:
@@ -35,6 +39,11 @@ def server(count: int, lines: int, rate: float, ready: int) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         socks.append(s)
+    writes: list[Callable[[bytes], object]] = [s.send for s in socks]
+    if via == "transport":
+        loop = asyncio.new_event_loop()
+        transports = [loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, s))[0] for s in socks]
+        writes = [t.write for t in transports]
     time.sleep(0.5)
     period, offset = 1.0 / rate, 0
     walls: list[float] = []  # ms of each line's loop of sends: wall, and this thread's CPU (the kernel's included)
@@ -50,26 +59,29 @@ def server(count: int, lines: int, rate: float, ready: int) -> None:
         frame = bytes([0x81, 126]) + len(payload).to_bytes(2, "big") + payload if len(payload) >= 126 else \
             bytes([0x81, len(payload)]) + payload
         w0, c0 = time.perf_counter(), time.thread_time()
-        for s in socks:
-            s.send(frame)
+        for write in writes:
+            write(frame)
         if i >= rate:  # as the followers count: not the first second
             walls.append((time.perf_counter() - w0) * 1e3)
             cpus.append((time.thread_time() - c0) * 1e3)
     time.sleep(0.5)
     for s in socks:
         s.close()
+    if via == "transport":
+        for t in transports:
+            assert not t.get_write_buffer_size(), "a write had to wait: the control is void"
     walls.sort()
     cpus.sort()
     print(json.dumps({"loop_p50": walls[len(walls) // 2], "loop_p99": walls[int(len(walls) * 0.99)],
                       "loop_cpu_p50": cpus[len(cpus) // 2]}), flush=True)
 
 
-def once(count: int, rate: float, seconds: float) -> dict[str, float]:
+def once(count: int, rate: float, seconds: float, via: str) -> dict[str, float]:
     lines = int((1.0 + seconds) * rate)
     lsock = socket.create_server(("127.0.0.1", 0), backlog=count)
     port = lsock.getsockname()[1]
     srv = subprocess.Popen([sys.executable, "-m", "bench.fanout_floor", "server", str(count), str(lines), str(rate),
-                            str(lsock.fileno())], cwd=ROOT, env=clean_env(), pass_fds=(lsock.fileno(),),
+                            str(lsock.fileno()), via], cwd=ROOT, env=clean_env(), pass_fds=(lsock.fileno(),),
                            stdout=subprocess.PIPE, text=True)
     lsock.close()
     try:
@@ -85,20 +97,23 @@ def once(count: int, rate: float, seconds: float) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["server"]:
-        server(int(argv[1]), int(argv[2]), float(argv[3]), int(argv[4]))
+        server(int(argv[1]), int(argv[2]), float(argv[3]), int(argv[4]), argv[5])
         return 0
     ap = argparse.ArgumentParser(prog="python -m bench.fanout_floor", description=__doc__)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--via", choices=("send", "transport", "both"), default="both",
+                    help="socket.send, asyncio transports' write, or both in turn (default)")
     a = ap.parse_args(argv)
-    for _ in range(a.runs):
-        r = once(a.count, a.rate, a.seconds)
-        print(f"floor, {a.count} followers at {a.rate:g} lines/s: p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
-              f"max {r['max']:.1f} ms; {r['missing']} missing, {r['duplicates']} duplicated; a line's sends took "
-              f"{r['loop_p50']:.1f} ms (p99 {r['loop_p99']:.1f}), {r['loop_cpu_p50']:.1f} ms of CPU; the followers "
-              f"used {r['client_cpu']:.2f} CPU s receiving", flush=True)
+    ways = ("send", "transport") if a.via == "both" else (a.via,)
+    for via in [w for _ in range(a.runs) for w in ways]:  # in turn, so a change in the machine's load hits both
+        r = once(a.count, a.rate, a.seconds, via)
+        print(f"floor via {via}, {a.count} followers at {a.rate:g} lines/s: p50 {r['p50']:.1f} ms, "
+              f"p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms; {r['missing']} missing, {r['duplicates']} duplicated; "
+              f"a line's sends took {r['loop_p50']:.1f} ms (p99 {r['loop_p99']:.1f}), {r['loop_cpu_p50']:.1f} ms "
+              f"of CPU; the followers used {r['client_cpu']:.2f} CPU s receiving", flush=True)
     return 0
 
 
