@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from api import sinks
 from api.app import create_app
 from api.keys import HUB, METRICS, SOURCE
 from shipper.commands import s3local
@@ -363,6 +364,38 @@ async def test_many_followers_and_a_slow_one(tmp_path: Path, session: aiohttp.Cl
     finally:
         await server.close()
         stop_agent(proc, env.spool, "many")
+
+
+async def test_a_fan_out_write_the_socket_cannot_take_goes_to_the_transport_in_order() -> None:
+    """The fan-out writes to a follower's socket itself while its transport has nothing buffered (api/sinks.py
+    _write); what the socket does not take goes to the transport, after which every write does, in order; a
+    gone peer is met by the transport, which closes as it would have."""
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    fd = sinks._socket_fd(transport)
+    assert fd == ours.fileno()
+    chunks = [bytes([65 + i % 26]) * 3000 for i in range(40)]  # 120 KB: far more than both buffers hold
+    for c in chunks:
+        sinks._write(transport, fd, c)
+    assert transport.get_write_buffer_size() > 0  # the socket filled: the rest waits in the transport
+    peer.setblocking(False)
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while len(got) < 120_000:
+        assert time.monotonic() < deadline, len(got)
+        try:
+            got += peer.recv(1 << 16)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)  # the loop flushes the transport
+    assert bytes(got) == b"".join(chunks)
+    peer.close()
+    for _ in range(2):  # the first may still be taken by the kernel; the next meets the closed peer
+        sinks._write(transport, fd, b"x" * 100)
+    assert transport.is_closing()
+    transport.abort()
 
 
 async def test_caught_up_followers_share_one_reading(tmp_path: Path, session: aiohttp.ClientSession) -> None:
