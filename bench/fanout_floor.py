@@ -2,7 +2,8 @@
 fed by a trivial server instead of the API: one process that, at each line, writes one pre-made WebSocket
 frame to every socket with a plain `socket.send` in a loop: no spool, no poller, no event loop, no parsing.
 
-    python -m bench.fanout_floor [--count 1000 --rate 20 --seconds 10 --runs 2]
+    python -m bench.fanout_floor [--count 1000 --rate 20 --seconds 10 --runs 2 --via send|transport|both]
+    python -m bench.fanout_floor writes   # CPU a write: socket.send vs a transport's write() vs os.write
 
 What the API adds is the fan-out's numbers minus these. Not in the table: a control, run by hand.
 """
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -95,7 +99,47 @@ def once(count: int, rate: float, seconds: float, via: str) -> dict[str, float]:
     return res
 
 
+def writes(count: int = 500, reps: int = 20) -> dict[str, float]:
+    """µs of CPU a write of a 148-byte frame to each of `count` loopback TCP sockets (nobody waiting to read),
+    three ways in turn: socket.send, an asyncio transport's write(), os.write on its fd (api/sinks.py _write)."""
+    async def measure() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        lsock = socket.create_server(("127.0.0.1", 0), backlog=count)
+        pairs = []
+        for _ in range(count):
+            c = socket.create_connection(lsock.getsockname())
+            s, _ = lsock.accept()
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            c.setblocking(False)
+            pairs.append((c, s))
+        transports = [(await loop.connect_accepted_socket(asyncio.Protocol, s))[0] for _, s in pairs]
+        fds = [s.fileno() for _, s in pairs]
+        ways: dict[str, list[Callable[[bytes], object]]] = {
+            "send": [s.send for _, s in pairs], "transport": [t.write for t in transports],
+            "os.write": [functools.partial(os.write, fd) for fd in fds]}
+        frame = bytes([0x81, 126, 0, 144]) + b"x" * 144
+        got: dict[str, list[float]] = {w: [] for w in ways}
+        for _ in range(reps):
+            for way, calls in ways.items():
+                for c, _ in pairs:  # empty the receive buffers, so no write has to wait
+                    with contextlib.suppress(BlockingIOError):
+                        while c.recv(1 << 20):
+                            pass
+                c0 = time.thread_time()
+                for call in calls:
+                    call(frame)
+                got[way].append((time.thread_time() - c0) / count * 1e6)
+        for t in transports:
+            t.abort()
+        return {w: sorted(v)[len(v) // 2] for w, v in got.items()}
+    return asyncio.run(measure())
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["writes"]:
+        print(", ".join(f"{w} {us:.2f} µs" for w, us in writes().items()) + " of CPU a write (median)")
+        return 0
     if argv[:1] == ["server"]:
         server(int(argv[1]), int(argv[2]), float(argv[3]), int(argv[4]), argv[5])
         return 0
