@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSCloseCode
@@ -157,6 +158,7 @@ class Fanout:
     def _cast(self, events: list[Event], before: int) -> None:
         batch = Batch(events)
         served = 0
+        cpu = time.thread_time()  # what a write costs, against a plain send's (python -m bench.fanout_floor)
         for live in list(self.live):
             if live.sink.write_live(batch):
                 served += 1
@@ -164,6 +166,8 @@ class Fanout:
                 del self.live[live]
                 live.leave(before)
         m = self.metrics
+        m.fanout_cpu += time.thread_time() - cpu
+        m.fanout_writes += served
         for e in events:
             m.tail_messages += served * (e.data_bytes > 0)
             m.tail_skipped_bytes += served * e.skipped_bytes
@@ -191,8 +195,8 @@ def join(feed: Feed, cursor: Cursor, sink: LiveSink, metrics: Metrics) -> Live |
     return live
 
 
-async def wait_live(live: Live, idle_every: float, idle: LiveIdle) -> WSCloseCode | None:
-    """Sleep while live; every `idle_every` seconds call `idle` (SSE pings, a gone client noticed).
+async def wait_live(live: Live, idle_every: float | None, idle: LiveIdle) -> WSCloseCode | None:
+    """Sleep while live; every `idle_every` seconds (None: never) call `idle` (SSE pings, a gone client noticed).
     Returns how it left (Live.left); a gone client returns None with the sink closing."""
     try:
         while not live.left.done():

@@ -26,6 +26,8 @@ class Metrics:
     followers: int = 0  # open follow/tail connections right now
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
+    fanout_writes: int = 0  # writes of the fan-out to live followers (api/fanout.py)
+    fanout_cpu: float = 0.0  # seconds of CPU its loops of writes took (the kernel's sends included)
     client_gone: int = 0  # downloads whose client went away before the end
     damaged_manifests: int = 0  # manifests refused as damaged (shipper/format/manifest.py loads)
     transfers_aborted: int = 0  # answers cut after they began: a byte could not be served (api/logs.py)
@@ -50,6 +52,10 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE logship_api_tail_messages_total counter", f"logship_api_tail_messages_total {m.tail_messages}",
         "# TYPE logship_api_tail_skipped_bytes_total counter",
         f"logship_api_tail_skipped_bytes_total {m.tail_skipped_bytes}",
+        "# TYPE logship_api_tail_fanout_writes_total counter",
+        f"logship_api_tail_fanout_writes_total {m.fanout_writes}",
+        "# TYPE logship_api_tail_fanout_cpu_seconds_total counter",
+        f"logship_api_tail_fanout_cpu_seconds_total {m.fanout_cpu:.6f}",
         "# TYPE logship_api_downloads_cut_by_client_total counter",
         f"logship_api_downloads_cut_by_client_total {m.client_gone}",
         "# TYPE logship_api_damaged_manifests_total counter",

@@ -333,7 +333,7 @@ class _Follower:
             self.cursor = None  # handed over: the fan-out reads with it now
         else:
             await self.drop_cursor()  # its fds and buffers are not needed while live
-        return await fanout.wait_live(live, PING_S, self.sink.idle)
+        return await fanout.wait_live(live, self.sink.idle_every, self.sink.idle)
 
     async def drop_cursor(self) -> None:
         if self.cursor is not None:

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def run(d: Path, server: HasEnv, runs: int, seconds: float) -> dict[str, Any]:
                 say(f"  fan-out round {r + 1}/{runs}, {n} followers at {rate} lines/s: p50 {res['p50']:.1f} ms, "
                     f"p99 {res['p99']:.1f} ms, max {res['max']:.1f} ms; API RSS {idle.samples[-1]:.1f} → "
                     f"{res['rss_peak']:.1f} → {res['rss_after']:.1f} MB; {res['missing']} missing, "
-                    f"{res['duplicates']} duplicated; the API used {res['api_cpu']:.1f} CPU s")
+                    f"{res['duplicates']} duplicated; the API used {res['api_cpu']:.1f} CPU s "
+                    f"({res['write_us']:.1f} µs a fan-out write), the followers {res['client_cpu']:.1f} (receiving)")
     rmtree(d / "fanout-spool")
     return {"fanout": stats, "fanout_idle": idle, "fanout_seconds": seconds, "noise_fanout": noise}
 
@@ -104,13 +106,15 @@ def _round(d: Path, api: Api, task: str, n: int, rate: int, seconds: float) -> d
         if client.stdout.readline().strip() != "ready":
             raise SystemExit(f"bench: the {n} fan-out followers did not connect; the API logged {api.first_error()}")
         sampler = _RssSampler(api)
-        cpu0 = api.cpu()
+        cpu0, cast0 = api.cpu(), _fanout_cost(api)
         (d / "go").touch()
         out, _ = client.communicate(timeout=seconds + 120)
         if client.returncode != 0:
             raise SystemExit(f"bench: the fan-out client failed ({client.returncode})")
         res: dict[str, Any] = json.loads(out)
         res["api_cpu"] = api.cpu() - cpu0
+        writes, cpu = (b - a for a, b in zip(cast0, _fanout_cost(api), strict=True))
+        res["write_us"] = cpu / writes * 1e6 if writes else float("nan")  # the fan-out's CPU a write, send included
         res["rss_peak"] = sampler.stop()["VmRSS"] * 1024 / 1e6
         time.sleep(GONE_WAIT_S)
         res["rss_after"] = _rss_mb(api)
@@ -120,6 +124,14 @@ def _round(d: Path, api: Api, task: str, n: int, rate: int, seconds: float) -> d
         for p in (client, agent):
             if p is not None:
                 _stop(p, 10.0)
+
+
+def _fanout_cost(api: Api) -> tuple[float, float]:
+    """(writes, CPU seconds) of the API's fan-out so far, from its /metrics."""
+    with urllib.request.urlopen(api.base.removesuffix("/api/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    got = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("logship_api_tail_fanout_"))
+    return float(got["logship_api_tail_fanout_writes_total"]), float(got["logship_api_tail_fanout_cpu_seconds_total"])
 
 
 def _wait_spool(log_dir: Path, timeout: float = 30.0) -> None:
@@ -224,6 +236,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
     for f in followers:
         sel.register(f.sock, selectors.EVENT_READ, f)
     waiting = count
+    cpu0 = time.process_time()
     deadline = time.monotonic() + timeout
     last_line = b" %d fan-out probe" % (lines - 1)  # a follower is done when it has the last line
     done: set[int] = set()
@@ -246,6 +259,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
             if last_line in f.tail and id(f) not in done:
                 done.add(id(f))
                 waiting -= 1
+    receiving = time.process_time() - cpu0  # the receiving loop's CPU, parsing after it not counted
     lat: list[float] = []
     missing = dups = closed = 0
     for f in followers:
@@ -268,7 +282,7 @@ def client(url: str, count: int, lines: int, warmup: int, timeout: float) -> dic
             f.reset()
     lat.sort()
     return {"n": len(lat), "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": lat[-1] if lat else float("nan"),
-            "missing": missing, "duplicates": dups, "closed_early": closed}
+            "missing": missing, "duplicates": dups, "closed_early": closed, "client_cpu": receiving}
 
 
 def _pct(s: list[float], q: float) -> float:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from api import sinks
 from api.app import create_app
 from api.keys import HUB, METRICS, SOURCE
 from shipper.commands import s3local
@@ -364,6 +366,38 @@ async def test_many_followers_and_a_slow_one(tmp_path: Path, session: aiohttp.Cl
         stop_agent(proc, env.spool, "many")
 
 
+async def test_a_fan_out_write_the_socket_cannot_take_goes_to_the_transport_in_order() -> None:
+    """The fan-out writes to a follower's socket itself while its transport has nothing buffered (api/sinks.py
+    _write); what the socket does not take goes to the transport, after which every write does, in order; a
+    gone peer is met by the transport, which closes as it would have."""
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    fd = sinks._socket_fd(transport)
+    assert fd == ours.fileno()
+    chunks = [bytes([65 + i % 26]) * 3000 for i in range(40)]  # 120 KB: far more than both buffers hold
+    for c in chunks:
+        sinks._write(transport, fd, c)
+    assert transport.get_write_buffer_size() > 0  # the socket filled: the rest waits in the transport
+    peer.setblocking(False)
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while len(got) < 120_000:
+        assert time.monotonic() < deadline, len(got)
+        try:
+            got += peer.recv(1 << 16)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)  # the loop flushes the transport
+    assert bytes(got) == b"".join(chunks)
+    peer.close()
+    for _ in range(2):  # the first may still be taken by the kernel; the next meets the closed peer
+        sinks._write(transport, fd, b"x" * 100)
+    assert transport.is_closing()
+    transport.abort()
+
+
 async def test_caught_up_followers_share_one_reading(tmp_path: Path, session: aiohttp.ClientSession) -> None:
     """Followers that have everything are served by the fan-out (api/fanout.py): one reading and one
     encoding per change for all of them, their own cursors closed; WebSocket and SSE get every byte once,
@@ -389,10 +423,54 @@ async def test_caught_up_followers_share_one_reading(tmp_path: Path, session: ai
         assert live_seen >= 35, live_seen  # (nearly) all of them were live at once
         sent = sum(1 for f in followers for m in f.result() if "data" in m)
         assert server.app[METRICS].tail_messages == sent  # the fan-out counts what it sends too
+        m = server.app[METRICS]  # and its writes (a batch of messages each) and their CPU
+        assert 0 < m.fanout_writes <= sent and m.fanout_cpu > 0
         assert proc.wait(10) == 0
     finally:
         await server.close()
         stop_agent(proc, env.spool, "fan")
+
+
+async def test_a_live_websocket_follower_that_resets_leaves_at_once(tmp_path: Path,
+                                                                   session: aiohttp.ClientSession) -> None:
+    """A live WebSocket follower has no timer of its own (api/sinks.py WebSocket.idle_every): one whose client
+    resets its connection leaves the fan-out as soon as its read loop sees it, not at a ping; the rest read on."""
+    env = Env(tmp_path)
+    n = 400  # ~8 s
+    proc = env.start("rude", lines_script(n, 0.02))
+    server = await serve(env.cfg())
+    rude: list[asyncio.StreamWriter] = []
+    try:
+        stay = asyncio.create_task(ws_follow(session, url(server, "rude", "from=0")))
+        path = url(server, "rude", "lines=0").split("/", 3)[3]
+        for _ in range(20):  # raw clients that never read: what a vanished browser tab looks like
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            rude.append(writer)
+        hub = server.app[HUB]
+
+        def live() -> int:
+            feed = next(iter(hub._feeds.values()), None)
+            return 0 if feed is None or feed.fanout is None else len(feed.fanout.live)
+
+        deadline = time.monotonic() + 10
+        while live() < 21:
+            assert time.monotonic() < deadline, live()
+            await asyncio.sleep(0.01)
+        for writer in rude:  # reset, the rudest way to go
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        deadline = time.monotonic() + 2  # a ping (PING_S) is far later
+        while live() > 1:
+            assert time.monotonic() < deadline and not stay.done(), live()
+            await asyncio.sleep(0.01)
+        msgs = await asyncio.wait_for(stay, 60)
+        assert stitch(msgs, 0)[0] == expected(n) and ended(msgs)
+    finally:
+        await server.close()
+        stop_agent(proc, env.spool, "rude")
 
 
 # --- gaps, the store only, shutdown ---------------------------------------------------------------
