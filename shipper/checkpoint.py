@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import hashlib
 import logging
 import os
@@ -352,8 +353,8 @@ class Uploads:
         Deltas this process did not PUT (a restart) are encoded again from the spool — deterministic, so
         the same bytes as the store's; one whose size differs is damaged and PUT again. None: no chain."""
         raw = await asyncio.to_thread(index.read_raw, idx_path)
-        chunks, recs = list(index.unpack(raw)), Records.of(raw)
-        if not chunks:
+        recs = Records.of(raw)  # columns: a Chunk per record costs ≈ 2 µs (12 ms a 16 MiB segment of 300 KB/s)
+        if not recs.seq:
             return None, set()
         held = st.deltas.held.get(seq, {})
         chain = st.deltas.chain if st.deltas.chain is not None and st.deltas.chain.seq == seq else None
@@ -385,10 +386,12 @@ class Uploads:
         await self.store.put(names.frames_key(sl.task, sl.host, seq), table, checked=True)
         self._sent("frames_bytes", len(table))
         sha = await asyncio.to_thread(_sha256_file, log_path, ends[-1] - start)
-        return Segment.build(seq, chunks, sum(f.stored_size for f in out),
-                             sum(f.data_offset - delta.HEADER_MIN for f in out), sha, self.compression,
-                             frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest()
-                             ), {(f.start, f.end) for f in out}
+        # The entry needs the first and last records and the lines of all: not a Chunk per record.
+        first, last = (index.Chunk(*index.RECORD.unpack_from(raw, at)) for at in (0, len(recs.raw) - index.RECORD_SIZE))
+        entry = Segment.build(seq, [first, last], sum(f.stored_size for f in out),
+                              sum(f.data_offset - delta.HEADER_MIN for f in out), sha, self.compression,
+                              frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest())
+        return dataclasses.replace(entry, lines=sum(recs.lines)), {(f.start, f.end) for f in out}
 
     def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
                  ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:

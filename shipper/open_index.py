@@ -74,3 +74,22 @@ def follows(new: Records, chain: OpenChain) -> str | None:
             return f"record {chain.records + i + 1} is not contiguous with what comes before it"
         pos, last = end[i], seq[i]
     return None
+
+
+_FLAGS = frozenset(f for f in range(256) if not f & ~(index.PARTIAL | index.RECOVERED))
+
+
+def sealed_ok(raw: bytes, size: int, start: int | None, next_chunk: int | None) -> bool:
+    """Whether a sealed segment's index and its file of `size` bytes are as the agent writes them: what
+    check_segment (shipper/spool/integrity.py) finds with no problem, no gap before it and nothing claimed
+    past its end. Checked over columns (C loops, ≈ 0.2 µs a record; the check builds an object per record,
+    ≈ 2 µs: 13 ms for a 16 MiB segment of 300 KB/s output, 130 ms for a 600 s one of 10 KB/s). False is
+    no verdict: check_segment then finds what is wrong, says it and repairs it."""
+    if not raw or len(raw) % index.RECORD_SIZE:
+        return False
+    seq, _ts, offset, length, lines, stream, flags = zip(*index.RECORD.iter_unpack(raw), strict=True)
+    end = tuple(map(operator.add, offset, length))
+    first = offset[0]
+    return ((start is None or first == start) and end[-1] - first == size and offset[1:] == end[:-1]
+            and (next_chunk is None or seq[0] >= next_chunk) and seq == tuple(range(seq[0], seq[0] + len(seq)))
+            and _STREAMS.issuperset(stream) and _FLAGS.issuperset(flags) and all(map(operator.le, lines, length)))

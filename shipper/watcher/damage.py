@@ -18,6 +18,7 @@ from typing import Any
 
 from shipper.format import index, names
 
+from ..open_index import sealed_ok
 from ..quota import read_dropped, record_dropped
 from ..retry import QuietLog
 from ..spool import (
@@ -117,6 +118,10 @@ class Damage:
                     if not stat.S_ISREG(info.st_mode):
                         raise SpoolDamaged(f"{sl.dir / log_name} is not a regular file", "remove it")
                     raw = read_file(sl.dir / idx_name, INDEX_MAX, dir_fd=fd) or b""
+                    if sealed_ok(raw, info.st_size, start, nxt):  # the usual case, without a Chunk per record
+                        st.verified.add(seq)
+                        out.append(seq)
+                        continue
                     # B023: check_segment calls read() before it returns, in this iteration
                     check = check_segment(raw, info.st_size, start, nxt, lambda a, b: os.pread(log_fd, b - a, a),  # noqa: B023
                                           str(sl.dir / log_name), info.st_mtime_ns)
@@ -221,7 +226,8 @@ def segment_start(d: Path, st: LogState, seq: int, dropped: list[dict[str, Any]]
             raw = read_file(names.spool_index(d, seq - 1), INDEX_MAX)
         except SpoolDamaged:
             raw = None
-        chunks = list(index.unpack(raw or b""))
+        whole = len(raw or b"") // index.RECORD_SIZE * index.RECORD_SIZE  # its last whole record alone
+        chunks = list(index.unpack((raw or b"")[whole - index.RECORD_SIZE:whole])) if whole else []
         if chunks:
             end, nxt = chunks[-1].end, chunks[-1].seq + 1
     for e in dropped:  # dropped at the quota, or a range lost at its end
