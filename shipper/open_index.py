@@ -3,6 +3,7 @@ checked to follow the chain's end, without a Python object per record."""
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class OpenChain:
     records: int  # index records the chain covers (the next one is at records * RECORD_SIZE)
     last_chunk: int  # chunk number of the last record covered (0: none)
     frames: list[frames.Frame] = field(default_factory=list)  # deltas this process PUT (or re-encoded)
+    # sha256 of the segment's bytes [start, pos), when this process's chain holds them all (it began at the
+    # segment's first byte): the seal's manifest entry then needs no read of the sealed file.
+    sha: hashlib._Hash | None = None
 
 
 def read_records(path: Path, skip: int) -> Records:
@@ -73,6 +77,22 @@ def follows(new: Records, chain: OpenChain) -> str | None:
         if offset[i] != pos or seq[i] <= last or new.stream[i] not in _STREAMS or end[i] == offset[i]:
             return f"record {chain.records + i + 1} is not contiguous with what comes before it"
         pos, last = end[i], seq[i]
+    return None
+
+
+def open_index_fault(recs: Records, pos: int, next_chunk: int | None) -> int | None:
+    """Which record of an open segment's whole index (from its first) is the first not to follow: not at `pos`
+    then contiguous, the first numbered below `next_chunk`, of an unknown stream; None if all follow. Over
+    columns; the record at fault is looked for only when one is."""
+    seq, offset, end = recs.seq, recs.offset, recs.end
+    if not seq or (offset[0] == pos and offset[1:] == end[:-1] and (next_chunk is None or seq[0] >= next_chunk)
+                   and _STREAMS.issuperset(recs.stream)):
+        return None
+    for i in range(len(seq)):
+        first_low = i == 0 and next_chunk is not None and seq[0] < next_chunk
+        if offset[i] != pos or first_low or recs.stream[i] not in _STREAMS:
+            return i
+        pos = end[i]
     return None
 
 

@@ -13,7 +13,7 @@ import pytest
 from shipper import checkpoint
 from shipper.errors import DamagedObject
 from shipper.format import delta, index, names
-from shipper.open_index import sealed_ok
+from shipper.open_index import open_index_fault, sealed_ok
 from shipper.spool.integrity import check_segment
 
 
@@ -179,3 +179,9 @@ def test_a_sealed_index_is_passed_over_columns_only_when_the_full_check_finds_no
         assert not sealed_ok(*case), i
         assert not full(*case) or case[0] == b"", i  # an empty index of an empty file: nothing to upload
     assert sealed_ok(with_record(2, flags=index.PARTIAL | index.RECOVERED), size, 1000, 10)
+    # the open segment's whole index (damage.py open_index_ok): the first record that does not follow
+    assert open_index_fault(checkpoint.Records.of(recs), 1000, 10) is None
+    assert open_index_fault(checkpoint.Records.of(b""), 1000, 10) is None
+    for raw, pos, nxt, want in [(recs, 1001, 10, 0), (recs, 1000, 11, 0), (with_record(3, offset=0), 1000, 10, 3),
+                                (with_record(5, stream=7), 1000, 10, 5)]:
+        assert open_index_fault(checkpoint.Records.of(raw), pos, nxt) == want

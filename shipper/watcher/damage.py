@@ -18,7 +18,7 @@ from typing import Any
 
 from shipper.format import index, names
 
-from ..open_index import sealed_ok
+from ..open_index import Records, open_index_fault, sealed_ok
 from ..quota import read_dropped, record_dropped
 from ..retry import QuietLog
 from ..spool import (
@@ -193,16 +193,16 @@ class Damage:
         if raw is None:
             return True
         start, nxt = segment_start(sl.dir, st, seq, dropped)
-        recs = list(index.unpack(raw))
-        if recs and (start is None or recs[0].offset > start):  # begins after a range lost with the one before
-            start = recs[0].offset
+        recs = Records.of(raw)  # columns, not a Chunk per record (≈ 2 µs each)
+        if recs.seq and (start is None or recs.offset[0] > start):  # begins after a range lost with the one before
+            start = recs.offset[0]
         pos = start if start is not None else 0
         problem = None
-        for i, r in enumerate(recs):
-            if r.offset != pos or (i == 0 and nxt is not None and r.seq < nxt) or r.stream not in index.STREAM_NAMES:
-                problem = f"record {i + 1} is not contiguous with what comes before it"
-                break
-            pos = r.end
+        bad = open_index_fault(recs, pos, nxt)
+        if bad is not None:
+            problem = f"record {bad + 1} is not contiguous with what comes before it"
+        elif recs.seq:
+            pos = recs.end[-1]
         if problem is None and start is not None and pos - start > size:
             problem = f"it claims {pos - start} bytes of a {size}-byte file"
         if problem is None:
