@@ -54,6 +54,7 @@ from shipper.format import liveness, names
 from shipper.spool import write_atomic
 from shipper.store import open_store
 from shipper.watcher import Watcher
+from shipper.watcher.daemon import freeze_heap
 
 from ._util import _line
 from .wakeups import LINE, _log
@@ -163,8 +164,8 @@ def _once(chunks: list[tuple[bytes, int]]) -> float:
     return statistics.median(cpu)
 
 
-async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, profile: bool, kb: int | None = None
-                 ) -> dict[str, Any]:
+async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, profile: bool, kb: int | None = None,
+                 freeze: bool = True) -> dict[str, Any]:
     """Medians (ms of CPU) of `n` checkpoint passes over one log that gained `records` records since the last
     (holding `kb` KB of log-like text in all, or one short line each); the mean too, which counts the seals."""
     cfg = _config(d, s3)
@@ -191,6 +192,8 @@ async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, prof
                 grow()
                 await w.run_once()
                 await asyncio.sleep(0.11)
+            if freeze:
+                freeze_heap()  # as `logship watch` does after its first pass
             for _ in range(n):
                 grow()
                 await asyncio.sleep(0.11)  # a checkpoint due
@@ -295,6 +298,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=60)
     ap.add_argument("--records", type=int, nargs="+", help="records a checkpoint (1 550; with --kb, 550)")
     ap.add_argument("--kb", type=int, nargs="+", help="KB of log-like text a checkpoint (in --records records)")
+    ap.add_argument("--no-freeze", action="store_true", help="the heap not frozen after the first passes")
     ap.add_argument("--no-floor", action="store_true", help="not the bare PUT's floor")
     ap.add_argument("--profile", action="store_true", help="cProfile the passes (slower: read shares, not ms)")
     ap.add_argument("--no-s3", action="store_true", help="the file store only")
@@ -311,7 +315,8 @@ def main() -> None:
                 for kb in args.kb or [None]:
                     d = base / f"{store}-{r}-{kb}"
                     d.mkdir()
-                    res = asyncio.run(passes(d, s3 if store == "s3" else None, r, args.passes, args.profile, kb))
+                    res = asyncio.run(passes(d, s3 if store == "s3" else None, r, args.passes, args.profile, kb,
+                                                 not args.no_freeze))
                     what = f"{r} record(s)" + (f" of {kb} KB" if kb else "")
                     _print(f"{store} store, {what} a checkpoint, medians of {args.passes} passes (CPU)", res)
         if s3 is not None and not args.no_floor:
