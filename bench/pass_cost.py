@@ -12,8 +12,13 @@ Against the file store (the PUT is a file written: the pass's own cost shows) an
 the floor is measured too: one bare aiohttp PUT of 50 KB (signed, SigV4 in the query) and one `store.put`,
 CPU per request on the event loop, medians of 200.
 
-`python -m bench.pass_cost [--passes 60] [--records 1 550] [--profile] [--no-s3]`; not part of
-`python -m bench`'s table.
+`--kb 50 150 1500` makes each checkpoint `--records` records (550 by default: a record a 10 ms burst, as the
+checkpoint bench's task writes) holding that many KB of the bench's log-like text in all (bench/_util.py), the
+checkpoints of `python -m bench --only checkpoint` at 10, 30 and 300 KB/s; without it, one short line a record.
+Each is compared with compressing its bytes once (zstd level 1 and its index at level 3, as the bench does).
+
+`python -m bench.pass_cost [--passes 60] [--records 1 550] [--kb 50 1500] [--profile] [--no-s3 | --no-file]`;
+not part of `python -m bench`'s table.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hmac
 import io
 import os
 import pstats
+import random
 import shutil
 import statistics
 import tempfile
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import zstandard
 
 from shipper import settled
 from shipper.commands import s3local
@@ -47,7 +54,9 @@ from shipper.format import liveness, names
 from shipper.spool import write_atomic
 from shipper.store import open_store
 from shipper.watcher import Watcher
+from shipper.watcher.daemon import freeze_heap
 
+from ._util import _line
 from .wakeups import LINE, _log
 
 T = TypeVar("T")
@@ -61,7 +70,7 @@ class Hops:
     def __init__(self, profile: bool) -> None:
         self.cpu: dict[str, float] = defaultdict(float)
         self.calls = 0
-        self.profile = cProfile.Profile() if profile else None
+        self.profile = cProfile.Profile(time.thread_time) if profile else None  # CPU, not wall time
         self._lock = threading.Lock()
         self._orig = asyncio.to_thread
 
@@ -126,19 +135,51 @@ def _config(d: Path, s3: s3local.LocalS3 | None) -> Config:
     return load_config(env=env)
 
 
-async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, profile: bool) -> dict[str, Any]:
-    """Medians (ms of CPU) of `n` checkpoint passes over one log that gained `records` records since the last."""
+def _chunks(records: int, kb: int | None) -> list[tuple[bytes, int]]:
+    """What one checkpoint's records hold, (bytes, lines) each: `kb` KB of log-like text in all, whole lines, or
+    one short line each."""
+    if kb is None:
+        return [(LINE, 1)] * records
+    r, ts, per = random.Random(20251127), 1764201600.0, kb * 1000 // records
+    out: list[tuple[bytes, int]] = []
+    while len(out) < records:
+        lines: list[bytes] = []
+        while sum(map(len, lines)) < per:
+            ts += r.expovariate(2000)
+            lines.append(_line(r, ts, len(out)).encode())
+        out.append((b"".join(lines), sum(x.count(b"\n") for x in lines)))
+    return out
+
+
+def _once(chunks: list[tuple[bytes, int]]) -> float:
+    """CPU seconds to compress one checkpoint's bytes once, as bench/checkpoint.py counts it (zstd level 1, and
+    the index at level 3): the median of 20."""
+    data, idx = b"".join(c for c, _ in chunks), bytes(40 * len(chunks))
+    cpu = []
+    for _ in range(20):
+        t0 = time.process_time()
+        zstandard.ZstdCompressor(level=1).compress(data)
+        zstandard.ZstdCompressor(level=3).compress(idx)
+        cpu.append(time.process_time() - t0)
+    return statistics.median(cpu)
+
+
+async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, profile: bool, kb: int | None = None,
+                 freeze: bool = True) -> dict[str, Any]:
+    """Medians (ms of CPU) of `n` checkpoint passes over one log that gained `records` records since the last
+    (holding `kb` KB of log-like text in all, or one short line each); the mean too, which counts the seals."""
     cfg = _config(d, s3)
+    chunks = _chunks(records, kb)
     writer = _log(cfg.spool_dir, "p")
     w = Watcher(cfg, open_store(cfg.store))
     hops = Hops(profile)
     put = PutTimer(w.store)
-    loop_prof = cProfile.Profile() if profile else None
+    loop_prof = cProfile.Profile(time.thread_time) if profile else None
     rows: dict[str, list[float]] = defaultdict(list)
 
     def grow() -> None:
-        for _ in range(records):
-            writer.append(1, [LINE], len(LINE), 1, False)
+        for data, lines in chunks:
+            writer.append(1, [data], len(data), lines, False)
         now = time.time_ns()  # and a new liveness sample, as the agent writes every few seconds
         sample = liveness.Liveness(now, now, now, 1.0, (liveness.Process(os.getpid(), 1, "S", 1.0, 50 << 20,
                                                                           "python -m bench.pass_cost", ""),), 1)
@@ -151,6 +192,8 @@ async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, prof
                 grow()
                 await w.run_once()
                 await asyncio.sleep(0.11)
+            if freeze:
+                freeze_heap()  # as `logship watch` does after its first pass
             for _ in range(n):
                 grow()
                 await asyncio.sleep(0.11)  # a checkpoint due
@@ -177,6 +220,8 @@ async def passes(d: Path, s3: s3local.LocalS3 | None, records: int, n: int, prof
                 w.write_state(True)  # what the daemon adds after each pass (in a thread of its own)
                 rows["daemon: write_state"].append(time.process_time() - t0)
         out: dict[str, Any] = {k: statistics.median(v) * (1 if k == "hops" else 1e3) for k, v in rows.items()}
+        out["total, mean (seals too)"] = statistics.fmean(rows["total"]) * 1e3
+        out["compressing once"] = _once(chunks) * 1e3
         if profile:
             out["profile"] = _top(loop_prof, "event loop") + _top(hops.profile, "thread hops")
         return out
@@ -189,7 +234,9 @@ def _top(prof: cProfile.Profile | None, what: str, n: int = 25) -> str:
     if prof is None:
         return ""
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(n)
+    st = pstats.Stats(prof, stream=s).sort_stats("tottime")
+    st.print_stats(n)
+    st.sort_stats("cumulative").print_stats(n)
     return f"--- {what} (by own time) ---\n{s.getvalue()}"
 
 
@@ -249,22 +296,30 @@ def _print(title: str, res: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.pass_cost")
     ap.add_argument("--passes", type=int, default=60)
-    ap.add_argument("--records", type=int, nargs="+", default=[1, 550])
+    ap.add_argument("--records", type=int, nargs="+", help="records a checkpoint (1 550; with --kb, 550)")
+    ap.add_argument("--kb", type=int, nargs="+", help="KB of log-like text a checkpoint (in --records records)")
+    ap.add_argument("--no-freeze", action="store_true", help="the heap not frozen after the first passes")
+    ap.add_argument("--no-floor", action="store_true", help="not the bare PUT's floor")
     ap.add_argument("--profile", action="store_true", help="cProfile the passes (slower: read shares, not ms)")
     ap.add_argument("--no-s3", action="store_true", help="the file store only")
+    ap.add_argument("--no-file", action="store_true", help="SeaweedFS only")
     args = ap.parse_args()
+    args.records = args.records or ([550] if args.kb else [1, 550])
     base = Path(tempfile.mkdtemp(prefix="bench-pass-"))
     s3 = None
     try:
         if not args.no_s3:
             s3 = s3local.start(base / "s3", bucket=BUCKET)
-        for store in ("file", *(["s3"] if s3 else [])):
+        for store in ([] if args.no_file else ["file"]) + (["s3"] if s3 else []):
             for r in args.records:
-                d = base / f"{store}-{r}"
-                d.mkdir()
-                res = asyncio.run(passes(d, s3 if store == "s3" else None, r, args.passes, args.profile))
-                _print(f"{store} store, {r} record(s) a checkpoint, medians of {args.passes} passes (CPU)", res)
-        if s3 is not None:
+                for kb in args.kb or [None]:
+                    d = base / f"{store}-{r}-{kb}"
+                    d.mkdir()
+                    res = asyncio.run(passes(d, s3 if store == "s3" else None, r, args.passes, args.profile, kb,
+                                                 not args.no_freeze))
+                    what = f"{r} record(s)" + (f" of {kb} KB" if kb else "")
+                    _print(f"{store} store, {what} a checkpoint, medians of {args.passes} passes (CPU)", res)
+        if s3 is not None and not args.no_floor:
             (base / "floor").mkdir()
             _print("the floor: one 50 KB PUT to SeaweedFS, event-loop CPU, median of 200",
                    asyncio.run(floor(base / "floor", s3)))

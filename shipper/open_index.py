@@ -3,6 +3,7 @@ checked to follow the chain's end, without a Python object per record."""
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class OpenChain:
     records: int  # index records the chain covers (the next one is at records * RECORD_SIZE)
     last_chunk: int  # chunk number of the last record covered (0: none)
     frames: list[frames.Frame] = field(default_factory=list)  # deltas this process PUT (or re-encoded)
+    # sha256 of the segment's bytes [start, pos), when this process's chain holds them all (it began at the
+    # segment's first byte): the seal's manifest entry then needs no read of the sealed file.
+    sha: hashlib._Hash | None = None
 
 
 def read_records(path: Path, skip: int) -> Records:
@@ -74,3 +78,38 @@ def follows(new: Records, chain: OpenChain) -> str | None:
             return f"record {chain.records + i + 1} is not contiguous with what comes before it"
         pos, last = end[i], seq[i]
     return None
+
+
+def open_index_fault(recs: Records, pos: int, next_chunk: int | None) -> int | None:
+    """Which record of an open segment's whole index (from its first) is the first not to follow: not at `pos`
+    then contiguous, the first numbered below `next_chunk`, of an unknown stream; None if all follow. Over
+    columns; the record at fault is looked for only when one is."""
+    seq, offset, end = recs.seq, recs.offset, recs.end
+    if not seq or (offset[0] == pos and offset[1:] == end[:-1] and (next_chunk is None or seq[0] >= next_chunk)
+                   and _STREAMS.issuperset(recs.stream)):
+        return None
+    for i in range(len(seq)):
+        first_low = i == 0 and next_chunk is not None and seq[0] < next_chunk
+        if offset[i] != pos or first_low or recs.stream[i] not in _STREAMS:
+            return i
+        pos = end[i]
+    return None
+
+
+_FLAGS = frozenset(f for f in range(256) if not f & ~(index.PARTIAL | index.RECOVERED))
+
+
+def sealed_ok(raw: bytes, size: int, start: int | None, next_chunk: int | None) -> bool:
+    """Whether a sealed segment's index and its file of `size` bytes are as the agent writes them: what
+    check_segment (shipper/spool/integrity.py) finds with no problem, no gap before it and nothing claimed
+    past its end. Checked over columns (C loops, ≈ 0.2 µs a record; the check builds an object per record,
+    ≈ 2 µs: 13 ms for a 16 MiB segment of 300 KB/s output, 130 ms for a 600 s one of 10 KB/s). False is
+    no verdict: check_segment then finds what is wrong, says it and repairs it."""
+    if not raw or len(raw) % index.RECORD_SIZE:
+        return False
+    seq, _ts, offset, length, lines, stream, flags = zip(*index.RECORD.iter_unpack(raw), strict=True)
+    end = tuple(map(operator.add, offset, length))
+    first = offset[0]
+    return ((start is None or first == start) and end[-1] - first == size and offset[1:] == end[:-1]
+            and (next_chunk is None or seq[0] >= next_chunk) and seq == tuple(range(seq[0], seq[0] + len(seq)))
+            and _STREAMS.issuperset(stream) and _FLAGS.issuperset(flags) and all(map(operator.le, lines, length)))

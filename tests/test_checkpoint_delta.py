@@ -13,6 +13,8 @@ import pytest
 from shipper import checkpoint
 from shipper.errors import DamagedObject
 from shipper.format import delta, index, names
+from shipper.open_index import open_index_fault, sealed_ok
+from shipper.spool.integrity import check_segment
 
 
 def sample(start: int = 1000, n: int = 50, seed: int = 1) -> tuple[bytes, bytes]:
@@ -145,3 +147,41 @@ def test_new_records_are_checked_over_columns_and_the_record_at_fault_named() ->
                       (5, {"length": 0}), (2, {"offset": second[2]})]:
         got = checkpoint._follows(with_record(i, **change), chain)
         assert got == f"record {8 + i} is not contiguous with what comes before it", (i, change)
+
+
+def test_a_sealed_index_is_passed_over_columns_only_when_the_full_check_finds_nothing() -> None:
+    """The watcher's quick check of a sealed segment (shipper/open_index.py `sealed_ok`, before its upload)
+    says yes only where check_segment (shipper/spool/integrity.py) finds no problem, no gap and no claim; any
+    doubt goes to check_segment, which names and repairs it."""
+    recs, data = sample(start=1000, n=8)
+    size = len(data)
+
+    def full(raw: bytes, size: int, start: int | None, nxt: int | None) -> bool:
+        c = check_segment(raw, size, start, nxt, lambda a, b: data[a:b], "s", 0)
+        return c.problem is None and not c.gap and not c.claimed
+
+    def with_record(i: int, **change: int) -> bytes:
+        fields = dict(zip(("seq", "ts_ns", "offset", "length", "lines", "stream", "flags"),
+                          index.RECORD.unpack_from(recs, i * index.RECORD_SIZE), strict=True)) | change
+        at = i * index.RECORD_SIZE
+        return recs[:at] + index.pack(**fields) + recs[at + index.RECORD_SIZE:]
+
+    ok = [(recs, size, 1000, 10), (recs, size, None, None), (recs, size, 1000, 3)]
+    bad = [(recs + b"torn", size, 1000, 10), (b"", 0, 1000, 10), (recs, size + 1, 1000, 10),
+           (recs, size - 1, 1000, 10), (recs, size, 900, 10), (recs, size, 1100, 10), (recs, size, 1000, 11),
+           (recs[index.RECORD_SIZE:], size - index.RECORD.unpack_from(recs)[3], 1000, 10),  # a gap before it
+           (with_record(3, seq=14), size, 1000, 10), (with_record(3, seq=12), size, 1000, 10),
+           (with_record(2, stream=7), size, 1000, 10), (with_record(2, flags=4), size, 1000, 10),
+           (with_record(2, lines=500), size, 1000, 10), (with_record(5, offset=0), size, 1000, 10)]
+    for case in ok:
+        assert sealed_ok(*case) and full(*case), case
+    for i, case in enumerate(bad):
+        assert not sealed_ok(*case), i
+        assert not full(*case) or case[0] == b"", i  # an empty index of an empty file: nothing to upload
+    assert sealed_ok(with_record(2, flags=index.PARTIAL | index.RECOVERED), size, 1000, 10)
+    # the open segment's whole index (damage.py open_index_ok): the first record that does not follow
+    assert open_index_fault(checkpoint.Records.of(recs), 1000, 10) is None
+    assert open_index_fault(checkpoint.Records.of(b""), 1000, 10) is None
+    for raw, pos, nxt, want in [(recs, 1001, 10, 0), (recs, 1000, 11, 0), (with_record(3, offset=0), 1000, 10, 3),
+                                (with_record(5, stream=7), 1000, 10, 5)]:
+        assert open_index_fault(checkpoint.Records.of(raw), pos, nxt) == want

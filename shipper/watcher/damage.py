@@ -18,6 +18,7 @@ from typing import Any
 
 from shipper.format import index, names
 
+from ..open_index import Records, open_index_fault, sealed_ok
 from ..quota import read_dropped, record_dropped
 from ..retry import QuietLog
 from ..spool import (
@@ -117,6 +118,10 @@ class Damage:
                     if not stat.S_ISREG(info.st_mode):
                         raise SpoolDamaged(f"{sl.dir / log_name} is not a regular file", "remove it")
                     raw = read_file(sl.dir / idx_name, INDEX_MAX, dir_fd=fd) or b""
+                    if sealed_ok(raw, info.st_size, start, nxt):  # the usual case, without a Chunk per record
+                        st.verified.add(seq)
+                        out.append(seq)
+                        continue
                     # B023: check_segment calls read() before it returns, in this iteration
                     check = check_segment(raw, info.st_size, start, nxt, lambda a, b: os.pread(log_fd, b - a, a),  # noqa: B023
                                           str(sl.dir / log_name), info.st_mtime_ns)
@@ -188,16 +193,16 @@ class Damage:
         if raw is None:
             return True
         start, nxt = segment_start(sl.dir, st, seq, dropped)
-        recs = list(index.unpack(raw))
-        if recs and (start is None or recs[0].offset > start):  # begins after a range lost with the one before
-            start = recs[0].offset
+        recs = Records.of(raw)  # columns, not a Chunk per record (≈ 2 µs each)
+        if recs.seq and (start is None or recs.offset[0] > start):  # begins after a range lost with the one before
+            start = recs.offset[0]
         pos = start if start is not None else 0
         problem = None
-        for i, r in enumerate(recs):
-            if r.offset != pos or (i == 0 and nxt is not None and r.seq < nxt) or r.stream not in index.STREAM_NAMES:
-                problem = f"record {i + 1} is not contiguous with what comes before it"
-                break
-            pos = r.end
+        bad = open_index_fault(recs, pos, nxt)
+        if bad is not None:
+            problem = f"record {bad + 1} is not contiguous with what comes before it"
+        elif recs.seq:
+            pos = recs.end[-1]
         if problem is None and start is not None and pos - start > size:
             problem = f"it claims {pos - start} bytes of a {size}-byte file"
         if problem is None:
@@ -221,7 +226,8 @@ def segment_start(d: Path, st: LogState, seq: int, dropped: list[dict[str, Any]]
             raw = read_file(names.spool_index(d, seq - 1), INDEX_MAX)
         except SpoolDamaged:
             raw = None
-        chunks = list(index.unpack(raw or b""))
+        whole = len(raw or b"") // index.RECORD_SIZE * index.RECORD_SIZE  # its last whole record alone
+        chunks = list(index.unpack((raw or b"")[whole - index.RECORD_SIZE:whole])) if whole else []
         if chunks:
             end, nxt = chunks[-1].end, chunks[-1].seq + 1
     for e in dropped:  # dropped at the quota, or a range lost at its end
