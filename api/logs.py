@@ -209,6 +209,7 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
         if (coding != IDENTITY and not follow) or (start < view.size and not (follow and stream)):
             first = await anext(body, b"")
         await resp.prepare(request)
+        metrics.answers += 1  # api/heap.py trims the heap only when none are in flight
         if follow:
             metrics.followers += 1
         try:
@@ -234,6 +235,7 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
                 request.transport.close()
             return resp
         finally:
+            metrics.answers -= 1
             if follow:
                 metrics.followers -= 1
     return resp

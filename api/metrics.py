@@ -24,6 +24,7 @@ class Metrics:
     requests: int = 0
     bytes_out: int = 0
     followers: int = 0  # open follow/tail connections right now
+    answers: int = 0  # log answers being streamed right now (downloads; follow= ones also count as followers)
     tail_messages: int = 0
     tail_skipped_bytes: int = 0
     fanout_writes: int = 0  # writes of the fan-out to live followers (api/fanout.py)

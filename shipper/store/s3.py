@@ -230,7 +230,7 @@ class S3Store:
         if end is not None and end <= start:
             await self.head(key)
             return
-        resp = await self._get(full, start, end)
+        resp = await self._get(full, start, end, chunk)
         if resp is None:
             return
         try:
@@ -249,13 +249,14 @@ class S3Store:
             else:
                 resp.close()
 
-    async def _get(self, full: str, start: int, end: int | None) -> aiohttp.ClientResponse | None:
-        """The answer to a GET of [start, end), body unread; None when the range starts past the end."""
+    async def _get(self, full: str, start: int, end: int | None, chunk: int = 0) -> aiohttp.ClientResponse | None:
+        """The answer to a GET of [start, end), body unread (read in pieces of up to `chunk`: S3Http.get);
+        None when the range starts past the end."""
         s3 = await self._s3()
         try:
             with self._errors("get", full):
                 url = await self._presign(s3, full)
-                return await self._reader.get(url, _range(start, end))
+                return await self._reader.get(url, _range(start, end), chunk)
         except s3errors.RangeNotSatisfiable:
             return None
 
