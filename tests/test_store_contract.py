@@ -723,6 +723,12 @@ async def test_a_refused_signature_falls_back_to_botocore_for_good(
             assert isinstance(fresh, S3Store) and not fresh._ops.ours
         finally:
             await fresh.close()
+        fresh = open_store(s3_store_cfg)  # its first request a GET, in a range, streamed
+        try:
+            assert b"".join([piece async for piece in fresh.open("f/b", 2, 8)]) == b"tocore"
+            assert isinstance(fresh, S3Store) and not fresh._ops.ours
+        finally:
+            await fresh.close()
     finally:
         await store.close()
 
