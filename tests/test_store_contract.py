@@ -679,8 +679,8 @@ async def test_bad_credentials_on_every_request(local_s3: s3local.LocalS3) -> No
         store = open_store(StoreConfig(url="s3://logship/t/", endpoint=local_s3.endpoint, access_key=access_key,
                                        secret_key=secret))
         try:
-            for op in (store.put("x", b"x"), store.head("x"), store.list(""), store.list_page(""),
-                       store.list_dirs(""), store.delete(["x"])):
+            for op in (store.put("x", b"x"), store.head("x"), store.get("x"), store.get("x", 1, 5), store.list(""),
+                       store.list_page(""), store.list_dirs(""), store.delete(["x"])):
                 with pytest.raises(StoreError) as info:
                     await op
                 assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
