@@ -80,6 +80,28 @@ async def test_the_s3_store_signs_static_keys_without_botocores_client(
         await store.close()
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_keys_from_botocores_chain_sign_our_requests_too(
+        s3_store_cfg: StoreConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys in a credentials file (a profile): botocore's client finds them, our signatures carry them."""
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    files = tmp_path / "credentials"
+    files.write_text(f"[default]\naws_access_key_id = {s3_store_cfg.access_key}\n"
+                     f"aws_secret_access_key = {s3_store_cfg.secret_key}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(files))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    store = open_store(dataclasses.replace(s3_store_cfg, access_key="", secret_key=""))
+    assert isinstance(store, S3Store) and store._ops._static is None
+    try:
+        await store.put("chain/a", b"from a profile")
+        assert await store.get("chain/a", 5) == b"a profile"
+        assert store._client is not None and store._ops.ours
+        assert store.stats.requests["get_object"] == 1 and store.stats.requests["put_object"] == 1
+    finally:
+        await store.close()
+
+
 ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
        "AWS_CREDENTIAL_EXPIRATION", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
 
