@@ -679,8 +679,8 @@ async def test_bad_credentials_on_every_request(local_s3: s3local.LocalS3) -> No
         store = open_store(StoreConfig(url="s3://logship/t/", endpoint=local_s3.endpoint, access_key=access_key,
                                        secret_key=secret))
         try:
-            for op in (store.put("x", b"x"), store.head("x"), store.list(""), store.list_page(""),
-                       store.list_dirs(""), store.delete(["x"])):
+            for op in (store.put("x", b"x"), store.head("x"), store.get("x"), store.get("x", 1, 5), store.list(""),
+                       store.list_page(""), store.list_dirs(""), store.delete(["x"])):
                 with pytest.raises(StoreError) as info:
                     await op
                 assert not isinstance(info.value, (StoreUnavailable, ObjectNotFound))
@@ -720,6 +720,12 @@ async def test_a_refused_signature_falls_back_to_botocore_for_good(
         fresh = open_store(s3_store_cfg)  # its first request a HEAD, whose refusal is a bare 403
         try:
             assert (await fresh.head("f/b")).size == len(b"botocore's")
+            assert isinstance(fresh, S3Store) and not fresh._ops.ours
+        finally:
+            await fresh.close()
+        fresh = open_store(s3_store_cfg)  # its first request a GET, in a range, streamed
+        try:
+            assert b"".join([piece async for piece in fresh.open("f/b", 2, 8)]) == b"tocore"
             assert isinstance(fresh, S3Store) and not fresh._ops.ours
         finally:
             await fresh.close()

@@ -1,9 +1,10 @@
 """The S3 store (`s3://bucket/prefix`, any S3-compatible server).
 
-Requests are signed here (sigv4.py: GETs presigned, PUT/HEAD/LIST/DeleteObjects header-signed) and sent
-over one aiohttp pool (s3http.py, s3ops.py); botocore gives the credentials (its chain: AWS_* variables,
-profiles, ...), sends multipart uploads (s3write.py), and every request once a server refused our
-signature. Errors of both become ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
+Requests are header-signed here (sigv4.py: GET, PUT, HEAD, LIST, DeleteObjects) and sent over one aiohttp
+pool (s3http.py, s3ops.py). botocore's client is created only when needed: for multipart uploads
+(s3write.py), for credentials that are not static (its chain: profiles, SSO, instance roles, ...), and for
+every request once a server refused our signature. Errors of both become ObjectNotFound / StoreUnavailable /
+StoreError (s3errors.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import hashlib
 import os
 import re
-import urllib.parse
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -31,6 +31,7 @@ from .base import ObjectInfo, StoreStats
 from .fs import check_dir_prefix, check_key
 from .s3http import S3Http
 from .s3ops import Page, S3Ops
+from .sigv4 import Presigner
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -46,8 +47,6 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
 ATTEMPTS = 2  # per request, by the SDK (see _client_config)
 MAX_POOL_CONNECTIONS = 32
-# A presigned GET is sent at once; the lifetime only has to outlast a stalled connection's retry.
-PRESIGN_SECONDS = 900
 READ_BUFSIZE = 256 << 10  # per response; aiohttp pauses the socket at twice this, unread
 # GETs in flight: an API reader holds two (its part and the next one, requested early), so this is
 # room for 64 concurrent downloads before a new one waits for a connection.
@@ -96,10 +95,10 @@ class S3Store:
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
-        self._presigner: bool | None = None  # sigv4.py's URLs: None until checked against botocore's
         self._reader = S3Http(stats=self.stats, connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
                               attempts=attempts, pool=READ_POOL, read_bufsize=READ_BUFSIZE)
-        self._ops = S3Ops(self._reader, self.bucket, self._s3, self.endpoint)
+        self._ops = S3Ops(self._reader, self.bucket, self._s3, self.endpoint,
+                          _static_signer(self.endpoint, self.region, self._access_key, self._secret_key))
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
@@ -252,29 +251,11 @@ class S3Store:
     async def _get(self, full: str, start: int, end: int | None, chunk: int = 0) -> aiohttp.ClientResponse | None:
         """The answer to a GET of [start, end), body unread (read in pieces of up to `chunk`: S3Http.get);
         None when the range starts past the end."""
-        s3 = await self._s3()
         try:
             with self._errors("get", full):
-                url = await self._presign(s3, full)
-                return await self._reader.get(url, _range(start, end), chunk)
+                return await self._ops.get(full, _range(start, end), chunk)
         except s3errors.RangeNotSatisfiable:
             return None
-
-    async def _presign(self, s3: Any, full: str) -> str:
-        """A presigned GET: sigv4.py's (≈ 20 µs) once it gave botocore's URL byte for byte, else botocore's."""
-        if self._presigner is not False:
-            signer = await self._ops.signer(s3)
-            if signer is not None:
-                if self._presigner is None:  # the first GET: check it against botocore
-                    theirs: str = await s3.generate_presigned_url(
-                        "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=PRESIGN_SECONDS)
-                    date = urllib.parse.parse_qs(urllib.parse.urlsplit(theirs).query).get("X-Amz-Date", [""])[0]
-                    self._presigner = signer.url(self.bucket, full, PRESIGN_SECONDS, amz_date=date) == theirs
-                    return theirs
-                return signer.url(self.bucket, full, PRESIGN_SECONDS)
-            self._presigner = False
-        return str(await s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=PRESIGN_SECONDS))
 
     async def head(self, key: str) -> ObjectInfo:
         full = self._key(key)
@@ -364,6 +345,24 @@ class S3Store:
         # OSError: TimeoutError, ConnectionError
         except (BotoCoreError, aiohttp.ClientError, OSError, s3errors.BadAnswer) as exc:
             raise s3errors.translate(exc, op, self._where(full_key), self.endpoint, self.bucket) from exc
+
+
+def _static_signer(endpoint: str | None, region: str, access_key: str | None,
+                   secret_key: str | None) -> Presigner | None:
+    """The signer of the keys botocore's chain would find first when they are static: the config's, else
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN] (its first provider, which even
+    AWS_PROFILE does not override). None, botocore's client then, for anything else: a credential file, a
+    process, SSO, an instance role, keys that expire, or AWS's own endpoints (which botocore's rules pick)."""
+    if not endpoint or not region:
+        return None
+    if access_key or secret_key:
+        # one of the two alone is botocore's PartialCredentialsError, translated with its hint
+        return Presigner(endpoint, region, access_key, secret_key) if access_key and secret_key else None
+    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not env_key or not env_secret or os.environ.get("AWS_CREDENTIAL_EXPIRATION"):
+        return None
+    token = os.environ.get("AWS_SECURITY_TOKEN") or os.environ.get("AWS_SESSION_TOKEN") or None  # botocore's order
+    return Presigner(endpoint, region, env_key, env_secret, token)
 
 
 def _parse_url(url: str) -> tuple[str, str]:

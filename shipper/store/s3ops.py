@@ -1,6 +1,10 @@
-"""S3's PUT, HEAD, ListObjectsV2 and DeleteObjects for s3.py: as requests of our own (signed by sigv4.py,
+"""S3's GET, PUT, HEAD, ListObjectsV2 and DeleteObjects for s3.py: as requests of our own (signed by sigv4.py,
 sent by s3http.py, their answers parsed here: untrusted, a malformed one is BadAnswer, never a wrong
 listing), or botocore's where ours cannot go. Both give the same shapes (`Page`, DeleteObjects' Errors).
+
+With static credentials (the config's keys, or AWS_* variables) our requests never touch botocore: its S3
+client (≈ 16 MB of service model) is created only for botocore's requests (multipart, the fallback) or to
+ask its credential chain for the keys of the moment.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from .sigv4 import Presigner
 
 # A page of 1,000 keys of S3's longest (1,024 bytes, up to 3 bytes each URL-encoded) is ≈ 3.2 MB.
 ANSWER_MAX = 8 << 20
+# A GET botocore presigns (the fallback) is sent at once; the lifetime only has to outlast a stalled connection's retry.
+PRESIGN_SECONDS = 900
 # What a server answers when it cannot check our header signature but may check botocore's.
 SIGNATURE_CODES = {"SignatureDoesNotMatch", "AuthorizationHeaderMalformed"}
 
@@ -51,23 +57,27 @@ class S3Ops:
     """The requests of one bucket: ours, or botocore's for the store's life once a server refused our
     signature and took botocore's (logged once at WARNING).
 
-    Ours are not checked against botocore first: the key derivation and the canonical path are the
-    presigner's, whose URL is checked byte for byte on the store's first GET; the header signature's
-    other parts are checked against botocore's signer by tests/test_sigv4.py; and the server checks
-    every signature, which is what the fallback is for.
+    Ours are not checked against botocore at run time: tests/test_sigv4.py checks our signatures against
+    botocore's signer, and the server checks every signature, which is what the fallback is for.
     """
 
-    def __init__(self, http: S3Http, bucket: str, client: Callable[[], Awaitable[Any]], endpoint: str | None) -> None:
+    def __init__(self, http: S3Http, bucket: str, client: Callable[[], Awaitable[Any]], endpoint: str | None,
+                 static: Presigner | None = None) -> None:
         self.http = http
         self.bucket = bucket
         self._client = client  # botocore's, created on first use
         self._endpoint = endpoint
         self.ours = True
+        self._static = static  # the signer of static credentials: botocore's client is not needed to sign
         self._signer: Presigner | None = None
         self._which: tuple[str, str, str, str, str | None] | None = None  # what _signer was made of
 
-    async def signer(self, s3: Any) -> Presigner | None:
-        """A signer of botocore's credentials of the moment (a refresh gives new ones); None without any."""
+    async def signer(self) -> Presigner | None:
+        """The static credentials' signer, or one of botocore's credentials of the moment (a refresh gives new
+        ones); None without any."""
+        if self._static is not None:
+            return self._static
+        s3 = await self._client()
         creds = getattr(getattr(s3, "_request_signer", None), "_credentials", None)
         frozen = await creds.get_frozen_credentials() if creds is not None else None
         if frozen is None or not frozen.access_key or not frozen.secret_key or not s3.meta.region_name:
@@ -78,17 +88,17 @@ class S3Ops:
         return self._signer
 
     async def _call(self, ours: Callable[[Presigner], Awaitable[T]], botos: Callable[[Any], Awaitable[T]]) -> T:
-        s3 = await self._client()
-        signer = await self.signer(s3) if self.ours else None
+        signer = await self.signer() if self.ours else None
         if signer is None:
-            return await botos(s3)
+            return await botos(await self._client())
         try:
             return await ours(signer)
         except ClientError as exc:
             # A HEAD's answer has no error document: its bare 403 may be a refused signature too.
             if error_code(exc) not in SIGNATURE_CODES and error_code(exc) != "403":
                 raise
-            result = await botos(s3)  # refused too: the credentials are wrong, not our signing; raised
+            # refused too: the credentials are wrong, not our signing; raised
+            result = await botos(await self._client())
             if self.ours:
                 self.ours = False
                 log.warning("the store at %s refused a request signed by logship (%s) and took botocore's; "
@@ -96,7 +106,21 @@ class S3Ops:
                             self._endpoint or "AWS", error_code(exc))
             return result
 
-    # --- the four requests, each ours or botocore's -----------------------------------------
+    # --- the five requests, each ours or botocore's -----------------------------------------
+
+    async def get(self, key: str, headers: dict[str, str], chunk: int = 0) -> aiohttp.ClientResponse:
+        """A GET of an object (`headers`: its Range, if any), the answer's body unread (S3Http.get)."""
+        async def ours(signer: Presigner) -> aiohttp.ClientResponse:
+            url, signed = signer.request("GET", self.bucket, key, headers=headers)
+            return await self.http.get(url, signed, chunk)
+
+        async def botos(s3: Any) -> aiohttp.ClientResponse:
+            # botocore's URL, our pool: its own GET would wrap the body in a reader of its own (s3http.py)
+            url = await s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=PRESIGN_SECONDS)
+            return await self.http.get(str(url), headers, chunk)
+
+        return await self._call(ours, botos)
 
     async def put(self, key: str, body: bytes, md5: str | None) -> None:
         async def ours(signer: Presigner) -> None:
