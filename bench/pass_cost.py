@@ -241,7 +241,7 @@ def _top(prof: cProfile.Profile | None, what: str, n: int = 25) -> str:
 
 
 def _presign_put(s3: s3local.LocalS3, key: str, region: str = "us-east-1") -> str:
-    """A SigV4 query-signed PUT URL (as shipper/store/sigv4.py signs GETs), for the bare PUT's floor."""
+    """A SigV4 query-signed PUT URL, for the bare PUT's floor (no header to sign per request)."""
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     day, scope = amz_date[:8], f"{amz_date[:8]}/{region}/s3/aws4_request"
     k = hmac.new(f"AWS4{s3.secret_key}".encode(), day.encode(), hashlib.sha256).digest()
