@@ -1,10 +1,10 @@
 """The S3 store (`s3://bucket/prefix`, any S3-compatible server).
 
-Requests are header-signed here (sigv4.py: GET, PUT, HEAD, LIST, DeleteObjects) and sent over one aiohttp
-pool (s3http.py, s3ops.py). botocore's client is created only when needed: for multipart uploads
-(s3write.py), for credentials that are not static (its chain: profiles, SSO, instance roles, ...), and for
-every request once a server refused our signature. Errors of both become ObjectNotFound / StoreUnavailable /
-StoreError (s3errors.py).
+Requests are header-signed here (sigv4.py: GET, PUT, HEAD, LIST, DeleteObjects, and listing and aborting
+multipart uploads) and sent over one aiohttp pool (s3http.py, s3ops.py). botocore's client is created only
+when needed: for multipart uploads (s3write.py), for credentials that are not static (its chain: profiles,
+SSO, instance roles, ...), and for every request once a server refused our signature. Errors of both become
+ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, ObjectNotFound, StoreError
 from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
 from .fs import check_dir_prefix, check_key
@@ -40,6 +40,7 @@ MiB = 1 << 20
 SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
 MD5_MAX = 1 * MiB  # PUTs up to this size carry Content-MD5 (see _put_object)
 DELETE_BATCH = 1000  # S3's limit for DeleteObjects
+UPLOADS_PAGE = 1000  # multipart uploads a listing page asks for (S3's most); tests page through fewer
 CONNECT_TIMEOUT = 3.0
 # How long the server may stay silent once a request is sent (aiohttp starts this clock after the
 # body is written and stops it while our reader is paused). SeaweedFS answers a stored 8 MiB part
@@ -317,18 +318,25 @@ class S3Store:
 
     async def abort_uploads(self, prefix: str) -> int:
         full = self.root + check_key(prefix, prefix=True)
-        s3 = await self._s3()
         uploads: list[tuple[str, str]] = []
+        markers = ("", "")
         with self._errors("list multipart uploads under", full):
             try:
-                async for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
-                    uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+                while True:
+                    page = await self._ops.list_uploads(full, *markers, UPLOADS_PAGE)
+                    uploads += page.uploads
+                    if page.next is None:
+                        break
+                    if page.next == markers:  # as botocore's paginator: a server that would loop forever
+                        raise s3errors.BadAnswer("the same markers of multipart uploads twice")
+                    markers = page.next
             except ClientError as exc:
                 # `rclone serve s3` (gofakes3) answers NoSuchUpload for a bucket that never had an upload: none.
                 if s3errors.error_code(exc) != "NoSuchUpload":
                     raise
         for k, upload_id in uploads:
-            await s3write.abort(self, k, upload_id)
+            with contextlib.suppress(ObjectNotFound), self._errors("abort the multipart upload of", k):
+                await self._ops.abort_upload(k, upload_id)  # NoSuchUpload: aborted or completed meanwhile
         return len(uploads)
 
     # --- errors ------------------------------------------------------------------------

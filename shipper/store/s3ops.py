@@ -1,6 +1,7 @@
-"""S3's GET, PUT, HEAD, ListObjectsV2 and DeleteObjects for s3.py: as requests of our own (signed by sigv4.py,
-sent by s3http.py, their answers parsed here: untrusted, a malformed one is BadAnswer, never a wrong
-listing), or botocore's where ours cannot go. Both give the same shapes (`Page`, DeleteObjects' Errors).
+"""S3's GET, PUT, HEAD, ListObjectsV2, DeleteObjects, ListMultipartUploads and AbortMultipartUpload for
+s3.py: as requests of our own (signed by sigv4.py, sent by s3http.py, their answers parsed here: untrusted, a
+malformed one is BadAnswer, never a wrong listing), or botocore's where ours cannot go. Both give the same
+shapes (`Page`, DeleteObjects' Errors, `Uploads`).
 
 With static credentials (the config's keys, or AWS_* variables) our requests never touch botocore: its S3
 client (≈ 16 MB of service model) is created only for botocore's requests (multipart, the fallback) or to
@@ -51,6 +52,21 @@ class Page:
         return cls([(o["Key"], int(o["Size"]), str(o.get("ETag", ""))) for o in resp.get("Contents", ())],
                    [p["Prefix"] for p in resp.get("CommonPrefixes", ())],
                    str(resp.get("NextContinuationToken") or "") if resp.get("IsTruncated") else "")
+
+
+@dataclass
+class Uploads:
+    """One ListMultipartUploads answer: (full key, upload id) of each upload, and the markers of the next
+    page (key-marker, upload-id-marker) when there is more."""
+
+    uploads: list[tuple[str, str]] = field(default_factory=list)
+    next: tuple[str, str] | None = None
+
+    @classmethod
+    def of_botocore(cls, resp: dict[str, Any]) -> Uploads:
+        more = (str(resp.get("NextKeyMarker") or ""), str(resp.get("NextUploadIdMarker") or ""))
+        return cls([(u["Key"], u["UploadId"]) for u in resp.get("Uploads", ())],
+                   more if resp.get("IsTruncated") else None)
 
 
 class S3Ops:
@@ -106,7 +122,7 @@ class S3Ops:
                             self._endpoint or "AWS", error_code(exc))
             return result
 
-    # --- the five requests, each ours or botocore's -----------------------------------------
+    # --- the requests, each ours or botocore's ----------------------------------------------
 
     async def get(self, key: str, headers: dict[str, str], chunk: int = 0) -> aiohttp.ClientResponse:
         """A GET of an object (`headers`: its Range, if any), the answer's body unread (S3Http.get)."""
@@ -184,6 +200,58 @@ class S3Ops:
             return list(resp.get("Errors", ()))
 
         return await self._call(ours, botos)
+
+    async def list_uploads(self, prefix: str, key_marker: str = "", upload_id_marker: str = "",
+                           max_uploads: int = 1000) -> Uploads:
+        """One ListMultipartUploads request: the uploads under `prefix` (full keys) after the markers."""
+        async def ours(signer: Presigner) -> Uploads:
+            query = {"uploads": "", "prefix": prefix, "max-uploads": str(max_uploads)}
+            query.update((name, value) for name, value in (("key-marker", key_marker),
+                                                           ("upload-id-marker", upload_id_marker)) if value)
+            url, headers = signer.request("GET", self.bucket, "", query)
+            return parse_uploads(await _read(await self.http.send("list_multipart_uploads", "GET", url, headers)),
+                                 prefix)
+
+        async def botos(s3: Any) -> Uploads:
+            extra = {name: value for name, value in (("KeyMarker", key_marker), ("UploadIdMarker", upload_id_marker))
+                     if value}
+            return Uploads.of_botocore(await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix,
+                                                                       MaxUploads=max_uploads, **extra))
+
+        return await self._call(ours, botos)
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload; a gone upload is S3's NoSuchUpload (ClientError), for the caller."""
+        async def ours(signer: Presigner) -> None:
+            url, headers = signer.request("DELETE", self.bucket, key, {"uploadId": upload_id})
+            await _read(await self.http.send("abort_multipart_upload", "DELETE", url, headers))
+
+        async def botos(s3: Any) -> None:
+            await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+        await self._call(ours, botos)
+
+
+def parse_uploads(body: bytes, prefix: str) -> Uploads:
+    """A ListMultipartUploadsResult: each upload must have a key under `prefix` (a server that ignored it
+    would have us abort other writers' uploads) and an id; a truncated one must say where to go on from."""
+    root, ns = _root(body)
+    if root.tag != f"{ns}ListMultipartUploadsResult":
+        raise BadAnswer(f"a {root.tag[len(ns):]!r} document for a list of multipart uploads")
+    decode = _unquote if root.findtext(f"{ns}EncodingType") == "url" else str
+    out = Uploads()
+    for u in root.iterfind(f"{ns}Upload"):
+        key, upload_id = u.findtext(f"{ns}Key"), u.findtext(f"{ns}UploadId")
+        if not key or not upload_id:
+            raise BadAnswer("a multipart upload without a key or an id")
+        if not (key := decode(key)).startswith(prefix):
+            raise BadAnswer(f"a multipart upload of {key!r}, not under the prefix {prefix!r} asked for")
+        out.uploads.append((key, upload_id))
+    if root.findtext(f"{ns}IsTruncated") == "true":
+        out.next = (decode(root.findtext(f"{ns}NextKeyMarker") or ""), root.findtext(f"{ns}NextUploadIdMarker") or "")
+        if out.next == ("", ""):  # SeaweedFS sends only NextUploadIdMarker (botocore's paginator goes on from it)
+            raise BadAnswer("a truncated list of multipart uploads without a marker to go on from")
+    return out
 
 
 def parse_list(body: bytes) -> Page:
