@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import botocore.auth  # type: ignore[import-untyped]
@@ -18,9 +19,13 @@ from botocore.exceptions import PartialCredentialsError  # type: ignore[import-u
 
 from shipper.config import StoreConfig
 from shipper.errors import ObjectNotFound
+from shipper.format import reader
 from shipper.store import open_store
 from shipper.store.s3 import S3Store
 from shipper.store.sigv4 import Presigner
+from shipper.watcher import Watcher
+
+from .support import MakeConfig, agent_env, run_agent, spooled
 
 KEYS = ["p/catalog/v1/parts/day=2026-01-01/0000000000000000001-00000000000000aa.parquet",
         "p/catalog/v1/head/r-ffff~t~h~1ffff~W10", "a b/ü+%&=?.json", "logs/t/h/manifest.json"]
@@ -47,6 +52,29 @@ def test_a_header_signature_is_botocores(endpoint: str, token: str | None, monke
                                   "eu-west-3").add_auth(theirs)
         assert {k.lower(): v for k, v in theirs.headers.items()} == {k: v for k, v in sent.items() if k != "host"}
         assert sent["host"] == urllib.parse.urlsplit(url).netloc
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("make_config", ["s3", "rclone"], indirect=True)
+async def test_a_watcher_with_static_keys_ships_a_log_without_botocores_client(make_config: MakeConfig) -> None:
+    """The start of a log aborts uploads a crashed watcher left (ListMultipartUploads): ours too, so one ship
+    of a small log never creates botocore's S3 client (≈ 16 MB of the watcher's memory)."""
+    cfg = make_config()
+    res = run_agent(cfg.spool_dir, "small", ["sh", "-c", "seq 1 1000; echo oops >&2"], env=agent_env(cfg))
+    store = open_store(cfg.store)
+    assert isinstance(store, S3Store)
+    try:
+        w = Watcher(cfg, store)
+        await w.run_once()
+        while await w.copies.drain():  # as `logship watch --once`: the query copies, then their manifest
+            await w.run_once()
+        assert w.stats["segments_uploaded"] >= 1
+        assert await reader.read_all(store, "small", "h1") == spooled(cfg.spool_dir, "small")
+        assert await reader.read_all(store, "small", "h1", "stdout") == res.stdout
+        assert store.stats.requests["list_multipart_uploads"] >= 1
+        assert store._client is None and store._ops.ours
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -152,3 +180,51 @@ def test_no_static_signer_without_an_endpoint() -> None:
     """AWS's own endpoints are botocore's rules to pick (region, FIPS, dual-stack): its client signs."""
     cfg = StoreConfig(url="s3://bk/p", region="eu-west-3", access_key="AK", secret_key="sk")
     assert S3Store(cfg)._ops._static is None
+
+
+class _Sent(Exception):
+    """Raised by the hook below: the request botocore would send, signed, goes no further."""
+
+
+@pytest.mark.parametrize("token", [None, "session/token+="])
+def test_multipart_upload_requests_are_signed_as_botocores(token: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListMultipartUploads (paged) and AbortMultipartUpload: the URL's path and query and the Authorization
+    header of ours are those of the request botocore's S3 client sends (its serializer, not our reading of it)."""
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: datetime.datetime(2026, 12, 5, 3, 4, 5))
+    endpoint, prefix, key = "http://127.0.0.1:8333", "p/logs/a b+ü=&/", "p/logs/a b+ü=&/h/00000001.log"
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="eu-west-3", endpoint_url=endpoint, aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="wJal/rXUtnFEMI+K7MDENG", aws_session_token=token,
+        config=BotoConfig(s3={"addressing_style": "path", "payload_signing_enabled": False},
+                          retries={"total_max_attempts": 1}, request_checksum_calculation="when_required"))
+    sent: list[AWSRequest] = []
+
+    def capture(request: AWSRequest, **_: object) -> None:
+        sent.append(request)
+        raise _Sent
+
+    client.meta.events.register("before-send.s3", capture)
+    ours = Presigner(endpoint, "eu-west-3", "AKIDEXAMPLE", "wJal/rXUtnFEMI+K7MDENG", token)
+    cases: list[tuple[Callable[[], object], tuple[str, str, dict[str, str]]]] = [
+        (lambda: client.list_multipart_uploads(Bucket="bk", Prefix=prefix, MaxUploads=1000),
+         ("GET", "", {"uploads": "", "prefix": prefix, "max-uploads": "1000"})),
+        (lambda: client.list_multipart_uploads(Bucket="bk", Prefix=prefix, MaxUploads=1, KeyMarker=key,
+                                               UploadIdMarker="id/+="),
+         ("GET", "", {"uploads": "", "prefix": prefix, "max-uploads": "1", "key-marker": key,
+                      "upload-id-marker": "id/+="})),
+        (lambda: client.abort_multipart_upload(Bucket="bk", Key=key, UploadId="2~a/b+c="),
+         ("DELETE", key, {"uploadId": "2~a/b+c="})),
+    ]
+    for call, (method, k, query) in cases:
+        with pytest.raises(_Sent):
+            call()
+        theirs = sent.pop()
+        url, headers = ours.request(method, "bk", k, query, amz_date="20261205T030405Z")
+        assert theirs.method == method
+        ours_url, their_url = urllib.parse.urlsplit(url), urllib.parse.urlsplit(theirs.url)
+        assert ours_url.path == their_url.path
+        assert (urllib.parse.parse_qs(ours_url.query, keep_blank_values=True)
+                == urllib.parse.parse_qs(their_url.query, keep_blank_values=True))
+        signed = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in theirs.headers.items()
+                  if k.lower() in ("authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token")}
+        assert {k: v for k, v in headers.items() if k != "host"} == signed
