@@ -1,5 +1,5 @@
 """AWS Signature Version 4 without botocore's request machinery: header-signed requests (GET, PUT, HEAD,
-LIST, DeleteObjects) for one set of credentials.
+LIST, DeleteObjects, ListMultipartUploads, AbortMultipartUpload) for one set of credentials.
 
 botocore presigns a GET in ≈ 0.4 ms of event-loop CPU (endpoint rules, event hooks, a request object) and
 sends any other request in ≈ 2 ms; a catalog rebuild GETs one manifest per log, a checkpoint is one PUT.
