@@ -62,20 +62,22 @@ for k in range(0, len(out), 100_000):
 
 
 def all_rows(page: Page) -> list[dict[str, Any]]:
-    """Every row (numbered and partial): number, text without its "… more" note, the note, and its classes."""
+    """Every row (numbered and partial): number, text without its "… more" note, the note, and its classes (`cont`:
+    begun before the bytes read; `maybe`: may have, its start not found)."""
     got: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r, #partial .r", """els => els.map(e => {
         const x = e.querySelector('.x'), cut = [...x.querySelectorAll('.cut')].map((c) => c.textContent);
         let text = '';
         for (const n of x.childNodes) if (!(n.classList && n.classList.contains('cut'))) text += n.textContent;
         return {n: e.dataset.n ? Number(e.dataset.n) : null, text, cut: cut.join(''),
-                partial: e.classList.contains('partial'), cont: e.classList.contains('cont')};
+                partial: e.classList.contains('partial'), cont: e.classList.contains('cont'),
+                maybe: e.classList.contains('maybe')};
     })""")
     return got
 
 
 def expected(lines: list[str]) -> list[dict[str, Any]]:
     """The rows of `lines`: a long one shows its first SHOWN characters and counts the others, exactly."""
-    return [{"n": i + 1, "text": s[:SHOWN], "partial": False, "cont": False,
+    return [{"n": i + 1, "text": s[:SHOWN], "partial": False, "cont": False, "maybe": False,
              "cut": f" … {len(s) - SHOWN} more characters (in the download)" if len(s) > SHOWN else ""}
             for i, s in enumerate(lines)]
 
@@ -156,14 +158,15 @@ def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[...
 ERR_W, ERR_GAP, ERR_LINES = 5000, 1200, 1280
 
 
-def split_task(log_dir: Path) -> str:
+def split_task(log_dir: Path, middle: str = "B" * 1000) -> str:
+    """The line's parts: A, `middle` (none when empty), C."""
     return put(log_dir) + f"""
 def errs(a, b):
     put(sys.stderr, ''.join('e %05d %s\\n' % (i, '.' * {ERR_W - 8}) for i in range(a, b)))
 put(sys.stdout, 'first\\n')
 put(sys.stdout, 'A' * 1000)
 errs(0, {ERR_GAP})
-put(sys.stdout, 'B' * 1000)
+if {middle!r}: put(sys.stdout, {middle!r})
 errs({ERR_GAP}, {ERR_LINES})
 put(sys.stdout, 'C\\n')
 """
@@ -186,6 +189,27 @@ def test_a_count_the_walk_gave_up_on_says_at_least(stack: Callable[..., Stack], 
     last = all_rows(page)[-1]
     assert (last["n"], last["text"], last["cut"], last["cont"]) == (
         len(lines), "C", " … ≥ 1000 more characters (in the download)", True), last
+    scroll_to_top(page)
+    assert all_rows(page) == expected(lines)
+
+
+def test_a_line_whose_walk_found_none_of_its_start_may_have_begun_before(stack: Callable[..., Stack],
+                                                                        page: Page) -> None:
+    """As above without the middle part: the walk back from the window finds no byte of the line before it gives
+    up, so the count says nothing, and whether the line began before is not known: its row says it may have,
+    with no count. Scrolled to the top, the row holds the whole line, exactly, and says nothing more."""
+    st = stack()
+    assert st.run("split", split_task(st.spool / "split" / "h1", "")).returncode == 0
+    errs = [f"e {i:05d} {'.' * (ERR_W - 8)}" for i in range(ERR_LINES)]
+    lines = ["first", *errs, "A" * 1000 + "C"]
+    assert spooled(st.spool, "split") == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs) + "C\n").encode()
+    st.serve()
+    page.goto(f"{st.base}/#/t/split/h1")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
+    got = all_rows(page)
+    assert got[-1] == {"n": len(lines), "text": "C", "cut": "", "partial": False, "cont": False, "maybe": True}, got[-1]
+    assert not any(r["cont"] or r["maybe"] for r in got[:-1])  # a stderr line begins each row but the first
     scroll_to_top(page)
     assert all_rows(page) == expected(lines)
 
@@ -215,7 +239,7 @@ put(sys.stdout, 'last\\n')
     assert {lines[r["n"] - 1][:1] for r in all_rows(page)} == {"e"}  # the window holds stderr lines only
     scroll_to_top(page)
     got = all_rows(page)
-    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False,
+    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False, "maybe": False,
                        "cut": " … 1 more characters (in the download)"}, got[-1]
     scroll_to_end(page)
     assert all_rows(page) == expected(lines)
@@ -225,7 +249,7 @@ put(sys.stdout, 'last\\n')
     page.wait_for_selector("#rows .r.hit")
     scroll_to_end(page)
     row = next(r for r in all_rows(page) if r["n"] == len(lines) - 1)
-    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True,
+    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True, "maybe": False,
                    "cut": " … 1000 more characters (in the download)"}, row
     scroll_to_top(page)
     assert all_rows(page) == expected(lines)

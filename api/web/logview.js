@@ -165,6 +165,7 @@ export class LogView extends RowWindow {
       const after = await measureAfter(this.path, this.hi, Math.max(this.liveEnd, this.hi), across, this.signal);
       if (gen !== this.gen || this.lo !== lo) return;
       this.joinEarlier(asm, rows, after); // the lines open at lo go on in the rows here
+      this.knownStart(asm, a === 0); // the others begin at lo or later
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
