@@ -169,8 +169,20 @@ export class LogView extends RowWindow {
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
+      if (this.following) this.scrollBottom(); // a view filled from above while it follows stays at the end
+      else if (this.upBy) this.log.scrollTop -= this.upBy; // up at the top (upAtTop): the view moves up into them
+      this.upBy = 0;
     })();
     this.settle();
+  }
+
+  // Up at the top of the view (pane.js): the user asks for earlier rows. Following ends, they are read, and the
+  // view moves up by `dy` once they are in, as the wheel or key would have moved it had they been there.
+  upAtTop(dy) {
+    if (this.lo <= 0) return;
+    this.setFollowing(false);
+    this.upBy = dy; // for the read under way (a view being filled), or this one
+    this.loadEarlier();
   }
 
   // Later bytes, as the user scrolls down a window that no longer holds the end.
@@ -207,7 +219,8 @@ export class LogView extends RowWindow {
   }
 
   settle() {
-    this.loading.catch((e) => this.failed(e)).finally(() => {
+    // a read that failed stops the filling of a view its rows do not fill (checkEdges) until one succeeds
+    this.loading.then(() => { this.erred = false; }, (e) => { this.erred = true; this.failed(e); }).finally(() => {
       this.loading = null;
       this.checkEdges();
     });
@@ -218,7 +231,10 @@ export class LogView extends RowWindow {
     this.showEdges();
     if (this.loading) return;
     const margin = this.log.clientHeight;
-    if (this.log.scrollTop < margin && this.lo > 0 && !this.following) this.loadEarlier();
+    // rows that do not fill the view (a few long lines at the log's end, a tall window) leave nothing to scroll:
+    // earlier ones are read, following or not, until they fill it (a bound: rows hidden by a toggle fill nothing)
+    const unfilled = this.log.scrollHeight <= margin && this.rows.length < MAX_ROWS / 2 && !this.erred;
+    if (this.lo > 0 && ((this.log.scrollTop < margin && !this.following) || unfilled)) this.loadEarlier();
     else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
       this.loadLater();
     }
