@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from .browser import MAX_ROWS, Page, Stack, wait_for
+from .browser import MAX_ROWS, Page, Stack, all_rows, expected_rows, spool_put, wait_for
 from .support import spooled
-from .test_web_scrollup import all_rows, expected, put
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -65,7 +64,7 @@ def test_a_view_its_end_does_not_fill_reads_earlier_bytes_and_follows(stack: Cal
     st = stack()
     go = st.tmp / "go"
     st.serve()
-    st.start("few", put(st.spool / "few" / "h1") + f"""
+    st.start("few", spool_put(st.spool / "few" / "h1") + f"""
 out = {shorts_py(SHORT)}
 for k in range(0, len(out), 100_000):
     put(sys.stdout, out[k:k + 100_000])
@@ -91,7 +90,7 @@ put(sys.stdout, 'last line\\n')
     page.wait_for_selector("#log-status[data-status=finished]")
     assert at_bottom(page), "the view left the end"
     wheel_to_top(page)
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)
 
 
 @pytest.mark.parametrize("how", ["wheel", "PageUp"])
@@ -101,7 +100,7 @@ def test_up_at_the_top_of_a_view_its_rows_do_not_fill_reads_earlier(stack: Calla
     nothing to scroll. Up at its top reads earlier bytes (stdout lines) and ends following; wheeled up from there,
     line 1 comes, each line once, in order."""
     st = stack()
-    assert st.run("hid", put(st.spool / "hid" / "h1") + f"""
+    assert st.run("hid", spool_put(st.spool / "hid" / "h1") + f"""
 out = {shorts_py(SHORT)}
 for k in range(0, len(out), 100_000):
     put(sys.stdout, out[k:k + 100_000])
@@ -133,4 +132,4 @@ put(sys.stderr, {ERRS})
     maybe: set[int] = set()
     wheel_to_top(page, lambda: maybe.update(r["n"] for r in all_rows(page) if r["maybe"]))
     assert maybe == {SHORT + 1}, maybe
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)
