@@ -17,6 +17,10 @@ import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, measur
 import { RowWindow } from './rowwindow.js';
 import { Tail, showConn } from './tail.js';
 
+// reads at most that fill a view by themselves (checkEdges): 2 MiB or more (a read takes whole chunks, up to
+// 1 MiB), a screen of lines up to 50 KB long; a log that ends in a longer line is not read back to its start unasked
+const FILL_READS = 8;
+
 export class LogView extends RowWindow {
   constructor(task, host, at) {
     super();
@@ -27,6 +31,7 @@ export class LogView extends RowWindow {
     this.gen = 0; // bumped by each new window: answers for an older window are dropped
     this.loading = null;
     this.flushTimer = null;
+    this.fills = 0; // reads that filled the view by themselves (checkEdges), since the window was made
   }
 
   async open() {
@@ -91,6 +96,7 @@ export class LogView extends RowWindow {
     const after = await measureAfter(this.path, hi, Math.max(this.liveEnd, hi), asm.pending.keys(), this.signal);
     if (gen !== this.gen || this.closed) return false;
     this.clear();
+    this.fills = 0;
     this.after = after;
     this.lo = lo;
     this.hi = hi;
@@ -181,6 +187,7 @@ export class LogView extends RowWindow {
   upAtTop(dy) {
     if (this.lo <= 0) return;
     this.setFollowing(false);
+    this.fills = 0;
     this.upBy = dy; // for the read under way (a view being filled), or this one
     this.loadEarlier();
   }
@@ -232,10 +239,15 @@ export class LogView extends RowWindow {
     if (this.loading) return;
     const margin = this.log.clientHeight;
     // rows that do not fill the view (a few long lines at the log's end, a tall window) leave nothing to scroll:
-    // earlier ones are read, following or not, until they fill it (a bound: rows hidden by a toggle fill nothing)
-    const unfilled = this.log.scrollHeight <= margin && this.rows.length < MAX_ROWS / 2 && !this.erred;
-    if (this.lo > 0 && ((this.log.scrollTop < margin && !this.following) || unfilled)) this.loadEarlier();
-    else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
+    // earlier ones are read, following or not, until they fill it; bounded (rows hidden by a toggle fill nothing,
+    // nor do the parts of one enormous line): up at the top (upAtTop) goes on from there
+    const near = this.log.scrollTop < margin && !this.following;
+    const unfilled = this.log.scrollHeight <= margin && this.rows.length < MAX_ROWS / 2 && !this.erred
+      && this.fills < FILL_READS;
+    if (this.lo > 0 && (near || unfilled)) {
+      if (!near) this.fills++;
+      this.loadEarlier();
+    } else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
       this.loadLater();
     }
   }
