@@ -1,4 +1,4 @@
-"""Helpers for the browser tests (tests/test_web.py, tests/test_web_nav.py): a real stack (SeaweedFS, agents,
+"""Helpers for the browser tests (tests/test_web*.py): a real stack (SeaweedFS, agents,
 a watcher, `logship serve`), Debian's chromium driven by Playwright, and ways to read the page's rows."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_ROWS = 5000  # app.js keeps at most this many line elements
+SHOWN = 20_000  # lines.js MAX_LINE_CHARS: what a row shows of a longer line
 
 Browser = Any  # playwright.sync_api.Browser (imported only when the browser tests run)
 Page = Any
@@ -176,3 +177,39 @@ def texts(page: Page) -> list[str]:
 def conn_state(page: Page) -> str:
     state: str = page.get_attribute("#conn", "data-state")
     return state
+
+
+def all_rows(page: Page) -> list[dict[str, Any]]:
+    """Every row of the log view (numbered and partial): number, text without its "… more" note, the note, and its
+    classes (`cont`: begun before the bytes read; `maybe`: may have, its start not found)."""
+    got: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r, #partial .r", """els => els.map(e => {
+        const x = e.querySelector('.x'), cut = [...x.querySelectorAll('.cut')].map((c) => c.textContent);
+        let text = '';
+        for (const n of x.childNodes) if (!(n.classList && n.classList.contains('cut'))) text += n.textContent;
+        return {n: e.dataset.n ? Number(e.dataset.n) : null, text, cut: cut.join(''),
+                partial: e.classList.contains('partial'), cont: e.classList.contains('cont'),
+                maybe: e.classList.contains('maybe')};
+    })""")
+    return got
+
+
+def expected_rows(lines: list[str]) -> list[dict[str, Any]]:
+    """The rows of `lines`: a long one shows its first SHOWN characters and counts the others, exactly."""
+    return [{"n": i + 1, "text": s[:SHOWN], "partial": False, "cont": False, "maybe": False,
+             "cut": f" … {len(s) - SHOWN} more characters (in the download)" if len(s) > SHOWN else ""}
+            for i, s in enumerate(lines)]
+
+
+def spool_put(log_dir: Path) -> str:
+    """A task's `put(f, s)`: s written to f, and waited for until the spool holds it (a line's part without its
+    end goes there after 50 ms), so the log's chunks are known: a long line is several (partial) ones, not one
+    the agent read whole, and each stream's parts lie in the order written."""
+    return f"""
+import glob, os, sys, time
+written = 0
+def put(f, s):
+    global written
+    f.write(s); f.flush(); written += len(s.encode())
+    while sum(os.path.getsize(p) for p in glob.glob({str(log_dir)!r} + '/????????.log*')) < written:
+        time.sleep(0.01)
+"""

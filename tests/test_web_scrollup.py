@@ -8,16 +8,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .browser import Page, Stack, wait_for
+from .browser import SHOWN, Page, Stack, all_rows, expected_rows, spool_put, wait_for
 from .support import spooled
 
 pytestmark = pytest.mark.timeout(180)
 
-SHOWN = 20_000  # lines.js MAX_LINE_CHARS: what a row shows of a longer line
 SHORT = 200  # short lines on each side: more rows than a screen, fewer than a read
 
 
@@ -39,45 +37,11 @@ LOGS = {
 }
 
 
-def put(log_dir: Path) -> str:
-    """A task's `put(f, s)`: s written to f, and waited for until the spool holds it (a line's part without its
-    end goes there after 50 ms), so the log's chunks are known: a long line is several (partial) ones, not one
-    the agent read whole, and each stream's parts lie in the order written."""
-    return f"""
-import glob, os, sys, time
-written = 0
-def put(f, s):
-    global written
-    f.write(s); f.flush(); written += len(s.encode())
-    while sum(os.path.getsize(p) for p in glob.glob({str(log_dir)!r} + '/????????.log*')) < written:
-        time.sleep(0.01)
-"""
-
-
 # The log written 100 KB at a time.
 WRITE = """
 for k in range(0, len(out), 100_000):
     put(sys.stdout, out[k:k + 100_000])
 """
-
-
-def all_rows(page: Page) -> list[dict[str, Any]]:
-    """Every row (numbered and partial): number, text without its "… more" note, the note, and its classes."""
-    got: list[dict[str, Any]] = page.eval_on_selector_all("#rows .r, #partial .r", """els => els.map(e => {
-        const x = e.querySelector('.x'), cut = [...x.querySelectorAll('.cut')].map((c) => c.textContent);
-        let text = '';
-        for (const n of x.childNodes) if (!(n.classList && n.classList.contains('cut'))) text += n.textContent;
-        return {n: e.dataset.n ? Number(e.dataset.n) : null, text, cut: cut.join(''),
-                partial: e.classList.contains('partial'), cont: e.classList.contains('cont')};
-    })""")
-    return got
-
-
-def expected(lines: list[str]) -> list[dict[str, Any]]:
-    """The rows of `lines`: a long one shows its first SHOWN characters and counts the others, exactly."""
-    return [{"n": i + 1, "text": s[:SHOWN], "partial": False, "cont": False,
-             "cut": f" … {len(s) - SHOWN} more characters (in the download)" if len(s) > SHOWN else ""}
-            for i, s in enumerate(lines)]
 
 
 def scroll_to_top(page: Page, each: Callable[[], None] = lambda: None) -> None:
@@ -95,7 +59,7 @@ def scroll_to_top(page: Page, each: Callable[[], None] = lambda: None) -> None:
 def test_scrolling_up_into_a_long_line_joins_its_rows(stack: Callable[..., Stack], page: Page, case: str) -> None:
     st = stack()
     lines: list[str] = eval(LOGS[case])  # noqa: S307  (this file's own expressions)
-    script = "\n".join([put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
+    script = "\n".join([spool_put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
                          inspect.getsource(shorts), f"out = ''.join(s + '\\n' for s in {LOGS[case]})", WRITE])
     assert st.run("up", script).returncode == 0
     assert spooled(st.spool, "up") == "".join(s + "\n" for s in lines).encode()
@@ -112,11 +76,11 @@ def test_scrolling_up_into_a_long_line_joins_its_rows(stack: Callable[..., Stack
     def counted() -> None:  # at each step, a long line's row counts all of it but what it shows
         for r in all_rows(page):
             if r["n"] and len(lines[r["n"] - 1]) > SHOWN:
-                assert r["cut"] == expected(lines)[r["n"] - 1]["cut"], (r["n"], r["cut"])
+                assert r["cut"] == expected_rows(lines)[r["n"] - 1]["cut"], (r["n"], r["cut"])
 
     scroll_to_top(page, counted)
     got = all_rows(page)
-    want = expected(lines)
+    want = expected_rows(lines)
     assert [r["n"] for r in got] == [r["n"] for r in want]  # one row a line, in order, none partial
     for g, w in zip(got, want, strict=True):
         assert g == w, ({k: (v[:40] if isinstance(v, str) else v) for k, v in g.items()},
@@ -138,7 +102,7 @@ def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[...
     Scrolled up, its earlier bytes join it; scrolled down, its end does: one row, from its first byte."""
     st = stack()
     lines: list[str] = eval(LOGS["middle"])  # noqa: S307  (this file's own expressions)
-    script = "\n".join([put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
+    script = "\n".join([spool_put(st.spool / "up" / "h1"), f"SHORT = {SHORT}", inspect.getsource(long_line),
                         inspect.getsource(shorts), f"out = ''.join(s + '\\n' for s in {LOGS['middle']})", WRITE])
     assert st.run("up", script).returncode == 0
     at = spooled(st.spool, "up").index(b"A037500.")  # the line's middle
@@ -147,7 +111,7 @@ def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[...
     page.wait_for_selector("#log-status[data-status=finished]")
     scroll_to_top(page)
     scroll_to_end(page)
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)
 
 
 # A stdout line written in three parts, stderr lines between them: 6 MB between its first two parts, more than
@@ -156,14 +120,15 @@ def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[...
 ERR_W, ERR_GAP, ERR_LINES = 5000, 1200, 1280
 
 
-def split_task(log_dir: Path) -> str:
-    return put(log_dir) + f"""
+def split_task(log_dir: Path, middle: str = "B" * 1000) -> str:
+    """The line's parts: A, `middle` (none when empty), C."""
+    return spool_put(log_dir) + f"""
 def errs(a, b):
     put(sys.stderr, ''.join('e %05d %s\\n' % (i, '.' * {ERR_W - 8}) for i in range(a, b)))
 put(sys.stdout, 'first\\n')
 put(sys.stdout, 'A' * 1000)
 errs(0, {ERR_GAP})
-put(sys.stdout, 'B' * 1000)
+if {middle!r}: put(sys.stdout, {middle!r})
 errs({ERR_GAP}, {ERR_LINES})
 put(sys.stdout, 'C\\n')
 """
@@ -187,7 +152,28 @@ def test_a_count_the_walk_gave_up_on_says_at_least(stack: Callable[..., Stack], 
     assert (last["n"], last["text"], last["cut"], last["cont"]) == (
         len(lines), "C", " … ≥ 1000 more characters (in the download)", True), last
     scroll_to_top(page)
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)
+
+
+def test_a_line_whose_walk_found_none_of_its_start_may_have_begun_before(stack: Callable[..., Stack],
+                                                                        page: Page) -> None:
+    """As above without the middle part: the walk back from the window finds no byte of the line before it gives
+    up, so the count says nothing, and whether the line began before is not known: its row says it may have,
+    with no count. Scrolled to the top, the row holds the whole line, exactly, and says nothing more."""
+    st = stack()
+    assert st.run("split", split_task(st.spool / "split" / "h1", "")).returncode == 0
+    errs = [f"e {i:05d} {'.' * (ERR_W - 8)}" for i in range(ERR_LINES)]
+    lines = ["first", *errs, "A" * 1000 + "C"]
+    assert spooled(st.spool, "split") == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs) + "C\n").encode()
+    st.serve()
+    page.goto(f"{st.base}/#/t/split/h1")
+    page.wait_for_selector("#log-status[data-status=finished]")
+    wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
+    got = all_rows(page)
+    assert got[-1] == {"n": len(lines), "text": "C", "cut": "", "partial": False, "cont": False, "maybe": True}, got[-1]
+    assert not any(r["cont"] or r["maybe"] for r in got[:-1])  # a stderr line begins each row but the first
+    scroll_to_top(page)
+    assert all_rows(page) == expected_rows(lines)
 
 
 def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable[..., Stack], page: Page) -> None:
@@ -197,7 +183,7 @@ def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable
     as a line begun before, counted; then up, its first part joins it."""
     st = stack()
     errs = [f"e {i:05d} {'.' * 992}" for i in range(600)]
-    assert st.run("across", put(st.spool / "across" / "h1") + """
+    assert st.run("across", spool_put(st.spool / "across" / "h1") + """
 put(sys.stdout, 'first\\n')
 put(sys.stdout, 'A' * 1000)
 for k in range(0, 600, 100):
@@ -215,17 +201,17 @@ put(sys.stdout, 'last\\n')
     assert {lines[r["n"] - 1][:1] for r in all_rows(page)} == {"e"}  # the window holds stderr lines only
     scroll_to_top(page)
     got = all_rows(page)
-    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False,
+    assert got[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False, "maybe": False,
                        "cut": " … 1 more characters (in the download)"}, got[-1]
     scroll_to_end(page)
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)
 
     # the other way: scrolled down first, the line's end shows, begun before (its first part counted); then up
     page.goto(f"{st.base}/#/t/across/h1?at={data.index(errs[301].encode())}")
     page.wait_for_selector("#rows .r.hit")
     scroll_to_end(page)
     row = next(r for r in all_rows(page) if r["n"] == len(lines) - 1)
-    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True,
+    assert row == {"n": len(lines) - 1, "text": "B", "partial": False, "cont": True, "maybe": False,
                    "cut": " … 1000 more characters (in the download)"}, row
     scroll_to_top(page)
-    assert all_rows(page) == expected(lines)
+    assert all_rows(page) == expected_rows(lines)

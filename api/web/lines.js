@@ -89,7 +89,11 @@ function concat(arrays) {
 export const STREAM_CLASS = { stdout: 'o', stderr: 'e', unknown: 'u' };
 
 export function rowElement(row, host) {
-  const r = el('div', `r ${STREAM_CLASS[row.stream] || 'u'}${row.partial ? ' partial' : ''}${row.before ? ' cont' : ''}`);
+  // begun before the bytes read (`before` of it there); or maybe: a walk back gave up (`low`) having found none
+  // of it, which says nothing either way (the index does not mark a chunk that goes on with a line)
+  const begun = row.before ? ' cont' : row.low ? ' maybe' : '';
+  const r = el('div', `r ${STREAM_CLASS[row.stream] || 'u'}${row.partial ? ' partial' : ''}${begun}`);
+  if (begun === ' maybe') r.title = 'this line may have begun before: its start was not found (the download has it)';
   r.dataset.stream = row.stream;
   if (row.n != null) r.dataset.n = row.n;
   r.append(el('span', 'n', row.n == null ? '' : String(row.n)));
@@ -99,11 +103,13 @@ export function rowElement(row, host) {
   let text = terminalText(row.text);
   // what the row does not show: past MAX_LINE_CHARS, and the bytes of its line outside the bytes read (a
   // view opened inside a long line: `before`, and `after` for a line the window's end cuts), counted as
-  // characters (exact for ASCII); `low`: a walk for them gave up, so more may lie there ("≥ N")
+  // characters (exact for ASCII); `low`, `lowAfter`: a walk for them gave up, so more may lie there ("≥ N"; a
+  // count of 0 shows no note, the line's "begun before" mark says it)
   const more = Math.max(0, text.length - MAX_LINE_CHARS) + (row.before || 0) + (row.after || 0);
   text = text.slice(0, MAX_LINE_CHARS);
   renderAnsi(text, x);
-  if (more) x.append(el('span', 'cut', ` … ${row.low ? '≥ ' : ''}${more} more characters (in the download)`));
+  const low = row.low || row.lowAfter;
+  if (more) x.append(el('span', 'cut', ` … ${low ? '≥ ' : ''}${more} more characters (in the download)`));
   r.append(x);
   return r;
 }

@@ -17,6 +17,10 @@ import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, measur
 import { RowWindow } from './rowwindow.js';
 import { Tail, showConn } from './tail.js';
 
+// reads at most that fill a view by themselves (checkEdges): 2 MiB or more (a read takes whole chunks, up to
+// 1 MiB), a screen of lines up to 50 KB long; a log that ends in a longer line is not read back to its start unasked
+const FILL_READS = 8;
+
 export class LogView extends RowWindow {
   constructor(task, host, at) {
     super();
@@ -27,6 +31,7 @@ export class LogView extends RowWindow {
     this.gen = 0; // bumped by each new window: answers for an older window are dropped
     this.loading = null;
     this.flushTimer = null;
+    this.fills = 0; // reads that filled the view by themselves (checkEdges), since the window was made
   }
 
   async open() {
@@ -91,6 +96,7 @@ export class LogView extends RowWindow {
     const after = await measureAfter(this.path, hi, Math.max(this.liveEnd, hi), asm.pending.keys(), this.signal);
     if (gen !== this.gen || this.closed) return false;
     this.clear();
+    this.fills = 0;
     this.after = after;
     this.lo = lo;
     this.hi = hi;
@@ -165,11 +171,25 @@ export class LogView extends RowWindow {
       const after = await measureAfter(this.path, this.hi, Math.max(this.liveEnd, this.hi), across, this.signal);
       if (gen !== this.gen || this.lo !== lo) return;
       this.joinEarlier(asm, rows, after); // the lines open at lo go on in the rows here
+      this.knownStart(asm, a === 0); // the others begin at lo or later
       this.lo = a;
       this.firstLine = idx.line ?? 0;
       this.insert(rows, 'prepend', { keep: 'end', limit: MAX_ROWS / 2, drop: 'bottom' });
+      if (this.following) this.scrollBottom(); // a view filled from above while it follows stays at the end
+      else if (this.upBy) this.log.scrollTop -= this.upBy; // up at the top (upAtTop): the view moves up into them
+      this.upBy = 0;
     })();
     this.settle();
+  }
+
+  // Up at the top of the view (pane.js): the user asks for earlier rows. Following ends, they are read, and the
+  // view moves up by `dy` once they are in, as the wheel or key would have moved it had they been there.
+  upAtTop(dy) {
+    if (this.lo <= 0) return;
+    this.setFollowing(false);
+    this.fills = 0;
+    this.upBy = dy; // for the read under way (a view being filled), or this one
+    this.loadEarlier();
   }
 
   // Later bytes, as the user scrolls down a window that no longer holds the end.
@@ -206,7 +226,8 @@ export class LogView extends RowWindow {
   }
 
   settle() {
-    this.loading.catch((e) => this.failed(e)).finally(() => {
+    // a read that failed stops the filling of a view its rows do not fill (checkEdges) until one succeeds
+    this.loading.then(() => { this.erred = false; }, (e) => { this.erred = true; this.failed(e); }).finally(() => {
       this.loading = null;
       this.checkEdges();
     });
@@ -217,8 +238,16 @@ export class LogView extends RowWindow {
     this.showEdges();
     if (this.loading) return;
     const margin = this.log.clientHeight;
-    if (this.log.scrollTop < margin && this.lo > 0 && !this.following) this.loadEarlier();
-    else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
+    // rows that do not fill the view (a few long lines at the log's end, a tall window) leave nothing to scroll:
+    // earlier ones are read, following or not, until they fill it; bounded (rows hidden by a toggle fill nothing,
+    // nor do the parts of one enormous line): up at the top (upAtTop) goes on from there
+    const near = this.log.scrollTop < margin && !this.following;
+    const unfilled = this.log.scrollHeight <= margin && this.rows.length < MAX_ROWS / 2 && !this.erred
+      && this.fills < FILL_READS;
+    if (this.lo > 0 && (near || unfilled)) {
+      if (!near) this.fills++;
+      this.loadEarlier();
+    } else if (this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < margin && !this.attached) {
       this.loadLater();
     }
   }

@@ -56,6 +56,20 @@ export class Pane {
     on(this.log, 'scroll', () => { if (this.ready && !this.closed) this.onScroll(); });
     on(this.topEdge, 'click', () => this.loadEarlier && this.loadEarlier());
     on(this.bottomEdge, 'click', () => this.loadLater && this.loadLater());
+    // Up at the top (a wheel, a swipe down, PageUp or ArrowUp) scrolls nothing, so no scroll event comes: in a
+    // view its rows do not fill, it is the only way up. The view is told (logview.js upAtTop), with how far.
+    const up = (dy) => { if (this.ready && !this.closed && this.upAtTop && this.log.scrollTop <= 0) this.upAtTop(dy); };
+    on(this.log, 'wheel', (e) => { if (e.deltaY < 0) up(e.deltaMode ? this.log.clientHeight / 2 : -e.deltaY); });
+    on(this.log, 'touchstart', (e) => { this.touchY = e.touches[0].clientY; });
+    on(this.log, 'touchmove', (e) => {
+      const y = e.touches[0].clientY;
+      if (this.touchY != null && y > this.touchY + 8) { up(y - this.touchY); this.touchY = y; }
+    });
+    on(window, 'resize', () => { if (this.ready && !this.closed && this.checkEdges) this.checkEdges(); }); // taller
+    on(document, 'keydown', (e) => {
+      if ((e.key !== 'PageUp' && e.key !== 'ArrowUp') || e.target.closest('input, select, textarea, dialog')) return;
+      up(e.key === 'PageUp' ? this.log.clientHeight * 0.9 : 40);
+    });
     // the toolbar: nothing of the last view's state (the Pause, Follow and connection shown only while live)
     const badge = $('#log-status');
     badge.textContent = '';

@@ -104,7 +104,7 @@ export class RowWindow extends Pane {
   // lies after (`after`, range.js measureAfter).
   renderPartials() {
     const cut = (r) => (this.attached ? {} : { after: this.after.bytes[r.stream] || 0,
-      low: r.low || this.after.low.has(r.stream) });
+      lowAfter: this.after.low.has(r.stream) });
     this.partialEl.replaceChildren(...this.bottom.partials().map((r) => rowElement({ ...r, ...cut(r) })));
   }
 
@@ -150,13 +150,8 @@ export class RowWindow extends Pane {
       if (row && row.stream === 'skip') continue;
       const part = asm.partBefore(stream, row ? row.off : open ? open.off : Infinity);
       if (!part) continue;
-      if (row) {
-        const joined = prependPart(row, part);
-        joined.el = rowElement(joined);
-        if (row.el.classList.contains('hit')) joined.el.classList.add('hit'); // a search hit stays marked
-        row.el.replaceWith(joined.el);
-        this.rows[i] = joined;
-      } else { // the line goes on past the window's end
+      if (row) this.replaceRow(i, prependPart(row, part));
+      else { // the line goes on past the window's end
         const { off, parts, offs, ts, head } = part;
         if (open) Object.assign(open, { off, parts: [...parts, ...open.parts], offs: [...offs, ...open.offs], ts, head });
         else {
@@ -173,6 +168,27 @@ export class RowWindow extends Pane {
     for (const stream of new Set(batch.map((r) => r.stream))) {
       const first = this.rows.find((r) => r.stream === stream);
       if (first) delete first.raw;
+    }
+  }
+
+  replaceRow(i, row) {
+    row.el = rowElement(row);
+    if (this.rows[i].el.classList.contains('hit')) row.el.classList.add('hit'); // a search hit stays marked
+    this.rows[i].el.replaceWith(row.el);
+    this.rows[i] = row;
+  }
+
+  // An earlier read (`asm`, fed up to the window's start; `atStart`: from the log's first byte) with no line of a
+  // stream open at its end: that stream's line open at the window's start begins there or later, if the read
+  // fed the stream or begins the log. A walk back that gave up finding none of it (`low`, no `before`) left the
+  // line "may have begun before": now known not to have.
+  knownStart(asm, atStart) {
+    for (const stream of ['stdout', 'stderr']) {
+      if (asm.pending.has(stream) || !(atStart || asm.fed.has(stream))) continue;
+      const i = this.rows.findIndex((r) => r.stream === stream || r.stream === 'skip');
+      const row = this.rows[i];
+      if (row && row.stream === stream && row.low && !row.before) this.replaceRow(i, { ...row, low: false });
+      else if (!row && !this.bottom.before[stream]) this.bottom.low.delete(stream);
     }
   }
 
