@@ -21,11 +21,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import zstandard
 
-from shipper.format import archive, delta, frames, index, names
+from shipper.format import delta, frames, index, names
 from shipper.format.manifest import Checkpoint, Segment
 
 from .logs import event
@@ -33,6 +33,7 @@ from .open_index import OpenChain as OpenChain
 from .open_index import Records as Records
 from .open_index import follows, read_records
 from .retry import QuietLog
+from .segment_read import read_prefix, read_whole, sha256_file
 from .spool import SpoolLog
 from .store import ObjectInfo, Store
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logship.watcher")
 
-ZSTD_LEVEL = 1  # 3.5x smaller at ~230 MB/s a core; higher levels make compression the bottleneck
-READ_PIECE = 1 << 20
 DELTA_PIECE = 16 << 20  # a checkpoint with more new bytes than this goes up as several deltas (memory bound)
 # Liveness in the store while a task is silent (issue 15) is a small object of its own, PUT by
 # shipper/liveness_ship.py beside the deltas, never inside them — a silent task has no new bytes, so no
@@ -256,7 +255,7 @@ class Uploads:
             return
         log_path = names.spool_segment(sl.dir, seq, open_=True)
         try:
-            sha, blob, stored = await asyncio.to_thread(self._prepare_prefix, log_path, raw_size)
+            sha, blob, stored = await asyncio.to_thread(read_prefix, log_path, raw_size, self.compression)
         except FileNotFoundError:
             return
         idx_blob = raw_idx
@@ -276,14 +275,6 @@ class Uploads:
               "stored)", level=logging.DEBUG, task=sl.task, host=sl.host, seq=seq, bytes=raw_size,
               stored_bytes=len(blob) + len(idx_blob))
 
-    def _prepare_prefix(self, log_path: Path, raw_size: int) -> tuple[str, bytes, dict[str, Any]]:
-        with open(log_path, "rb") as f:
-            raw = f.read(raw_size)
-        if len(raw) < raw_size:
-            raise FileNotFoundError(log_path)  # cannot happen with an intact spool; skip this round
-        blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw) if self.compression == "zstd" else raw
-        return hashlib.sha256(raw).hexdigest(), blob, archive.digest_fields(blob)
-
     # --- the seal -----------------------------------------------------------------------------
 
     async def seal(self, sl: SpoolLog, st: LogState, seq: int) -> None:
@@ -300,7 +291,7 @@ class Uploads:
                 self._off_chain(st, listed, kept)
                 self._sealed(sl, st, seq, entry, t0)
                 return
-        prepared = await asyncio.to_thread(self._prepare, log_path, idx_path)
+        prepared = await asyncio.to_thread(read_whole, log_path, idx_path, self.compression)
         if prepared is None:  # an empty segment (an agent that died before writing): nothing to keep
             return
         chunks, sha, blob, idx_blob, stored = prepared
@@ -397,44 +388,13 @@ class Uploads:
         self._sent("frames_bytes", len(table))
         hashed = _hashed(chain, ends[-1])
         sha = (hashed.hexdigest() if hashed is not None
-               else await asyncio.to_thread(_sha256_file, log_path, ends[-1] - start))
+               else await asyncio.to_thread(sha256_file, log_path, ends[-1] - start))
         # The entry needs the first and last records and the lines of all: not a Chunk per record.
         first, last = (index.Chunk(*index.RECORD.unpack_from(raw, at)) for at in (0, len(recs.raw) - index.RECORD_SIZE))
         entry = Segment.build(seq, [first, last], sum(f.stored_size for f in out),
                               sum(f.data_offset - delta.HEADER_MIN for f in out), sha, self.compression,
                               frames=len(out), frames_sha256=hashlib.sha256(table).hexdigest())
         return dataclasses.replace(entry, lines=sum(recs.lines)), {(f.start, f.end) for f in out}
-
-    def _prepare(self, log_path: Path, idx_path: Path, size: int | None = None
-                 ) -> tuple[list[index.Chunk], str, bytes | None, bytes, archive.StoredDigest] | None:
-        """Read a segment once: its chunks, sha256, (when compressing) its zstd bytes, and the digests of
-        the object the store will hold (what readers check it against)."""
-        raw_idx = index.read_raw(idx_path)
-        chunks = list(index.unpack(raw_idx))
-        if not chunks:
-            return None
-        size = chunks[-1].end - chunks[0].offset if size is None else size
-        sha = hashlib.sha256()
-        stored = archive.StoredDigest(archive.block_for(size))  # size: the raw bytes, near enough for zstd
-        blob = None
-        with open(log_path, "rb") as f:
-            if self.compression == "zstd":
-                cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(size=size)
-                out = []
-                left = size
-                while left > 0 and (piece := f.read(min(READ_PIECE, left))):
-                    sha.update(piece)
-                    out.append(cobj.compress(piece))
-                    left -= len(piece)
-                out.append(cobj.flush())
-                blob = b"".join(out)
-                stored.update(blob)
-            else:  # the file is the object (put_file): sealed, so it does not change before the upload
-                for piece in iter(lambda: f.read(READ_PIECE), b""):
-                    sha.update(piece)
-                    stored.update(piece)
-        idx_blob = zstandard.ZstdCompressor(level=3).compress(raw_idx) if self.compression == "zstd" else raw_idx
-        return chunks, sha.hexdigest(), blob, idx_blob, stored
 
 
 def prefix_keys(sl: SpoolLog, ckpt: Checkpoint) -> list[str]:
@@ -452,11 +412,3 @@ def _hashed(chain: OpenChain | None, pos: int) -> hashlib._Hash | None:
     """The sha256 of a segment's bytes up to `pos`, when this process's chain hashed them all as it sent them."""
     return chain.sha if chain is not None and chain.sha is not None and chain.pos == pos else None
 
-
-def _sha256_file(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while size > 0 and (piece := f.read(min(READ_PIECE, size))):
-            h.update(piece)
-            size -= len(piece)
-    return h.hexdigest()
