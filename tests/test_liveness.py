@@ -169,7 +169,9 @@ def test_a_comm_with_spaces_and_parentheses_parses(start: Start, tmp_path: Path)
     shutil.copy(shutil.which("sleep") or "/bin/sleep", odd)
     proc = start([str(odd), "30"])
     sampler = Sampler(proc.pid)
-    wait_for(lambda: commands(sampler.sample()) == [f"{odd} 30"])
+    # asleep, not only exec'd: just after exec the process may still be running ("R") when sampled
+    wait_for(lambda: (s := sampler.sample()) is not None and [(p.state, p.command) for p in s.processes]
+             == [("S", f"{odd} 30")])
     s = sampler.sample()
     assert s is not None
     (p,) = s.processes
