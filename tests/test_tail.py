@@ -424,7 +424,7 @@ async def test_caught_up_followers_share_one_reading(tmp_path: Path, session: ai
         sent = sum(1 for f in followers for m in f.result() if "data" in m)
         assert server.app[METRICS].tail_messages == sent  # the fan-out counts what it sends too
         m = server.app[METRICS]  # and its writes (a batch of messages each) and their CPU
-        assert 0 < m.fanout_writes and m.fanout_cpu > 0  # a write without log bytes (an end, a status) is no message
+        assert m.fanout_writes > 0 and m.fanout_cpu > 0  # a write without log bytes (an end, a status) is no message
         assert proc.wait(10) == 0
     finally:
         await server.close()
