@@ -74,7 +74,9 @@ def start() -> Iterator[Start]:
 def test_a_sleeping_task_shows_sleep_in_state_s(start: Start) -> None:
     proc = start(["sh", "-c", "sleep 30; true"])
     sampler = Sampler(proc.pid, mark=MARK)
-    wait_for(lambda: "sleep 30" in commands(sampler.sample()))
+    # both asleep, not only exec'd: just after fork and exec they may still be running ("R") when sampled
+    wait_for(lambda: (s := sampler.sample()) is not None and "sleep 30" in commands(s)
+             and all(p.state == "S" for p in s.processes))
     s = sampler.sample()
     assert s is not None
     root, sleep = s.processes

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .browser import Page, Stack
+from .browser import SHOWN, Page, Stack, spool_put
 from .support import spooled
 
 pytestmark = pytest.mark.timeout(180)
@@ -18,21 +18,12 @@ pytestmark = pytest.mark.timeout(180)
 PIECE, PIECES = 100_000, 12  # the stdout line: 12 runs of one letter, 1.2 MB, far longer than a read
 ERRS = 150  # stderr lines between two of its parts: a read holds more rows than a screen (no read goes on by itself)
 LONG = "".join(chr(ord("a") + k) * PIECE for k in range(PIECES))
-SHOWN = 20_000  # lines.js MAX_LINE_CHARS: what a row shows of a longer line
 
 
 def task(st: Stack) -> str:
     """Each write reaches the spool before the next is made (its partial chunk stored after 50 ms without the
     line's end), so the stderr lines lie between the stdout line's parts in a known order."""
-    log_dir = st.spool / "split" / "h1"
-    return f"""
-import glob, os, sys, time
-written = 0
-def put(f, s):
-    global written
-    f.write(s); f.flush(); written += len(s.encode())
-    while sum(os.path.getsize(p) for p in glob.glob({str(log_dir)!r} + '/????????.log*')) < written:
-        time.sleep(0.01)
+    return spool_put(st.spool / "split" / "h1") + f"""
 put(sys.stdout, 'first line\\n')
 for k in range({PIECES}):
     put(sys.stdout, chr(ord('a') + k) * {PIECE})
