@@ -74,6 +74,27 @@ async def test_empty_task_gives_an_empty_finished_log(make_config: MakeConfig) -
     assert await archived(cfg, "quiet") == b""
 
 
+async def test_once_marks_a_query_copy_that_finished_before_the_drain(make_config: MakeConfig) -> None:
+    """`watch --once` ends when no query copy is left to mark. A copy that was stored before the pass's
+    drain (while the state file was written, say) still needs the pass that marks it and notes the log
+    shipped: the drain reports it."""
+    cfg = make_config()
+    run_agent(cfg.spool_dir, "quick", ["sh", "-c", "seq 1 1000"], env=agent_env(cfg))
+    store = open_store(cfg.store)
+    try:
+        w = Watcher(cfg, store)
+        await w.run_once()
+        while w.copies.tasks:  # the copy ends on its own, before anyone drains
+            await asyncio.sleep(0.01)
+        assert await w.copies.drain()
+        await w.run_once()
+        assert not await w.copies.drain()
+        assert (cfg.spool_dir / "quick" / "h1" / names.SHIPPED_FILE).exists()
+        assert (await stored_manifest(cfg, "quick")).segments[0].query_copy
+    finally:
+        await store.close()
+
+
 async def test_rerun_resumes_from_the_store_and_uploads_nothing_twice(make_config: MakeConfig) -> None:
     cfg = make_config(LOGSHIP_SPOOL_SEGMENT_BYTES="64KiB")
     run_agent(cfg.spool_dir, "again", ["sh", "-c", "seq 1 1000000"], env=agent_env(cfg))

@@ -28,6 +28,7 @@ class QueryCopies:
         self.enabled = enabled  # cfg.query.copy
         self.tasks: set[asyncio.Task[None]] = set()
         self.sem = asyncio.Semaphore(1)  # builds are CPU-bound: one at a time leaves a core to the uploads
+        self.unrecorded = False  # a copy stored since the last drain: a pass must mark it in its manifest
 
     def schedule(self, sl: SpoolLog, st: LogState) -> None:
         """Start the query copy of each committed segment that lacks one (docs/query.md).
@@ -70,6 +71,7 @@ class QueryCopies:
         st.segments[seq] = dataclasses.replace(st.segments[seq], query_copy=True)
         st.copied.add(seq)
         st.dirty = True
+        self.unrecorded = True
 
     async def _inputs(self, sl: SpoolLog, st: LogState, seq: int) -> copies.Inputs:
         """The segment's index and bytes: from the spool, or from the store when the quota dropped them."""
@@ -93,11 +95,16 @@ class QueryCopies:
         return copies.Inputs(list(index.unpack(raw_idx)), None, data)
 
     async def drain(self) -> bool:
-        """Wait for the query copies in flight; True if there were any."""
-        if not self.tasks:
-            return False
-        await asyncio.gather(*list(self.tasks), return_exceptions=True)
-        return True
+        """Wait for the query copies in flight; True if any was in flight or stored since the last drain.
+
+        A copy may finish between the pass that scheduled it and this call (while the state file is
+        written, say): it counts too, or `watch --once` would end before a pass marks it.
+        """
+        pending = bool(self.tasks)
+        if pending:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        stored, self.unrecorded = self.unrecorded, False
+        return pending or stored
 
     async def cancel(self) -> None:
         for t in list(self.tasks):
