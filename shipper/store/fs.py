@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 from ..errors import ObjectNotFound, StoreError, StoreUnavailable
 from .base import ObjectInfo, StoreStats
+from .keys import check_dir_prefix, check_key
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -30,37 +31,6 @@ LIST_PAGE = 1000  # keys per S3 ListObjectsV2 page and per DeleteObjects call: h
 # errno values that mean "the disk or the mount is in trouble", worth retrying later.
 _TRANSIENT = {errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
 _Filler = Callable[[int], None]  # writes an object's bytes to an open file descriptor
-
-
-def check_dir_prefix(prefix: str) -> str:
-    """`prefix` if it is a prefix list_dirs can take: a safe key prefix, empty or ending in "/"."""
-    check_key(prefix, prefix=True)
-    if prefix and not prefix.endswith("/"):
-        raise StoreError(f"list_dirs({prefix!r}): the prefix must end with '/'",
-                         "build it with shipper.format.names (e.g. task_prefix)")
-    return prefix
-
-
-def check_key(key: str, *, prefix: bool = False) -> str:
-    """Return `key` if it is a safe relative key, else raise StoreError.
-
-    Both backends use this so that a key valid on one is valid on the other. A `prefix` may be empty
-    or end with "/", a key may not.
-    """
-    if not isinstance(key, str):
-        raise StoreError(f"object key {key!r} is not a string", "keys come from shipper.format.names")
-    if prefix and key == "":
-        return key
-    parts = key.split("/")
-    if prefix and parts[-1] == "":
-        parts.pop()
-    if key.startswith("/") or "\0" in key or any(p in ("", ".", "..") for p in parts):
-        raise StoreError(
-            f"object key {key!r} is not allowed",
-            "keys are relative, '/'-separated, with no empty, '.' or '..' segments "
-            "(build them with shipper.format.names)",
-        )
-    return key
 
 
 class FileStore:

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from ..errors import ConfigError, ObjectNotFound, StoreError
 from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
-from .fs import check_dir_prefix, check_key
+from .keys import check_dir_prefix, check_key
 from .s3http import S3Http
 from .s3ops import Page, S3Ops
 from .sigv4 import Presigner
