@@ -3,7 +3,8 @@
 Per checkpoint of 50 / 150 / 1500 KB of the bench's log-like text (550 index records each, as the checkpoint
 bench's task writes at 10 / 30 / 300 KB/s every 5 s), process CPU (`time.process_time`: every thread of this
 process; SeaweedFS runs apart), medians of `--n`:
-- (a) compressing it once at the watcher's levels (zstd level 1, its index at level 3): the bar's baseline;
+- (a) compressing it once at the watcher's levels (zstd level 1, its index records at level 3, as
+  bench/checkpoint.py counts it): the bar's baseline;
 - (b) the floor: pread the new bytes and their index records from files, encode the delta (the two zstd
   frames, shipper/format/delta.py), sha256 it, and one signed PUT through our store (`store.put(checked=True)`:
   Content-MD5, SigV4, shipper/store/s3http.py), nothing else; all on the event loop, no thread hop;
@@ -28,23 +29,49 @@ import tempfile
 import time
 from pathlib import Path
 
+import zstandard
+
 from shipper.commands import s3local
-from shipper.format import delta
+from shipper.format import delta, index
 from shipper.store import open_store
 
-from .pass_cost import BUCKET, _chunks, _config, _once, passes
+from .pass_cost import BUCKET, _chunks, _config, passes
 
 RECORDS = 550  # a record a 10 ms burst, 5 s of them
 BAR = 2.0
 
 
+def _records(chunks: list[tuple[bytes, int]], offset: int, seq: int) -> bytes:
+    """The index records the agent writes for `chunks` (a chunk every 10 ms, stdout)."""
+    out, ts = [], 1764201600 * 10**9 + seq * 10**7
+    for i, (data, lines) in enumerate(chunks):
+        out.append(index.pack(seq + i, ts + i * 10**7, offset, len(data), lines, index.STDOUT, 0))
+        offset += len(data)
+    return b"".join(out)
+
+
+def _once(chunks: list[tuple[bytes, int]]) -> float:
+    """(a): CPU seconds to compress one checkpoint's bytes once, as the watcher stores a sealed segment (zstd level
+    1) and its index records (level 3): the median of 60."""
+    data, idx = b"".join(c for c, _ in chunks), _records(chunks, 1 << 20, RECORDS + 1)
+    cpu = []
+    for _ in range(60):
+        t0 = time.process_time()
+        zstandard.ZstdCompressor(level=1).compress(data)
+        zstandard.ZstdCompressor(level=3).compress(idx)
+        cpu.append(time.process_time() - t0)
+    return statistics.median(cpu)
+
+
 def _files(d: Path, kb: int) -> tuple[Path, Path, int, int]:
     """A log file holding one checkpoint's bytes after 1 MB of earlier ones, and an index file of its records
     after as many earlier ones: (log, index, offset of the new bytes, their size)."""
-    data = b"".join(c for c, _ in _chunks(RECORDS, kb))
+    chunks = _chunks(RECORDS, kb)
+    data = b"".join(c for c, _ in chunks)
     log, idx = d / f"floor-{kb}.log", d / f"floor-{kb}.idx"
     log.write_bytes(os.urandom(1 << 20) + data)
-    idx.write_bytes(bytes(40 * RECORDS * 2))
+    idx.write_bytes(_records([(b"x" * ((1 << 20) // RECORDS), 1)] * RECORDS, 0, 1)
+                    + _records(chunks, 1 << 20, RECORDS + 1))
     return log, idx, 1 << 20, len(data)
 
 
