@@ -278,7 +278,7 @@ class Watcher:
                   "segments)", task=sl.task, host=sl.host, status=status, exit_code=(sl.exit or {}).get("exit_code"),
                   segments=len(st.committed))
             del self.logs[d]
-        if sl.sealed:  # the only segments it deletes: no thread hop for a log with none
+        if sl.sealed and self.pruner.due(sl, st):  # no thread hop for a log with none, or none old enough
             await asyncio.to_thread(self.pruner.prune, sl, st)
         if st.set_aside is not None:
             self.damage.restore(d, st)
