@@ -65,6 +65,8 @@ class WatchConfig:
     # issue 14 (docs/checkpoints.md): each byte uploaded once. False: the prefix checkpoints of before, kept for
     # one release (their objects stay readable for ever)
     checkpoint_deltas: bool = True
+    # the state file (`--check`, `/metrics`): health news at once, counters at most this often (0: every pass)
+    state_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_key": _opt_text,
         "secret_key": _opt_text,
     },
-    "watch": {"checkpoint_seconds": _duration(0.1, 60), "api_url": _api_url, "checkpoint_deltas": _bool},
+    "watch": {"checkpoint_seconds": _duration(0.1, 60), "api_url": _api_url, "checkpoint_deltas": _bool,
+              "state_seconds": _duration(0, 60)},
     "api": {"listen": _listen, "tokens": _tokens, "query_tokens": _tokens, "proxy_allow": _proxy_allow,
             "proxy_token": _token},
     "query": {"timeout_seconds": _duration(0.1, 3600), "max_rows": _count(1, 10_000_000),

@@ -1,5 +1,6 @@
-"""The watcher's state file, `<spool>/.watcher.json`: its health and counters, rewritten after every pass by
-shipper/watcher/ and read by `logship watch --check` (shipper/commands/check.py) and `/metrics` (api/metrics.py).
+"""The watcher's state file, `<spool>/.watcher.json`: its health and counters, rewritten by shipper/watcher/
+(at once when its health changes, else at most every `watch.state_seconds`: shipper/watcher/state_file.py)
+and read by `logship watch --check` (shipper/commands/check.py) and `/metrics` (api/metrics.py).
 
 The file lies in the spool, which others can write: reading it trusts no field. A field that is absent or
 of the wrong type reads as its default, so each reader decides what it cannot do without.
@@ -21,7 +22,7 @@ from .spool import write_json_atomic
 @dataclass
 class WatcherState:
     pid: int | None = None  # of the watcher process
-    updated_ns: int | None = None  # when it wrote the file: the end of a pass
+    updated_ns: int | None = None  # when it wrote the file: the end of a pass (at most watch.state_seconds ago)
     healthy: bool = False  # that pass reached the store
     started_ns: int = 0
     last_ok_ns: int = 0  # the end of the last pass that reached the store (0: none yet)

@@ -149,6 +149,20 @@ def test_new_records_are_checked_over_columns_and_the_record_at_fault_named() ->
         assert got == f"record {8 + i} is not contiguous with what comes before it", (i, change)
 
 
+def test_records_read_as_strided_columns_are_those_struct_unpacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Records.of` reads columns as strided slices of native words where they are the format's: the same
+    values as struct's unpacking of each record, extremes and garbage included (an open index is untrusted)."""
+    from shipper import open_index
+
+    r = random.Random(14)
+    raw = b"".join(index.RECORD.pack(r.getrandbits(64), r.getrandbits(63) - (1 << 62), r.getrandbits(64),
+                                     r.getrandbits(32), r.getrandbits(32), r.getrandbits(8), r.getrandbits(8))
+                   for _ in range(300)) + bytes(r.getrandbits(8) for _ in range(40 * 5 + 17))  # and bytes at random
+    fast = checkpoint.Records.of(raw)
+    monkeypatch.setattr(open_index, "_COLUMNS", False)
+    assert fast == checkpoint.Records.of(raw) and len(fast.seq) == 305
+
+
 def test_a_sealed_index_is_passed_over_columns_only_when_the_full_check_finds_nothing() -> None:
     """The watcher's quick check of a sealed segment (shipper/open_index.py `sealed_ok`, before its upload)
     says yes only where check_segment (shipper/spool/integrity.py) finds no problem, no gap and no claim; any

@@ -61,6 +61,7 @@ def stored(cfg: Config, task: str, seq: int) -> bool:
 
 
 def passes(cfg: Config) -> int:
+    """The watcher's passes so far, from its state file: `watching` has it written after every pass."""
     return int(json.loads((cfg.spool_dir / names.WATCHER_STATE_FILE).read_text())["stats"]["passes"])
 
 
@@ -73,6 +74,8 @@ async def until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
 
 @contextlib.asynccontextmanager
 async def watching(cfg: Config) -> AsyncIterator[asyncio.Task[Watcher]]:
+    # the state file after every pass (watch.state_seconds 0), not every 10 s: `passes` reads each pass from it
+    cfg = dataclasses.replace(cfg, watch=dataclasses.replace(cfg.watch, state_seconds=0.0))
     stop = asyncio.Event()
     task = asyncio.create_task(watch(cfg, stop=stop))
     await until(lambda: (cfg.spool_dir / names.WATCHER_STATE_FILE).exists())

@@ -12,6 +12,7 @@ objects it names, and prunes what the store holds. State comes from the store on
 - `prune.py`: what the store holds deleted from the spool;
 - `spool_total.py`: whether a pass needs the quota's scan of the whole spool (what it read bounds the total);
 - `daemon.py`: `logship watch` (watch, main): wake-ups, periodic passes, retries;
+- `state_file.py`: when the daemon rewrites its state file (health news at once, counters every few seconds);
 - `state.py`: what the watcher knows of each log (LogState), and its limits.
 The checkpoints and seals are shipper/checkpoint.py; the state file shipper/watcher_state.py.
 """

@@ -18,6 +18,7 @@ from ..retry import Backoff
 from ..store import Store, open_store
 from ..wakeups import SpoolWatch
 from .ship import Watcher
+from .state_file import StateFile
 
 log = logging.getLogger("logship.watcher")
 
@@ -39,6 +40,7 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
     stop = stop or asyncio.Event()
     store = open_store(cfg.store)
     w = Watcher(cfg, store)
+    state = StateFile(w, cfg.watch.state_seconds)
     event(log, "watcher_started", "watcher started: spool {spool}, store {store}, checkpoint every {interval:g} s",
           spool=str(cfg.spool_dir), store=store.url, interval=cfg.watch.checkpoint_seconds, once=once)
     cfg.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -64,12 +66,13 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
                 w.stats["retries"] += 1
                 w.last_error = str(failure)
                 delay = backoff.failed(w._quiet, "the store", failure)
-                await asyncio.to_thread(w.write_state, False)
+                await state.after_pass(False)
                 await _wait(stop, delay)
                 continue
             backoff.succeeded(log, "the store")
             w.last_error = ""
-            await asyncio.to_thread(w.write_state, True)
+            w.last_ok_ns = time.time_ns()
+            await state.after_pass(True)
             if not frozen:
                 freeze_heap()
                 frozen = True
@@ -95,6 +98,7 @@ async def watch(cfg: Config, *, once: bool = False, stop: asyncio.Event | None =
             with contextlib.suppress(asyncio.CancelledError):
                 await fallback
         await store.close()
+        state.stopped()  # the file as the last pass left things
     return w
 
 

@@ -25,9 +25,19 @@ class Pruner:
         self.stats = stats
         self.query_copy = query_copy  # a segment waits for its query copy before it goes
 
+    def due(self, sl: SpoolLog, st: LogState) -> bool:
+        """Whether `prune` may delete anything now (on the loop, each pass): not while the log's segments are as
+        the last prune saw them and its oldest kept one is younger than keep_uploaded_seconds. A 10 KB/s log
+        keeps a sealed segment 600 s: its every checkpoint pass made a thread hop here for nothing."""
+        return (st.prune_seen != (tuple(sl.sealed), len(st.committed), len(st.copied), sl.finished)
+                or time.time() >= st.prune_at)
+
     def prune(self, sl: SpoolLog, st: LogState) -> None:
         """Delete sealed segments the store holds once they are older than spool.keep_uploaded_seconds."""
-        cutoff = time.time() - self.keep_seconds
+        now = time.time()
+        cutoff = now - self.keep_seconds
+        st.prune_seen = (tuple(sl.sealed), len(st.committed), len(st.copied), sl.finished)
+        st.prune_at = now + self.keep_seconds  # a segment that becomes prunable later changes what is seen
         shipped_file = (sl.dir / names.SHIPPED_FILE).exists()
         seqs = [s for s in sl.sealed if shipped_file or (s in st.committed and (s in st.copied or not self.query_copy))]
         if not seqs:
@@ -35,7 +45,9 @@ class Pruner:
         fd = open_log_dir(self.spool, sl.dir.parent.name, sl.dir.name)
         try:
             for seq in seqs:
-                self._prune_segment(fd, sl.dir, seq, cutoff)
+                kept = self._prune_segment(fd, sl.dir, seq, cutoff)
+                if kept is not None:
+                    st.prune_at = min(st.prune_at, kept + self.keep_seconds)
         finally:
             os.close(fd)
 
@@ -61,15 +73,19 @@ class Pruner:
         finally:
             os.close(task_fd)
 
-    def _prune_segment(self, fd: int, d: Path, seq: int, cutoff: float) -> None:
+    def _prune_segment(self, fd: int, d: Path, seq: int, cutoff: float) -> float | None:
+        """Delete segment `seq` if older than `cutoff`; the mtime of one kept for its age (else None)."""
         name = names.spool_segment(d, seq).name
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
-                return
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_mtime > cutoff:
+                return st.st_mtime
             os.unlink(name, dir_fd=fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(names.spool_index(d, seq).name, dir_fd=fd)
         except FileNotFoundError:
-            return
+            return None
         self.stats["pruned_segments"] += 1
+        return None

@@ -278,7 +278,7 @@ class Watcher:
                   "segments)", task=sl.task, host=sl.host, status=status, exit_code=(sl.exit or {}).get("exit_code"),
                   segments=len(st.committed))
             del self.logs[d]
-        if sl.sealed:  # the only segments it deletes: no thread hop for a log with none
+        if sl.sealed and self.pruner.due(sl, st):  # no thread hop for a log with none, or none old enough
             await asyncio.to_thread(self.pruner.prune, sl, st)
         if st.set_aside is not None:
             self.damage.restore(d, st)
@@ -432,12 +432,10 @@ class Watcher:
     # --- state for --check and /metrics ----------------------------------------------------------
 
     def write_state(self, healthy: bool) -> None:
-        now = time.time_ns()
-        if healthy:
-            self.last_ok_ns = now
+        """The state file now (when: shipper/watcher/state_file.py; `last_ok_ns` is the daemon's to move)."""
         try:
             watcher_state.write(self.spool, watcher_state.WatcherState(
-                pid=os.getpid(), updated_ns=now, healthy=healthy, started_ns=self.started_ns,
+                pid=os.getpid(), updated_ns=time.time_ns(), healthy=healthy, started_ns=self.started_ns,
                 last_ok_ns=self.last_ok_ns, last_error=self.last_error, store=self.store.url,
                 stats=self.stats, set_aside=self.set_aside, store_stats=self.store.stats.snapshot()))
         except OSError as exc:  # a full spool disk: shipping (which frees it) matters more than our state file

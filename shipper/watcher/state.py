@@ -41,6 +41,10 @@ class LogState:
     damaged: set[int] = field(default_factory=set)  # segments found damaged (counted once)
     set_aside: str | None = None  # why the log is not shipped (a damaged spool file or manifest)
     set_aside_at: float = 0.0  # monotonic time it was last looked at
+    # what the last prune saw (its sealed, committed and copied segments) and the wall time its oldest kept
+    # segment may go: until either changes, a pass makes no prune hop (shipper/watcher/prune.py `due`)
+    prune_seen: tuple[object, ...] = ()
+    prune_at: float = 0.0
 
 
 class ManifestDamaged(LogshipError):
