@@ -248,7 +248,16 @@ def _paths() -> dict[str, Any]:
             "parameters": [_TASK, _HOST,
                            {"name": "start", "in": "query", "schema": {**_OFFSET, "default": 0}},
                            {"name": "end", "in": "query", "schema": _OFFSET,
-                            "description": "default: the log's size"}],
+                            "description": "default: the log's size"},
+                           {"name": "last", "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 20_000},
+                            "description": "the last N records before `end` instead, scanning back over the bytes "
+                                           "held without a hole up to `end` (a hole ends every line), to `start` at "
+                                           "most; `from` is where the scan stopped and `more` says to ask again "
+                                           "with end=`from`. With `stream=`: where the line a stream has open at "
+                                           "`end` begins (its last record not flagged partial) in one request"},
+                           {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]},
+                            "description": "with `last` only (else a 400): only that stream's records"}],
             "responses": {
                 "200": {"description": "the records", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["size", "status", "line", "columns", "chunks", "more"],
@@ -260,7 +269,8 @@ def _paths() -> dict[str, Any]:
                                     "description": "offset, length, lines, stream, flags (1 partial, 2 "
                                                    "recovered), ts (ns)"},
                         "chunks": {"type": "array", "items": {"type": "array"}},
-                        "more": {"type": "boolean"}}}}}},
+                        "more": {"type": "boolean"},
+                        "from": {"type": "integer", "description": "with `last`: the scan covered [from, end)"}}}}}},
                 "416": _error("`start` is past the end of the log.", _CONTENT_RANGE_416),
                 **_LOG_ERRORS,
             },
