@@ -5,7 +5,7 @@
 // fetches are aborted, its tails and timers stopped, its listeners removed and its rows emptied, and it
 // gets a scroll box of its own. Nothing the last view did or was still doing reaches the next one.
 
-import { $, el, setText, showError } from './dom.js';
+import { $, el, setText, showError, typing } from './dom.js';
 import { resetLiveness } from './liveness.js';
 
 export const MAX_ROWS = 5000; // line elements kept in the page
@@ -67,7 +67,7 @@ export class Pane {
     });
     on(window, 'resize', () => { if (this.ready && !this.closed && this.checkEdges) this.checkEdges(); }); // taller
     on(document, 'keydown', (e) => {
-      if ((e.key !== 'PageUp' && e.key !== 'ArrowUp') || e.target.closest('input, select, textarea, dialog')) return;
+      if ((e.key !== 'PageUp' && e.key !== 'ArrowUp') || typing(e)) return;
       up(e.key === 'PageUp' ? this.log.clientHeight * 0.9 : 40);
     });
     // the toolbar: nothing of the last view's state (the Pause, Follow and connection shown only while live)
