@@ -1,6 +1,7 @@
-"""The /index route's scan back (`last=N`, api/logs.py): the last records before an offset, of one stream or all,
-over the bytes the log holds without a hole up to that offset. It answers "where does the line a stream has open
-at X begin" in one request, however long the stream was silent before X (the web page's `…?` mark)."""
+"""The /index route's scans (api/logs.py) over the bytes a log holds without a hole (a hole ends every line): back
+(`last=N`), the last records before an offset, of one stream or all; forward for one stream (`stream=`). They
+answer "where does the line a stream has open at X begin, and end" in one request, however long the stream was
+silent around X (the web page's `…?` mark and its counts of a line's bytes outside the window)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ SCAN_CHUNKS = 100_000
 class Back:
     chunks: list[Chunk]  # in log order
     line: int | None  # lines that end before the first of them (None: none)
-    start: int  # the scan covered [start, end): ask again with end=start while `more`
-    more: bool  # it stopped (N found, or SCAN_CHUNKS looked at) with bytes left in [the asked start, start)
+    start: int  # back: the scan covered [start, end), ask again with end=start while `more`; forward: [start, this)
+    more: bool  # it stopped (N found, or SCAN_CHUNKS looked at) with bytes left to scan
 
 
 def held_from(view: LogView, start: int, end: int) -> int:
@@ -69,3 +70,42 @@ async def _answer(source: Source, view: LogView, found: list[Chunk], first: tupl
         part, chunks, i = first
         line = await lines_before(source, view, part.seq, part.offset) + sum(x.lines for x in chunks[:i])
     return Back(found, line, start, more)
+
+
+# --- forward, for one stream (`stream=` without `last`) ---------------------------------------------
+
+
+def held_to(view: LogView, start: int, end: int) -> int:
+    """The end of the bytes held without a hole from `start`, not past `end` (`start` itself in a hole: `start`)."""
+    for a, b in view.missing(start, end):
+        if b > start:
+            return max(start, min(a, end))
+    held = max((p.end for p in view.parts), default=0)
+    return max(start, min(end, held))
+
+
+async def scan_forward(source: Source, view: LogView, start: int, end: int, limit: int, stream: int) -> Back:
+    """The first `limit` records of `stream` from `start`, over the bytes held without a hole from there (where
+    the line a stream has open at `start` ends). `Back.start` is where the scan stopped: ask again from there."""
+    hi = held_to(view, start, end)
+    found: list[Chunk] = []
+    first: tuple[Part, list[Chunk], int] | None = None
+    seen = 0
+    for part in view.parts:
+        if part.end <= start:
+            continue
+        if part.offset >= hi:
+            break
+        chunks = await source.chunks(view, part)
+        for i, c in enumerate(chunks):
+            if c.end <= start:
+                continue
+            if c.offset >= hi:
+                break
+            seen += 1
+            if c.stream == stream:
+                first = first or (part, chunks, i)
+                found.append(c)
+            if len(found) == limit or seen >= SCAN_CHUNKS:
+                return await _answer(source, view, found[::-1], first, c.end, c.end < hi)
+    return await _answer(source, view, found[::-1], first, hi, False)

@@ -18,7 +18,7 @@ from . import encoding, liveness, params
 from .encoding import IDENTITY
 from .errors import BadRequest, json_error
 from .hub import Feed
-from .indexback import scan_back
+from .indexback import scan_back, scan_forward
 from .keys import CONFIG, HUB, METRICS, SOURCE, STOPPING, STORE, VIEW
 from .lines import lines_before
 from .listing import spool_rows
@@ -340,26 +340,30 @@ async def get_log_index(request: web.Request) -> web.Response:
 
     A client that reads the bytes of these chunks (Range) knows each line's number, stream and time
     exactly, wherever in a large log it starts; chunks are cut at line ends per stream (docs/format.md).
-    With `last=N` (and `stream=`), the last N records before `end` instead (api/indexback.py).
+    With `last=N` (and `stream=`), the last N records before `end` instead; with `stream=` alone, that stream's
+    records from `start` (api/indexback.py).
     """
     start = params.offset(request, "start") or 0
     end_param = params.offset(request, "end")
     last = params.integer(request, "last", None, 1, INDEX_MAX_CHUNKS)
     stream = params.choice(request, "stream", ("stdout", "stderr"))
-    if stream is not None and last is None:
-        raise BadRequest("stream= filters only a scan back (last=N)", "add last=N for the last N records of the "
-                         "stream before end=, or read all records and keep the stream's")
     view = await _view(request)
     if start > view.size:
         return json_error(416, "bad_range", f"start={start} is past the end of the log ({view.size})",
                           "ask for offsets within the log's size", headers={"Content-Range": f"bytes */{view.size}"})
     end = view.size if end_param is None else min(end_param, view.size)
     source = request.app[SOURCE]
-    if last is not None:  # the last records before `end` (api/indexback.py)
-        back = await scan_back(source, view, start, end, last, index.STREAM_CODES[stream] if stream else None)
+    code = index.STREAM_CODES[stream] if stream else None
+    back = None  # a scan for a line's start or end (api/indexback.py)
+    if last is not None:
+        back = await scan_back(source, view, start, end, last, code)
+    elif code is not None:
+        back = await scan_forward(source, view, start, end, INDEX_MAX_CHUNKS, code)
+    if back is not None:
         return web.json_response({"size": view.size, "status": view.status, "line": back.line,
                                   "columns": INDEX_COLUMNS, "chunks": [_record(c) for c in back.chunks],
-                                  "more": back.more, "from": back.start}, headers={"Cache-Control": "no-cache"})
+                                  "more": back.more, ("from" if last is not None else "to"): back.start},
+                                 headers={"Cache-Control": "no-cache"})
     rows: list[list[Any]] = []
     line: int | None = None
     more = False

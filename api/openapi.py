@@ -257,7 +257,10 @@ def _paths() -> dict[str, Any]:
                                            "with end=`from`. With `stream=`: where the line a stream has open at "
                                            "`end` begins (its last record not flagged partial) in one request"},
                            {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]},
-                            "description": "with `last` only (else a 400): only that stream's records"}],
+                            "description": "only that stream's records: with `last`, before `end`; else the first "
+                                           "20,000 from `start`, over the bytes held without a hole from there "
+                                           "(where the line a stream has open at `start` ends; `to`: the scan "
+                                           "covered [start, to), and `more` says to ask again from start=`to`)"}],
             "responses": {
                 "200": {"description": "the records", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["size", "status", "line", "columns", "chunks", "more"],
@@ -270,7 +273,9 @@ def _paths() -> dict[str, Any]:
                                                    "recovered), ts (ns)"},
                         "chunks": {"type": "array", "items": {"type": "array"}},
                         "more": {"type": "boolean"},
-                        "from": {"type": "integer", "description": "with `last`: the scan covered [from, end)"}}}}}},
+                        "from": {"type": "integer", "description": "with `last`: the scan covered [from, end)"},
+                        "to": {"type": "integer",
+                               "description": "with `stream` and no `last`: the scan covered [start, to)"}}}}}},
                 "416": _error("`start` is past the end of the log.", _CONTENT_RANGE_416),
                 **_LOG_ERRORS,
             },

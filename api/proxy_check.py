@@ -226,8 +226,8 @@ def _check_liveness(live: Any) -> None:
 
 
 def check_index(body: bytes, *, held: int, start: int, end: int | None = None) -> None:
-    """GET …/index: a size of at least the manifest's, records in order within it (and before `end`); a scan
-    back's `from` (`last=`) within [start, end]."""
+    """GET …/index: a size of at least the manifest's, records in order within it (and before `end`); where a
+    scan stopped (`from`, `to`) within [start, end]."""
     doc = _load(body)
     size, chunks = doc.get("size"), doc.get("chunks")
     if not _is_int(size) or size < held:
@@ -235,8 +235,9 @@ def check_index(body: bytes, *, held: int, start: int, end: int | None = None) -
     if not isinstance(chunks, list) or not (doc.get("line") is None or _is_int(doc.get("line"))):
         raise BadAnswer("no chunks, or a bad line")
     stop = size if end is None else min(end, size)
-    if "from" in doc and not (_is_int(doc["from"]) and start <= doc["from"] <= stop):
-        raise BadAnswer(f"a scan back from {str(doc['from'])[:20]}, outside [{start}, {stop}]")
+    for key in ("from", "to"):  # where a scan (`last`, `stream`) stopped
+        if key in doc and not (_is_int(doc[key]) and start <= doc[key] <= stop):
+            raise BadAnswer(f"a scan's {key} {str(doc[key])[:20]}, outside [{start}, {stop}]")
     at = -1
     for row in chunks:
         if not (isinstance(row, list) and len(row) >= 2 and _is_int(row[0]) and _is_int(row[1])):

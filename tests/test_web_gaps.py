@@ -118,6 +118,9 @@ def test_a_log_with_holes_reads_around_them(stack: Callable[..., Stack], page: P
     assert [c[0] for c in back["chunks"]][:1] == [hole[1]] and (back["from"], back["more"]) == (hole[1], False)
     back = index_back(st, f"end={hole[1] - WIDTH}&last=5")  # an end inside the hole: nothing held just before it
     assert (back["chunks"], back["from"], back["more"]) == ([], hole[1] - WIDTH, False)
+    ahead = index_back(st, f"start={hole[0] - 10 * WIDTH}&stream=stdout")  # forward, for a line's end: the same
+    last = ahead["chunks"][-1]
+    assert last[0] + last[1] == hole[0] and (ahead["to"], ahead["more"]) == (hole[0], False)
     page.goto(f"{st.base}/#/t/g/h1")
     wait_for(lambda: edge_n(page) == LINES, 15, "the log's end did not show")
     ns = check(page, holes)

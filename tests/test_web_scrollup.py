@@ -157,6 +157,12 @@ def test_a_line_split_by_megabytes_of_the_other_stream_is_counted_exactly(stack:
     assert not any(r["cont"] or r["maybe"] for r in got[:-1])  # a stderr line begins each row but the first
     scroll_to_top(page)
     assert all_rows(page) == expected_rows(lines)
+    # the other way: a window at the log's start holds the line's first part, open at its end; the walk forward
+    # finds the rest however far (the index scanned forward for stdout), and counts it exactly
+    page.goto(f"{st.base}/#/t/split/h1?at=0")
+    page.wait_for_selector("#rows .r.hit")
+    assert all_rows(page)[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False, "maybe": False,
+                                  "cut": f" … {len(middle) + 1} more characters (in the download)"}
 
 
 def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable[..., Stack], page: Page) -> None:

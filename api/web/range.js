@@ -96,10 +96,7 @@ export function mergeGaps(dropped) {
 // --- the whole of a line a read holds only a part of ---------------------------------------------------
 
 const PARTIAL = 1; // an index chunk's flag: it holds only the part of a line not ended yet (docs/format.md)
-const WALK = 64; // index reads at most, walking one line's chunks one way (forward: 16 MiB of log)
-// reads in a row with no chunk of the stream walked forward: the walk stops there (a stream silent for 1 MiB of
-// the other's output costs 4 small requests, not 64); the count is then what was found, a lower bound
-const MISSES = 4;
+const WALK = 64; // index reads at most, walking one line's chunks one way
 const BACK = 64; // records of one stream asked for by each read of a walk back (a line of up to 64 × 64 chunks)
 
 // For each of `streams`, the bytes of the line it has open at offset `at` (a chunk's start) that lie before
@@ -108,8 +105,8 @@ const BACK = 64; // records of one stream asked for by each read of a walk back 
 // them, as when stderr lines were written while a stdout line was unended) to the stream's last chunk that ends
 // a line, the log's start or a hole (which ends every line). The index, scanned back for one stream (`last`,
 // api/indexback.py), finds it in one read however long the stream was silent, so the count is exact but for a
-// line of more than WALK × BACK chunks. {bytes: stream -> bytes, low: the streams whose walk gave up (WALK):
-// their count is a lower bound}.
+// line of more than WALK × BACK chunks, or past WALK × 100,000 records of the other stream. {bytes: stream ->
+// bytes, low: the streams whose walk gave up (WALK reads): their count is a lower bound}.
 export async function bytesBefore(path, at, streams, signal) {
   const bytes = {}, low = new Set();
   await Promise.all(streams.map(async (s) => {
@@ -136,25 +133,22 @@ async function lineBefore(path, at, stream, signal) {
 }
 
 // The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
-// through the stream's partial chunks to its next chunk, whose first newline ends the line. {n, low: the walk
-// gave up (WALK, MISSES): n is a lower bound}.
+// through the stream's partial chunks to its next chunk, whose first newline ends the line; a hole or `end` ends
+// it too. The index scanned forward for the stream (`stream=`, api/indexback.py) finds that chunk in one read
+// however long the stream is silent. {n, low: the walk gave up (WALK reads): n is a lower bound}.
 export async function bytesAfter(path, at, end, stream, signal) {
-  let n = 0, misses = 0;
-  for (let step = 0; at < end && step < WALK && misses < MISSES; step++) {
-    const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
-    misses++;
-    for (const [off, len, lines, s, flags] of idx.chunks) {
-      if (off !== at) return { n, low: false }; // a hole: the line ends there
-      at = off + len;
-      if (s !== stream) continue;
-      misses = 0;
+  let n = 0;
+  for (let step = 0; at < end && step < WALK; step++) {
+    const idx = await apiJSON(`${path}/index?start=${at}&end=${end}&stream=${stream}`, { signal });
+    for (const [off, len, lines, , flags] of idx.chunks) {
       if (flags & PARTIAL || !lines) { n += len; continue; }
       if (lines === 1) return { n: n + len - 1, low: false }; // a chunk ends at a line end: its last byte
       return { n: n + (await fetchBytes(path, off, off + len, signal)).indexOf(10), low: false };
     }
-    if (!idx.chunks.length) return { n, low: false }; // a hole after at: the line ends there
+    if (!idx.more) return { n, low: false }; // a hole, or open at `end` (the log's end as known): exact
+    at = idx.to;
   }
-  return { n, low: at < end }; // open at the log's end: exact; else the walk gave up
+  return { n, low: at < end };
 }
 
 // A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
