@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from shipper.errors import LogshipError, ObjectNotFound
-from shipper.format import manifest, names
+from shipper.format import index, manifest, names
 from shipper.retry import QuietLog
 
 from . import encoding, liveness, params
 from .encoding import IDENTITY
 from .errors import BadRequest, json_error
 from .hub import Feed
+from .indexback import scan_back, scan_forward
 from .keys import CONFIG, HUB, METRICS, SOURCE, STOPPING, STORE, VIEW
 from .lines import lines_before
 from .listing import spool_rows
@@ -339,15 +340,30 @@ async def get_log_index(request: web.Request) -> web.Response:
 
     A client that reads the bytes of these chunks (Range) knows each line's number, stream and time
     exactly, wherever in a large log it starts; chunks are cut at line ends per stream (docs/format.md).
+    With `last=N` (and `stream=`), the last N records before `end` instead; with `stream=` alone, that stream's
+    records from `start` (api/indexback.py).
     """
     start = params.offset(request, "start") or 0
     end_param = params.offset(request, "end")
+    last = params.integer(request, "last", None, 1, INDEX_MAX_CHUNKS)
+    stream = params.choice(request, "stream", ("stdout", "stderr"))
     view = await _view(request)
     if start > view.size:
         return json_error(416, "bad_range", f"start={start} is past the end of the log ({view.size})",
                           "ask for offsets within the log's size", headers={"Content-Range": f"bytes */{view.size}"})
     end = view.size if end_param is None else min(end_param, view.size)
     source = request.app[SOURCE]
+    code = index.STREAM_CODES[stream] if stream else None
+    back = None  # a scan for a line's start or end (api/indexback.py)
+    if last is not None:
+        back = await scan_back(source, view, start, end, last, code)
+    elif code is not None:
+        back = await scan_forward(source, view, start, end, INDEX_MAX_CHUNKS, code)
+    if back is not None:
+        return web.json_response({"size": view.size, "status": view.status, "line": back.line,
+                                  "columns": INDEX_COLUMNS, "chunks": [_record(c) for c in back.chunks],
+                                  "more": back.more, ("from" if last is not None else "to"): back.start},
+                                 headers={"Cache-Control": "no-cache"})
     rows: list[list[Any]] = []
     line: int | None = None
     more = False
@@ -364,11 +380,15 @@ async def get_log_index(request: web.Request) -> web.Response:
             if len(rows) == INDEX_MAX_CHUNKS:
                 more = True
                 break
-            rows.append([c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns])
+            rows.append(_record(c))
     if line is None and start == view.size:  # nothing after: every line of the log ends before `start`
         line = await lines_before(source, view, max((p.seq for p in view.parts), default=0) + 1)
     return web.json_response({"size": view.size, "status": view.status, "line": line, "columns": INDEX_COLUMNS,
                               "chunks": rows, "more": more}, headers={"Cache-Control": "no-cache"})
+
+
+def _record(c: index.Chunk) -> list[Any]:
+    return [c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns]
 
 
 # --- every host of a task --------------------------------------------------------------------

@@ -248,7 +248,19 @@ def _paths() -> dict[str, Any]:
             "parameters": [_TASK, _HOST,
                            {"name": "start", "in": "query", "schema": {**_OFFSET, "default": 0}},
                            {"name": "end", "in": "query", "schema": _OFFSET,
-                            "description": "default: the log's size"}],
+                            "description": "default: the log's size"},
+                           {"name": "last", "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 20_000},
+                            "description": "the last N records before `end` instead, scanning back over the bytes "
+                                           "held without a hole up to `end` (a hole ends every line), to `start` at "
+                                           "most; `from` is where the scan stopped and `more` says to ask again "
+                                           "with end=`from`. With `stream=`: where the line a stream has open at "
+                                           "`end` begins (its last record not flagged partial) in one request"},
+                           {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]},
+                            "description": "only that stream's records: with `last`, before `end`; else the first "
+                                           "20,000 from `start`, over the bytes held without a hole from there "
+                                           "(where the line a stream has open at `start` ends; `to`: the scan "
+                                           "covered [start, to), and `more` says to ask again from start=`to`)"}],
             "responses": {
                 "200": {"description": "the records", "content": {"application/json": {"schema": {
                     "type": "object", "required": ["size", "status", "line", "columns", "chunks", "more"],
@@ -260,7 +272,10 @@ def _paths() -> dict[str, Any]:
                                     "description": "offset, length, lines, stream, flags (1 partial, 2 "
                                                    "recovered), ts (ns)"},
                         "chunks": {"type": "array", "items": {"type": "array"}},
-                        "more": {"type": "boolean"}}}}}},
+                        "more": {"type": "boolean"},
+                        "from": {"type": "integer", "description": "with `last`: the scan covered [from, end)"},
+                        "to": {"type": "integer",
+                               "description": "with `stream` and no `last`: the scan covered [start, to)"}}}}}},
                 "416": _error("`start` is past the end of the log.", _CONTENT_RANGE_416),
                 **_LOG_ERRORS,
             },

@@ -51,8 +51,8 @@ LIVE_PATH = re.compile(r"/api/v1/tasks/([^/]+)/hosts/([^/]+)(/log|/tail|/index)?
 PROXIED = "X-Logship-Proxied"  # set on forwarded requests, so two APIs never forward in a loop
 # What is forwarded, by name; nothing else (no Authorization, Cookie, Connection, Upgrade, TE, ...).
 FORWARD_REQUEST = ("Range", "If-Range", "Last-Event-ID")
-FORWARD_QUERY = {"/log": ("stream", "follow", "start"), "/tail": ("from", "lines"), "/index": ("start", "end"),
-                 "": ()}  # never token=
+FORWARD_QUERY = {"/log": ("stream", "follow", "start"), "/tail": ("from", "lines"),
+                 "/index": ("start", "end", "last", "stream"), "": ()}  # never token=
 FORWARD_RESPONSE = ("Content-Range", "ETag", "X-Log-Size", "X-More-Data")
 NOT_IN_304 = ("Content-Type", "Content-Range", "Content-Encoding")
 CONNECT_TIMEOUT = 2.0
@@ -122,8 +122,10 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def proxy_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     m = LIVE_PATH.fullmatch(request.path)
+    # a stream's bytes (/log?stream=) have no ETag to hold them to: from checkpoints; an /index scan back for a
+    # stream (`last`, `stream`) is forwarded and checked as any /index answer
     if m is None or PROXIED in request.headers or request.method not in ("GET", "HEAD") \
-            or "stream" in request.query:  # a stream's answer has no ETag to hold it to: from checkpoints
+            or (m.group(3) == "/log" and "stream" in request.query):
         return await handler(request)
     try:
         view = await request.app[SOURCE].view(m.group(1), m.group(2))
@@ -321,7 +323,8 @@ async def _proxy_json(request: web.Request, t: _Target) -> web.StreamResponse:
                 _unreachable(request, t, exc)
                 raise _Fallback from None
         if t.route == "/index":
-            check_index(bytes(body), held=t.held, start=_whole(request.query.get("start")) or 0)
+            check_index(bytes(body), held=t.held, start=_whole(request.query.get("start")) or 0,
+                        end=_whole(request.query.get("end")))
         else:
             check_meta(bytes(body), task=t.view.task, host=t.view.host, run_id=t.run_id, held=t.held)
     except BadAnswer as exc:

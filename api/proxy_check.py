@@ -225,20 +225,26 @@ def _check_liveness(live: Any) -> None:
         raise BadAnswer("liveness.silent_seconds is not a number of seconds")
 
 
-def check_index(body: bytes, *, held: int, start: int) -> None:
-    """GET …/index: a size of at least the manifest's, records in order within it."""
+def check_index(body: bytes, *, held: int, start: int, end: int | None = None) -> None:
+    """GET …/index: a size of at least the manifest's, records in order within it (and before `end`); where a
+    scan stopped (`from`, `to`) within [start, end]."""
     doc = _load(body)
     size, chunks = doc.get("size"), doc.get("chunks")
     if not _is_int(size) or size < held:
         raise BadAnswer(f"size {str(size)[:20]} is below the {held} bytes the manifest holds")
     if not isinstance(chunks, list) or not (doc.get("line") is None or _is_int(doc.get("line"))):
         raise BadAnswer("no chunks, or a bad line")
+    stop = size if end is None else min(end, size)
+    for key in ("from", "to"):  # where a scan (`last`, `stream`) stopped
+        if key in doc and not (_is_int(doc[key]) and start <= doc[key] <= stop):
+            raise BadAnswer(f"a scan's {key} {str(doc[key])[:20]}, outside [{start}, {stop}]")
     at = -1
     for row in chunks:
         if not (isinstance(row, list) and len(row) >= 2 and _is_int(row[0]) and _is_int(row[1])):
             raise BadAnswer("a record is not [offset, length, …]")
-        if row[0] <= at or row[0] + row[1] > size or (at < 0 and row[0] + row[1] <= start and row[1]):
-            raise BadAnswer(f"record at {row[0]} is out of order or outside [{start}, {size})")
+        if row[0] <= at or row[0] + row[1] > size or (at < 0 and row[0] + row[1] <= start and row[1]) \
+                or (row[0] >= stop and row[1]):
+            raise BadAnswer(f"record at {row[0]} is out of order or outside [{start}, {stop})")
         at = row[0]
 
 

@@ -3,6 +3,7 @@ a watcher, `logship serve`), Debian's chromium driven by Playwright, and ways to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -142,9 +143,10 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+@contextlib.contextmanager
+def new_page(browser: Browser, **context: Any) -> Iterator[Page]:
+    """A page in a context of its own (`context`: Playwright's options, e.g. has_touch=True)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720}, **context)
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -154,6 +156,27 @@ def page(browser: Browser) -> Iterator[Page]:
     finally:
         ctx.close()
     assert not errors, errors  # no uncaught exception in the page's script
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with new_page(browser) as pg:
+        yield pg
+
+
+def swipe(page: Page, selector: str, dy: float) -> None:
+    """A finger drawn `dy` pixels down (up if negative) over `selector`, as the touchscreen sends it (a page of a
+    context with has_touch=True): the browser's own touch events, and its scrolling of what they move."""
+    box: dict[str, Any] = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - dy / 2
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        for k in range(1, 11):
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y + dy * k / 10}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    finally:
+        cdp.detach()
 
 
 def rows(page: Page) -> list[dict[str, Any]]:

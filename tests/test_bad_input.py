@@ -164,6 +164,7 @@ async def test_range_values_beyond_2_63(api: Api, header: str, status: int, body
 @pytest.mark.parametrize("route,name", [("/api/v1/tasks/done/hosts/h1/log", "start"),
                                         ("/api/v1/tasks/done/hosts/h1/index", "start"),
                                         ("/api/v1/tasks/done/hosts/h1/index", "end"),
+                                        ("/api/v1/tasks/done/hosts/h1/index", "last"),
                                         ("/api/v1/tasks/done/hosts/h1/tail", "from"),
                                         ("/api/v1/tasks/done/hosts/h1/tail", "lines"),
                                         ("/api/v1/tasks", "limit"), ("/api/v1/search?q=x", "limit")])
@@ -171,6 +172,14 @@ async def test_numbers_have_bounds(api: Api, route: str, name: str) -> None:
     for value in ("9223372036854775808", "9" * 5000, "-1", "1e999", "NaN", "1.5", "٣", "²", " 1", "0x10"):
         status, doc, _, _ = await api.get(route, params={name: value}, headers=SSE)
         assert _is_error(status, doc, 400), (route, name, value, status, doc)
+
+
+@pytest.mark.parametrize("query", ["last=0", "last=20001", "stream=unknown&last=1", "stream=unknown",
+                                   "stream=&last=1"])
+async def test_the_index_scans_refuse_what_they_cannot_do(api: Api, query: str) -> None:
+    """`last` is 1 to 20,000 records; `stream` is stdout or stderr."""
+    status, doc, _, _ = await api.get(f"/api/v1/tasks/done/hosts/h1/index?{query}")
+    assert _is_error(status, doc, 400), (query, status, doc)
 
 
 @pytest.mark.parametrize("last_id", ["²", "٣", "-1", "1e9", "9" * 20, "9" * 5000])

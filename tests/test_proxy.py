@@ -218,6 +218,18 @@ async def test_the_node_gets_the_proxy_token_never_the_users(setup: Setup) -> No
         await central.close()
 
 
+async def test_the_index_scan_back_is_forwarded_whole(setup: Setup) -> None:
+    """`last` and `stream` reach the node (without them its answer would be the records from the log's start)."""
+    central = await setup.central()
+    try:
+        status, body, _ = await setup.get(central, "/index", params={"end": "5", "last": "3", "stream": "stdout"})
+        assert status == 200 and json.loads(body)["chunks"][0][0] == 0, body
+        assert [qs for _, qs, _ in setup.node.seen] == [
+            f"/api/v1/tasks/{TASK}/hosts/{HOST}/index?end=5&last=3&stream=stdout"]
+    finally:
+        await central.close()
+
+
 @pytest.mark.parametrize("url", [
     "http://localhost:{port}",  # resolves to the node, but is not a name allowed
     "http://127.1:{port}", "http://2130706433:{port}", "http://0x7f000001:{port}",  # 127.0.0.1 to a resolver

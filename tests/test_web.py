@@ -523,6 +523,26 @@ def test_the_index_route_numbers_lines_anywhere_in_the_log(stack: Callable[..., 
             want = [c for c in chunks if c.end > start and c.offset < end]
             assert body["chunks"] == [[c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns] for c in want]
             assert body["line"] == data.count(b"\n", 0, want[0].offset)
+        for end in (chunks[-1].offset, chunks[len(chunks) // 2].offset, 123_457, chunks[3].offset):
+            for stream in (None, "stdout", "stderr"):  # the last records before `end`, scanned back (`last`)
+                for last in (1, 7, 20_000):
+                    q = f"{url}?end={end}&last={last}" + (f"&stream={stream}" if stream else "")
+                    status, body = get_json(q)
+                    want = [c for c in chunks if c.offset < end and stream in (None, c.stream_name)][-last:]
+                    assert status == 200 and body["chunks"] == [
+                        [c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns] for c in want], q
+                    stopped = len(want) == last and want[0].offset > 0  # more may lie before what it found
+                    assert (body["more"], body["from"]) == ((True, want[0].offset) if stopped else (False, 0)), q
+                    assert body["line"] == (data.count(b"\n", 0, want[0].offset) if want else None), q
+        for start in (0, chunks[len(chunks) // 2].offset, 123_457):
+            for stream in ("stdout", "stderr"):  # one stream's records from `start`, scanned forward
+                q = f"{url}?start={start}&stream={stream}"
+                status, body = get_json(q)
+                want = [c for c in chunks if c.end > start and c.stream_name == stream]
+                assert status == 200 and body["chunks"] == [
+                    [c.offset, c.length, c.lines, c.stream_name, c.flags, c.ts_ns] for c in want], q
+                line = data.count(b"\n", 0, want[0].offset)
+                assert (body["more"], body["to"], body["line"]) == (False, len(data), line), q
         status, body = get_json(f"{url}?start={len(data)}")
         assert status == 200 and body["chunks"] == [] and body["line"] == data.count(b"\n")
         status, body = get_json(f"{url}?start={len(data) + 1}")

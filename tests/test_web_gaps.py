@@ -6,8 +6,11 @@ opening at the start then scrolling down across a hole longer than one read)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -53,6 +56,11 @@ def drop(st: Stack, seqs: set[int]) -> list[tuple[int, int]]:
 
     with ThreadPoolExecutor(1) as pool:  # Playwright's own loop runs in this thread
         return pool.submit(asyncio.run, edit()).result()
+
+
+def index_back(st: Stack, query: str) -> Any:
+    with urllib.request.urlopen(f"{st.base}/api/v1/tasks/g/hosts/h1/index?{query}", timeout=30) as r:
+        return json.loads(r.read())
 
 
 def shown(page: Page) -> list[tuple[int | None, str]]:
@@ -104,6 +112,15 @@ def test_a_log_with_holes_reads_around_them(stack: Callable[..., Stack], page: P
     holes = drop(st, {3, 4, 5, 6, 7, 12})  # 320 KiB (longer than one read of the page) and 64 KiB near the end
     holes = [(holes[0][0], holes[4][1]), holes[5]]
     st.serve()
+    # the index scanned back (`last`, the page's walk to a line's start) stops at a hole: it ends every line
+    hole = ((holes[0][0] - 1) * WIDTH, holes[0][1] * WIDTH)
+    back = index_back(st, f"end={hole[1] + 10 * WIDTH}&stream=stdout&last=20000")
+    assert [c[0] for c in back["chunks"]][:1] == [hole[1]] and (back["from"], back["more"]) == (hole[1], False)
+    back = index_back(st, f"end={hole[1] - WIDTH}&last=5")  # an end inside the hole: nothing held just before it
+    assert (back["chunks"], back["from"], back["more"]) == ([], hole[1] - WIDTH, False)
+    ahead = index_back(st, f"start={hole[0] - 10 * WIDTH}&stream=stdout")  # forward, for a line's end: the same
+    last = ahead["chunks"][-1]
+    assert last[0] + last[1] == hole[0] and (ahead["to"], ahead["more"]) == (hole[0], False)
     page.goto(f"{st.base}/#/t/g/h1")
     wait_for(lambda: edge_n(page) == LINES, 15, "the log's end did not show")
     ns = check(page, holes)

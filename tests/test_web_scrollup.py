@@ -114,9 +114,9 @@ def test_a_view_opened_inside_a_long_line_joins_it_both_ways(stack: Callable[...
     assert all_rows(page) == expected_rows(lines)
 
 
-# A stdout line written in three parts, stderr lines between them: 6 MB between its first two parts, more than
-# the page walks back past without a byte of the line (range.js MISSES: 4 reads, each past at most 256 KiB and a
-# chunk, at most the agent's 1 MiB read), and 400 KB between its last two, more than one read.
+# A stdout line written in three parts, stderr lines between them: 6 MB between its first two parts, far more than
+# the page once walked back past without a byte of the line (4 reads of the index), and 400 KB between its last two,
+# more than one read.
 ERR_W, ERR_GAP, ERR_LINES = 5000, 1200, 1280
 
 
@@ -134,46 +134,35 @@ put(sys.stdout, 'C\\n')
 """
 
 
-def test_a_count_the_walk_gave_up_on_says_at_least(stack: Callable[..., Stack], page: Page) -> None:
-    """Opened at the end, the line's row holds its last part; the walk back finds its middle part, then gives up
-    in the other stream's lines: the count is a lower bound, and says so. Scrolled to the top, the row holds the
-    whole line, exactly."""
+@pytest.mark.parametrize("middle", ["B" * 1000, ""])
+def test_a_line_split_by_megabytes_of_the_other_stream_is_counted_exactly(stack: Callable[..., Stack], page: Page,
+                                                                          middle: str) -> None:
+    """Opened at the end, the line's row holds its last part; the walk back finds its earlier parts however many
+    of the other stream's lines lie between (the index scanned back for the line's stream): the row counts them
+    exactly, and says the line began before, not that it may have. Scrolled to the top, the row holds the whole
+    line, exactly."""
     st = stack()
-    assert st.run("split", split_task(st.spool / "split" / "h1")).returncode == 0
+    assert st.run("split", split_task(st.spool / "split" / "h1", middle)).returncode == 0
     errs = [f"e {i:05d} {'.' * (ERR_W - 8)}" for i in range(ERR_LINES)]
     assert spooled(st.spool, "split") == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs[:ERR_GAP])
-                                          + "B" * 1000 + "".join(e + "\n" for e in errs[ERR_GAP:]) + "C\n").encode()
-    lines = ["first", *errs, "A" * 1000 + "B" * 1000 + "C"]
-    st.serve()
-    page.goto(f"{st.base}/#/t/split/h1")
-    page.wait_for_selector("#log-status[data-status=finished]")
-    wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
-    last = all_rows(page)[-1]
-    assert (last["n"], last["text"], last["cut"], last["cont"]) == (
-        len(lines), "C", " … ≥ 1000 more characters (in the download)", True), last
-    scroll_to_top(page)
-    assert all_rows(page) == expected_rows(lines)
-
-
-def test_a_line_whose_walk_found_none_of_its_start_may_have_begun_before(stack: Callable[..., Stack],
-                                                                        page: Page) -> None:
-    """As above without the middle part: the walk back from the window finds no byte of the line before it gives
-    up, so the count says nothing, and whether the line began before is not known: its row says it may have,
-    with no count. Scrolled to the top, the row holds the whole line, exactly, and says nothing more."""
-    st = stack()
-    assert st.run("split", split_task(st.spool / "split" / "h1", "")).returncode == 0
-    errs = [f"e {i:05d} {'.' * (ERR_W - 8)}" for i in range(ERR_LINES)]
-    lines = ["first", *errs, "A" * 1000 + "C"]
-    assert spooled(st.spool, "split") == ("first\n" + "A" * 1000 + "".join(e + "\n" for e in errs) + "C\n").encode()
+                                          + middle + "".join(e + "\n" for e in errs[ERR_GAP:]) + "C\n").encode()
+    lines = ["first", *errs, "A" * 1000 + middle + "C"]
     st.serve()
     page.goto(f"{st.base}/#/t/split/h1")
     page.wait_for_selector("#log-status[data-status=finished]")
     wait_for(lambda: bool(page.eval_on_selector_all("#rows .r", "els => els.length")), 15, "no rows shown")
     got = all_rows(page)
-    assert got[-1] == {"n": len(lines), "text": "C", "cut": "", "partial": False, "cont": False, "maybe": True}, got[-1]
+    assert got[-1] == {"n": len(lines), "text": "C", "partial": False, "cont": True, "maybe": False,
+                       "cut": f" … {1000 + len(middle)} more characters (in the download)"}, got[-1]
     assert not any(r["cont"] or r["maybe"] for r in got[:-1])  # a stderr line begins each row but the first
     scroll_to_top(page)
     assert all_rows(page) == expected_rows(lines)
+    # the other way: a window at the log's start holds the line's first part, open at its end; the walk forward
+    # finds the rest however far (the index scanned forward for stdout), and counts it exactly
+    page.goto(f"{st.base}/#/t/split/h1?at=0")
+    page.wait_for_selector("#rows .r.hit")
+    assert all_rows(page)[-1] == {"n": None, "text": "A" * 1000, "partial": True, "cont": False, "maybe": False,
+                                  "cut": f" … {len(middle) + 1} more characters (in the download)"}
 
 
 def test_a_line_open_across_the_whole_window_joins_it_from_above(stack: Callable[..., Stack], page: Page) -> None:

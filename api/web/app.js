@@ -4,7 +4,7 @@
 // rows, position, fetches or timers.
 
 import { aborted, auth } from './api.js';
-import { $, clearError, clock, el, retime, showError } from './dom.js';
+import { $, clearError, clock, el, retime, showError, typing } from './dom.js';
 import { LogView } from './logview.js';
 import { MultiView } from './multiview.js';
 import { SearchView } from './search.js';
@@ -125,7 +125,7 @@ function setup() {
   $('#bottom').onclick = () => view && view.jumpBottom && view.jumpBottom();
   $('#new-lines').onclick = () => view && view.jumpBottom && view.jumpBottom();
   document.addEventListener('keydown', (e) => {
-    if (!view || !view.jumpTop || e.target.closest('input, select, textarea, dialog')) return;
+    if (!view || !view.jumpTop || typing(e)) return;
     if (e.key === 'Home') { e.preventDefault(); view.jumpTop(); }
     if (e.key === 'End') { e.preventDefault(); view.jumpBottom(); }
   });

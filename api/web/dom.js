@@ -2,6 +2,10 @@
 
 export const $ = (sel) => document.querySelector(sel);
 
+// A key pressed where it types or picks (a text field, a menu, the token dialog) is not the log view's. A toolbar
+// checkbox just clicked keeps the focus, and does nothing with Home, End, PageUp or the arrows: those are the log's.
+export const typing = (e) => !!e.target.closest('input:not([type=checkbox]), select, textarea, dialog');
+
 export function fmtBytes(n) {
   if (n == null) return '—';
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -5,10 +5,11 @@
 // fetches are aborted, its tails and timers stopped, its listeners removed and its rows emptied, and it
 // gets a scroll box of its own. Nothing the last view did or was still doing reaches the next one.
 
-import { $, el, setText, showError } from './dom.js';
+import { $, el, setText, showError, typing } from './dom.js';
 import { resetLiveness } from './liveness.js';
 
 export const MAX_ROWS = 5000; // line elements kept in the page
+const SCROLL_KEYS = new Set(['PageUp', 'PageDown', 'ArrowUp', 'ArrowDown']); // the log's, wherever the focus
 
 
 // Following: the view is kept at the end. Where it was put is noted, so a view found above that spot
@@ -67,8 +68,11 @@ export class Pane {
     });
     on(window, 'resize', () => { if (this.ready && !this.closed && this.checkEdges) this.checkEdges(); }); // taller
     on(document, 'keydown', (e) => {
-      if ((e.key !== 'PageUp' && e.key !== 'ArrowUp') || e.target.closest('input, select, textarea, dialog')) return;
-      up(e.key === 'PageUp' ? this.log.clientHeight * 0.9 : 40);
+      if (!SCROLL_KEYS.has(e.key) || typing(e)) return;
+      // from the toolbar (a box or button just clicked keeps the focus) the browser would scroll nothing: the log
+      // takes the focus first, and the browser's own scrolling, after this listener, moves it
+      if (!this.log.contains(e.target)) this.log.focus({ preventScroll: true });
+      if (e.key === 'PageUp' || e.key === 'ArrowUp') up(e.key === 'PageUp' ? this.log.clientHeight * 0.9 : 40);
     });
     // the toolbar: nothing of the last view's state (the Pause, Follow and connection shown only while live)
     const badge = $('#log-status');

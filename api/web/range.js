@@ -96,62 +96,59 @@ export function mergeGaps(dropped) {
 // --- the whole of a line a read holds only a part of ---------------------------------------------------
 
 const PARTIAL = 1; // an index chunk's flag: it holds only the part of a line not ended yet (docs/format.md)
-const WALK = 64; // index reads at most, walking one line's chunks one way (16 MiB of log)
-// reads in a row with no chunk of the stream walked: the walk stops there (a stream silent for 1 MiB of the
-// other's output costs 4 small requests, not 64); the count is then what was found, a lower bound
-const MISSES = 4;
+const WALK = 64; // index reads at most, walking one line's chunks one way
+const BACK = 64; // records of one stream asked for by each read of a walk back (a line of up to 64 × 64 chunks)
 
 // For each of `streams`, the bytes of the line it has open at offset `at` (a chunk's start) that lie before
 // `at`: 0 when its next byte begins a line. A partial chunk holds only an unended line's part, so the line
 // goes back through the run of the stream's partial chunks before `at` (the other stream's chunks between
-// them, as when stderr lines were written while a stdout line was unended). A hole ends the walk.
-// {bytes: stream -> bytes, low: the streams whose walk gave up (WALK, MISSES): their count is a lower bound}.
+// them, as when stderr lines were written while a stdout line was unended) to the stream's last chunk that ends
+// a line, the log's start or a hole (which ends every line). The index, scanned back for one stream (`last`,
+// api/indexback.py), finds it in one read however long the stream was silent, so the count is exact but for a
+// line of more than WALK × BACK chunks, or past WALK × 100,000 records of the other stream. {bytes: stream ->
+// bytes, low: the streams whose walk gave up (WALK reads): their count is a lower bound}.
 export async function bytesBefore(path, at, streams, signal) {
-  const out = Object.fromEntries(streams.map((s) => [s, 0])), open = new Set(streams), low = new Set();
-  const misses = Object.fromEntries(streams.map((s) => [s, 0]));
-  const done = (gaveUp) => ({ bytes: out, low: gaveUp ? new Set([...low, ...open]) : low });
-  for (let step = 0; open.size && at > 0 && step < WALK; step++) {
-    const idx = await fetchIndex(path, Math.max(0, at - CHUNK), at, signal);
-    const chunks = idx.chunks.filter((c) => c[0] < at);
-    if (!chunks.length) return done(false); // a hole before at: the lines end there
-    if (idx.more) return done(true); // more chunks than one answer holds: not walked
-    const seen = new Set();
-    for (let i = chunks.length - 1; i >= 0 && open.size; i--) {
-      const [off, len, , stream, flags] = chunks[i];
-      if (off + len !== at) return done(false); // a hole: the line ends there
-      at = off;
-      if (!open.has(stream)) continue;
-      seen.add(stream);
-      if (flags & PARTIAL) out[stream] += len; else open.delete(stream);
+  const bytes = {}, low = new Set();
+  await Promise.all(streams.map(async (s) => {
+    const { n, gaveUp } = await lineBefore(path, at, s, signal);
+    bytes[s] = n;
+    if (gaveUp) low.add(s);
+  }));
+  return { bytes, low };
+}
+
+async function lineBefore(path, at, stream, signal) {
+  let n = 0;
+  for (let step = 0; at > 0 && step < WALK; step++) {
+    const idx = await apiJSON(`${path}/index?end=${at}&stream=${stream}&last=${BACK}`, { signal });
+    for (let i = idx.chunks.length - 1; i >= 0; i--) {
+      const [, len, , , flags] = idx.chunks[i];
+      if (!(flags & PARTIAL)) return { n, gaveUp: false }; // it ends a line: the line begins after it
+      n += len;
     }
-    for (const s of [...open]) {
-      if (seen.has(s)) misses[s] = 0;
-      else if (++misses[s] >= MISSES) { open.delete(s); low.add(s); }
-    }
+    if (!idx.more) return { n, gaveUp: false }; // back to the log's start or a hole: the line begins there
+    at = idx.from;
   }
-  return done(at > 0); // still open at the log's start: exact; after WALK reads: a lower bound
+  return { n, gaveUp: at > 0 };
 }
 
 // The bytes of `stream`'s line open at offset `at` (a chunk's end) that lie at or after it, up to `end`:
-// through the stream's partial chunks to its next chunk, whose first newline ends the line. {n, low: the walk
-// gave up (WALK, MISSES): n is a lower bound}.
+// through the stream's partial chunks to its next chunk, whose first newline ends the line; a hole or `end` ends
+// it too. The index scanned forward for the stream (`stream=`, api/indexback.py) finds that chunk in one read
+// however long the stream is silent. {n, low: the walk gave up (WALK reads): n is a lower bound}.
 export async function bytesAfter(path, at, end, stream, signal) {
-  let n = 0, misses = 0;
-  for (let step = 0; at < end && step < WALK && misses < MISSES; step++) {
-    const idx = await fetchIndex(path, at, Math.min(end, at + CHUNK), signal);
-    misses++;
-    for (const [off, len, lines, s, flags] of idx.chunks) {
-      if (off !== at) return { n, low: false }; // a hole: the line ends there
-      at = off + len;
-      if (s !== stream) continue;
-      misses = 0;
+  let n = 0;
+  for (let step = 0; at < end && step < WALK; step++) {
+    const idx = await apiJSON(`${path}/index?start=${at}&end=${end}&stream=${stream}`, { signal });
+    for (const [off, len, lines, , flags] of idx.chunks) {
       if (flags & PARTIAL || !lines) { n += len; continue; }
       if (lines === 1) return { n: n + len - 1, low: false }; // a chunk ends at a line end: its last byte
       return { n: n + (await fetchBytes(path, off, off + len, signal)).indexOf(10), low: false };
     }
-    if (!idx.chunks.length) return { n, low: false }; // a hole after at: the line ends there
+    if (!idx.more) return { n, low: false }; // a hole, or open at `end` (the log's end as known): exact
+    at = idx.to;
   }
-  return { n, low: at < end }; // open at the log's end: exact; else the walk gave up
+  return { n, low: at < end };
 }
 
 // A read from `lo` (a chunk's start) into a new assembler `asm`: each stream's first line may have begun
