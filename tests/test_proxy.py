@@ -230,6 +230,28 @@ async def test_the_index_scan_back_is_forwarded_whole(setup: Setup) -> None:
         await central.close()
 
 
+@pytest.mark.parametrize("doc", [
+    {"from": 40, "chunks": [[0, 5, 1, "stdout", 0, 1]]},  # the scan says it stopped after the `end` asked
+    {"from": 0, "chunks": [[0, 5, 1, "stdout", 0, 1], [5, 9, 1, "stdout", 0, 1]]},  # a record at `end`
+    {"to": -1, "chunks": []},
+])
+async def test_an_index_scan_at_odds_with_its_request_is_not_served(setup: Setup, doc: dict[str, Any]) -> None:
+    """A node's scan back from `end` that reaches past it is refused; the central API answers from checkpoints."""
+    async def answer(request: web.Request, node: Node) -> web.StreamResponse:
+        return web.json_response({"size": len(node.body), "status": "running", "line": 0, "more": False, **doc})
+
+    setup.node.answer = answer
+    central = await setup.central()
+    try:
+        status, body, _ = await setup.get(central, "/index", params={"end": "5", "last": "3", "stream": "stdout"})
+        got = json.loads(body)
+        assert status == 200 and len(setup.node.seen) == 1, body
+        assert got.get("from", 0) <= 5 and all(row[0] < 5 for row in got["chunks"]), got
+        assert central.app[METRICS].proxy_rejected == 1
+    finally:
+        await central.close()
+
+
 @pytest.mark.parametrize("url", [
     "http://localhost:{port}",  # resolves to the node, but is not a name allowed
     "http://127.1:{port}", "http://2130706433:{port}", "http://0x7f000001:{port}",  # 127.0.0.1 to a resolver
