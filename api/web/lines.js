@@ -89,7 +89,8 @@ function concat(arrays) {
 export const STREAM_CLASS = { stdout: 'o', stderr: 'e', unknown: 'u' };
 
 export function rowElement(row, host) {
-  // begun before the bytes read (`before` of it there); or maybe: a walk back gave up (`low`) having found none
+  // begun before the bytes read (`before` of it there); or maybe (`low`): the scan back for its start gave up
+  // (a line longer than 64 × 64 partial chunks, or the other stream's 6.4 M records between) having found none
   // of it, which says nothing either way (the index does not mark a chunk that goes on with a line)
   const begun = row.before ? ' cont' : row.low ? ' maybe' : '';
   const r = el('div', `r ${STREAM_CLASS[row.stream] || 'u'}${row.partial ? ' partial' : ''}${begun}`);
