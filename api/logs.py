@@ -217,6 +217,7 @@ async def _send(request: web.Request, resp: web.StreamResponse, view: LogView, s
             if first:
                 await resp.write(first)
                 metrics.bytes_out += len(first)
+                first = b""  # not held for the whole answer (a decompressed piece: 256 KiB per download)
             async for piece in body:
                 await resp.write(piece)
                 metrics.bytes_out += len(piece)

@@ -53,6 +53,8 @@ def test_followers_that_reset_their_connections_leave_no_memory_behind(tmp_path:
             environ = f.read().split(b"\0")
         assert b"PYTHONMALLOC=malloc" in environ  # logship serve chose glibc's malloc itself
         assert b"MALLOC_ARENA_MAX=2" in environ  # and few arenas (api/heap.py)
+        assert b"MALLOC_TRIM_THRESHOLD_=4194304" in environ  # and a download's pieces reuse its heap
+        assert b"MALLOC_MMAP_THRESHOLD_=2097152" in environ
         # and pyarrow (the listing's Parquet) allocates from that heap, not a mimalloc pool of its own
         env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
         probe = "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"

@@ -41,6 +41,10 @@ from shipper.format.zstdio import ZSTD_IN, Early, decompress, raw_frame, raw_fra
 from shipper.store import Store
 
 VIEW_ATTEMPTS = 3
+# read() asks for the next part's object once this many log bytes of a decompressed part are left: ≥ 5 ms of
+# a core's decompression (0.8 GB/s), over a GET's 2-6 ms to its first byte; asked at a 16 MiB part's start, its
+# answer sat buffered through the whole part, in every download (bench/README.md, "memory").
+EARLY_LEFT = 4 << 20
 
 
 class LogNotFound(LogshipError):
@@ -138,11 +142,9 @@ class Reader:
         """The bytes [start, end) of the view, in pieces of at most PIECE bytes; BytesMissing where the view
         holds no part (after the bytes before it: nothing after a hole is ever moved to its offset).
 
-        Once a part's first piece is here, the next part's object is requested, so that its GET
-        (SeaweedFS takes 2-6 ms to its first byte) overlaps the sending of this part. Requested when
-        three quarters of the part were sent instead, a zstd object passed through (4.6 MB, ≈ 3 ms)
-        left most of that latency uncovered: 0.72 of a plain GET's speed, 0.87 this way
-        (bench/README.md). The price is a second response's buffers (≤ 2 x READ_BUFSIZE) per reader.
+        The next part's object is requested before its turn, so that its GET (2-6 ms to a first byte) overlaps
+        the sending of this part: at the part's first piece, or with EARLY_LEFT bytes left of a part decompressed
+        on the fly. Meanwhile its answer's buffer (≈ 2 x the pieces it is read in) is held.
         """
         end = view.size if end is None else min(end, view.size)
         jobs = [(p, max(start, p.offset) - p.offset, min(end, p.end) - p.offset) for p in view.parts
@@ -156,11 +158,14 @@ class Reader:
                 pos = part.offset + b
                 opened, early = early, None
                 nxt = jobs[i + 1] if i + 1 < len(jobs) and jobs[i + 1][0].kind in WHOLE_KINDS else None
+                zstd = part.kind in WHOLE_KINDS and part.entry is not None and part.entry.compression == "zstd"
+                left, ask_at = b - a, EARLY_LEFT if zstd else b - a  # the next is asked for once `left` <= ask_at
                 pieces = self._read_part(view, part, a, b, opened, _depth)
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
                         yield piece
-                        if nxt is not None and early is None:
+                        left -= len(piece)
+                        if nxt is not None and early is None and left <= ask_at:
                             early = self._open_store(view, *nxt)
             if pos < end:
                 raise view.missing_error(view.missing(pos, end))

@@ -236,11 +236,19 @@ class S3Store:
         try:
             while True:
                 with self._errors("read", full):
-                    data = await resp.content.read(chunk)
+                    # A received piece as aiohttp holds it (S3Http.get sizes them to `chunk`): read(n) joined
+                    # the tail of one piece and the head of the next into n bytes, a copy of every byte.
+                    data, http_chunk_end = await resp.content.readchunk()
                 if not data:
+                    if http_chunk_end:
+                        continue  # the end of one chunk of a chunked answer, not of the body
                     return
                 self.stats.bytes_received += len(data)
-                yield data
+                if len(data) <= chunk:
+                    yield data
+                else:  # a chunked answer's pieces, or a smaller chunk than S3Http receives
+                    for i in range(0, len(data), chunk):
+                        yield data[i:i + chunk]
         finally:
             # Sync close: an unread response's connection is closed rather than returned to the
             # pool, and finally blocks of async generators may run during loop shutdown.

@@ -37,10 +37,14 @@ _RESEND_BROKEN = {"POST"}
 _WITH_BODY = {"PUT", "POST"}  # an empty body is still sent as one, with Content-Length: 0
 # asyncio reads a socket 256 KiB per recv() (its transports' `max_size`), so a passthrough download went
 # through the whole chain (parser, reader, checks, the client's write) once per 256 KiB. A GET whose body
-# is read in 1 MiB pieces (zstd passed through) receives 1 MiB per recv(): fewer, bigger pieces and a
-# quarter of the syscalls and wake-ups (bench/README.md, "download"). Reads in smaller pieces (decompressed
-# on the fly) keep the default: a recv()'s bytes wait in the answer's buffer, so it sizes the API's memory.
-RECV_MAX, RECV_DEFAULT = 1 << 20, 256 << 10
+# is read in pieces of `chunk` bytes receives `chunk` per recv() (within RECV_MIN..RECV_MAX): 1 MiB pieces
+# (zstd passed through) mean a quarter of the syscalls and wake-ups (bench/README.md, "download"). What is
+# received and not read yet waits in the answer's buffer: aiohttp stops reading the socket once it holds
+# more than 2 x HELD, so at most about one recv() more (the rest waits in the kernel's socket buffer, which
+# is not the API's memory). With the default (2 x 256 KiB, and a recv() beyond) a download decompressed on
+# the fly, slower than the store sends, kept ≈ 0.7 MB there per answer (bench/README.md, "memory").
+# Other GETs (whole small objects) keep the defaults.
+RECV_MIN, RECV_MAX, RECV_DEFAULT, HELD = 64 << 10, 1 << 20, 256 << 10, 64 << 10
 # The S3 operation of each metrics name, for the ClientError that s3errors.py reads.
 _OPERATION = {"get_object": "GetObject", "put_object": "PutObject", "head_object": "HeadObject",
               "list_objects_v2": "ListObjectsV2", "delete_objects": "DeleteObjects",
@@ -76,18 +80,20 @@ class S3Http:
 
     async def get(self, url: str, headers: Mapping[str, str], chunk: int = 0) -> aiohttp.ClientResponse:
         """The response of a successful GET of a presigned URL, its body unread; the caller releases it.
-        A body read in pieces of `chunk` >= RECV_MAX bytes is received in recv() calls that big."""
-        resp = await self.send("get_object", "GET", url, headers)
+        A body read in pieces of `chunk` bytes (0: read whole) is received in recv() calls of about that size,
+        and little more than one is buffered unread."""
+        recv = min(max(chunk, RECV_MIN), RECV_MAX) if chunk else RECV_DEFAULT
+        resp = await self.send("get_object", "GET", url, headers, read_bufsize=HELD if chunk else None)
         transport = resp.connection.transport if resp.connection is not None else None
-        recv = RECV_MAX if chunk >= RECV_MAX else RECV_DEFAULT
         if transport is not None and getattr(transport, "max_size", recv) != recv:
             transport.max_size = recv  # type: ignore[attr-defined]  # a pooled connection keeps it: set per answer
         return resp
 
     async def send(self, op: str, method: str, url: str, headers: Mapping[str, str],
-                   body: bytes = b"") -> aiohttp.ClientResponse:
+                   body: bytes = b"", read_bufsize: int | None = None) -> aiohttp.ClientResponse:
         """The response of a successful request (status < 300), its body unread; the caller releases it.
-        `url` is sent as it is (signed so); `op` names it in StoreStats, with the body's bytes.
+        `url` is sent as it is (signed so); `op` names it in StoreStats, with the body's bytes; `read_bufsize`
+        sizes the answer's buffer (None: the session's).
 
         Raises ClientError for an S3 error answer, after `attempts` tries when it is a transient one
         (5xx, 429), and aiohttp/OS errors for a failed connection. aiohttp itself sends an idempotent
@@ -102,7 +108,7 @@ class S3Http:
                 # No Content-Type of aiohttp's own on a body: botocore sends none, and S3 keeps what it is given.
                 resp = await self._http().request(method, target, headers=headers, proxy=proxy,
                                                   data=body if method in _WITH_BODY else None,
-                                                  skip_auto_headers=("Content-Type",))
+                                                  skip_auto_headers=("Content-Type",), read_bufsize=read_bufsize)
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                 if attempt == self._attempts or method not in _RESEND_BROKEN:
                     raise
