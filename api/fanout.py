@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSCloseCode
 
-from .hub import Event, Feed
+from .hub import Feed
+from .messages import Event
 
 if TYPE_CHECKING:
     from .metrics import Metrics

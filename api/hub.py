@@ -1,5 +1,5 @@
 """What the followers of a log share: the poller that wakes them, the memo of encoded messages, and the
-spool segment reader. The messages' wire shape is built here too; api/tail.py has the route and cursor.
+spool segment reader (the messages' wire shape and the memo: api/messages.py; the route and cursor: api/tail.py).
 
 Followers get no bytes from the hub, only a wake-up: each reads the log itself from its own offset, so a slow
 follower holds back nobody but itself and the hub holds no per-client buffers. (The memo is a bounded cache of
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from shipper.errors import ObjectNotFound, StoreError
 from shipper.format import index, names
@@ -39,6 +38,7 @@ from shipper.format.parts import SpoolState, open_either, open_spool_file
 from shipper.format.reader import LogNotFound, Reader
 from shipper.retry import QuietLog
 
+from .messages import Memo
 from .source import LogView
 
 if TYPE_CHECKING:
@@ -51,99 +51,10 @@ POLL_S = 0.001  # the open segment's index is looked at this often while the log
 POLL_IDLE_S = 0.01  # ... and at most this rarely when it has been quiet
 ACTIVE_S = 1.0  # quiet time after which polling slows down
 ENDED_POLL_S = 0.5  # after exit.json nothing changes any more; keep a slow look for safety
-MESSAGE_BYTES = 256 << 10  # data per message at most: bounded memory per send, within clients' frame limits
 BATCH_BYTES = 1 << 20  # bytes read per step before they are sent (backpressure applies between steps)
-MEMO_BYTES = 4 << 20  # data of the recent chunks whose messages are shared (Memo)
-MEMO_CHUNK_BYTES = 64 << 10  # larger chunks are few messages: encoded per follower, not kept
 STORE_POLL_S = 1.0  # a log read from the store alone is listed this often while followed
 TICK_S = 1.0  # followers are woken at least this often (a safety net beside the spool; SSE pings)
 SCAN_S = 0.5  # how often the directory is listed for the rare jumps the cheap look misses
-
-
-class Event(NamedTuple):
-    text: str  # the JSON message
-    after: int  # the log offset after it (SSE id)
-    data_bytes: int = 0
-    skipped_bytes: int = 0
-
-
-# One encoder, made once: json.dumps with options builds a new one per call. JSON escapes \n and \r
-# inside strings, so a message is always one SSE `data:` line.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def encode(doc: dict[str, Any]) -> str:
-    return _JSON.encode(doc)
-
-
-def data_events(c: index.Chunk, start: int, data: bytes) -> list[Event]:
-    """Chunk `c`'s messages from log offset `start` (pieces of at most MESSAGE_BYTES)."""
-    out = []
-    while data:
-        n = len(data)
-        if n > MESSAGE_BYTES:
-            n = MESSAGE_BYTES
-            while n > MESSAGE_BYTES - 4 and data[n] & 0xC0 == 0x80:  # don't cut a UTF-8 sequence
-                n -= 1
-        piece, data = data[:n], data[n:]
-        data_json = _JSON.encode(piece.decode("utf-8", "replace"))
-        text = f'{{"offset":{start},"ts":{c.ts_ns},"stream":"{c.stream_name}","data":{data_json}}}'
-        out.append(Event(text, start + n, n))
-        start += n
-    return out
-
-
-class Shared(NamedTuple):
-    events: list[Event]
-    end: int  # log offset after the chunk
-    seq: int  # the spool segment it is in (0: read from the store)
-    idx_end: int  # position in that segment's index after its record
-
-
-class Memo:
-    """The messages of a log's recent whole chunks, kept in its feed and bounded by MEMO_BYTES.
-
-    Live followers are mostly at the same place: the first to wake reads and encodes a chunk, the
-    others take it from here by offset, with no syscall and no encoding of their own.
-    """
-
-    def __init__(self) -> None:
-        self.items: dict[int, Shared] = {}  # by chunk offset, oldest first
-        self.size = 0
-
-    def next(self, pos: int, seq: int) -> Shared | None:
-        """The chunk at `pos` if a follower in spool segment `seq` read it already."""
-        hit = self.items.get(pos)
-        return hit if hit is not None and hit.seq == seq else None
-
-    def events(self, c: index.Chunk, start: int, data: Callable[[], bytes], seq: int = 0,
-               idx_end: int = 0) -> list[Event]:
-        """The messages of chunk `c` from log offset `start`; `data()` gives those bytes, called on a miss."""
-        if start != c.offset or c.length > MEMO_CHUNK_BYTES:
-            return data_events(c, start, data())
-        hit = self.items.get(c.offset)
-        if hit is None:
-            hit = self.items[c.offset] = Shared(data_events(c, start, data()), c.end, seq, idx_end)
-            self.size += c.length
-            while self.size > MEMO_BYTES:
-                self.size -= sum(e.data_bytes for e in self.items.pop(next(iter(self.items))).events)
-        elif seq and hit.seq != seq:  # read from the store first: note where it is in the spool, for chaining
-            self.items[c.offset] = Shared(hit.events, c.end, seq, idx_end)
-        return hit.events
-
-
-def skipped_event(a: int, b: int) -> Event:
-    return Event(encode({"event": "skipped", "from": a, "to": b, "bytes": b - a}), b, 0, b - a)
-
-
-def end_event(view: LogView) -> Event:
-    ex = view.exit or {}
-    return Event(encode({"event": "end", "status": view.status, "exit_code": ex.get("exit_code"),
-                          "signal": ex.get("signal"), "size": view.size}), view.size)
-
-
-def error_event(code: str, detail: str, hint: str = "") -> Event:
-    return Event(encode({"event": "error", "error": code, "detail": detail, "hint": hint}), -1)
 
 
 Key = tuple[str, str, Path | None]  # (task, host, spool log dir or None for store-only)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import fanout
-from .hub import Event
+from .messages import Event
 
 log = logging.getLogger("logship.api.tail")
 

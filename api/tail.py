@@ -38,8 +38,9 @@ from shipper.retry import QuietLog
 
 from . import fanout, params
 from .errors import BadRequest, json_error
-from .hub import BATCH_BYTES, Event, Feed, Hub, SegmentReader, end_event, error_event, skipped_event
+from .hub import BATCH_BYTES, Feed, Hub, SegmentReader
 from .keys import CONFIG, HUB, METRICS, SINKS, SOURCE, VIEW
+from .messages import Event, end_event, error_event, skipped_event
 from .sinks import PING_S, SSE, Sink, WebSocket
 from .source import LogMoved, LogView, Part, Source
 
