@@ -85,6 +85,28 @@ async def test_an_answer_read_slowly_holds_little_more_than_one_recv(s3_store_cf
         await store.close()
 
 
+@pytest.mark.parametrize("chunk", [256 << 10, RECV_MAX])
+async def test_a_connection_kept_alive_after_a_streamed_answer_serves_the_next_one(s3_store_cfg: StoreConfig,
+                                                                                   chunk: int) -> None:
+    """A streamed answer whose last recv() paused the socket, read to its end after its connection went back to
+    the pool, must not leave a read timer on that idle connection: aiohttp 3.14 re-arms `sock_read` when reading
+    resumes, and the timer, firing in the pool, made the next GET on the connection fail at once ("cannot reach
+    the store": every first download after a pause of a few seconds, in the API bench)."""
+    store = S3Store(s3_store_cfg, read_timeout=0.3)
+    try:
+        data = os.urandom(3 << 20)
+        await store.put("obj", data)
+        for _ in range(3):
+            pieces = store.open("obj", chunk=chunk)
+            got = [await anext(pieces)]
+            await asyncio.sleep(0.1)  # the rest arrives meanwhile: the socket is paused, the body's end received
+            got += [p async for p in pieces]
+            assert b"".join(got) == data
+            await asyncio.sleep(0.6)  # idle in the pool for longer than the read timeout
+    finally:
+        await store.close()
+
+
 async def test_a_chunked_answer_is_read_whole() -> None:
     """S3 answers a GET with a Content-Length; a proxy or another server may send it chunked: the end of each HTTP
     chunk is not the end of the body."""

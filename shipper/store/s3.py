@@ -210,11 +210,12 @@ class S3Store:
         resp = await self._get(full, start, end)
         if resp is None:
             return b""
+        protocol = S3Http.protocol(resp)
         try:
             with self._errors("get", full):
                 data = await resp.read()
         finally:
-            resp.release()
+            self._reader.finished(resp, protocol)
         self.stats.bytes_received += len(data)
         return data
 
@@ -233,6 +234,7 @@ class S3Store:
         resp = await self._get(full, start, end, chunk)
         if resp is None:
             return
+        protocol = S3Http.protocol(resp)
         try:
             while True:
                 with self._errors("read", full):
@@ -250,12 +252,8 @@ class S3Store:
                     for i in range(0, len(data), chunk):
                         yield data[i:i + chunk]
         finally:
-            # Sync close: an unread response's connection is closed rather than returned to the
-            # pool, and finally blocks of async generators may run during loop shutdown.
-            if resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()
+            # Sync: finally blocks of async generators may run during loop shutdown.
+            self._reader.finished(resp, protocol)
 
     async def _get(self, full: str, start: int, end: int | None, chunk: int = 0) -> aiohttp.ClientResponse | None:
         """The answer to a GET of [start, end), body unread (read in pieces of up to `chunk`: S3Http.get);

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import aiohttp
 import yarl
+from aiohttp.client_proto import ResponseHandler
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from .base import StoreStats
@@ -88,6 +89,31 @@ class S3Http:
         if transport is not None and getattr(transport, "max_size", recv) != recv:
             transport.max_size = recv  # type: ignore[attr-defined]  # a pooled connection keeps it: set per answer
         return resp
+
+    @staticmethod
+    def protocol(resp: aiohttp.ClientResponse) -> ResponseHandler | None:
+        """The connection an answer came on; taken before its body is read (aiohttp lets go of it at the body's
+        end), for `finished`."""
+        return resp.connection.protocol if resp.connection is not None else None
+
+    def finished(self, resp: aiohttp.ClientResponse, protocol: ResponseHandler | None) -> None:
+        """An answer read (or given up): its connection back to the pool, or closed if the body was not read
+        to its end, and no read timer left running on it once it is idle.
+
+        aiohttp 3.14 re-arms `sock_read` when a drained answer resumes reading a socket it had paused, also
+        after the connection went back to the pool at the body's end (aio-libs/aiohttp#12953, fixed in 3.14.5
+        only for a socket never paused). The timer then fires in the pool and the next request on that
+        connection fails at once with a read timeout: the API's first download after a few idle seconds failed
+        with "cannot reach the store" (tests/test_download_tuning.py).
+        """
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+        connector = self._session.connector if self._session is not None else None
+        if (protocol is not None and connector is not None and protocol not in connector._acquired
+                and protocol.is_connected()):  # idle in the pool: no read of ours is in flight on it
+            protocol._drop_timeout()
 
     async def send(self, op: str, method: str, url: str, headers: Mapping[str, str],
                    body: bytes = b"", read_bufsize: int | None = None) -> aiohttp.ClientResponse:

@@ -141,7 +141,7 @@ class S3Ops:
     async def put(self, key: str, body: bytes, md5: str | None) -> None:
         async def ours(signer: Presigner) -> None:
             url, headers = signer.request("PUT", self.bucket, key, headers={"Content-MD5": md5} if md5 else None)
-            await _read(await self.http.send("put_object", "PUT", url, headers, body))
+            await _read(self.http, await self.http.send("put_object", "PUT", url, headers, body))
 
         async def botos(s3: Any) -> None:
             await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **({"ContentMD5": md5} if md5 else {}))
@@ -172,7 +172,7 @@ class S3Ops:
             query.update((name, value) for name, value in (("start-after", start_after), ("continuation-token", token),
                                                            ("delimiter", delimiter)) if value)
             url, headers = signer.request("GET", self.bucket, "", query)
-            return parse_list(await _read(await self.http.send("list_objects_v2", "GET", url, headers)))
+            return parse_list(await _read(self.http, await self.http.send("list_objects_v2", "GET", url, headers)))
 
         async def botos(s3: Any) -> Page:
             extra = {name: value for name, value in (("StartAfter", start_after), ("ContinuationToken", token),
@@ -190,7 +190,7 @@ class S3Ops:
                     + "<Quiet>true</Quiet></Delete>").encode()
             md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # S3 requires it for DeleteObjects
             url, headers = signer.request("POST", self.bucket, "", {"delete": ""}, {"Content-MD5": md5})
-            root, ns = _root(await _read(await self.http.send("delete_objects", "POST", url, headers, body)))
+            root, ns = _root(await _read(self.http, await self.http.send("delete_objects", "POST", url, headers, body)))
             return [{"Key": e.findtext(f"{ns}Key") or "", "Code": e.findtext(f"{ns}Code") or "",
                      "Message": e.findtext(f"{ns}Message") or ""} for e in root.iterfind(f"{ns}Error")]
 
@@ -209,8 +209,8 @@ class S3Ops:
             query.update((name, value) for name, value in (("key-marker", key_marker),
                                                            ("upload-id-marker", upload_id_marker)) if value)
             url, headers = signer.request("GET", self.bucket, "", query)
-            return parse_uploads(await _read(await self.http.send("list_multipart_uploads", "GET", url, headers)),
-                                 prefix)
+            answer = await _read(self.http, await self.http.send("list_multipart_uploads", "GET", url, headers))
+            return parse_uploads(answer, prefix)
 
         async def botos(s3: Any) -> Uploads:
             extra = {name: value for name, value in (("KeyMarker", key_marker), ("UploadIdMarker", upload_id_marker))
@@ -224,7 +224,7 @@ class S3Ops:
         """AbortMultipartUpload; a gone upload is S3's NoSuchUpload (ClientError), for the caller."""
         async def ours(signer: Presigner) -> None:
             url, headers = signer.request("DELETE", self.bucket, key, {"uploadId": upload_id})
-            await _read(await self.http.send("abort_multipart_upload", "DELETE", url, headers))
+            await _read(self.http, await self.http.send("abort_multipart_upload", "DELETE", url, headers))
 
         async def botos(s3: Any) -> None:
             await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -302,8 +302,9 @@ def _root(body: bytes) -> tuple[ET.Element, str]:
     return root, root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
 
 
-async def _read(resp: aiohttp.ClientResponse) -> bytes:
+async def _read(http: S3Http, resp: aiohttp.ClientResponse) -> bytes:
     """The whole answer, at most ANSWER_MAX bytes; the connection goes back to the pool."""
+    protocol = http.protocol(resp)
     try:
         if (resp.content_length or 0) > ANSWER_MAX:
             raise BadAnswer(f"an answer of {resp.content_length} bytes")
@@ -314,4 +315,4 @@ async def _read(resp: aiohttp.ClientResponse) -> bytes:
                 raise BadAnswer(f"an answer over {ANSWER_MAX} bytes")
         return bytes(body)
     finally:
-        resp.release()
+        http.finished(resp, protocol)
