@@ -43,8 +43,10 @@ _WITH_BODY = {"PUT", "POST"}  # an empty body is still sent as one, with Content
 # received and not read yet waits in the answer's buffer: aiohttp stops reading the socket once it holds
 # more than 2 x HELD, so at most about one recv() more (the rest waits in the kernel's socket buffer, which
 # is not the API's memory). With the default (2 x 256 KiB, and a recv() beyond) a download decompressed on
-# the fly, slower than the store sends, kept ≈ 0.7 MB there per answer (bench/README.md, "memory").
-# Other GETs (whole small objects) keep the defaults.
+# the fly, slower than the store sends, kept ≈ 0.7 MB there per answer (bench/README.md, "memory"). Passed
+# through (pieces of RECV_MAX), the small buffer paused the socket at every recv(): 0.79 of a plain GET's speed
+# against 0.87 with the default, in the same hour's quiet bench runs; such a download is not slower than the
+# store, so it keeps the default. Other GETs (whole small objects) keep the defaults too.
 RECV_MIN, RECV_MAX, RECV_DEFAULT, HELD = 64 << 10, 1 << 20, 256 << 10, 64 << 10
 # The S3 operation of each metrics name, for the ClientError that s3errors.py reads.
 _OPERATION = {"get_object": "GetObject", "put_object": "PutObject", "head_object": "HeadObject",
@@ -84,7 +86,7 @@ class S3Http:
         A body read in pieces of `chunk` bytes (0: read whole) is received in recv() calls of about that size,
         and little more than one is buffered unread."""
         recv = min(max(chunk, RECV_MIN), RECV_MAX) if chunk else RECV_DEFAULT
-        resp = await self.send("get_object", "GET", url, headers, read_bufsize=HELD if chunk else None)
+        resp = await self.send("get_object", "GET", url, headers, read_bufsize=HELD if 0 < chunk < RECV_MAX else None)
         transport = resp.connection.transport if resp.connection is not None else None
         if transport is not None and getattr(transport, "max_size", recv) != recv:
             transport.max_size = recv  # type: ignore[attr-defined]  # a pooled connection keeps it: set per answer
