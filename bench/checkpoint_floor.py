@@ -29,13 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import zstandard
-
 from shipper.commands import s3local
 from shipper.format import delta, index
 from shipper.store import open_store
 
-from .pass_cost import BUCKET, _chunks, _config, passes
+from .pass_cost import BUCKET, _chunks, _config, compress_cpu, passes
 
 RECORDS = 550  # a record a 10 ms burst, 5 s of them
 BAR = 2.0
@@ -53,14 +51,7 @@ def _records(chunks: list[tuple[bytes, int]], offset: int, seq: int) -> bytes:
 def _once(chunks: list[tuple[bytes, int]]) -> float:
     """(a): CPU seconds to compress one checkpoint's bytes once, as the watcher stores a sealed segment (zstd level
     1) and its index records (level 3): the median of 60."""
-    data, idx = b"".join(c for c, _ in chunks), _records(chunks, 1 << 20, RECORDS + 1)
-    cpu = []
-    for _ in range(60):
-        t0 = time.process_time()
-        zstandard.ZstdCompressor(level=1).compress(data)
-        zstandard.ZstdCompressor(level=3).compress(idx)
-        cpu.append(time.process_time() - t0)
-    return statistics.median(cpu)
+    return compress_cpu(b"".join(c for c, _ in chunks), _records(chunks, 1 << 20, RECORDS + 1), 60)
 
 
 def _files(d: Path, kb: int) -> tuple[Path, Path, int, int]:

@@ -25,7 +25,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from shipper.config import Config, load_config
+from shipper.format import names
 from shipper.query.engine import Database
+from shipper.spool import SegmentWriter, make_log_dir, pid_start_ticks, write_json_atomic
 from shipper.store import ObjectInfo, Store
 from shipper.watcher import Watcher
 
@@ -92,6 +94,17 @@ def watch_once(env: dict[str, str], timeout: float = 300) -> subprocess.Complete
 
 def start_watcher(env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*LOGSHIP, "watch"], env=env, **kw)
+
+
+def start_log(spool: Path, task: str) -> SegmentWriter:
+    """A running log whose agent is this process (alive while the test runs)."""
+    fd = make_log_dir(spool, task, "h1")
+    me = os.getpid()
+    write_json_atomic(spool / task / "h1" / names.RUN_FILE, {
+        "task": task, "host": "h1", "run_id": os.urandom(16).hex(), "command": ["t"], "labels": {},
+        "started_ns": time.time_ns(), "agent_pid": me, "agent_start_ticks": pid_start_ticks(me),
+        "child_pid": None, "segment_bytes": 1 << 24}, dir_fd=fd)
+    return SegmentWriter(spool / task / "h1", 1 << 24, 600, fd)
 
 
 def spooled(spool: Path, task: str, host: str = "h1") -> bytes:

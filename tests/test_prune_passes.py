@@ -4,27 +4,15 @@ keeps its sealed segment `spool.keep_uploaded_seconds`, and each checkpoint pass
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
 from shipper.format import names
-from shipper.spool import SegmentWriter, SpoolLog, make_log_dir, pid_start_ticks, write_json_atomic
+from shipper.spool import SpoolLog
 from shipper.store import open_store
 from shipper.watcher import LogState, Watcher
 
-from .support import config
-
-
-def start_log(spool: Path, task: str) -> SegmentWriter:
-    """A running log whose agent is this process (alive while the test runs)."""
-    fd = make_log_dir(spool, task, "h1")
-    me = os.getpid()
-    write_json_atomic(spool / task / "h1" / names.RUN_FILE, {
-        "task": task, "host": "h1", "run_id": os.urandom(16).hex(), "command": ["t"], "labels": {},
-        "started_ns": time.time_ns(), "agent_pid": me, "agent_start_ticks": pid_start_ticks(me),
-        "child_pid": None, "segment_bytes": 1 << 24}, dir_fd=fd)
-    return SegmentWriter(spool / task / "h1", 1 << 24, 600, fd)
+from .support import config, start_log
 
 
 async def test_a_kept_segment_is_pruned_at_its_time_without_a_hop_each_pass_before(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,23 +12,12 @@ from typing import Any
 
 from shipper.config import Config
 from shipper.format import names
-from shipper.spool import SegmentWriter, make_log_dir, pid_start_ticks, write_json_atomic
+from shipper.spool import SegmentWriter
 from shipper.store import open_store
 from shipper.watcher import Watcher, watch
 from shipper.watcher.state_file import StateFile
 
-from .support import config
-
-
-def start_log(spool: Path, task: str) -> SegmentWriter:
-    """A running log whose agent is this process (alive while the test runs)."""
-    fd = make_log_dir(spool, task, "h1")
-    me = os.getpid()
-    write_json_atomic(spool / task / "h1" / names.RUN_FILE, {
-        "task": task, "host": "h1", "run_id": os.urandom(16).hex(), "command": ["t"], "labels": {},
-        "started_ns": time.time_ns(), "agent_pid": me, "agent_start_ticks": pid_start_ticks(me),
-        "child_pid": None, "segment_bytes": 1 << 24}, dir_fd=fd)
-    return SegmentWriter(spool / task / "h1", 1 << 24, 600, fd)
+from .support import config, start_log
 
 
 def append(w: SegmentWriter, data: bytes) -> None:
