@@ -212,7 +212,8 @@ class Uploads:
                 j = _cut(new, i)
                 blob, frame, sha = await asyncio.to_thread(self._encode, path, chain.start, new, i, j, chain.sha)
             key = names.delta_key(sl.task, sl.host, seq, frame.start, frame.end, self.compression)
-            await self.store.put(key, blob, checked=True)  # found by LIST: never a cut body (docs/checkpoints.md §8)
+            # found by LIST: never a cut body (docs/checkpoints.md §8); checked by the row's sha256 where it can be
+            await self.store.put(key, blob, checked=True, sha256=bytes.fromhex(frame.sha256))
             st.deltas.held.setdefault(seq, {})[(frame.start, frame.end)] = len(blob)
             chain.frames.append(frame)
             chain.pos, chain.records, chain.last_chunk = frame.end, chain.records + j - i, new.seq[j - 1]
@@ -373,7 +374,7 @@ class Uploads:
                 f = again
                 if len(blob) != held[span]:  # not what we would write: damaged, or cut by a crash
                     await self.store.put(names.delta_key(sl.task, sl.host, seq, *span, self.compression), blob,
-                                         checked=True)
+                                         checked=True, sha256=bytes.fromhex(f.sha256))
                     self.stats["deltas_repaired"] += 1
                     self._sent("delta_bytes", len(blob))
             out.append(f)

@@ -356,8 +356,9 @@ class KillAfterDeletes:
             await self.inner.delete([key])
             self.deleted += 1
 
-    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
-        await self.inner.put(key, data, checked=checked)
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False,
+                  sha256: bytes | None = None) -> None:
+        await self.inner.put(key, data, checked=checked, sha256=sha256)
 
     async def put_file(self, key: str, path: Path) -> None:
         await self.inner.put_file(key, path)

@@ -218,12 +218,13 @@ async def test_a_log_finished_during_rebuild_keeps_no_running_entry(store: Store
     real = store.put
     ended: list[Manifest] = []
 
-    async def put_after_the_end(key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+    async def put_after_the_end(key: str, data: bytes | memoryview, *, checked: bool = False,
+                                sha256: bytes | None = None) -> None:
         if key.startswith(names.CATALOG_RUNNING) and f"~{doc.task}~" in key and not ended:
             ended.append(await finish(store, doc))  # the watcher's commit, record, and DELETE of running/
             for _ in range(2):  # folded into a part, and the record deleted (its running/ DELETE repeated)
                 await catalog.Compactor(store, Settings(grace_s=0)).run()
-        await real(key, data, checked=checked)
+        await real(key, data, checked=checked, sha256=sha256)
 
     store.put = put_after_the_end  # type: ignore[method-assign]
     try:

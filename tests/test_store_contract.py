@@ -282,6 +282,33 @@ async def test_requests_and_bytes_are_counted_as_s3_bills_them(store: Store) -> 
     assert after["bytes_received"] - before["bytes_received"] == 1010
 
 
+async def test_a_checked_put_with_its_sha256_is_checked_by_it_where_the_server_does(store: Store) -> None:
+    """A delta goes up with its frame row's sha256: S3 sends it as x-amz-checksum-sha256 once the server has shown
+    it checks that header (one probe a store, deleted after), else Content-MD5 as before; a server that checks
+    it refuses a body that does not match, and keeps the old object."""
+    prefix = f"sha-{os.urandom(4).hex()}/"
+    body, other = b"delta " * 1000, b"other " * 1000
+    before = store.stats.snapshot()["requests"]
+    await store.put(prefix + "d", body, checked=True, sha256=hashlib.sha256(body).digest())
+    assert await store.get(prefix + "d") == body
+    first = {op: n - before.get(op, 0) for op, n in store.stats.snapshot()["requests"].items()}
+    checks = isinstance(store, S3Store) and store._sha256_checked
+    if isinstance(store, S3Store):  # the probe: a wrong checksum, then (if refused) a right one; then deleted
+        assert store._sha256_checked is not None
+        assert first["put_object"] == (3 if checks else 2) and first["delete_objects"] == 1
+        assert await store.list(".logship/") == []
+    else:
+        assert {op: n for op, n in first.items() if n} == {"put_object": 1, "get_object": 1}
+    before = store.stats.snapshot()["requests"]
+    await store.put(prefix + "e", other, checked=True, sha256=hashlib.sha256(other).digest())
+    after = store.stats.snapshot()["requests"]
+    assert after["put_object"] - before.get("put_object", 0) == 1  # asked once a store
+    if checks:  # a body that is not what the digest says is refused, whole
+        with pytest.raises(StoreError):
+            await store.put(prefix + "d", other, checked=True, sha256=hashlib.sha256(body).digest())
+        assert await store.get(prefix + "d") == body
+
+
 async def test_last_write_wins_and_readers_see_whole_objects(store: Store) -> None:
     await store.put("w", b"one")
     await store.put("w", b"two!")
@@ -440,18 +467,24 @@ async def test_reads_survive_a_dropped_connection_and_a_slow_down(s3_store_cfg: 
             await store.close()
 
 
-async def test_a_put_cut_after_its_headers_leaves_the_old_object(s3_store_cfg: StoreConfig) -> None:
-    # SeaweedFS stores an empty object when the body never comes; Content-MD5 makes it refuse.
+@pytest.mark.parametrize("by_sha256", [False, True])
+async def test_a_put_cut_after_its_headers_leaves_the_old_object(s3_store_cfg: StoreConfig, by_sha256: bool) -> None:
+    # SeaweedFS stores an empty object when the body never comes; Content-MD5 makes it refuse, and so does
+    # x-amz-checksum-sha256, which a delta's PUT sends instead (the row's digest, not a second hash).
     proxy = Proxy(_port(s3_store_cfg))
+    old, new = b'{"old": true}', b'{"new": true}' * 100
     async with proxy as through:
         store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
         try:
-            await store.put("logs/t/h/manifest.json", b'{"old": true}')
+            await store.put("logs/t/h/manifest.json", old, checked=by_sha256,
+                            sha256=hashlib.sha256(old).digest() if by_sha256 else None)
+            assert isinstance(store, S3Store) and store._sha256_checked is (True if by_sha256 else None)
             proxy.headers_only = 10  # every attempt (botocore's and aiohttp's own retry)
             with pytest.raises(StoreUnavailable):
-                await store.put("logs/t/h/manifest.json", b'{"new": true}' * 100)
+                await store.put("logs/t/h/manifest.json", new, checked=by_sha256,
+                                sha256=hashlib.sha256(new).digest() if by_sha256 else None)
             proxy.headers_only = 0
-            assert await store.get("logs/t/h/manifest.json") == b'{"old": true}'
+            assert await store.get("logs/t/h/manifest.json") == old
         finally:
             await store.close()
 

@@ -46,9 +46,12 @@ class Store(Protocol):
     url: str
     stats: StoreStats
 
-    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False,
+                  sha256: bytes | None = None) -> None:
         """Write an object atomically: readers see the old object, or the whole new one. `checked`: send
-        a checksum of the body whatever its size (S3: Content-MD5), for objects found by listing alone."""
+        a checksum of the body whatever its size (S3: Content-MD5), for objects found by listing alone;
+        `sha256`: the body's digest when the caller has it already (S3: sent as x-amz-checksum-sha256 instead,
+        where the server checks it)."""
 
     async def put_file(self, key: str, path: Path) -> None:
         """Write a local file as an object (multipart for large files; aborted on failure)."""

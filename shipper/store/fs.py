@@ -64,8 +64,9 @@ class FileStore:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
-        path = self._path(key)  # `checked` is moot: the file is renamed into place only once whole
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False,
+                  sha256: bytes | None = None) -> None:
+        path = self._path(key)  # `checked`, `sha256` are moot: the file is renamed into place only once whole
         self.stats.count("put_object", memoryview(data).nbytes)
 
         def write(fd: int) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from ..errors import StoreError
 
+# The store's own object, under its root beside logs/ and catalog/: a PUT asking the server whether it checks
+# x-amz-checksum-sha256 (shipper/store/s3ops.py), deleted after. No reader lists it.
+CHECKSUM_PROBE_KEY = ".logship/checksum-probe"
+
 
 def check_dir_prefix(prefix: str) -> str:
     """`prefix` if it is a prefix list_dirs can take: a safe key prefix, empty or ending in "/"."""

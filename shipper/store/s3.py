@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from ..errors import ConfigError, ObjectNotFound, StoreError
 from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
-from .keys import check_dir_prefix, check_key
+from .keys import CHECKSUM_PROBE_KEY, check_dir_prefix, check_key
 from .s3http import S3Http
 from .s3ops import Page, S3Ops
 from .sigv4 import Presigner
@@ -93,6 +93,8 @@ class S3Store:
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
+        self._probe_lock = asyncio.Lock()
+        self._sha256_checked: bool | None = None  # unknown until a checked PUT with a sha256 asks the server
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
@@ -150,11 +152,12 @@ class S3Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, checked: bool = False,
+                  sha256: bytes | None = None) -> None:
         full = self._key(key)
         view = memoryview(data).cast("B")
         if len(view) <= SINGLE_PUT_MAX or checked:
-            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes(), checked)
+            await self._put_object(full, data if isinstance(data, bytes) else view.tobytes(), checked, sha256)
             return
 
         async def read(offset: int, n: int) -> bytes:
@@ -188,15 +191,28 @@ class S3Store:
         finally:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
-    async def _put_object(self, full: str, data: bytes, checked: bool = False) -> None:
+    async def _put_object(self, full: str, data: bytes, checked: bool = False, sha256: bytes | None = None) -> None:
         # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
         # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
         # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
         # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
-        # by listing, with no manifest before them: always.
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode() if len(data) <= MD5_MAX or checked else None
+        # by listing, with no manifest before them: always. A checked body whose sha256 the caller has (a
+        # delta's, for its frame-table row) is checked by that instead where the server is known to check
+        # it: MD5 is the costlier hash (≈ 600 MB/s here against sha256's 1.5 GB/s), 0.7 ms a 1.5 MB checkpoint.
         with self._errors("put", full):
-            await self._ops.put(full, data, md5)
+            if not (checked and sha256 is not None and await self._checks_sha256()):
+                sha256 = None
+            md5 = (base64.b64encode(hashlib.md5(data).digest()).decode()
+                   if sha256 is None and (len(data) <= MD5_MAX or checked) else None)
+            await self._ops.put(full, data, md5, sha256)
+
+    async def _checks_sha256(self) -> bool:
+        """Whether this server checks x-amz-checksum-sha256 (S3Ops.checks_sha256), asked once per store."""
+        if self._sha256_checked is None:
+            async with self._probe_lock:
+                if self._sha256_checked is None:
+                    self._sha256_checked = await self._ops.checks_sha256(self.root + CHECKSUM_PROBE_KEY)
+        return self._sha256_checked
 
     # --- reading -----------------------------------------------------------------------
 

@@ -138,15 +138,51 @@ class S3Ops:
 
         return await self._call(ours, botos)
 
-    async def put(self, key: str, body: bytes, md5: str | None) -> None:
+    async def put(self, key: str, body: bytes, md5: str | None, sha256: bytes | None = None) -> None:
+        """A PUT; the server checks the body by `md5` (Content-MD5, base64) and/or `sha256` (its digest, sent as
+        x-amz-checksum-sha256) where given."""
+        extra = {"Content-MD5": md5} if md5 else {}
+        if sha256 is not None:
+            extra["x-amz-checksum-sha256"] = base64.b64encode(sha256).decode()
+
         async def ours(signer: Presigner) -> None:
-            url, headers = signer.request("PUT", self.bucket, key, headers={"Content-MD5": md5} if md5 else None)
+            url, headers = signer.request("PUT", self.bucket, key, headers=extra or None)
             await _read(self.http, await self.http.send("put_object", "PUT", url, headers, body))
 
         async def botos(s3: Any) -> None:
-            await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **({"ContentMD5": md5} if md5 else {}))
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=body, **({"ContentMD5": md5} if md5 else {}),
+                                **({"ChecksumSHA256": extra["x-amz-checksum-sha256"]} if sha256 is not None else {}))
 
         await self._call(ours, botos)
+
+    async def checks_sha256(self, key: str) -> bool:
+        """Whether the server refuses a body that does not match its x-amz-checksum-sha256 and takes one that does
+        (AWS S3 and SeaweedFS do; a server that ignores the header would store a body cut short, which
+        Content-MD5 prevents). Asked with a small object at `key`, deleted after. A refusal other than 400
+        (credentials, a missing bucket) is raised: the PUT that asked would meet it too."""
+        body = b"logship: does this server check x-amz-checksum-sha256?"
+        try:
+            await self.put(key, body, None, hashlib.sha256(b"not " + body).digest())
+        except ClientError as exc:
+            if _status(exc) != 400:
+                raise
+        else:  # a wrong checksum taken: the header is ignored
+            await self._forget(key)
+            return False
+        try:
+            await self.put(key, body, None, hashlib.sha256(body).digest())
+        except ClientError as exc:
+            if _status(exc) != 400:
+                raise
+            return False  # the header itself refused
+        await self._forget(key)
+        return True
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.delete([key])
+        except ClientError as exc:  # the verdict stands; a probe object left behind is harmless
+            log.debug("could not delete the checksum probe %s: %s", key, exc)
 
     async def head(self, key: str) -> int:
         async def ours(signer: Presigner) -> int:
@@ -316,3 +352,8 @@ async def _read(http: S3Http, resp: aiohttp.ClientResponse) -> bytes:
         return bytes(body)
     finally:
         http.finished(resp, protocol)
+
+
+def _status(exc: ClientError) -> int | None:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
