@@ -1,12 +1,9 @@
 """Reading a stored log back, for `logship cat` and the API: a view of the log planned from its manifest and
-(when a spool is at hand) the spool's files (shipper/format/parts.py), and its bytes read from the store and the
-spool, checked against the manifest on the way: per-block digests before any byte of a block goes out, or a
-whole-object check for older manifests (shipper/format/archive.py). Bytes are always at their offsets: a range
-the view does not hold raises BytesMissing, never a shift. A spool file pruned or renamed under a reader, or a
-checkpoint replaced, is found again in a fresh view (under its sealed name, or in the store).
-
-Store objects are streamed (zstd passed through as stored, or decompressed in bounded pieces:
-shipper/format/zstdio.py), and the next part's object is requested before its turn.
+(when a spool is at hand) the spool's files (shipper/format/parts.py), and its bytes read from the spool and the
+store, checked against the manifest on the way (a part stored as one object: shipper/format/whole.py; as frames
+or deltas: chained.py). Bytes are always at their offsets: a range the view does not hold raises BytesMissing,
+never a shift. A spool file pruned or renamed under a reader, or a checkpoint replaced, is found again in a fresh
+view (under its sealed name, or in the store). The next part's object is requested before its turn.
 """
 
 from __future__ import annotations
@@ -14,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 from collections.abc import AsyncGenerator, Awaitable
 
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
-from shipper.format import archive, chained, index, names, spoolview
+from shipper.format import archive, chained, index, names, spoolview, whole
 from shipper.format.archive import IntegrityError
 from shipper.format.manifest import FINISHED, Manifest
 from shipper.format.parts import (
@@ -37,7 +33,7 @@ from shipper.format.parts import (
     store_parts,
     unexplained_gap,
 )
-from shipper.format.zstdio import ZSTD_IN, Early, decompress, raw_frame, raw_frame_size, slice_pieces
+from shipper.format.zstdio import Early, raw_frame, raw_frame_size
 from shipper.store import Store
 
 VIEW_ATTEMPTS = 3
@@ -67,6 +63,7 @@ class Reader:
         # such a part until it matched (in memory, as big as a segment).
         self.hold_unchecked = hold_unchecked
         self.chained = chained.Chained(store, self.note)  # frames and chain deltas (issue 14)
+        self.whole = whole.Whole(store, self.note)  # segments and checkpoints stored whole
         self.manifests: archive.ManifestCache | None = None  # a long-lived reader keeps one (api/source.py)
 
     def note(self, exc: IntegrityError) -> None:
@@ -166,7 +163,7 @@ class Reader:
                         yield piece
                         left -= len(piece)
                         if nxt is not None and early is None and left <= ask_at:
-                            early = self._open_store(view, *nxt)
+                            early = self.whole.open(view.task, view.host, *nxt)
             if pos < end:
                 raise view.missing_error(view.missing(pos, end))
         finally:
@@ -206,30 +203,7 @@ class Reader:
             return part.key
         if part.kind == "frames":
             return names.frames_key(view.task, view.host, part.seq)
-        assert part.entry is not None
-        return part.entry.keys(view.task, view.host)[0]
-
-    def _open_store(self, view: LogView, part: Part, a: int, b: int, zstd_chunk: int = ZSTD_IN) -> Early:
-        """The object of a store part, requested now: stored bytes from its start (zstd), or those of
-        [a, b) (none). With the entry's block digests, each block is checked before its bytes come out,
-        and an uncompressed Range reads from the block that holds its start. Without them (an older
-        manifest), the whole object is read and _read_store checks it as a whole."""
-        assert part.entry is not None
-        key = self._key(view, part)
-        entry = part.entry
-        try:
-            blocks = archive.block_digests(key, entry)
-        except IntegrityError as exc:
-            self.note(exc)
-            raise
-        if blocks is None:
-            return Early(self.store.open(key, chunk=zstd_chunk if entry.compression == "zstd" else PIECE))
-        if entry.compression == "zstd":
-            return Early(archive.verified(self.store.open(key, chunk=zstd_chunk), key, entry))
-        bs = blocks.size
-        lo, hi = a // bs * bs, min(-(-b // bs) * bs, entry.stored_size)
-        checked = archive.verified(self.store.open(key, lo, hi, chunk=PIECE), key, entry, lo, hi)
-        return Early(slice_pieces(checked, a - lo, b - a))
+        return whole.object_key(view.task, view.host, part)
 
     async def _read_part(self, view: LogView, part: Part, a: int, b: int, opened: Early | None,
                          depth: int = 0) -> AsyncGenerator[bytes, None]:
@@ -249,7 +223,7 @@ class Reader:
                     raise IntegrityError(f"spool:{view.task}/{view.host}/{part.seq:08d}", str(exc),
                                          "the spool file was truncated or damaged on this host") from None
             if part.kind in WHOLE_KINDS:
-                pieces = self._read_store(view, part, a, b, opened)
+                pieces = self.whole.read(view.task, view.host, part, a, b, opened, self.hold_unchecked)
             else:
                 pieces = self.chained.read(view.task, view.host, part, a, b)
             async with contextlib.aclosing(pieces):
@@ -281,39 +255,6 @@ class Reader:
         async for piece in self.read(fresh, lo, hi, depth + 1):
             yield piece
 
-    async def _read_store(self, view: LogView, part: Part, a: int, b: int,
-                          opened: Early | None) -> AsyncGenerator[bytes, None]:
-        """[a, b) of a store part, checked: by block (see _open_store), else whole, after the fact: an
-        older manifest has only the sha256 of the log bytes, so the whole part is read and hashed, and a
-        mismatch is raised at its end: the bytes before it may have gone out and the answer then fails, or,
-        with `hold_unchecked`, they are held until the whole part matched."""
-        obj = opened if opened is not None else self._open_store(view, part, a, b)
-        entry = part.entry
-        assert entry is not None
-        zstd = entry.compression == "zstd"
-        async with contextlib.aclosing(obj):
-            if entry.blocks is not None:
-                async for piece in (decompress(obj, a, b, self._key(view, part)) if zstd else obj):
-                    yield piece
-                return
-            key = self._key(view, part)
-            h, pos = hashlib.sha256(), 0
-            held: list[bytes] = []
-            async for piece in (decompress(obj, 0, part.size, key) if zstd else obj):
-                h.update(piece)
-                lo, hi = max(a - pos, 0), min(b - pos, len(piece))
-                if lo < hi:
-                    out = piece if (lo, hi) == (0, len(piece)) else piece[lo:hi]
-                    if self.hold_unchecked:
-                        held.append(out)
-                    else:
-                        yield out
-                pos += len(piece)
-            if pos < part.size or h.hexdigest() != entry.sha256:
-                raise IntegrityError(key, "its bytes do not match the sha256 its manifest recorded")
-            for out in held:
-                yield out
-
     # --- the zstd representation (Content-Encoding: zstd) --------------------------------------
 
     @staticmethod
@@ -341,7 +282,7 @@ class Reader:
                     async for piece in pieces:
                         yield piece
                         if nxt is not None and early is None:
-                            early = self._open_store(view, nxt, 0, nxt.size, PIECE)
+                            early = self.whole.open(view.task, view.host, nxt, 0, nxt.size, PIECE)
         finally:
             if early is not None:
                 await early.aclose()
@@ -355,8 +296,8 @@ class Reader:
                 async for piece in raw_frame(raw, part.size):
                     yield piece
             return
-        obj = opened or (self._open_store(view, part, 0, part.size, PIECE) if part.kind in WHOLE_KINDS
-                         else self.chained.zstd(view.task, view.host, part))
+        obj = opened or (self.whole.open(view.task, view.host, part, 0, part.size, PIECE)
+                         if part.kind in WHOLE_KINDS else self.chained.zstd(view.task, view.host, part))
         try:
             async with contextlib.aclosing(obj):
                 async for piece in obj:
@@ -394,9 +335,7 @@ class Reader:
                 return await asyncio.to_thread(spool_chunks, view.spool_dir, part)
             if part.kind not in WHOLE_KINDS:
                 return await self.chained.chunks(view.task, view.host, part)
-            assert part.entry is not None
-            key = part.entry.keys(view.task, view.host)[1]
-            return archive.check_index(key, part.entry, await self.store.get(key))
+            return await self.whole.chunks(view.task, view.host, part)
         except IntegrityError as exc:
             self.note(exc)
             raise
@@ -410,8 +349,7 @@ class Reader:
         if now is None:
             raise fresh.missing_error(fresh.missing(part.offset, part.end) or [(part.offset, part.end)])
         if now.kind == part.kind and now.kind in STORE_KINDS and self._key(fresh, now) == self._key(view, part):
-            key = part.entry.keys(view.task, view.host)[1] if part.kind in WHOLE_KINDS and part.entry else \
-                self._key(view, part)  # the index's key, of a whole part
+            key = whole.index_key(view.task, view.host, part) if part.kind in WHOLE_KINDS else self._key(view, part)
             gone = IntegrityError(key, "missing from the store, though the manifest names it")
             self.note(gone)
             raise gone
