@@ -17,11 +17,11 @@ LINES = 3000  # more than a screen, fewer than a read (range.js CHUNK): one wind
 BIG = 60_000  # ~4.5 MB: far more than a window, so Home and End read a new one
 
 
-def quiet(gate: Path) -> str:
-    """LINES numbered lines at once, then nothing until `gate` exists: a running log that stands still."""
+def quiet(gate: Path, n: int = LINES) -> str:
+    """n numbered lines at once, then nothing until `gate` exists: a running log that stands still."""
     return f"""
 import os, sys, time
-sys.stdout.write(''.join('j %05d\\n' % i for i in range(1, {LINES} + 1))); sys.stdout.flush()
+sys.stdout.write(''.join('j %05d\\n' % i for i in range(1, {n} + 1))); sys.stdout.flush()
 while not os.path.exists({str(gate)!r}): time.sleep(0.05)
 """
 
@@ -65,7 +65,8 @@ def home_lands(page: Page, key: str, wait: int, first: int = 1) -> None:
     if wait:
         page.wait_for_timeout(wait)  # the key's smooth scroll under way
     page.keyboard.press("Home")
-    wait_for(lambda: edge_n(page, "first") == first, 30, "Home did not show the first line")
+    if first:
+        wait_for(lambda: edge_n(page, "first") == first, 30, "Home did not show the first line")
     seen = frames(page)
     assert all(top == 0 for top, _ in seen), f"{key} then Home after {wait} ms: carried off the top {seen}"
     assert not following(page)
@@ -77,7 +78,8 @@ def end_lands(page: Page, key: str, wait: int, last: int) -> None:
     if wait:
         page.wait_for_timeout(wait)
     page.keyboard.press("End")
-    wait_for(lambda: edge_n(page) == last, 30, "End did not show the last line")
+    if last:
+        wait_for(lambda: edge_n(page) == last, 30, "End did not show the last line")
     seen = frames(page)
     assert all(to_end < 4 for _, to_end in seen), f"{key} then End after {wait} ms: carried off the end {seen}"
     assert following(page)
@@ -126,3 +128,19 @@ def test_home_and_end_that_read_a_new_window(stack: Callable[..., Stack], page: 
         home_lands(page, key, 0)
         wait_for(lambda: edge_n(page) < BIG, 30, "the window still holds the end")
         end_lands(page, key, 0, BIG)
+
+
+def test_home_and_end_on_all_hosts(stack: Callable[..., Stack], page: Page, tmp_path: Path) -> None:
+    st = stack()
+    st.watcher()
+    st.serve()
+    gate = tmp_path / "gate"
+    for host in ("h1", "h2"):
+        st.start("pair", quiet(gate, LINES // 2), host=host)
+    page.goto(f"{st.base}/#/t/pair")
+    wait_for(lambda: page.locator("#rows .r").count() == 400, 30, "both hosts' last lines did not show")  # 200 each
+    page.click("#log")
+    for down, up in (("ArrowDown", "ArrowUp"), ("PageDown", "PageUp")):
+        home_lands(page, down, 0, first=0)
+        end_lands(page, up, 0, last=0)
+    gate.touch()
