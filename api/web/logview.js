@@ -11,7 +11,7 @@ import { API, apiJSON, logPath } from './api.js';
 import { $, fmtBytes, setText, showError } from './dom.js';
 import { Assembler, countNewlines, skippedRow } from './lines.js';
 import { Liveness, endReason } from './liveness.js';
-import { MAX_ROWS, movedUp } from './pane.js';
+import { MAX_ROWS, movedUp, stopScroll } from './pane.js';
 import { CHUNK, fetchIndex, gapAt, holeRows, measureAfter, measureBefore, measureFresh, mergeGaps, readLines, readWindow }
   from './range.js';
 import { RowWindow } from './rowwindow.js';
@@ -121,9 +121,8 @@ export class LogView extends RowWindow {
   async loadEnd() {
     const end = this.liveEnd;
     if (await this.loadWindow(Math.max(0, end - CHUNK), end, 'end')) {
-      this.setFollowing(true);
       this.showNewLines(0);
-      this.scrollBottom();
+      this.jumpTo('end');
       this.checkEdges();
     }
   }
@@ -142,8 +141,7 @@ export class LogView extends RowWindow {
 
   async loadStart() {
     if (await this.loadWindow(0, CHUNK, 'start')) {
-      this.setFollowing(false);
-      this.log.scrollTop = 0;
+      this.jumpTo(0);
       this.checkEdges();
     }
   }
@@ -328,14 +326,17 @@ export class LogView extends RowWindow {
     this.checkEdges();
   }
 
+  // Home, End: a smooth scroll under way stops at once (pane.js stopScroll), not after the read
   jumpTop() {
-    if (this.lo === 0) { this.setFollowing(false); this.log.scrollTop = 0; this.checkEdges(); return; }
+    if (this.lo === 0) { this.jumpTo(0); this.checkEdges(); return; }
+    stopScroll(this.log);
     this.loadStart().catch((e) => this.failed(e));
   }
 
   jumpBottom() {
     this.showNewLines(0);
-    if (this.attached) { this.setFollowing(true); this.scrollBottom(); return; }
+    if (this.attached) { this.jumpTo('end'); return; }
+    stopScroll(this.log);
     this.loadEnd().catch((e) => this.failed(e));
   }
 

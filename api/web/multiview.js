@@ -135,8 +135,8 @@ export class MultiView extends Pane {
     if (atBottom !== this.following) this.setFollowing(atBottom);
   }
 
-  jumpTop() { this.setFollowing(false); this.log.scrollTop = 0; }
-  jumpBottom() { this.setFollowing(true); toEnd(this); }
+  jumpTop() { this.jumpTo(0); }
+  jumpBottom() { this.jumpTo('end'); }
   pause(on) { this.paused = on; for (const t of this.tails) if (on) t.stop('paused'); else t.start(); }
   downloads() { return [[API + `tasks/${encodeURIComponent(this.task)}/log`, `${this.task}.all-hosts.log`]]; }
 }

@@ -24,6 +24,14 @@ export function movedUp(view) {
   return view.autoTop != null && view.log.scrollTop < view.autoTop - 4;
 }
 
+// Chromium carries a smooth scroll begun by a key (an arrow, PageUp, PageDown) on after scrollTop is set, by what
+// is left of it from wherever the view was put: a jump made while it runs lands off target. A smooth scroll by 0
+// takes its place (the view stops where it is), and the next scroll ends that one (CSSOM View: a scroll aborts a
+// smooth scroll under way). tests/test_web_jump.py presses the keys back to back.
+export function stopScroll(log) {
+  log.scrollBy({ top: 0, behavior: 'smooth' });
+}
+
 function edge(id) {
   const e = el('div', 'edge');
   e.id = id;
@@ -41,6 +49,8 @@ export class Pane {
     this.paused = false;
     this.tails = [];
     this.timers = new Set();
+    this.moves = 0; // the user's doings that may move the view (a key, the wheel, a touch, a click): see jumpTo
+    this.jumps = 0;
     // a scroll box of its own: the last view's rows, scroll position and pending scroll events stay with it
     this.log = el('div');
     this.log.id = 'log';
@@ -60,15 +70,18 @@ export class Pane {
     // Up at the top (a wheel, a swipe down, PageUp or ArrowUp) scrolls nothing, so no scroll event comes: in a
     // view its rows do not fill, it is the only way up. The view is told (logview.js upAtTop), with how far.
     const up = (dy) => { if (this.ready && !this.closed && this.upAtTop && this.log.scrollTop <= 0) this.upAtTop(dy); };
-    on(this.log, 'wheel', (e) => { if (e.deltaY < 0) up(e.deltaMode ? this.log.clientHeight / 2 : -e.deltaY); });
-    on(this.log, 'touchstart', (e) => { this.touchY = e.touches[0].clientY; });
+    on(this.log, 'wheel', (e) => { this.moves++; if (e.deltaY < 0) up(e.deltaMode ? this.log.clientHeight / 2 : -e.deltaY); });
+    on(this.log, 'touchstart', (e) => { this.touchY = e.touches[0].clientY; this.moves++; });
+    on(document, 'mousedown', () => { this.moves++; }); // the scrollbar, or a toolbar button (Follow off)
     on(this.log, 'touchmove', (e) => {
       const y = e.touches[0].clientY;
       if (this.touchY != null && y > this.touchY + 8) { up(y - this.touchY); this.touchY = y; }
     });
     on(window, 'resize', () => { if (this.ready && !this.closed && this.checkEdges) this.checkEdges(); }); // taller
     on(document, 'keydown', (e) => {
-      if (!SCROLL_KEYS.has(e.key) || typing(e)) return;
+      if (typing(e)) return;
+      if (e.key !== 'Home' && e.key !== 'End') this.moves++; // those two jump (app.js)
+      if (!SCROLL_KEYS.has(e.key)) return;
       // from the toolbar (a box or button just clicked keeps the focus) the browser would scroll nothing: the log
       // takes the focus first, and the browser's own scrolling, after this listener, moves it
       if (!this.log.contains(e.target)) this.log.focus({ preventScroll: true });
@@ -131,5 +144,27 @@ export class Pane {
 
   scrollBottom() {
     toEnd(this);
+  }
+
+  // A jump (Home, End; the toolbar's Top, Bottom, Follow; "↓ new lines"): the view put at the top (0, not following) or at the end
+  // ('end', following), any smooth scroll under way stopped first (stopScroll). For the frames such a scroll
+  // could still run, the view is put back should anything carry it off, unless the user moved it since or
+  // jumped again.
+  jumpTo(to) {
+    const put = () => {
+      this.setFollowing(to === 'end');
+      if (to === 'end') toEnd(this); else this.log.scrollTop = to;
+    };
+    stopScroll(this.log);
+    put();
+    if (!this.ready) return; // the first window (open): no key has scrolled a new view's box
+    const moves = this.moves, jump = ++this.jumps, until = performance.now() + 500;
+    const check = () => {
+      if (this.closed || this.moves !== moves || this.jumps !== jump || performance.now() > until) return;
+      const log = this.log;
+      if (to === 'end' ? log.scrollHeight - log.scrollTop - log.clientHeight >= 4 : log.scrollTop !== to) put();
+      requestAnimationFrame(check);
+    };
+    requestAnimationFrame(check);
   }
 }
