@@ -187,13 +187,18 @@ _SLOW_DOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDo
                    b'<Message>Please reduce your request rate.</Message></Error>')
 SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
              b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_DOWN_BODY), _SLOW_DOWN_BODY))
+_REFUSED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidArgument</Code>'
+                 b"<Message>a header this server does not take</Message></Error>")
+REFUSED = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY))
 
 
 class Proxy:
     """A TCP proxy on 127.0.0.1 in front of a server (the API, the S3 store) that slows its answers
     down, cuts each connection after `cut_after` bytes of answer, cuts every open connection at once
-    (cut_all), resets the connection of each of the next `drop` requests, or answers each of the
-    next `slow_down` requests with S3's 503 SlowDown: a real network's and a real store's faults."""
+    (cut_all), resets the connection of each of the next `drop` requests, answers each of the
+    next `slow_down` requests with S3's 503 SlowDown, or every request with the header `refuse_header`
+    with a 400 (a server that does not take it): a real network's and a real store's faults."""
 
     def __init__(self, upstream: int, *, cut_after: int | None = None, rate: float | None = None) -> None:
         self.upstream = upstream
@@ -205,6 +210,7 @@ class Proxy:
         self.drop = 0  # requests still to be answered with a reset
         self.slow_down = 0  # requests still to be answered with 503 SlowDown
         self.headers_only = 0  # requests whose headers reach the server, then the connection ends
+        self.refuse_header = b""  # lower-case name of a request header answered with 400 InvalidArgument
         self._open: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> str:
@@ -237,6 +243,11 @@ class Proxy:
                         self.headers_only -= 1
                         dst.write(data[:data.index(b"\r\n\r\n") + 4])  # as a writer killed right after them
                         await dst.drain()
+                        return
+                    if (not answer and self.refuse_header
+                            and b"\r\n" + self.refuse_header + b":" in data.split(b"\r\n\r\n", 1)[0].lower()):
+                        writer.write(REFUSED)
+                        await writer.drain()
                         return
                     if not answer and self.slow_down > 0:
                         self.slow_down -= 1

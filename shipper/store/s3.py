@@ -14,6 +14,7 @@ import base64
 import builtins
 import contextlib
 import hashlib
+import logging
 import os
 import re
 from collections.abc import AsyncGenerator, Iterable, Iterator
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
 
 MiB = 1 << 20
 SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
+log = logging.getLogger("logship.store")
 MD5_MAX = 1 * MiB  # PUTs up to this size carry Content-MD5 (see _put_object)
+# What the server does with x-amz-checksum-sha256, as learned (S3Store._may_check_sha256).
+SHA256_UNKNOWN, SHA256_REFUSES_WRONG, SHA256_CHECKED, SHA256_IGNORED = "unknown", "refuses wrong", "checked", "ignored"
 DELETE_BATCH = 1000  # S3's limit for DeleteObjects
 UPLOADS_PAGE = 1000  # multipart uploads a listing page asks for (S3's most); tests page through fewer
 CONNECT_TIMEOUT = 3.0
@@ -94,7 +98,7 @@ class S3Store:
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
         self._probe_lock = asyncio.Lock()
-        self._sha256_checked: bool | None = None  # unknown until a checked PUT with a sha256 asks the server
+        self._sha256 = SHA256_UNKNOWN  # whether the server checks x-amz-checksum-sha256: see _may_check_sha256
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
@@ -197,22 +201,35 @@ class S3Store:
         # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
         # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
         # by listing, with no manifest before them: always. A checked body whose sha256 the caller has (a
-        # delta's, for its frame-table row) is checked by that instead where the server is known to check
-        # it: MD5 is the costlier hash (≈ 600 MB/s here against sha256's 1.5 GB/s), 0.7 ms a 1.5 MB checkpoint.
+        # delta's, for its frame-table row) is checked by that instead where the server checks it: MD5 is the
+        # costlier hash (≈ 600 MB/s here against sha256's 1.5 GB/s), 0.7 ms a 1.5 MB checkpoint.
         with self._errors("put", full):
-            if not (checked and sha256 is not None and await self._checks_sha256()):
-                sha256 = None
-            md5 = (base64.b64encode(hashlib.md5(data).digest()).decode()
-                   if sha256 is None and (len(data) <= MD5_MAX or checked) else None)
-            await self._ops.put(full, data, md5, sha256)
+            if checked and sha256 is not None and await self._may_check_sha256():
+                try:
+                    await self._ops.put(full, data, None, sha256)
+                except ClientError as exc:
+                    if self._sha256 != SHA256_REFUSES_WRONG or s3errors.http_status(exc) != 400:
+                        raise
+                    # Not confirmed yet: a server may refuse the header itself. Content-MD5 for good.
+                    self._sha256 = SHA256_IGNORED
+                    log.info("the store at %s refused a PUT with x-amz-checksum-sha256 (%s): checked PUTs carry "
+                             "Content-MD5 instead", self.endpoint or "AWS", s3errors.error_code(exc))
+                else:
+                    self._sha256 = SHA256_CHECKED
+                    return
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode() if len(data) <= MD5_MAX or checked else None
+            await self._ops.put(full, data, md5)
 
-    async def _checks_sha256(self) -> bool:
-        """Whether this server checks x-amz-checksum-sha256 (S3Ops.checks_sha256), asked once per store."""
-        if self._sha256_checked is None:
+    async def _may_check_sha256(self) -> bool:
+        """Whether to send a checked PUT's sha256 rather than its MD5: once the server refused a wrong one (one
+        probe a store, S3Ops.ignores_sha256) and until it refuses the header itself; confirmed by the first PUT
+        that carries it and is taken."""
+        if self._sha256 == SHA256_UNKNOWN:
             async with self._probe_lock:
-                if self._sha256_checked is None:
-                    self._sha256_checked = await self._ops.checks_sha256(self.root + CHECKSUM_PROBE_KEY)
-        return self._sha256_checked
+                if self._sha256 == SHA256_UNKNOWN:
+                    ignored = await self._ops.ignores_sha256(self.root + CHECKSUM_PROBE_KEY)
+                    self._sha256 = SHA256_IGNORED if ignored else SHA256_REFUSES_WRONG
+        return self._sha256 != SHA256_IGNORED
 
     # --- reading -----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape
 import aiohttp
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from .s3errors import BadAnswer, error_code
+from .s3errors import BadAnswer, error_code, http_status
 from .s3http import S3Http
 from .sigv4 import Presigner
 
@@ -155,26 +155,18 @@ class S3Ops:
 
         await self._call(ours, botos)
 
-    async def checks_sha256(self, key: str) -> bool:
-        """Whether the server refuses a body that does not match its x-amz-checksum-sha256 and takes one that does
-        (AWS S3 and SeaweedFS do; a server that ignores the header would store a body cut short, which
-        Content-MD5 prevents). Asked with a small object at `key`, deleted after. A refusal other than 400
+    async def ignores_sha256(self, key: str) -> bool:
+        """Whether the server takes a body that does not match its x-amz-checksum-sha256 (rclone's gofakes3 does;
+        AWS S3 and SeaweedFS refuse it, and a server that ignores the header would store a body cut short, which
+        Content-MD5 prevents). Asked with a small object at `key`, deleted if taken. A refusal other than 400
         (credentials, a missing bucket) is raised: the PUT that asked would meet it too."""
         body = b"logship: does this server check x-amz-checksum-sha256?"
         try:
             await self.put(key, body, None, hashlib.sha256(b"not " + body).digest())
         except ClientError as exc:
-            if _status(exc) != 400:
+            if http_status(exc) != 400:
                 raise
-        else:  # a wrong checksum taken: the header is ignored
-            await self._forget(key)
             return False
-        try:
-            await self.put(key, body, None, hashlib.sha256(body).digest())
-        except ClientError as exc:
-            if _status(exc) != 400:
-                raise
-            return False  # the header itself refused
         await self._forget(key)
         return True
 
@@ -352,8 +344,3 @@ async def _read(http: S3Http, resp: aiohttp.ClientResponse) -> bytes:
         return bytes(body)
     finally:
         http.finished(resp, protocol)
-
-
-def _status(exc: ClientError) -> int | None:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return status if isinstance(status, int) else None
