@@ -187,10 +187,14 @@ _SLOW_DOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDo
                    b'<Message>Please reduce your request rate.</Message></Error>')
 SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
              b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_DOWN_BODY), _SLOW_DOWN_BODY))
-_REFUSED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidArgument</Code>'
-                 b"<Message>a header this server does not take</Message></Error>")
-REFUSED = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-           b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY))
+
+
+def s3_error(status: int, reason: str, code: str) -> bytes:
+    """A whole S3 error answer that closes its connection."""
+    body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>%s</Code><Message>refused by the test'
+            b"</Message></Error>" % code.encode())
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, reason.encode(), len(body), body))
 
 
 class Proxy:
@@ -198,7 +202,7 @@ class Proxy:
     down, cuts each connection after `cut_after` bytes of answer, cuts every open connection at once
     (cut_all), resets the connection of each of the next `drop` requests, answers each of the
     next `slow_down` requests with S3's 503 SlowDown, or every request with the header `refuse_header`
-    with a 400 (a server that does not take it): a real network's and a real store's faults."""
+    with `refusal` (a server that does not take it): a real network's and a real store's faults."""
 
     def __init__(self, upstream: int, *, cut_after: int | None = None, rate: float | None = None) -> None:
         self.upstream = upstream
@@ -210,7 +214,8 @@ class Proxy:
         self.drop = 0  # requests still to be answered with a reset
         self.slow_down = 0  # requests still to be answered with 503 SlowDown
         self.headers_only = 0  # requests whose headers reach the server, then the connection ends
-        self.refuse_header = b""  # lower-case name of a request header answered with 400 InvalidArgument
+        self.refuse_header = b""  # lower-case name of a request header answered with `refusal`
+        self.refusal = s3_error(400, "Bad Request", "InvalidArgument")
         self._open: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> str:
@@ -246,7 +251,7 @@ class Proxy:
                         return
                     if (not answer and self.refuse_header
                             and b"\r\n" + self.refuse_header + b":" in data.split(b"\r\n\r\n", 1)[0].lower()):
-                        writer.write(REFUSED)
+                        writer.write(self.refusal)
                         await writer.drain()
                         return
                     if not answer and self.slow_down > 0:

@@ -29,6 +29,7 @@ from shipper.store import Store, open_store, s3, s3errors, s3http, s3ops, sigv4
 from shipper.store.fs import FileStore
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
+from . import support
 from .support import Proxy, free_port
 
 # The store fixture's loop is the session's; the tests must run in the same one.
@@ -312,11 +313,15 @@ async def test_a_checked_put_with_its_sha256_is_checked_by_it_where_the_server_d
         assert await store.get(prefix + "d") == body
 
 
-async def test_a_server_that_refuses_the_checksum_header_gets_content_md5(s3_store_cfg: StoreConfig) -> None:
-    """A server that refuses x-amz-checksum-sha256 itself (an S3 look-alike that does not know it): the probe
-    cannot tell, the first PUT that carries it is refused, and it goes again with Content-MD5, for good."""
+@pytest.mark.parametrize("refusal, puts", [(support.s3_error(400, "Bad Request", "InvalidArgument"), 3),
+                                           (support.s3_error(501, "Not Implemented", "NotImplemented"), 2)])
+async def test_a_server_that_refuses_the_checksum_header_gets_content_md5(s3_store_cfg: StoreConfig, refusal: bytes,
+                                                                         puts: int) -> None:
+    """A server that refuses x-amz-checksum-sha256 itself (an S3 look-alike that does not know it): with a 400
+    the probe cannot tell, the first PUT that carries it is refused, and it goes again with Content-MD5, for good;
+    with another refusal (501) the probe's answer is no verdict, and the PUT goes with Content-MD5 at once."""
     proxy = Proxy(_port(s3_store_cfg))
-    proxy.refuse_header = b"x-amz-checksum-sha256"
+    proxy.refuse_header, proxy.refusal = b"x-amz-checksum-sha256", refusal
     body = b"delta " * 1000
     async with proxy as through:
         store = open_store(dataclasses.replace(s3_store_cfg, endpoint=through))
@@ -324,6 +329,7 @@ async def test_a_server_that_refuses_the_checksum_header_gets_content_md5(s3_sto
             assert isinstance(store, S3Store)
             await store.put("logs/t/h/d", body, checked=True, sha256=hashlib.sha256(body).digest())
             assert store._sha256 == s3.SHA256_IGNORED
+            assert store.stats.snapshot()["requests"]["put_object"] == puts
             assert await store.get("logs/t/h/d") == body
             before = store.stats.snapshot()["requests"]["put_object"]
             await store.put("logs/t/h/e", body, checked=True, sha256=hashlib.sha256(body).digest())

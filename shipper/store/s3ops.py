@@ -158,15 +158,18 @@ class S3Ops:
     async def ignores_sha256(self, key: str) -> bool:
         """Whether the server takes a body that does not match its x-amz-checksum-sha256 (rclone's gofakes3 does;
         AWS S3 and SeaweedFS refuse it, and a server that ignores the header would store a body cut short, which
-        Content-MD5 prevents). Asked with a small object at `key`, deleted if taken. A refusal other than 400
-        (credentials, a missing bucket) is raised: the PUT that asked would meet it too."""
+        Content-MD5 prevents). Asked with a small object at `key`, deleted if taken. Any other refusal than a 400
+        (a 501 of a server that does not know the header, credentials, a missing bucket) is no verdict: counted
+        as ignored, so the PUT that asked goes with Content-MD5 as before (and meets the same refusal if it is
+        the credentials')."""
         body = b"logship: does this server check x-amz-checksum-sha256?"
         try:
             await self.put(key, body, None, hashlib.sha256(b"not " + body).digest())
         except ClientError as exc:
-            if http_status(exc) != 400:
-                raise
-            return False
+            if http_status(exc) == 400:
+                return False
+            log.debug("the checksum probe %s was refused (%s): Content-MD5 it is", key, error_code(exc))
+            return True
         await self._forget(key)
         return True
 
