@@ -25,7 +25,7 @@ from shipper.commands import s3local
 from shipper.config import StoreConfig
 from shipper.errors import LogshipError, ObjectNotFound, StoreError, StoreUnavailable
 from shipper.format import archive
-from shipper.store import Store, open_store, s3, s3errors, s3http, s3ops, sigv4
+from shipper.store import Store, open_store, s3checksum, s3errors, s3http, s3ops, sigv4
 from shipper.store.fs import FileStore
 from shipper.store.s3 import READ_TIMEOUT, S3Store
 
@@ -293,10 +293,10 @@ async def test_a_checked_put_with_its_sha256_is_checked_by_it_where_the_server_d
     await store.put(prefix + "d", body, checked=True, sha256=hashlib.sha256(body).digest())
     assert await store.get(prefix + "d") == body
     first = {op: n - before.get(op, 0) for op, n in store.stats.snapshot()["requests"].items() if n > before.get(op, 0)}
-    checks = isinstance(store, S3Store) and store._sha256 == s3.SHA256_CHECKED
+    checks = isinstance(store, S3Store) and store._checksums.sha256 == s3checksum.CHECKED
     if isinstance(store, S3Store):
         seaweedfs = store.url.startswith(f"s3://{s3local.DEFAULT_BUCKET}/")  # else rclone's
-        assert store._sha256 == (s3.SHA256_CHECKED if seaweedfs else s3.SHA256_IGNORED)
+        assert store._checksums.sha256 == (s3checksum.CHECKED if seaweedfs else s3checksum.IGNORED)
         # the probe, then the PUT; a probe taken is deleted
         assert first == ({"put_object": 2, "get_object": 1} if checks else
                          {"put_object": 2, "delete_objects": 1, "get_object": 1})
@@ -328,7 +328,7 @@ async def test_a_server_that_refuses_the_checksum_header_gets_content_md5(s3_sto
         try:
             assert isinstance(store, S3Store)
             await store.put("logs/t/h/d", body, checked=True, sha256=hashlib.sha256(body).digest())
-            assert store._sha256 == s3.SHA256_IGNORED
+            assert store._checksums.sha256 == s3checksum.IGNORED
             assert store.stats.snapshot()["requests"]["put_object"] == puts
             assert await store.get("logs/t/h/d") == body
             before = store.stats.snapshot()["requests"]["put_object"]
@@ -508,7 +508,7 @@ async def test_a_put_cut_after_its_headers_leaves_the_old_object(s3_store_cfg: S
             await store.put("logs/t/h/manifest.json", old, checked=by_sha256,
                             sha256=hashlib.sha256(old).digest() if by_sha256 else None)
             assert isinstance(store, S3Store)
-            assert store._sha256 == (s3.SHA256_CHECKED if by_sha256 else s3.SHA256_UNKNOWN)
+            assert store._checksums.sha256 == (s3checksum.CHECKED if by_sha256 else s3checksum.UNKNOWN)
             proxy.headers_only = 10  # every attempt (botocore's and aiohttp's own retry)
             with pytest.raises(StoreUnavailable):
                 await store.put("logs/t/h/manifest.json", new, checked=by_sha256,

@@ -10,11 +10,8 @@ ObjectNotFound / StoreUnavailable / StoreError (s3errors.py).
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
-import hashlib
-import logging
 import os
 import re
 from collections.abc import AsyncGenerator, Iterable, Iterator
@@ -30,6 +27,7 @@ from ..errors import ConfigError, ObjectNotFound, StoreError
 from . import s3errors, s3write
 from .base import ObjectInfo, StoreStats
 from .keys import CHECKSUM_PROBE_KEY, check_dir_prefix, check_key
+from .s3checksum import Checksums
 from .s3http import S3Http
 from .s3ops import Page, S3Ops
 from .sigv4 import Presigner
@@ -39,10 +37,6 @@ if TYPE_CHECKING:
 
 MiB = 1 << 20
 SINGLE_PUT_MAX = 16 * MiB  # above this, multipart
-log = logging.getLogger("logship.store")
-MD5_MAX = 1 * MiB  # PUTs up to this size carry Content-MD5 (see _put_object)
-# What the server does with x-amz-checksum-sha256, as learned (S3Store._may_check_sha256).
-SHA256_UNKNOWN, SHA256_REFUSES_WRONG, SHA256_CHECKED, SHA256_IGNORED = "unknown", "refuses wrong", "checked", "ignored"
 DELETE_BATCH = 1000  # S3's limit for DeleteObjects
 UPLOADS_PAGE = 1000  # multipart uploads a listing page asks for (S3's most); tests page through fewer
 CONNECT_TIMEOUT = 3.0
@@ -97,8 +91,6 @@ class S3Store:
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
-        self._probe_lock = asyncio.Lock()
-        self._sha256 = SHA256_UNKNOWN  # whether the server checks x-amz-checksum-sha256: see _may_check_sha256
         self._aborts: set[asyncio.Task[None]] = set()  # multipart aborts that outlive a cancelled put
         self._config = _client_config(read_timeout, attempts)
         self.stats = StoreStats()
@@ -106,6 +98,7 @@ class S3Store:
                               attempts=attempts, pool=READ_POOL, read_bufsize=READ_BUFSIZE)
         self._ops = S3Ops(self._reader, self.bucket, self._s3, self.endpoint,
                           _static_signer(self.endpoint, self.region, self._access_key, self._secret_key))
+        self._checksums = Checksums(self._ops, self.root + CHECKSUM_PROBE_KEY, self.endpoint)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
@@ -196,40 +189,8 @@ class S3Store:
             os.close(fd)  # closing a read-only descriptor does not wait on the disk
 
     async def _put_object(self, full: str, data: bytes, checked: bool = False, sha256: bytes | None = None) -> None:
-        # SeaweedFS keeps an empty object when a PUT's connection closes before its body (a writer
-        # killed at that instant): over a manifest, that would lose the log. With Content-MD5 it refuses
-        # the PUT instead. Only small objects: larger ones are segments, which no manifest names before
-        # their PUT returned, and hashing them would cost upload speed. `checked` objects (deltas) are found
-        # by listing, with no manifest before them: always. A checked body whose sha256 the caller has (a
-        # delta's, for its frame-table row) is checked by that instead where the server checks it: MD5 is the
-        # costlier hash (≈ 600 MB/s here against sha256's 1.5 GB/s), 0.7 ms a 1.5 MB checkpoint.
         with self._errors("put", full):
-            if checked and sha256 is not None and await self._may_check_sha256():
-                try:
-                    await self._ops.put(full, data, None, sha256)
-                except ClientError as exc:
-                    if self._sha256 != SHA256_REFUSES_WRONG or s3errors.http_status(exc) != 400:
-                        raise
-                    # Not confirmed yet: a server may refuse the header itself. Content-MD5 for good.
-                    self._sha256 = SHA256_IGNORED
-                    log.info("the store at %s refused a PUT with x-amz-checksum-sha256 (%s): checked PUTs carry "
-                             "Content-MD5 instead", self.endpoint or "AWS", s3errors.error_code(exc))
-                else:
-                    self._sha256 = SHA256_CHECKED
-                    return
-            md5 = base64.b64encode(hashlib.md5(data).digest()).decode() if len(data) <= MD5_MAX or checked else None
-            await self._ops.put(full, data, md5)
-
-    async def _may_check_sha256(self) -> bool:
-        """Whether to send a checked PUT's sha256 rather than its MD5: once the server refused a wrong one (one
-        probe a store, S3Ops.ignores_sha256) and until it refuses the header itself; confirmed by the first PUT
-        that carries it and is taken."""
-        if self._sha256 == SHA256_UNKNOWN:
-            async with self._probe_lock:
-                if self._sha256 == SHA256_UNKNOWN:
-                    ignored = await self._ops.ignores_sha256(self.root + CHECKSUM_PROBE_KEY)
-                    self._sha256 = SHA256_IGNORED if ignored else SHA256_REFUSES_WRONG
-        return self._sha256 != SHA256_IGNORED
+            await self._checksums.put(full, data, checked, sha256)
 
     # --- reading -----------------------------------------------------------------------
 
