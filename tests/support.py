@@ -108,10 +108,15 @@ def start_log(spool: Path, task: str) -> SegmentWriter:
 
 
 def spooled(spool: Path, task: str, host: str = "h1") -> bytes:
-    """The log's bytes as the spool holds them (all segments, in order)."""
+    """The log's bytes as the spool holds them (all segments, in order). A running agent renames its open
+    segment when it seals it, maybe between the listing and the read: then it is listed again."""
     d = spool / task / host
-    segs = sorted(p for p in d.iterdir() if p.name[8:12] == ".log")
-    return b"".join(p.read_bytes() for p in segs)
+    while True:
+        segs = sorted(p for p in d.iterdir() if p.name[8:12] == ".log")
+        try:
+            return b"".join(p.read_bytes() for p in segs)
+        except FileNotFoundError:
+            continue
 
 
 def free_port() -> int:
