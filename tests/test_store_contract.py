@@ -42,6 +42,16 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+def _cut_under_a_put(store: Store, got: object) -> bool:
+    """Whether `got` is a read that `rclone serve s3` cut short while a PUT replaced the object: gofakes3 sends
+    the old size, then fewer bytes (its file is not replaced atomically for a reader). The store refuses such an
+    answer (StoreUnavailable), never passes it on as the object; SeaweedFS and the file store never do it."""
+    rclone = isinstance(store, S3Store) and not store.url.startswith(f"s3://{s3local.DEFAULT_BUCKET}/")
+    if isinstance(got, BaseException) and not (rclone and isinstance(got, StoreUnavailable)):
+        raise got
+    return isinstance(got, StoreUnavailable)
+
+
 async def test_round_trip(store: Store) -> None:
     await store.put("logs/t/h/00000000.log", b"hello\n")
     assert await store.get("logs/t/h/00000000.log") == b"hello\n"
@@ -196,10 +206,12 @@ async def test_a_read_takes_the_listed_etag_only_of_the_bytes_it_read(store: Sto
 
     versions = [bytes([i]) * (64 << 10) for i in range(8)]
     got = await asyncio.gather(*(store.put(key, v) for v in versions),
-                               *(archive.get_tagged(store, key) for _ in range(8)))
+                               *(archive.get_tagged(store, key) for _ in range(8)), return_exceptions=True)
     last = await listed()
     final = await store.get(key)
     for data in got[len(versions):]:
+        if _cut_under_a_put(store, data):
+            continue
         assert isinstance(data, bytes)
         assert archive.listed_tag(data, last) in ("", last)
         assert archive.listed_tag(data, last) == "" or data == final, "an etag taken for bytes it is not of"
@@ -343,9 +355,11 @@ async def test_last_write_wins_and_readers_see_whole_objects(store: Store) -> No
     await store.put("w", b"two!")
     assert await store.get("w") == b"two!"
     versions = [bytes([i]) * (1 * MiB) for i in range(5)]
-    results = await asyncio.gather(*(store.put("w", v) for v in versions), *(store.get("w") for _ in range(5)))
+    results = await asyncio.gather(*(store.put("w", v) for v in versions), *(store.get("w") for _ in range(5)),
+                                   return_exceptions=True)
+    assert not [r for r in results[:5] if r is not None]
     for got in results[5:]:
-        assert got in versions or got == b"two!"
+        assert _cut_under_a_put(store, got) or got in versions or got == b"two!"
     assert await store.get("w") in versions
 
 
