@@ -6,8 +6,9 @@ process; SeaweedFS runs apart), medians of `--n`:
 - (a) compressing it once at the watcher's levels (zstd level 1, its index records at level 3, as
   bench/checkpoint.py counts it): the bar's baseline;
 - (b) the floor: pread the new bytes and their index records from files, encode the delta (the two zstd
-  frames, shipper/format/delta.py), sha256 it, and one signed PUT through our store (`store.put(checked=True)`:
-  Content-MD5, SigV4, shipper/store/s3http.py), nothing else; all on the event loop, no thread hop;
+  frames, shipper/format/delta.py), sha256 it, and one signed PUT through our store (`store.put(checked=True,
+  sha256=…)`: checked by that digest, SigV4, shipper/store/s3http.py), nothing else; all on the event loop,
+  no thread hop;
 - (c) a whole watcher pass that takes one such checkpoint (`Watcher.run_once`, as `python -m bench.pass_cost`,
   with the daemon's state file as it is written now: at most every `watch.state_seconds`), and "(c)+state":
   with the state file written after every pass instead (`Watcher.write_state`, as before state_seconds).
@@ -83,9 +84,10 @@ async def floor(d: Path, s3: s3local.LocalS3, kb: int, n: int) -> dict[str, floa
             t1 = time.process_time()
             blob = delta.encode(offset, raw_index, data, "zstd")
             t2 = time.process_time()
-            hashlib.sha256(blob).hexdigest()  # the frame table's row binds it (shipper/format/frames.py)
+            digest = hashlib.sha256(blob).digest()  # the frame table's row binds it (shipper/format/frames.py)
             t3 = time.process_time()
-            await store.put(f"floor/{kb}/{i % 20}", blob, checked=True)  # Content-MD5, SigV4, aiohttp
+            # checked by that digest (x-amz-checksum-sha256, shipper/store/s3checksum.py), SigV4, aiohttp
+            await store.put(f"floor/{kb}/{i % 20}", blob, checked=True, sha256=digest)
             t4 = time.process_time()
             for k, v in zip(("total", *STEPS), (t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 cpu[k].append(v)
