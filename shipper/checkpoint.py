@@ -17,7 +17,6 @@ import bisect
 import dataclasses
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from .open_index import OpenChain as OpenChain
 from .open_index import Records as Records
 from .open_index import follows, read_records
 from .retry import QuietLog
-from .segment_read import read_prefix, read_whole, sha256_file
+from .segment_read import read_at, read_prefix, read_whole, sha256_file
 from .spool import SpoolLog
 from .store import ObjectInfo, Store
 
@@ -228,7 +227,7 @@ class Uploads:
         `sha` (the segment's bytes before them) with them (a copy: the chain takes it once the delta is PUT)."""
         start, end = recs.offset[i], recs.end[j - 1]
         with open(path, "rb") as f:
-            data = os.pread(f.fileno(), end - start, start - seg_start)
+            data = read_at(f.fileno(), end - start, start - seg_start)  # this thread's buffer: used before we return
         if len(data) < end - start:
             raise FileNotFoundError(path)  # cannot happen with an intact spool; skip this round
         raw_index = recs.raw[i * index.RECORD_SIZE:j * index.RECORD_SIZE]
