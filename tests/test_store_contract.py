@@ -794,6 +794,13 @@ async def test_a_refused_signature_falls_back_to_botocore_for_good(
             assert await store.list_dirs("") == ["f"]
         assert len([r for r in caplog.records if "refused a request signed by logship" in r.getMessage()]) == 1
         assert await store.get("f/b") == b"botocore's"
+        # a delta's PUT through botocore: its checksum probe, then the PUT, checked by the row's sha256
+        delta = b"delta " * 100
+        await store.put("f/d", delta, checked=True, sha256=hashlib.sha256(delta).digest())
+        assert store._checksums.sha256 == s3checksum.CHECKED and await store.get("f/d") == delta
+        with pytest.raises(StoreError):
+            await store.put("f/d", b"other", checked=True, sha256=hashlib.sha256(delta).digest())
+        assert await store.get("f/d") == delta
         fresh = open_store(s3_store_cfg)  # its first request a HEAD, whose refusal is a bare 403
         try:
             assert (await fresh.head("f/b")).size == len(b"botocore's")
