@@ -59,30 +59,22 @@ def somewhere_in_the_middle(page: Page) -> None:
     page.wait_for_timeout(300)  # the scroll event handled, nothing moving
 
 
-def home_lands(page: Page, key: str, wait: int, first: int = 1) -> None:
+def lands(page: Page, key: str, jump: str, wait: int, n: int) -> None:
+    """From the middle, `key`, then `jump` (Home or End) `wait` ms into the key's smooth scroll: the view shows line
+    `n` (0: not checked) first or last, stays at the top (not following) or the end (following) every frame."""
+    home = jump == "Home"
     somewhere_in_the_middle(page)
     page.keyboard.press(key)
     if wait:
         page.wait_for_timeout(wait)  # the key's smooth scroll under way
-    page.keyboard.press("Home")
-    if first:
-        wait_for(lambda: edge_n(page, "first") == first, 30, "Home did not show the first line")
+    page.keyboard.press(jump)
+    if n:
+        which = "first" if home else "last"
+        wait_for(lambda: edge_n(page, which) == n, 30, f"{jump} did not show the {which} line")
     seen = frames(page)
-    assert all(top == 0 for top, _ in seen), f"{key} then Home after {wait} ms: carried off the top {seen}"
-    assert not following(page)
-
-
-def end_lands(page: Page, key: str, wait: int, last: int) -> None:
-    somewhere_in_the_middle(page)
-    page.keyboard.press(key)
-    if wait:
-        page.wait_for_timeout(wait)
-    page.keyboard.press("End")
-    if last:
-        wait_for(lambda: edge_n(page) == last, 30, "End did not show the last line")
-    seen = frames(page)
-    assert all(to_end < 4 for _, to_end in seen), f"{key} then End after {wait} ms: carried off the end {seen}"
-    assert following(page)
+    held = all(top == 0 for top, _ in seen) if home else all(to_end < 4 for _, to_end in seen)
+    assert held, f"{key} then {jump} after {wait} ms: carried off the {'top' if home else 'end'} {seen}"
+    assert following(page) != home
 
 
 def test_home_and_end_right_after_a_scrolling_key(stack: Callable[..., Stack], page: Page, tmp_path: Path) -> None:
@@ -97,9 +89,9 @@ def test_home_and_end_right_after_a_scrolling_key(stack: Callable[..., Stack], p
     page.click("#log")
     for wait in (0, 60):  # at once, and halfway through the key's scroll
         for down, up in (("ArrowDown", "ArrowUp"), ("PageDown", "PageUp")):
-            home_lands(page, down, wait)
-            end_lands(page, up, wait, LINES)
-    end_lands(page, "PageDown", 0, LINES)  # at the end already: the key scrolls nothing
+            lands(page, down, "Home", wait, 1)
+            lands(page, up, "End", wait, LINES)
+    lands(page, "PageDown", "End", 0, LINES)  # at the end already: the key scrolls nothing
     # the user moving the log right after a jump moves it: the jump holds its target only until then
     page.keyboard.press("Home")
     page.keyboard.press("ArrowDown")
@@ -125,9 +117,9 @@ def test_home_and_end_that_read_a_new_window(stack: Callable[..., Stack], page: 
     wait_for(lambda: edge_n(page) == BIG, 30, "the log's end did not show")
     page.click("#log")
     for key in ("ArrowDown", "PageDown"):
-        home_lands(page, key, 0)
+        lands(page, key, "Home", 0, 1)
         wait_for(lambda: edge_n(page) < BIG, 30, "the window still holds the end")
-        end_lands(page, key, 0, BIG)
+        lands(page, key, "End", 0, BIG)
 
 
 def test_home_and_end_on_all_hosts(stack: Callable[..., Stack], page: Page, tmp_path: Path) -> None:
@@ -141,6 +133,6 @@ def test_home_and_end_on_all_hosts(stack: Callable[..., Stack], page: Page, tmp_
     wait_for(lambda: page.locator("#rows .r").count() == 400, 30, "both hosts' last lines did not show")  # 200 each
     page.click("#log")
     for down, up in (("ArrowDown", "ArrowUp"), ("PageDown", "PageUp")):
-        home_lands(page, down, 0, first=0)
-        end_lands(page, up, 0, last=0)
+        lands(page, down, "Home", 0, 0)
+        lands(page, up, "End", 0, 0)
     gate.touch()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..errors import StoreError
 
 # The store's own object, under its root beside logs/ and catalog/: a PUT asking the server whether it checks
-# x-amz-checksum-sha256 (shipper/store/s3ops.py), deleted after. No reader lists it.
+# x-amz-checksum-sha256 (shipper/store/s3checksum.py), refused by a server that does, deleted if taken. No reader
+# lists it.
 CHECKSUM_PROBE_KEY = ".logship/checksum-probe"
 
 
